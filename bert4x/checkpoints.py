@@ -1,0 +1,282 @@
+"""Read and write BERT weights by name: Google TF checkpoints and Hugging Face safetensors.
+
+Every Keras variable is paired with its official Google name (DESIGN section 3);
+Hugging Face names are derived from it. Nothing is matched by position.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+
+import numpy as np
+
+GOOGLE_CONFIG = "bert_config.json"
+GOOGLE_CHECKPOINT = "bert_model.ckpt"
+_OPTIMIZER_SUFFIXES = ("adam_m", "adam_v", "global_step", "Momentum", "lamb_m", "lamb_v")
+
+# kind: how an official array relates to the Keras variable.
+#   "plain": same shape; "vocab": rows follow keep_tokens; "transposed": [out, in]
+#   in the official file (NSP output_weights).
+_HEADS = ("bert/pooler/", "cls/")
+
+
+def variable_map(builder):
+    """List ``(google_name, keras_variable, kind)`` for every weight of a builder."""
+    pairs = [
+        ("bert/embeddings/word_embeddings", builder.token_embedding.embeddings, "vocab"),
+        ("bert/embeddings/token_type_embeddings", builder.segment_embedding.embeddings,
+         "plain"),
+        ("bert/embeddings/position_embeddings", builder.position_embedding.embeddings,
+         "plain"),
+    ]
+    pairs += _norm_pairs("bert/embeddings/LayerNorm", builder.embedding_norm)
+    for index, layers in enumerate(builder.blocks):
+        prefix = f"bert/encoder/layer_{index}/"
+        attention = layers["attention"]
+        for part, dense in (("query", attention.query_dense), ("key", attention.key_dense),
+                            ("value", attention.value_dense)):
+            pairs += _dense_pairs(prefix + f"attention/self/{part}", dense)
+        pairs += _dense_pairs(prefix + "attention/output/dense", attention.output_dense)
+        pairs += _norm_pairs(prefix + "attention/output/LayerNorm", layers["attention_norm"])
+        pairs += _dense_pairs(prefix + "intermediate/dense",
+                              layers["feed_forward"].intermediate_dense)
+        pairs += _dense_pairs(prefix + "output/dense", layers["feed_forward"].output_dense)
+        pairs += _norm_pairs(prefix + "output/LayerNorm", layers["feed_forward_norm"])
+    if builder.pooler_dense is not None:
+        pairs += _dense_pairs("bert/pooler/dense", builder.pooler_dense)
+    if builder.mlm_dense is not None:
+        pairs += _dense_pairs("cls/predictions/transform/dense", builder.mlm_dense)
+        pairs += _norm_pairs("cls/predictions/transform/LayerNorm", builder.mlm_norm)
+        pairs.append(("cls/predictions/output_bias", builder.mlm_bias.bias, "vocab"))
+    if builder.nsp_dense is not None:
+        pairs.append(("cls/seq_relationship/output_weights", builder.nsp_dense.kernel,
+                      "transposed"))
+        pairs.append(("cls/seq_relationship/output_bias", builder.nsp_dense.bias, "plain"))
+    return pairs
+
+
+def _dense_pairs(name, dense):
+    return [(name + "/kernel", dense.kernel, "plain"), (name + "/bias", dense.bias, "plain")]
+
+
+def _norm_pairs(name, norm):
+    return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
+
+
+def hugging_face_names(google_name):
+    """Candidate Hugging Face names of an official name, and whether to transpose."""
+    if google_name == "cls/predictions/output_bias":
+        return ["cls.predictions.bias", "cls.predictions.decoder.bias"], False
+    if google_name == "cls/seq_relationship/output_weights":
+        return ["cls.seq_relationship.weight"], False
+    if google_name == "cls/seq_relationship/output_bias":
+        return ["cls.seq_relationship.bias"], False
+    name = google_name.replace("/layer_", "/layer.").replace("/", ".")
+    transpose = False
+    if name.endswith(".kernel"):
+        name, transpose = name[: -len(".kernel")] + ".weight", True
+    elif name.endswith("_embeddings"):
+        name += ".weight"
+    candidates = [name]
+    if name.endswith(".gamma") or name.endswith(".beta"):
+        modern = name.replace(".gamma", ".weight").replace(".beta", ".bias")
+        candidates = [modern, name]
+    if name.startswith("bert."):
+        candidates += [candidate[len("bert."):] for candidate in candidates]
+    return candidates, transpose
+
+
+class _Reader:
+    """Uniform access to the arrays of a checkpoint: ``names``, ``shape``, ``get``."""
+
+    def __init__(self, path, fmt, names, shape_fn, get_fn):
+        self.path, self.format = path, fmt
+        self.names = set(names)
+        self._shape, self._get = shape_fn, get_fn
+
+    def shape(self, name):
+        return tuple(self._shape(name))
+
+    def get(self, name):
+        try:
+            return np.asarray(self._get(name))
+        except Exception as error:  # corrupt data shows up only when read
+            raise ValueError(f"checkpoint {self.path} is corrupt: reading {name!r} failed: "
+                             f"{error}") from error
+
+
+def _find_weights(path):
+    """Resolve a folder or prefix to ``(path, format)``."""
+    if os.path.isdir(path):
+        for candidate in ("model.safetensors",):
+            if os.path.isfile(os.path.join(path, candidate)):
+                return os.path.join(path, candidate), "safetensors"
+        import tensorflow as tf
+        latest = tf.train.latest_checkpoint(path)
+        if latest:
+            return latest, "tensorflow"
+        prefix = os.path.join(path, GOOGLE_CHECKPOINT)
+        if os.path.isfile(prefix + ".index"):
+            return prefix, "tensorflow"
+        if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+            raise NotImplementedError(
+                f"{path}: pytorch_model.bin is not read by bert4x; convert it to "
+                "model.safetensors (safetensors.torch.save_file) or a TF checkpoint")
+        raise FileNotFoundError(
+            f"no checkpoint in folder {path!r}: expected model.safetensors, a 'checkpoint' "
+            f"file, or {GOOGLE_CHECKPOINT}.index")
+    if path.endswith(".safetensors"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return path, "safetensors"
+    if path.endswith(".index"):
+        path = path[: -len(".index")]
+    if not os.path.isfile(path + ".index"):
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (expected {path}.index and its data files)")
+    return path, "tensorflow"
+
+
+def open_checkpoint(path):
+    """Open a Google TF checkpoint or safetensors file for reading by name."""
+    path, fmt = _find_weights(str(path))
+    if fmt == "safetensors":
+        from safetensors import safe_open
+        try:
+            handle = safe_open(path, framework="numpy")
+            names = list(handle.keys())
+        except Exception as error:
+            raise ValueError(f"cannot read safetensors file {path}: {error}") from error
+        return _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(),
+                       handle.get_tensor)
+    import tensorflow as tf
+    try:
+        reader = tf.train.load_checkpoint(path)
+        shapes = reader.get_variable_to_shape_map()
+    except Exception as error:
+        raise ValueError(f"cannot read TF checkpoint {path}: {error}") from error
+    names = [n for n in shapes if not n.split("/")[-1].startswith(_OPTIMIZER_SUFFIXES)]
+    return _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor)
+
+
+def _lookup(reader, google_name):
+    """Return ``(name_in_file, transpose)`` or ``(None, False)``."""
+    if reader.format == "tensorflow":
+        return (google_name, False) if google_name in reader.names else (None, False)
+    candidates, transpose = hugging_face_names(google_name)
+    for candidate in candidates:
+        if candidate in reader.names:
+            return candidate, transpose
+    return None, False
+
+
+def load_weights(builder, path, allow_missing_heads=False):
+    """Assign every mapped variable of ``builder`` from the checkpoint at ``path``.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: a missing variable, a shape mismatch (naming both shapes), a
+            vocabulary size that differs from the config, or a corrupt file.
+    """
+    reader = open_checkpoint(path)
+    keep_tokens = builder.keep_tokens
+    missing_heads, assignments = [], []
+    for google_name, variable, kind in variable_map(builder):
+        name, transpose = _lookup(reader, google_name)
+        if name is None:
+            if allow_missing_heads and google_name.startswith(_HEADS):
+                missing_heads.append(google_name)
+                continue
+            hint = ("; pass allow_missing_heads=True to start it from its initialiser"
+                    if google_name.startswith(_HEADS) else "")
+            raise ValueError(f"checkpoint {reader.path} has no variable {google_name!r} "
+                             f"(format {reader.format}){hint}")
+        shape = reader.shape(name)
+        if transpose or kind == "transposed":
+            shape = shape[::-1]
+        if kind == "vocab" and keep_tokens is not None:
+            if max(keep_tokens) >= shape[0]:
+                raise ValueError(
+                    f"keep_tokens refers to row {max(keep_tokens)} but {name!r} in "
+                    f"{reader.path} has only {shape[0]} rows")
+            shape = (len(keep_tokens),) + shape[1:]
+        expected = tuple(variable.shape)
+        if shape != expected:
+            if kind == "vocab":
+                raise ValueError(
+                    f"vocabulary size mismatch: {name!r} in {reader.path} has "
+                    f"{shape[0]} rows but the config's vocab_size gives {expected[0]}")
+            raise ValueError(f"shape mismatch for {name!r} in {reader.path}: checkpoint "
+                             f"{shape}, model variable {variable.path} expects {expected}")
+        assignments.append((name, variable, kind, transpose))
+    for name, variable, kind, transpose in assignments:
+        value = reader.get(name)
+        if transpose or kind == "transposed":
+            value = value.T
+        if kind == "vocab" and keep_tokens is not None:
+            value = value[np.asarray(keep_tokens)]
+        variable.assign(value.astype(variable.dtype))
+    if missing_heads:
+        warnings.warn(f"checkpoint {reader.path} lacks these head variables, which keep "
+                      f"their initial values: {missing_heads}", stacklevel=3)
+
+
+def save_checkpoint(builder, directory):
+    """Write ``bert_config.json`` + ``bert_model.ckpt`` in Google's official format.
+
+    The folder is written beside its destination and moved into place, so a crash
+    leaves the previous checkpoint (or none), never a half-written one. Heads the
+    model has (pooler, MLM, NSP) are written too.
+
+    Args:
+        builder: a :class:`bert4x.models.BERT` (``return_keras_model=False``).
+        directory: destination folder.
+
+    Returns:
+        The checkpoint prefix ``directory/bert_model.ckpt``.
+    """
+    import tensorflow as tf
+    directory = os.path.abspath(str(directory))
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    try:
+        names, tensors = [], []
+        for google_name, variable, kind in variable_map(builder):
+            value = np.asarray(keras_value(variable), dtype=np.float32)
+            names.append(google_name)
+            tensors.append(tf.constant(value.T if kind == "transposed" else value))
+        prefix = os.path.join(staging, GOOGLE_CHECKPOINT)
+        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
+                          shape_and_slices=[""] * len(names), tensors=tensors)
+        with open(os.path.join(staging, "checkpoint"), "w", encoding="utf-8") as file:
+            file.write(f'model_checkpoint_path: "{GOOGLE_CHECKPOINT}"\n'
+                       f'all_model_checkpoint_paths: "{GOOGLE_CHECKPOINT}"\n')
+        with open(os.path.join(staging, GOOGLE_CONFIG), "w", encoding="utf-8") as file:
+            json.dump(builder.config.to_dict(), file, indent=2)
+        _replace_folder(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return os.path.join(directory, GOOGLE_CHECKPOINT)
+
+
+def keras_value(variable):
+    """The value of a Keras variable as NumPy, whatever the backend."""
+    import keras
+    return keras.ops.convert_to_numpy(variable.value)
+
+
+def _replace_folder(staging, directory):
+    """Move ``staging`` to ``directory``, replacing an existing folder."""
+    if not os.path.exists(directory):
+        os.rename(staging, directory)
+        return
+    retired = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".old-",
+                               dir=os.path.dirname(directory))
+    os.rmdir(retired)
+    os.rename(directory, retired)
+    os.rename(staging, directory)
+    shutil.rmtree(retired, ignore_errors=True)

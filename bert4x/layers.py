@@ -1,0 +1,431 @@
+"""Keras 3 layers of the BERT family, written with ``keras.ops`` only.
+
+Every layer runs under the TensorFlow, JAX and PyTorch backends, has
+``get_config`` and is registered for ``.keras`` serialisation.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+_PACKAGE = "bert4x"
+
+# Scores are computed in float32, so this stays finite after the softmax's
+# max-subtraction while still giving exactly zero probability.
+_MASK_PENALTY = -1e9
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE, name="gelu_erf")
+def _gelu_erf(x):
+    return keras.activations.gelu(x, approximate=False)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE, name="gelu_tanh")
+def _gelu_tanh(x):
+    return keras.activations.gelu(x, approximate=True)
+
+
+_ACTIVATIONS = {
+    "gelu": _gelu_erf,
+    "gelu_tanh": _gelu_tanh,
+    "gelu_new": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+}
+
+
+def get_activation(name):
+    """Resolve an activation name as BERT configs spell it.
+
+    ``"gelu"`` is the exact erf form (Hugging Face, bert4keras); ``"gelu_new"``
+    and ``"gelu_tanh"`` are the tanh approximation of Google's original code.
+    Other names go to ``keras.activations.get`` (``"relu"``, ``"tanh"``, ...).
+    """
+    if name is None or callable(name):
+        return name
+    key = name.lower()
+    if key in _ACTIVATIONS:
+        return _ACTIVATIONS[key]
+    if key == "swish":
+        key = "silu"
+    try:
+        return keras.activations.get(key)
+    except ValueError as error:
+        raise ValueError(
+            f"unknown hidden_act {name!r}; expected one of "
+            f"{sorted(_ACTIVATIONS) + ['relu', 'tanh', 'silu', 'swish']}") from error
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ReversibleEmbedding(keras.layers.Embedding):
+    """Token embedding whose matrix also serves as the tied output projection.
+
+    Called normally it looks up ids; called with ``reverse=True`` it maps hidden
+    states to vocabulary logits ``x . E^T`` (BERT's MLM head ties these weights).
+
+    Example:
+        >>> embedding = ReversibleEmbedding(100, 16)
+        >>> hidden = embedding(ops.ones((2, 5), "int32"))
+        >>> embedding(hidden, reverse=True).shape
+        (2, 5, 100)
+    """
+
+    def call(self, inputs, reverse=False):
+        if not reverse:
+            return super().call(inputs)
+        kernel = ops.cast(self.embeddings, self.compute_dtype)
+        return ops.matmul(inputs, ops.transpose(kernel))
+
+    def compute_output_spec(self, inputs, reverse=False):
+        if not reverse:
+            return super().compute_output_spec(inputs)
+        shape = tuple(inputs.shape[:-1]) + (self.input_dim,)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PositionEmbedding(keras.layers.Layer):
+    """Learned absolute position embeddings.
+
+    Given hidden states ``[batch, L, dim]``, returns the embeddings of positions
+    ``0..L-1`` broadcast to that shape (to be added), or those of explicit
+    ``position_ids`` ``[batch, L]``, which incremental decoding needs.
+
+    Args:
+        max_length: size of the position table.
+        output_dim: embedding size.
+        embeddings_initializer: initializer of the table.
+    """
+
+    def __init__(self, max_length, output_dim, embeddings_initializer="glorot_uniform",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.max_length = int(max_length)
+        self.output_dim = int(output_dim)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            name="embeddings", shape=(self.max_length, self.output_dim),
+            initializer=self.embeddings_initializer)
+
+    def call(self, inputs, position_ids=None):
+        table = ops.cast(self.embeddings, self.compute_dtype)
+        if position_ids is None:
+            length = ops.shape(inputs)[1]
+            return ops.broadcast_to(table[None, :length], ops.shape(inputs))
+        return ops.take(table, ops.cast(position_ids, "int32"), axis=0)
+
+    def compute_output_spec(self, inputs, position_ids=None):
+        if position_ids is None:
+            return keras.KerasTensor(inputs.shape, self.compute_dtype)
+        return keras.KerasTensor(tuple(position_ids.shape) + (self.output_dim,),
+                                 self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(max_length=self.max_length, output_dim=self.output_dim,
+                      embeddings_initializer=keras.initializers.serialize(
+                          self.embeddings_initializer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LayerNormalization(keras.layers.Layer):
+    """Layer normalisation, optionally conditioned on a vector (CLN).
+
+    ``y = (x - mean) / sqrt(var + eps) * (gamma + W_g c) + (beta + W_b c)``.
+    ``W_g`` and ``W_b`` are bias-free and start at zero, so a conditional norm
+    computes exactly what the pretrained one does until training moves them.
+    Statistics are computed in float32 even under mixed precision.
+
+    Args:
+        epsilon: added to the variance.
+        conditional: whether ``call`` takes a ``condition`` tensor.
+
+    Example:
+        >>> norm = LayerNormalization(conditional=True)
+        >>> y = norm(ops.ones((2, 3, 8)), condition=ops.ones((2, 4)))
+    """
+
+    def __init__(self, epsilon=1e-12, conditional=False, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+        self.conditional = bool(conditional)
+
+    def build(self, inputs_shape, condition_shape=None):
+        dim = inputs_shape[-1]
+        self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+        if self.conditional:
+            self.gamma_dense = keras.layers.Dense(
+                dim, use_bias=False, kernel_initializer="zeros", name="gamma_dense",
+                dtype=self.dtype_policy)
+            self.beta_dense = keras.layers.Dense(
+                dim, use_bias=False, kernel_initializer="zeros", name="beta_dense",
+                dtype=self.dtype_policy)
+            cond_dim = condition_shape[-1] if condition_shape is not None else None
+            if cond_dim is None:
+                raise ValueError(
+                    f"{self.name}: a conditional LayerNormalization needs a condition "
+                    "with a known last dimension")
+            self.gamma_dense.build((None, cond_dim))
+            self.beta_dense.build((None, cond_dim))
+
+    def call(self, inputs, condition=None):
+        if self.conditional and condition is None:
+            raise ValueError(f"{self.name} is conditional: pass condition=<tensor [batch, c]>")
+        x = ops.cast(inputs, "float32")
+        mean, variance = ops.moments(x, axes=[-1], keepdims=True)
+        x = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        gamma = ops.cast(self.gamma, "float32")
+        beta = ops.cast(self.beta, "float32")
+        if self.conditional:
+            # [batch, c] -> [batch, 1, ..., dim] so it broadcasts over positions.
+            extra_axes = len(inputs.shape) - 2
+            delta_gamma = ops.cast(self.gamma_dense(condition), "float32")
+            delta_beta = ops.cast(self.beta_dense(condition), "float32")
+            for _ in range(extra_axes):
+                delta_gamma = ops.expand_dims(delta_gamma, 1)
+                delta_beta = ops.expand_dims(delta_beta, 1)
+            gamma = gamma + delta_gamma
+            beta = beta + delta_beta
+        return ops.cast(x * gamma + beta, self.compute_dtype)
+
+    def compute_output_spec(self, inputs, condition=None):
+        return keras.KerasTensor(inputs.shape, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon, conditional=self.conditional)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head self-attention with an additive mask and an optional key/value cache.
+
+    Scores are ``q k^T / sqrt(head_size) + attention_bias``, softmaxed in float32.
+
+    Three ways to call it:
+
+    * ``layer(x, attention_bias)``: ordinary self-attention; with
+      ``return_attention_scores=True`` it also returns the probabilities
+      ``[batch, heads, query, key]``.
+    * ``layer(x, attention_bias, return_cache=True)``: also returns this call's
+      keys and values stacked as ``[batch, 2, heads, length, head_size]`` (the
+      prefill of incremental decoding).
+    * ``layer(x, attention_bias, cache=c, write_mask=w)``: incremental decoding
+      of one new position; ``c`` is ``[batch, 2, heads, M, head_size]``, ``w`` a
+      one-hot ``[batch, M]`` of the slot the new key/value is written to, and
+      ``attention_bias`` covers the M cached keys. Returns the output and the
+      updated cache. The blend with a one-hot keeps every shape static, so a
+      compiled step never retraces.
+
+    Args:
+        num_heads: number of heads.
+        head_size: size of each head; the output size equals the input size.
+        attention_dropout: dropout on the attention probabilities.
+        kernel_initializer: initializer of the four projections.
+    """
+
+    def __init__(self, num_heads, head_size, attention_dropout=0.0,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.head_size = int(head_size)
+        self.attention_dropout = float(attention_dropout)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.dropout = keras.layers.Dropout(self.attention_dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape, *args, **kwargs):
+        hidden = input_shape[-1]
+        inner = self.num_heads * self.head_size
+
+        def dense(units, name, in_dim):
+            layer = keras.layers.Dense(
+                units, kernel_initializer=keras.initializers.get(
+                    keras.initializers.serialize(self.kernel_initializer)),
+                name=name, dtype=self.dtype_policy)
+            layer.build((None, in_dim))
+            return layer
+
+        self.query_dense = dense(inner, "query", hidden)
+        self.key_dense = dense(inner, "key", hidden)
+        self.value_dense = dense(inner, "value", hidden)
+        self.output_dense = dense(hidden, "output", inner)
+
+    def _split_heads(self, x):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        x = ops.reshape(x, (batch, length, self.num_heads, self.head_size))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    def call(self, inputs, attention_bias=None, cache=None, write_mask=None,
+             return_attention_scores=False, return_cache=False, training=None):
+        query = self._split_heads(self.query_dense(inputs))
+        key = self._split_heads(self.key_dense(inputs))
+        value = self._split_heads(self.value_dense(inputs))
+        if cache is not None:
+            if write_mask is None:
+                raise ValueError(f"{self.name}: a cache needs write_mask=<one-hot [batch, M]>")
+            slot = ops.cast(write_mask, key.dtype)[:, None, :, None]
+            key = cache[:, 0] * (1 - slot) + key * slot
+            value = cache[:, 1] * (1 - slot) + value * slot
+        scores = ops.einsum("bhqd,bhkd->bhqk", ops.cast(query, "float32"),
+                            ops.cast(key, "float32"))
+        scores = scores / math.sqrt(self.head_size)
+        if attention_bias is not None:
+            scores = scores + ops.cast(attention_bias, "float32")
+        probs = ops.softmax(scores, axis=-1)
+        dropped = self.dropout(ops.cast(probs, self.compute_dtype), training=training)
+        context = ops.einsum("bhqk,bhkd->bhqd", dropped, value)
+        context = ops.transpose(context, (0, 2, 1, 3))
+        batch, length = ops.shape(context)[0], ops.shape(context)[1]
+        context = ops.reshape(context, (batch, length, self.num_heads * self.head_size))
+        outputs = [self.output_dense(context)]
+        if return_attention_scores:
+            outputs.append(probs)
+        if cache is not None or return_cache:
+            outputs.append(ops.stack([key, value], axis=1))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def compute_output_spec(self, inputs, attention_bias=None, cache=None, write_mask=None,
+                            return_attention_scores=False, return_cache=False,
+                            training=None):
+        batch, length, hidden = inputs.shape
+        outputs = [keras.KerasTensor(inputs.shape, self.compute_dtype)]
+        keys = cache.shape[3] if cache is not None else length
+        if return_attention_scores:
+            outputs.append(keras.KerasTensor((batch, self.num_heads, length, keys), "float32"))
+        if cache is not None or return_cache:
+            outputs.append(keras.KerasTensor(
+                (batch, 2, self.num_heads, keys, self.head_size), self.compute_dtype))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_heads=self.num_heads, head_size=self.head_size,
+                      attention_dropout=self.attention_dropout,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FeedForward(keras.layers.Layer):
+    """Position-wise feed-forward: ``Dense(units, activation)`` then back to the input size.
+
+    Args:
+        units: the intermediate size.
+        activation: a name understood by :func:`get_activation`.
+        kernel_initializer: initializer of both kernels.
+    """
+
+    def __init__(self, units, activation="gelu", kernel_initializer="glorot_uniform",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.activation = activation
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        hidden = input_shape[-1]
+        init = keras.initializers.serialize(self.kernel_initializer)
+        self.intermediate_dense = keras.layers.Dense(
+            self.units, activation=get_activation(self.activation), name="intermediate",
+            kernel_initializer=keras.initializers.get(init), dtype=self.dtype_policy)
+        self.intermediate_dense.build((None, hidden))
+        self.output_dense = keras.layers.Dense(
+            hidden, name="output", kernel_initializer=keras.initializers.get(init),
+            dtype=self.dtype_policy)
+        self.output_dense.build((None, self.units))
+
+    def call(self, inputs):
+        return self.output_dense(self.intermediate_dense(inputs))
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(inputs.shape, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, activation=self.activation,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class AttentionBias(keras.layers.Layer):
+    """Additive attention bias ``[batch, 1, query, key]`` from token and segment ids.
+
+    Key padding comes from token id 0. ``application`` picks the pattern:
+
+    * ``"encoder"``: every position sees every non-padding key;
+    * ``"lm"``: position i sees keys j <= i;
+    * ``"unilm"``: with ``c = cumsum(segment_ids)``, query i sees key j iff
+      ``c[j] <= c[i]`` (the source is bidirectional, the target left to right).
+    """
+
+    APPLICATIONS = ("encoder", "lm", "unilm")
+
+    def __init__(self, application="encoder", **kwargs):
+        super().__init__(**kwargs)
+        if application not in self.APPLICATIONS:
+            raise ValueError(
+                f"unknown application {application!r}; expected one of {self.APPLICATIONS}")
+        self.application = application
+
+    def call(self, token_ids, segment_ids=None):
+        allowed = attention_mask(token_ids, segment_ids, self.application)
+        return ops.where(allowed, 0.0, _MASK_PENALTY)[:, None, :, :]
+
+    def compute_output_spec(self, token_ids, segment_ids=None):
+        batch, length = token_ids.shape
+        return keras.KerasTensor((batch, 1, length, length), "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(application=self.application)
+        return config
+
+
+def attention_mask(token_ids, segment_ids=None, application="encoder"):
+    """Boolean mask ``[batch, query, key]`` (True = may attend); see :class:`AttentionBias`."""
+    key_valid = ops.not_equal(token_ids, 0)[:, None, :]
+    length = ops.shape(token_ids)[1]
+    if application == "encoder":
+        return ops.broadcast_to(key_valid, (ops.shape(token_ids)[0], length, length))
+    if application == "lm":
+        positions = ops.arange(length)
+        causal = positions[None, :, None] >= positions[None, None, :]
+        return ops.logical_and(causal, key_valid)
+    if segment_ids is None:
+        raise ValueError("the unilm mask needs segment_ids")
+    cumulative = ops.cumsum(ops.cast(segment_ids, "int32"), axis=1)
+    seq2seq = cumulative[:, None, :] <= cumulative[:, :, None]
+    return ops.logical_and(seq2seq, key_valid)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FirstToken(keras.layers.Layer):
+    """Takes the hidden state of the first position (``[CLS]``) for the pooler."""
+
+    def call(self, inputs):
+        return inputs[:, 0]
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor((inputs.shape[0], inputs.shape[-1]), inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BiasAdd(keras.layers.Layer):
+    """Adds a learned bias vector (BERT's MLM ``output_bias``)."""
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(name="bias", shape=(input_shape[-1],),
+                                    initializer="zeros")
+
+    def call(self, inputs):
+        return inputs + ops.cast(self.bias, inputs.dtype)
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(inputs.shape, inputs.dtype)
