@@ -429,3 +429,27 @@ class BiasAdd(keras.layers.Layer):
 
     def compute_output_spec(self, inputs):
         return keras.KerasTensor(inputs.shape, inputs.dtype)
+
+
+class ReusedLayer(keras.layers.Layer):
+    """Calls an existing layer with fixed keyword arguments, sharing its weights.
+
+    Keras checks a functional graph against the output structure of a layer's
+    *first* call, so one layer cannot return one tensor in the training graph
+    and ``(output, cache)`` in a decoding graph. Wrapping each extra use gives it
+    its own consistent structure while the weights stay those of ``layer``.
+    Used for graphs built on the fly (decoding, attention probabilities), which
+    are not meant to be saved.
+    """
+
+    def __init__(self, layer, **call_kwargs):
+        super().__init__(name=f"{layer.name}-{'-'.join(sorted(call_kwargs))}",
+                         dtype=layer.dtype_policy)
+        self.layer = layer
+        self.call_kwargs = call_kwargs
+
+    def call(self, *args, **kwargs):
+        return self.layer(*args, **kwargs, **self.call_kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.layer.compute_output_spec(*args, **kwargs, **self.call_kwargs)

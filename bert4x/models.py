@@ -20,7 +20,7 @@ from bert4x import checkpoints
 from bert4x.configs import BertConfig
 from bert4x.layers import (AttentionBias, BiasAdd, FeedForward, FirstToken,
                            LayerNormalization, MultiHeadAttention, PositionEmbedding,
-                           ReversibleEmbedding, get_activation)
+                           ReusedLayer, ReversibleEmbedding, get_activation)
 
 _MASK_PENALTY = -1e9
 
@@ -184,12 +184,16 @@ class BERT:
               return_cache=False, training=None):
         """One post-norm Transformer layer; returns ``x`` or ``(x, cache)``."""
         layers = self.blocks[index]
-        attended = layers["attention"](
-            x, attention_bias=attention_bias, cache=cache, write_mask=write_mask,
-            return_cache=return_cache, training=training)
         new_cache = None
-        if cache is not None or return_cache:
-            attended, new_cache = attended
+        if cache is not None:
+            attended, new_cache = ReusedLayer(layers["attention"])(
+                x, attention_bias=attention_bias, cache=cache, write_mask=write_mask)
+        elif return_cache:
+            attended, new_cache = ReusedLayer(layers["attention"], return_cache=True)(
+                x, attention_bias=attention_bias)
+        else:
+            attended = layers["attention"](x, attention_bias=attention_bias,
+                                           training=training)
         attended = layers["attention_dropout"](attended, training=training)
         x = layers["attention_add"]([x, attended])
         x = layers["attention_norm"](x, condition=condition)
@@ -397,3 +401,54 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     if checkpoint_path is not None:
         builder.load_checkpoint(checkpoint_path, allow_missing_heads=allow_missing_heads)
     return builder.model if return_keras_model else builder
+
+
+def intermediate_model(model, layer_names):
+    """A model with the same inputs that returns the outputs of the named layers.
+
+    Args:
+        model: a functional model from :func:`build_transformer_model` (or loaded
+            from ``.keras``).
+        layer_names: a name or a list of names, e.g. ``"Transformer-1-FeedForward-Norm"``.
+
+    Example:
+        >>> probe = intermediate_model(model, ["Embedding-Norm",  # doctest: +SKIP
+        ...                                    "Transformer-0-FeedForward-Norm"])
+        >>> embeddings, first_layer = probe.predict([token_ids, segment_ids])
+    """
+    names = [layer_names] if isinstance(layer_names, str) else list(layer_names)
+    outputs = [_layer(model, name).output for name in names]
+    return keras.Model(model.inputs, outputs[0] if len(outputs) == 1 else outputs)
+
+
+def attention_model(model, layer_indices):
+    """A model returning the attention probabilities ``[batch, heads, query, key]``.
+
+    The attention layers of ``model`` are called again on their own inputs with
+    ``return_attention_scores=True``: no weights are copied and nothing is rebuilt
+    by hand. Masked keys get probability 0.
+
+    Args:
+        model: a functional BERT model.
+        layer_indices: an int or a list of ints (0 is the first Transformer layer).
+    """
+    indices = [layer_indices] if isinstance(layer_indices, int) else list(layer_indices)
+    outputs = []
+    for index in indices:
+        attention = _layer(model, f"Transformer-{index}-MultiHeadSelfAttention")
+        node = attention._inbound_nodes[0]
+        x = node.arguments.args[0]
+        bias = node.arguments.kwargs.get("attention_bias")
+        _, probs = ReusedLayer(attention, return_attention_scores=True)(
+            x, attention_bias=bias)
+        outputs.append(probs)
+    return keras.Model(model.inputs, outputs[0] if len(outputs) == 1 else outputs)
+
+
+def _layer(model, name):
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        names = [layer.name for layer in model.layers]
+        raise ValueError(f"model {model.name!r} has no layer {name!r}; its layers: "
+                         f"{names}") from None

@@ -1,0 +1,1033 @@
+"""Optimisers, learning-rate schedules and training helpers on the public Keras 3 API.
+
+Everything here subclasses or wraps public Keras classes (`keras.optimizers.Adam`,
+`keras.optimizers.Optimizer`, `keras.optimizers.schedules.LearningRateSchedule`,
+`keras.callbacks.Callback`, `keras.Model`) through their documented extension points
+(`build`, `update_step`, `get_config`, `train_step`), and is registered for
+serialisation under the package name ``"bert4x"``, so a model compiled with these
+optimisers saves and loads with `model.save` / `keras.models.load_model`.
+
+Contents:
+
+- `AdamW`: Adam with decoupled weight decay that skips variables by name pattern
+  (LayerNorm and bias by default), per-variable learning-rate multipliers and a
+  per-variable gradient transform.
+- `Lamb`: LAMB (layer-wise trust ratio) with the same per-variable features.
+- `WarmupLinearDecay`, `PiecewiseLinear`: learning-rate schedules.
+- `layerwise_lr_multipliers`: multipliers for layer-wise learning-rate decay.
+- `ClipByNorm`: a serialisable gradient transform clipping each gradient by its own norm.
+- `GradientAccumulator`, `GradientAccumulationModel`: gradient accumulation over
+  micro-batches that works under `tf.distribute` strategies (Keras's own
+  `gradient_accumulation_steps` does not: see `GradientAccumulator`).
+- `ExponentialMovingAverage`: a callback keeping an average of the weights, with an
+  explicit swap in (`apply_ema_weights`) and out (`reset_old_weights`).
+
+How a variable is matched by a pattern: patterns are regular expressions searched
+(`re.search`) in the variable's `path` (for example
+``"Transformer-3-FeedForward/kernel"``), which names the layer as well as the variable;
+Keras's own `exclude_from_weight_decay(var_names=...)` matches only `variable.name`
+(``"kernel"``, ``"gamma"``), which cannot tell a LayerNorm's ``gamma`` from anything else
+by layer name.
+"""
+
+import re
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = [
+    "AdamW",
+    "Lamb",
+    "WarmupLinearDecay",
+    "PiecewiseLinear",
+    "layerwise_lr_multipliers",
+    "ClipByNorm",
+    "GradientAccumulator",
+    "GradientAccumulationModel",
+    "ExponentialMovingAverage",
+]
+
+#: Default patterns of variables that get no weight decay: every normalisation layer
+#: (bert4x names them ``...-Norm``, Hugging Face ``LayerNorm``, Keras
+#: ``layer_normalization``) and every bias.
+DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY = ("Norm", "layer_norm", "bias")
+
+
+def _variable_path(variable):
+    """The name used for pattern matching: Keras's `path`, else the plain `name`."""
+    return getattr(variable, "path", None) or variable.name
+
+
+def _compile_patterns(patterns, what):
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as error:
+            raise ValueError(
+                f"{what}: {pattern!r} is not a valid regular expression ({error})."
+            ) from None
+    return compiled
+
+
+class _PerVariableRules:
+    """Per-variable learning-rate multipliers, weight-decay exclusion and gradient hook.
+
+    Mixed into a Keras optimizer. The rules are resolved once in `build`, from the
+    Keras variables' paths, and looked up by variable index in `update_step`, which is
+    where the TensorFlow backend calls us with the raw (possibly mirrored) variable.
+    """
+
+    def _init_rules(
+        self, weight_decay, exclude_from_weight_decay, lr_multipliers, gradient_transform
+    ):
+        if weight_decay is not None and weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+        self.weight_decay_rate = float(weight_decay or 0.0)
+        self.exclude_patterns = list(exclude_from_weight_decay or [])
+        self._exclude_regexes = _compile_patterns(
+            self.exclude_patterns, "exclude_from_weight_decay"
+        )
+        self._excluded_variable_ids = set()
+        self.lr_multipliers = dict(lr_multipliers or {})
+        for pattern, multiplier in self.lr_multipliers.items():
+            if not isinstance(multiplier, (int, float)) or multiplier < 0:
+                raise ValueError(
+                    f"lr_multipliers[{pattern!r}] must be a number >= 0, got "
+                    f"{multiplier!r}."
+                )
+        self._multiplier_regexes = [
+            (regex, float(self.lr_multipliers[pattern]))
+            for pattern, regex in zip(
+                self.lr_multipliers,
+                _compile_patterns(list(self.lr_multipliers), "lr_multipliers"),
+            )
+        ]
+        if gradient_transform is not None and not callable(gradient_transform):
+            raise ValueError(
+                "gradient_transform must be a callable (gradient, variable) -> "
+                f"gradient, got {gradient_transform!r}."
+            )
+        self.gradient_transform = gradient_transform
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Excludes variables from weight decay (must be called before `build`).
+
+        Overrides Keras's method of the same name so that both routes configure the
+        one rule set of this optimiser: `var_names` are regular expressions searched in
+        each variable's `path` and replace the current patterns; `var_list` adds
+        explicit variables.
+
+        Args:
+            var_list: variables to exclude.
+            var_names: patterns to exclude, e.g. ``["Norm", "bias"]``.
+        """
+        if self.built:
+            raise ValueError(
+                "exclude_from_weight_decay() must be called before the optimizer is "
+                "built (before its first update or `optimizer.build(variables)`)."
+            )
+        if var_names is not None:
+            self.exclude_patterns = list(var_names)
+            self._exclude_regexes = _compile_patterns(var_names, "var_names")
+        self._excluded_variable_ids = {id(v) for v in (var_list or [])}
+
+    def _resolve_rules(self, variables):
+        self._rule_variables = list(variables)
+        self._rule_multipliers = []
+        self._rule_decays = []
+        for variable in variables:
+            path = _variable_path(variable)
+            multiplier = 1.0
+            for regex, value in self._multiplier_regexes:
+                if regex.search(path):
+                    multiplier = value
+                    break
+            decays = self.weight_decay_rate > 0 and not (
+                id(variable) in self._excluded_variable_ids
+                or any(regex.search(path) for regex in self._exclude_regexes)
+            )
+            self._rule_multipliers.append(multiplier)
+            self._rule_decays.append(decays)
+
+    def learning_rate_multiplier(self, variable):
+        """The learning-rate multiplier this optimiser uses for `variable` (after build)."""
+        return self._rule_multipliers[self._index_of(variable)]
+
+    def uses_weight_decay(self, variable):
+        """Whether this optimiser decays `variable` (after build)."""
+        return self._rule_decays[self._index_of(variable)]
+
+    def _index_of(self, variable):
+        # `_get_variable_index` is the lookup the Keras base-class documentation uses
+        # in its custom-optimizer example; it maps mirrored and raw TF variables too.
+        return self._get_variable_index(variable)
+
+    def _prepare_update(self, gradient, variable, learning_rate):
+        """Applies the gradient hook and multiplier; returns (gradient, lr, decays)."""
+        index = self._index_of(variable)
+        if self.gradient_transform is not None:
+            gradient = self.gradient_transform(gradient, self._rule_variables[index])
+        multiplier = self._rule_multipliers[index]
+        if multiplier != 1.0:
+            learning_rate = ops.multiply(
+                ops.cast(learning_rate, variable.dtype),
+                ops.cast(multiplier, variable.dtype),
+            )
+        return gradient, learning_rate, self._rule_decays[index]
+
+    def _rules_config(self):
+        return {
+            "weight_decay": self.weight_decay_rate,
+            "exclude_from_weight_decay": list(self.exclude_patterns),
+            "lr_multipliers": dict(self.lr_multipliers),
+            "gradient_transform": (
+                None
+                if self.gradient_transform is None
+                else keras.saving.serialize_keras_object(self.gradient_transform)
+            ),
+        }
+
+
+def _deserialize_transform(config):
+    transform = config.get("gradient_transform")
+    if isinstance(transform, dict):
+        config["gradient_transform"] = keras.saving.deserialize_keras_object(transform)
+    return config
+
+
+@keras.saving.register_keras_serializable(package="bert4x")
+class AdamW(_PerVariableRules, keras.optimizers.Adam):
+    """Adam with decoupled weight decay, per-variable learning rates and gradient hook.
+
+    Wraps `keras.optimizers.Adam`: the moment estimates, bias correction, `amsgrad`,
+    clipping (`clipnorm`, `global_clipnorm`, `clipvalue`), `loss_scale_factor` and
+    Keras's own `use_ema` all come from Keras unchanged. What this class adds in
+    `update_step`, per variable:
+
+    1. ``gradient = gradient_transform(gradient, variable)`` if a transform is given
+       (after Keras's clipping and, under `tf.distribute`, after the all-reduce);
+    2. ``lr = learning_rate * multiplier`` with the multiplier of the first pattern in
+       `lr_multipliers` found in the variable's path (1 if none);
+    3. decoupled weight decay ``w <- w - lr * weight_decay * w`` unless the variable's
+       path matches a pattern of `exclude_from_weight_decay`;
+    4. Keras's Adam step with ``lr``.
+
+    The weight decay is done here rather than by Keras's `AdamW` because Keras's
+    exclusion matches only `variable.name` (``"gamma"``, ``"kernel"``), not the layer,
+    and because its decay ignores per-variable learning rates (layer-wise decay must
+    slow the decay of lower layers too). With no multiplier and no exclusion, one step
+    equals `keras.optimizers.AdamW` with the same arguments.
+
+    Args:
+        learning_rate: float, `LearningRateSchedule` or callable.
+        weight_decay: decoupled weight-decay rate (0 or None for none).
+        beta_1, beta_2, epsilon, amsgrad: as in `keras.optimizers.Adam`.
+        exclude_from_weight_decay: regular expressions; variables whose path matches
+            one get no decay. Defaults to ``("Norm", "layer_norm", "bias")``.
+        lr_multipliers: ``{pattern: multiplier}``; the first matching pattern (in dict
+            order) sets the variable's learning-rate multiplier.
+        gradient_transform: callable ``(gradient, variable) -> gradient``; `variable`
+            is the Keras variable (with `path`). Register it with
+            `keras.saving.register_keras_serializable` (or use `ClipByNorm`) for the
+            optimiser to be saved with the model.
+        **kwargs: other `keras.optimizers.Optimizer` arguments.
+
+    Example:
+        >>> optimizer = AdamW(
+        ...     learning_rate=WarmupLinearDecay(2e-5, warmup_steps=100, total_steps=1000),
+        ...     weight_decay=0.01,
+        ...     lr_multipliers={"^Classifier": 10.0},
+        ...     gradient_transform=ClipByNorm(1.0),
+        ... )
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        weight_decay=0.01,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-6,
+        amsgrad=False,
+        exclude_from_weight_decay=DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY,
+        lr_multipliers=None,
+        gradient_transform=None,
+        **kwargs,
+    ):
+        # Keras's own decay stays off (None): we apply it per variable in update_step.
+        kwargs.pop("weight_decay", None)
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            amsgrad=amsgrad,
+            weight_decay=None,
+            **kwargs,
+        )
+        self._init_rules(
+            weight_decay, exclude_from_weight_decay, lr_multipliers, gradient_transform
+        )
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._resolve_rules(var_list)
+
+    def update_step(self, gradient, variable, learning_rate):
+        gradient, learning_rate, decays = self._prepare_update(
+            gradient, variable, learning_rate
+        )
+        if decays:
+            rate = ops.multiply(
+                ops.cast(learning_rate, variable.dtype),
+                ops.cast(self.weight_decay_rate, variable.dtype),
+            )
+            self.assign_sub(variable, ops.multiply(variable, rate))
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._rules_config())
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return super().from_config(_deserialize_transform(dict(config)), custom_objects)
+
+
+@keras.saving.register_keras_serializable(package="bert4x")
+class Lamb(_PerVariableRules, keras.optimizers.Optimizer):
+    """LAMB: Adam-style update rescaled per variable by a trust ratio.
+
+    For each variable ``w`` at step ``t`` (counting from 1), with gradient ``g``::
+
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g**2
+        r = (m / (1 - beta_1**t)) / (sqrt(v / (1 - beta_2**t)) + epsilon)
+        r = r + weight_decay * w            # unless w is excluded from decay
+        ratio = ||w|| / ||r||  if both > 0 else 1   # 1 if excluded from adaptation
+        w = w - lr * multiplier * ratio * r
+
+    This is the update of You et al. (2019) and of Google's BERT LAMB, where the weight
+    decay sits inside the trust ratio and LayerNorm/bias variables are excluded from
+    both decay and adaptation. `keras.optimizers.Lamb` is not wrapped because it applies
+    decay outside the ratio and cannot exclude variables from adaptation; the base
+    `keras.optimizers.Optimizer` (slots, clipping, schedules, EMA, loss scaling) is used
+    as is.
+
+    Args:
+        learning_rate: float, `LearningRateSchedule` or callable.
+        weight_decay: weight-decay rate inside the trust ratio.
+        beta_1, beta_2, epsilon: moment decay rates and the denominator's epsilon.
+        exclude_from_weight_decay: patterns of variables without decay (see `AdamW`).
+        exclude_from_layer_adaptation: patterns of variables updated with ratio 1;
+            defaults to `exclude_from_weight_decay`, as in Google's implementation.
+        lr_multipliers: ``{pattern: multiplier}`` (see `AdamW`).
+        gradient_transform: callable ``(gradient, variable) -> gradient``.
+        **kwargs: other `keras.optimizers.Optimizer` arguments.
+
+    Example:
+        >>> optimizer = Lamb(learning_rate=1e-3, weight_decay=0.01)
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        weight_decay=0.01,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-6,
+        exclude_from_weight_decay=DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY,
+        exclude_from_layer_adaptation=None,
+        lr_multipliers=None,
+        gradient_transform=None,
+        **kwargs,
+    ):
+        kwargs.pop("weight_decay", None)
+        super().__init__(learning_rate=learning_rate, weight_decay=None, **kwargs)
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self._init_rules(
+            weight_decay, exclude_from_weight_decay, lr_multipliers, gradient_transform
+        )
+        self.exclude_from_layer_adaptation = (
+            None
+            if exclude_from_layer_adaptation is None
+            else list(exclude_from_layer_adaptation)
+        )
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._momentums, self._velocities = self.add_optimizer_variables(
+            var_list, ["momentum", "velocity"]
+        )
+        self._resolve_rules(var_list)
+        adaptation_patterns = (
+            self.exclude_patterns
+            if self.exclude_from_layer_adaptation is None
+            else self.exclude_from_layer_adaptation
+        )
+        regexes = _compile_patterns(adaptation_patterns, "exclude_from_layer_adaptation")
+        self._rule_adapts = [
+            not any(regex.search(_variable_path(v)) for regex in regexes)
+            for v in var_list
+        ]
+
+    def update_step(self, gradient, variable, learning_rate):
+        gradient, learning_rate, decays = self._prepare_update(
+            gradient, variable, learning_rate
+        )
+        index = self._index_of(variable)
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1 = ops.cast(self.beta_1, dtype)
+        beta_2 = ops.cast(self.beta_2, dtype)
+        m = self._momentums[index]
+        v = self._velocities[index]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - beta_1))
+        self.assign_add(
+            v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - beta_2)
+        )
+        m_hat = ops.divide(m, 1 - ops.power(beta_1, step))
+        v_hat = ops.divide(v, 1 - ops.power(beta_2, step))
+        update = ops.divide(m_hat, ops.add(ops.sqrt(v_hat), self.epsilon))
+        if decays:
+            update = ops.add(
+                update, ops.multiply(ops.cast(self.weight_decay_rate, dtype), variable)
+            )
+        if self._rule_adapts[index]:
+            w_norm = ops.sqrt(ops.sum(ops.square(variable)))
+            u_norm = ops.sqrt(ops.sum(ops.square(update)))
+            ratio = ops.where(
+                ops.logical_and(ops.greater(w_norm, 0), ops.greater(u_norm, 0)),
+                ops.divide(w_norm, ops.maximum(u_norm, 1e-30)),
+                ops.ones_like(w_norm),
+            )
+            lr = ops.multiply(lr, ratio)
+        self.assign_sub(variable, ops.multiply(lr, update))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._rules_config())
+        config.update(
+            {
+                "beta_1": self.beta_1,
+                "beta_2": self.beta_2,
+                "epsilon": self.epsilon,
+                "exclude_from_layer_adaptation": self.exclude_from_layer_adaptation,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return super().from_config(_deserialize_transform(dict(config)), custom_objects)
+
+
+@keras.saving.register_keras_serializable(package="bert4x")
+class ClipByNorm:
+    """Gradient transform clipping each variable's gradient by its own L2 norm.
+
+    ``g <- g * min(1, max_norm / ||g||)``. Unlike Keras's `clipnorm` (which clips each
+    gradient *before* the cross-replica sum under `tf.distribute`), used as
+    `gradient_transform` it sees the summed gradient.
+
+    Args:
+        max_norm: the largest norm a gradient may keep.
+
+    Example:
+        >>> optimizer = AdamW(1e-3, gradient_transform=ClipByNorm(1.0))
+    """
+
+    def __init__(self, max_norm):
+        if max_norm <= 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm}.")
+        self.max_norm = float(max_norm)
+
+    def __call__(self, gradient, variable):
+        gradient = ops.convert_to_tensor(gradient)
+        norm = ops.sqrt(ops.sum(ops.square(gradient)))
+        scale = ops.minimum(
+            ops.cast(1.0, gradient.dtype),
+            ops.divide(ops.cast(self.max_norm, gradient.dtype), ops.maximum(norm, 1e-30)),
+        )
+        return ops.multiply(gradient, scale)
+
+    def get_config(self):
+        return {"max_norm": self.max_norm}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def _piecewise_linear(step, points):
+    """Linear interpolation through sorted ``(step, value)`` points, flat outside."""
+    step = ops.cast(step, "float32")
+    value = ops.cast(points[0][1], "float32")
+    for (s0, v0), (s1, v1) in zip(points[:-1], points[1:]):
+        fraction = ops.clip(ops.divide(ops.subtract(step, s0), float(s1 - s0)), 0.0, 1.0)
+        value = ops.add(value, ops.multiply(float(v1 - v0), fraction))
+    return value
+
+
+@keras.saving.register_keras_serializable(package="bert4x")
+class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
+    """bert4keras's piecewise-linear schedule: ``base_lr * f(step)``.
+
+    `schedule` maps steps to multipliers, e.g. ``{1000: 1, 2000: 0.1}``: the multiplier
+    rises linearly from 0 at step 0 (when `from_zero`) to 1 at step 1000, falls
+    linearly to 0.1 at step 2000 and stays there. Steps are the optimiser's
+    `iterations` (0 for the first update).
+
+    Args:
+        schedule: ``{step: multiplier}`` or a list of ``(step, multiplier)`` pairs.
+        base_lr: learning rate the multipliers scale.
+        from_zero: start from multiplier 0 at step 0 if `schedule` has no step 0
+            (bert4keras's default); otherwise the first multiplier holds before its step.
+
+    Example:
+        >>> lr = PiecewiseLinear({1000: 1, 2000: 0.1}, base_lr=1e-4)
+        >>> float(lr(500))  # doctest: +ELLIPSIS
+        5e-05
+    """
+
+    def __init__(self, schedule, base_lr=1.0, from_zero=True):
+        pairs = schedule.items() if isinstance(schedule, dict) else schedule
+        points = sorted((int(step), float(value)) for step, value in pairs)
+        if not points:
+            raise ValueError("schedule must have at least one (step, multiplier) point.")
+        steps = [step for step, _ in points]
+        if len(set(steps)) != len(steps) or steps[0] < 0:
+            raise ValueError(f"schedule steps must be distinct and >= 0, got {steps}.")
+        self.schedule = points
+        self.base_lr = float(base_lr)
+        self.from_zero = bool(from_zero)
+        self._points = (
+            [(0, 0.0)] + points if from_zero and points[0][0] != 0 else list(points)
+        )
+
+    def __call__(self, step):
+        return ops.multiply(self.base_lr, _piecewise_linear(step, self._points))
+
+    def get_config(self):
+        # Pairs, not a dict: JSON would turn integer keys into strings.
+        return {
+            "schedule": [list(pair) for pair in self.schedule],
+            "base_lr": self.base_lr,
+            "from_zero": self.from_zero,
+        }
+
+
+@keras.saving.register_keras_serializable(package="bert4x")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak_lr`, then linear decay to `end_lr`.
+
+    ``lr(t) = peak_lr * t / warmup_steps`` for ``t < warmup_steps``, then linear from
+    `peak_lr` at `warmup_steps` to `end_lr` at `total_steps`, and `end_lr` after.
+    ``t`` is the optimiser's `iterations` (0 for the first update), as in Google's BERT.
+
+    Args:
+        peak_lr: learning rate at the end of the warm-up.
+        warmup_steps: length of the warm-up (0 for none).
+        total_steps: step at which `end_lr` is reached.
+        end_lr: final learning rate.
+
+    Example:
+        >>> lr = WarmupLinearDecay(1e-4, warmup_steps=100, total_steps=1100)
+        >>> round(float(lr(600)), 10)
+        5e-05
+    """
+
+    def __init__(self, peak_lr, warmup_steps, total_steps, end_lr=0.0):
+        if not 0 <= warmup_steps <= total_steps or total_steps <= 0:
+            raise ValueError(
+                "Need 0 <= warmup_steps <= total_steps and total_steps > 0, got "
+                f"warmup_steps={warmup_steps}, total_steps={total_steps}."
+            )
+        self.peak_lr = float(peak_lr)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.end_lr = float(end_lr)
+        points = [(self.warmup_steps, self.peak_lr)]
+        if self.warmup_steps > 0:
+            points.insert(0, (0, 0.0))
+        if self.total_steps > self.warmup_steps:
+            points.append((self.total_steps, self.end_lr))
+        self._points = points
+
+    def __call__(self, step):
+        return _piecewise_linear(step, self._points)
+
+    def get_config(self):
+        return {
+            "peak_lr": self.peak_lr,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "end_lr": self.end_lr,
+        }
+
+
+def layerwise_lr_multipliers(
+    model,
+    decay=0.9,
+    num_layers=None,
+    layer_pattern=r"Transformer-(\d+)-",
+    embedding_pattern=r"(?:^|/)Embedding-",
+):
+    """Learning-rate multipliers for layer-wise decay (lower layers learn slower).
+
+    With ``N`` Transformer layers, variables of layer ``i`` (0 = lowest) get
+    ``decay ** (N - i)``, embeddings ``decay ** (N + 1)`` (one step below layer 0, as
+    in ELECTRA/BEiT), and everything else (pooler, task heads) keeps 1.
+
+    Args:
+        model: a built Keras model (or any object with `trainable_variables`).
+        decay: multiplier per layer, e.g. 0.9.
+        num_layers: ``N``; defaults to the largest layer index found plus one.
+        layer_pattern: regular expression with one group capturing the layer index,
+            searched in each variable's path. bert4x names layers
+            ``Transformer-{i}-...``.
+        embedding_pattern: regular expression marking embedding variables.
+
+    Returns:
+        ``{pattern: multiplier}`` for `AdamW(lr_multipliers=...)` / `Lamb`; the
+        embedding pattern comes first, then one anchored pattern per layer.
+
+    Example:
+        >>> multipliers = layerwise_lr_multipliers(model, decay=0.8)
+        >>> optimizer = AdamW(2e-5, lr_multipliers=multipliers)
+    """
+    if not 0 < decay <= 1:
+        raise ValueError(f"decay must be in (0, 1], got {decay}.")
+    layer_regex = re.compile(layer_pattern)
+    if layer_regex.groups != 1:
+        raise ValueError(
+            f"layer_pattern {layer_pattern!r} must have exactly one group capturing "
+            "the layer index."
+        )
+    layers = {}
+    for variable in model.trainable_variables:
+        match = layer_regex.search(_variable_path(variable))
+        if match:
+            # The matched text (e.g. "Transformer-3-") is the layer's prefix; anchor it
+            # at the path start or after a "/" and forbid a following digit so that
+            # layer 1 never captures layer 10.
+            prefix = re.escape(match.group(0))
+            layers[int(match.group(1))] = rf"(?:^|/){prefix}(?!\d)"
+    if not layers:
+        raise ValueError(
+            f"No trainable variable path matches layer_pattern {layer_pattern!r}; "
+            f"first paths: {[_variable_path(v) for v in model.trainable_variables[:5]]}."
+        )
+    if num_layers is None:
+        num_layers = max(layers) + 1
+    elif max(layers) >= num_layers:
+        raise ValueError(
+            f"num_layers={num_layers} but the model has a layer {max(layers)}."
+        )
+    multipliers = {embedding_pattern: float(decay ** (num_layers + 1))}
+    for index in sorted(layers):
+        multipliers[layers[index]] = float(decay ** (num_layers - index))
+    return multipliers
+
+
+# ---------------------------------------------------------------- gradient accumulation
+
+
+class GradientAccumulator:
+    """Sums gradients over micro-batches and applies their weighted mean in one update.
+
+    Why not Keras's `gradient_accumulation_steps`: it decides inside the replica
+    function, with a `cond`, whether to run the optimiser's update, and the update's
+    cross-replica all-reduce cannot run inside a `cond` under `tf.distribute`
+    (``RuntimeError: merge_call called while defining a new graph``, Keras 3.15 /
+    TF 2.21). Here no update is conditional: the caller decides *outside* the replica
+    function how many micro-batches make one update.
+
+    The sums are Keras variables with ``synchronization="on_read"`` and
+    ``aggregation="sum"``: under a `tf.distribute` strategy each replica keeps its
+    own local sum (no communication per micro-batch), and `apply` hands the local mean
+    to `optimizer.apply`, whose all-reduce combines the replicas once per update. The
+    optimiser's `iterations` (and so its schedule) advance once per `apply`.
+
+    Create it under the strategy's scope; call `accumulate` and `apply` inside
+    `strategy.run`. Scale the loss as usual for `tf.distribute` (Keras's
+    `model.compute_loss` does; in a custom loop use e.g.
+    `tf.nn.compute_average_loss(per_example, global_batch_size=micro_batch_global)`).
+
+    Args:
+        variables: the trainable variables the gradients belong to.
+        name: name scope of the accumulator variables.
+
+    Example (custom loop, TensorFlow backend, k micro-batches per update)::
+
+        with strategy.scope():
+            model = ...; optimizer = AdamW(1e-4)
+            optimizer.build(model.trainable_variables)
+            accumulator = GradientAccumulator(model.trainable_variables)
+
+        def micro_step(x, y):                     # runs on each replica
+            with tf.GradientTape() as tape:
+                per_example = loss_fn(y, model(x, training=True))
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=B)
+            accumulator.accumulate(tape.gradient(loss, model.trainable_variables))
+
+        @tf.function
+        def train_step(iterator):                 # one optimiser update
+            for _ in range(k):
+                strategy.run(micro_step, args=next(iterator))
+            strategy.run(accumulator.apply, args=(optimizer,))
+    """
+
+    def __init__(self, variables, name="gradient_accumulator"):
+        self.variables = list(variables)
+        if not self.variables:
+            raise ValueError("GradientAccumulator needs at least one variable.")
+        self._missing = set()
+        with keras.name_scope(name):
+            self.sums = [
+                keras.Variable(
+                    "zeros",
+                    shape=tuple(v.shape),
+                    dtype=v.dtype,
+                    trainable=False,
+                    aggregation="sum",
+                    synchronization="on_read",
+                    name=f"sum_{i}",
+                )
+                for i, v in enumerate(self.variables)
+            ]
+            self.total_weight = keras.Variable(
+                0.0,
+                dtype="float32",
+                trainable=False,
+                aggregation="sum",
+                synchronization="on_read",
+                name="total_weight",
+            )
+
+    def accumulate(self, gradients, weight=1.0):
+        """Adds ``weight * gradient`` to each sum and `weight` to the total weight.
+
+        Args:
+            gradients: one gradient (or None) per variable, in order.
+            weight: weight of this micro-batch, e.g. its number of examples when
+                micro-batches differ in size; 1 for a plain mean.
+        """
+        gradients = list(gradients)
+        if len(gradients) != len(self.sums):
+            raise ValueError(
+                f"Got {len(gradients)} gradients for {len(self.sums)} variables."
+            )
+        weight = ops.cast(weight, "float32")
+        for index, (total, gradient) in enumerate(zip(self.sums, gradients)):
+            if gradient is None:
+                # Decided when tracing: a variable without gradient stays untouched.
+                self._missing.add(index)
+                continue
+            gradient = ops.convert_to_tensor(gradient)  # densifies IndexedSlices
+            total.assign_add(ops.multiply(gradient, ops.cast(weight, total.dtype)))
+        self.total_weight.assign_add(weight)
+
+    def gradients(self):
+        """The weighted mean gradients accumulated so far (this replica's, in a replica)."""
+        total_weight = ops.maximum(ops.convert_to_tensor(self.total_weight), 1e-30)
+        return [
+            None
+            if index in self._missing
+            else ops.divide(ops.convert_to_tensor(total), ops.cast(total_weight, total.dtype))
+            for index, total in enumerate(self.sums)
+        ]
+
+    def apply(self, optimizer):
+        """Applies the mean gradient with `optimizer.apply`, then resets the sums."""
+        optimizer.apply(self.gradients(), self.variables)
+        self.reset()
+
+    def reset(self):
+        """Sets the sums and the total weight back to zero."""
+        for total in self.sums:
+            total.assign(ops.zeros(total.shape, dtype=total.dtype))
+        self.total_weight.assign(0.0)
+
+
+@keras.saving.register_keras_serializable(package="bert4x")
+class GradientAccumulationModel(keras.Model):
+    """Wraps a model so that `fit` splits each batch into micro-batches.
+
+    Each training step cuts the batch it receives into `accumulation_steps`
+    micro-batches, runs forward and backward on one at a time (in a `tf.while_loop`,
+    so only one micro-batch's activations are alive), accumulates the gradients with a
+    `GradientAccumulator` weighted by micro-batch size, and makes one optimiser
+    update. Feed it batches of ``accumulation_steps * micro_batch_size``: it computes
+    the update of the whole batch with the memory of a micro-batch. It works under
+    `tf.distribute.MirroredStrategy` (each replica splits its shard).
+
+    The update equals one step on the whole batch when the loss is a mean over
+    examples (Keras's default reduction); with losses normalised differently (e.g. by
+    the number of masked tokens) it is the example-weighted mean of micro-batch losses.
+
+    TensorFlow backend only. On JAX and PyTorch, where no `tf.distribute` is involved,
+    the optimisers' own ``gradient_accumulation_steps=k`` works (one update every k
+    `fit` batches). Save and export the wrapped `model`, not the wrapper.
+
+    Args:
+        model: the Keras model to train (its weights are shared, not copied).
+        accumulation_steps: number of micro-batches per batch.
+
+    Example:
+        >>> trainer = GradientAccumulationModel(model, accumulation_steps=4)
+        >>> trainer.compile(AdamW(2e-5), "sparse_categorical_crossentropy")
+        >>> trainer.fit(dataset_with_batches_of_128)  # 4 micro-batches of 32
+        >>> model.save("classifier.keras")
+    """
+
+    def __init__(self, model, accumulation_steps, **kwargs):
+        if keras.backend.backend() != "tensorflow":
+            raise NotImplementedError(
+                "GradientAccumulationModel needs the TensorFlow backend (it exists for "
+                "tf.distribute); on JAX/PyTorch use the optimizer's "
+                "gradient_accumulation_steps argument."
+            )
+        if int(accumulation_steps) < 1:
+            raise ValueError(
+                f"accumulation_steps must be >= 1, got {accumulation_steps}."
+            )
+        kwargs.setdefault("name", f"{model.name}_accumulated")
+        super().__init__(**kwargs)
+        self.model = model
+        self.accumulation_steps = int(accumulation_steps)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self._accumulator = None
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def make_train_function(self, force=False):
+        # The accumulator's variables must exist before tracing and live under the
+        # model's strategy, so that each replica gets its own local sums.
+        variables = self.trainable_variables
+        if self._accumulator is None or [id(v) for v in self._accumulator.variables] != [
+            id(v) for v in variables
+        ]:
+            with self.distribute_strategy.scope():
+                self._accumulator = GradientAccumulator(
+                    variables, name=f"{self.name}_gradients"
+                )
+            force = True
+        return super().make_train_function(force=force)
+
+    def _replicas(self):
+        import tensorflow as tf
+
+        return tf.distribute.get_strategy().num_replicas_in_sync
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        accumulator = self._accumulator
+        variables = accumulator.variables
+        batch_size = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+        micro_size = (batch_size + self.accumulation_steps - 1) // self.accumulation_steps
+        micro_size = tf.maximum(micro_size, 1)
+        micro_count = (batch_size + micro_size - 1) // micro_size
+
+        def cut(tensor, start, stop):
+            return None if tensor is None else tensor[start:stop]
+
+        def body(index):
+            start = index * micro_size
+            stop = tf.minimum(start + micro_size, batch_size)
+            part = tf.nest.map_structure(
+                lambda t: cut(t, start, stop), (x, y, sample_weight)
+            )
+            x_part, y_part, weight_part = part
+            with tf.GradientTape() as tape:
+                y_pred = self(x_part, training=True)
+                loss = self.compute_loss(
+                    x=x_part, y=y_part, y_pred=y_pred, sample_weight=weight_part
+                )
+                scaled_loss = self.optimizer.scale_loss(loss)
+            gradients = tape.gradient(scaled_loss, variables)
+            examples = tf.cast(stop - start, "float32")
+            accumulator.accumulate(gradients, weight=examples)
+            # compute_loss scales by 1 / replicas for the all-reduce; undo for the log.
+            self.loss_tracker.update_state(
+                loss * self._replicas(), sample_weight=examples
+            )
+            self.compute_metrics(x_part, y_part, y_pred, sample_weight=weight_part)
+            return index + 1
+
+        tf.while_loop(lambda index: index < micro_count, body, [tf.constant(0)])
+        accumulator.apply(self.optimizer)
+        return self.get_metrics_result()
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+        first = next(t for t in keras.tree.flatten(x) if t is not None)
+        self.loss_tracker.update_state(
+            loss * self._replicas(), sample_weight=ops.shape(first)[0]
+        )
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def get_config(self):
+        return {
+            "model": keras.saving.serialize_keras_object(self.model),
+            "accumulation_steps": self.accumulation_steps,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(
+            config["model"], custom_objects=custom_objects
+        )
+        return cls(**config)
+
+
+# ---------------------------------------------------------------------------- averaging
+
+
+class ExponentialMovingAverage(keras.callbacks.Callback):
+    """Keeps an exponential moving average of the weights during `fit`.
+
+    After each optimiser update (it watches `optimizer.iterations`, so micro-batches
+    that update nothing are skipped): ``average = momentum * average + (1 - momentum)
+    * weight``, starting from the weights at the start of training (so no bias
+    correction is needed). Swapping is explicit: `apply_ema_weights()` backs up the
+    current weights and writes the averages into the model, `reset_old_weights()`
+    restores the backup; `averaged_weights()` does both around a ``with`` block.
+
+    Keras optimisers also have ``use_ema=True`` with `finalize_variable_values`, but
+    that overwrites the weights for good, with no way back to the trained ones; this
+    callback keeps both.
+
+    Args:
+        momentum: weight of the old average, e.g. 0.999.
+        include_non_trainable: also average non-trainable weights (e.g. batch-norm
+            statistics); bert4keras averaged all weights.
+
+    Example:
+        >>> ema = ExponentialMovingAverage(0.999)
+        >>> model.fit(data, epochs=3, callbacks=[ema])
+        >>> with ema.averaged_weights():
+        ...     model.evaluate(valid_data)
+        >>> ema.apply_ema_weights(); model.save("best.keras"); ema.reset_old_weights()
+    """
+
+    def __init__(self, momentum=0.999, include_non_trainable=False):
+        super().__init__()
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
+        self.momentum = float(momentum)
+        self.include_non_trainable = include_non_trainable
+        self.averages = None
+        self._weights = None
+        self._old_values = None
+        self._last_iteration = None
+
+    def _tracked_weights(self):
+        if self.include_non_trainable:
+            return list(self.model.weights)
+        return list(self.model.trainable_weights)
+
+    def initialize(self, model=None):
+        """Starts the averages at the model's current weights (done at first `fit`)."""
+        if model is not None:
+            self.set_model(model)
+        self._weights = self._tracked_weights()
+        self.averages = [
+            keras.Variable(
+                ops.convert_to_tensor(weight),
+                trainable=False,
+                dtype=weight.dtype,
+                name=f"ema_{i}",
+            )
+            for i, weight in enumerate(self._weights)
+        ]
+
+    def _iteration(self):
+        optimizer = getattr(self.model, "optimizer", None)
+        return None if optimizer is None else int(optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs=None):
+        if self.averages is None:
+            self.initialize()
+        self._last_iteration = self._iteration()
+
+    def on_train_batch_end(self, batch, logs=None):
+        iteration = self._iteration()
+        if iteration is not None and iteration == self._last_iteration:
+            return
+        self._last_iteration = iteration
+        self.update()
+
+    def update(self):
+        """One averaging step: ``average <- m * average + (1 - m) * weight``."""
+        if self.averages is None:
+            raise ValueError("Call initialize(model) or fit with this callback first.")
+        for average, weight in zip(self.averages, self._weights):
+            average.assign(
+                ops.add(
+                    ops.multiply(average, self.momentum),
+                    ops.multiply(ops.convert_to_tensor(weight), 1.0 - self.momentum),
+                )
+            )
+
+    def apply_ema_weights(self):
+        """Backs up the current weights and writes the averages into the model."""
+        if self.averages is None:
+            raise ValueError("No averages yet: train with this callback first.")
+        if self._old_values is not None:
+            raise ValueError(
+                "The averaged weights are already in the model; call "
+                "reset_old_weights() first."
+            )
+        self._old_values = [np.array(ops.convert_to_numpy(w)) for w in self._weights]
+        for weight, average in zip(self._weights, self.averages):
+            weight.assign(ops.convert_to_tensor(average))
+
+    def reset_old_weights(self):
+        """Restores the weights backed up by `apply_ema_weights`."""
+        if self._old_values is None:
+            raise ValueError("apply_ema_weights() was not called; nothing to restore.")
+        for weight, value in zip(self._weights, self._old_values):
+            weight.assign(value)
+        self._old_values = None
+
+    def averaged_weights(self):
+        """Context manager: averaged weights inside the block, trained ones after."""
+        callback = self
+
+        class _Swap:
+            def __enter__(self):
+                callback.apply_ema_weights()
+                return callback.model
+
+            def __exit__(self, *exc):
+                callback.reset_old_weights()
+                return False
+
+        return _Swap()
+
