@@ -59,6 +59,16 @@ def _variable_path(variable):
     return getattr(variable, "path", None) or variable.name
 
 
+def _densify(gradient):
+    """Turns a TensorFlow `IndexedSlices` gradient into a dense tensor (else unchanged)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):
+            return tf.convert_to_tensor(gradient)
+    return gradient
+
+
 def _compile_patterns(patterns, what):
     if patterns is None:
         return []
@@ -171,6 +181,9 @@ class _PerVariableRules:
     def _prepare_update(self, gradient, variable, learning_rate):
         """Applies the gradient hook and multiplier; returns (gradient, lr, decays)."""
         index = self._index_of(variable)
+        # Densify IndexedSlices (embedding lookups): Keras's sparse arithmetic applies
+        # Adam's non-linear update per repeated row instead of to the summed gradient.
+        gradient = _densify(gradient)
         if self.gradient_transform is not None:
             gradient = self.gradient_transform(gradient, self._rule_variables[index])
         multiplier = self._rule_multipliers[index]
@@ -217,6 +230,9 @@ class AdamW(_PerVariableRules, keras.optimizers.Adam):
     3. decoupled weight decay ``w <- w - lr * weight_decay * w`` unless the variable's
        path matches a pattern of `exclude_from_weight_decay`;
     4. Keras's Adam step with ``lr``.
+
+    Sparse gradients (`tf.IndexedSlices` from embedding lookups) are made dense first,
+    so the update is textbook (dense) Adam even when a token repeats in the batch.
 
     The weight decay is done here rather than by Keras's `AdamW` because Keras's
     exclusion matches only `variable.name` (``"gamma"``, ``"kernel"``), not the layer,
@@ -742,7 +758,7 @@ class GradientAccumulator:
                 # Decided when tracing: a variable without gradient stays untouched.
                 self._missing.add(index)
                 continue
-            gradient = ops.convert_to_tensor(gradient)  # densifies IndexedSlices
+            gradient = _densify(gradient)
             total.assign_add(ops.multiply(gradient, ops.cast(weight, total.dtype)))
         self.total_weight.assign_add(weight)
 
