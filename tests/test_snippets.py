@@ -1,0 +1,240 @@
+"""bert4x.snippets: padding, truncation, segmentation and DataGenerator feeding."""
+
+import numpy as np
+import pytest
+
+from bert4x.snippets import (
+    DataGenerator,
+    sequence_padding,
+    text_segmentate,
+    truncate_sequences,
+)
+
+
+# ---------------------------------------------------------------- sequence_padding
+
+
+def test_padding_post_and_pre_to_longest():
+    np.testing.assert_array_equal(
+        sequence_padding([[1, 2, 3], [4], []]), [[1, 2, 3], [4, 0, 0], [0, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        sequence_padding([[1, 2, 3], [4]], mode="pre", value=-1), [[1, 2, 3], [-1, -1, 4]]
+    )
+    assert sequence_padding([[1, 2], [3]]).dtype.kind == "i"
+
+
+def test_padding_truncates_head_or_tail():
+    np.testing.assert_array_equal(sequence_padding([[1, 2, 3, 4], [5]], length=2), [[1, 2], [5, 0]])
+    np.testing.assert_array_equal(
+        sequence_padding([[1, 2, 3, 4], [5]], length=2, truncating="pre", mode="pre"),
+        [[3, 4], [0, 5]],
+    )
+
+
+def test_padding_n_dimensional_and_trailing_axes():
+    a = np.arange(4).reshape(2, 2)
+    b = np.arange(9).reshape(3, 3) + 10
+    out = sequence_padding([a, b], seq_dims=2)
+    assert out.shape == (2, 3, 3)
+    expected_a = np.zeros((3, 3), int)
+    expected_a[:2, :2] = a
+    np.testing.assert_array_equal(out[0], expected_a)
+    np.testing.assert_array_equal(out[1], b)
+    pre = sequence_padding([a, b], length=[3, 2], seq_dims=2, mode="pre")
+    np.testing.assert_array_equal(pre[0], [[0, 0], [0, 1], [2, 3]])
+    np.testing.assert_array_equal(pre[1], b[:, :2])
+    # Only the first axis is padded; a trailing feature axis is kept.
+    vectors = sequence_padding([np.ones((1, 2)), np.ones((3, 2)) * 2], value=0.5)
+    assert vectors.shape == (2, 3, 2) and vectors.dtype == np.float64
+    np.testing.assert_array_equal(vectors[0], [[1, 1], [0.5, 0.5], [0.5, 0.5]])
+
+
+def test_padding_errors():
+    with pytest.raises(ValueError, match="mode"):
+        sequence_padding([[1]], mode="middle")
+    with pytest.raises(ValueError, match="at least one"):
+        sequence_padding([])
+    with pytest.raises(ValueError, match="differ beyond"):
+        sequence_padding([np.ones((2, 3)), np.ones((2, 4))])
+
+
+# ------------------------------------------------------------- truncate_sequences
+
+
+def test_truncate_pops_from_the_longest():
+    first, second = [1, 2, 3, 4, 5], [6, 7, 8]
+    assert truncate_sequences(6, -1, first, second) == [[1, 2, 3], [6, 7, 8]]
+    assert first == [1, 2, 3, 4, 5]  # inputs untouched
+    # Ties go to the first sequence; alternate pops keep both balanced.
+    assert truncate_sequences(4, -1, [1, 2, 3], [4, 5, 6]) == [[1, 2], [4, 5]]
+
+
+def test_truncate_per_sequence_indices_keep_final_token():
+    a = ["[CLS]", "a1", "a2", "a3", "[SEP]"]
+    b = ["b1", "b2", "[SEP]"]
+    # 8 > 6: pop a's "a3" (5 > 3), then "a2" (4 > 3); 3 + 3 fits.
+    assert truncate_sequences(6, [-2, -2], a, b) == [["[CLS]", "a1", "[SEP]"], b]
+    assert truncate_sequences(4, [-2, -2], a, b) == [["[CLS]", "[SEP]"], ["b1", "[SEP]"]]
+    assert truncate_sequences(3, 0, [1, 2, 3, 4]) == [[2, 3, 4]]
+
+
+def test_truncate_edge_cases():
+    assert truncate_sequences(10, -1, [1, 2], [3]) == [[1, 2], [3]]
+    assert truncate_sequences(0, -1, [1, 2], [3]) == [[], []]
+    # An empty sequence keeps its slot, so per-sequence indices stay aligned.
+    assert truncate_sequences(2, [0, -1, -1], [], [1, 2], [3]) == [[], [1], [3]]
+
+
+# ---------------------------------------------------------------- text_segmentate
+
+
+def test_segmentate_respects_maxlen_and_keeps_text():
+    text = "第一句话。第二句稍微长一点的话！第三句？短。"
+    pieces = text_segmentate(text, 11, seps="。！？")
+    assert pieces == ["第一句话。", "第二句稍微长一点的话！", "第三句？短。"]
+    assert "".join(pieces) == text and all(len(p) <= 11 for p in pieces)
+
+
+def test_segmentate_falls_back_to_weaker_separators():
+    text = "aaaa,bbbb,cccc.dd"
+    # "." splits first ("aaaa,bbbb,cccc." + "dd"); the 15-character part is too long
+    # and is split again at "," with greedy merging ("aaaa," + "bbbb," fits in 10).
+    assert text_segmentate(text, 10, seps=".,") == ["aaaa,bbbb,", "cccc.", "dd"]
+    assert text_segmentate(text, 20, seps=".,") == [text]
+    # No separator left: the piece is returned whole even when too long.
+    assert text_segmentate("abcdefghijkl", 5, seps=",") == ["abcdefghijkl"]
+
+
+def test_segmentate_edge_cases():
+    assert text_segmentate("   ", 5) == []
+    assert text_segmentate("short", 10) == ["short"]
+    assert text_segmentate("a\nb\n\nc", 2, seps="\n") == ["a", "b", "c"]
+    assert text_segmentate("--hello--", 20, strips="-") == ["hello"]
+
+
+# ------------------------------------------------------------------ DataGenerator
+
+
+class PaddedBatches(DataGenerator):
+    """bert4keras-style generator yielding padded (token_ids, labels) batches."""
+
+    def __iter__(self, random=False):
+        tokens, labels = [], []
+        for is_end, (ids, label) in self.sample(random):
+            tokens.append(ids)
+            labels.append([label])
+            if len(tokens) == self.batch_size or is_end:
+                yield sequence_padding(tokens), np.array(labels)
+                tokens, labels = [], []
+
+
+class Samples(DataGenerator):
+    """Yields single samples, for to_dataset(padded_batch=True)."""
+
+    def __iter__(self, random=False):
+        for _, (ids, label) in self.sample(random):
+            yield np.array(ids, "int32"), np.array(label, "int32")
+
+
+@pytest.fixture(scope="module")
+def samples():
+    rng = np.random.default_rng(0)
+    return [
+        (list(rng.integers(1, 50, size=rng.integers(1, 8))), int(rng.integers(0, 2)))
+        for _ in range(11)
+    ]
+
+
+def test_generator_length_and_sampling(samples):
+    generator = PaddedBatches(samples, batch_size=4, seed=1)
+    assert len(generator) == 3
+    ends = [is_end for is_end, _ in generator.sample()]
+    assert ends == [False] * 10 + [True]
+    shuffled = [item for _, item in generator.sample(random=True)]
+    assert sorted(map(str, shuffled)) == sorted(map(str, samples)) and shuffled != samples
+    batches = list(generator)  # __iter__ with random=False
+    assert [b[0].shape[0] for b in batches] == [4, 4, 3]
+    np.testing.assert_array_equal(batches[2][1][:, 0], [s[1] for s in samples[8:]])
+
+
+def test_generator_on_iterable_without_length(samples):
+    generator = PaddedBatches(iter(samples), batch_size=4, buffer_size=3, seed=0)
+    with pytest.raises(TypeError):
+        len(generator)
+    shuffled = [item for _, item in generator.sample(random=True)]
+    assert sorted(map(str, shuffled)) == sorted(map(str, samples))
+
+
+def test_forfit_repeats_epochs(samples):
+    generator = PaddedBatches(samples, batch_size=4)
+    stream = generator.forfit(random=False)
+    first_pass = [next(stream) for _ in range(3)]
+    second_pass = [next(stream) for _ in range(3)]
+    for a, b in zip(first_pass, second_pass):
+        np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_to_dataset_equals_python_batches(samples):
+    generator = PaddedBatches(samples, batch_size=4)
+    expected = list(generator.__iter__(False))
+    dataset = generator.to_dataset(random=False, repeat=False)
+    actual = [(x.numpy(), y.numpy()) for x, y in dataset]
+    assert len(actual) == len(expected)
+    for (ax, ay), (ex, ey) in zip(actual, expected):
+        np.testing.assert_array_equal(ax, ex)
+        np.testing.assert_array_equal(ay, ey)
+    named = generator.to_dataset(names=("token_ids", "labels"), random=False)
+    first = next(iter(named))
+    np.testing.assert_array_equal(first["token_ids"].numpy(), expected[0][0])
+
+
+def test_to_dataset_padded_batch_equals_sequence_padding(samples):
+    generator = Samples(samples, batch_size=4)
+    dataset = generator.to_dataset(
+        types=("int32", "int32"), shapes=([None], []), padded_batch=True, random=False
+    )
+    all_batches = list(dataset.take(6))  # two passes, each ending with a batch of 3
+    assert [b[0].shape[0] for b in all_batches] == [4, 4, 3] * 2
+    for index, (x, y) in enumerate(all_batches):
+        chunk = samples[index % 3 * 4:(index % 3 + 1) * 4]
+        np.testing.assert_array_equal(x.numpy(), sequence_padding([ids for ids, _ in chunk]))
+        np.testing.assert_array_equal(y.numpy(), [label for _, label in chunk])
+
+
+def test_pydataset_with_thread_workers_equals_python_batches(samples):
+    generator = PaddedBatches(samples, batch_size=4, seed=3)
+    pydataset = generator.as_pydataset(random=False, workers=2)
+    expected = list(generator.__iter__(False))
+    assert len(pydataset) == 3
+    for index in range(3):
+        x, y = pydataset[index]
+        np.testing.assert_array_equal(x, expected[index][0])
+        np.testing.assert_array_equal(y, expected[index][1])
+    shuffled = generator.as_pydataset(random=True)
+    labels = np.concatenate([shuffled[i][1][:, 0] for i in range(3)])
+    assert sorted(labels) == sorted(s[1] for s in samples)
+
+
+def test_pydataset_feeds_fit_with_workers(samples):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.layers.Embedding(50, 4), keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)]
+    )
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    generator = PaddedBatches(samples, batch_size=4, seed=0)
+    history = model.fit(generator.as_pydataset(workers=2), epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+def test_pydataset_rejects_generators_that_regroup(samples):
+    class TwoPerBatch(DataGenerator):
+        def __iter__(self, random=False):
+            items = [item for _, item in self.sample(random)]
+            for start in range(0, len(items), 2):
+                yield np.array([len(ids) for ids, _ in items[start:start + 2]]), np.zeros(1)
+
+    with pytest.raises(ValueError, match="exactly one batch"):
+        TwoPerBatch(samples, batch_size=4).as_pydataset(random=False)[0]
