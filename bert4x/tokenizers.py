@@ -301,6 +301,10 @@ class _TokenizerBase:
 
         Returns:
             a list of token strings.
+
+        Example:
+            >>> tokenizer.tokenize("Héllo 北京!", maxlen=4)  # doctest: +SKIP
+            ['[CLS]', 'hello', '北', '[SEP]']
         """
         return self._wrap(self._tokenize_text(text), maxlen)
 
@@ -322,6 +326,11 @@ class _TokenizerBase:
 
         Raises:
             ValueError: ``maxlen`` is too small for the special tokens.
+
+        Example:
+            >>> token_ids, segment_ids = tokenizer.encode("你好", "世界")  # doctest: +SKIP
+            >>> segment_ids  # doctest: +SKIP
+            [0, 0, 0, 0, 1, 1, 1]
         """
         first = self._tokenize_text(first_text)
         second = None if second_text is None else self._tokenize_text(second_text)
@@ -825,6 +834,8 @@ class Tokenizer(_TokenizerBase):
             if token_id in self._structural_ids:
                 continue
             token = self.id_to_token(token_id)
+            if not token:
+                continue
             if token.startswith("##") and len(token) > 2 and previous is not None:
                 parts.append(token[2:])
             else:
