@@ -1,0 +1,40 @@
+"""Pretrain (or continue pretraining) a BERT and export the official checkpoint.
+
+Usage:
+    python pretraining/pretrain.py --config pretraining/configs/tiny_chinese.json
+    python pretraining/pretrain.py --config CONFIG --train-steps 5000 --batch-size 64
+    python pretraining/pretrain.py --config CONFIG --tpu grpc://10.0.0.2:8470
+    python pretraining/pretrain.py --config CONFIG --export-only
+
+Any config setting can be given as a flag (``--learning-rate 5e-4``; model fields
+too: ``--hidden-size 128``). The data is prepared first when the config lists
+``inputs`` (finished files are skipped). A killed run resumes from its latest
+checkpoint when started again with the same output folder.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pretraining.cli import parse_config  # noqa: E402
+
+
+def main(argv=None):
+    config, extra = parse_config(argv, description=__doc__, export_only=True)
+    if config.backend != "tensorflow" or os.environ.get("KERAS_BACKEND", "tensorflow") != \
+            "tensorflow":
+        raise NotImplementedError(
+            "pretraining runs on the TensorFlow backend only (tf.data + tf.distribute custom "
+            "loop); a JAX path through keras.distribution.DataParallel is not implemented "
+            "yet; see pretraining/README.md")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    from bert4x.pretraining.trainer import run_pretraining
+    result = run_pretraining(config, export_only=extra.export_only)
+    print(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
