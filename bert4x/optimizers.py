@@ -85,6 +85,16 @@ def _compile_patterns(patterns, what):
     return compiled
 
 
+class _ResolvedRules:
+    """Per-variable settings, in the optimizer's variable order."""
+
+    def __init__(self, variables, multipliers, decays):
+        self.variables = tuple(variables)
+        self.multipliers = tuple(multipliers)
+        self.decays = tuple(decays)
+        self.adapts = None
+
+
 class _PerVariableRules:
     """Per-variable learning-rate multipliers, weight-decay exclusion and gradient hook.
 
@@ -148,9 +158,7 @@ class _PerVariableRules:
         self._excluded_variable_ids = {id(v) for v in (var_list or [])}
 
     def _resolve_rules(self, variables):
-        self._rule_variables = list(variables)
-        self._rule_multipliers = []
-        self._rule_decays = []
+        multipliers, decays = [], []
         for variable in variables:
             path = _variable_path(variable)
             multiplier = 1.0
@@ -158,20 +166,26 @@ class _PerVariableRules:
                 if regex.search(path):
                     multiplier = value
                     break
-            decays = self.weight_decay_rate > 0 and not (
-                id(variable) in self._excluded_variable_ids
-                or any(regex.search(path) for regex in self._exclude_regexes)
+            decays.append(
+                self.weight_decay_rate > 0
+                and not (
+                    id(variable) in self._excluded_variable_ids
+                    or any(regex.search(path) for regex in self._exclude_regexes)
+                )
             )
-            self._rule_multipliers.append(multiplier)
-            self._rule_decays.append(decays)
+            multipliers.append(multiplier)
+        # A plain holder, not lists on the optimizer: Keras tracks lists of variables
+        # assigned to an optimizer as its own state (they would be saved twice and,
+        # on JAX, donated twice).
+        self._rules = _ResolvedRules(variables, multipliers, decays)
 
     def learning_rate_multiplier(self, variable):
         """The learning-rate multiplier this optimiser uses for `variable` (after build)."""
-        return self._rule_multipliers[self._index_of(variable)]
+        return self._rules.multipliers[self._index_of(variable)]
 
     def uses_weight_decay(self, variable):
         """Whether this optimiser decays `variable` (after build)."""
-        return self._rule_decays[self._index_of(variable)]
+        return self._rules.decays[self._index_of(variable)]
 
     def _index_of(self, variable):
         # `_get_variable_index` is the lookup the Keras base-class documentation uses
@@ -185,14 +199,14 @@ class _PerVariableRules:
         # Adam's non-linear update per repeated row instead of to the summed gradient.
         gradient = _densify(gradient)
         if self.gradient_transform is not None:
-            gradient = self.gradient_transform(gradient, self._rule_variables[index])
-        multiplier = self._rule_multipliers[index]
+            gradient = self.gradient_transform(gradient, self._rules.variables[index])
+        multiplier = self._rules.multipliers[index]
         if multiplier != 1.0:
             learning_rate = ops.multiply(
                 ops.cast(learning_rate, variable.dtype),
                 ops.cast(multiplier, variable.dtype),
             )
-        return gradient, learning_rate, self._rule_decays[index]
+        return gradient, learning_rate, self._rules.decays[index]
 
     def _rules_config(self):
         return {
@@ -395,7 +409,7 @@ class Lamb(_PerVariableRules, keras.optimizers.Optimizer):
             else self.exclude_from_layer_adaptation
         )
         regexes = _compile_patterns(adaptation_patterns, "exclude_from_layer_adaptation")
-        self._rule_adapts = [
+        self._rules.adapts = [
             not any(regex.search(_variable_path(v)) for regex in regexes)
             for v in var_list
         ]
@@ -424,7 +438,7 @@ class Lamb(_PerVariableRules, keras.optimizers.Optimizer):
             update = ops.add(
                 update, ops.multiply(ops.cast(self.weight_decay_rate, dtype), variable)
             )
-        if self._rule_adapts[index]:
+        if self._rules.adapts[index]:
             w_norm = ops.sqrt(ops.sum(ops.square(variable)))
             u_norm = ops.sqrt(ops.sum(ops.square(update)))
             ratio = ops.where(
@@ -975,7 +989,8 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
         self._weights = self._tracked_weights()
         self.averages = [
             keras.Variable(
-                ops.convert_to_tensor(weight),
+                # A copy: on JAX the training step donates (frees) the weights' buffers.
+                ops.copy(ops.convert_to_tensor(weight)),
                 trainable=False,
                 dtype=weight.dtype,
                 name=f"ema_{i}",
@@ -1022,7 +1037,7 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
             )
         self._old_values = [np.array(ops.convert_to_numpy(w)) for w in self._weights]
         for weight, average in zip(self._weights, self.averages):
-            weight.assign(ops.convert_to_tensor(average))
+            weight.assign(ops.copy(ops.convert_to_tensor(average)))
 
     def reset_old_weights(self):
         """Restores the weights backed up by `apply_ema_weights`."""

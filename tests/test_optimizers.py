@@ -457,3 +457,68 @@ def test_exponential_moving_average_values_and_swap():
     with ema.averaged_weights():
         assert_all_close([w.numpy() for w in model.trainable_weights], expected)
     assert_all_close([w.numpy() for w in model.trainable_weights], trained, atol=0)
+
+
+def test_optimizer_state_holds_no_model_variables():
+    model = bert_like_model()
+    optimizer = AdamW(0.01)
+    optimizer.build(model.trainable_variables)
+    model_ids = {id(v) for v in model.variables}
+    assert not [v.path for v in optimizer.variables if id(v) in model_ids]
+    # iteration + learning rate + (momentum, velocity) per variable.
+    assert len(optimizer.variables) == 2 + 2 * len(model.trainable_variables)
+
+
+CROSS_BACKEND_SCRIPT = r"""
+import sys
+import keras, numpy as np
+from bert4x.optimizers import (AdamW, ClipByNorm, ExponentialMovingAverage, Lamb,
+                               WarmupLinearDecay, layerwise_lr_multipliers)
+
+def train():
+    token_ids = keras.Input((3,), dtype="int32")
+    x = keras.layers.Embedding(7, 4, name="Embedding-Token")(token_ids)
+    x = keras.layers.Dense(4, name="Transformer-0-FeedForward")(x)
+    x = keras.layers.LayerNormalization(name="Transformer-0-FeedForward-Norm")(x)
+    x = keras.layers.Dense(2, name="Classifier")(keras.layers.GlobalAveragePooling1D()(x))
+    model = keras.Model(token_ids, x)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    results = []
+    for optimizer in (
+        AdamW(WarmupLinearDecay(0.01, 1, 10), weight_decay=0.1,
+              lr_multipliers=layerwise_lr_multipliers(model, 0.5),
+              gradient_transform=ClipByNorm(1.0)),
+        Lamb(0.01, weight_decay=0.1),
+    ):
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        ema = ExponentialMovingAverage(0.9)
+        model.fit(np.arange(24).reshape(8, 3) % 7, np.arange(8) % 2, batch_size=4,
+                  epochs=2, shuffle=False, verbose=0, callbacks=[ema])
+        results += [keras.ops.convert_to_numpy(w) for w in model.weights]
+        results += [keras.ops.convert_to_numpy(a) for a in ema.averages]
+    return results
+
+if __name__ == "__main__":
+    np.savez(sys.argv[1], *train())
+"""
+
+
+@pytest.mark.slow  # about 25 s: a JAX process; run with `pytest -m slow`
+def test_same_training_on_jax_backend(tmp_path):
+    script = tmp_path / "cross_backend.py"
+    script.write_text(CROSS_BACKEND_SCRIPT)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "jax.npz"
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3",
+               JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    completed = subprocess.run([sys.executable, str(script), str(out)],
+                               capture_output=True, text=True, timeout=240, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    namespace = {"__name__": "cross_backend"}
+    exec(compile(CROSS_BACKEND_SCRIPT, "cross_backend", "exec"), namespace)
+    expected = namespace["train"]()  # this process runs the TensorFlow backend
+    with np.load(out) as jax_results:
+        actual = [jax_results[f"arr_{i}"] for i in range(len(expected))]
+    assert_all_close(actual, expected, atol=1e-5)
