@@ -1,0 +1,148 @@
+"""Encoder forward throughput: bert4x (TensorFlow backend) against transformers on PyTorch.
+
+Both models are BERT-base sized (12 layers, hidden 768, 12 heads, intermediate 3072,
+vocab 30522) with the same random weights (bert4x's are copied into the Hugging Face
+``BertModel`` by name), run on the same padded batch with the same number of
+intra-op threads, in the same process. Rounds are interleaved (PyTorch, then each
+bert4x variant, repeated) so that load from other jobs hits every contender alike;
+the median time per batch is reported.
+
+Variants of bert4x, all on the TensorFlow backend:
+
+* ``predict_on_batch``: Keras's own inference path;
+* ``tf.function``: the model called inside ``tf.function`` (graph mode);
+* ``tf.function(jit_compile=True)``: the same, compiled with XLA;
+* ``mixed_bfloat16``, with and without XLA: the model built with
+  ``dtype="mixed_bfloat16"`` (same weights).
+
+Usage::
+
+    python benchmarks/forward.py [--batch 8] [--length 128] [--threads 2] [--rounds 5]
+"""
+
+import os
+import sys
+
+# This folder holds tokenize.py (another benchmark), which would shadow the standard
+# library's tokenize module that inspect, numpy and TensorFlow import.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=12)
+    args = parser.parse_args()
+
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import torch
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    import keras
+    import numpy as np
+    import transformers
+
+    from bert4x.checkpoints import hugging_face_names, keras_value, variable_map
+    from bert4x.models import build_transformer_model
+
+    config = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=args.layers,
+                  num_attention_heads=12, intermediate_size=3072, hidden_act="gelu",
+                  max_position_embeddings=512, type_vocab_size=2)
+    builder = build_transformer_model(return_keras_model=False, **config)
+    model = builder.model
+    bf16 = build_transformer_model(dtype="mixed_bfloat16", **config)
+    bf16.set_weights(model.get_weights())
+
+    hf = transformers.BertModel(transformers.BertConfig(**config), add_pooling_layer=False)
+    hf.eval()
+    state = hf.state_dict()
+    copied = set()
+    for google_name, variable, kind in variable_map(builder):
+        value = keras_value(variable)
+        for candidate in hugging_face_names(google_name)[0]:
+            name = candidate[len("bert."):] if candidate.startswith("bert.") else candidate
+            if name in state:
+                transpose = hugging_face_names(google_name)[1]
+                state[name] = torch.from_numpy(np.ascontiguousarray(
+                    value.T if transpose else value))
+                copied.add(name)
+                break
+        else:
+            raise KeyError(f"no Hugging Face parameter for {google_name}")
+    hf.load_state_dict(state)
+    assert copied == {name for name in state if not name.endswith("_ids")}, \
+        sorted(set(state) - copied)
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, config["vocab_size"], (args.batch, args.length)).astype("int32")
+    for row in range(1, args.batch, 2):  # half the rows padded to 3/4 length
+        ids[row, args.length * 3 // 4:] = 0
+    segments = np.zeros_like(ids)
+    segments[:, args.length // 2:] = 1
+    tf_inputs = [tf.constant(ids), tf.constant(segments)]
+    torch_kwargs = dict(input_ids=torch.from_numpy(ids.astype("int64")),
+                        attention_mask=torch.from_numpy((ids != 0).astype("int64")),
+                        token_type_ids=torch.from_numpy(segments.astype("int64")))
+
+    def run_torch():
+        with torch.inference_mode():
+            return hf(**torch_kwargs).last_hidden_state.numpy()
+
+    graph = tf.function(lambda x: model(x, training=False))
+    xla = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    graph_bf16 = tf.function(lambda x: bf16(x, training=False))
+    xla_bf16 = tf.function(lambda x: bf16(x, training=False), jit_compile=True)
+    contenders = {
+        "transformers BertModel (PyTorch, float32)": run_torch,
+        "bert4x predict_on_batch (float32)": lambda: model.predict_on_batch(tf_inputs),
+        "bert4x tf.function (float32)": lambda: graph(tf_inputs).numpy(),
+        "bert4x tf.function jit_compile (float32)": lambda: xla(tf_inputs).numpy(),
+        "bert4x tf.function (mixed_bfloat16)":
+            lambda: graph_bf16(tf_inputs).numpy().astype("float32"),
+        "bert4x tf.function jit_compile (mixed_bfloat16)":
+            lambda: xla_bf16(tf_inputs).numpy().astype("float32"),
+    }
+
+    reference = run_torch()
+    for name, fn in contenders.items():  # warm-up (tracing, XLA compilation) and check
+        fn()
+        error = float(np.max(np.abs(np.asarray(fn(), "float32") - reference)))
+        print(f"{name}: max abs difference from PyTorch {error:.2e}")
+        limit = 0.3 if "bfloat16" in name else 1e-3
+        if error > limit:
+            raise SystemExit(f"{name} disagrees with PyTorch by {error}")
+
+    times = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+
+    tokens = args.batch * args.length
+    baseline = statistics.median(times["transformers BertModel (PyTorch, float32)"])
+    print(f"\nbatch {args.batch} x {args.length}, {args.layers} layers, {args.threads} "
+          f"intra-op threads, median of {args.rounds} interleaved rounds "
+          f"(tf {tf.__version__}, keras {keras.__version__}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__})")
+    print(f"{'contender':50s} {'s/batch':>8s} {'tokens/s':>9s} {'vs PyTorch':>10s}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:50s} {median:8.3f} {tokens / median:9.0f} {baseline / median:9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
