@@ -233,6 +233,7 @@ def _write_shard(path, sequences):
         with tf.io.TFRecordWriter(temporary) as writer:
             for input_ids, word_ids in sequences:
                 writer.write(_serialize(tf, input_ids, word_ids))
+        os.chmod(temporary, 0o644)  # mkstemp makes it private
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -245,6 +246,7 @@ def _atomic_write_json(path, value):
     handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
     with os.fdopen(handle, "w", encoding="utf-8") as file:
         json.dump(value, file, indent=1, ensure_ascii=False)
+    os.chmod(temporary, 0o644)
     os.replace(temporary, path)
 
 

@@ -1,0 +1,68 @@
+"""Run a tiny pretraining in its own process for tests/test_pretraining.py.
+
+Usage: python tests/pretraining_worker.py MODE CONFIG_JSON RESULT_NPZ
+
+MODE:
+  mirrored     configure 2 logical CPU devices (before TensorFlow starts), train once on
+               the default strategy and once under MirroredStrategy over both devices,
+               save both weight sets (``single_*``, ``mirrored_*``).
+  multiworker  train under the strategy chosen from TF_CONFIG (MultiWorkerMirrored with
+               several workers) and save this worker's weights.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def weights_of(trainer):
+    return [np.asarray(w) for w in trainer.builder.model.get_weights()]
+
+
+def main():
+    mode, config_path, result_path = sys.argv[1:4]
+    if mode == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from bert4x.pretraining import PretrainingConfig
+    from bert4x.pretraining.trainer import Pretrainer
+    with open(config_path, encoding="utf-8") as file:
+        values = json.load(file)
+    config = PretrainingConfig.from_dict(values)
+    arrays = {}
+    if mode == "mirrored":
+        single = Pretrainer(config.replace(output_dir=config.output_dir + "_single"),
+                            strategy=tf.distribute.get_strategy(), log=lambda line: None)
+        single.train()
+        mirrored_strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        mirrored = Pretrainer(config.replace(output_dir=config.output_dir + "_mirrored"),
+                              strategy=mirrored_strategy, log=lambda line: None)
+        assert mirrored.strategy.num_replicas_in_sync == 2
+        mirrored.train()
+        for name, trainer in (("single", single), ("mirrored", mirrored)):
+            for index, value in enumerate(weights_of(trainer)):
+                arrays[f"{name}_{index}"] = value
+    elif mode == "multiworker":
+        trainer = Pretrainer(config, log=lambda line: None)
+        assert trainer.strategy_kind == "multi_worker", trainer.strategy_kind
+        assert trainer.strategy.num_replicas_in_sync == 2
+        trainer.train()
+        for index, value in enumerate(weights_of(trainer)):
+            arrays[f"w_{index}"] = value
+        arrays["steps"] = np.array(int(trainer.optimizer.iterations.numpy()))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    np.savez(result_path, **arrays)
+
+
+if __name__ == "__main__":
+    main()

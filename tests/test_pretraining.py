@@ -1,0 +1,476 @@
+"""Acceptance tests of the pretraining pipeline (issue 6).
+
+Tiny models (2 layers, hidden 32, seq 32) on tiny corpora; the distributed and
+crash-resume tests run in subprocesses (tests/pretraining_worker.py, pretrain.py).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import tensorflow as tf  # noqa: E402
+
+from bert4x.pretraining import (TINY_CHINESE, PretrainingConfig, load_config,  # noqa: E402
+                                make_pretraining_data, make_strategy, strategy_kind)
+from bert4x.pretraining.data import DocumentTokenizer, SequencePacker  # noqa: E402
+from bert4x.pretraining.pipeline import Masker, masked_dataset, parse_features  # noqa: E402
+from bert4x.resources import chinese_vocab_path  # noqa: E402
+from bert4x.tokenizers import Tokenizer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "pretraining_worker.py")
+PRETRAIN = os.path.join(ROOT, "pretraining", "pretrain.py")
+
+DOCUMENTS = [
+    "滚滚长江东逝水，浪花淘尽英雄。是非成败转头空。青山依旧在，几度夕阳红。",
+    "话说天下大势，分久必合，合久必分。周末七国分争，并入于秦。",
+    "这本书写得很好，我非常喜欢，推荐给大家。Unbelievable stories 2024!",
+    "小熊宝宝我觉得孩子不喜欢，能换别的吗",
+    "我爱北京天安门，天安门上太阳升。",
+    "The quick brown fox jumps over the lazy dog; tokenization splits words.",
+] * 12
+
+
+def _subprocess_env(**extra):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    text = folder / "docs.txt"
+    text.write_text("\n".join(DOCUMENTS[:36]) + "\n\n", encoding="utf-8")
+    jsonl = folder / "docs.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": d}, ensure_ascii=False)
+                               for d in DOCUMENTS[36:]) + "\n", encoding="utf-8")
+    return [str(text), str(jsonl)]
+
+
+@pytest.fixture(scope="module")
+def data_dir(corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    make_pretraining_data(corpus, str(folder), chinese_vocab_path(), seq_length=32,
+                          word_segmenter="jieba", shard_size=7, validation_fraction=0.1,
+                          num_workers=1, progress=False)
+    return str(folder)
+
+
+def _records(data_dir, prefix="train"):
+    summary = json.load(open(os.path.join(data_dir, "dataset.json")))
+    files = [os.path.join(data_dir, s) for s in summary[f"{prefix}_shards"]]
+    dataset = tf.data.TFRecordDataset(files).map(lambda r: parse_features(r, 32))
+    return [{k: v.numpy() for k, v in x.items()} for x in dataset]
+
+
+def tiny_config(tmp_path, data_dir, **overrides):
+    values = {
+        "name": "tiny", "vocab": "chinese", "vocab_trim_min_count": 1,
+        "model": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "intermediate_size": 64, "max_position_embeddings": 64,
+                  "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        "data_dir": data_dir, "output_dir": str(tmp_path / "run"), "seq_length": 32,
+        "batch_size": 4, "accumulation_steps": 2, "train_steps": 6, "warmup_steps": 2,
+        "learning_rate": 1e-3, "checkpoint_every": 3, "log_every": 3, "seed": 3,
+        "shuffle_buffer": 5, "max_predictions": 12,
+    }
+    values.update(overrides)
+    return PretrainingConfig.from_dict(values)
+
+
+# ------------------------------------------------------------------------- data
+def test_round_trip_features_equal_tokenisation(corpus, data_dir):
+    tokenizer = Tokenizer(chinese_vocab_path(), do_lower_case=True, token_start=None,
+                          token_end=None)
+    vocab = tokenizer.token_dict
+    cls, sep, pad = vocab["[CLS]"], vocab["[SEP]"], vocab["[PAD]"]
+    summary = json.load(open(os.path.join(data_dir, "dataset.json")))
+    assert summary["documents"] == len(DOCUMENTS)
+    # Per file: train documents are all but every 10th (validation_fraction 0.1).
+    expected = {"train": [], "valid": []}
+    for path in corpus:
+        from bert4x.pretraining.data import read_documents
+        for index, doc in enumerate(read_documents(path)):
+            name = "valid" if index % 10 == 9 else "train"
+            expected[name] += tokenizer.tokens_to_ids(tokenizer.tokenize(doc)) + [sep]
+    for name in ("train", "valid"):
+        stream = []
+        for record in _records(data_dir, name):
+            ids = record["input_ids"]
+            assert ids[0] == cls and record["word_ids"][0] == -1
+            real = ids[1:][ids[1:] != pad]
+            assert np.all(ids[1 + len(real):] == pad)  # padding only at the end
+            stream += real.tolist()
+        assert stream == expected[name]
+
+
+def test_packing_never_splits_a_word(data_dir):
+    for record in _records(data_dir):
+        ids, words = record["input_ids"], record["word_ids"]
+        real = words[words >= 0]
+        # Word indices start at 0 and never decrease or skip.
+        assert real[0] == 0 and np.all(np.diff(real) >= 0) and np.all(np.diff(real) <= 1)
+    tokenize = DocumentTokenizer(chinese_vocab_path(), True, "jieba")
+    packer = SequencePacker(8, cls_id=101, sep_id=102)
+    ids, starts = tokenize("我爱北京天安门，天安门上太阳升。")
+    sequences = packer.add_document(ids, starts) + packer.flush()
+    # Every word is whole in one sequence: concatenating the words per sequence
+    # gives back the jieba words in order.
+    words_out = []
+    for seq_ids, seq_words in sequences:
+        for w in range(seq_words.max() + 1):
+            words_out.append(seq_ids[seq_words == w].tolist())
+    words_in, current = [], []
+    for token, start in zip(ids, starts):
+        if start and current:
+            words_in.append(current)
+            current = []
+        current.append(token)
+    words_in.append(current)
+    assert words_out == words_in
+
+
+def test_word_boundaries_on_chinese_text():
+    import jieba
+    tokenize = DocumentTokenizer(chinese_vocab_path(), True, "jieba")
+    text = "我爱北京天安门，unbelievable!"
+    ids, starts = tokenize(text)
+    tokens = Tokenizer(chinese_vocab_path(), do_lower_case=True).ids_to_tokens(ids)
+    words, current = [], ""
+    for token, start in zip(tokens, starts):
+        if start and current:
+            words.append(current)
+            current = ""
+        current += token[2:] if token.startswith("##") else token
+    words.append(current)
+    jieba_words = [w for w in jieba.lcut(text, HMM=False) if w.strip()]
+    assert words == [w.lower() for w in jieba_words]
+    assert "北京" in words and "天安门" in words and "unbelievable" in words
+
+
+def test_restartable_shards_are_not_redone(corpus, data_dir, tmp_path):
+    folder = tmp_path / "again"
+    summary = make_pretraining_data(corpus, str(folder), chinese_vocab_path(), seq_length=32,
+                                    word_segmenter="jieba", shard_size=7,
+                                    validation_fraction=0.1, num_workers=1, progress=False)
+    shard = folder / summary["train_shards"][0]
+    mtime = shard.stat().st_mtime_ns
+    again = make_pretraining_data(corpus, str(folder), chinese_vocab_path(), seq_length=32,
+                                  word_segmenter="jieba", shard_size=7,
+                                  validation_fraction=0.1, num_workers=1, progress=False)
+    assert again["files_skipped"] == 2 and shard.stat().st_mtime_ns == mtime
+    assert again["train_examples"] == summary["train_examples"]
+    assert not [name for name in os.listdir(folder) if ".tmp-" in name]
+    with pytest.raises(ValueError, match="other settings.*seq_length"):
+        make_pretraining_data(corpus, str(folder), chinese_vocab_path(), seq_length=64,
+                              word_segmenter="jieba", num_workers=1, progress=False)
+
+
+# ---------------------------------------------------------------------- masking
+def _synthetic_examples(count, length=64, seed=0):
+    rng = np.random.default_rng(seed)
+    examples = []
+    for _ in range(count):
+        word_lengths = rng.integers(1, 4, size=length)
+        words = np.repeat(np.arange(length), word_lengths)[:length - 2]
+        ids = rng.integers(10, 1000, size=length - 2)
+        examples.append((np.concatenate([[2], ids, [3]]).astype(np.int32),
+                         np.concatenate([[-1], words, [-1]]).astype(np.int32)))
+    return examples
+
+
+def _mask_all(masker, examples, epoch):
+    outputs = []
+    for position, (ids, words) in enumerate(examples):
+        features = masker(tf.constant(ids), tf.constant(words), tf.constant(epoch, tf.int64),
+                          tf.constant(position, tf.int64))
+        outputs.append({k: v.numpy() for k, v in features.items()})
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def masked_sample():
+    masker = Masker(1000, mask_id=4, pad_id=0, special_ids=[0, 1, 2, 3, 4], seq_length=64,
+                    max_predictions=64, seed=5)
+    examples = _synthetic_examples(600)
+    return masker, examples, _mask_all(masker, examples, epoch=0)
+
+
+def test_masking_statistics(masked_sample):
+    masker, examples, outputs = masked_sample
+    words_total = chosen_words = 0
+    counts = {"mask": 0, "random": 0, "same": 0}
+    for (ids, words), out in zip(examples, outputs):
+        selected = out["positions"][out["weights"] > 0]
+        assert np.array_equal(out["labels"][out["weights"] > 0], ids[selected])
+        words_total += words.max() + 1
+        chosen_words += len(set(words[selected].tolist()))
+        for position in selected:
+            token = out["token_ids"][position]
+            if token == 4:
+                counts["mask"] += 1
+            elif token == ids[position]:
+                counts["same"] += 1
+            else:
+                counts["random"] += 1
+        unselected = np.setdiff1d(np.arange(64), selected)
+        assert np.array_equal(out["token_ids"][unselected], ids[unselected])
+    total = sum(counts.values())
+    assert total > 5000
+    assert abs(chosen_words / words_total - 0.15) < 0.005
+    assert abs(counts["mask"] / total - 0.8) < 0.02
+    assert abs(counts["random"] / total - 0.1) < 0.015
+    assert abs(counts["same"] / total - 0.1) < 0.015
+
+
+def test_all_tokens_of_a_masked_word_are_masked_together(masked_sample):
+    _, examples, outputs = masked_sample
+    for (ids, words), out in zip(examples, outputs):
+        selected = np.zeros(64, bool)
+        selected[out["positions"][out["weights"] > 0]] = True
+        for word in set(words[selected].tolist()):
+            assert selected[words == word].all()
+
+
+def test_fresh_mask_each_epoch_and_deterministic(masked_sample):
+    masker, examples, outputs = masked_sample
+    again = _mask_all(masker, examples[:50], epoch=0)
+    next_epoch = _mask_all(masker, examples[:50], epoch=1)
+    differ = 0
+    for first, second, third in zip(outputs[:50], again, next_epoch):
+        assert all(np.array_equal(first[k], second[k]) for k in first)
+        differ += not np.array_equal(first["positions"], third["positions"])
+    assert differ >= 45
+
+
+def test_stream_resumes_at_any_example(data_dir):
+    summary = json.load(open(os.path.join(data_dir, "dataset.json")))
+    files = [os.path.join(data_dir, s) for s in summary["train_shards"]]
+    count = summary["train_examples"]
+    masker = Masker(21128, 103, 0, [0, 100, 101, 102, 103], 32, max_predictions=10, seed=1)
+
+    def stream(start, batches):
+        dataset = masked_dataset(files, 32, masker, 1, count, start_example=start,
+                                 shuffle_buffer=4, seed=2)
+        return [x["token_ids"].numpy()[0] for x in dataset.take(batches)]
+
+    full = stream(0, 2 * count + 3)
+    assert np.array_equal(stream(count + 3, 5), full[count + 3:count + 8])
+    # A new epoch: another order and other masks.
+    assert not all(np.array_equal(a, b) for a, b in zip(full[:count], full[count:2 * count]))
+
+
+# -------------------------------------------------------------------- strategies
+def test_strategy_selection_without_a_tpu():
+    workers = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+               "task": {"type": "worker", "index": 1}}
+    assert strategy_kind(tpu="grpc://10.1.2.3:8470", num_gpus=8) == "tpu"
+    assert strategy_kind(tf_config=json.dumps(workers), num_gpus=8) == "multi_worker"
+    assert strategy_kind(tf_config={"cluster": {"worker": ["a:1"]}}, num_gpus=2) == "mirrored"
+    assert strategy_kind(num_gpus=1) == "default"
+    calls = []
+
+    class FakeResolver:
+        def __init__(self, tpu):
+            calls.append(("resolver", tpu))
+
+    def fake_strategy(resolver):
+        calls.append(("strategy", type(resolver).__name__))
+        return "tpu-strategy"
+
+    strategy = make_strategy(
+        "tpu", tpu="grpc://10.1.2.3:8470", tpu_resolver_factory=FakeResolver,
+        tpu_strategy_factory=fake_strategy,
+        connect=lambda r: calls.append(("connect", type(r).__name__)),
+        initialize_tpu_system=lambda r: calls.append(("init", type(r).__name__)))
+    assert strategy == "tpu-strategy"
+    assert calls == [("resolver", "grpc://10.1.2.3:8470"), ("connect", "FakeResolver"),
+                     ("init", "FakeResolver"), ("strategy", "FakeResolver")]
+    with pytest.raises(ValueError, match="TPU address"):
+        make_strategy("tpu")
+
+
+# ----------------------------------------------------------- training and export
+def test_train_and_export_round_trip(tmp_path, data_dir):
+    from bert4x.models import build_transformer_model
+    from bert4x.pretraining.trainer import Pretrainer
+    lines = []
+    trainer = Pretrainer(tiny_config(tmp_path, data_dir), log=lines.append)
+    result = trainer.train()
+    assert result["step"] == 6 and np.isfinite(result["loss"])
+    assert any("tokens/s" in line and "mlm_acc" in line for line in lines)
+    assert result["eval"]["targets"] > 0
+    export = result["export_dir"]
+    assert os.listdir(os.path.join(str(tmp_path), "run", "logs"))
+    model = build_transformer_model(export, export, with_mlm=True)
+    vocab = open(os.path.join(export, "vocab.txt"), encoding="utf-8").read().splitlines()
+    assert len(vocab) == trainer.builder.config.vocab_size < 21128
+    token_ids = np.zeros((1, 32), "int32")
+    token_ids[0, :6] = [2, 10, 11, 4, 12, 3]
+    segment_ids = np.zeros_like(token_ids)
+    exported = model.predict([token_ids, segment_ids], verbose=0)[-1]
+    trained = trainer.builder.model.predict([token_ids, segment_ids], verbose=0)[-1]
+    np.testing.assert_allclose(exported, tf.nn.softmax(trained).numpy(), atol=1e-6)
+    # The training model (MLM head at gathered positions) agrees with the full one.
+    positions = np.array([[1, 3, 4, 30] * 3], "int32")
+    gathered = trainer.train_model.predict([token_ids, segment_ids, positions], verbose=0)
+    np.testing.assert_allclose(gathered, trained[:, positions[0]], atol=1e-5)
+
+
+def test_other_objectives_train(tmp_path, data_dir):
+    from bert4x.pretraining.trainer import Pretrainer
+    for objective in ("unilm", "lm"):
+        config = tiny_config(tmp_path / objective, data_dir, objective=objective,
+                             train_steps=2, accumulation_steps=1)
+        result = Pretrainer(config, log=lambda line: None).train()
+        assert result["step"] == 2 and np.isfinite(result["loss"])
+
+
+def test_mirrored_two_devices_equals_single_device(tmp_path, data_dir):
+    config = tiny_config(tmp_path, data_dir, train_steps=4, eval_batches=1)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    out = tmp_path / "weights.npz"
+    subprocess.run([sys.executable, WORKER, "mirrored", str(path), str(out)], check=True,
+                   env=_subprocess_env(), timeout=300)
+    arrays = np.load(out)
+    names = sorted(k[len("single_"):] for k in arrays if k.startswith("single_"))
+    assert names
+    moved = 0
+    for name in names:
+        np.testing.assert_allclose(arrays["mirrored_" + name], arrays["single_" + name],
+                                   atol=1e-5, rtol=0)
+    initial = tiny_config(tmp_path, data_dir)  # weights really changed in training
+    assert initial.train_steps > 0
+    for name in names:
+        moved += not np.allclose(arrays["single_" + name], 0)
+    assert moved > 0
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_two_processes_identical_weights(tmp_path, data_dir):
+    config = tiny_config(tmp_path, data_dir, train_steps=3, checkpoint_every=2,
+                         eval_batches=1)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers},
+                                "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen(
+            [sys.executable, WORKER, "multiworker", str(path), str(tmp_path / f"w{index}.npz")],
+            env=_subprocess_env(TF_CONFIG=tf_config), stderr=subprocess.PIPE))
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr.decode()[-3000:]
+    first, second = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    assert int(first["steps"]) == 3 == int(second["steps"])
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+    # The chief alone kept checkpoints and exported.
+    run = tmp_path / "run"
+    assert (run / "export" / "bert_model.ckpt.index").exists()
+    assert not [n for n in os.listdir(run) if n.startswith("worker_")]
+
+
+def _exported_weights(folder):
+    reader = tf.train.load_checkpoint(os.path.join(folder, "bert_model.ckpt"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def test_crash_resume_matches_uninterrupted_run(tmp_path, data_dir):
+    common = dict(train_steps=60, checkpoint_every=10, log_every=10, deterministic=True,
+                  accumulation_steps=2, eval_batches=1,
+                  model={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                         "intermediate_size": 64, "max_position_embeddings": 64,
+                         "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1})
+    paths = {}
+    for name in ("straight", "crashed"):
+        config = tiny_config(tmp_path, data_dir, output_dir=str(tmp_path / name), **common)
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(config.to_dict()))
+    env = _subprocess_env()
+    subprocess.run([sys.executable, PRETRAIN, "--config", str(paths["straight"])], check=True,
+                   env=env, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    process = subprocess.Popen([sys.executable, PRETRAIN, "--config", str(paths["crashed"])],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index_file = tmp_path / "crashed" / "checkpoints" / "checkpoint"
+    deadline = time.time() + 240
+    while not index_file.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "crashed" / "export").exists(), "the run finished before the kill"
+    killed_at = tf.train.latest_checkpoint(str(tmp_path / "crashed" / "checkpoints"))
+    assert killed_at and int(killed_at.rsplit("-", 1)[1]) < 60
+
+    resumed = subprocess.run([sys.executable, PRETRAIN, "--config", str(paths["crashed"])],
+                             env=env, timeout=300, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    straight = _exported_weights(tmp_path / "straight" / "export")
+    crashed = _exported_weights(tmp_path / "crashed" / "export")
+    assert sorted(straight) == sorted(crashed)
+    for name in straight:
+        np.testing.assert_array_equal(crashed[name], straight[name], err_msg=name)
+
+
+# --------------------------------------------------------------------- bad input
+def test_clear_errors(tmp_path, data_dir, corpus):
+    from bert4x.pretraining.trainer import Pretrainer
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['learning_rat'\].*"
+                                         r"known keys.*learning_rate"):
+        PretrainingConfig.from_dict({"learning_rat": 1e-4})
+    with pytest.raises(ValueError, match=r"unknown model key\(s\) \['hiden_size'\]"):
+        PretrainingConfig.from_dict({"model": {"hiden_size": 4}})
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="corpus is empty"):
+        make_pretraining_data([str(empty)], str(tmp_path / "e"), chinese_vocab_path(),
+                              num_workers=1, progress=False)
+    with pytest.raises(FileNotFoundError, match="vocabulary file not found.*nowhere.txt"):
+        make_pretraining_data(corpus, str(tmp_path / "v"), str(tmp_path / "nowhere.txt"),
+                              num_workers=1, progress=False)
+    with pytest.raises(FileNotFoundError, match="vocabulary file not found"):
+        tiny_config(tmp_path, data_dir, vocab=str(tmp_path / "nowhere.txt")).vocab_path()
+    # A checkpoint folder written for another model size.
+    small = tiny_config(tmp_path, data_dir, train_steps=1, checkpoint_every=1, eval_batches=1)
+    Pretrainer(small, log=lambda line: None).train()
+    bigger = small.replace(train_steps=2, model={**small.model, "hidden_size": 48})
+    with pytest.raises(ValueError, match=r"another model.*hidden_size: 32 there, 48 here.*"
+                                         r"word_embeddings: \[\d+, 32\] there, \[\d+, 48\] here"):
+        Pretrainer(bigger, log=lambda line: None).restore()
+
+
+def test_builtin_config_matches_json_file():
+    with open(os.path.join(ROOT, "pretraining", "configs", "tiny_chinese.json"),
+              encoding="utf-8") as file:
+        assert json.load(file) == TINY_CHINESE
+    config = load_config("tiny_chinese")
+    assert config.model["num_hidden_layers"] == 4 and config.word_segmenter == "jieba"
+    for name in os.listdir(os.path.join(ROOT, "pretraining", "configs")):
+        load_config(os.path.join(ROOT, "pretraining", "configs", name))
