@@ -81,7 +81,11 @@ def run(workdir, out_path):
             path = os.path.join(scratch, f"{key}.keras")
             before = predict(model, *arrays)
             model.save(path)
-            after = predict(keras.saving.load_model(path), *arrays)
+            loaded = keras.saving.load_model(path)
+            after = predict(loaded, *arrays)
+            if key == "unilm":  # probes work on a reloaded model too
+                results["reloaded/unilm/attention/0"] = predict(
+                    attention_model(loaded, 0), *arrays)[0]
             for index, (first, second) in enumerate(zip(before, after)):
                 results[f"keras_roundtrip/{key}/{index}/before"] = first
                 results[f"keras_roundtrip/{key}/{index}/after"] = second

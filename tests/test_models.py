@@ -329,6 +329,7 @@ def test_keras_file_round_trip(backend_results, backend):
     for key in keys:
         after = got[key[: -len("before")] + "after"]
         np.testing.assert_array_equal(after, got[key], err_msg=key)
+    np.testing.assert_array_equal(got["reloaded/unilm/attention/0"], got["unilm/attention/0"])
 
 
 def test_cln_condition_changes_outputs(backend_results, reference):
