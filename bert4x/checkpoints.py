@@ -228,23 +228,38 @@ def save_checkpoint(builder, directory):
 
     The folder is written beside its destination and moved into place, so a crash
     leaves the previous checkpoint (or none), never a half-written one. Heads the
-    model has (pooler, MLM, NSP) are written too.
+    model has (pooler, MLM, NSP) are written too. Weights the official format has
+    no name for (e.g. the condition Dense layers of Conditional Layer
+    Normalization) are not written, and a warning lists them.
 
     Args:
         builder: a :class:`bert4x.models.BERT` (``return_keras_model=False``).
-        directory: destination folder.
+        directory: destination folder. An existing one is replaced only if it holds
+            nothing but a BERT checkpoint (``bert_config.json``, ``checkpoint``,
+            ``bert_model.ckpt.*``, ``vocab.txt``).
 
     Returns:
         The checkpoint prefix ``directory/bert_model.ckpt``.
+
+    Raises:
+        FileExistsError: ``directory`` exists and holds other files or folders.
     """
     import tensorflow as tf
     directory = os.path.abspath(str(directory))
+    _check_replaceable(directory)
+    pairs = variable_map(builder)
+    mapped = {id(variable) for _, variable, _ in pairs}
+    unwritten = [variable.path for variable in builder.model.weights
+                 if id(variable) not in mapped]
+    if unwritten:
+        warnings.warn(f"the official checkpoint format has no names for these weights, "
+                      f"which are not written to {directory}: {unwritten}", stacklevel=2)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
     try:
         names, tensors = [], []
-        for google_name, variable, kind in variable_map(builder):
+        for google_name, variable, kind in pairs:
             value = np.asarray(keras_value(variable), dtype=np.float32)
             names.append(google_name)
             tensors.append(tf.constant(value.T if kind == "transposed" else value))
@@ -267,6 +282,25 @@ def keras_value(variable):
     """The value of a Keras variable as NumPy, whatever the backend."""
     import keras
     return keras.ops.convert_to_numpy(variable.value)
+
+
+def _check_replaceable(directory):
+    """Refuse to replace a folder that holds more than a BERT checkpoint."""
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise FileExistsError(f"{directory} exists and is not a folder")
+    foreign = sorted(
+        name for name in os.listdir(directory)
+        if not (name in (GOOGLE_CONFIG, "checkpoint", "vocab.txt")
+                and os.path.isfile(os.path.join(directory, name))
+                or name.startswith(GOOGLE_CHECKPOINT + "."))
+    )
+    if foreign:
+        raise FileExistsError(
+            f"{directory} exists and holds more than a BERT checkpoint ({foreign[:10]}); "
+            "save_checkpoint replaces its destination folder, so choose a new or "
+            "checkpoint-only folder")
 
 
 def _replace_folder(staging, directory):

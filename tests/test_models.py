@@ -482,6 +482,33 @@ def test_save_checkpoint_is_atomic(workdir, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ckpt"]
 
 
+def test_save_checkpoint_refuses_foreign_folder(workdir, tmp_path):
+    builder = build_transformer_model(
+        checkpoint_path=os.path.join(workdir["root"], "ckpt_gelu"), return_keras_model=False)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        checkpoints.save_checkpoint(builder, str(tmp_path / "project"))
+    assert os.listdir(tmp_path / "project") == ["notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["project"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a plain BERT: nothing unwritten
+        checkpoints.save_checkpoint(builder, str(tmp_path / "plain"))
+
+
+def test_save_checkpoint_warns_about_cln_weights(tmp_path):
+    label = keras.Input((), dtype="int32", name="Input-Label")
+    condition = keras.layers.Embedding(3, 8, name="Label-Embedding")(label)
+    builder = build_transformer_model(
+        **dict(TINY, num_hidden_layers=1, hidden_act="gelu"), layer_norm_cond=condition,
+        additional_input_layers=[label], return_keras_model=False)
+    with pytest.warns(UserWarning, match="gamma_dense") as caught:
+        prefix = checkpoints.save_checkpoint(builder, str(tmp_path / "cln"))
+    assert "Label-Embedding" in str(caught[0].message)
+    # What is written is the plain BERT, which loads back.
+    build_transformer_model(str(tmp_path / "cln" / "bert_config.json"), prefix)
+
+
 # ---------------------------------------------------------------------- error cases
 def _variant(workdir, tmp_path, edit):
     """A copy of the gelu checkpoint with ``edit(weights)`` applied."""
