@@ -149,8 +149,14 @@ def open_checkpoint(path):
             names = list(handle.keys())
         except Exception as error:
             raise ValueError(f"cannot read safetensors file {path}: {error}") from error
-        return _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(),
-                       handle.get_tensor)
+
+        def get(name):
+            # NumPy has no bfloat16: widen those tensors to float32 from their bits.
+            if handle.get_slice(name).get_dtype() == "BF16":
+                return _read_bfloat16(path, name)
+            return handle.get_tensor(name)
+
+        return _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(), get)
     import tensorflow as tf
     try:
         reader = tf.train.load_checkpoint(path)
@@ -159,6 +165,20 @@ def open_checkpoint(path):
         raise ValueError(f"cannot read TF checkpoint {path}: {error}") from error
     names = [n for n in shapes if not n.split("/")[-1].startswith(_OPTIMIZER_SUFFIXES)]
     return _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor)
+
+
+def _read_bfloat16(path, name):
+    """A bfloat16 tensor of a safetensors file as float32 (exact: bf16 is f32's top half)."""
+    with open(path, "rb") as file:
+        header_size = int.from_bytes(file.read(8), "little")
+        info = json.loads(file.read(header_size))[name]
+        start, end = info["data_offsets"]
+        file.seek(8 + header_size + start)
+        raw = file.read(end - start)
+    if len(raw) != end - start:
+        raise ValueError(f"the file ends {end - start - len(raw)} bytes early")
+    bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+    return bits.view(np.float32).reshape(info["shape"])
 
 
 def _lookup(reader, google_name):

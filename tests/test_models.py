@@ -357,6 +357,26 @@ def test_tiny_safetensors_parity(workdir, reference, tmp_path):
     assert_close(mlm, reference["gelu"]["mlm_logits"], what="MLM logits")
 
 
+def test_bfloat16_safetensors(workdir, tmp_path):
+    """Weights stored in bfloat16 (common on the Hub) load exactly, widened to float32."""
+    from safetensors.torch import save_file
+    weights = workdir["weights"]["gelu"]
+    state = {name: torch.from_numpy(value).to(torch.bfloat16)
+             for name, value in hf_state(weights).items()
+             if name != "cls.predictions.decoder.weight"}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with open(tmp_path / "config.json", "w") as file:
+        json.dump(dict(TINY, hidden_act="gelu"), file)
+    rounded = {name: torch.from_numpy(value).to(torch.bfloat16).float().numpy()
+               for name, value in weights.items()}
+    hf = hf_pretraining_model(dict(TINY, hidden_act="gelu"), rounded)
+    expected = hf_outputs(hf, workdir["ids"], workdir["segments"])
+    model = build_transformer_model(str(tmp_path), with_mlm="linear")
+    sequence, logits = predict(model, workdir["ids"], workdir["segments"])
+    assert_close(sequence, expected["sequence"], what="sequence from bfloat16 weights")
+    assert_close(logits, expected["mlm_logits"], what="MLM logits from bfloat16 weights")
+
+
 @pytest.fixture(scope="module")
 def minilm():
     """all-MiniLM-L6-v2 (real weights), a padded batch of real sentences, HF outputs."""
