@@ -1,0 +1,129 @@
+"""Decoding speed: cached batched beam search against re-running the whole sequence.
+
+A UniLM model of 4 layers, hidden 256, 4 heads and the 21128-token Chinese
+vocabulary (random weights: speed does not depend on them), 4 sources of 128
+tokens, beam 4, and a forced number of new tokens (the end token is blocked
+until ``max_length``, so every run generates all of them).
+
+* cached: ``bert4x.decoding.Decoder.beam_search`` over the 4 sources at once,
+  the key/value cache on the device, the step compiled once (``tf.function``,
+  and with ``--xla`` also XLA);
+* re-run (bert4keras's way): an ``AutoRegressiveDecoder`` whose ``predict``
+  concatenates the source and the generated ids and runs the whole model
+  (``predict_on_batch``) every step, one source at a time.
+
+Prints seconds per generated token per source and the ratios. Each source is
+decoded on its own by the re-run route, so its per-source cost is measured on
+``--rerun-sources`` sources (all 4 by default; fewer keeps the 128-token run
+short without changing the per-source figure).
+
+Usage:
+    python benchmarks/decode.py [--new-tokens 32 128] [--repeats 2] [--xla]
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bert4x.configs import BertConfig  # noqa: E402
+from bert4x.decoding import AutoRegressiveDecoder, Decoder  # noqa: E402
+from bert4x.models import BERT  # noqa: E402
+
+CLS, SEP = 101, 102
+
+
+class FullRerun(AutoRegressiveDecoder):
+    """bert4keras's route: the whole sequence through the model at every step."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    def predict(self, inputs, output_ids, states):
+        token_ids, segment_ids = inputs
+        token_ids = np.concatenate([token_ids, output_ids], axis=1)
+        segment_ids = np.concatenate([segment_ids, np.ones_like(output_ids)], axis=1)
+        return self.model.predict_on_batch([token_ids, segment_ids])[:, -1]
+
+
+def build(args):
+    keras.utils.set_random_seed(0)
+    config = BertConfig(vocab_size=21128, hidden_size=256, num_hidden_layers=4,
+                        num_attention_heads=4, intermediate_size=1024,
+                        max_position_embeddings=512, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    return BERT(config, application="unilm")
+
+
+def make_sources(args):
+    rng = np.random.default_rng(0)
+    return [[CLS] + rng.integers(106, 21128, args.source_length - 2).tolist() + [SEP]
+            for _ in range(args.batch)]
+
+
+def timed(function, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--source-length", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--rerun-sources", type=int, nargs="+", default=[4, 1],
+                        help="sources decoded by the re-run route, per --new-tokens entry")
+    parser.add_argument("--xla", action="store_true", help="also time the XLA-compiled step")
+    args = parser.parse_args()
+
+    builder = build(args)
+    sources = make_sources(args)
+    print(f"backend {keras.backend.backend()}, {os.cpu_count()} CPUs; UniLM 4x256, vocab "
+          f"21128, {args.batch} sources x {args.source_length} tokens, beam {args.beam}")
+    rerun_counts = (args.rerun_sources + args.rerun_sources[-1:] * len(args.new_tokens))
+    variants = [("cached", False)] + ([("cached XLA", True)] if args.xla else [])
+    for new_tokens, rerun_count in zip(args.new_tokens, rerun_counts):
+        settings = dict(max_length=new_tokens, min_length=new_tokens)
+        figures = {}
+        for label, jit in variants:
+            decoder = Decoder(builder, end_id=SEP, jit_compile=jit)
+            run = lambda: decoder.beam_search(sources, beam_size=args.beam, **settings)  # noqa: E731
+            results = run()  # compiles
+            assert all(len(found[0].token_ids) == new_tokens for found in results)
+            figures[label] = timed(run, args.repeats) / (new_tokens * args.batch)
+            greedy = lambda: decoder.greedy(sources, **settings)  # noqa: E731
+            greedy()
+            figures[f"{label} greedy"] = timed(greedy, args.repeats) / (
+                new_tokens * args.batch)
+        rerun = FullRerun(builder.model, end_id=SEP, **settings)
+        segment = [0] * args.source_length
+        chosen = sources[:rerun_count]
+
+        def rerun_all():
+            for source in chosen:
+                rerun.beam_search([np.array(source), np.array(segment)],
+                                  beam_size=args.beam)
+
+        rerun.beam_search([np.array(sources[0])[:8], np.array(segment[:8])],
+                          beam_size=args.beam, max_length=2, min_length=2)  # traces
+        figures["re-run"] = timed(rerun_all, 1) / (new_tokens * rerun_count)
+        print(f"\n{new_tokens} new tokens (re-run measured on {rerun_count} source(s)):")
+        for label, seconds in figures.items():
+            print(f"  {label:<20s} {seconds:.5f} s per generated token per source")
+        for label, _ in variants:
+            print(f"  ratio re-run / {label} beam: {figures['re-run'] / figures[label]:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

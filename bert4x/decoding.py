@@ -1,0 +1,878 @@
+"""Autoregressive decoding: greedy, beam search and sampling, batched over sources.
+
+Two routes share one implementation of each search algorithm:
+
+* :class:`Decoder` runs a ``unilm``/``lm`` model with a key/value cache: every
+  source is run once (the prefill), then one token per step; the per-step
+  function is compiled once (``tf.function`` on TensorFlow, ``jax.jit`` on JAX,
+  eager ``torch.no_grad()`` on PyTorch) and the cache stays on the device.
+* :class:`AutoRegressiveDecoder` is bert4keras's route: subclass it and write
+  ``predict(inputs, output_ids, states)`` returning the next-token scores of
+  every row; it re-runs whatever the caller wants each step (no cache).
+
+The search functions only see a *scorer*: ``first()`` gives the next-token
+log-probabilities ``[units, vocab]`` after the sources, ``next(parents,
+tokens)`` reorders the units (row ``u`` continues unit ``parents[u]``), appends
+``tokens`` and gives the following log-probabilities. A unit is one beam, one
+sample, or one greedy sequence; several inputs scored jointly (a *group*) form
+one unit whose distribution is the mean of its members' probabilities.
+
+Scores: a hypothesis of ``n`` generated tokens (the end token counted) with
+summed log-probability ``s`` scores ``s / n ** length_penalty`` (Hugging Face's
+convention); greedy and sampled sequences report ``s``.
+"""
+
+import dataclasses
+import math
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = ["GenerationResult", "Decoder", "AutoRegressiveDecoder", "filter_log_probs"]
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """One generated sequence.
+
+    Attributes:
+        token_ids: the generated ids, the end token excluded.
+        score: the ranking score (``log_prob / length ** length_penalty`` for beam
+            search, ``log_prob`` otherwise).
+        log_prob: the summed log-probability of the generated tokens, the end
+            token included.
+        ended: whether the sequence ended with the end token (otherwise it
+            stopped at ``max_length``).
+
+    Example:
+        >>> result = GenerationResult([5, 9], score=-0.7, log_prob=-2.1, ended=True)
+        >>> len(result)
+        2
+    """
+
+    token_ids: list
+    score: float
+    log_prob: float
+    ended: bool
+
+    def __len__(self):
+        return len(self.token_ids)
+
+
+# --------------------------------------------------------------------- settings
+def _check_lengths(max_length, min_length):
+    if not isinstance(max_length, (int, np.integer)) or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    if not isinstance(min_length, (int, np.integer)) or min_length < 0:
+        raise ValueError(f"min_length must be a non-negative integer, got {min_length!r}")
+    if max_length < min_length:
+        raise ValueError(f"max_length ({max_length}) is smaller than min_length "
+                         f"({min_length})")
+
+
+def _check_end_id(end_id, vocab_size):
+    if end_id is None:
+        return None
+    if not isinstance(end_id, (int, np.integer)) or not 0 <= end_id < vocab_size:
+        raise ValueError(f"end_id {end_id!r} is not a token id of the vocabulary "
+                         f"(0..{vocab_size - 1})")
+    return int(end_id)
+
+
+def _check_sampling(n, temperature, top_k, top_p):
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n (samples per source) must be a positive integer, got {n!r}")
+    _check_filter(temperature, top_k, top_p)
+
+
+def _check_filter(temperature, top_k, top_p):
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def _check_beam(beam_size, num_return):
+    if not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
+    if not isinstance(num_return, (int, np.integer)) or not 1 <= num_return <= beam_size:
+        raise ValueError(f"num_return must be between 1 and beam_size ({beam_size}), "
+                         f"got {num_return!r}")
+
+
+# ----------------------------------------------------------------- filtering
+def filter_log_probs(log_probs, temperature=1.0, top_k=None, top_p=None):
+    """Temperature, then top-k, then top-p (nucleus) filtering of distributions.
+
+    Top-k keeps the ``k`` most likely tokens (ties broken by the lower id, as
+    ``argmax`` does). Top-p then keeps the smallest set of most likely tokens
+    whose probability (after temperature and top-k) reaches ``top_p``: a token
+    is kept when the probability of the tokens ranked before it is below
+    ``top_p``, so the most likely token always stays.
+
+    Args:
+        log_probs: ``[rows, vocab]`` log-probabilities (or logits).
+        temperature: divides the log-probabilities; < 1 sharpens.
+        top_k: number of tokens kept, or None.
+        top_p: nucleus mass in (0, 1], or None.
+
+    Returns:
+        ``[rows, vocab]`` normalised log-probabilities, ``-inf`` where removed.
+
+    Example:
+        >>> p = np.log([[0.5, 0.3, 0.15, 0.05]])
+        >>> np.exp(filter_log_probs(p, top_p=0.7)).round(3)
+        array([[0.625, 0.375, 0.   , 0.   ]])
+    """
+    _check_filter(temperature, top_k, top_p)
+    scores = np.asarray(log_probs, dtype=np.float64) / temperature
+    order = np.argsort(-scores, axis=-1, kind="stable")
+    ranked = np.take_along_axis(scores, order, axis=-1)
+    keep_ranked = np.isfinite(ranked)
+    if top_k is not None:
+        keep_ranked[:, top_k:] = False
+    ranked = np.where(keep_ranked, ranked, -np.inf)
+    ranked = ranked - _logsumexp(ranked, axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1:
+        probs = np.exp(ranked)
+        mass_before = np.cumsum(probs, axis=-1) - probs
+        keep_ranked &= mass_before < top_p
+        ranked = np.where(keep_ranked, ranked, -np.inf)
+        ranked = ranked - _logsumexp(ranked, axis=-1, keepdims=True)
+    filtered = np.full_like(scores, -np.inf)
+    np.put_along_axis(filtered, order, ranked, axis=-1)
+    return filtered
+
+
+def _logsumexp(x, axis, keepdims=False):
+    peak = np.max(x, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True)) + peak
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def _to_log_probs(scores, kind):
+    scores = np.asarray(scores, dtype=np.float64)
+    if kind == "probas":
+        with np.errstate(divide="ignore"):
+            return np.log(scores)
+    if kind == "logits":
+        return scores - _logsumexp(scores, axis=-1, keepdims=True)
+    if kind == "log_probs":
+        return scores
+    raise ValueError(f"rtype must be 'probas', 'logits' or 'log_probs', got {kind!r}")
+
+
+# ----------------------------------------------------------------- step rules
+class _StepRules:
+    """Blocks the end token before ``min_length`` and applies the constraint hook."""
+
+    def __init__(self, end_id, min_length, constraint, unit_source, banned_ids=()):
+        self.end_id = end_id
+        self.banned_ids = list(banned_ids)
+        self.min_length = min_length
+        self.constraint = constraint
+        self.unit_source = unit_source
+        self.vocab_size = None
+
+    def apply(self, log_probs, step, prefixes, live):
+        log_probs = np.array(log_probs, dtype=np.float64)
+        self.vocab_size = log_probs.shape[1]
+        if self.banned_ids:
+            log_probs[:, self.banned_ids] = -np.inf
+        if self.end_id is not None and step < self.min_length:
+            log_probs[:, self.end_id] = -np.inf
+        if self.constraint is not None:
+            for unit in np.flatnonzero(live):
+                allowed = self._allowed(self.unit_source[unit], prefixes[unit])
+                log_probs[unit, ~allowed] = -np.inf
+        return log_probs
+
+    def _allowed(self, source_index, prefix):
+        result = self.constraint(int(source_index), list(prefix))
+        result = np.asarray(list(result) if not hasattr(result, "shape") else result)
+        if result.dtype == bool:
+            if result.shape != (self.vocab_size,):
+                raise ValueError(f"the constraint returned a boolean mask of shape "
+                                 f"{result.shape}; expected ({self.vocab_size},)")
+            return result
+        mask = np.zeros(self.vocab_size, dtype=bool)
+        if result.size:
+            ids = result.astype(np.int64).ravel()
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+            if bad.size:
+                raise ValueError(f"the constraint allowed ids outside the vocabulary "
+                                 f"(0..{self.vocab_size - 1}): {bad[:10].tolist()}")
+            mask[ids] = True
+        return mask
+
+
+# ----------------------------------------------------------------- algorithms
+def _beam_search(scorer, num_sources, beam_size, max_length, min_length, end_id,
+                 length_penalty, num_return, constraint, early_stopping):
+    """Beam search over ``scorer``; returns ``num_return`` results per source.
+
+    Each step takes the ``2 * beam_size`` best extensions of the live beams of a
+    source; extensions with the end token go to that source's finished pool
+    (the ``beam_size`` best are kept), the best ``beam_size`` others stay live.
+
+    Early stopping (exact, not Hugging Face's heuristic): a live beam with
+    summed log-probability ``s`` after ``c`` tokens can only lose probability,
+    so its final score is at most ``s / max_length ** lp`` if ``lp > 0``,
+    ``s`` if ``lp == 0`` and ``s / (c + 1) ** lp`` if ``lp < 0``. A source stops
+    when its pool holds ``num_return`` hypotheses and no live beam's bound
+    exceeds the ``num_return``-th best finished score (or no beam is live):
+    no live beam can then change the returned results.
+    """
+    K, N = beam_size, num_sources
+    units = N * K
+    unit_source = np.repeat(np.arange(N), K)
+    rules = _StepRules(end_id, min_length, constraint, unit_source, scorer.banned_ids)
+    sums = np.full((N, K), -np.inf)
+    sums[:, 0] = 0.0  # the K copies start identical: only one may extend
+    prefixes = [[] for _ in range(units)]
+    pools = [[] for _ in range(N)]
+    done = np.zeros(N, dtype=bool)
+
+    def score(total, length):
+        return total / (length ** length_penalty)
+
+    def add(pool, hypothesis):
+        pool.append(hypothesis)
+        pool.sort(key=lambda h: -h.score)
+        del pool[K:]
+
+    log_probs = scorer.first()
+    for step in range(max_length):
+        live = np.isfinite(sums).ravel() & np.repeat(~done, K)
+        log_probs = rules.apply(log_probs, step, prefixes, live)
+        vocab = log_probs.shape[1]
+        candidates = (sums.reshape(units, 1) + log_probs).reshape(N, K * vocab)
+        candidates[done] = -np.inf
+        width = min(2 * K, K * vocab)
+        top = np.argpartition(-candidates, width - 1, axis=1)[:, :width]
+        top_scores = np.take_along_axis(candidates, top, axis=1)
+        # Sort by score, ties by candidate index, so results are deterministic.
+        order = np.lexsort((top, -top_scores), axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        last_step = step == max_length - 1
+        new_sums = np.full((N, K), -np.inf)
+        parents = np.repeat(np.arange(N) * K, K)
+        tokens = np.zeros(units, dtype=np.int64)
+        for source in np.flatnonzero(~done):
+            filled = 0
+            for flat in top[source]:
+                total = candidates[source, flat]
+                if not np.isfinite(total) or filled == K:
+                    break
+                beam, token = divmod(int(flat), vocab)
+                unit = source * K + beam
+                if end_id is not None and token == end_id:
+                    add(pools[source], GenerationResult(
+                        list(prefixes[unit]), float(score(total, step + 1)),
+                        float(total), True))
+                    continue
+                if last_step:
+                    add(pools[source], GenerationResult(
+                        prefixes[unit] + [token], float(score(total, step + 1)),
+                        float(total), False))
+                    filled += 1
+                    continue
+                new_sums[source, filled] = total
+                parents[source * K + filled] = unit
+                tokens[source * K + filled] = token
+                filled += 1
+            if last_step:
+                done[source] = True
+                continue
+            pool = pools[source]
+            best_live = new_sums[source, 0]
+            if not np.isfinite(best_live):
+                done[source] = True
+            elif early_stopping and len(pool) >= num_return:
+                length = step + 1
+                if length_penalty > 0:
+                    bound = score(best_live, max_length)
+                elif length_penalty < 0:
+                    bound = score(best_live, length + 1)
+                else:
+                    bound = best_live
+                done[source] = bound <= pool[num_return - 1].score
+        if done.all():
+            break
+        prefixes = [prefixes[parent] + [int(token)] for parent, token in zip(parents, tokens)]
+        sums = new_sums
+        log_probs = scorer.next(parents, tokens)
+    return [pool[:num_return] for pool in pools]
+
+
+def _ancestral(scorer, num_sources, copies, max_length, min_length, end_id, constraint,
+               choose):
+    """Greedy decoding or sampling: every unit extends itself with ``choose``."""
+    units = num_sources * copies
+    unit_source = np.repeat(np.arange(num_sources), copies)
+    rules = _StepRules(end_id, min_length, constraint, unit_source, scorer.banned_ids)
+    prefixes = [[] for _ in range(units)]
+    totals = np.zeros(units)
+    live = np.ones(units, dtype=bool)
+    ended = np.zeros(units, dtype=bool)
+    identity = np.arange(units)
+    log_probs = scorer.first()
+    for step in range(max_length):
+        ruled = rules.apply(log_probs, step, prefixes, live)
+        stuck = live & ~np.isfinite(ruled).any(axis=1)
+        if stuck.any():
+            unit = int(np.flatnonzero(stuck)[0])
+            raise ValueError(
+                f"no token is allowed after prefix {prefixes[unit]} of source "
+                f"{unit_source[unit]} (the constraint and min_length exclude all)")
+        ruled[~live] = 0.0  # finished units keep running; what they pick is ignored
+        tokens = choose(ruled)
+        for unit in np.flatnonzero(live):
+            token = int(tokens[unit])
+            totals[unit] += log_probs[unit, token]
+            if end_id is not None and token == end_id:
+                live[unit] = False
+                ended[unit] = True
+            else:
+                prefixes[unit].append(token)
+        if not live.any() or step == max_length - 1:
+            break
+        log_probs = scorer.next(identity, tokens)
+    results = [GenerationResult(prefixes[u], float(totals[u]), float(totals[u]),
+                                bool(ended[u])) for u in range(units)]
+    return [results[i * copies:(i + 1) * copies] for i in range(num_sources)]
+
+
+def _greedy_choice(log_probs):
+    return np.argmax(log_probs, axis=1)
+
+
+def _sampling_choice(rng, temperature, top_k, top_p):
+    def choose(log_probs):
+        probs = np.exp(filter_log_probs(log_probs, temperature, top_k, top_p))
+        cumulative = np.cumsum(probs, axis=1)
+        draws = rng.random(len(probs))[:, None] * cumulative[:, -1:]
+        tokens = (cumulative <= draws).sum(axis=1)
+        return np.minimum(tokens, probs.shape[1] - 1)
+    return choose
+
+
+# ---------------------------------------------------------------- sources
+def _is_group(item):
+    if isinstance(item, np.ndarray):
+        return item.ndim == 2
+    return (isinstance(item, (list, tuple)) and len(item) > 0
+            and isinstance(item[0], (list, tuple, np.ndarray)))
+
+
+def _flatten_sources(sources, vocab_size):
+    """Flatten sources into members; returns ``(members, owner, group_sizes)``."""
+    if isinstance(sources, np.ndarray):
+        sources = list(sources)
+    if not isinstance(sources, (list, tuple)) or not sources:
+        raise ValueError("sources must be a non-empty list of token-id lists "
+                         "(or of lists of them, for inputs scored jointly)")
+    members, owner, sizes = [], [], []
+    for index, item in enumerate(sources):
+        group = list(item) if _is_group(item) else [item]
+        if not group:
+            raise ValueError(f"source {index} is an empty group")
+        for member in group:
+            ids = [int(token) for token in np.asarray(member).ravel()]
+            label = f"source {index}" + (f" member {len(sizes)}" if len(group) > 1 else "")
+            if not ids:
+                raise ValueError(f"{label} is empty: a source needs at least one token")
+            bad = [t for t in ids if not 0 < t < vocab_size]
+            if bad:
+                raise ValueError(f"{label} has ids outside 1..{vocab_size - 1} "
+                                 f"(0 is padding): {bad[:10]}")
+            members.append(ids)
+            owner.append(index)
+        sizes.append(len(group))
+    return members, np.asarray(owner), sizes
+
+
+def _units_from_rows(row_log_probs, group_sizes, copies):
+    """Average member probabilities per unit (rows are ``member * copies + copy``)."""
+    if all(size == 1 for size in group_sizes):
+        return row_log_probs
+    vocab = row_log_probs.shape[-1]
+    per_member = row_log_probs.reshape(-1, copies, vocab)
+    units, start = [], 0
+    for size in group_sizes:
+        block = per_member[start:start + size]
+        units.append(_logsumexp(block, axis=0) - math.log(size))
+        start += size
+    return np.concatenate(units, axis=0)
+
+
+# ------------------------------------------------------------- cached route
+# Compiled graphs per builder and XLA setting, so that every Decoder over one
+# model shares one trace.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled_models(builder, jit_compile):
+    per_builder = _COMPILED.setdefault(builder, {})
+    if jit_compile not in per_builder:
+        per_builder[jit_compile] = _CompiledModels(builder, jit_compile)
+    return per_builder[jit_compile]
+
+
+class _CompiledModels:
+    """The prefill and step graphs, compiled once for the active backend."""
+
+    def __init__(self, builder, jit_compile):
+        self.prefill_model, self.step_model = builder.cache_models()
+        self.backend = keras.backend.backend()
+        self.step_traces = 0
+        self.prefill_traces = 0
+        if self.backend == "tensorflow":
+            self._compile_tensorflow(jit_compile)
+        elif self.backend == "jax":
+            self._compile_jax()
+        else:
+            self._prefill, self._step = self._prefill_eager, self._step_eager
+
+    # The bodies are plain Keras calls; the counters only move when a backend
+    # traces them, which is what the no-retracing test checks.
+    def _prefill_body(self, call, inputs):
+        self.prefill_traces += 1
+        logits, cache = call(self.prefill_model, list(inputs))
+        return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), cache
+
+    def _step_body(self, call, inputs, parents):
+        self.step_traces += 1
+        inputs = list(inputs)
+        inputs[3] = ops.take(inputs[3], parents, axis=0)  # reorder beams on the device
+        logits, cache = call(self.step_model, inputs)
+        return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), cache
+
+    @staticmethod
+    def _keras_call(model, inputs):
+        return model(inputs, training=False)
+
+    def _compile_tensorflow(self, jit_compile):
+        import tensorflow as tf
+
+        def specs(model):
+            return [tf.TensorSpec(tensor.shape, tensor.dtype) for tensor in model.inputs]
+
+        prefill = tf.function(
+            lambda inputs: self._prefill_body(self._keras_call, inputs),
+            input_signature=[specs(self.prefill_model)], jit_compile=jit_compile)
+        step = tf.function(
+            lambda inputs, parents: self._step_body(self._keras_call, inputs, parents),
+            input_signature=[specs(self.step_model), tf.TensorSpec((None,), tf.int32)],
+            jit_compile=jit_compile)
+        self._prefill, self._step = prefill, step
+
+    def _compile_jax(self):
+        import jax
+
+        def stateless(variables):
+            def call(model, inputs):
+                trainable, non_trainable = variables
+                outputs, _ = model.stateless_call(trainable, non_trainable, inputs,
+                                                  training=False)
+                return outputs
+            return call
+
+        prefill = jax.jit(lambda variables, inputs: self._prefill_body(
+            stateless(variables), inputs))
+        step = jax.jit(lambda variables, inputs, parents: self._step_body(
+            stateless(variables), inputs, parents))
+
+        def variables(model):
+            return ([v.value for v in model.trainable_variables],
+                    [v.value for v in model.non_trainable_variables])
+
+        self._prefill = lambda inputs: prefill(variables(self.prefill_model), inputs)
+        self._step_jit = step
+        self._step = None  # bound per decode with the current weights (see start)
+        self._variables = variables
+
+    def _prefill_eager(self, inputs):
+        import torch
+        with torch.no_grad():
+            return self._prefill_body(self._keras_call, self._tensors(inputs))
+
+    def _step_eager(self, inputs, parents):
+        import torch
+        with torch.no_grad():
+            return self._step_body(self._keras_call, self._tensors(inputs),
+                                   ops.convert_to_tensor(parents))
+
+    @staticmethod
+    def _tensors(inputs):
+        return [ops.convert_to_tensor(value) for value in inputs]
+
+    def step_function(self):
+        """The step callable for one decode (JAX binds the current weights once)."""
+        if self.backend != "jax":
+            return self._step
+        weights = self._variables(self.step_model)
+        return lambda inputs, parents: self._step_jit(weights, inputs, parents)
+
+    def prefill(self, inputs):
+        return self._prefill(inputs)
+
+
+class _CachedScorer:
+    """Scorer over the cache models: prefill once, then one token per step."""
+
+    def __init__(self, compiled, members, owner, group_sizes, copies, max_length,
+                 target_segment_id, extras, vocab_size):
+        self.compiled = compiled
+        self.group_sizes = group_sizes
+        self.copies = copies
+        self.vocab_size = vocab_size
+        count = len(members)
+        self.source_length = max(len(m) for m in members)
+        self.token_ids = np.zeros((count, self.source_length), dtype=np.int32)
+        for row, ids in enumerate(members):
+            self.token_ids[row, :len(ids)] = ids
+        self.lengths = np.asarray([len(m) for m in members], dtype=np.int32)
+        self.member_extras = [np.take(extra, owner, axis=0) for extra in extras]
+        self.member_of_row = np.repeat(np.arange(count), copies)
+        copy_of_row = np.tile(np.arange(copies), count)
+        self.unit_of_row = owner[self.member_of_row] * copies + copy_of_row
+        self.rows = count * copies
+        # The last generated token is never fed, hence max_length - 1 new slots.
+        self.new_slots = max(max_length - 1, 0)
+        self.slots = self.source_length + self.new_slots
+        self.key_mask = np.zeros((self.rows, self.slots), dtype=np.float32)
+        self.key_mask[:, :self.source_length] = np.repeat(self.token_ids != 0, copies, axis=0)
+        self.row_positions = np.repeat(self.lengths, copies)
+        self.segment = np.full((self.rows, 1), target_segment_id, dtype=np.int32)
+        self.row_extras = [np.take(extra, self.member_of_row, axis=0)
+                           for extra in self.member_extras]
+        self.step = 0
+        self.cache = None
+        # Id 0 is padding to the model (its key is masked in a full run), so a
+        # generated 0 would not mean what it means in the cache: never emit it.
+        self.banned_ids = (0,)
+        self.step_function = compiled.step_function()
+
+    def first(self):
+        inputs = [self.token_ids, np.zeros_like(self.token_ids), self.lengths - 1]
+        log_probs, cache = self.compiled.prefill(inputs + self.member_extras)
+        cache = ops.repeat(cache, self.copies, axis=0)
+        pad = [[0, 0]] * 4 + [[0, self.new_slots], [0, 0]]
+        self.cache = ops.pad(cache, pad)
+        rows = np.repeat(ops.convert_to_numpy(log_probs).astype(np.float64), self.copies,
+                         axis=0)
+        return _units_from_rows(rows, self.group_sizes, self.copies)
+
+    def next(self, parents, tokens):
+        parents = np.asarray(parents)
+        copy_of_parent = parents[self.unit_of_row] % self.copies
+        row_parents = (self.member_of_row * self.copies + copy_of_parent).astype(np.int32)
+        row_tokens = np.asarray(tokens)[self.unit_of_row].astype(np.int32)[:, None]
+        slot = self.source_length + self.step
+        self.key_mask[:, slot] = 1.0
+        write_mask = np.zeros((self.rows, self.slots), dtype=np.float32)
+        write_mask[:, slot] = 1.0
+        positions = (self.row_positions + self.step).astype(np.int32)[:, None]
+        inputs = [row_tokens, self.segment, positions, self.cache, self.key_mask.copy(),
+                  write_mask] + self.row_extras
+        log_probs, self.cache = self.step_function(inputs, row_parents)
+        self.step += 1
+        rows = ops.convert_to_numpy(log_probs).astype(np.float64)
+        return _units_from_rows(rows, self.group_sizes, self.copies)
+
+
+class Decoder:
+    """Cached, batched decoding for a ``unilm`` or ``lm`` model.
+
+    Each source (a list of token ids, e.g. ``[CLS] ... [SEP]`` of a UniLM
+    source) is run once; generation then feeds one token per step at position
+    ``len(source) + t`` with segment ``target_segment_id``. A source may be a
+    list of several token-id lists: these inputs are scored jointly, the next
+    token's distribution being the mean of their distributions.
+
+    Args:
+        builder: the :class:`bert4x.models.BERT` builder
+            (``build_transformer_model(..., return_keras_model=False)``).
+        end_id: the token that ends a sequence (``[SEP]`` for UniLM), or None.
+        max_length: default maximum number of generated tokens (end included).
+        min_length: default minimum number of tokens before the end token.
+        target_segment_id: segment id of generated tokens (default 1 for UniLM,
+            0 for LM).
+        jit_compile: TensorFlow only: compile the step with XLA.
+
+    Example:
+        >>> builder = build_transformer_model(config_path, checkpoint_path,  # doctest: +SKIP
+        ...     application="unilm", return_keras_model=False)
+        >>> decoder = Decoder(builder, end_id=tokenizer.token_to_id("[SEP]"), max_length=32)
+        >>> best = decoder.beam_search([token_ids_1, token_ids_2], beam_size=4)
+        >>> tokenizer.decode(best[0][0].token_ids)
+    """
+
+    def __init__(self, builder, end_id=None, max_length=32, min_length=0,
+                 target_segment_id=None, jit_compile=False):
+        if getattr(builder, "application", None) not in ("unilm", "lm"):
+            raise ValueError("Decoder needs a builder with application='unilm' or 'lm' "
+                             "(build_transformer_model(..., return_keras_model=False))")
+        self.builder = builder
+        self.vocab_size = builder.config.vocab_size
+        self.max_positions = builder.config.max_position_embeddings
+        self.end_id = _check_end_id(end_id, self.vocab_size)
+        _check_lengths(max_length, min_length)
+        self.max_length, self.min_length = int(max_length), int(min_length)
+        if target_segment_id is None:
+            target_segment_id = 1 if builder.application == "unilm" else 0
+        self.target_segment_id = int(target_segment_id)
+        self.jit_compile = bool(jit_compile)
+
+    @property
+    def step_traces(self):
+        """How many times the model's step function was traced (compiled) so far.
+
+        Shared by every decoder of the same builder and ``jit_compile`` setting.
+        """
+        return _compiled_models(self.builder, self.jit_compile).step_traces
+
+    def _scorer(self, sources, copies, max_length, min_length, additional_inputs):
+        _check_lengths(max_length, min_length)
+        members, owner, sizes = _flatten_sources(sources, self.vocab_size)
+        longest = max(len(m) for m in members)
+        if longest + max_length > self.max_positions:
+            raise ValueError(
+                f"a source of {longest} tokens plus max_length {max_length} new tokens "
+                f"needs {longest + max_length} positions; the position table has "
+                f"{self.max_positions}")
+        extras = self._extras(additional_inputs, len(sizes))
+        compiled = _compiled_models(self.builder, self.jit_compile)
+        scorer = _CachedScorer(compiled, members, owner, sizes, copies, max_length,
+                               self.target_segment_id, extras, self.vocab_size)
+        return scorer, len(sizes)
+
+    def _extras(self, additional_inputs, num_sources):
+        expected = self.builder.additional_inputs
+        given = [] if additional_inputs is None else list(additional_inputs)
+        if len(given) != len(expected):
+            names = [tensor.name for tensor in expected]
+            raise ValueError(f"the model takes {len(expected)} additional inputs {names}; "
+                             f"got {len(given)} (pass additional_inputs=[one array per "
+                             "input, one row per source])")
+        arrays = []
+        for tensor, value in zip(expected, given):
+            value = np.asarray(value, dtype=tensor.dtype)
+            if value.shape[:1] != (num_sources,):
+                raise ValueError(f"additional input {tensor.name} has {value.shape[:1]} "
+                                 f"rows; expected one per source ({num_sources})")
+            arrays.append(value)
+        return arrays
+
+    def _defaults(self, max_length, min_length):
+        return (self.max_length if max_length is None else max_length,
+                self.min_length if min_length is None else min_length)
+
+    def greedy(self, sources, max_length=None, min_length=None, constraint=None,
+               additional_inputs=None):
+        """Most likely token at each step.
+
+        Args:
+            sources: a list of token-id lists (or of groups of them).
+            max_length, min_length: override the decoder's defaults.
+            constraint: ``constraint(source_index, prefix_ids)`` returning the
+                allowed next ids or a boolean mask over the vocabulary.
+            additional_inputs: one array per additional model input (e.g. the
+                CLN condition), one row per source.
+
+        Returns:
+            One :class:`GenerationResult` per source.
+
+        Example:
+            >>> [r.token_ids for r in decoder.greedy([[2, 7, 9, 3]])]  # doctest: +SKIP
+        """
+        max_length, min_length = self._defaults(max_length, min_length)
+        scorer, count = self._scorer(sources, 1, max_length, min_length, additional_inputs)
+        results = _ancestral(scorer, count, 1, max_length, min_length, self.end_id,
+                             constraint, _greedy_choice)
+        return [found[0] for found in results]
+
+    def beam_search(self, sources, beam_size=4, length_penalty=1.0, num_return=1,
+                    max_length=None, min_length=None, constraint=None,
+                    additional_inputs=None, early_stopping=True):
+        """Beam search, batched over sources.
+
+        Scores are ``log_prob / length ** length_penalty`` (``length`` counts
+        the end token). Stops a source early once no live beam can change its
+        ``num_return`` best (see ``_beam_search`` for the exact bound).
+
+        Args:
+            sources: a list of token-id lists (or of groups scored jointly).
+            beam_size: live beams per source.
+            length_penalty: exponent of the length normaliser (0: raw sums).
+            num_return: results per source, best first (at most ``beam_size``).
+            max_length, min_length, constraint, additional_inputs: as in :meth:`greedy`.
+            early_stopping: stop a source as soon as its results are settled.
+
+        Returns:
+            For each source, a list of up to ``num_return`` :class:`GenerationResult`.
+
+        Example:
+            >>> decoder.beam_search([[2, 7, 9, 3]], beam_size=4)[0][0].token_ids  # doctest: +SKIP
+        """
+        _check_beam(beam_size, num_return)
+        max_length, min_length = self._defaults(max_length, min_length)
+        scorer, count = self._scorer(sources, beam_size, max_length, min_length,
+                                     additional_inputs)
+        return _beam_search(scorer, count, beam_size, max_length, min_length, self.end_id,
+                            float(length_penalty), num_return, constraint, early_stopping)
+
+    def sample(self, sources, n=1, temperature=1.0, top_k=None, top_p=None, seed=None,
+               max_length=None, min_length=None, constraint=None, additional_inputs=None):
+        """Random sampling: temperature, then top-k, then top-p; ``n`` per source.
+
+        Args:
+            sources: a list of token-id lists (or of groups scored jointly).
+            n: samples per source.
+            temperature, top_k, top_p: see :func:`filter_log_probs`.
+            seed: an int (or ``numpy.random.Generator``) for reproducible draws.
+            max_length, min_length, constraint, additional_inputs: as in :meth:`greedy`.
+
+        Returns:
+            For each source, ``n`` results; ``score`` is the model log-probability.
+
+        Example:
+            >>> decoder.sample([[2, 7, 9, 3]], n=3, top_p=0.9, seed=0)  # doctest: +SKIP
+        """
+        _check_sampling(n, temperature, top_k, top_p)
+        max_length, min_length = self._defaults(max_length, min_length)
+        scorer, count = self._scorer(sources, n, max_length, min_length, additional_inputs)
+        choose = _sampling_choice(np.random.default_rng(seed), temperature, top_k, top_p)
+        return _ancestral(scorer, count, n, max_length, min_length, self.end_id, constraint,
+                          choose)
+
+
+# ------------------------------------------------------------ bert4keras route
+class _PredictScorer:
+    """Scorer over a user's ``predict``: re-runs it on the whole prefix each step."""
+
+    def __init__(self, decoder, inputs, copies):
+        self.decoder = decoder
+        self.copies = copies
+        self.inputs = [np.repeat(np.asarray(value)[None], copies, axis=0) for value in inputs]
+        self.output_ids = np.zeros((copies, 0), dtype=np.int32)
+        self.states = None
+        self.vocab_size = None
+        self.banned_ids = ()
+
+    def _predict(self):
+        result = self.decoder.predict(self.inputs, self.output_ids, self.states)
+        if isinstance(result, tuple):
+            result, self.states = result
+        log_probs = _to_log_probs(result, self.decoder.rtype)
+        if log_probs.ndim != 2 or log_probs.shape[0] != self.copies:
+            raise ValueError(f"predict must return scores of shape [{self.copies}, vocab] "
+                             f"(one row per output_ids row); got {log_probs.shape}")
+        self.vocab_size = log_probs.shape[1]
+        self.decoder._check_vocab(self.vocab_size)
+        return log_probs
+
+    def first(self):
+        return self._predict()
+
+    def next(self, parents, tokens):
+        self.output_ids = np.concatenate(
+            [self.output_ids[np.asarray(parents)], np.asarray(tokens, np.int32)[:, None]],
+            axis=1)
+        return self._predict()
+
+
+class AutoRegressiveDecoder:
+    """bert4keras-style decoder: subclass it and implement :meth:`predict`.
+
+    ``predict(inputs, output_ids, states)`` receives the source inputs repeated
+    once per row (``[rows, ...]`` arrays), the generated ids so far
+    ``[rows, t]`` and ``states`` (None at first; return ``(scores, states)`` to
+    carry something along), and returns the next-token scores ``[rows, vocab]``
+    of the kind named by the class attribute ``rtype``: ``"probas"`` (default),
+    ``"logits"`` or ``"log_probs"``. Nothing is cached, so this route suits
+    custom scoring; :class:`Decoder` is the fast route for bert4x models. One
+    source is decoded per call, as in bert4keras.
+
+    Args:
+        end_id: the token that ends a sequence, or None.
+        max_length: default maximum number of generated tokens (end included).
+        min_length: default minimum number of tokens before the end token.
+
+    Example:
+        >>> class Title(AutoRegressiveDecoder):  # doctest: +SKIP
+        ...     def predict(self, inputs, output_ids, states):
+        ...         token_ids, segment_ids = inputs
+        ...         token_ids = np.concatenate([token_ids, output_ids], 1)
+        ...         segment_ids = np.concatenate([segment_ids, np.ones_like(output_ids)], 1)
+        ...         return model.predict_on_batch([token_ids, segment_ids])[:, -1]
+        >>> Title(end_id=3, max_length=32).beam_search([token_ids, segment_ids], 4)
+    """
+
+    rtype = "probas"
+
+    def __init__(self, end_id=None, max_length=32, min_length=0):
+        _check_lengths(max_length, min_length)
+        self.end_id = end_id
+        self.max_length, self.min_length = int(max_length), int(min_length)
+
+    def predict(self, inputs, output_ids, states):
+        """Next-token scores ``[rows, vocab]``; subclasses implement it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement predict(inputs, output_ids, states)")
+
+    def _check_vocab(self, vocab_size):
+        _check_end_id(self.end_id, vocab_size)
+
+    def _run(self, inputs, copies, max_length, min_length):
+        max_length, min_length = (self.max_length if max_length is None else max_length,
+                                  self.min_length if min_length is None else min_length)
+        _check_lengths(max_length, min_length)
+        if not isinstance(inputs, (list, tuple)) or not inputs:
+            raise ValueError("inputs must be a non-empty list of the source's arrays")
+        scorer = _PredictScorer(self, inputs, copies)
+        return scorer, max_length, min_length
+
+    def greedy(self, inputs, max_length=None, min_length=None, constraint=None):
+        """Greedy decoding of one source; returns a :class:`GenerationResult`.
+
+        Example:
+            >>> decoder.greedy([token_ids, segment_ids]).token_ids  # doctest: +SKIP
+        """
+        scorer, max_length, min_length = self._run(inputs, 1, max_length, min_length)
+        return _ancestral(scorer, 1, 1, max_length, min_length, self.end_id, constraint,
+                          _greedy_choice)[0][0]
+
+    def beam_search(self, inputs, beam_size=4, length_penalty=1.0, num_return=1,
+                    max_length=None, min_length=None, constraint=None, early_stopping=True):
+        """Beam search over one source; returns up to ``num_return`` results.
+
+        Example:
+            >>> decoder.beam_search([token_ids, segment_ids], beam_size=4)  # doctest: +SKIP
+        """
+        _check_beam(beam_size, num_return)
+        scorer, max_length, min_length = self._run(inputs, beam_size, max_length,
+                                                   min_length)
+        return _beam_search(scorer, 1, beam_size, max_length, min_length,
+                            self.end_id, float(length_penalty), num_return, constraint,
+                            early_stopping)[0]
+
+    def random_sample(self, inputs, n=1, temperature=1.0, top_k=None, top_p=None,
+                      seed=None, max_length=None, min_length=None, constraint=None):
+        """``n`` samples of one source (temperature, top-k, then top-p).
+
+        Example:
+            >>> decoder.random_sample([token_ids, segment_ids], 3, top_k=5, seed=1)  # doctest: +SKIP
+        """
+        _check_sampling(n, temperature, top_k, top_p)
+        scorer, max_length, min_length = self._run(inputs, n, max_length, min_length)
+        choose = _sampling_choice(np.random.default_rng(seed), temperature, top_k, top_p)
+        return _ancestral(scorer, 1, n, max_length, min_length, self.end_id,
+                          constraint, choose)[0]

@@ -1,0 +1,163 @@
+"""Cache and decoder checks run under one Keras backend.
+
+``tests/test_generation.py`` imports these functions for TensorFlow and runs this
+file with ``KERAS_BACKEND=jax`` / ``torch`` in a subprocess (the backend is fixed
+when Keras is imported). Run directly, it prints one JSON object of results.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bert4x.configs import BertConfig  # noqa: E402
+from bert4x.decoding import Decoder  # noqa: E402
+from bert4x.models import BERT  # noqa: E402
+
+VOCAB = 30
+END_ID = 3
+SOURCES = [[2, 5, 6, 7, 8, 3], [2, 9, 3], [2, 10, 11, 12, 3]]
+TARGETS = [[13, 14, 15, 16], [17, 18, 19, 20], [21, 22, 23, 24]]
+CLASSES = np.array([[0], [1], [1]], dtype="int32")
+
+
+def tiny_config(**overrides):
+    values = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=2, intermediate_size=40, max_position_embeddings=40,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                  initializer_range=0.3)
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+def class_condition():
+    """A class id ``[batch, 1]`` embedded as the CLN condition ``[batch, 8]``."""
+    class_id = keras.Input((1,), dtype="int32", name="class_id")
+    embedded = keras.layers.Embedding(2, 8, name="class_embedding")(class_id)
+    return class_id, keras.layers.Reshape((8,))(embedded)
+
+
+def build(application, conditional, seed=0, randomise_conditions=True, **config):
+    """A tiny builder; with CLN, the zero-initialised condition weights are randomised
+    (at zero they would make the conditional check vacuous)."""
+    keras.utils.set_random_seed(seed)
+    kwargs = {}
+    if conditional:
+        class_id, condition = class_condition()
+        kwargs = dict(layer_norm_cond=condition, additional_input_layers=[class_id],
+                      layer_norm_cond_hidden_size=16, layer_norm_cond_hidden_act="tanh")
+    builder = BERT(tiny_config(**config), application=application, with_mlm="linear",
+                   **kwargs)
+    if conditional and randomise_conditions:
+        rng = np.random.default_rng(seed)
+        for variable in builder.model.weights:
+            if "gamma_dense" in variable.path or "beta_dense" in variable.path:
+                variable.assign(rng.normal(0, 0.2, variable.shape).astype("float32"))
+    return builder
+
+
+def target_segment(application):
+    return 1 if application == "unilm" else 0
+
+
+REFERENCE_LENGTH = 24
+
+
+def full_logits(builder, source, generated, extra=()):
+    """Logits ``[len(generated) + 1, vocab]`` of a full re-run, from the last source token.
+
+    The sequence is right-padded to a fixed length (padding keys are masked, so
+    earlier positions are unaffected) so that compiled backends compile once.
+    """
+    application = builder.application
+    sequence = list(source) + list(generated)
+    segments = [0] * len(source) + [target_segment(application)] * len(generated)
+    token_ids = np.zeros((1, REFERENCE_LENGTH), "int32")
+    segment_ids = np.zeros((1, REFERENCE_LENGTH), "int32")
+    token_ids[0, :len(sequence)] = sequence
+    segment_ids[0, :len(sequence)] = segments
+    inputs = [token_ids, segment_ids] + [np.asarray(value)[None] for value in extra]
+    logits = builder.model.predict_on_batch(inputs)
+    return np.asarray(logits)[0, len(source) - 1:len(sequence)]
+
+
+def check_cache(builder):
+    """Max |cached step logits - full re-run logits| over every step and source."""
+    application, conditional = builder.application, builder.conditional
+    prefill, step = builder.cache_models()
+    batch, source_length, steps = len(SOURCES), max(map(len, SOURCES)), 4
+    token_ids = np.zeros((batch, source_length), "int32")
+    for row, source in enumerate(SOURCES):
+        token_ids[row, :len(source)] = source
+    lengths = np.array([len(source) for source in SOURCES], "int32")
+    extra = [CLASSES] if conditional else []
+    inputs = [token_ids, np.zeros_like(token_ids), lengths - 1] + extra
+    logits, cache = prefill([keras.ops.convert_to_tensor(x) for x in inputs])
+    new_slots = steps - 1
+    cache = keras.ops.pad(cache, [[0, 0]] * 4 + [[0, new_slots], [0, 0]])
+    slots = source_length + new_slots
+    key_mask = np.zeros((batch, slots), "float32")
+    key_mask[:, :source_length] = token_ids != 0
+    cached = [keras.ops.convert_to_numpy(logits)]
+    for t in range(steps - 1):
+        write_mask = np.zeros((batch, slots), "float32")
+        write_mask[:, source_length + t] = 1
+        key_mask = key_mask + write_mask
+        tokens = np.array([[target[t]] for target in TARGETS], "int32")
+        segments = np.full((batch, 1), target_segment(application), "int32")
+        inputs = [tokens, segments, (lengths + t)[:, None], cache, key_mask, write_mask]
+        logits, cache = step([keras.ops.convert_to_tensor(x) for x in inputs + extra])
+        cached.append(keras.ops.convert_to_numpy(logits))
+    worst = 0.0
+    for row, source in enumerate(SOURCES):
+        reference = full_logits(builder, source, TARGETS[row][:steps - 1],
+                                [CLASSES[row]] if conditional else [])
+        stepped = np.stack([logits[row] for logits in cached])
+        worst = max(worst, float(np.abs(reference - stepped).max()))
+    return worst
+
+
+def reference_greedy(builder, source, max_length, extra=()):
+    generated = []
+    for _ in range(max_length):
+        # Id 0 is padding, which the decoder never emits.
+        token = 1 + int(np.argmax(full_logits(builder, source, generated, extra)[-1, 1:]))
+        if token == END_ID:
+            break
+        generated.append(token)
+    return generated
+
+
+def check_greedy(builder, max_length=6):
+    """Whether the cached, compiled greedy decoder matches argmax over full re-runs."""
+    conditional = builder.conditional
+    decoder = Decoder(builder, end_id=END_ID, max_length=max_length)
+    extra = [CLASSES] if conditional else None
+    found = decoder.greedy(SOURCES, additional_inputs=extra)
+    for row, source in enumerate(SOURCES):
+        expected = reference_greedy(builder, source, max_length,
+                                    [CLASSES[row]] if conditional else [])
+        if found[row].token_ids != expected:
+            return False
+    return True
+
+
+def run_all():
+    results = {"backend": keras.backend.backend()}
+    for application in ("unilm", "lm"):
+        for conditional in (False, True):
+            key = f"{application}{'-cln' if conditional else ''}"
+            builder = build(application, conditional)
+            results[f"cache:{key}"] = check_cache(builder)
+            results[f"greedy:{key}"] = check_greedy(builder)
+    return results
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(run_all()))

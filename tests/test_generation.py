@@ -1,0 +1,558 @@
+"""Generation: masks, the key/value cache, CLN, the loss and every decoding route.
+
+References are independent of the decoder: NumPy double loops for masks, full
+re-runs of the Keras model for logits, brute-force enumeration of every sequence
+for beam search. JAX and PyTorch run ``_generation_worker.py`` in subprocesses
+started at the beginning of the module, so they overlap the TensorFlow tests.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _generation_worker as worker  # noqa: E402
+from bert4x import layers  # noqa: E402
+from bert4x.decoding import (AutoRegressiveDecoder, Decoder,  # noqa: E402
+                             GenerationResult, filter_log_probs)
+from bert4x.losses import (GenerationLoss, generation_loss,  # noqa: E402
+                           generation_loss_weights, generation_targets)
+from bert4x.models import BERT  # noqa: E402
+
+END = worker.END_ID
+SMALL_VOCAB = 8
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module", autouse=True)
+def other_backends():
+    """Start the JAX and PyTorch workers now; tests at the end collect them."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    processes = {}
+    for backend in ("jax", "torch"):
+        processes[backend] = subprocess.Popen(
+            [sys.executable, worker.__file__], env=dict(env, KERAS_BACKEND=backend),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield processes
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def unilm():
+    return worker.build("unilm", conditional=False)
+
+
+@pytest.fixture(scope="module")
+def small_unilm():
+    return worker.build("unilm", conditional=False, seed=3, vocab_size=SMALL_VOCAB)
+
+
+@pytest.fixture(scope="module")
+def small_lm():
+    return worker.build("lm", conditional=False, seed=4, vocab_size=SMALL_VOCAB)
+
+
+def log_softmax(x):
+    x = np.asarray(x, np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def next_log_probs(builder, source, prefixes):
+    """Next-token log-probs after ``source + prefix`` for each prefix, by full re-runs.
+
+    ``source`` may be a list of sources scored jointly (mean of probabilities).
+    """
+    sources = source if isinstance(source[0], list) else [source]
+    per_source = []
+    for member in sources:
+        rows = len(prefixes)
+        token_ids = np.zeros((rows, worker.REFERENCE_LENGTH), "int32")
+        segment_ids = np.zeros_like(token_ids)
+        for row, prefix in enumerate(prefixes):
+            sequence = member + list(prefix)
+            token_ids[row, :len(sequence)] = sequence
+            segment_ids[row, len(member):len(sequence)] = worker.target_segment(
+                builder.application)
+        logits = np.asarray(builder.model.predict_on_batch([token_ids, segment_ids]))
+        last = np.array([len(member) + len(p) - 1 for p in prefixes])
+        per_source.append(log_softmax(logits[np.arange(rows), last]))
+    stacked = np.stack(per_source)
+    return np.log(np.exp(stacked).mean(axis=0))
+
+
+def enumerate_sequences(next_fn, vocab, max_length, end_id, min_length=0, allowed=None,
+                        first_id=1):
+    """Every sequence the decoder may produce, with its summed log-probability.
+
+    ``allowed(prefix)`` (optional) gives the allowed next ids. Returns a list of
+    ``(tokens, total, ended)``.
+    """
+    finished = []
+    frontier = [([], 0.0)]
+    for step in range(max_length):
+        if not frontier:
+            break
+        log_probs = next_fn([prefix for prefix, _ in frontier])
+        grown = []
+        for (prefix, total), row in zip(frontier, log_probs):
+            for token in range(first_id, vocab):
+                if allowed is not None and token not in allowed(prefix):
+                    continue
+                if token == end_id:
+                    if step >= min_length:
+                        finished.append((prefix, total + row[token], True))
+                    continue
+                extended = (prefix + [token], total + row[token])
+                if step == max_length - 1:
+                    finished.append(extended + (False,))
+                else:
+                    grown.append(extended)
+        frontier = grown
+    return finished
+
+
+def rank(sequences, length_penalty):
+    scored = [(total / (len(tokens) + ended) ** length_penalty, tokens, total, ended)
+              for tokens, total, ended in sequences]
+    return sorted(scored, key=lambda item: -item[0])
+
+
+def assert_same_ranking(results, expected, count):
+    assert len(results) == count
+    for result, (score, tokens, total, ended) in zip(results, expected[:count]):
+        assert result.token_ids == tokens
+        assert result.ended == ended
+        np.testing.assert_allclose(result.score, score, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(result.log_prob, total, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------- masks
+def rule_mask(token_ids, segment_ids, application):
+    """DESIGN section 4, written as loops."""
+    batch, length = token_ids.shape
+    allowed = np.zeros((batch, length, length), bool)
+    for b in range(batch):
+        cumulative, running = [], 0
+        for s in segment_ids[b]:
+            running += int(s)
+            cumulative.append(running)
+        for i in range(length):
+            for j in range(length):
+                if token_ids[b, j] == 0:
+                    continue
+                if application == "unilm":
+                    allowed[b, i, j] = cumulative[j] <= cumulative[i]
+                else:
+                    allowed[b, i, j] = j <= i
+    return allowed
+
+
+def test_masks_follow_the_design_rule():
+    token_ids = np.array([[2, 5, 6, 3, 7, 8, 3, 0, 0],
+                          [2, 9, 3, 4, 3, 0, 0, 0, 0],
+                          [2, 5, 5, 5, 5, 5, 5, 6, 3]])
+    segment_ids = np.array([[0, 0, 0, 0, 1, 1, 1, 0, 0],
+                            [0, 0, 0, 1, 1, 1, 1, 1, 1],
+                            [0, 0, 0, 0, 0, 0, 0, 0, 0]])
+    for application in ("unilm", "lm"):
+        mask = keras.ops.convert_to_numpy(
+            layers.attention_mask(token_ids, segment_ids, application))
+        np.testing.assert_array_equal(mask, rule_mask(token_ids, segment_ids, application))
+
+
+def test_unilm_source_outputs_ignore_the_target(unilm):
+    source = [2, 5, 6, 7, 3]
+    first = np.array([source + [11, 12, 13]])
+    second = np.array([source + [21, 4, 17]])
+    segments = np.array([[0] * 5 + [1] * 3])
+    a = unilm.model.predict_on_batch([first, segments])
+    b = unilm.model.predict_on_batch([second, segments])
+    np.testing.assert_allclose(a[0, :5], b[0, :5], atol=1e-5)
+    assert np.abs(a[0, 5:] - b[0, 5:]).max() > 1e-3  # the targets do see each other
+
+
+def test_lm_outputs_ignore_later_tokens(small_lm):
+    first = np.array([[2, 5, 6, 7, 4, 5]])
+    second = np.array([[2, 5, 6, 1, 2, 7]])
+    segments = np.zeros_like(first)
+    a = small_lm.model.predict_on_batch([first, segments])
+    b = small_lm.model.predict_on_batch([second, segments])
+    np.testing.assert_allclose(a[0, :3], b[0, :3], atol=1e-5)
+    assert np.abs(a[0, 3:] - b[0, 3:]).max() > 1e-3
+
+
+# ------------------------------------------------------------------------ cache
+@pytest.mark.parametrize("application", ["unilm", "lm"])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_cache_and_greedy_match_full_reruns_tensorflow(application, conditional):
+    builder = worker.build(application, conditional)
+    assert worker.check_cache(builder) < 1e-4
+    assert worker.check_greedy(builder)
+
+
+def test_step_is_traced_once_whatever_the_shapes():
+    builder = worker.build("unilm", conditional=False, seed=9)
+    decoder = Decoder(builder, end_id=END, max_length=4)
+    decoder.greedy([[2, 5, 3]])
+    decoder.greedy([[2, 5, 6, 7, 8, 9, 3], [2, 4, 3]], max_length=7)
+    decoder.beam_search([[2, 5, 6, 3]], beam_size=3, max_length=5)
+    decoder.sample([[2, 5, 3], [2, 6, 7, 3]], n=2, seed=0, max_length=3)
+    Decoder(builder, end_id=None, max_length=6).beam_search([[2, 5, 3]], beam_size=2)
+    assert decoder.step_traces == 1
+
+
+# ---------------------------------------------------------------- beam search
+@pytest.mark.parametrize("length_penalty, min_length", [(1.0, 0), (0.0, 0), (-0.5, 1),
+                                                        (2.0, 2)])
+def test_wide_beam_search_equals_brute_force(small_unilm, length_penalty, min_length):
+    sources = [[2, 5, 6, 4, 3], [2, 7, 3]]
+    max_length = 3
+    beam = (SMALL_VOCAB - 2) ** (max_length - 1)  # every live prefix fits
+    decoder = Decoder(small_unilm, end_id=END, max_length=max_length,
+                      min_length=min_length)
+    found = decoder.beam_search(sources, beam_size=beam, num_return=4,
+                                length_penalty=length_penalty)
+    for source, results in zip(sources, found):
+        expected = rank(enumerate_sequences(
+            lambda prefixes: next_log_probs(small_unilm, source, prefixes),
+            SMALL_VOCAB, max_length, END, min_length), length_penalty)
+        assert_same_ranking(results, expected, 4)
+
+
+def test_greedy_route_equals_argmax_of_full_reruns_lm(small_lm):
+    decoder = Decoder(small_lm, end_id=END, max_length=5)
+    source = [2, 6, 5]
+    generated = []
+    for _ in range(5):
+        row = next_log_probs(small_lm, source, [generated])[0]
+        token = 1 + int(np.argmax(row[1:]))
+        if token == END:
+            break
+        generated.append(token)
+    assert decoder.greedy([source])[0].token_ids == generated
+
+
+class FixedTable(AutoRegressiveDecoder):
+    """Crafted scores: a deterministic pseudo-random distribution per prefix."""
+
+    rtype = "logits"
+
+    def __init__(self, vocab=6, end_bias=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab, self.end_bias, self.calls = vocab, end_bias, 0
+
+    def logits(self, prefix):
+        rng = np.random.default_rng([len(prefix)] + list(prefix))
+        row = rng.normal(0, 2, self.vocab)
+        row[self.end_id] += self.end_bias
+        return row
+
+    def predict(self, inputs, output_ids, states):
+        self.calls += 1
+        return np.stack([self.logits(list(row)) for row in output_ids])
+
+    def reference(self, prefixes):
+        return log_softmax([self.logits(p) for p in prefixes])
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0, -1.0, 2.0])
+def test_predict_route_beam_search_equals_brute_force(length_penalty):
+    table = FixedTable(vocab=6, end_id=1, max_length=4)
+    beam = 5 ** 3
+    results = table.beam_search([np.array([1, 2])], beam_size=beam, num_return=5,
+                                length_penalty=length_penalty)
+    expected = rank(enumerate_sequences(table.reference, 6, 4, 1, first_id=0),
+                    length_penalty)
+    assert_same_ranking(results, expected, 5)
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0, -1.0])
+@pytest.mark.parametrize("beam_size", [1, 2, 3])
+def test_early_stopping_never_changes_the_results(length_penalty, beam_size):
+    settings = dict(beam_size=beam_size, num_return=beam_size, length_penalty=length_penalty)
+    eager = FixedTable(vocab=12, end_id=1, end_bias=2.5, max_length=12)
+    patient = FixedTable(vocab=12, end_id=1, end_bias=2.5, max_length=12)
+    stopped = eager.beam_search([np.array([1])], early_stopping=True, **settings)
+    full = patient.beam_search([np.array([1])], early_stopping=False, **settings)
+    assert [(r.token_ids, r.score) for r in stopped] == [(r.token_ids, r.score) for r in full]
+    assert eager.calls <= patient.calls
+    if length_penalty <= 0:
+        assert eager.calls < patient.calls  # the likely end token settles it early
+
+
+def test_cached_and_predict_routes_agree(unilm):
+    source = [2, 5, 6, 7, 3]
+
+    class FullRerun(AutoRegressiveDecoder):
+        rtype = "log_probs"
+
+        def predict(self, inputs, output_ids, states):
+            rows = [next_log_probs(unilm, source, [list(ids)])[0] for ids in output_ids]
+            scores = np.stack(rows)
+            scores[:, 0] = -np.inf  # the cached decoder never emits padding
+            return scores
+
+    settings = dict(beam_size=3, num_return=3, length_penalty=0.7, max_length=5)
+    cached = Decoder(unilm, end_id=END).beam_search([source], **settings)[0]
+    rerun = FullRerun(end_id=END).beam_search([np.array(source)], **settings)
+    assert [r.token_ids for r in cached] == [r.token_ids for r in rerun]
+    np.testing.assert_allclose([r.score for r in cached], [r.score for r in rerun],
+                               atol=1e-4)
+
+
+# ----------------------------------------------------------------- constraints
+def passage_constraint(source_index, prefix):
+    """Only tokens of a per-source 'passage', never the previous token again."""
+    passage = [{4, 5, 6, END}, {2, 5, 7, END}][source_index]
+    return sorted(passage - set(prefix[-1:]))
+
+
+def test_constraint_beam_search_equals_brute_force(small_unilm):
+    sources = [[2, 5, 6, 4, 3], [2, 7, 3]]
+    decoder = Decoder(small_unilm, end_id=END, max_length=4)
+    found = decoder.beam_search(sources, beam_size=27, num_return=3,
+                                constraint=passage_constraint)
+    for index, (source, results) in enumerate(zip(sources, found)):
+        expected = rank(enumerate_sequences(
+            lambda prefixes: next_log_probs(small_unilm, source, prefixes), SMALL_VOCAB, 4,
+            END, allowed=lambda prefix: passage_constraint(index, prefix)), 1.0)
+        assert_same_ranking(results, expected, 3)
+
+
+def test_constraint_greedy_and_boolean_masks(small_unilm):
+    sources = [[2, 5, 6, 4, 3], [2, 7, 3]]
+    decoder = Decoder(small_unilm, end_id=END, max_length=6)
+    by_ids = decoder.greedy(sources, constraint=passage_constraint)
+
+    def as_mask(source_index, prefix):
+        mask = np.zeros(SMALL_VOCAB, bool)
+        mask[passage_constraint(source_index, prefix)] = True
+        return mask
+
+    by_mask = decoder.greedy(sources, constraint=as_mask)
+    for index, source in enumerate(sources):
+        generated = []
+        for _ in range(6):
+            row = next_log_probs(small_unilm, source, [generated])[0]
+            allowed = passage_constraint(index, generated)
+            token = allowed[int(np.argmax(row[allowed]))]
+            if token == END:
+                break
+            generated.append(token)
+        assert by_ids[index].token_ids == generated
+        assert by_mask[index].token_ids == generated
+
+
+# --------------------------------------------------------------- joint scoring
+def test_joint_scoring_averages_member_distributions(small_unilm):
+    group = [[2, 5, 6, 4, 3], [2, 7, 3], [2, 6, 6, 3]]
+    single = [2, 4, 5, 3]
+    decoder = Decoder(small_unilm, end_id=END, max_length=3)
+    found = decoder.beam_search([group, single], beam_size=36, num_return=3)
+    for source, results in zip([group, single], found):
+        expected = rank(enumerate_sequences(
+            lambda prefixes: next_log_probs(small_unilm, source, prefixes),
+            SMALL_VOCAB, 3, END), 1.0)
+        assert_same_ranking(results, expected, 3)
+    greedy = decoder.greedy([group, single], max_length=5)
+    generated = []
+    for _ in range(5):
+        token = 1 + int(np.argmax(next_log_probs(small_unilm, group, [generated])[0, 1:]))
+        if token == END:
+            break
+        generated.append(token)
+    assert greedy[0].token_ids == generated
+
+
+# -------------------------------------------------------------------- sampling
+def test_top_k_one_sampling_is_greedy(unilm):
+    decoder = Decoder(unilm, end_id=END, max_length=6)
+    sources = [[2, 5, 6, 7, 3], [2, 9, 3]]
+    greedy = decoder.greedy(sources)
+    sampled = decoder.sample(sources, n=3, top_k=1, seed=11)
+    for best, samples in zip(greedy, sampled):
+        assert all(sample.token_ids == best.token_ids for sample in samples)
+        np.testing.assert_allclose([s.log_prob for s in samples], best.log_prob, atol=1e-6)
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = np.array([[0.05, 0.5, 0.15, 0.3]])
+    cases = {0.5: [1], 0.7: [1, 3], 0.81: [1, 2, 3], 0.96: [0, 1, 2, 3], 1.0: [0, 1, 2, 3]}
+    for top_p, nucleus in cases.items():
+        kept = np.exp(filter_log_probs(np.log(probs), top_p=top_p))[0]
+        assert np.flatnonzero(kept > 0).tolist() == nucleus
+        np.testing.assert_allclose(kept[nucleus], probs[0, nucleus] / probs[0, nucleus].sum())
+    # Top-k first, then top-p over the renormalised survivors: {1: .625, 3: .375}.
+    kept = np.exp(filter_log_probs(np.log(probs), top_k=2, top_p=0.6))[0]
+    assert np.flatnonzero(kept > 0).tolist() == [1]
+    # Temperature 2 flattens: p ** 0.5 renormalised.
+    tempered = np.exp(filter_log_probs(np.log(probs), temperature=2.0))[0]
+    np.testing.assert_allclose(tempered, np.sqrt(probs[0]) / np.sqrt(probs[0]).sum())
+
+
+def test_sampling_draws_from_the_nucleus_only():
+    probs = np.array([0.05, 0.5, 0.15, 0.3])
+
+    class Fixed(AutoRegressiveDecoder):
+        def predict(self, inputs, output_ids, states):
+            return np.tile(probs, (len(output_ids), 1))
+
+    samples = Fixed(end_id=None, max_length=1).random_sample(
+        [np.array([1])], n=4000, top_p=0.7, seed=3)
+    tokens = np.array([s.token_ids[0] for s in samples])
+    assert set(tokens.tolist()) == {1, 3}
+    assert abs((tokens == 1).mean() - 0.625) < 0.03
+
+
+def test_same_seed_same_samples(unilm):
+    decoder = Decoder(unilm, end_id=END, max_length=6)
+    sources = [[2, 5, 6, 7, 3], [2, 9, 3]]
+    settings = dict(n=4, temperature=1.5, top_k=10, top_p=0.95)
+    first = decoder.sample(sources, seed=7, **settings)
+    again = decoder.sample(sources, seed=7, **settings)
+    other = decoder.sample(sources, seed=8, **settings)
+
+    def ids(found):
+        return [[s.token_ids for s in samples] for samples in found]
+
+    assert ids(first) == ids(again)
+    assert ids(first) != ids(other)
+    assert len({tuple(t) for t in ids(first)[0]}) > 1  # the samples vary
+
+
+# ------------------------------------------------------------------------ CLN
+def test_cln_zero_init_then_trained_by_class():
+    plain = worker.build("unilm", conditional=False, seed=5)
+    conditional = worker.build("unilm", conditional=True, seed=6,
+                               randomise_conditions=False)
+    plain_weights = {v.path: v for v in plain.model.weights}
+    copied = 0
+    for variable in conditional.model.weights:
+        if variable.path in plain_weights:
+            variable.assign(plain_weights[variable.path])
+            copied += 1
+    assert copied == len(plain_weights)
+    source = [2, 5, 6, 7, 3]
+    tokens = np.array([source + [8, 9]] * 2)
+    segments = np.array([[0] * 5 + [1, 1]] * 2)
+    classes = np.array([[0], [1]], "int32")
+    expected = plain.model.predict_on_batch([tokens, segments])
+    found = conditional.model.predict_on_batch([tokens, segments, classes])
+    np.testing.assert_allclose(found, expected, atol=1e-6)
+
+    # Class 0 answers 11, class 1 answers 12: only the CLN weights can tell them apart.
+    train_tokens = np.array([source + [11, END], source + [12, END]] * 4, "int32")
+    train_segments = np.array([[0] * 5 + [1, 1]] * 8, "int32")
+    train_classes = np.array([[0], [1]] * 4, "int32")
+    model = conditional.model
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=GenerationLoss("unilm", from_logits=True))
+    model.fit([train_tokens, train_segments, train_classes],
+              generation_targets(train_tokens, train_segments), epochs=40, batch_size=8,
+              verbose=0)
+    first = model.predict_on_batch([np.array([source] * 2), np.zeros((2, 5), "int32"),
+                                    classes])[:, -1]
+    probs = np.exp(log_softmax(first))
+    assert probs[0, 11] > probs[1, 11] + 0.2 and probs[1, 12] > probs[0, 12] + 0.2
+    decoder = Decoder(conditional, end_id=END, max_length=3)
+    results = decoder.greedy([source, source], additional_inputs=[classes])
+    assert [r.token_ids[:1] for r in results] == [[11], [12]]
+
+
+# ----------------------------------------------------------------------- loss
+def test_generation_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    token_ids = np.array([[2, 5, 6, 3, 7, 8, 3, 0], [2, 9, 3, 4, 3, 0, 0, 0]])
+    segment_ids = np.array([[0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0]])
+    logits = rng.normal(size=(2, 8, 10)).astype("float32")
+    for application in ("unilm", "lm"):
+        total, count = 0.0, 0
+        for b in range(2):
+            for i in range(7):
+                target = token_ids[b, i + 1]
+                counted = target != 0 and (application == "lm" or segment_ids[b, i + 1] == 1)
+                if counted:
+                    total -= log_softmax(logits[b, i])[target]
+                    count += 1
+        expected = total / count
+        value = generation_loss(token_ids, segment_ids, logits, application, from_logits=True)
+        np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+        probs = np.exp(log_softmax(logits)).astype("float32")
+        np.testing.assert_allclose(
+            float(generation_loss(token_ids, segment_ids, probs, application)), expected,
+            rtol=1e-4)
+        as_keras = GenerationLoss(application, from_logits=True)(
+            generation_targets(token_ids, segment_ids), logits)
+        np.testing.assert_allclose(float(as_keras), expected, rtol=1e-5)
+    weights = keras.ops.convert_to_numpy(generation_loss_weights(token_ids, segment_ids))
+    np.testing.assert_array_equal(weights, [[0, 0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 0, 0, 0]])
+
+
+# ---------------------------------------------------------------------- errors
+def test_bad_settings_raise_clear_errors(unilm):
+    decoder = Decoder(unilm, end_id=END, max_length=4)
+    source = [[2, 5, 3]]
+    cases = [
+        (lambda: decoder.beam_search(source, beam_size=0), "beam_size"),
+        (lambda: decoder.beam_search(source, beam_size=2, num_return=3), "num_return"),
+        (lambda: decoder.greedy(source, max_length=2, min_length=3),
+         r"max_length \(2\) is smaller than min_length \(3\)"),
+        (lambda: decoder.greedy([[]]), "source 0 is empty"),
+        (lambda: decoder.greedy([]), "non-empty"),
+        (lambda: decoder.greedy([[2, 5, 3], [2, 99, 3]]), "source 1 has ids outside"),
+        (lambda: decoder.greedy([[2] * 30], max_length=20),
+         "30 tokens plus max_length 20 .* 50 positions; the position table has 40"),
+        (lambda: Decoder(unilm, end_id=500), "end_id 500"),
+        (lambda: decoder.sample(source, top_p=0.0), "top_p"),
+        (lambda: decoder.sample(source, top_p=1.5), "top_p"),
+        (lambda: decoder.sample(source, top_k=0), "top_k"),
+        (lambda: decoder.sample(source, temperature=0), "temperature"),
+        (lambda: decoder.sample(source, n=0), "n \\(samples"),
+        (lambda: decoder.greedy(source, additional_inputs=[np.zeros((1, 1))]),
+         "0 additional inputs"),
+        (lambda: decoder.greedy(source, constraint=lambda i, p: [SMALL_VOCAB + 100]),
+         "outside the vocabulary"),
+        (lambda: decoder.greedy(source, constraint=lambda i, p: []), "no token is allowed"),
+        (lambda: Decoder(BERT(worker.tiny_config()), end_id=END), "application='unilm'"),
+    ]
+    for action, message in cases:
+        with pytest.raises(ValueError, match=message):
+            action()
+
+
+def test_predict_route_checks_its_output():
+    class Wrong(AutoRegressiveDecoder):
+        def predict(self, inputs, output_ids, states):
+            return np.ones((1, 5)) / 5
+
+    with pytest.raises(ValueError, match=r"shape \[3, vocab\]"):
+        Wrong(end_id=1, max_length=3).beam_search([np.array([1])], beam_size=3)
+    with pytest.raises(NotImplementedError):
+        AutoRegressiveDecoder(end_id=1).greedy([np.array([1])])
+    result = GenerationResult([4, 5], -1.0, -2.0, True)
+    assert len(result) == 2
+
+
+# ---------------------------------------------------------- other backends
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_cache_and_greedy_on_other_backends(other_backends, backend):
+    output, _ = other_backends[backend].communicate(timeout=600)
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"the {backend} worker failed:\n{output[-3000:]}"
+    results = json.loads(lines[-1][len("RESULT "):])
+    assert results["backend"] == backend
+    for key, value in results.items():
+        if key.startswith("cache:"):
+            assert value < 1e-4, (key, value)
+        elif key.startswith("greedy:"):
+            assert value is True, key
+    assert len(results) == 9
