@@ -458,7 +458,8 @@ def test_clear_errors(tmp_path, data_dir, corpus):
     with pytest.raises(FileNotFoundError, match="vocabulary file not found"):
         tiny_config(tmp_path, data_dir, vocab=str(tmp_path / "nowhere.txt")).vocab_path()
     # A checkpoint folder written for another model size.
-    small = tiny_config(tmp_path, data_dir, train_steps=1, checkpoint_every=1, eval_batches=1)
+    small = tiny_config(tmp_path, data_dir, train_steps=1, warmup_steps=0, checkpoint_every=1,
+                        eval_batches=1)
     Pretrainer(small, log=lambda line: None).train()
     bigger = small.replace(train_steps=2, model={**small.model, "hidden_size": 48})
     with pytest.raises(ValueError, match=r"another model.*hidden_size: 32 there, 48 here.*"

@@ -190,7 +190,14 @@ class Pretrainer:
         # The data position: examples of the global stream consumed so far.
         self.examples_seen = tf.Variable(0, dtype=tf.int64, trainable=False,
                                          name="examples_seen")
-        self.checkpoint = tf.train.Checkpoint(model=self.builder.model, optimizer=self.optimizer,
+        # Variables are tracked by path explicitly: tf.train.Checkpoint(model=...) does
+        # not reach the variables of Keras 3 layers held in plain containers, and the
+        # dropout seed-generator states must come back too for an exact resume.
+        model_variables = {variable.path: variable for variable in self.builder.model.variables}
+        if len(model_variables) != len(self.builder.model.variables):
+            raise RuntimeError("the model has several variables with one path")
+        self.checkpoint = tf.train.Checkpoint(model_variables=model_variables,
+                                              optimizer=self.optimizer,
                                               examples_seen=self.examples_seen)
 
     # ------------------------------------------------------------- checkpoints
