@@ -434,11 +434,14 @@ def attention_model(model, layer_indices):
     """
     indices = [layer_indices] if isinstance(layer_indices, int) else list(layer_indices)
     outputs = []
+    # The inputs of layer i's attention: the previous layer's output (the
+    # embeddings for i = 0) and the shared attention bias, read by layer name.
+    bias = _layer(model, "Attention-Bias").output
     for index in indices:
         attention = _layer(model, f"Transformer-{index}-MultiHeadSelfAttention")
-        node = attention._inbound_nodes[0]
-        x = node.arguments.args[0]
-        bias = node.arguments.kwargs.get("attention_bias")
+        previous = ("Embedding-Dropout" if index == 0
+                    else f"Transformer-{index - 1}-FeedForward-Norm")
+        x = _layer(model, previous).output
         _, probs = ReusedLayer(attention, return_attention_scores=True)(
             x, attention_bias=bias)
         outputs.append(probs)
