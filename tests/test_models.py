@@ -281,6 +281,24 @@ def test_parity_tells_the_activations_apart(workdir, reference):
     assert np.max(np.abs(sequence - reference["gelu_new"]["sequence"])) > 3 * TOL
 
 
+def test_mixed_bfloat16(workdir, reference):
+    """``dtype="mixed_bfloat16"`` computes in bfloat16 and stays close to float32."""
+    model = build_transformer_model(
+        checkpoint_path=os.path.join(workdir["root"], "ckpt_gelu"), with_pool=True,
+        with_nsp=True, with_mlm="linear", dtype="mixed_bfloat16")
+    assert model.get_layer("Transformer-0-FeedForward").compute_dtype == "bfloat16"
+    assert model.get_layer("Embedding-Token").embeddings.dtype == "float32"
+    sequence, pooled, nsp, mlm = [np.asarray(x, np.float32) for x in predict(
+        model, workdir["ids"], workdir["segments"])]
+    ref = reference["gelu"]
+    error = np.max(np.abs(sequence - ref["sequence"]))
+    assert 1e-4 < error < 0.1  # really bfloat16, and still the same model
+    scale = np.max(np.abs(ref["mlm_logits"]))
+    assert np.max(np.abs(mlm - ref["mlm_logits"])) < 0.05 * scale
+    assert_close(nsp, softmax(ref["nsp_logits"]), tol=0.05, what="NSP probs")
+    assert nsp.dtype == np.float32
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_intermediate_outputs_match_hidden_states(backend_results, reference, backend):
     """``intermediate_model`` reads the embeddings and every layer's output."""
