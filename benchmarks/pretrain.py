@@ -1,0 +1,163 @@
+"""Pretraining throughput: bert4x (TensorFlow, the pretraining step) vs PyTorch transformers.
+
+BERT-small (4 layers, hidden 512, 8 heads, intermediate 2048, Chinese vocab 21128),
+sequences of 128, MLM with 20 predicted positions per sequence, AdamW. For each of
+float32 and bfloat16 it prints training tokens/s, model FLOP utilisation against a
+matmul peak measured in the same run, and the ratio bert4x / PyTorch.
+
+Model FLOPs per token (training = 3 x forward): per layer 2 * (4 H^2 + 2 H I) for the
+dense layers plus 4 * S * H for the attention scores and weighted sum, plus the MLM
+head on the predicted positions (2 * (H^2 + H V) * P / S). Both frameworks are
+charged the same useful FLOPs; transformers' ``BertForMaskedLM`` computes the vocabulary
+projection on every position (its standard behaviour), which is extra work it does.
+
+Usage:
+    python benchmarks/pretrain.py [--batch-size 16] [--steps 5] [--threads 2]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+# benchmarks/tokenize.py would shadow the standard library's tokenize module (used by
+# linecache in tracebacks and by TensorFlow's autograph) when this folder is sys.path[0].
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+LAYERS, HIDDEN, HEADS, INTERMEDIATE, VOCAB, SEQ, PREDICTIONS = 4, 512, 8, 2048, 21128, 128, 20
+
+
+def model_flops_per_token():
+    dense = 2 * (4 * HIDDEN ** 2 + 2 * HIDDEN * INTERMEDIATE)
+    attention = 4 * SEQ * HIDDEN
+    head = 2 * (HIDDEN ** 2 + HIDDEN * VOCAB) * PREDICTIONS / SEQ
+    return 3 * (LAYERS * (dense + attention) + head)
+
+
+def synthetic_batch(batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    token_ids = rng.integers(106, VOCAB, size=(batch_size, SEQ)).astype("int32")
+    token_ids[:, 0] = 101
+    positions = np.sort(np.stack([rng.choice(np.arange(1, SEQ), PREDICTIONS, replace=False)
+                                  for _ in range(batch_size)]), axis=1).astype("int32")
+    labels = np.take_along_axis(token_ids, positions, axis=1)
+    np.put_along_axis(token_ids, positions, 103, axis=1)
+    return token_ids, positions, labels
+
+
+def matmul_peak_tf(dtype, size=2048, repeats=10):
+    import tensorflow as tf
+    a = tf.random.normal((size, size), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+
+    @tf.function
+    def run(x):
+        for _ in range(repeats):
+            x = tf.matmul(x, a) * tf.cast(1e-3, dtype)
+        return x
+
+    run(a).numpy()
+    start = time.perf_counter()
+    run(a).numpy()
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
+
+
+def bert4x_tokens_per_second(batch_size, steps, mixed):
+    import keras
+    import tensorflow as tf
+    from bert4x.configs import BertConfig
+    from bert4x.models import BERT
+    from bert4x.optimizers import AdamW
+    from bert4x.pretraining.trainer import build_pretraining_model
+    keras.utils.set_random_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                        num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
+                        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    builder = BERT(config, with_mlm="linear", dtype="mixed_bfloat16" if mixed else None)
+    model = build_pretraining_model(builder, SEQ, PREDICTIONS)
+    optimizer = AdamW(1e-4, weight_decay=0.01)
+    variables = model.trainable_variables
+    optimizer.build(variables)
+    token_ids, positions, labels = (tf.constant(x) for x in synthetic_batch(batch_size))
+    segment_ids = tf.zeros_like(token_ids)
+
+    @tf.function
+    def train_step():
+        # The loss and update of bert4x.pretraining.trainer (one replica, no accumulation).
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model([token_ids, segment_ids, positions], training=True),
+                             tf.float32)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    for _ in range(2):
+        train_step().numpy()
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step().numpy()
+    return batch_size * SEQ * steps / (time.perf_counter() - start)
+
+
+def torch_tokens_per_second(batch_size, steps, mixed, threads):
+    import torch
+    from transformers import BertConfig as HFConfig
+    from transformers import BertForMaskedLM
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    config = HFConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                      num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
+                      hidden_act="gelu")
+    model = BertForMaskedLM(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    token_ids, positions, labels = synthetic_batch(batch_size)
+    full_labels = np.full_like(token_ids, -100)
+    np.put_along_axis(full_labels, positions, labels, axis=1)
+    inputs = torch.from_numpy(token_ids.astype("int64"))
+    targets = torch.from_numpy(full_labels.astype("int64"))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            loss = model(input_ids=inputs, labels=targets).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch_size * SEQ * steps / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    flops = model_flops_per_token()
+    print(f"BERT-small L{LAYERS} H{HIDDEN} I{INTERMEDIATE} V{VOCAB}, batch {args.batch_size} x "
+          f"{SEQ}, {PREDICTIONS} predictions/sequence, {flops / 1e6:.1f} MFLOP/token (training)")
+    for mixed in (False, True):
+        import tensorflow as tf
+        label = "bfloat16" if mixed else "float32"
+        peak = matmul_peak_tf(tf.bfloat16 if mixed else tf.float32)
+        ours = bert4x_tokens_per_second(args.batch_size, args.steps, mixed)
+        theirs = torch_tokens_per_second(args.batch_size, args.steps, mixed, args.threads)
+        print(f"{label:8s} matmul peak {peak / 1e9:7.1f} GFLOP/s | bert4x {ours:8.0f} tokens/s "
+              f"(MFU {ours * flops / peak:5.1%}) | PyTorch {theirs:8.0f} tokens/s "
+              f"(MFU {theirs * flops / peak:5.1%}) | ratio {ours / theirs:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
