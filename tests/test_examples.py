@@ -1,0 +1,299 @@
+"""Tests of the demos in ``examples/``: data builders, metrics, constraint, and a smoke
+test per demo on a tiny slice with a tiny random model that checks learning happens."""
+
+import collections
+import itertools
+import os
+import random
+import sys
+
+import numpy as np
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples")
+sys.path.insert(0, EXAMPLES)
+
+import idiom_qa  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def idioms():
+    return idiom_qa.load_idioms()
+
+
+@pytest.fixture(scope="module")
+def qa_sets(idioms):
+    return idiom_qa.build_idiom_qa(idioms[:3000], eval_fraction=0.2, seed=3)
+
+
+# ------------------------------------------------------------ idiom QA data
+def test_load_idioms_replaces_placeholders(idioms):
+    assert len(idioms) > 30000
+    assert all("～" not in idiom["example"] for idiom in idioms)
+    assert all(idiom["explanation"] != "无" for idiom in idioms)
+    with_example = [idiom for idiom in idioms if idiom["example"]]
+    assert sum(idiom["word"] in idiom["example"] for idiom in with_example) > 0.9 * len(
+        with_example)
+
+
+def test_split_by_idiom_has_no_overlap(qa_sets):
+    train, evaluation = qa_sets
+    train_idioms = {q["idiom"] for q in train} | {
+        p["idiom"] for q in train for p in q["passages"]}
+    eval_idioms = {q["idiom"] for q in evaluation} | {
+        p["idiom"] for q in evaluation for p in q["passages"]}
+    assert train_idioms and eval_idioms
+    assert not train_idioms & eval_idioms
+
+
+def test_answers_occur_in_their_passages(qa_sets):
+    for question in itertools.chain(*qa_sets):
+        for passage in question["passages"]:
+            if passage["answer"]:
+                assert passage["answer"] in passage["passage"]
+                # Only passages about the asked idiom answer it.
+                assert passage["idiom"] == question["idiom"]
+                assert question["idiom"] in passage["passage"]
+
+
+def test_question_kinds_no_answer_share_and_distractors(qa_sets):
+    for questions in qa_sets:
+        kinds = collections.Counter(q["kind"] for q in questions)
+        assert set(kinds) == set(idiom_qa.QUESTION_KINDS)
+        no_answer = sum(not idiom_qa.question_answer(q) for q in questions)
+        assert 0.05 < no_answer / len(questions) < 0.4
+        for question in questions:
+            assert len(question["passages"]) == 4
+            assert any(p["idiom"] != question["idiom"] for p in question["passages"])
+            assert question["idiom"] in question["question"]
+
+
+def test_answer_rules():
+    assert idiom_qa.meaning_answer("坚坚定；贞有节操。意志坚定，决不屈服。", 24) == "意志坚定，决不屈服"
+    assert idiom_qa.meaning_answer("四通八达的大都会。同通都大邑”。", 24) == "四通八达的大都会"
+    assert idiom_qa.meaning_answer("太长" * 20, 24) == ""
+    assert idiom_qa.source_answer("清·曹雪芹《红楼梦》第五回……《诗经》") == "红楼梦"
+    assert idiom_qa.source_answer("没有书名") == ""
+
+
+def test_build_is_deterministic(idioms):
+    first = idiom_qa.build_idiom_qa(idioms[:500], seed=7)
+    second = idiom_qa.build_idiom_qa(idioms[:500], seed=7)
+    assert first == second
+
+
+def test_webqa_round_trip_and_errors(tmp_path, qa_sets):
+    path = tmp_path / "dev.json"
+    idiom_qa.save_webqa(path, qa_sets[1][:5])
+    assert idiom_qa.load_webqa(path) == qa_sets[1][:5]
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"question": "q", "passages": "not a list"}]', encoding="utf-8")
+    with pytest.raises(ValueError, match="question 0"):
+        idiom_qa.load_webqa(bad)
+
+
+# ------------------------------------------------------------------ metrics
+def test_normalisation():
+    assert idiom_qa.normalize_answer("ＡＢＣ，　def！") == "abcdef"
+    assert idiom_qa.normalize_answer("《红楼梦》") == "红楼梦"
+    assert idiom_qa.normalize_answer(" 1 ２ 3 ") == "123"
+
+
+def test_exact_match_and_char_f1_by_hand():
+    assert idiom_qa.exact_match("《红楼梦》", "红楼梦") == 1.0
+    assert idiom_qa.exact_match("红楼", "红楼梦") == 0.0
+    assert idiom_qa.exact_match("", "") == 1.0
+    # 4 common characters: precision 1, recall 4/8 -> F1 2/3.
+    assert idiom_qa.char_f1("意志坚定", "意志坚定，决不屈服") == pytest.approx(2 / 3)
+    # Counts are clipped: "不" is counted once. P = 2/3, R = 1 -> F1 0.8.
+    assert idiom_qa.char_f1("不不好", "不好") == pytest.approx(0.8)
+    assert idiom_qa.char_f1("", "红楼梦") == 0.0
+    assert idiom_qa.char_f1("abc", "xyz") == 0.0
+
+
+def test_qa_metrics_by_hand():
+    scores = idiom_qa.qa_metrics(["红楼梦", "", "abc", "意志坚定"],
+                                 ["红楼梦", "", "xyz", "意志坚定，决不屈服"])
+    assert scores["em"] == pytest.approx(0.5)
+    assert scores["f1"] == pytest.approx((1 + 1 + 0 + 2 / 3) / 4)
+    assert scores["final"] == pytest.approx((0.5 + (1 + 1 + 0 + 2 / 3) / 4) / 2)
+    best_of = idiom_qa.qa_metrics(["诗经"], [["红楼梦", "诗经"]])
+    assert best_of["em"] == 1.0
+    with pytest.raises(ValueError):
+        idiom_qa.qa_metrics(["a"], [])
+
+
+# --------------------------------------------------------- n-gram constraint
+def _brute_force_allowed(passages, prefix, end_id):
+    allowed = {end_id}
+    n = len(prefix)
+    for passage in passages:
+        for start in range(len(passage) - n):
+            if list(passage[start:start + n]) == list(prefix):
+                allowed.add(passage[start + n])
+    return allowed
+
+
+def test_ngram_constraint_matches_brute_force():
+    rng = random.Random(0)
+    end_id = 99
+    for _ in range(30):
+        passages = [[rng.randrange(1, 6) for _ in range(rng.randrange(1, 12))]
+                    for _ in range(rng.randrange(1, 4))]
+        constraint = idiom_qa.PassageNgramConstraint(passages, end_id)
+        # Prefixes that occur (walks along allowed tokens) and random ones.
+        for _ in range(20):
+            prefix = []
+            for _ in range(rng.randrange(0, 6)):
+                options = sorted(constraint.allowed(prefix) - {end_id})
+                if not options:
+                    break
+                prefix.append(rng.choice(options))
+            assert constraint.allowed(prefix) == _brute_force_allowed(passages, prefix, end_id)
+            noise = [rng.randrange(1, 6) for _ in range(rng.randrange(1, 4))]
+            assert constraint.allowed(noise) == _brute_force_allowed(passages, noise, end_id)
+
+
+def test_ngram_constraint_example():
+    constraint = idiom_qa.PassageNgramConstraint([[5, 6, 7], [6, 8]], end_id=2)
+    assert constraint.allowed([]) == {2, 5, 6, 7, 8}
+    assert constraint.allowed([6]) == {2, 7, 8}
+    assert constraint.allowed([5, 6, 7]) == {2}
+    assert constraint.allowed([7, 5]) == {2}
+
+
+# ------------------------------------------------------------- review demos
+def test_distinct_2_by_hand():
+    import conditional_language_model as clm
+    # Bigrams: 好吃 吃好 好吃 | 好吃 -> 2 distinct of 4.
+    assert clm.distinct_n(["好吃好吃", "好 吃"], 2) == pytest.approx(0.5)
+    assert clm.distinct_n(["很好", "不错"], 2) == 1.0
+    assert clm.distinct_n(["好"], 2) == 0.0
+
+
+def test_review_splits_are_disjoint_and_balanced():
+    import sentiment_classification as sentiment
+    splits = sentiment.load_reviews(seed=0)
+    texts = {name: {text for text, _ in part} for name, part in splits.items()}
+    for a, b in itertools.combinations(texts, 2):
+        assert not texts[a] & texts[b], (a, b)
+    for part in splits.values():
+        share = np.mean([label for _, label in part])
+        assert 0.35 < share < 0.65
+    assert len(splits["test"]) > 1000
+
+
+# -------------------------------------------------------------- smoke tests
+def _tiny_args(module, *extra):
+    return module.parse_args(["--tiny-random", *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_base():
+    import base_model
+    return base_model.resolve_base_model(_tiny_args(__import__("sentiment_classification")))
+
+
+def test_qa_smoke_learns_to_answer(qa_sets, tiny_base):
+    """A tiny random UniLM trained for seconds answers far better than the trivial
+    "no answer" baseline, through the full decoding path (no-answer filter, joint
+    beam search, n-gram constraint).
+
+    The slice is the easiest the data offers, so that a random model learns it in
+    seconds: "which work" questions, each with its answering derivation and its
+    distractors that name no work; the model has to copy the title and to say
+    "no answer" for the distractors.
+    """
+    import base_model
+    import reading_comprehension_seq2seq as rc
+    base_model.set_seed(0)
+    train = []
+    for question in qa_sets[0]:
+        if question["kind"] != idiom_qa.SOURCE or not idiom_qa.question_answer(question):
+            continue
+        passages = [p for p in question["passages"] if p["answer"] or "《" not in p["passage"]]
+        if len(passages) >= 2:
+            train.append(dict(question, passages=passages))
+    train = train[:96]
+    tokenizer, keep_tokens = tiny_base.tokenizer_for(rc.corpus_texts(train))
+    encoder = rc.QAEncoder(tokenizer, 48, 16, 12)
+    batches = rc.EpochBatches(train, encoder, 16, 1, seed=0)
+    epochs = 12
+    builder, train_model = rc.build_models(tiny_base, keep_tokens, 1e-2,
+                                           len(batches) * epochs)
+    history = train_model.fit(batches.dataset(), steps_per_epoch=len(batches),
+                              epochs=epochs, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0]
+    reader = rc.PassageReader(builder, encoder, beam_size=2)
+    asked = train[:48]
+    predictions, scores = rc.evaluate(reader, asked, progress=False)
+    golds = [idiom_qa.question_answer(q) for q in asked]
+    baseline = idiom_qa.qa_metrics([""] * len(asked), golds)["final"]
+    assert scores["all"]["final"] > baseline + 0.2, (scores, baseline)
+    # Every answer is a substring of one of its question's passages (the constraint),
+    # up to what decoding cannot restore (case, spaces).
+    normalize = idiom_qa.normalize_answer
+    for question, prediction in zip(asked, predictions):
+        if prediction:
+            assert any(normalize(prediction) in normalize(p["passage"])
+                       for p in question["passages"]), (prediction, question)
+
+
+def test_sentiment_smoke_learns(tiny_base):
+    import base_model
+    import sentiment_classification as sentiment
+    base_model.set_seed(0)
+    splits = sentiment.load_reviews(seed=0)
+    train, test = splits["classifier"][:1200], splits["test"][:300]
+    tokenizer, keep_tokens = tiny_base.tokenizer_for([t for t, _ in train + test])
+    classifier = sentiment.SentimentClassifier(tiny_base, tokenizer, keep_tokens, maxlen=48,
+                                               learning_rate=3e-3)
+    history = classifier.fit(train, epochs=3, batch_size=32, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert classifier.accuracy(test) > 0.65
+
+
+def test_conditional_lm_smoke_learns_the_condition_and_passes_top_p(tiny_base):
+    """The CLN LM's loss falls, its label changes which reviews it finds likely,
+    and ``top_p`` reaches the sampler (a vanishing nucleus leaves only the
+    greedy continuation; the full distribution gives different samples)."""
+    import base_model
+    import conditional_language_model as clm
+    import sentiment_classification as sentiment
+    from bert4x.decoding import Decoder
+    base_model.set_seed(0)
+    splits = sentiment.load_reviews(seed=0)
+    train, held_out = splits["generator"][:1500], splits["test"][:200]
+    tokenizer, keep_tokens = tiny_base.tokenizer_for([t for t, _ in train + held_out])
+    steps = len(train) // 32
+    builder = clm.build_generator(tiny_base, keep_tokens, learning_rate=3e-3,
+                                  total_steps=steps * 3)
+    history = builder.model.fit(clm.lm_dataset(tokenizer, train, 48, 32, seed=0),
+                                epochs=3, steps_per_epoch=steps, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0] - 1.0
+
+    # The label must matter: held-out reviews are more likely under their own label.
+    token_ids, segment_ids = tokenizer.encode_batch([t for t, _ in held_out], maxlen=48)
+    labels = np.asarray([label for _, label in held_out])
+    log_likelihood = []
+    for assumed in (0, 1):
+        probs = builder.model.predict_on_batch(
+            [token_ids, segment_ids, np.full((len(held_out), 1), assumed, np.int32)])
+        picked = np.take_along_axis(np.asarray(probs)[:, :-1], token_ids[:, 1:, None], -1)[..., 0]
+        mask = token_ids[:, 1:] > 0
+        log_likelihood.append((np.log(picked + 1e-12) * mask).sum(-1))
+    own = np.where(labels == 1, log_likelihood[1], log_likelihood[0])
+    other = np.where(labels == 1, log_likelihood[0], log_likelihood[1])
+    assert np.mean(own > other) > 0.6
+
+    decoder = Decoder(builder, end_id=tokenizer.token_end_id, max_length=16)
+    narrow = clm.generate(decoder, tokenizer, 1, 6, top_p=1e-9, seed=1, max_length=16)
+    wide = clm.generate(decoder, tokenizer, 1, 6, top_p=1.0, seed=1, max_length=16)
+    greedy = decoder.greedy([[tokenizer.token_start_id]], max_length=16,
+                            constraint=clm.no_special_tokens(tokenizer, decoder.vocab_size),
+                            additional_inputs=[np.asarray([[1]], np.int32)])[0]
+    assert set(narrow) == {tokenizer.decode(greedy.token_ids)}
+    assert len(set(wide)) > 1
