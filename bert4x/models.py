@@ -35,7 +35,8 @@ class BERT:
         config: a :class:`BertConfig`.
         application: ``"encoder"``, ``"lm"`` (left to right) or ``"unilm"`` (seq2seq).
         with_pool: add the pooler output (tanh Dense on ``[CLS]``).
-        with_nsp: add next-sentence probabilities (implies the pooler).
+        with_nsp: add next-sentence probabilities (implies the pooler);
+            ``"linear"`` for logits.
         with_mlm: ``True`` for MLM probabilities, ``"linear"`` for logits.
         keep_tokens: ids of the vocabulary rows to keep (a trimmed vocabulary).
         layer_norm_cond: a Keras tensor ``[batch, c]`` computed from
@@ -68,7 +69,9 @@ class BERT:
                              "(pass the keras.Input tensors it depends on)")
         self.config = config
         self.application = application
-        self.with_nsp = bool(with_nsp)
+        if with_nsp not in (False, True, "linear", None):
+            raise ValueError(f"with_nsp must be True, False or 'linear', got {with_nsp!r}")
+        self.with_nsp = with_nsp or False
         self.with_pool = bool(with_pool)
         # Generators need the MLM head: lm/unilm switch it on.
         self.with_mlm = with_mlm or application in ("lm", "unilm")
@@ -147,7 +150,8 @@ class BERT:
                 name="Pooler-Dense", **kw)
         if self.with_nsp:
             self.nsp_dense = keras.layers.Dense(
-                2, activation="softmax", kernel_initializer=init(), name="NSP-Proba",
+                2, activation=None if self.with_nsp == "linear" else "softmax",
+                kernel_initializer=init(), name="NSP-Proba",
                 dtype="float32")
         self.mlm_dense = self.mlm_norm = self.mlm_bias = None
         if self.with_mlm:

@@ -38,10 +38,10 @@ def run(workdir, out_path):
         # Google checkpoint given as a prefix; the config is found beside it.
         model = build_transformer_model(
             os.path.join(folder, "bert_config.json"), os.path.join(folder, "bert_model.ckpt"),
-            with_pool=True, with_nsp=True, with_mlm="linear")
+            with_pool=True, with_nsp="linear", with_mlm="linear")
         sequence, pooled, nsp, mlm = predict(model, ids, segments)
         results.update({f"{act}/sequence": sequence, f"{act}/pooled": pooled,
-                        f"{act}/nsp_probs": nsp, f"{act}/mlm_logits": mlm})
+                        f"{act}/nsp_logits": nsp, f"{act}/mlm_logits": mlm})
         for name, value in zip(probes, predict(intermediate_model(model, probes), ids,
                                                 segments)):
             results[f"{act}/hidden/{name}"] = value
@@ -51,8 +51,10 @@ def run(workdir, out_path):
 
     # Folder form, probabilities instead of logits.
     folder = os.path.join(workdir, "ckpt_gelu")
-    probs_model = build_transformer_model(checkpoint_path=folder, with_mlm=True)
-    results["gelu/mlm_probs"] = predict(probs_model, ids, segments)[1]
+    probs_model = build_transformer_model(checkpoint_path=folder, with_mlm=True,
+                                          with_nsp=True)
+    _, results["gelu/nsp_probs"], results["gelu/mlm_probs"] = predict(
+        probs_model, ids, segments)
 
     # UniLM: its attention probabilities and a .keras round trip.
     unilm = build_transformer_model(checkpoint_path=folder, application="unilm")
