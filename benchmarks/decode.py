@@ -21,9 +21,16 @@ Usage:
     python benchmarks/decode.py [--new-tokens 32 128] [--repeats 2] [--xla]
 """
 
-import argparse
 import os
-import time
+import sys
+
+# Run as a script, this folder comes first on sys.path, where a sibling
+# benchmark named like a standard module (tokenize.py) would shadow it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse  # noqa: E402
+import time  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

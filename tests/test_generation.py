@@ -31,11 +31,13 @@ SMALL_VOCAB = 8
 
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module", autouse=True)
-def other_backends():
-    """Start the JAX and PyTorch workers now; tests at the end collect them."""
+def other_backends(request):
+    """Start the selected JAX and PyTorch workers now; tests at the end collect them."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     processes = {}
-    for backend in ("jax", "torch"):
+    selected = {item.callspec.params["backend"] for item in request.session.items
+                if item.originalname == "test_cache_and_greedy_on_other_backends"}
+    for backend in sorted(selected):
         processes[backend] = subprocess.Popen(
             [sys.executable, worker.__file__], env=dict(env, KERAS_BACKEND=backend),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -46,18 +48,25 @@ def other_backends():
 
 
 @pytest.fixture(scope="module")
-def unilm():
-    return worker.build("unilm", conditional=False)
+def builders():
+    """The worker's four tiny builders (unilm/lm, with/without CLN), built on demand."""
+    built = {}
+
+    def get(application, conditional=False):
+        if (application, conditional) not in built:
+            built[application, conditional] = worker.build(application, conditional)
+        return built[application, conditional]
+    return get
+
+
+@pytest.fixture(scope="module")
+def unilm(builders):
+    return builders("unilm")
 
 
 @pytest.fixture(scope="module")
 def small_unilm():
     return worker.build("unilm", conditional=False, seed=3, vocab_size=SMALL_VOCAB)
-
-
-@pytest.fixture(scope="module")
-def small_lm():
-    return worker.build("lm", conditional=False, seed=4, vocab_size=SMALL_VOCAB)
 
 
 def log_softmax(x):
@@ -180,12 +189,12 @@ def test_unilm_source_outputs_ignore_the_target(unilm):
     assert np.abs(a[0, 5:] - b[0, 5:]).max() > 1e-3  # the targets do see each other
 
 
-def test_lm_outputs_ignore_later_tokens(small_lm):
+def test_lm_outputs_ignore_later_tokens(builders):
     first = np.array([[2, 5, 6, 7, 4, 5]])
     second = np.array([[2, 5, 6, 1, 2, 7]])
     segments = np.zeros_like(first)
-    a = small_lm.model.predict_on_batch([first, segments])
-    b = small_lm.model.predict_on_batch([second, segments])
+    a = builders("lm").model.predict_on_batch([first, segments])
+    b = builders("lm").model.predict_on_batch([second, segments])
     np.testing.assert_allclose(a[0, :3], b[0, :3], atol=1e-5)
     assert np.abs(a[0, 3:] - b[0, 3:]).max() > 1e-3
 
@@ -193,14 +202,14 @@ def test_lm_outputs_ignore_later_tokens(small_lm):
 # ------------------------------------------------------------------------ cache
 @pytest.mark.parametrize("application", ["unilm", "lm"])
 @pytest.mark.parametrize("conditional", [False, True])
-def test_cache_and_greedy_match_full_reruns_tensorflow(application, conditional):
-    builder = worker.build(application, conditional)
+def test_cache_and_greedy_match_full_reruns_tensorflow(builders, application, conditional):
+    builder = builders(application, conditional)
     assert worker.check_cache(builder) < 1e-4
     assert worker.check_greedy(builder)
 
 
-def test_step_is_traced_once_whatever_the_shapes():
-    builder = worker.build("unilm", conditional=False, seed=9)
+def test_step_is_traced_once_whatever_the_shapes(unilm):
+    builder = unilm
     decoder = Decoder(builder, end_id=END, max_length=4)
     decoder.greedy([[2, 5, 3]])
     decoder.greedy([[2, 5, 6, 7, 8, 9, 3], [2, 4, 3]], max_length=7)
@@ -208,6 +217,16 @@ def test_step_is_traced_once_whatever_the_shapes():
     decoder.sample([[2, 5, 3], [2, 6, 7, 3]], n=2, seed=0, max_length=3)
     Decoder(builder, end_id=None, max_length=6).beam_search([[2, 5, 3]], beam_size=2)
     assert decoder.step_traces == 1
+
+
+def test_xla_step_gives_the_same_results(unilm):
+    sources = [[2, 5, 6, 7, 3], [2, 9, 3]]
+    settings = dict(beam_size=3, num_return=2, max_length=5)
+    plain = Decoder(unilm, end_id=END).beam_search(sources, **settings)
+    xla = Decoder(unilm, end_id=END, jit_compile=True).beam_search(sources, **settings)
+    for a, b in zip(plain, xla):
+        assert [r.token_ids for r in a] == [r.token_ids for r in b]
+        np.testing.assert_allclose([r.score for r in a], [r.score for r in b], atol=1e-5)
 
 
 # ---------------------------------------------------------------- beam search
@@ -226,19 +245,6 @@ def test_wide_beam_search_equals_brute_force(small_unilm, length_penalty, min_le
             lambda prefixes: next_log_probs(small_unilm, source, prefixes),
             SMALL_VOCAB, max_length, END, min_length), length_penalty)
         assert_same_ranking(results, expected, 4)
-
-
-def test_greedy_route_equals_argmax_of_full_reruns_lm(small_lm):
-    decoder = Decoder(small_lm, end_id=END, max_length=5)
-    source = [2, 6, 5]
-    generated = []
-    for _ in range(5):
-        row = next_log_probs(small_lm, source, [generated])[0]
-        token = 1 + int(np.argmax(row[1:]))
-        if token == END:
-            break
-        generated.append(token)
-    assert decoder.greedy([source])[0].token_ids == generated
 
 
 class FixedTable(AutoRegressiveDecoder):
@@ -296,8 +302,7 @@ def test_cached_and_predict_routes_agree(unilm):
         rtype = "log_probs"
 
         def predict(self, inputs, output_ids, states):
-            rows = [next_log_probs(unilm, source, [list(ids)])[0] for ids in output_ids]
-            scores = np.stack(rows)
+            scores = next_log_probs(unilm, source, [list(ids) for ids in output_ids])
             scores[:, 0] = -np.inf  # the cached decoder never emits padding
             return scores
 
@@ -430,8 +435,8 @@ def test_same_seed_same_samples(unilm):
 
 
 # ------------------------------------------------------------------------ CLN
-def test_cln_zero_init_then_trained_by_class():
-    plain = worker.build("unilm", conditional=False, seed=5)
+def test_cln_zero_init_then_trained_by_class(unilm):
+    plain = unilm
     conditional = worker.build("unilm", conditional=True, seed=6,
                                randomise_conditions=False)
     plain_weights = {v.path: v for v in plain.model.weights}
@@ -447,17 +452,18 @@ def test_cln_zero_init_then_trained_by_class():
     classes = np.array([[0], [1]], "int32")
     expected = plain.model.predict_on_batch([tokens, segments])
     found = conditional.model.predict_on_batch([tokens, segments, classes])
-    np.testing.assert_allclose(found, expected, atol=1e-6)
+    np.testing.assert_allclose(found, expected, atol=1e-5)
 
     # Class 0 answers 11, class 1 answers 12: only the CLN weights can tell them apart.
     train_tokens = np.array([source + [11, END], source + [12, END]] * 4, "int32")
     train_segments = np.array([[0] * 5 + [1, 1]] * 8, "int32")
     train_classes = np.array([[0], [1]] * 4, "int32")
     model = conditional.model
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   loss=GenerationLoss("unilm", from_logits=True))
     model.fit([train_tokens, train_segments, train_classes],
-              generation_targets(train_tokens, train_segments), epochs=40, batch_size=8,
+              generation_targets(train_tokens, train_segments), epochs=15, batch_size=8,
+              shuffle=False,
               verbose=0)
     first = model.predict_on_batch([np.array([source] * 2), np.zeros((2, 5), "int32"),
                                     classes])[:, -1]
