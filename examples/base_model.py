@@ -118,7 +118,7 @@ def resolve_base_model(args):
         return BaseModel(None, None, chinese_vocab_path(), TINY_RANDOM_CONFIG,
                          "tiny randomly initialised BERT (test mode)")
     from bert4x import pretraining
-    folder = pretraining.ensure_pretrained(args.pretrained_dir)
+    folder = pretraining.ensure_pretrained("tiny_chinese", output_dir=args.pretrained_dir)
     return _from_folder(folder)
 
 

@@ -52,7 +52,7 @@ def parse_args(argv=None):
                       "on idioms unseen in training)")
     data.add_argument("--save-data", metavar="DIR",
                       help="write the built idiom QA sets to DIR/{train,dev}.json")
-    data.add_argument("--max-train", type=int, default=12000,
+    data.add_argument("--max-train", type=int, default=6000,
                       help="training questions used (0: all)")
     data.add_argument("--max-eval", type=int, default=500,
                       help="evaluation questions decoded (0: all)")
