@@ -52,7 +52,7 @@ def parse_args(argv=None):
                       "on idioms unseen in training)")
     data.add_argument("--save-data", metavar="DIR",
                       help="write the built idiom QA sets to DIR/{train,dev}.json")
-    data.add_argument("--max-train", type=int, default=10000,
+    data.add_argument("--max-train", type=int, default=12000,
                       help="training questions used (0: all)")
     data.add_argument("--max-eval", type=int, default=500,
                       help="evaluation questions decoded (0: all)")
@@ -60,11 +60,11 @@ def parse_args(argv=None):
     data.add_argument("--max-question-len", type=int, default=24, help="question tokens")
     data.add_argument("--max-answer-len", type=int, default=24, help="answer tokens")
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=4)
+    train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--learning-rate", type=float, default=2e-3,
                        help="peak learning rate (use about 2e-5 for BERT-base)")
-    train.add_argument("--negatives", type=int, default=2,
+    train.add_argument("--negatives", type=int, default=1,
                        help="non-answering passages trained per question and epoch")
     decode = parser.add_argument_group("decoding")
     decode.add_argument("--beam-size", type=int, default=3)
