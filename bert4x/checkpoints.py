@@ -110,9 +110,8 @@ class _Reader:
 def _find_weights(path):
     """Resolve a folder or prefix to ``(path, format)``."""
     if os.path.isdir(path):
-        for candidate in ("model.safetensors",):
-            if os.path.isfile(os.path.join(path, candidate)):
-                return os.path.join(path, candidate), "safetensors"
+        if os.path.isfile(os.path.join(path, "model.safetensors")):
+            return os.path.join(path, "model.safetensors"), "safetensors"
         import tensorflow as tf
         latest = tf.train.latest_checkpoint(path)
         if latest:

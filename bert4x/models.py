@@ -320,27 +320,27 @@ class BERT:
         return checkpoints.variable_map(self)
 
 
+_CONFIG_NAMES = ("bert_config.json", "config.json")
+
+
+def _config_in(folder):
+    """The Google or Hugging Face config file inside ``folder``."""
+    for name in _CONFIG_NAMES:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise FileNotFoundError(f"no {' or '.join(_CONFIG_NAMES)} found in {folder!r}; "
+                            "pass config_path")
+
+
 def _resolve_paths(config_path, checkpoint_path):
-    """Accept a directory for either argument; find the config beside the weights."""
+    """Accept a folder for either argument; find the config beside the weights."""
     if config_path is None and checkpoint_path is not None:
         folder = checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(
             checkpoint_path)
-        for candidate in ("bert_config.json", "config.json"):
-            if os.path.isfile(os.path.join(folder, candidate)):
-                config_path = os.path.join(folder, candidate)
-                break
-        else:
-            raise FileNotFoundError(
-                f"no bert_config.json or config.json found in {folder!r}; pass config_path")
+        config_path = _config_in(folder)
     elif config_path is not None and os.path.isdir(config_path):
-        folder = config_path
-        for candidate in ("bert_config.json", "config.json"):
-            if os.path.isfile(os.path.join(folder, candidate)):
-                config_path = os.path.join(folder, candidate)
-                break
-        else:
-            raise FileNotFoundError(f"no bert_config.json or config.json in {folder!r}")
-        checkpoint_path = checkpoint_path or folder
+        checkpoint_path = checkpoint_path or config_path
+        config_path = _config_in(config_path)
     return config_path, checkpoint_path
 
 
