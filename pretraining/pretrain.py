@@ -24,13 +24,19 @@ from pretraining.cli import parse_config  # noqa: E402
 
 def main(argv=None):
     config, extra = parse_config(argv, description=__doc__, export_only=True)
-    if config.backend != "tensorflow" or os.environ.get("KERAS_BACKEND", "tensorflow") != \
-            "tensorflow":
+    if config.backend == "jax" or os.environ.get("KERAS_BACKEND") == "jax":
+        # keras.distribution.DataParallel + model.fit (pretraining/README.md, JAX).
+        if "keras" not in sys.modules:
+            os.environ.setdefault("KERAS_BACKEND", "jax")
+        if os.environ.get("KERAS_BACKEND") != "jax":
+            raise RuntimeError("--backend jax needs the environment variable "
+                               "KERAS_BACKEND=jax (Keras picks its backend at import)")
+    elif os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         raise NotImplementedError(
-            "pretraining runs on the TensorFlow backend only (tf.data + tf.distribute custom "
-            "loop); a JAX path through keras.distribution.DataParallel is not implemented "
-            "yet; see pretraining/README.md")
-    os.environ["KERAS_BACKEND"] = "tensorflow"
+            f"pretraining runs on the TensorFlow or JAX backend, not "
+            f"KERAS_BACKEND={os.environ['KERAS_BACKEND']}")
+    else:
+        os.environ["KERAS_BACKEND"] = "tensorflow"
     from bert4x.pretraining.trainer import run_pretraining
     result = run_pretraining(config, export_only=extra.export_only)
     print(json.dumps(result, indent=1, default=str))

@@ -8,6 +8,9 @@ MODE:
                save both weight sets (``single_*``, ``mirrored_*``).
   multiworker  train under the strategy chosen from TF_CONFIG (MultiWorkerMirrored with
                several workers) and save this worker's weights.
+  jax          (KERAS_BACKEND=jax) train through run_pretraining's JAX route, resume it
+               for a few more steps, load the export with build_transformer_model and
+               save the per-step losses, device count and MLM outputs of both models.
 """
 
 import json
@@ -59,6 +62,33 @@ def main():
         for index, value in enumerate(weights_of(trainer)):
             arrays[f"w_{index}"] = value
         arrays["steps"] = np.array(int(trainer.optimizer.iterations.numpy()))
+    elif mode == "jax":
+        import keras
+        from bert4x.models import build_transformer_model
+        from bert4x.pretraining.trainer import run_pretraining
+        assert keras.backend.backend() == "jax", keras.backend.backend()
+        first = run_pretraining(config, log=lambda line: None)
+        lines = []
+        resumed = run_pretraining(config.replace(train_steps=config.train_steps + 6),
+                                  log=lines.append)
+        assert any(f"at step {config.train_steps}" in line for line in lines), lines
+        export = resumed["export_dir"]
+        model = build_transformer_model(export, export, with_mlm=True)
+        token_ids = np.zeros((2, config.seq_length), "int32")
+        token_ids[:, :6] = [2, 10, 11, 4, 12, 3]
+        outputs = model.predict([token_ids, np.zeros_like(token_ids)], verbose=0)[-1]
+        from bert4x.pretraining.jax_trainer import JaxPretrainer
+        trainer = JaxPretrainer(config.replace(train_steps=config.train_steps + 6),
+                                log=lambda line: None)
+        trainer.restore()
+        trained = trainer.builder.model.predict([token_ids, np.zeros_like(token_ids)],
+                                                verbose=0)[-1]
+        arrays.update(losses=np.array(first["losses"]), resumed=np.array(resumed["losses"]),
+                      devices=np.array(first["devices"]),
+                      mesh=np.array(len(keras.distribution.distribution().device_mesh.devices
+                                        .ravel())),
+                      exported=np.asarray(outputs), trained=np.asarray(trained),
+                      eval_targets=np.array(resumed["eval"]["targets"]))
     else:
         raise SystemExit(f"unknown mode {mode}")
     np.savez(result_path, **arrays)

@@ -92,7 +92,8 @@ class Pretrainer:
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
                 "Pretrainer runs a tf.distribute loop and needs KERAS_BACKEND=tensorflow; "
-                "pretraining on the JAX backend is not implemented")
+                "on the JAX backend use bert4x.pretraining.jax_trainer.train_with_jax "
+                "(run_pretraining picks it)")
         self.config = config
         self.log = log
         if strategy is None:
@@ -517,9 +518,19 @@ def run_pretraining(config, export_only=False, prepare=True, strategy=None, log=
         strategy: an explicit ``tf.distribute`` strategy (default: chosen).
         log: progress-line callable.
 
+    With ``config.backend == "jax"`` or the JAX Keras backend, the run goes to
+    :func:`bert4x.pretraining.jax_trainer.train_with_jax` (needs ``KERAS_BACKEND=jax``).
+
     Returns:
         The result dict of :meth:`Pretrainer.train`, or ``{"export_dir": ...}``.
     """
+    import keras
+    if config.backend == "jax" or keras.backend.backend() == "jax":
+        if strategy is not None:
+            raise NotImplementedError("a tf.distribute strategy cannot be used on the JAX "
+                                      "backend (it uses keras.distribution.DataParallel)")
+        from bert4x.pretraining.jax_trainer import train_with_jax
+        return train_with_jax(config, export_only=export_only, prepare=prepare, log=log)
     summary = None
     if prepare and config.inputs and not export_only and _prepares_data(strategy):
         summary = prepare_data(config)

@@ -1,0 +1,339 @@
+"""Pretraining on the JAX backend: ``model.fit`` under ``keras.distribution.DataParallel``.
+
+The model, vocabulary handling, tf.data masking pipeline and export are those of the
+TensorFlow path (:class:`bert4x.pretraining.trainer.Pretrainer`); tf.data serves only
+as the input pipeline (iterated as NumPy). Differences from the TensorFlow path:
+
+* distribution is ``keras.distribution.DataParallel`` over ``list_devices()`` (all
+  local devices; one device is plain training). Multi-host JAX, TPU addresses and
+  ``tf.distribute`` strategies are not used.
+* the loss of a step is the mean cross-entropy over the target tokens of the global
+  batch, as on TensorFlow; ``accumulation_steps > 1``, ``tpu`` and
+  ``mixed_precision`` raise ``NotImplementedError``.
+* checkpoints are Keras ``.weights.h5`` files of the training model plus the optimiser
+  variables (``.optimizer.npz``), written under temporary names and renamed; the
+  ``latest.json`` index is replaced last. A restarted run resumes at the saved step and
+  data position; bit-identical final weights against an uninterrupted run are not
+  guaranteed (nor tested) on JAX.
+* no TensorBoard logs (progress lines only); ``jit_compile`` is ignored (JAX always
+  compiles).
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+from bert4x.pretraining import data as data_lib
+from bert4x.pretraining.trainer import (CHECKPOINT_SUBDIR, MODEL_SIGNATURE_FILE, Pretrainer,
+                                        _write_json_atomic, build_pretraining_model)
+
+LATEST_FILE = "latest.json"
+
+
+def masked_cross_entropy(y_true, y_pred):
+    """Mean sparse cross-entropy over the targets; ``y_true < 0`` marks padding.
+
+    Matches the TensorFlow loop: ``sum(ce * weights) / max(sum(weights), 1)`` over the
+    whole (global) batch.
+    """
+    import keras
+    ops = keras.ops
+    labels = ops.cast(y_true, "int32")
+    weights = ops.cast(labels >= 0, "float32")
+    logits = ops.cast(y_pred, "float32")
+    per_token = keras.losses.sparse_categorical_crossentropy(
+        ops.maximum(labels, 0), logits, from_logits=True)
+    return ops.sum(per_token * weights) / ops.maximum(ops.sum(weights), 1.0)
+
+
+def masked_accuracy(y_true, y_pred):
+    """Accuracy over the targets (``y_true < 0`` is padding) of one batch."""
+    import keras
+    ops = keras.ops
+    labels = ops.cast(y_true, "int32")
+    weights = ops.cast(labels >= 0, "float32")
+    correct = ops.cast(ops.argmax(y_pred, axis=-1) == labels, "float32")
+    return ops.sum(correct * weights) / ops.maximum(ops.sum(weights), 1.0)
+
+
+def _to_model_inputs(features):
+    """Masker features -> ``((token_ids, segment_ids, positions), labels)``; padding
+    targets (weight 0) get label -1."""
+    import tensorflow as tf
+    labels = tf.where(features["weights"] > 0, features["labels"], -1)
+    return ((features["token_ids"], features["segment_ids"], features["positions"]), labels)
+
+
+class JaxPretrainer(Pretrainer):
+    """One pretraining run on the JAX backend (see the module docstring).
+
+    Reuses :class:`Pretrainer`'s vocabulary resolution, model config, checkpoint
+    signature check and :meth:`Pretrainer.export`; replaces the tf.distribute parts.
+
+    Args:
+        config: a :class:`bert4x.pretraining.PretrainingConfig`.
+        log: a callable taking one progress line.
+        devices: the devices of the data-parallel mesh (default: all,
+            ``keras.distribution.list_devices()``).
+    """
+
+    def __init__(self, config, log=print, summary=None, devices=None):
+        import keras
+        if keras.backend.backend() != "jax":
+            raise RuntimeError(
+                "the JAX pretraining path needs the JAX backend: set the environment "
+                f"variable KERAS_BACKEND=jax before Keras is imported (it is "
+                f"{keras.backend.backend()!r})")
+        unsupported = [(config.accumulation_steps > 1,
+                        f"accumulation_steps={config.accumulation_steps}"),
+                       (bool(config.tpu), f"tpu={config.tpu!r}"),
+                       (config.mixed_precision, "mixed_precision=true")]
+        for bad, setting in unsupported:
+            if bad:
+                raise NotImplementedError(
+                    f"{setting} is not supported by pretraining on the JAX backend "
+                    "(see pretraining/README.md); use KERAS_BACKEND=tensorflow")
+        self.config = config
+        self.log = log
+        self.devices = list(devices or keras.distribution.list_devices())
+        if config.batch_size % len(self.devices):
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                             f"{len(self.devices)} devices")
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=self.devices))
+        self.strategy_kind = f"DataParallel x{len(self.devices)}"
+        self.chief = True
+        self.output_dir = config.resolved_output_dir()
+        self.checkpoint_dir = os.path.join(self.output_dir, CHECKPOINT_SUBDIR)
+        keras.utils.set_random_seed(config.seed)
+        self.summary = summary or data_lib.load_dataset_summary(config.resolved_data_dir())
+        if self.summary["seq_length"] != config.seq_length:
+            raise ValueError(f"the data in {config.resolved_data_dir()} has seq_length "
+                             f"{self.summary['seq_length']}, the config {config.seq_length}")
+        self._resolve_vocabulary()
+        self._build()
+
+    def _build(self):
+        from bert4x.models import BERT
+        from bert4x.optimizers import AdamW, ClipByNorm, Lamb, WarmupLinearDecay
+        from bert4x.pretraining.pipeline import Masker
+        config = self.config
+        bert_config = self.model_config()
+        if bert_config.vocab_size != self.full_vocab_size:
+            raise ValueError(f"model vocab_size {bert_config.vocab_size} differs from the "
+                             f"{self.full_vocab_size} tokens of {config.vocab_path()}")
+        if bert_config.max_position_embeddings < config.seq_length:
+            raise ValueError(f"seq_length {config.seq_length} exceeds max_position_embeddings "
+                             f"{bert_config.max_position_embeddings}")
+        application = {"mlm": "encoder", "lm": "lm", "unilm": "unilm"}[config.objective]
+        specials = [self.vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]
+        self.masker = Masker(len(self.tokens), self.vocab["[MASK]"], self.vocab["[PAD]"],
+                             specials, config.seq_length, objective=config.objective,
+                             mask_rate=config.mask_rate, max_predictions=config.max_predictions,
+                             seed=config.seed, id_map=self.id_map)
+        self.global_batch = config.batch_size
+        self.builder = BERT(bert_config, application=application, with_pool=True,
+                            with_mlm="linear", keep_tokens=self.keep_tokens)
+        self.train_model = build_pretraining_model(
+            self.builder, config.seq_length, self.masker.num_predictions)
+        schedule = WarmupLinearDecay(config.learning_rate, config.warmup_steps,
+                                     config.train_steps, config.end_learning_rate)
+        transform = ClipByNorm(config.clip_norm) if config.clip_norm else None
+        optimizer_class = AdamW if config.optimizer == "adamw" else Lamb
+        self.optimizer = optimizer_class(learning_rate=schedule,
+                                         weight_decay=config.weight_decay,
+                                         gradient_transform=transform)
+        self.train_model.compile(optimizer=self.optimizer, loss=masked_cross_entropy,
+                                 metrics=[masked_accuracy])
+        self.optimizer.build(self.train_model.trainable_variables)
+
+    # ------------------------------------------------------------- checkpoints
+    def restore(self):
+        """Load the latest checkpoint (or ``init_checkpoint``); return the step reached."""
+        latest_path = os.path.join(self.checkpoint_dir, LATEST_FILE)
+        step = 0
+        if os.path.isfile(latest_path):
+            self._check_signature()
+            with open(latest_path, encoding="utf-8") as file:
+                latest = json.load(file)
+            weights = os.path.join(self.checkpoint_dir, latest["weights"])
+            try:
+                self.train_model.load_weights(weights)
+                with np.load(os.path.join(self.checkpoint_dir, latest["optimizer"])) as saved:
+                    values = [saved[f"v{i}"] for i in range(len(saved.files))]
+            except (ValueError, OSError, KeyError) as error:
+                raise ValueError(f"cannot restore {weights}: {error}") from error
+            if len(values) != len(self.optimizer.variables):
+                raise ValueError(f"cannot restore {weights}: {len(values)} optimiser "
+                                 f"variables saved, {len(self.optimizer.variables)} expected")
+            for variable, value in zip(self.optimizer.variables, values):
+                variable.assign(value)
+            step = int(latest["step"])
+            self.log(f"resumed from {weights} at step {step}")
+        elif self.config.init_checkpoint:
+            self.builder.load_checkpoint(self.config.init_checkpoint, allow_missing_heads=True)
+            self.log(f"initialised from {self.config.init_checkpoint}")
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        _write_json_atomic(os.path.join(self.checkpoint_dir, MODEL_SIGNATURE_FILE),
+                           self._signature())
+        return step
+
+    def save(self, step):
+        """Write ``ckpt-STEP.weights.h5`` + ``ckpt-STEP.optimizer.npz`` atomically, then
+        point ``latest.json`` at them and drop checkpoints beyond ``keep_checkpoints``."""
+        directory = self.checkpoint_dir
+        stem = f"ckpt-{step}"
+        temporary = os.path.join(directory, f"{stem}.tmp-{os.getpid()}.weights.h5")
+        self.train_model.save_weights(temporary)
+        os.replace(temporary, os.path.join(directory, f"{stem}.weights.h5"))
+        temporary = os.path.join(directory, f"{stem}.tmp-{os.getpid()}.optimizer.npz")
+        with open(temporary, "wb") as file:
+            np.savez(file, **{f"v{i}": np.asarray(v.value)
+                              for i, v in enumerate(self.optimizer.variables)})
+        os.replace(temporary, os.path.join(directory, f"{stem}.optimizer.npz"))
+        _write_json_atomic(os.path.join(directory, LATEST_FILE),
+                           {"step": step, "weights": f"{stem}.weights.h5",
+                            "optimizer": f"{stem}.optimizer.npz"})
+        steps = sorted(int(name[5:-11]) for name in os.listdir(directory)
+                       if name.startswith("ckpt-") and name.endswith(".weights.h5")
+                       and name[5:-11].isdigit())
+        for old in steps[:-max(self.config.keep_checkpoints, 1)]:
+            for suffix in (".weights.h5", ".optimizer.npz"):
+                path = os.path.join(directory, f"ckpt-{old}{suffix}")
+                if os.path.exists(path):
+                    os.remove(path)
+        return os.path.join(directory, f"{stem}.weights.h5")
+
+    # ------------------------------------------------------------------- train
+    def _dataset(self, start_example):
+        from bert4x.pretraining.pipeline import masked_dataset
+        config = self.config
+        files = [os.path.join(config.resolved_data_dir(), shard)
+                 for shard in self.summary["train_shards"]]
+        examples = self.summary["train_examples"]
+        if not files or examples <= 0:
+            raise ValueError(f"no training example in {config.resolved_data_dir()}")
+        return masked_dataset(files, config.seq_length, self.masker, self.global_batch,
+                              examples, start_example=start_example,
+                              shuffle_buffer=config.shuffle_buffer,
+                              seed=config.seed).map(_to_model_inputs)
+
+    def train(self):
+        """Train to ``train_steps`` (resuming), evaluate on held-out data, export.
+
+        Returns:
+            A dict like :meth:`Pretrainer.train`'s, plus ``devices`` and ``losses``
+            (the loss of every step run in this call).
+        """
+        import keras
+        config = self.config
+        step = self.restore()
+        result = {"step": step, "loss": None, "mlm_accuracy": None, "tokens_per_second": None,
+                  "devices": len(self.devices), "losses": []}
+        start_time = time.time()
+        if step < config.train_steps:
+            self.log(f"training {self.strategy_kind} from step {step} to {config.train_steps}: "
+                     f"{self.global_batch} sequences of {config.seq_length} per update")
+            tokens_per_step = self.global_batch * config.seq_length
+            trainer = self
+
+            class Progress(keras.callbacks.Callback):
+                def __init__(self):
+                    super().__init__()
+                    self.window_start = time.time()
+                    self.window_steps = 0
+                    self.window = np.zeros(2)
+                    self.previous = np.zeros(2)
+
+                def on_train_batch_end(self, batch, logs=None):
+                    # Keras logs the running means over this fit call; recover the
+                    # loss and accuracy of this step and of the log window from them.
+                    current, count = step + batch + 1, batch + 1
+                    sums = np.array([float(logs["loss"]), float(logs["masked_accuracy"])])
+                    sums *= count
+                    this_step = sums - self.previous
+                    self.previous = sums
+                    result["losses"].append(float(this_step[0]))
+                    self.window += this_step
+                    self.window_steps += 1
+                    if current % config.log_every == 0 or current == config.train_steps:
+                        loss, accuracy = self.window / self.window_steps
+                        speed = self.window_steps * tokens_per_step / max(
+                            time.time() - self.window_start, 1e-9)
+                        result.update(step=current, loss=float(loss),
+                                      mlm_accuracy=float(accuracy), tokens_per_second=speed)
+                        trainer.log(f"step {current}/{config.train_steps} loss {loss:.4f} "
+                                    f"{config.objective}_acc {accuracy:.4f} "
+                                    f"tokens/s {speed:,.0f}")
+                        self.window_start, self.window_steps = time.time(), 0
+                        self.window = np.zeros(2)
+                    if current % config.checkpoint_every == 0 or current == config.train_steps:
+                        _ = self.model  # the property syncs the JAX state into the variables
+                        trainer.save(current)
+
+            dataset = self._dataset(step * self.global_batch)
+            batches = (batch for batch in dataset.as_numpy_iterator())  # a generator
+            self.train_model.fit(batches,
+                                 steps_per_epoch=config.train_steps - step, epochs=1,
+                                 shuffle=False, verbose=0, callbacks=[Progress()])
+            result["step"] = config.train_steps
+        result["seconds"] = time.time() - start_time
+        result["eval"] = self.evaluate() if self.summary.get("valid_shards") else None
+        if result["eval"]:
+            self.log(f"held-out: loss {result['eval']['loss']:.4f} "
+                     f"{config.objective}_acc {result['eval']['accuracy']:.4f} "
+                     f"on {result['eval']['targets']:,} targets")
+        result["export_dir"] = self.export()
+        return result
+
+    def evaluate(self, max_batches=None):
+        """Loss and accuracy on the held-out shards (mask of epoch 0, no dropout)."""
+        from bert4x.pretraining.pipeline import evaluation_dataset
+        shards = self.summary.get("valid_shards") or []
+        if not shards:
+            return None
+        files = [os.path.join(self.config.resolved_data_dir(), s) for s in shards]
+        dataset = evaluation_dataset(files, self.config.seq_length, self.masker,
+                                     self.global_batch)
+        max_batches = max_batches if max_batches is not None else self.config.eval_batches
+        if max_batches:
+            dataset = dataset.take(max_batches)
+        totals = np.zeros(3)
+        for features in dataset.as_numpy_iterator():
+            logits = np.asarray(self.train_model.predict_on_batch(
+                [features["token_ids"], features["segment_ids"], features["positions"]]),
+                np.float64)
+            logits -= logits.max(-1, keepdims=True)
+            log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+            labels, weights = features["labels"], features["weights"]
+            picked = np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+            totals += [-(picked * weights).sum(), weights.sum(),
+                       ((logits.argmax(-1) == labels) * weights).sum()]
+        count = max(totals[1], 1.0)
+        return {"loss": float(totals[0] / count), "accuracy": float(totals[2] / count),
+                "targets": int(totals[1])}
+
+
+def train_with_jax(config, export_only=False, prepare=True, log=print):
+    """Prepare the data (if needed), train with JAX data parallelism (resuming), export.
+
+    Needs ``KERAS_BACKEND=jax``. See the module docstring for what differs from the
+    TensorFlow path.
+    """
+    from bert4x.pretraining.trainer import prepare_data
+    summary = None
+    if prepare and config.inputs and not export_only:
+        summary = prepare_data(config)
+    trainer = JaxPretrainer(config, log=log, summary=summary)
+    if export_only:
+        step = trainer.restore()
+        if step == 0 and not config.init_checkpoint:
+            raise FileNotFoundError(f"--export-only: no training checkpoint in "
+                                    f"{trainer.checkpoint_dir}")
+        return {"step": step, "export_dir": trainer.export()}
+    return trainer.train()
+
+
+__all__ = ["JaxPretrainer", "masked_accuracy", "masked_cross_entropy", "train_with_jax"]
