@@ -139,7 +139,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Class-conditional review generation with Conditional LayerNorm.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=4, help="generator epochs")
+    parser.add_argument("--epochs", type=int, default=6, help="generator epochs")
     parser.add_argument("--classifier-epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-3,
@@ -151,7 +151,7 @@ def parse_args(argv=None):
     parser.add_argument("--max-classifier-train", type=int, default=0,
                         help="classifier training reviews (0: all of its split)")
     parser.add_argument("--samples", type=int, default=100, help="samples per class")
-    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--top-p", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--max-length", type=int, default=48, help="tokens per sample")
