@@ -27,7 +27,7 @@ import numpy as np
 
 from bert4x.pretraining import data as data_lib
 from bert4x.pretraining.trainer import (CHECKPOINT_SUBDIR, MODEL_SIGNATURE_FILE, Pretrainer,
-                                        _write_json_atomic, build_pretraining_model)
+                                        _write_json_atomic)
 
 LATEST_FILE = "latest.json"
 
@@ -116,35 +116,10 @@ class JaxPretrainer(Pretrainer):
         self._build()
 
     def _build(self):
-        from bert4x.models import BERT
-        from bert4x.optimizers import AdamW, ClipByNorm, Lamb, WarmupLinearDecay
-        from bert4x.pretraining.pipeline import Masker
-        config = self.config
-        bert_config = self.model_config()
-        if bert_config.vocab_size != self.full_vocab_size:
-            raise ValueError(f"model vocab_size {bert_config.vocab_size} differs from the "
-                             f"{self.full_vocab_size} tokens of {config.vocab_path()}")
-        if bert_config.max_position_embeddings < config.seq_length:
-            raise ValueError(f"seq_length {config.seq_length} exceeds max_position_embeddings "
-                             f"{bert_config.max_position_embeddings}")
-        application = {"mlm": "encoder", "lm": "lm", "unilm": "unilm"}[config.objective]
-        specials = [self.vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]
-        self.masker = Masker(len(self.tokens), self.vocab["[MASK]"], self.vocab["[PAD]"],
-                             specials, config.seq_length, objective=config.objective,
-                             mask_rate=config.mask_rate, max_predictions=config.max_predictions,
-                             seed=config.seed, id_map=self.id_map)
-        self.global_batch = config.batch_size
-        self.builder = BERT(bert_config, application=application, with_pool=True,
-                            with_mlm="linear", keep_tokens=self.keep_tokens)
-        self.train_model = build_pretraining_model(
-            self.builder, config.seq_length, self.masker.num_predictions)
-        schedule = WarmupLinearDecay(config.learning_rate, config.warmup_steps,
-                                     config.train_steps, config.end_learning_rate)
-        transform = ClipByNorm(config.clip_norm) if config.clip_norm else None
-        optimizer_class = AdamW if config.optimizer == "adamw" else Lamb
-        self.optimizer = optimizer_class(learning_rate=schedule,
-                                         weight_decay=config.weight_decay,
-                                         gradient_transform=transform)
+        self.masker = self._make_masker()
+        self.global_batch = self.config.batch_size
+        self._make_models(self._checked_model_config())
+        self.optimizer = self._make_optimizer()
         self.train_model.compile(optimizer=self.optimizer, loss=masked_cross_entropy,
                                  metrics=[masked_accuracy])
         self.optimizer.build(self.train_model.trainable_variables)

@@ -147,11 +147,8 @@ class Pretrainer:
         return BertConfig(**values)
 
     # ------------------------------------------------------------------ build
-    def _build(self):
-        import tensorflow as tf
-        from bert4x.models import BERT
-        from bert4x.optimizers import AdamW, ClipByNorm, Lamb, WarmupLinearDecay
-        from bert4x.pretraining.pipeline import Masker
+    def _checked_model_config(self):
+        """The model config, checked against the vocabulary and ``seq_length``."""
         config = self.config
         bert_config = self.model_config()
         if bert_config.vocab_size != self.full_vocab_size:
@@ -160,33 +157,54 @@ class Pretrainer:
         if bert_config.max_position_embeddings < config.seq_length:
             raise ValueError(f"seq_length {config.seq_length} exceeds max_position_embeddings "
                              f"{bert_config.max_position_embeddings}")
-        application = {"mlm": "encoder", "lm": "lm", "unilm": "unilm"}[config.objective]
+        return bert_config
+
+    def _make_masker(self):
+        from bert4x.pretraining.pipeline import Masker
+        config = self.config
         specials = [self.vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]
-        self.masker = Masker(len(self.tokens), self.vocab["[MASK]"], self.vocab["[PAD]"],
-                             specials, config.seq_length, objective=config.objective,
-                             mask_rate=config.mask_rate, max_predictions=config.max_predictions,
-                             seed=config.seed, id_map=self.id_map)
+        return Masker(len(self.tokens), self.vocab["[MASK]"], self.vocab["[PAD]"],
+                      specials, config.seq_length, objective=config.objective,
+                      mask_rate=config.mask_rate, max_predictions=config.max_predictions,
+                      seed=config.seed, id_map=self.id_map)
+
+    def _make_models(self, bert_config, dtype=None):
+        """Set ``self.builder`` and ``self.train_model`` (MLM head at the targets only)."""
+        from bert4x.models import BERT
+        application = {"mlm": "encoder", "lm": "lm", "unilm": "unilm"}[self.config.objective]
+        self.builder = BERT(bert_config, application=application, with_pool=True,
+                            with_mlm="linear", keep_tokens=self.keep_tokens, dtype=dtype)
+        self.train_model = build_pretraining_model(
+            self.builder, self.config.seq_length, self.masker.num_predictions)
+
+    def _make_optimizer(self):
+        """AdamW or LAMB with warm-up and linear decay, as the config says."""
+        from bert4x.optimizers import AdamW, ClipByNorm, Lamb, WarmupLinearDecay
+        config = self.config
+        schedule = WarmupLinearDecay(config.learning_rate, config.warmup_steps,
+                                     config.train_steps, config.end_learning_rate)
+        transform = ClipByNorm(config.clip_norm) if config.clip_norm else None
+        optimizer_class = AdamW if config.optimizer == "adamw" else Lamb
+        return optimizer_class(learning_rate=schedule, weight_decay=config.weight_decay,
+                               gradient_transform=transform)
+
+    def _build(self):
+        import tensorflow as tf
+        from bert4x.optimizers import GradientAccumulator
+        config = self.config
+        bert_config = self._checked_model_config()
+        self.masker = self._make_masker()
         self.global_batch = config.batch_size
         replicas = self.strategy.num_replicas_in_sync
         if self.global_batch % replicas:
             raise ValueError(f"batch_size {self.global_batch} is not divisible by the "
                              f"{replicas} replicas")
         with self.strategy.scope():
-            self.builder = BERT(bert_config, application=application, with_pool=True,
-                                with_mlm="linear", keep_tokens=self.keep_tokens,
-                                dtype="mixed_bfloat16" if config.mixed_precision else None)
-            self.train_model = build_pretraining_model(
-                self.builder, config.seq_length, self.masker.num_predictions)
-            schedule = WarmupLinearDecay(config.learning_rate, config.warmup_steps,
-                                         config.train_steps, config.end_learning_rate)
-            transform = ClipByNorm(config.clip_norm) if config.clip_norm else None
-            optimizer_class = AdamW if config.optimizer == "adamw" else Lamb
-            self.optimizer = optimizer_class(learning_rate=schedule,
-                                             weight_decay=config.weight_decay,
-                                             gradient_transform=transform)
+            self._make_models(bert_config,
+                              dtype="mixed_bfloat16" if config.mixed_precision else None)
+            self.optimizer = self._make_optimizer()
             self.variables = self.train_model.trainable_variables
             self.optimizer.build(self.variables)
-            from bert4x.optimizers import GradientAccumulator
             self.accumulator = GradientAccumulator(self.variables)
         # The data position: examples of the global stream consumed so far.
         self.examples_seen = tf.Variable(0, dtype=tf.int64, trainable=False,
