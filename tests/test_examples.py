@@ -297,3 +297,13 @@ def test_conditional_lm_smoke_learns_the_condition_and_passes_top_p(tiny_base):
                             additional_inputs=[np.asarray([[1]], np.int32)])[0]
     assert set(narrow) == {tokenizer.decode(greedy.token_ids)}
     assert len(set(wide)) > 1
+    # The guidance scale reaches the decoder, steering away from the other label.
+    guided = clm.generate(decoder, tokenizer, 1, 2, top_p=1e-9, seed=1, max_length=16,
+                          guidance_scale=3.0)
+    guided_greedy = decoder.greedy([[tokenizer.token_start_id]], max_length=16,
+                                   constraint=clm.no_special_tokens(tokenizer,
+                                                                    decoder.vocab_size),
+                                   additional_inputs=[np.asarray([[1]], np.int32)],
+                                   guidance_scale=3.0,
+                                   negative_additional_inputs=[np.asarray([[0]], np.int32)])[0]
+    assert set(guided) == {tokenizer.decode(guided_greedy.token_ids)}

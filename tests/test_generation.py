@@ -474,6 +474,102 @@ def test_cln_zero_init_then_trained_by_class(unilm):
     assert [r.token_ids[:1] for r in results] == [[11], [12]]
 
 
+# ------------------------------------------------------------------- guidance
+def guided_next_log_probs(builder, source, label, negative_label, scale, prefixes):
+    """Classifier-free guidance by full re-runs of a CLN model, combined in NumPy."""
+    def run(class_id):
+        rows = len(prefixes)
+        token_ids = np.zeros((rows, worker.REFERENCE_LENGTH), "int32")
+        segment_ids = np.zeros_like(token_ids)
+        for row, prefix in enumerate(prefixes):
+            sequence = source + list(prefix)
+            token_ids[row, :len(sequence)] = sequence
+            segment_ids[row, len(source):len(sequence)] = 1
+        classes = np.full((rows, 1), class_id, "int32")
+        logits = np.asarray(builder.model.predict_on_batch([token_ids, segment_ids, classes]))
+        last = np.array([len(source) + len(p) - 1 for p in prefixes])
+        return log_softmax(logits[np.arange(rows), last])
+    positive, negative = run(label), run(negative_label)
+    return log_softmax(negative + scale * (positive - negative))
+
+
+@pytest.fixture(scope="module")
+def small_cln():
+    return worker.build("unilm", conditional=True, seed=4, vocab_size=SMALL_VOCAB)
+
+
+@pytest.mark.parametrize("scale", [2.5, 0.5])
+def test_guided_beam_search_equals_brute_force(small_cln, scale):
+    sources = [[2, 5, 6, 4, 3], [2, 7, 3]]
+    labels, negatives = np.array([[0], [1]], "int32"), np.array([[1], [0]], "int32")
+    decoder = Decoder(small_cln, end_id=END, max_length=3)
+    found = decoder.beam_search(sources, beam_size=36, num_return=3,
+                                additional_inputs=[labels], guidance_scale=scale,
+                                negative_additional_inputs=[negatives])
+    plain = decoder.beam_search(sources, beam_size=36, num_return=3,
+                                additional_inputs=[labels])
+    for index, (source, results) in enumerate(zip(sources, found)):
+        expected = rank(enumerate_sequences(
+            lambda prefixes: guided_next_log_probs(
+                small_cln, source, labels[index, 0], negatives[index, 0], scale, prefixes),
+            SMALL_VOCAB, 3, END), 1.0)
+        assert_same_ranking(results, expected, 3)
+    # Guidance changes the scores (it would be vacuous if the classes agreed).
+    assert [r.score for r in found[0]] != [r.score for r in plain[0]]
+
+
+def test_guidance_with_negative_sources_and_validation(small_cln):
+    source, negative = [2, 5, 6, 3], [2, 7, 3]
+    classes = np.array([[1]], "int32")
+    decoder = Decoder(small_cln, end_id=END, max_length=4)
+    greedy = decoder.greedy([source], additional_inputs=[classes], guidance_scale=3.0,
+                            negative_sources=[negative])[0]
+    generated = []
+    for _ in range(4):
+        positive = guided_next_log_probs(small_cln, source, 1, 1, 1.0, [generated])
+        # The negative source is a different prompt: its next token comes after it.
+        token_ids = np.zeros((1, worker.REFERENCE_LENGTH), "int32")
+        sequence = negative + generated
+        token_ids[0, :len(sequence)] = sequence
+        segment_ids = np.zeros_like(token_ids)
+        segment_ids[0, len(negative):len(sequence)] = 1
+        logits = small_cln.model.predict_on_batch([token_ids, segment_ids, classes])
+        negative_row = log_softmax(np.asarray(logits)[0, len(sequence) - 1])
+        guided = log_softmax(negative_row + 3.0 * (positive[0] - negative_row))
+        token = 1 + int(np.argmax(guided[1:]))
+        if token == END:
+            break
+        generated.append(token)
+    assert greedy.token_ids == generated
+    cases = [
+        (dict(guidance_scale=2.0), "needs something to steer away from"),
+        (dict(guidance_scale=float("nan"), negative_sources=[negative]), "finite number"),
+        (dict(guidance_scale=2.0, negative_sources=[negative, negative]),
+         "negative_sources has 2 sources; expected one per source \\(1\\)"),
+        (dict(guidance_scale=2.0, negative_additional_inputs=[np.zeros((3, 1))]),
+         "expected one per source"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            decoder.greedy([source], additional_inputs=[classes], **kwargs)
+    with pytest.raises(TypeError, match="negative_sources"):
+        decoder.sample([source], additional_inputs=[classes], negative_source=[negative])
+
+
+def test_guidance_never_boosts_what_the_positive_rules_out():
+    from bert4x.decoding import _guided
+    with np.errstate(divide="ignore"):
+        positive = np.log(np.array([[0.5, 0.5, 0.0, 0.0]]))
+        negative = np.log(np.array([[0.9, 0.0, 0.1, 0.0]]))
+    guided = _guided(positive, negative, 2.0)
+    assert np.isneginf(guided[0, 2:]).all()
+    # Token 1 is impossible under the negative: charged the row's lowest finite
+    # log-probability (log 0.1) instead of -inf, which would give +inf.
+    expected = np.array([np.log(0.1) + 2 * (np.log(0.5) - np.log(0.1)),
+                         np.log(0.9) + 2 * (np.log(0.5) - np.log(0.9))])[::-1]
+    np.testing.assert_allclose(guided[0, :2], expected - np.log(np.exp(expected).sum()))
+
+
 # ----------------------------------------------------------------------- loss
 def test_generation_loss_matches_numpy():
     rng = np.random.default_rng(0)
