@@ -12,7 +12,7 @@ charged the same useful FLOPs; transformers' ``BertForMaskedLM`` computes the vo
 projection on every position (its standard behaviour), which is extra work it does.
 
 Usage:
-    python benchmarks/pretrain.py [--batch-size 16] [--steps 5] [--threads 2]
+    python benchmarks/pretrain.py [--batch-size 16] [--steps 2] [--rounds 5] [--threads 2]
 """
 
 import argparse
@@ -51,29 +51,22 @@ def synthetic_batch(batch_size, seed=0):
     return token_ids, positions, labels
 
 
-def matmul_peak_tf(dtype, size=2048, repeats=10, trials=5):
+def matmul_chain_tf(dtype, size=2048, repeats=10):
+    """A chain of square matmuls: returns ``(run, flops)``; ``run()`` blocks until done."""
     import tensorflow as tf
-    a = tf.random.normal((size, size), dtype=tf.float32)
-    a = tf.cast(a, dtype)
+    a = tf.cast(tf.random.normal((size, size), dtype=tf.float32), dtype)
 
     @tf.function
-    def run(x):
+    def chain(x):
         for _ in range(repeats):
             x = tf.matmul(x, a) * tf.cast(1e-3, dtype)
         return x
 
-    run(a).numpy()
-    # The best of several trials: one timing is easily slowed by other work on the
-    # machine, which would understate the peak and overstate MFU.
-    best = float("inf")
-    for _ in range(trials):
-        start = time.perf_counter()
-        run(a).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 * repeats / best
+    return (lambda: chain(a).numpy()), 2 * size ** 3 * repeats
 
 
-def bert4x_tokens_per_second(batch_size, steps, mixed):
+def bert4x_train_step(batch_size, mixed):
+    """The bert4x pretraining step as a blocking callable."""
     import keras
     import tensorflow as tf
     from bert4x.configs import BertConfig
@@ -102,15 +95,11 @@ def bert4x_tokens_per_second(batch_size, steps, mixed):
         optimizer.apply(tape.gradient(loss, variables), variables)
         return loss
 
-    for _ in range(2):
-        train_step().numpy()
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step().numpy()
-    return batch_size * SEQ * steps / (time.perf_counter() - start)
+    return lambda: train_step().numpy()
 
 
-def torch_tokens_per_second(batch_size, steps, mixed, threads):
+def torch_train_step(batch_size, mixed, threads):
+    """``transformers`` ``BertForMaskedLM`` training step on PyTorch as a blocking callable."""
     import torch
     from transformers import BertConfig as HFConfig
     from transformers import BertForMaskedLM
@@ -135,33 +124,54 @@ def torch_tokens_per_second(batch_size, steps, mixed, threads):
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch_size * SEQ * steps / (time.perf_counter() - start)
+    return step
+
+
+def best_times(functions, rounds, calls):
+    """Best time of ``calls`` consecutive calls of each function, over interleaved rounds.
+
+    Interleaving exposes every contender, the matmul peak included, to the same
+    moments of a shared machine; the best round is the least disturbed one.
+    """
+    for function in functions.values():
+        function()
+        function()
+    best = dict.fromkeys(functions, float("inf"))
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                function()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls)
+    return best
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2, help="steps timed together per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     flops = model_flops_per_token()
+    tokens = args.batch_size * SEQ
     print(f"BERT-small L{LAYERS} H{HIDDEN} I{INTERMEDIATE} V{VOCAB}, batch {args.batch_size} x "
-          f"{SEQ}, {PREDICTIONS} predictions/sequence, {flops / 1e6:.1f} MFLOP/token (training)")
+          f"{SEQ}, {PREDICTIONS} predictions/sequence, {flops / 1e6:.1f} MFLOP/token (training); "
+          f"best of {args.rounds} interleaved rounds")
+    import tensorflow as tf
     for mixed in (False, True):
-        import tensorflow as tf
         label = "bfloat16" if mixed else "float32"
-        peak = matmul_peak_tf(tf.bfloat16 if mixed else tf.float32)
-        ours = bert4x_tokens_per_second(args.batch_size, args.steps, mixed)
-        theirs = torch_tokens_per_second(args.batch_size, args.steps, mixed, args.threads)
+        chain, chain_flops = matmul_chain_tf(tf.bfloat16 if mixed else tf.float32)
+        best = best_times({"peak": chain,
+                           "bert4x": bert4x_train_step(args.batch_size, mixed),
+                           "torch": torch_train_step(args.batch_size, mixed, args.threads)},
+                          args.rounds, args.steps)
+        peak = chain_flops / best["peak"]
+        ours, theirs = tokens / best["bert4x"], tokens / best["torch"]
         print(f"{label:8s} matmul peak {peak / 1e9:7.1f} GFLOP/s | bert4x {ours:8.0f} tokens/s "
               f"(MFU {ours * flops / peak:5.1%}) | PyTorch {theirs:8.0f} tokens/s "
-              f"(MFU {theirs * flops / peak:5.1%}) | ratio {ours / theirs:.2f}x")
+              f"(MFU {theirs * flops / peak:5.1%}) | ratio {ours / theirs:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

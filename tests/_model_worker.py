@@ -93,7 +93,44 @@ def run(workdir, out_path):
             for index, (first, second) in enumerate(zip(before, after)):
                 results[f"keras_roundtrip/{key}/{index}/before"] = first
                 results[f"keras_roundtrip/{key}/{index}/after"] = second
+    results["gelu_gradient"] = gelu_gradient(GELU_GRID)
     np.savez(out_path, **results)
+
+
+GELU_GRID = [-7.0, -3.0, -1.5, -0.5, -1e-3, 0.0, 0.25, 1.0, 2.5, 6.0]
+
+
+def gelu_gradient(points):
+    """d/dx of bert4x's exact GELU at ``points`` by this backend's autodiff, in
+    float32 and under bfloat16 inputs (the hand-written gradient must hold in both)."""
+    import keras
+    import numpy as np
+
+    from bert4x.layers import get_activation
+    gelu = get_activation("gelu")
+    backend = keras.backend.backend()
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        x = np.asarray(points, "float32")
+        if backend == "tensorflow":
+            import tensorflow as tf
+            tensor = tf.cast(tf.constant(x), dtype)
+            with tf.GradientTape() as tape:
+                tape.watch(tensor)
+                total = tf.reduce_sum(gelu(tensor) * tf.cast(3.0, dtype))
+            grad = tape.gradient(total, tensor)
+        elif backend == "jax":
+            import jax
+            import jax.numpy as jnp
+            grad = jax.grad(lambda v: jnp.sum(gelu(v) * 3.0).astype("float32"))(
+                jnp.asarray(x, dtype))
+        else:
+            import torch
+            tensor = torch.tensor(x).to(getattr(torch, dtype)).requires_grad_()
+            (gelu(tensor) * 3.0).sum().backward()
+            grad = tensor.grad
+        rows.append(keras.ops.convert_to_numpy(keras.ops.cast(grad, "float32")))
+    return np.stack(rows)
 
 
 if __name__ == "__main__":

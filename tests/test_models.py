@@ -11,6 +11,7 @@ the tests below compare what the workers wrote.
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -290,6 +291,19 @@ def test_mixed_bfloat16(workdir, reference):
     assert np.max(np.abs(mlm - ref["mlm_logits"])) < 0.05 * scale
     assert_close(nsp, softmax(ref["nsp_logits"]), tol=0.05, what="NSP probs")
     assert nsp.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gelu_gradient_is_the_exact_derivative(backend_results, backend):
+    """bert4x's GELU has a hand-written gradient: it must equal 3 * (Phi(x) + x phi(x))
+    on every backend (float32 to 1e-6; bfloat16 inputs to bfloat16 precision)."""
+    import _model_worker
+    x = np.asarray(_model_worker.GELU_GRID, np.float64)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    expected = 3 * (cdf + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))
+    found = results_for(backend_results, backend)["gelu_gradient"]
+    np.testing.assert_allclose(found[0], expected, atol=1e-6)
+    np.testing.assert_allclose(found[1], expected, atol=0.05, rtol=0.02)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -711,3 +725,29 @@ def test_savedmodel_export(workdir, tmp_path):
                      what="serving_default")
         assert_close(served.serve([ids, segments]).numpy(), expected, tol=1e-5,
                      what="serve endpoint")
+
+
+def test_dropout_mask_statistics_and_scale():
+    """bert4x's Dropout draws two 15-bit numbers per random integer: both halves of
+    the tensor must drop at the rate, independently, with Keras's scaling."""
+    from bert4x.layers import Dropout
+    layer = Dropout(0.1, seed=3)
+    inputs = keras.ops.ones((4, 1001, 37))  # odd size: the last pair is half used
+    first = keras.ops.convert_to_numpy(layer(inputs, training=True)).ravel()
+    second = keras.ops.convert_to_numpy(layer(inputs, training=True)).ravel()
+    kept = first != 0
+    np.testing.assert_allclose(first[kept], 1 / 0.9, rtol=1e-6)
+    half = first.size // 2
+    dropped_low, dropped_high = ~kept[:half], ~kept[half:2 * half]
+    sigma = np.sqrt(0.1 * 0.9 / half)
+    for share in (dropped_low.mean(), dropped_high.mean()):
+        assert abs(share - 3277 / 32768) < 5 * sigma
+    # The halves come from the two ends of the same integers: they must not agree
+    # more often than independent masks would.
+    both = np.mean(dropped_low & dropped_high)
+    assert abs(both - 0.01) < 5 * np.sqrt(0.01 * 0.99 / half)
+    assert np.mean(first != second) > 0.1  # a fresh mask per call
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(inputs)), 1.0)
+    config = Dropout.from_config(layer.get_config()).get_config()
+    assert config["rate"] == 0.1 and config["seed"] == 3
+    assert not keras.ops.convert_to_numpy(Dropout(1.0)(inputs, training=True)).any()
