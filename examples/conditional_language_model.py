@@ -158,10 +158,10 @@ def parse_args(argv=None):
     parser.add_argument("--max-classifier-train", type=int, default=0,
                         help="classifier training reviews (0: all of its split)")
     parser.add_argument("--samples", type=int, default=100, help="samples per class")
-    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--guidance-scale", type=float, default=2.0,
+    parser.add_argument("--guidance-scale", type=float, default=3.0,
                         help="classifier-free guidance away from the other label "
                         "(1: plain sampling)")
     parser.add_argument("--max-length", type=int, default=48, help="tokens per sample")
