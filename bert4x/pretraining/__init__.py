@@ -83,7 +83,7 @@ def is_exported(directory):
 def ensure_pretrained(config="tiny_chinese", output_dir=None, log=print, **overrides):
     """Return a folder with a pretrained BERT, pretraining it first if needed.
 
-    The first call prepares the data and trains (about 7 minutes on 2 CPU cores for
+    The first call prepares the data and trains (about 4 minutes on 2 CPU cores for
     ``"tiny_chinese"``); a killed run resumes from its last checkpoint; later calls
     return at once. Runs on the TensorFlow backend.
 
