@@ -306,4 +306,6 @@ def test_conditional_lm_smoke_learns_the_condition_and_passes_top_p(tiny_base):
                                    additional_inputs=[np.asarray([[1]], np.int32)],
                                    guidance_scale=3.0,
                                    negative_additional_inputs=[np.asarray([[0]], np.int32)])[0]
+    # Guidance changes the greedy review here, so a sampler that dropped it would fail.
+    assert guided_greedy.token_ids != greedy.token_ids
     assert set(guided) == {tokenizer.decode(guided_greedy.token_ids)}

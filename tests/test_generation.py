@@ -75,26 +75,30 @@ def log_softmax(x):
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def next_log_probs(builder, source, prefixes):
+def rerun_log_probs(builder, source, prefixes, additional_inputs=()):
     """Next-token log-probs after ``source + prefix`` for each prefix, by full re-runs.
 
-    ``source`` may be a list of sources scored jointly (mean of probabilities).
+    ``additional_inputs`` (e.g. a CLN class id ``[1, 1]``) are repeated for every row.
     """
+    rows = len(prefixes)
+    token_ids = np.zeros((rows, worker.REFERENCE_LENGTH), "int32")
+    segment_ids = np.zeros_like(token_ids)
+    for row, prefix in enumerate(prefixes):
+        sequence = source + list(prefix)
+        token_ids[row, :len(sequence)] = sequence
+        segment_ids[row, len(source):len(sequence)] = worker.target_segment(
+            builder.application)
+    extras = [np.repeat(np.asarray(extra), rows, axis=0) for extra in additional_inputs]
+    logits = np.asarray(builder.model.predict_on_batch([token_ids, segment_ids] + extras))
+    last = np.array([len(source) + len(p) - 1 for p in prefixes])
+    return log_softmax(logits[np.arange(rows), last])
+
+
+def next_log_probs(builder, source, prefixes):
+    """Like :func:`rerun_log_probs`; ``source`` may be a list of sources scored jointly
+    (mean of probabilities)."""
     sources = source if isinstance(source[0], list) else [source]
-    per_source = []
-    for member in sources:
-        rows = len(prefixes)
-        token_ids = np.zeros((rows, worker.REFERENCE_LENGTH), "int32")
-        segment_ids = np.zeros_like(token_ids)
-        for row, prefix in enumerate(prefixes):
-            sequence = member + list(prefix)
-            token_ids[row, :len(sequence)] = sequence
-            segment_ids[row, len(member):len(sequence)] = worker.target_segment(
-                builder.application)
-        logits = np.asarray(builder.model.predict_on_batch([token_ids, segment_ids]))
-        last = np.array([len(member) + len(p) - 1 for p in prefixes])
-        per_source.append(log_softmax(logits[np.arange(rows), last]))
-    stacked = np.stack(per_source)
+    stacked = np.stack([rerun_log_probs(builder, member, prefixes) for member in sources])
     return np.log(np.exp(stacked).mean(axis=0))
 
 
@@ -477,19 +481,9 @@ def test_cln_zero_init_then_trained_by_class(unilm):
 # ------------------------------------------------------------------- guidance
 def guided_next_log_probs(builder, source, label, negative_label, scale, prefixes):
     """Classifier-free guidance by full re-runs of a CLN model, combined in NumPy."""
-    def run(class_id):
-        rows = len(prefixes)
-        token_ids = np.zeros((rows, worker.REFERENCE_LENGTH), "int32")
-        segment_ids = np.zeros_like(token_ids)
-        for row, prefix in enumerate(prefixes):
-            sequence = source + list(prefix)
-            token_ids[row, :len(sequence)] = sequence
-            segment_ids[row, len(source):len(sequence)] = 1
-        classes = np.full((rows, 1), class_id, "int32")
-        logits = np.asarray(builder.model.predict_on_batch([token_ids, segment_ids, classes]))
-        last = np.array([len(source) + len(p) - 1 for p in prefixes])
-        return log_softmax(logits[np.arange(rows), last])
-    positive, negative = run(label), run(negative_label)
+    positive, negative = (rerun_log_probs(builder, source, prefixes,
+                                          [np.full((1, 1), class_id, "int32")])
+                          for class_id in (label, negative_label))
     return log_softmax(negative + scale * (positive - negative))
 
 
@@ -526,16 +520,10 @@ def test_guidance_with_negative_sources_and_validation(small_cln):
                             negative_sources=[negative])[0]
     generated = []
     for _ in range(4):
-        positive = guided_next_log_probs(small_cln, source, 1, 1, 1.0, [generated])
+        positive = rerun_log_probs(small_cln, source, [generated], [classes])[0]
         # The negative source is a different prompt: its next token comes after it.
-        token_ids = np.zeros((1, worker.REFERENCE_LENGTH), "int32")
-        sequence = negative + generated
-        token_ids[0, :len(sequence)] = sequence
-        segment_ids = np.zeros_like(token_ids)
-        segment_ids[0, len(negative):len(sequence)] = 1
-        logits = small_cln.model.predict_on_batch([token_ids, segment_ids, classes])
-        negative_row = log_softmax(np.asarray(logits)[0, len(sequence) - 1])
-        guided = log_softmax(negative_row + 3.0 * (positive[0] - negative_row))
+        negative_row = rerun_log_probs(small_cln, negative, [generated], [classes])[0]
+        guided = log_softmax(negative_row + 3.0 * (positive - negative_row))
         token = 1 + int(np.argmax(guided[1:]))
         if token == END:
             break
