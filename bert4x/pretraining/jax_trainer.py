@@ -25,9 +25,7 @@ import time
 
 import numpy as np
 
-from bert4x.pretraining import data as data_lib
-from bert4x.pretraining.trainer import (CHECKPOINT_SUBDIR, MODEL_SIGNATURE_FILE, Pretrainer,
-                                        _write_json_atomic)
+from bert4x.pretraining.trainer import MODEL_SIGNATURE_FILE, Pretrainer, _write_json_atomic
 
 LATEST_FILE = "latest.json"
 
@@ -105,14 +103,7 @@ class JaxPretrainer(Pretrainer):
             keras.distribution.DataParallel(devices=self.devices))
         self.strategy_kind = f"DataParallel x{len(self.devices)}"
         self.chief = True
-        self.output_dir = config.resolved_output_dir()
-        self.checkpoint_dir = os.path.join(self.output_dir, CHECKPOINT_SUBDIR)
-        keras.utils.set_random_seed(config.seed)
-        self.summary = summary or data_lib.load_dataset_summary(config.resolved_data_dir())
-        if self.summary["seq_length"] != config.seq_length:
-            raise ValueError(f"the data in {config.resolved_data_dir()} has seq_length "
-                             f"{self.summary['seq_length']}, the config {config.seq_length}")
-        self._resolve_vocabulary()
+        self._prepare_run(summary)
         self._build()
 
     def _build(self):

@@ -102,17 +102,23 @@ class Pretrainer:
             self.strategy_kind = type(strategy).__name__
         self.strategy = strategy
         self.chief = is_chief(strategy)
-        self.output_dir = config.resolved_output_dir()
-        self.checkpoint_dir = os.path.join(self.output_dir, CHECKPOINT_SUBDIR)
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
+        self._prepare_run(summary)
+        self._build()
+
+    def _prepare_run(self, summary):
+        """Output folders, seed, the data summary (checked) and the vocabulary."""
+        import keras
+        config = self.config
+        self.output_dir = config.resolved_output_dir()
+        self.checkpoint_dir = os.path.join(self.output_dir, CHECKPOINT_SUBDIR)
         keras.utils.set_random_seed(config.seed)
         self.summary = summary or data_lib.load_dataset_summary(config.resolved_data_dir())
         if self.summary["seq_length"] != config.seq_length:
             raise ValueError(f"the data in {config.resolved_data_dir()} has seq_length "
                              f"{self.summary['seq_length']}, the config {config.seq_length}")
         self._resolve_vocabulary()
-        self._build()
 
     # ------------------------------------------------------------- vocabulary
     def _resolve_vocabulary(self):
