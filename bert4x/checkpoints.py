@@ -60,7 +60,7 @@ def hugging_face_names(official_name, renames=(), special=None):
     name = official_name
     for pattern, replacement in renames:
         name = re.sub(pattern, replacement, name)
-    name = name.replace("/layer_", "/layer.").replace("/", ".")
+    name = re.sub(r"/layer_(\d+)/", r"/layer.\1/", name).replace("/", ".")
     transpose = False
     if name.endswith(".kernel"):
         name, transpose = name[: -len(".kernel")] + ".weight", True

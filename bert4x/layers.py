@@ -495,7 +495,7 @@ class TiedProjection(keras.layers.Layer):
         self.units = int(units)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
-    def build(self, input_shape, reverse=False):
+    def build(self, input_shape):
         self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
                                       initializer=self.kernel_initializer)
 

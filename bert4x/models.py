@@ -819,8 +819,8 @@ class ELECTRA(Transformer):
     heads = ("mlm", "discriminator")
     hf_renames = (("^generator/embeddings_project", "electra/embeddings_project"),
                   ("^generator/encoder/", "electra/encoder/"),
-                  ("^discriminator_predictions/dense_1/", "discriminator_predictions/dense_prediction/"),
-                  ("^generator_predictions/transform/", "generator_predictions/"))
+                  ("^discriminator_predictions/dense_1/",
+                   "discriminator_predictions/dense_prediction/"))
     hf_special = {"generator_predictions/output_bias": ["generator_lm_head.bias"]}
 
     def _check_heads(self):
@@ -843,9 +843,6 @@ class ELECTRA(Transformer):
 
     def mlm_hidden_act(self):
         return "gelu"
-
-    def mlm_prefix(self):
-        return "generator_predictions/"
 
     def _head_variables(self):
         pairs = []
