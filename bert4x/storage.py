@@ -138,24 +138,22 @@ def rename(source, destination, overwrite=False):
     Raises:
         FileExistsError: ``destination`` exists and ``overwrite`` is false.
     """
-    source, destination = os.fspath(source), os.fspath(destination)
-    if is_local(source) and is_local(destination):
-        if not overwrite and os.path.exists(destination):
-            raise FileExistsError(f"{destination} already exists")
-        os.replace(source, destination)
-    else:
-        _gfile("rename", source, destination, overwrite=overwrite)
+    _transfer("rename", os.replace, source, destination, overwrite)
 
 
 def copy(source, destination, overwrite=False):
     """Copy a file, also between file systems (e.g. local to ``gs://``)."""
+    _transfer("copy", shutil.copyfile, source, destination, overwrite)
+
+
+def _transfer(gfile_function, local_function, source, destination, overwrite):
     source, destination = os.fspath(source), os.fspath(destination)
     if is_local(source) and is_local(destination):
         if not overwrite and os.path.exists(destination):
             raise FileExistsError(f"{destination} already exists")
-        shutil.copyfile(source, destination)
+        local_function(source, destination)
     else:
-        _gfile("copy", source, destination, overwrite=overwrite)
+        _gfile(gfile_function, source, destination, overwrite=overwrite)
 
 
 def open(path, mode="r", encoding="utf-8"):  # noqa: A001 - mirrors builtins.open
