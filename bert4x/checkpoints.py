@@ -4,13 +4,14 @@ Every Keras variable is paired with its official Google name (DESIGN section 3);
 Hugging Face names are derived from it. Nothing is matched by position.
 """
 
+import contextlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 
 import numpy as np
+
+from bert4x import checkpoint_files, storage
 
 GOOGLE_CONFIG = "bert_config.json"
 GOOGLE_CHECKPOINT = "bert_model.ckpt"
@@ -242,30 +243,60 @@ def load_weights(builder, path, allow_missing_heads=False):
                       f"their initial values: {missing_heads}", stacklevel=3)
 
 
-def save_checkpoint(builder, directory):
+def save_checkpoint(builder, directory, vocab=None):
     """Write ``bert_config.json`` + ``bert_model.ckpt`` in Google's official format.
 
-    The folder is written beside its destination and moved into place, so a crash
-    leaves the previous checkpoint (or none), never a half-written one. Heads the
-    model has (pooler, MLM, NSP) are written too. Weights the official format has
-    no name for (e.g. the condition Dense layers of Conditional Layer
+    Heads the model has (pooler, MLM, NSP) are written too. Weights the official
+    format has no name for (e.g. the condition Dense layers of Conditional Layer
     Normalization) are not written, and a warning lists them.
+
+    The folder may hold other files, and an earlier save: save_checkpoint never
+    deletes or replaces a file it did not write itself, and a crash at any moment
+    leaves the folder loading the old checkpoint or the new one, complete. The new
+    checkpoint is written beside the folder and moved in file by file; the
+    ``checkpoint`` pointer file, which loaders given the folder follow, switches
+    last. The new weights get a prefix no file uses yet (``bert_model.ckpt``, or
+    ``bert_model.ckpt-<n>`` while an earlier save's weights are there), so pass
+    the folder, or the returned prefix, to loaders. Works on local disk,
+    ``gs://`` and ``ram://`` paths (see :mod:`bert4x.checkpoint_files` for the
+    exact guarantees, and :mod:`bert4x.storage` for what each file system allows).
 
     Args:
         builder: a :class:`bert4x.models.BERT` (``return_keras_model=False``).
-        directory: destination folder. An existing one is replaced only if it holds
-            nothing but a BERT checkpoint (``bert_config.json``, ``checkpoint``,
-            ``bert_model.ckpt.*``, ``vocab.txt``).
+        directory: destination folder (created if missing).
+        vocab: optional vocabulary to write as ``vocab.txt`` so the folder is
+            complete: a ``vocab.txt`` path, a ``{token: id}`` dict, a token list or
+            a :class:`bert4x.tokenizers.Tokenizer`. One with as many tokens as the
+            model has embedding rows is written as it is; a larger one (the full
+            vocabulary of a model built with ``keep_tokens``) is trimmed with the
+            builder's ``keep_tokens``, so line ``i`` names row ``i``.
 
     Returns:
-        The checkpoint prefix ``directory/bert_model.ckpt``.
+        The checkpoint prefix written, ``directory/bert_model.ckpt`` for a new folder.
 
     Raises:
-        FileExistsError: ``directory`` exists and holds other files or folders.
+        FileExistsError: the folder holds a ``checkpoint`` pointer, or a
+            ``bert_config.json``/``vocab.txt`` that differs from what would be
+            written, that save_checkpoint did not write.
+        ValueError: ``vocab`` does not match the model's embedding rows.
+
+    Example:
+        >>> token_dict, keep_tokens = load_vocab("vocab.txt", simplified=True)  # doctest: +SKIP
+        >>> builder = build_transformer_model(config, ckpt, keep_tokens=keep_tokens,
+        ...                                   return_keras_model=False)  # doctest: +SKIP
+        >>> save_checkpoint(builder, "exported/", vocab="vocab.txt")  # doctest: +SKIP
+        'exported/bert_model.ckpt'
     """
     import tensorflow as tf
-    directory = os.path.abspath(str(directory))
-    _check_replaceable(directory)
+    directory = str(directory)
+    if storage.is_local(directory):
+        directory = os.path.abspath(directory)
+    contents = {GOOGLE_CONFIG: json.dumps(builder.config.to_dict(), indent=2)}
+    if vocab is not None:
+        contents["vocab.txt"] = "".join(token + "\n" for token in _vocabulary_rows(builder, vocab))
+    if storage.exists(directory) and not storage.isdir(directory):
+        raise FileExistsError(f"{directory} exists and is not a folder")
+    names = checkpoint_files.check_claims(directory, contents)
     pairs = variable_map(builder)
     mapped = {id(variable) for _, variable, _ in pairs}
     unwritten = [variable.path for variable in builder.model.weights
@@ -273,63 +304,55 @@ def save_checkpoint(builder, directory):
     if unwritten:
         warnings.warn(f"the official checkpoint format has no names for these weights, "
                       f"which are not written to {directory}: {unwritten}", stacklevel=2)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    checkpoint_files.clean(directory)
+    staging = checkpoint_files.new_staging(directory)
     try:
-        names, tensors = [], []
+        tensor_names, tensors = [], []
         for google_name, variable, kind in pairs:
             value = np.asarray(keras_value(variable), dtype=np.float32)
-            names.append(google_name)
+            tensor_names.append(google_name)
             tensors.append(tf.constant(value.T if kind == "transposed" else value))
-        prefix = os.path.join(staging, GOOGLE_CHECKPOINT)
-        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
-                          shape_and_slices=[""] * len(names), tensors=tensors)
-        with open(os.path.join(staging, "checkpoint"), "w", encoding="utf-8") as file:
-            file.write(f'model_checkpoint_path: "{GOOGLE_CHECKPOINT}"\n'
-                       f'all_model_checkpoint_paths: "{GOOGLE_CHECKPOINT}"\n')
-        with open(os.path.join(staging, GOOGLE_CONFIG), "w", encoding="utf-8") as file:
-            json.dump(builder.config.to_dict(), file, indent=2)
-        _replace_folder(staging, directory)
+        tf.raw_ops.SaveV2(prefix=storage.join(staging, GOOGLE_CHECKPOINT),
+                          tensor_names=tensor_names,
+                          shape_and_slices=[""] * len(tensor_names), tensors=tensors)
+        for name in names:
+            storage.atomic_write(storage.join(staging, name), contents[name])
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            storage.rmtree(staging)
         raise
-    return os.path.join(directory, GOOGLE_CHECKPOINT)
+    return checkpoint_files.publish(staging, directory, names)
+
+
+def _vocabulary_rows(builder, vocab):
+    """The tokens of ``vocab`` in the order of the model's embedding rows."""
+    if isinstance(vocab, (str, os.PathLike)):
+        from bert4x.tokenizers import load_vocab
+        vocab = load_vocab(vocab)
+    vocab = getattr(vocab, "token_dict", vocab)
+    if isinstance(vocab, dict):
+        ids = sorted(vocab.values())
+        if ids != list(range(len(ids))):
+            raise ValueError("vocab: the token ids must be 0, 1, ..., n-1 without gaps")
+        tokens = sorted(vocab, key=vocab.get)
+    elif isinstance(vocab, (list, tuple)):
+        tokens = list(vocab)
+    else:
+        raise TypeError(f"vocab must be a vocab.txt path, a {{token: id}} dict, a token list "
+                        f"or a Tokenizer, got {type(vocab).__name__}")
+    rows = int(builder.token_embedding.embeddings.shape[0])
+    keep_tokens = builder.keep_tokens
+    if len(tokens) == rows:
+        return tokens
+    if keep_tokens is not None and len(tokens) > max(keep_tokens):
+        return [tokens[index] for index in keep_tokens]
+    expected = f"{rows} tokens" + (f", or more than {max(keep_tokens)} to trim with "
+                                   "keep_tokens" if keep_tokens is not None else "")
+    raise ValueError(f"vocab has {len(tokens)} tokens but the model has {rows} embedding "
+                     f"rows: expected {expected}")
 
 
 def keras_value(variable):
     """The value of a Keras variable as NumPy, whatever the backend."""
     import keras
     return keras.ops.convert_to_numpy(variable.value)
-
-
-def _check_replaceable(directory):
-    """Refuse to replace a folder that holds more than a BERT checkpoint."""
-    if not os.path.exists(directory):
-        return
-    if not os.path.isdir(directory):
-        raise FileExistsError(f"{directory} exists and is not a folder")
-    foreign = sorted(
-        name for name in os.listdir(directory)
-        if not (name in (GOOGLE_CONFIG, "checkpoint", "vocab.txt")
-                and os.path.isfile(os.path.join(directory, name))
-                or name.startswith(GOOGLE_CHECKPOINT + "."))
-    )
-    if foreign:
-        raise FileExistsError(
-            f"{directory} exists and holds more than a BERT checkpoint ({foreign[:10]}); "
-            "save_checkpoint replaces its destination folder, so choose a new or "
-            "checkpoint-only folder")
-
-
-def _replace_folder(staging, directory):
-    """Move ``staging`` to ``directory``, replacing an existing folder."""
-    if not os.path.exists(directory):
-        os.rename(staging, directory)
-        return
-    retired = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".old-",
-                               dir=os.path.dirname(directory))
-    os.rmdir(retired)
-    os.rename(directory, retired)
-    os.rename(staging, directory)
-    shutil.rmtree(retired, ignore_errors=True)
