@@ -7,11 +7,14 @@ Hugging Face names are derived from it. Nothing is matched by position.
 import contextlib
 import json
 import os
+import tempfile
 import warnings
+import weakref
 
 import numpy as np
 
 from bert4x import checkpoint_files, storage
+from bert4x.tokenizers import load_vocab, tokens_by_id, vocabulary_text
 
 GOOGLE_CONFIG = "bert_config.json"
 GOOGLE_CHECKPOINT = "bert_model.ckpt"
@@ -110,17 +113,17 @@ class _Reader:
 
 def _find_weights(path):
     """Resolve a folder or prefix to ``(path, format)``."""
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "model.safetensors")):
-            return os.path.join(path, "model.safetensors"), "safetensors"
+    if storage.isdir(path):
+        if storage.isfile(storage.join(path, "model.safetensors")):
+            return storage.join(path, "model.safetensors"), "safetensors"
         import tensorflow as tf
         latest = tf.train.latest_checkpoint(path)
         if latest:
             return latest, "tensorflow"
-        prefix = os.path.join(path, GOOGLE_CHECKPOINT)
-        if os.path.isfile(prefix + ".index"):
+        prefix = storage.join(path, GOOGLE_CHECKPOINT)
+        if storage.isfile(prefix + ".index"):
             return prefix, "tensorflow"
-        if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+        if storage.isfile(storage.join(path, "pytorch_model.bin")):
             raise NotImplementedError(
                 f"{path}: pytorch_model.bin is not read by bert4x; convert it to "
                 "model.safetensors (safetensors.torch.save_file) or a TF checkpoint")
@@ -128,12 +131,12 @@ def _find_weights(path):
             f"no checkpoint in folder {path!r}: expected model.safetensors, a 'checkpoint' "
             f"file, or {GOOGLE_CHECKPOINT}.index")
     if path.endswith(".safetensors"):
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         return path, "safetensors"
     if path.endswith(".index"):
         path = path[: -len(".index")]
-    if not os.path.isfile(path + ".index"):
+    if not storage.isfile(path + ".index"):
         raise FileNotFoundError(
             f"checkpoint not found: {path} (expected {path}.index and its data files)")
     return path, "tensorflow"
@@ -144,8 +147,10 @@ def open_checkpoint(path):
     path, fmt = _find_weights(str(path))
     if fmt == "safetensors":
         from safetensors import safe_open
+        # safetensors maps local files only: a remote one is read from a local copy.
+        local = path if storage.is_local(path) else _local_copy(path)
         try:
-            handle = safe_open(path, framework="numpy")
+            handle = safe_open(local, framework="numpy")
             names = list(handle.keys())
         except Exception as error:
             raise ValueError(f"cannot read safetensors file {path}: {error}") from error
@@ -153,18 +158,31 @@ def open_checkpoint(path):
         def get(name):
             # NumPy has no bfloat16: widen those tensors to float32 from their bits.
             if handle.get_slice(name).get_dtype() == "BF16":
-                return _read_bfloat16(path, name)
+                return _read_bfloat16(local, name)
             return handle.get_tensor(name)
 
-        return _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(), get)
+        reader = _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(), get)
+        if local != path:
+            weakref.finalize(reader, os.remove, local)
+        return reader
     import tensorflow as tf
     try:
-        reader = tf.train.load_checkpoint(path)
+        # The path is a resolved prefix: open it as such (tf.train.load_checkpoint
+        # would take a prefix for a folder on file systems like ram://).
+        reader = tf.compat.v1.train.NewCheckpointReader(path)
         shapes = reader.get_variable_to_shape_map()
     except Exception as error:
         raise ValueError(f"cannot read TF checkpoint {path}: {error}") from error
     names = [n for n in shapes if not n.split("/")[-1].startswith(_OPTIMIZER_SUFFIXES)]
     return _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor)
+
+
+def _local_copy(path):
+    """Download a remote file to a new local temporary file."""
+    handle, local = tempfile.mkstemp(prefix="bert4x-", suffix=".safetensors")
+    os.close(handle)
+    storage.copy(path, local, overwrite=True)
+    return local
 
 
 def _read_bfloat16(path, name):
@@ -293,7 +311,7 @@ def save_checkpoint(builder, directory, vocab=None):
         directory = os.path.abspath(directory)
     contents = {GOOGLE_CONFIG: json.dumps(builder.config.to_dict(), indent=2)}
     if vocab is not None:
-        contents["vocab.txt"] = "".join(token + "\n" for token in _vocabulary_rows(builder, vocab))
+        contents["vocab.txt"] = vocabulary_text(_vocabulary_rows(builder, vocab))
     if storage.exists(directory) and not storage.isdir(directory):
         raise FileExistsError(f"{directory} exists and is not a folder")
     names = checkpoint_files.check_claims(directory, contents)
@@ -327,14 +345,10 @@ def save_checkpoint(builder, directory, vocab=None):
 def _vocabulary_rows(builder, vocab):
     """The tokens of ``vocab`` in the order of the model's embedding rows."""
     if isinstance(vocab, (str, os.PathLike)):
-        from bert4x.tokenizers import load_vocab
         vocab = load_vocab(vocab)
     vocab = getattr(vocab, "token_dict", vocab)
     if isinstance(vocab, dict):
-        ids = sorted(vocab.values())
-        if ids != list(range(len(ids))):
-            raise ValueError("vocab: the token ids must be 0, 1, ..., n-1 without gaps")
-        tokens = sorted(vocab, key=vocab.get)
+        tokens = tokens_by_id(vocab)
     elif isinstance(vocab, (list, tuple)):
         tokens = list(vocab)
     else:

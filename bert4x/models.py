@@ -9,14 +9,13 @@ graphs that share the same layers, hence the same weights:
 * the step model (runs one new token against the cached keys and values).
 """
 
-import os
 import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
-from bert4x import checkpoints
+from bert4x import checkpoints, storage
 from bert4x.configs import BertConfig
 from bert4x.layers import (AttentionBias, BiasAdd, Dropout, FeedForward, FirstToken,
                            LayerNormalization, MultiHeadAttention, PositionEmbedding,
@@ -331,8 +330,8 @@ _CONFIG_NAMES = ("bert_config.json", "config.json")
 def _config_in(folder):
     """The Google or Hugging Face config file inside ``folder``."""
     for name in _CONFIG_NAMES:
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
+        if storage.isfile(storage.join(folder, name)):
+            return storage.join(folder, name)
     raise FileNotFoundError(f"no {' or '.join(_CONFIG_NAMES)} found in {folder!r}; "
                             "pass config_path")
 
@@ -340,10 +339,10 @@ def _config_in(folder):
 def _resolve_paths(config_path, checkpoint_path):
     """Accept a folder for either argument; find the config beside the weights."""
     if config_path is None and checkpoint_path is not None:
-        folder = checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(
+        folder = checkpoint_path if storage.isdir(checkpoint_path) else storage.dirname(
             checkpoint_path)
         config_path = _config_in(folder)
-    elif config_path is not None and os.path.isdir(config_path):
+    elif config_path is not None and storage.isdir(config_path):
         checkpoint_path = checkpoint_path or config_path
         config_path = _config_in(config_path)
     return config_path, checkpoint_path

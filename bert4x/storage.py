@@ -62,6 +62,12 @@ def join(path, *parts):
     return os.path.join(path, *parts) if is_local(path) else posixpath.join(path, *parts)
 
 
+def dirname(path):
+    """The folder part of ``path``."""
+    path = os.fspath(path)
+    return os.path.dirname(path) if is_local(path) else posixpath.dirname(path)
+
+
 def _gfile(function, path, *args, **kwargs):
     """Call ``tf.io.gfile.<function>``, raising TensorFlow's errors as built-in ones."""
     import tensorflow as tf
@@ -78,13 +84,33 @@ def _gfile(function, path, *args, **kwargs):
 def exists(path):
     """True when a file or folder is at ``path``."""
     path = os.fspath(path)
-    return os.path.exists(path) if is_local(path) else _gfile("exists", path)
+    if is_local(path):
+        return os.path.exists(path)
+    return _gfile("exists", path) and _listed(path)
 
 
 def isdir(path):
     """True when ``path`` is a folder."""
     path = os.fspath(path)
-    return os.path.isdir(path) if is_local(path) else _gfile("isdir", path)
+    if is_local(path):
+        return os.path.isdir(path)
+    return _gfile("isdir", path) and _listed(path)
+
+
+def _listed(path):
+    """False for a ``ram://`` path its folder does not list.
+
+    TensorFlow's RAM file system answers ``exists``/``isdir`` for any string prefix
+    of a stored name (``ram://run/model.ckpt`` "is a folder" beside
+    ``model.ckpt.index``); only the listing of the parent folder is exact.
+    """
+    if scheme(path) != "ram":
+        return True
+    parent, name = posixpath.split(path.rstrip("/"))
+    try:
+        return name in listdir(parent)
+    except FileNotFoundError:  # a top-level name, or a folder made implicitly
+        return True
 
 
 def isfile(path):
