@@ -73,3 +73,119 @@ def test_config_path_is_checkpoint_index(tmp_path):
     with pytest.raises(ValueError) as error:
         BertConfig.from_json(prefix + ".index")
     assert prefix + ".index" in str(error.value)
+
+
+# ------------------------------------------------------------- inputs: checkpoints
+def _random_builder(**config):
+    """A bert4x builder with every head, whose variables name a full checkpoint."""
+    from bert4x.models import build_transformer_model
+    return build_transformer_model(**dict(TINY_CONFIG, **config), with_mlm=True,
+                                   with_nsp=True, return_keras_model=False)
+
+
+def _checkpoint_tensors(builder, seed=0):
+    """``{google_name: array}`` in the official layout, random values."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, variable, kind in builder.variable_map():
+        shape = tuple(variable.shape)[::-1] if kind == "transposed" else tuple(variable.shape)
+        tensors[name] = rng.normal(0, 0.1, shape).astype(np.float32)
+    return tensors
+
+
+def _write_tf_checkpoint(folder, tensors, config):
+    import tensorflow as tf
+    os.makedirs(folder, exist_ok=True)
+    names = sorted(tensors)
+    prefix = os.path.join(folder, "bert_model.ckpt")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(tensors[name]) for name in names])
+    with open(os.path.join(folder, "bert_config.json"), "w") as file:
+        json.dump(config, file)
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def three_layer_checkpoint(tmp_path_factory):
+    """A 3-layer checkpoint with pooler, MLM and NSP heads; its config says 3 layers."""
+    tensors = _checkpoint_tensors(_random_builder(num_hidden_layers=3))
+    folder = str(tmp_path_factory.mktemp("three_layers"))
+    _write_tf_checkpoint(folder, tensors, dict(TINY_CONFIG, num_hidden_layers=3))
+    return folder, tensors
+
+
+def test_checkpoint_extra_layers_refused(three_layer_checkpoint):
+    from bert4x.models import build_transformer_model
+    folder, _ = three_layer_checkpoint
+    with pytest.raises(ValueError, match="does not use") as error:
+        build_transformer_model(checkpoint_path=folder, num_hidden_layers=2)
+    message = str(error.value)
+    assert "bert/encoder/layer_2/attention/self/query/kernel" in message
+    assert "ignore_unused_weights=True" in message
+    assert "cls/" not in message and "pooler" not in message  # heads are not errors
+
+
+def test_checkpoint_extra_layers_ignored_on_request(three_layer_checkpoint):
+    from bert4x.models import build_transformer_model
+    folder, tensors = three_layer_checkpoint
+    with pytest.warns(UserWarning, match="bert/encoder/layer_2/"):
+        builder = build_transformer_model(checkpoint_path=folder, num_hidden_layers=2,
+                                          ignore_unused_weights=True,
+                                          return_keras_model=False)
+    query = builder.blocks[1]["attention"].query_dense.kernel
+    np.testing.assert_array_equal(
+        np.asarray(query.numpy() if hasattr(query, "numpy") else query),
+        tensors["bert/encoder/layer_1/attention/self/query/kernel"])
+
+
+def test_checkpoint_extra_layers_refused_in_safetensors(three_layer_checkpoint, tmp_path):
+    """The same rule for Hugging Face names (without the ``bert.`` prefix, as
+    ``BertModel`` saves them, plus its ``position_ids`` buffer, which is no weight)."""
+    from safetensors.numpy import save_file
+
+    from bert4x.models import build_transformer_model
+    _, tensors = three_layer_checkpoint
+    hf = {}
+    for name, value in tensors.items():
+        if name.startswith("bert/") and "pooler" not in name:
+            hf_name = name[len("bert/"):].replace("/layer_", "/layer.").replace("/", ".")
+            hf_name = hf_name.replace(".gamma", ".weight").replace(".beta", ".bias")
+            if hf_name.endswith(".kernel"):
+                hf_name, value = hf_name[: -len(".kernel")] + ".weight", value.T
+            elif hf_name.endswith("_embeddings"):
+                hf_name += ".weight"
+            hf[hf_name] = np.ascontiguousarray(value)
+    hf["embeddings.position_ids"] = np.arange(64, dtype=np.int64)[None]
+    path = str(tmp_path / "model.safetensors")
+    save_file(hf, path)
+    (tmp_path / "config.json").write_text(json.dumps(dict(TINY_CONFIG, num_hidden_layers=3)))
+    build_transformer_model(checkpoint_path=path)
+    with pytest.raises(ValueError, match="encoder.layer.2.attention.self.query.weight"):
+        build_transformer_model(checkpoint_path=path, num_hidden_layers=2)
+
+
+def test_checkpoint_hidden_size_mismatch_named(three_layer_checkpoint):
+    from bert4x.models import build_transformer_model
+    folder, _ = three_layer_checkpoint
+    with pytest.raises(ValueError) as error:
+        build_transformer_model(checkpoint_path=folder, hidden_size=64, num_hidden_layers=3)
+    message = str(error.value)
+    assert "vocabulary" not in message
+    assert "bert/embeddings/word_embeddings" in message
+    assert "(100, 32)" in message and "(100, 64)" in message
+
+
+@pytest.mark.parametrize("bad_value", [
+    np.array([b"x"] * 32, dtype=object),
+    np.ones(32, np.complex64),
+    np.ones(32, np.int32),
+])
+def test_checkpoint_non_float_variable_refused(three_layer_checkpoint, tmp_path, bad_value):
+    from bert4x.models import build_transformer_model
+    _, tensors = three_layer_checkpoint
+    name = "bert/encoder/layer_1/output/LayerNorm/gamma"
+    _write_tf_checkpoint(str(tmp_path), dict(tensors, **{name: bad_value}),
+                         dict(TINY_CONFIG, num_hidden_layers=3))
+    with pytest.raises(ValueError, match="not a floating-point type") as error:
+        build_transformer_model(checkpoint_path=str(tmp_path))
+    assert repr(name) in str(error.value)
