@@ -863,7 +863,8 @@ class _PredictScorer:
         self.decoder = decoder
         self.copies = copies
         self.inputs = [np.repeat(np.asarray(value)[None], copies, axis=0) for value in inputs]
-        self.output_ids = np.zeros((copies, 0), dtype=np.int32)
+        start = [] if decoder.start_id is None else [decoder.start_id]
+        self.output_ids = np.full((copies, len(start)), start, dtype=np.int32)
         self.states = None
         self.vocab_size = None
         self.banned_ids = ()
@@ -906,6 +907,9 @@ class AutoRegressiveDecoder:
         end_id: the token that ends a sequence, or None.
         max_length: default maximum number of generated tokens (end included).
         min_length: default minimum number of tokens before the end token.
+        start_id: a token that ``output_ids`` starts with (bert4keras's
+            ``start_id``), so the first ``predict`` sees ``[rows, 1]``; None
+            starts from ``[rows, 0]``. It is not part of the returned ids.
 
     Example:
         >>> class Title(AutoRegressiveDecoder):  # doctest: +SKIP
@@ -919,8 +923,13 @@ class AutoRegressiveDecoder:
 
     rtype = "probas"
 
-    def __init__(self, end_id=None, max_length=32, min_length=0):
+    def __init__(self, end_id=None, max_length=32, min_length=0, start_id=None):
         _check_lengths(max_length, min_length)
+        if start_id is not None and (not isinstance(start_id, (int, np.integer))
+                                     or start_id < 0):
+            raise ValueError(f"start_id must be a token id (int >= 0) or None, "
+                             f"got {start_id!r}")
+        self.start_id = start_id
         self.end_id = end_id
         self.max_length, self.min_length = int(max_length), int(min_length)
 

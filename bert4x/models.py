@@ -44,8 +44,9 @@ class BERT:
         layer_norm_cond_hidden_size: if set, the condition first goes through a
             bias-free ``Dense(size, layer_norm_cond_hidden_act)`` shared by all norms.
         layer_norm_cond_hidden_act: activation of that Dense.
-        additional_input_layers: extra ``keras.Input`` tensors the condition uses;
-            they become model inputs after token and segment ids.
+        additional_input_layers: extra ``keras.Input`` tensors the condition uses
+            (one tensor or a list); they become model inputs after token and
+            segment ids.
         dtype: a dtype policy for every layer (e.g. ``"mixed_bfloat16"``).
         name: name of the Keras model.
     """
@@ -64,6 +65,10 @@ class BERT:
                 raise ValueError(f"keep_tokens has ids outside the vocabulary of "
                                  f"{config.vocab_size}: {out_of_range[:10]}")
             config = config.replace(vocab_size=len(keep_tokens))
+        if additional_input_layers is None:
+            additional_input_layers = []
+        elif not isinstance(additional_input_layers, (list, tuple)):
+            additional_input_layers = [additional_input_layers]  # one tensor, as bert4keras
         if layer_norm_cond is not None and not additional_input_layers:
             raise ValueError("layer_norm_cond must be computed from additional_input_layers "
                              "(pass the keras.Input tensors it depends on)")
@@ -76,7 +81,7 @@ class BERT:
         # Generators need the MLM head: lm/unilm switch it on.
         self.with_mlm = with_mlm or application in ("lm", "unilm")
         self.keep_tokens = keep_tokens
-        self.additional_inputs = list(additional_input_layers or [])
+        self.additional_inputs = list(additional_input_layers)
         self.conditional = layer_norm_cond is not None
         self.condition_model = None
         if self.conditional:

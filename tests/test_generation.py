@@ -646,3 +646,21 @@ def test_cache_and_greedy_on_other_backends(other_backends, backend):
         elif key.startswith("greedy:"):
             assert value is True, key
     assert len(results) == 9
+
+
+def test_start_id_is_what_the_first_predict_sees():
+    class LastTokenPlusOne(AutoRegressiveDecoder):
+        rtype = "logits"
+
+        def predict(self, inputs, output_ids, states):
+            # bert4keras scripts read output_ids[:, -1], which needs a start token.
+            logits = np.full((len(output_ids), 6), -5.0)
+            logits[np.arange(len(output_ids)), (output_ids[:, -1] + 1) % 6] = 5.0
+            return logits
+
+    decoder = LastTokenPlusOne(end_id=5, max_length=8, start_id=2)
+    assert decoder.greedy([np.array([0])]).token_ids == [3, 4]
+    assert decoder.beam_search([np.array([0])], beam_size=2)[0].token_ids == [3, 4]
+    assert [r.token_ids for r in decoder.random_sample([np.array([0])], 2, seed=0)] == [[3, 4]] * 2
+    with pytest.raises(ValueError, match="start_id"):
+        LastTokenPlusOne(end_id=5, start_id="[CLS]")

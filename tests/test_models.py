@@ -751,3 +751,16 @@ def test_dropout_mask_statistics_and_scale():
     config = Dropout.from_config(layer.get_config()).get_config()
     assert config["rate"] == 0.1 and config["seed"] == 3
     assert not keras.ops.convert_to_numpy(Dropout(1.0)(inputs, training=True)).any()
+
+
+def test_single_additional_input_tensor():
+    # bert4keras accepts additional_input_layers=c_in (one tensor, no list).
+    label = keras.Input((), dtype="int32", name="Input-Label")
+    condition = keras.layers.Embedding(3, 8, name="Label-Embedding")(label)
+    model = build_transformer_model(
+        **dict(TINY, num_hidden_layers=1), layer_norm_cond=condition,
+        additional_input_layers=label)
+    assert [tensor.name for tensor in model.inputs][2:] == ["Input-Label"]
+    output = model.predict([np.array([[2, 5, 3]]), np.zeros((1, 3), "int32"),
+                            np.array([1])], verbose=0)
+    assert output.shape == (1, 3, TINY["hidden_size"])
