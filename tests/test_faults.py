@@ -189,3 +189,89 @@ def test_checkpoint_non_float_variable_refused(three_layer_checkpoint, tmp_path,
     with pytest.raises(ValueError, match="not a floating-point type") as error:
         build_transformer_model(checkpoint_path=str(tmp_path))
     assert repr(name) in str(error.value)
+
+
+# ------------------------------------------------------------- inputs: vocabularies
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "中", "国", "你", "好", "a", "##b"]
+
+
+def test_vocab_byte_order_mark_stripped(tmp_path):
+    from bert4x.tokenizers import Tokenizer, load_vocab
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(VOCAB) + "\n", encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_vocab(str(path)) == {token: index for index, token in enumerate(VOCAB)}
+    assert Tokenizer(str(path)).pad_id == 0
+
+
+def test_vocab_not_utf8_names_path(tmp_path):
+    from bert4x.tokenizers import Tokenizer, load_vocab
+    path = tmp_path / "vocab.txt"
+    path.write_bytes("\n".join(VOCAB[:5] + ["café"]).encode("latin-1"))
+    for read in (load_vocab, Tokenizer):
+        with pytest.raises(ValueError, match="not utf-8 text") as error:
+            read(str(path))
+        assert str(path) in str(error.value)
+
+
+# ------------------------------------------------------------- inputs: tokenizer
+@pytest.fixture(scope="module")
+def small_tokenizer():
+    from bert4x.tokenizers import Tokenizer
+    return Tokenizer({token: index for index, token in enumerate(VOCAB)})
+
+
+@pytest.mark.parametrize("maxlen", [0, 1])
+def test_tokenize_with_spans_maxlen_too_small(small_tokenizer, maxlen):
+    with pytest.raises(ValueError) as expected:
+        small_tokenizer.tokenize("中国", maxlen=maxlen)
+    with pytest.raises(ValueError) as error:
+        small_tokenizer.tokenize_with_spans("中国", maxlen=maxlen)
+    assert str(error.value) == str(expected.value)
+    assert f"maxlen={maxlen}" in str(error.value)
+
+
+class _CountedToken(str):
+    """A token that counts its comparisons: ``rematch``'s work per token."""
+
+    comparisons = 0
+
+    def __eq__(self, other):
+        type(self).comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def _rematch_comparisons(tokenizer, size):
+    text, tokens = "中" * size, [_CountedToken("你")] * size  # no token occurs in text
+    _CountedToken.comparisons = 0
+    assert tokenizer.rematch(text, tokens) == [None] * size
+    return _CountedToken.comparisons
+
+
+def test_rematch_linear_when_tokens_do_not_occur(small_tokenizer):
+    """Twice the tokens cost twice the comparisons (quadratic search cost four times)."""
+    small, large = (_rematch_comparisons(small_tokenizer, size) for size in (300, 600))
+    assert large <= 2.2 * small, (small, large)
+    assert small <= 10 * 300
+
+
+def test_rematch_matches_brute_force(small_tokenizer):
+    """Token lists with tokens removed, inserted and swapped map as a first-occurrence
+    scan from the last matched position says."""
+    rng = np.random.default_rng(0)
+    text = "你好中国 ab 中a 你好 [MASK] 国中好你 aab " * 3
+    own = small_tokenizer.tokenize(text)
+    own_spans = small_tokenizer.rematch(text, own)
+    for _ in range(200):
+        tokens = [token for token in own[1:-1] if rng.random() > 0.3]
+        for _ in range(rng.integers(0, 4)):
+            tokens.insert(int(rng.integers(0, len(tokens) + 1)), str(rng.choice(VOCAB[4:])))
+        expected, position = [], 0
+        body, spans = own[1:-1], own_spans[1:-1]
+        for token in tokens:
+            found = next((i for i in range(position, len(body)) if body[i] == token), None)
+            expected.append(None if found is None else spans[found])
+            position = position if found is None else found + 1
+        assert small_tokenizer.rematch(text, tokens) == expected
