@@ -275,3 +275,109 @@ def test_rematch_matches_brute_force(small_tokenizer):
             expected.append(None if found is None else spans[found])
             position = position if found is None else found + 1
         assert small_tokenizer.rematch(text, tokens) == expected
+
+
+# ------------------------------------------------------------- inputs: decoder
+END = 3
+
+
+@pytest.fixture(scope="module")
+def unilm():
+    """A random 2-layer UniLM with 64 positions and 2 segments."""
+    from bert4x.models import build_transformer_model
+    return build_transformer_model(**TINY_CONFIG, application="unilm",
+                                   return_keras_model=False)
+
+
+@pytest.fixture(scope="module")
+def nan_unilm():
+    """The same model with one NaN weight: every score it gives is NaN."""
+    from bert4x.models import build_transformer_model
+    builder = build_transformer_model(**TINY_CONFIG, application="unilm",
+                                      return_keras_model=False)
+    gamma = builder.embedding_norm.gamma
+    gamma.assign(np.full(tuple(gamma.shape), np.nan, np.float32))
+    return builder
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(end_id=0), "end_id 0 is the padding id"),
+    (dict(end_id=END, target_segment_id=2), r"target_segment_id .*0\.\.1.* got 2"),
+    (dict(end_id=END, target_segment_id=-1), "target_segment_id"),
+    (dict(end_id=END, target_segment_id=True), "target_segment_id"),
+    (dict(end_id=END, max_length=True), "max_length"),
+])
+def test_decoder_settings_refused(unilm, settings, message):
+    from bert4x.decoding import Decoder
+    with pytest.raises(ValueError, match=message):
+        Decoder(unilm, **settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(length_penalty=math.nan), "length_penalty must be a finite number, got nan"),
+    (dict(length_penalty=math.inf), "length_penalty must be a finite number, got inf"),
+    (dict(beam_size=True), "beam_size must be a positive integer, got True"),
+    (dict(beam_size=2, num_return=True), "num_return"),
+])
+def test_beam_settings_refused(unilm, settings, message):
+    from bert4x.decoding import AutoRegressiveDecoder, Decoder
+    with pytest.raises(ValueError, match=message):
+        Decoder(unilm, end_id=END, max_length=3).beam_search([[2, 5, 3]], **settings)
+    with pytest.raises(ValueError, match=message):  # the bert4keras route too
+        AutoRegressiveDecoder(end_id=END).beam_search([np.array([2])], **settings)
+
+
+def test_decoder_nan_scores_named(nan_unilm):
+    from bert4x.decoding import Decoder
+    decoder = Decoder(nan_unilm, end_id=END, max_length=3)
+    for run in (decoder.greedy, decoder.beam_search, decoder.sample):
+        with pytest.raises(ValueError, match="the model produced NaN/inf scores at step 0"):
+            run([[2, 5, 3]])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_predict_route_nan_scores_named(bad):
+    from bert4x.decoding import AutoRegressiveDecoder
+
+    class Broken(AutoRegressiveDecoder):
+        rtype = "logits"
+
+        def predict(self, inputs, output_ids, states):
+            scores = np.zeros((len(output_ids), 6))
+            scores[:, 4] = bad if output_ids.shape[1] == 1 else 0.0
+            return scores
+
+    with pytest.raises(ValueError, match="NaN/inf scores at step 1"):
+        Broken(end_id=END, max_length=3, min_length=3).greedy([np.array([2])])
+
+
+def test_beam_search_constraint_allowing_nothing(unilm):
+    from bert4x.decoding import AutoRegressiveDecoder, Decoder
+    decoder = Decoder(unilm, end_id=END, max_length=4)
+    with pytest.raises(ValueError, match=r"no token is allowed after prefix \[\] of source 0"):
+        decoder.beam_search([[2, 5, 3]], beam_size=2, constraint=lambda index, prefix: [])
+    with pytest.raises(ValueError, match=r"no token is allowed after prefix \[7\] of source 1"):
+        decoder.beam_search([[2, 5, 3], [2, 6, 3]], beam_size=2,
+                            constraint=lambda index, prefix: [] if index and prefix
+                            else [7, END])
+
+    class Uniform(AutoRegressiveDecoder):
+        def predict(self, inputs, output_ids, states):
+            return np.full((len(output_ids), 6), 1 / 6)
+
+    with pytest.raises(ValueError, match="no token is allowed"):
+        Uniform(end_id=END, max_length=3).beam_search(
+            [np.array([2])], beam_size=2, constraint=lambda index, prefix: [])
+
+
+def test_decoder_position_boundary(unilm):
+    """57 source tokens and 8 new ones use positions 0..63: the 8th is never fed."""
+    from bert4x.decoding import Decoder
+    decoder = Decoder(unilm, end_id=END, max_length=8, min_length=8)
+    source = [2] + [5] * 55 + [3]
+    result = decoder.greedy([source])[0]
+    assert len(result.token_ids) == 8 and not result.ended
+    assert len(decoder.beam_search([source], beam_size=2)[0][0].token_ids) == 8
+    with pytest.raises(ValueError, match="a source of 58 tokens plus max_length 8 new "
+                                         r"tokens needs 65 positions .* has 64"):
+        decoder.greedy([[2] + [5] * 56 + [3]])
