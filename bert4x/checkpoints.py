@@ -93,15 +93,26 @@ def hugging_face_names(google_name):
 
 
 class _Reader:
-    """Uniform access to the arrays of a checkpoint: ``names``, ``shape``, ``get``."""
+    """Uniform access to the arrays of a checkpoint: ``names``, ``shape``, ``get``.
 
-    def __init__(self, path, fmt, names, shape_fn, get_fn):
+    ``dtype_fn(name)`` gives the stored dtype as a string and whether it is a
+    floating-point type.
+    """
+
+    def __init__(self, path, fmt, names, shape_fn, get_fn, dtype_fn):
         self.path, self.format = path, fmt
         self.names = set(names)
-        self._shape, self._get = shape_fn, get_fn
+        self._shape, self._get, self._dtype = shape_fn, get_fn, dtype_fn
 
     def shape(self, name):
         return tuple(self._shape(name))
+
+    def check_float(self, name):
+        """Refuse a variable stored as a string, integer, bool or complex number."""
+        dtype, is_float = self._dtype(name)
+        if not is_float:
+            raise ValueError(f"checkpoint {self.path}: variable {name!r} is stored as "
+                             f"{dtype}, not a floating-point type; it cannot be a weight")
 
     def get(self, name):
         try:
@@ -161,7 +172,12 @@ def open_checkpoint(path):
                 return _read_bfloat16(local, name)
             return handle.get_tensor(name)
 
-        reader = _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(), get)
+        def dtype(name):
+            code = handle.get_slice(name).get_dtype()  # "F32", "BF16", "I64", "C64", ...
+            return code, code.startswith(("F", "BF"))
+
+        reader = _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(), get,
+                         dtype)
         if local != path:
             weakref.finalize(reader, os.remove, local)
         return reader
@@ -171,10 +187,12 @@ def open_checkpoint(path):
         # would take a prefix for a folder on file systems like ram://).
         reader = tf.compat.v1.train.NewCheckpointReader(path)
         shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
     except Exception as error:
         raise ValueError(f"cannot read TF checkpoint {path}: {error}") from error
     names = [n for n in shapes if not n.split("/")[-1].startswith(_OPTIMIZER_SUFFIXES)]
-    return _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor)
+    return _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor,
+                   lambda n: (dtypes[n].name, dtypes[n].is_floating))
 
 
 def _local_copy(path):
@@ -210,18 +228,39 @@ def _lookup(reader, google_name):
     return None, False
 
 
-def load_weights(builder, path, allow_missing_heads=False):
+def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights=False):
     """Assign every mapped variable of ``builder`` from the checkpoint at ``path``.
+
+    Checkpoint variables in the model's own scope that nothing consumes (say
+    ``bert/encoder/layer_2/...`` of a 3-layer checkpoint loaded with
+    ``num_hidden_layers: 2``) mean the config does not describe the checkpoint,
+    so they are an error. The model's own scope is every group of names it
+    reads from: ``bert/embeddings/``, ``bert/encoder/``, and the ``bert/pooler/``,
+    ``cls/predictions/`` and ``cls/seq_relationship/`` heads only when the model
+    has them (the same groups spelled the Hugging Face way in safetensors).
+    Variables outside it are left alone: heads the model did not ask for (an
+    encoder loaded from a pretraining checkpoint), optimizer slots, a fine-tuned
+    classifier's own layers.
+
+    Args:
+        builder: a :class:`bert4x.models.BERT`.
+        path: checkpoint prefix, ``.safetensors`` file, or a folder holding one.
+        allow_missing_heads: let a head the checkpoint lacks keep its initial values.
+        ignore_unused_weights: warn about, instead of refusing, unconsumed
+            variables in the model's own scope.
 
     Raises:
         FileNotFoundError: no checkpoint there.
         ValueError: a missing variable, a shape mismatch (naming both shapes), a
-            vocabulary size that differs from the config, or a corrupt file.
+            vocabulary size that differs from the config, a variable stored as a
+            non-float dtype, unused variables in the model's own scope, or a
+            corrupt file.
     """
     reader = open_checkpoint(path)
     keep_tokens = builder.keep_tokens
+    pairs = variable_map(builder)
     missing_heads, assignments = [], []
-    for google_name, variable, kind in variable_map(builder):
+    for google_name, variable, kind in pairs:
         name, transpose = _lookup(reader, google_name)
         if name is None:
             if allow_missing_heads and google_name.startswith(_HEADS):
@@ -231,6 +270,7 @@ def load_weights(builder, path, allow_missing_heads=False):
                     if google_name.startswith(_HEADS) else "")
             raise ValueError(f"checkpoint {reader.path} has no variable {google_name!r} "
                              f"(format {reader.format}){hint}")
+        reader.check_float(name)
         shape = reader.shape(name)
         if transpose or kind == "transposed":
             shape = shape[::-1]
@@ -241,14 +281,15 @@ def load_weights(builder, path, allow_missing_heads=False):
                     f"{reader.path} has only {shape[0]} rows")
             shape = (len(keep_tokens),) + shape[1:]
         expected = tuple(variable.shape)
+        if kind == "vocab" and shape[:1] != expected[:1]:
+            raise ValueError(
+                f"vocabulary size mismatch: {name!r} in {reader.path} has "
+                f"{shape[0]} rows but the config's vocab_size gives {expected[0]}")
         if shape != expected:
-            if kind == "vocab":
-                raise ValueError(
-                    f"vocabulary size mismatch: {name!r} in {reader.path} has "
-                    f"{shape[0]} rows but the config's vocab_size gives {expected[0]}")
             raise ValueError(f"shape mismatch for {name!r} in {reader.path}: checkpoint "
                              f"{shape}, model variable {variable.path} expects {expected}")
         assignments.append((name, variable, kind, transpose))
+    _check_unused(reader, pairs, {name for name, *_ in assignments}, ignore_unused_weights)
     for name, variable, kind, transpose in assignments:
         value = reader.get(name)
         if transpose or kind == "transposed":
@@ -259,6 +300,34 @@ def load_weights(builder, path, allow_missing_heads=False):
     if missing_heads:
         warnings.warn(f"checkpoint {reader.path} lacks these head variables, which keep "
                       f"their initial values: {missing_heads}", stacklevel=3)
+
+
+# Hugging Face files may hold a tied copy of the word embeddings and a buffer of
+# position ids; neither is a weight of its own.
+_HUGGING_FACE_EXTRAS = ("cls.predictions.decoder.weight", "embeddings.position_ids")
+
+
+def _check_unused(reader, pairs, consumed, ignore):
+    """Refuse (or with ``ignore``, warn about) unconsumed names in the model's scope."""
+    groups = {"/".join(google_name.split("/")[:2]) + "/" for google_name, _, _ in pairs}
+    accounted = set(consumed)
+    if reader.format == "safetensors":
+        groups = {group.replace("/", ".") for group in groups}
+        groups |= {group[len("bert."):] for group in groups if group.startswith("bert.")}
+        for google_name, _, _ in pairs:  # aliases, such as the two MLM bias spellings
+            accounted.update(hugging_face_names(google_name)[0])
+    unused = sorted(name for name in reader.names
+                    if name.startswith(tuple(groups)) and name not in accounted
+                    and not name.endswith(_HUGGING_FACE_EXTRAS))
+    if not unused:
+        return
+    message = (f"checkpoint {reader.path} holds {len(unused)} variables in the model's "
+               f"own scope that the model does not use (does the config match the "
+               f"checkpoint, e.g. num_hidden_layers?): {unused[:20]}"
+               f"{' ...' if len(unused) > 20 else ''}")
+    if not ignore:
+        raise ValueError(message + "; pass ignore_unused_weights=True to load anyway")
+    warnings.warn(message, stacklevel=4)
 
 
 def save_checkpoint(builder, directory, vocab=None):

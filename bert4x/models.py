@@ -309,15 +309,20 @@ class BERT:
             [logits, ops.stack(caches, axis=1)], name=f"{self.name}_step")
 
     # -------------------------------------------------------------- checkpoints
-    def load_checkpoint(self, path, allow_missing_heads=False):
+    def load_checkpoint(self, path, allow_missing_heads=False, ignore_unused_weights=False):
         """Load a Google TF checkpoint or Hugging Face safetensors by variable name.
 
         Args:
             path: checkpoint prefix, ``.safetensors`` file, or a directory holding one.
             allow_missing_heads: let a pooler/MLM/NSP head that the checkpoint lacks
                 keep its initial values (listed in a warning) instead of failing.
+            ignore_unused_weights: load a checkpoint that holds more than the model
+                uses in its own scope (e.g. more layers than ``num_hidden_layers``),
+                with a warning listing them, instead of failing. Heads the model
+                did not ask for are never an error.
         """
-        checkpoints.load_weights(self, path, allow_missing_heads=allow_missing_heads)
+        checkpoints.load_weights(self, path, allow_missing_heads=allow_missing_heads,
+                                 ignore_unused_weights=ignore_unused_weights)
 
     def variable_map(self):
         """``[(google_name, keras_variable, kind)]`` for every mapped weight."""
@@ -354,7 +359,8 @@ MODELS = {"bert": BERT}
 def build_transformer_model(config_path=None, checkpoint_path=None, model="bert",
                             application="encoder", with_pool=False, with_nsp=False,
                             with_mlm=False, keep_tokens=None, return_keras_model=True,
-                            allow_missing_heads=False, layer_norm_cond=None,
+                            allow_missing_heads=False, ignore_unused_weights=False,
+                            layer_norm_cond=None,
                             layer_norm_cond_hidden_size=None, layer_norm_cond_hidden_act=None,
                             additional_input_layers=None, dtype=None, **overrides):
     """Build a BERT-family Keras model, optionally loading pretrained weights.
@@ -373,6 +379,11 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
             gives the incremental-decoding graphs.
         allow_missing_heads: start heads the checkpoint lacks from their initialiser
             (with a warning naming them) instead of raising.
+        ignore_unused_weights: load a checkpoint holding variables in the model's
+            own scope that the model does not use (e.g. a 3-layer checkpoint with
+            ``num_hidden_layers=2``), with a warning listing them, instead of
+            raising. Heads the model did not ask for (``cls/*``, the pooler) are
+            never an error.
         layer_norm_cond, layer_norm_cond_hidden_size, layer_norm_cond_hidden_act,
             additional_input_layers: Conditional Layer Normalization (see :class:`BERT`).
         dtype: a Keras dtype policy name such as ``"mixed_bfloat16"``.
@@ -407,7 +418,8 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         layer_norm_cond_hidden_act=layer_norm_cond_hidden_act,
         additional_input_layers=additional_input_layers, dtype=dtype)
     if checkpoint_path is not None:
-        builder.load_checkpoint(checkpoint_path, allow_missing_heads=allow_missing_heads)
+        builder.load_checkpoint(checkpoint_path, allow_missing_heads=allow_missing_heads,
+                                ignore_unused_weights=ignore_unused_weights)
     return builder.model if return_keras_model else builder
 
 
