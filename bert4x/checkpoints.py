@@ -1,7 +1,8 @@
 """Read and write BERT weights by name: Google TF checkpoints and Hugging Face safetensors.
 
-Every Keras variable is paired with its official Google name (DESIGN section 3);
-Hugging Face names are derived from it. Nothing is matched by position.
+Every Keras variable is paired with its official Google name (the table of
+``docs/model.md``); Hugging Face names are derived from it. Nothing is matched by
+position.
 """
 
 import contextlib

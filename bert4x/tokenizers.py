@@ -5,7 +5,8 @@
 
 1. Clean: drop U+0000, U+FFFD and control characters (category Cc or Cf, except
    ``\\t \\n \\r``); space, ``\\t``, ``\\n``, ``\\r`` and category Zs become a space.
-2. Put spaces around every CJK ideograph (the eight blocks of DESIGN section 7).
+2. Put spaces around every CJK ideograph (the eight blocks of ``_CJK_RANGES``,
+   listed in ``docs/tokenizer.md``).
 3. Split on whitespace (Python's ``str.split``, so U+2028/U+2029 split too). With
    ``do_lower_case``: ``str.lower()``, NFD, drop category Mn. Then split off every
    punctuation character (ASCII 33-47, 58-64, 91-96, 123-126, or category P*).
@@ -40,7 +41,7 @@ tests of their own in ``tests/test_tokenizers.py``; bert4x follows Google in eac
 * Unicode version. The Rust tokenizer carries older Unicode tables than Python's
   ``unicodedata``: recent punctuation (U+2E4E), format characters (U+0891) and
   marks whose category changed (U+1734, Mn -> Mc) are classified differently.
-One setting follows HF and DESIGN section 7 rather than Google's code: words
+One setting follows HF rather than Google's code: words
 longer than 100 characters become ``[UNK]``, while Google's ``WordpieceTokenizer``
 defaults to 200 (``FullTokenizer`` never overrides it). Pass
 ``max_word_chars=200`` to reproduce Google's code exactly.

@@ -150,7 +150,7 @@ def assert_same_ranking(results, expected, count):
 
 # ----------------------------------------------------------------------- masks
 def rule_mask(token_ids, segment_ids, application):
-    """DESIGN section 4, written as loops."""
+    """The mask rules of docs/model.md ("Attention masks"), written as loops."""
     batch, length = token_ids.shape
     allowed = np.zeros((batch, length, length), bool)
     for b in range(batch):

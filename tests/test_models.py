@@ -45,7 +45,7 @@ TOL = 1e-4
 
 # --------------------------------------------------------------------------- helpers
 def google_weights(config, seed, heads=True):
-    """Random weights under the official Google names (DESIGN section 3), float32."""
+    """Random weights under the official Google names (docs/model.md), float32."""
     rng = np.random.default_rng(seed)
     V, H, I = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
     P, T = config["max_position_embeddings"], config["type_vocab_size"]
