@@ -618,3 +618,52 @@ def test_decoder_position_boundary(unilm):
     with pytest.raises(ValueError, match="a source of 58 tokens plus max_length 8 new "
                                          r"tokens needs 65 positions .* has 64"):
         decoder.greedy([[2] + [5] * 56 + [3]])
+
+
+# ------------------------------------------------ files: ensure_pretrained trains once
+_ENSURE_WORKER = r"""
+import os, sys, time, types
+shared, name = sys.argv[1], sys.argv[2]
+
+def run_pretraining(config, log):
+    # Stands in for the trainer: records that it ran, writes the export slowly so
+    # that a caller that did not wait would see it half written.
+    with open(os.path.join(shared, "trainings"), "a") as file:
+        file.write(name + "\n")
+    export = config.export_dir()
+    os.makedirs(export, exist_ok=True)
+    for file_name in ("bert_config.json", "bert_model.ckpt.index", "vocab.txt"):
+        time.sleep(0.7)
+        with open(os.path.join(export, file_name), "w") as file:
+            file.write(name)
+    return {"export_dir": export}
+
+sys.modules["bert4x.pretraining.trainer"] = types.SimpleNamespace(
+    run_pretraining=run_pretraining)
+from bert4x.pretraining import ensure_pretrained
+
+open(os.path.join(shared, name + ".ready"), "w").close()
+while not all(os.path.exists(os.path.join(shared, n + ".ready")) for n in ("a", "b")):
+    time.sleep(0.01)  # start both calls together
+folder = ensure_pretrained({"name": "tiny", "vocab": "chinese", "train_steps": 1,
+                            "warmup_steps": 0},
+                           output_dir=os.path.join(shared, "run"), log=print)
+print("folder:", folder, open(os.path.join(folder, "vocab.txt")).read())
+"""
+
+
+def test_ensure_pretrained_concurrent_calls_train_once(tmp_path):
+    import subprocess
+    import sys
+    workers = [subprocess.Popen([sys.executable, "-c", _ENSURE_WORKER, str(tmp_path), name],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for name in ("a", "b")]
+    outputs = [worker.communicate(timeout=120)[0] for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), outputs
+    trainings = (tmp_path / "trainings").read_text().split()
+    assert len(trainings) == 1, outputs
+    # Both return the trainer's complete export, and the other one really waited.
+    expected = f"folder: {tmp_path / 'run' / 'export'} {trainings[0]}"
+    assert [output.strip().splitlines()[-1] for output in outputs] == [expected] * 2
+    assert sum("waiting for another process" in output for output in outputs) == 1, outputs
+    assert (tmp_path / "run" / "result.json").exists()
