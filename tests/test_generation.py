@@ -150,7 +150,7 @@ def assert_same_ranking(results, expected, count):
 
 # ----------------------------------------------------------------------- masks
 def rule_mask(token_ids, segment_ids, application):
-    """DESIGN section 4, written as loops."""
+    """The mask rules of docs/model.md ("Attention masks"), written as loops."""
     batch, length = token_ids.shape
     allowed = np.zeros((batch, length, length), bool)
     for b in range(batch):
@@ -600,7 +600,7 @@ def test_bad_settings_raise_clear_errors(unilm):
         (lambda: decoder.greedy([]), "non-empty"),
         (lambda: decoder.greedy([[2, 5, 3], [2, 99, 3]]), "source 1 has ids outside"),
         (lambda: decoder.greedy([[2] * 30], max_length=20),
-         "30 tokens plus max_length 20 .* 50 positions; the position table has 40"),
+         "30 tokens plus max_length 20 .* 49 positions .*; the position table has 40"),
         (lambda: Decoder(unilm, end_id=500), "end_id 500"),
         (lambda: decoder.sample(source, top_p=0.0), "top_p"),
         (lambda: decoder.sample(source, top_p=1.5), "top_p"),

@@ -1,5 +1,7 @@
 """bert4x.snippets: padding, truncation, segmentation and DataGenerator feeding."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -203,14 +205,32 @@ def test_to_dataset_padded_batch_equals_sequence_padding(samples):
 
 
 def test_pydataset_with_thread_workers_equals_python_batches(samples):
-    generator = PaddedBatches(samples, batch_size=4, seed=3)
-    pydataset = generator.as_pydataset(random=False, workers=2)
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    class RecordingBatches(PaddedBatches):
+        """Records the thread that builds each batch."""
+
+        threads = set()
+
+        def __iter__(self, random=False):
+            type(self).threads.add(threading.get_ident())
+            yield from super().__iter__(random)
+
+    generator = RecordingBatches(samples, batch_size=4, seed=3)
     expected = list(generator.__iter__(False))
+    RecordingBatches.threads.clear()
+    pydataset = generator.as_pydataset(random=False, workers=2)
     assert len(pydataset) == 3
-    for index in range(3):
-        x, y = pydataset[index]
-        np.testing.assert_array_equal(x, expected[index][0])
-        np.testing.assert_array_equal(y, expected[index][1])
+    # Keras's own adapter (what fit uses) runs __getitem__ on its worker threads.
+    adapter = PyDatasetAdapter(pydataset, shuffle=False)
+    adapter.on_epoch_begin()
+    batches = list(adapter.get_numpy_iterator())
+    adapter.on_epoch_end()
+    assert len(batches) == 3
+    for (x, y), (expected_x, expected_y) in zip(batches, expected):
+        np.testing.assert_array_equal(x, expected_x)
+        np.testing.assert_array_equal(y, expected_y)
+    assert RecordingBatches.threads and threading.get_ident() not in RecordingBatches.threads
     shuffled = generator.as_pydataset(random=True)
     labels = np.concatenate([shuffled[i][1][:, 0] for i in range(3)])
     assert sorted(labels) == sorted(s[1] for s in samples)

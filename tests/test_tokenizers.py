@@ -330,8 +330,9 @@ def test_spans_map_back_to_tokens(chinese, english, reviews):
 def test_spans_exact_on_simple_text(english, chinese):
     text = "Héllo, 北京! [MASK]"
     tokens, spans = english.tokenize_with_spans(text)
-    assert [text[s:e] for s, e in spans[1:-1]] == [
-        "Héllo", ",", "北", "京", "!", "[MASK]"][:len(spans) - 2]
+    assert tokens == ["[CLS]", "hello", ",", "北", "京", "!", "[MASK]", "[SEP]"]
+    assert spans[0] is None and spans[-1] is None
+    assert [text[s:e] for s, e in spans[1:-1]] == ["Héllo", ",", "北", "京", "!", "[MASK]"]
     assert chinese.rematch(text, chinese.tokenize(text)) == [
         None, (0, 5), (5, 6), (7, 8), (8, 9), (9, 10), (11, 17), None]
     assert chinese.rematch(text, chinese.tokenize(text), char_indices=True)[:3] == [
