@@ -139,7 +139,9 @@ def publish(staging, directory, names):
     old_prefix, owned = read_pointer(directory)
     present = storage.listdir(directory)
     prefix = _free_prefix(present)
-    weights = {name: prefix + name[len(WEIGHTS_BASE):] for name in storage.listdir(staging)
+    # The .index moves last: a loader that finds it finds the data files too.
+    weights = {name: prefix + name[len(WEIGHTS_BASE):]
+               for name in sorted(storage.listdir(staging), key=lambda n: n.endswith(".index"))
                if name.startswith(WEIGHTS_BASE + ".")}
     moves = [*weights.items(), *((name, name) for name in names)]
     # The journal tells a later save which names this one may have created.
