@@ -4,8 +4,9 @@ import dataclasses
 import json
 import math
 import numbers
-import os
 import warnings
+
+from bert4x import storage
 
 # Hugging Face and Google configs carry fields that do not change the encoder
 # bert4x builds (bookkeeping, generation flags, Google's unused pooler fields).
@@ -134,10 +135,10 @@ class BertConfig:
     @classmethod
     def from_json(cls, path):
         """Read a Google ``bert_config.json`` or a Hugging Face ``config.json``."""
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            with open(path, encoding="utf-8") as file:
+            with storage.open(path, encoding="utf-8") as file:
                 values = json.load(file)
         except UnicodeDecodeError as error:
             raise ValueError(f"config file {path} is not UTF-8 text (is it the JSON config? "
