@@ -1,16 +1,21 @@
 """Read and write BERT weights by name: Google TF checkpoints and Hugging Face safetensors.
 
-Every Keras variable is paired with its official Google name (DESIGN section 3);
-Hugging Face names are derived from it. Nothing is matched by position.
+Every Keras variable is paired with its official Google name (the table of
+``docs/model.md``); Hugging Face names are derived from it. Nothing is matched by
+position.
 """
 
+import contextlib
 import json
 import os
-import shutil
 import tempfile
 import warnings
+import weakref
 
 import numpy as np
+
+from bert4x import checkpoint_files, storage
+from bert4x.tokenizers import load_vocab, tokens_by_id, vocabulary_text
 
 GOOGLE_CONFIG = "bert_config.json"
 GOOGLE_CHECKPOINT = "bert_model.ckpt"
@@ -89,15 +94,26 @@ def hugging_face_names(google_name):
 
 
 class _Reader:
-    """Uniform access to the arrays of a checkpoint: ``names``, ``shape``, ``get``."""
+    """Uniform access to the arrays of a checkpoint: ``names``, ``shape``, ``get``.
 
-    def __init__(self, path, fmt, names, shape_fn, get_fn):
+    ``dtype_fn(name)`` gives the stored dtype as a string and whether it is a
+    floating-point type.
+    """
+
+    def __init__(self, path, fmt, names, shape_fn, get_fn, dtype_fn):
         self.path, self.format = path, fmt
         self.names = set(names)
-        self._shape, self._get = shape_fn, get_fn
+        self._shape, self._get, self._dtype = shape_fn, get_fn, dtype_fn
 
     def shape(self, name):
         return tuple(self._shape(name))
+
+    def check_float(self, name):
+        """Refuse a variable stored as a string, integer, bool or complex number."""
+        dtype, is_float = self._dtype(name)
+        if not is_float:
+            raise ValueError(f"checkpoint {self.path}: variable {name!r} is stored as "
+                             f"{dtype}, not a floating-point type; it cannot be a weight")
 
     def get(self, name):
         try:
@@ -109,17 +125,17 @@ class _Reader:
 
 def _find_weights(path):
     """Resolve a folder or prefix to ``(path, format)``."""
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "model.safetensors")):
-            return os.path.join(path, "model.safetensors"), "safetensors"
+    if storage.isdir(path):
+        if storage.isfile(storage.join(path, "model.safetensors")):
+            return storage.join(path, "model.safetensors"), "safetensors"
         import tensorflow as tf
         latest = tf.train.latest_checkpoint(path)
         if latest:
             return latest, "tensorflow"
-        prefix = os.path.join(path, GOOGLE_CHECKPOINT)
-        if os.path.isfile(prefix + ".index"):
+        prefix = storage.join(path, GOOGLE_CHECKPOINT)
+        if storage.isfile(prefix + ".index"):
             return prefix, "tensorflow"
-        if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+        if storage.isfile(storage.join(path, "pytorch_model.bin")):
             raise NotImplementedError(
                 f"{path}: pytorch_model.bin is not read by bert4x; convert it to "
                 "model.safetensors (safetensors.torch.save_file) or a TF checkpoint")
@@ -127,12 +143,12 @@ def _find_weights(path):
             f"no checkpoint in folder {path!r}: expected model.safetensors, a 'checkpoint' "
             f"file, or {GOOGLE_CHECKPOINT}.index")
     if path.endswith(".safetensors"):
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         return path, "safetensors"
     if path.endswith(".index"):
         path = path[: -len(".index")]
-    if not os.path.isfile(path + ".index"):
+    if not storage.isfile(path + ".index"):
         raise FileNotFoundError(
             f"checkpoint not found: {path} (expected {path}.index and its data files)")
     return path, "tensorflow"
@@ -143,8 +159,10 @@ def open_checkpoint(path):
     path, fmt = _find_weights(str(path))
     if fmt == "safetensors":
         from safetensors import safe_open
+        # safetensors maps local files only: a remote one is read from a local copy.
+        local = path if storage.is_local(path) else _local_copy(path)
         try:
-            handle = safe_open(path, framework="numpy")
+            handle = safe_open(local, framework="numpy")
             names = list(handle.keys())
         except Exception as error:
             raise ValueError(f"cannot read safetensors file {path}: {error}") from error
@@ -152,18 +170,38 @@ def open_checkpoint(path):
         def get(name):
             # NumPy has no bfloat16: widen those tensors to float32 from their bits.
             if handle.get_slice(name).get_dtype() == "BF16":
-                return _read_bfloat16(path, name)
+                return _read_bfloat16(local, name)
             return handle.get_tensor(name)
 
-        return _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(), get)
+        def dtype(name):
+            code = handle.get_slice(name).get_dtype()  # "F32", "BF16", "I64", "C64", ...
+            return code, code.startswith(("F", "BF"))
+
+        reader = _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(), get,
+                         dtype)
+        if local != path:
+            weakref.finalize(reader, os.remove, local)
+        return reader
     import tensorflow as tf
     try:
-        reader = tf.train.load_checkpoint(path)
+        # The path is a resolved prefix: open it as such (tf.train.load_checkpoint
+        # would take a prefix for a folder on file systems like ram://).
+        reader = tf.compat.v1.train.NewCheckpointReader(path)
         shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
     except Exception as error:
         raise ValueError(f"cannot read TF checkpoint {path}: {error}") from error
     names = [n for n in shapes if not n.split("/")[-1].startswith(_OPTIMIZER_SUFFIXES)]
-    return _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor)
+    return _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor,
+                   lambda n: (dtypes[n].name, dtypes[n].is_floating))
+
+
+def _local_copy(path):
+    """Download a remote file to a new local temporary file."""
+    handle, local = tempfile.mkstemp(prefix="bert4x-", suffix=".safetensors")
+    os.close(handle)
+    storage.copy(path, local, overwrite=True)
+    return local
 
 
 def _read_bfloat16(path, name):
@@ -191,18 +229,39 @@ def _lookup(reader, google_name):
     return None, False
 
 
-def load_weights(builder, path, allow_missing_heads=False):
+def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights=False):
     """Assign every mapped variable of ``builder`` from the checkpoint at ``path``.
+
+    Checkpoint variables in the model's own scope that nothing consumes (say
+    ``bert/encoder/layer_2/...`` of a 3-layer checkpoint loaded with
+    ``num_hidden_layers: 2``) mean the config does not describe the checkpoint,
+    so they are an error. The model's own scope is every group of names it
+    reads from: ``bert/embeddings/``, ``bert/encoder/``, and the ``bert/pooler/``,
+    ``cls/predictions/`` and ``cls/seq_relationship/`` heads only when the model
+    has them (the same groups spelled the Hugging Face way in safetensors).
+    Variables outside it are left alone: heads the model did not ask for (an
+    encoder loaded from a pretraining checkpoint), optimizer slots, a fine-tuned
+    classifier's own layers.
+
+    Args:
+        builder: a :class:`bert4x.models.BERT`.
+        path: checkpoint prefix, ``.safetensors`` file, or a folder holding one.
+        allow_missing_heads: let a head the checkpoint lacks keep its initial values.
+        ignore_unused_weights: warn about, instead of refusing, unconsumed
+            variables in the model's own scope.
 
     Raises:
         FileNotFoundError: no checkpoint there.
         ValueError: a missing variable, a shape mismatch (naming both shapes), a
-            vocabulary size that differs from the config, or a corrupt file.
+            vocabulary size that differs from the config, a variable stored as a
+            non-float dtype, unused variables in the model's own scope, or a
+            corrupt file.
     """
     reader = open_checkpoint(path)
     keep_tokens = builder.keep_tokens
+    pairs = variable_map(builder)
     missing_heads, assignments = [], []
-    for google_name, variable, kind in variable_map(builder):
+    for google_name, variable, kind in pairs:
         name, transpose = _lookup(reader, google_name)
         if name is None:
             if allow_missing_heads and google_name.startswith(_HEADS):
@@ -212,6 +271,7 @@ def load_weights(builder, path, allow_missing_heads=False):
                     if google_name.startswith(_HEADS) else "")
             raise ValueError(f"checkpoint {reader.path} has no variable {google_name!r} "
                              f"(format {reader.format}){hint}")
+        reader.check_float(name)
         shape = reader.shape(name)
         if transpose or kind == "transposed":
             shape = shape[::-1]
@@ -222,14 +282,15 @@ def load_weights(builder, path, allow_missing_heads=False):
                     f"{reader.path} has only {shape[0]} rows")
             shape = (len(keep_tokens),) + shape[1:]
         expected = tuple(variable.shape)
+        if kind == "vocab" and shape[:1] != expected[:1]:
+            raise ValueError(
+                f"vocabulary size mismatch: {name!r} in {reader.path} has "
+                f"{shape[0]} rows but the config's vocab_size gives {expected[0]}")
         if shape != expected:
-            if kind == "vocab":
-                raise ValueError(
-                    f"vocabulary size mismatch: {name!r} in {reader.path} has "
-                    f"{shape[0]} rows but the config's vocab_size gives {expected[0]}")
             raise ValueError(f"shape mismatch for {name!r} in {reader.path}: checkpoint "
                              f"{shape}, model variable {variable.path} expects {expected}")
         assignments.append((name, variable, kind, transpose))
+    _check_unused(reader, pairs, {name for name, *_ in assignments}, ignore_unused_weights)
     for name, variable, kind, transpose in assignments:
         value = reader.get(name)
         if transpose or kind == "transposed":
@@ -242,30 +303,90 @@ def load_weights(builder, path, allow_missing_heads=False):
                       f"their initial values: {missing_heads}", stacklevel=3)
 
 
-def save_checkpoint(builder, directory):
+# Hugging Face files may hold a tied copy of the word embeddings and a buffer of
+# position ids; neither is a weight of its own.
+_HUGGING_FACE_EXTRAS = ("cls.predictions.decoder.weight", "embeddings.position_ids")
+
+
+def _check_unused(reader, pairs, consumed, ignore):
+    """Refuse (or with ``ignore``, warn about) unconsumed names in the model's scope."""
+    groups = {"/".join(google_name.split("/")[:2]) + "/" for google_name, _, _ in pairs}
+    accounted = set(consumed)
+    if reader.format == "safetensors":
+        groups = {group.replace("/", ".") for group in groups}
+        groups |= {group[len("bert."):] for group in groups if group.startswith("bert.")}
+        for google_name, _, _ in pairs:  # aliases, such as the two MLM bias spellings
+            accounted.update(hugging_face_names(google_name)[0])
+    unused = sorted(name for name in reader.names
+                    if name.startswith(tuple(groups)) and name not in accounted
+                    and not name.endswith(_HUGGING_FACE_EXTRAS))
+    if not unused:
+        return
+    message = (f"checkpoint {reader.path} holds {len(unused)} variables in the model's "
+               f"own scope that the model does not use (does the config match the "
+               f"checkpoint, e.g. num_hidden_layers?): {unused[:20]}"
+               f"{' ...' if len(unused) > 20 else ''}")
+    if not ignore:
+        raise ValueError(message + "; pass ignore_unused_weights=True to load anyway")
+    warnings.warn(message, stacklevel=4)
+
+
+def save_checkpoint(builder, directory, vocab=None):
     """Write ``bert_config.json`` + ``bert_model.ckpt`` in Google's official format.
 
-    The folder is written beside its destination and moved into place, so a crash
-    leaves the previous checkpoint (or none), never a half-written one. Heads the
-    model has (pooler, MLM, NSP) are written too. Weights the official format has
-    no name for (e.g. the condition Dense layers of Conditional Layer
+    Heads the model has (pooler, MLM, NSP) are written too. Weights the official
+    format has no name for (e.g. the condition Dense layers of Conditional Layer
     Normalization) are not written, and a warning lists them.
+
+    The folder may hold other files, and an earlier save: save_checkpoint never
+    deletes or replaces a file it did not write itself, and a crash at any moment
+    leaves the folder loading the old checkpoint or the new one, complete. The new
+    checkpoint is written beside the folder and moved in file by file; the
+    ``checkpoint`` pointer file, which loaders given the folder follow, switches
+    last. The new weights get a prefix no file uses yet (``bert_model.ckpt``, or
+    ``bert_model.ckpt-<n>`` while an earlier save's weights are there), so pass
+    the folder, or the returned prefix, to loaders. Works on local disk,
+    ``gs://`` and ``ram://`` paths (see :mod:`bert4x.checkpoint_files` for the
+    exact guarantees, and :mod:`bert4x.storage` for what each file system allows).
 
     Args:
         builder: a :class:`bert4x.models.BERT` (``return_keras_model=False``).
-        directory: destination folder. An existing one is replaced only if it holds
-            nothing but a BERT checkpoint (``bert_config.json``, ``checkpoint``,
-            ``bert_model.ckpt.*``, ``vocab.txt``).
+        directory: destination folder (created if missing).
+        vocab: optional vocabulary to write as ``vocab.txt`` so the folder is
+            complete: a ``vocab.txt`` path, a ``{token: id}`` dict, a token list or
+            a :class:`bert4x.tokenizers.Tokenizer`. One with as many tokens as the
+            model has embedding rows is written as it is; a larger one (the full
+            vocabulary of a model built with ``keep_tokens``) is trimmed with the
+            builder's ``keep_tokens``, so line ``i`` names row ``i``.
 
     Returns:
-        The checkpoint prefix ``directory/bert_model.ckpt``.
+        The checkpoint prefix written, ``directory/bert_model.ckpt`` for a new folder.
 
     Raises:
-        FileExistsError: ``directory`` exists and holds other files or folders.
+        FileExistsError: the folder holds a ``checkpoint`` pointer, or a
+            ``bert_config.json``/``vocab.txt`` that differs from what would be
+            written, that save_checkpoint did not write.
+        ValueError: ``vocab`` does not match the model's embedding rows.
+
+    Example:
+        >>> token_dict, keep_tokens = load_vocab("vocab.txt", simplified=True)  # doctest: +SKIP
+        >>> builder = build_transformer_model(config, ckpt, keep_tokens=keep_tokens,
+        ...                                   return_keras_model=False)  # doctest: +SKIP
+        >>> save_checkpoint(builder, "exported/", vocab="vocab.txt")  # doctest: +SKIP
+        'exported/bert_model.ckpt'
     """
     import tensorflow as tf
-    directory = os.path.abspath(str(directory))
-    _check_replaceable(directory)
+    directory = str(directory)
+    if storage.is_local(directory):
+        directory = os.path.abspath(directory)
+    contents = {GOOGLE_CONFIG: json.dumps(builder.config.to_dict(), indent=2)}
+    if vocab is not None:
+        contents["vocab.txt"] = vocabulary_text(_vocabulary_rows(builder, vocab))
+    if storage.exists(directory) and not storage.isdir(directory):
+        raise FileExistsError(f"{directory} exists and is not a folder")
+    # What killed saves left goes first: a file of theirs is no claim of someone else.
+    checkpoint_files.clean(directory)
+    names = checkpoint_files.check_claims(directory, contents)
     pairs = variable_map(builder)
     mapped = {id(variable) for _, variable, _ in pairs}
     unwritten = [variable.path for variable in builder.model.weights
@@ -273,63 +394,50 @@ def save_checkpoint(builder, directory):
     if unwritten:
         warnings.warn(f"the official checkpoint format has no names for these weights, "
                       f"which are not written to {directory}: {unwritten}", stacklevel=2)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    staging = checkpoint_files.new_staging(directory)
     try:
-        names, tensors = [], []
+        tensor_names, tensors = [], []
         for google_name, variable, kind in pairs:
             value = np.asarray(keras_value(variable), dtype=np.float32)
-            names.append(google_name)
+            tensor_names.append(google_name)
             tensors.append(tf.constant(value.T if kind == "transposed" else value))
-        prefix = os.path.join(staging, GOOGLE_CHECKPOINT)
-        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
-                          shape_and_slices=[""] * len(names), tensors=tensors)
-        with open(os.path.join(staging, "checkpoint"), "w", encoding="utf-8") as file:
-            file.write(f'model_checkpoint_path: "{GOOGLE_CHECKPOINT}"\n'
-                       f'all_model_checkpoint_paths: "{GOOGLE_CHECKPOINT}"\n')
-        with open(os.path.join(staging, GOOGLE_CONFIG), "w", encoding="utf-8") as file:
-            json.dump(builder.config.to_dict(), file, indent=2)
-        _replace_folder(staging, directory)
+        tf.raw_ops.SaveV2(prefix=storage.join(staging, GOOGLE_CHECKPOINT),
+                          tensor_names=tensor_names,
+                          shape_and_slices=[""] * len(tensor_names), tensors=tensors)
+        for name in names:
+            storage.atomic_write(storage.join(staging, name), contents[name])
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            storage.rmtree(staging)
         raise
-    return os.path.join(directory, GOOGLE_CHECKPOINT)
+    return checkpoint_files.publish(staging, directory, names)
+
+
+def _vocabulary_rows(builder, vocab):
+    """The tokens of ``vocab`` in the order of the model's embedding rows."""
+    if isinstance(vocab, (str, os.PathLike)):
+        vocab = load_vocab(vocab)
+    vocab = getattr(vocab, "token_dict", vocab)
+    if isinstance(vocab, dict):
+        tokens = tokens_by_id(vocab)
+    elif isinstance(vocab, (list, tuple)):
+        tokens = list(vocab)
+    else:
+        raise TypeError(f"vocab must be a vocab.txt path, a {{token: id}} dict, a token list "
+                        f"or a Tokenizer, got {type(vocab).__name__}")
+    rows = int(builder.token_embedding.embeddings.shape[0])
+    keep_tokens = builder.keep_tokens
+    if len(tokens) == rows:
+        return tokens
+    if keep_tokens is not None and len(tokens) > max(keep_tokens):
+        return [tokens[index] for index in keep_tokens]
+    expected = f"{rows} tokens" + (f", or more than {max(keep_tokens)} to trim with "
+                                   "keep_tokens" if keep_tokens is not None else "")
+    raise ValueError(f"vocab has {len(tokens)} tokens but the model has {rows} embedding "
+                     f"rows: expected {expected}")
 
 
 def keras_value(variable):
     """The value of a Keras variable as NumPy, whatever the backend."""
     import keras
     return keras.ops.convert_to_numpy(variable.value)
-
-
-def _check_replaceable(directory):
-    """Refuse to replace a folder that holds more than a BERT checkpoint."""
-    if not os.path.exists(directory):
-        return
-    if not os.path.isdir(directory):
-        raise FileExistsError(f"{directory} exists and is not a folder")
-    foreign = sorted(
-        name for name in os.listdir(directory)
-        if not (name in (GOOGLE_CONFIG, "checkpoint", "vocab.txt")
-                and os.path.isfile(os.path.join(directory, name))
-                or name.startswith(GOOGLE_CHECKPOINT + "."))
-    )
-    if foreign:
-        raise FileExistsError(
-            f"{directory} exists and holds more than a BERT checkpoint ({foreign[:10]}); "
-            "save_checkpoint replaces its destination folder, so choose a new or "
-            "checkpoint-only folder")
-
-
-def _replace_folder(staging, directory):
-    """Move ``staging`` to ``directory``, replacing an existing folder."""
-    if not os.path.exists(directory):
-        os.rename(staging, directory)
-        return
-    retired = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".old-",
-                               dir=os.path.dirname(directory))
-    os.rmdir(retired)
-    os.rename(directory, retired)
-    os.rename(staging, directory)
-    shutil.rmtree(retired, ignore_errors=True)

@@ -2,8 +2,11 @@
 
 import dataclasses
 import json
-import os
+import math
+import numbers
 import warnings
+
+from bert4x import storage
 
 # Hugging Face and Google configs carry fields that do not change the encoder
 # bert4x builds (bookkeeping, generation flags, Google's unused pooler fields).
@@ -19,10 +22,34 @@ _INFORMATIONAL_KEYS = {
     "num_labels", "torchscript", "use_bfloat16", "pruned_heads", "embedding_size",
 }
 
+_POSITIVE_INTEGERS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "intermediate_size", "max_position_embeddings", "type_vocab_size")
+_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+_POSITIVE_REALS = ("initializer_range", "layer_norm_eps")
+
+
+def _is_integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value):
+    """An int or float (NaN included: the range checks refuse it), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
 
 @dataclasses.dataclass
 class BertConfig:
     """Hyper-parameters of a BERT encoder (the fields of ``bert_config.json``).
+
+    Every field is checked when the config is built: sizes and counts are
+    positive integers, the dropout probabilities are numbers in ``[0, 1)``,
+    ``initializer_range`` and ``layer_norm_eps`` are finite numbers above 0, and
+    ``hidden_act`` is an activation name bert4x knows (``"gelu"``,
+    ``"gelu_new"``, ``"relu"``, ...).
+
+    Raises:
+        ValueError: a field of the wrong type or out of range; the message names
+            the field and the value.
 
     Example:
         >>> config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
@@ -45,15 +72,35 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+        for name in _POSITIVE_INTEGERS:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_integer(value) or value < 1:
                 raise ValueError(f"config field {name} must be a positive integer, got {value!r}")
+        for name in _PROBABILITIES:
+            value = getattr(self, name)
+            if not _is_real(value) or not 0 <= value < 1:
+                raise ValueError(f"config field {name} must be a number in [0, 1), "
+                                 f"got {value!r}")
+        for name in _POSITIVE_REALS:
+            value = getattr(self, name)
+            if not _is_real(value) or not 0 < value < math.inf:
+                raise ValueError(f"config field {name} must be a finite number > 0, "
+                                 f"got {value!r}")
+        self._check_activation()
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}")
+
+    def _check_activation(self):
+        if not isinstance(self.hidden_act, str):
+            raise ValueError(f"config field hidden_act must be an activation name such as "
+                             f"'gelu', got {self.hidden_act!r}")
+        from bert4x.layers import get_activation  # imports Keras, so only when needed
+        try:
+            get_activation(self.hidden_act)
+        except ValueError as error:
+            raise ValueError(f"config field hidden_act: {error}") from None
 
     @property
     def head_size(self):
@@ -88,11 +135,14 @@ class BertConfig:
     @classmethod
     def from_json(cls, path):
         """Read a Google ``bert_config.json`` or a Hugging Face ``config.json``."""
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            with open(path, encoding="utf-8") as file:
+            with storage.open(path, encoding="utf-8") as file:
                 values = json.load(file)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"config file {path} is not UTF-8 text (is it the JSON config? "
+                             f"{error})") from error
         except json.JSONDecodeError as error:
             raise ValueError(f"config file {path} is not valid JSON: {error}") from error
         if not isinstance(values, dict):

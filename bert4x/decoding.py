@@ -65,10 +65,20 @@ class GenerationResult:
 
 
 # --------------------------------------------------------------------- settings
+# Id 0 is padding to the cached model: its key is masked, so a generated 0 would
+# not mean in the cache what it means in a full run, and the Decoder never emits it.
+_PAD_ID = 0
+
+
+def _is_int(value):
+    """An integer, but not a bool (``beam_size=True`` is a mistake, not 1)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_lengths(max_length, min_length):
-    if not isinstance(max_length, (int, np.integer)) or max_length < 1:
+    if not _is_int(max_length) or max_length < 1:
         raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
-    if not isinstance(min_length, (int, np.integer)) or min_length < 0:
+    if not _is_int(min_length) or min_length < 0:
         raise ValueError(f"min_length must be a non-negative integer, got {min_length!r}")
     if max_length < min_length:
         raise ValueError(f"max_length ({max_length}) is smaller than min_length "
@@ -78,14 +88,14 @@ def _check_lengths(max_length, min_length):
 def _check_end_id(end_id, vocab_size):
     if end_id is None:
         return None
-    if not isinstance(end_id, (int, np.integer)) or not 0 <= end_id < vocab_size:
+    if not _is_int(end_id) or not 0 <= end_id < vocab_size:
         raise ValueError(f"end_id {end_id!r} is not a token id of the vocabulary "
                          f"(0..{vocab_size - 1})")
     return int(end_id)
 
 
 def _check_sampling(n, temperature, top_k, top_p):
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    if not _is_int(n) or n < 1:
         raise ValueError(f"n (samples per source) must be a positive integer, got {n!r}")
     _check_filter(temperature, top_k, top_p)
 
@@ -93,18 +103,21 @@ def _check_sampling(n, temperature, top_k, top_p):
 def _check_filter(temperature, top_k, top_p):
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
-def _check_beam(beam_size, num_return):
-    if not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
+def _check_beam(beam_size, num_return, length_penalty):
+    if not _is_int(beam_size) or beam_size < 1:
         raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
-    if not isinstance(num_return, (int, np.integer)) or not 1 <= num_return <= beam_size:
+    if not _is_int(num_return) or not 1 <= num_return <= beam_size:
         raise ValueError(f"num_return must be between 1 and beam_size ({beam_size}), "
                          f"got {num_return!r}")
+    if (not isinstance(length_penalty, (int, float, np.number))
+            or isinstance(length_penalty, bool) or not np.isfinite(length_penalty)):
+        raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
 
 
 # ----------------------------------------------------------------- filtering
@@ -213,7 +226,8 @@ def _to_log_probs(scores, kind):
         with np.errstate(divide="ignore"):
             return np.log(scores)
     if kind == "logits":
-        return scores - _logsumexp(scores, axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore"):  # inf logits: NaN, named by the step rules
+            return scores - _logsumexp(scores, axis=-1, keepdims=True)
     if kind == "log_probs":
         return scores
     raise ValueError(f"rtype must be 'probas', 'logits' or 'log_probs', got {kind!r}")
@@ -232,8 +246,15 @@ class _StepRules:
         self.vocab_size = None
 
     def apply(self, log_probs, step, prefixes, live):
+        """The rules applied to the scores of every unit.
+
+        Raises:
+            ValueError: a live unit's scores hold NaN or +inf (the model is
+                broken), or the rules leave a live unit no token at all.
+        """
         log_probs = np.array(log_probs, dtype=np.float64)
         self.vocab_size = log_probs.shape[1]
+        self._check_scores(log_probs, step, prefixes, live)
         if self.banned_ids:
             log_probs[:, self.banned_ids] = -np.inf
         if self.end_id is not None and step < self.min_length:
@@ -242,7 +263,23 @@ class _StepRules:
             for unit in np.flatnonzero(live):
                 allowed = self._allowed(self.unit_source[unit], prefixes[unit])
                 log_probs[unit, ~allowed] = -np.inf
+        stuck = live & ~np.isfinite(log_probs).any(axis=1)
+        if stuck.any():
+            unit = int(np.flatnonzero(stuck)[0])
+            raise ValueError(
+                f"no token is allowed after prefix {prefixes[unit]} of source "
+                f"{self.unit_source[unit]} (the constraint and min_length exclude all)")
         return log_probs
+
+    def _check_scores(self, log_probs, step, prefixes, live):
+        # -inf is a token the model rules out; NaN or +inf is a broken model.
+        broken = live & (np.isnan(log_probs) | (log_probs == np.inf)).any(axis=1)
+        if broken.any():
+            unit = int(np.flatnonzero(broken)[0])
+            raise ValueError(
+                f"the model produced NaN/inf scores at step {step} (source "
+                f"{self.unit_source[unit]}, prefix {prefixes[unit]}); check its weights "
+                "and config (e.g. layer_norm_eps) and the inputs")
 
     def _allowed(self, source_index, prefix):
         result = self.constraint(int(source_index), list(prefix))
@@ -376,12 +413,6 @@ def _ancestral(scorer, num_sources, copies, max_length, min_length, end_id, cons
     log_probs = scorer.first()
     for step in range(max_length):
         ruled = rules.apply(log_probs, step, prefixes, live)
-        stuck = live & ~np.isfinite(ruled).any(axis=1)
-        if stuck.any():
-            unit = int(np.flatnonzero(stuck)[0])
-            raise ValueError(
-                f"no token is allowed after prefix {prefixes[unit]} of source "
-                f"{unit_source[unit]} (the constraint and min_length exclude all)")
         ruled[~live] = 0.0  # finished units keep running; what they pick is ignored
         tokens = choose(ruled, live)
         for unit in np.flatnonzero(live):
@@ -652,9 +683,7 @@ class _CachedScorer:
                            for extra in self.member_extras]
         self.step = 0
         self.cache = None
-        # Id 0 is padding to the model (its key is masked in a full run), so a
-        # generated 0 would not mean what it means in the cache: never emit it.
-        self.banned_ids = (0,)
+        self.banned_ids = (_PAD_ID,)
         self.step_function = compiled.step_function()
 
     def first(self):
@@ -717,11 +746,20 @@ class Decoder:
         builder: the :class:`bert4x.models.BERT` builder
             (``build_transformer_model(..., return_keras_model=False)``).
         end_id: the token that ends a sequence (``[SEP]`` for UniLM), or None.
+            Not 0: id 0 is padding, which the decoder never generates.
         max_length: default maximum number of generated tokens (end included).
+            A source of ``L`` tokens needs ``L + max_length - 1`` positions
+            (the last generated token is never fed), at most
+            ``max_position_embeddings``.
         min_length: default minimum number of tokens before the end token.
         target_segment_id: segment id of generated tokens (default 1 for UniLM,
-            0 for LM).
+            0 for LM), below the model's ``type_vocab_size``.
         jit_compile: TensorFlow only: compile the step with XLA.
+
+    Raises:
+        ValueError: a setting out of range (named), and while decoding: a model
+            that produces NaN/inf scores, or a constraint (with ``min_length``)
+            that allows no token after some prefix.
 
     Example:
         >>> builder = build_transformer_model(config_path, checkpoint_path,  # doctest: +SKIP
@@ -740,10 +778,20 @@ class Decoder:
         self.vocab_size = builder.config.vocab_size
         self.max_positions = builder.config.max_position_embeddings
         self.end_id = _check_end_id(end_id, self.vocab_size)
+        if self.end_id == _PAD_ID:
+            raise ValueError(
+                f"end_id {_PAD_ID} is the padding id, which the decoder never generates, "
+                "so no sequence would end; pass the end token's id (e.g. "
+                "tokenizer.token_to_id('[SEP]'))")
         _check_lengths(max_length, min_length)
         self.max_length, self.min_length = int(max_length), int(min_length)
         if target_segment_id is None:
             target_segment_id = 1 if builder.application == "unilm" else 0
+        segments = builder.config.type_vocab_size
+        if not _is_int(target_segment_id) or not 0 <= target_segment_id < segments:
+            raise ValueError(f"target_segment_id must be a segment id of the model "
+                             f"(0..{segments - 1}, type_vocab_size {segments}), "
+                             f"got {target_segment_id!r}")
         self.target_segment_id = int(target_segment_id)
         self.jit_compile = bool(jit_compile)
 
@@ -762,11 +810,13 @@ class Decoder:
         extras = self._extras(additional_inputs, len(sizes))
         negative = self._negative(guidance or {}, sources, additional_inputs, len(sizes))
         longest = max(len(m) for m in members + (negative.members if negative else []))
-        if longest + max_length > self.max_positions:
+        # The last generated token is never fed to the model, so it takes no position.
+        needed = longest + max_length - 1
+        if needed > self.max_positions:
             raise ValueError(
                 f"a source of {longest} tokens plus max_length {max_length} new tokens "
-                f"needs {longest + max_length} positions; the position table has "
-                f"{self.max_positions}")
+                f"needs {needed} positions (the last new token is never fed); the "
+                f"position table has {self.max_positions} (max_position_embeddings)")
         compiled = _compiled_models(self.builder, self.jit_compile)
         scorer = _CachedScorer(compiled, members, owner, sizes, copies, max_length,
                                self.target_segment_id, extras, self.vocab_size, negative)
@@ -875,7 +925,7 @@ class Decoder:
         Example:
             >>> decoder.beam_search([[2, 7, 9, 3]], beam_size=4)[0][0].token_ids  # doctest: +SKIP
         """
-        _check_beam(beam_size, num_return)
+        _check_beam(beam_size, num_return, length_penalty)
         max_length, min_length = self._defaults(max_length, min_length)
         scorer, count = self._scorer(sources, beam_size, max_length, min_length,
                                      additional_inputs, _guidance_arguments(guidance))
@@ -920,7 +970,8 @@ class _PredictScorer:
         self.decoder = decoder
         self.copies = copies
         self.inputs = [np.repeat(np.asarray(value)[None], copies, axis=0) for value in inputs]
-        self.output_ids = np.zeros((copies, 0), dtype=np.int32)
+        start = [] if decoder.start_id is None else [decoder.start_id]
+        self.output_ids = np.full((copies, len(start)), start, dtype=np.int32)
         self.states = None
         self.vocab_size = None
         self.banned_ids = ()
@@ -963,6 +1014,9 @@ class AutoRegressiveDecoder:
         end_id: the token that ends a sequence, or None.
         max_length: default maximum number of generated tokens (end included).
         min_length: default minimum number of tokens before the end token.
+        start_id: a token that ``output_ids`` starts with (bert4keras's
+            ``start_id``), so the first ``predict`` sees ``[rows, 1]``; None
+            starts from ``[rows, 0]``. It is not part of the returned ids.
 
     Example:
         >>> class Title(AutoRegressiveDecoder):  # doctest: +SKIP
@@ -976,8 +1030,13 @@ class AutoRegressiveDecoder:
 
     rtype = "probas"
 
-    def __init__(self, end_id=None, max_length=32, min_length=0):
+    def __init__(self, end_id=None, max_length=32, min_length=0, start_id=None):
         _check_lengths(max_length, min_length)
+        if start_id is not None and (not isinstance(start_id, (int, np.integer))
+                                     or start_id < 0):
+            raise ValueError(f"start_id must be a token id (int >= 0) or None, "
+                             f"got {start_id!r}")
+        self.start_id = start_id
         self.end_id = end_id
         self.max_length, self.min_length = int(max_length), int(min_length)
 
@@ -1015,7 +1074,7 @@ class AutoRegressiveDecoder:
         Example:
             >>> decoder.beam_search([token_ids, segment_ids], beam_size=4)  # doctest: +SKIP
         """
-        _check_beam(beam_size, num_return)
+        _check_beam(beam_size, num_return, length_penalty)
         scorer, max_length, min_length = self._run(inputs, beam_size, max_length,
                                                    min_length)
         return _beam_search(scorer, 1, beam_size, max_length, min_length,

@@ -7,6 +7,7 @@ Every layer runs under the TensorFlow, JAX and PyTorch backends, has
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 _PACKAGE = "bert4x"
@@ -266,6 +267,167 @@ class LayerNormalization(keras.layers.Layer):
         return config
 
 
+class PositionEncoding:
+    """How attention sees token positions; subclasses override one hook or both.
+
+    :class:`MultiHeadAttention` (given ``position_encoding=``) calls the hooks on
+    per-head tensors ``[batch, heads, length, head_size]``. Positions are either
+    None, meaning ``0..length-1`` for every row (the training model and the
+    prefill of incremental decoding, whose rows are padded at the end), or
+    absolute int positions ``[batch, length]`` (a decoding step).
+
+    * :meth:`encode` transforms this call's queries and keys, after their
+      projections and before the key is written to a cache (so a cache holds
+      encoded keys).
+    * :meth:`relative_embeddings` returns vectors ``a_ij`` ``[..., query, key,
+      head_size]`` added to the keys in the scores and to the values in the
+      context: ``s_ij = q_i . (k_j + a_ij) / sqrt(d)``, ``o_i = sum_j p_ij (v_j +
+      a_ij)``; the cache then holds raw keys and values, and a cached step needs
+      the absolute positions of every cached key.
+
+    Encodings hold no weights; ``get_config`` makes a ``.keras`` file round trip.
+    """
+
+    #: Whether a cached step must be given ``key_positions``.
+    needs_key_positions = False
+
+    def encode(self, query, key, positions):
+        """Return ``(query, key)`` for this call's tokens at ``positions``."""
+        return query, key
+
+    def relative_embeddings(self, query_positions, key_positions, query_length, key_length,
+                            head_size):
+        """``a_ij`` in float32 (``[query, key, d]`` or ``[batch, query, key, d]``), or None."""
+        return None
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _position_grid(positions, length):
+    """Float32 positions: ``[length]`` when ``positions`` is None, else ``[batch, length]``."""
+    if positions is None:
+        return ops.arange(length, dtype="float32")
+    return ops.cast(positions, "float32")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RotaryPositionEncoding(PositionEncoding):
+    """Rotary position embedding (RoFormer) of queries and keys, interleaved pairs.
+
+    Each head's dimensions ``(2m, 2m+1)`` of a query or key at position ``p`` are
+    rotated by the angle ``p * theta_m``, ``theta_m = base^(-2m/d)``::
+
+        x'[2m]   = x[2m] cos(p theta_m) - x[2m+1] sin(p theta_m)
+        x'[2m+1] = x[2m+1] cos(p theta_m) + x[2m] sin(p theta_m)
+
+    so ``q'_i . k'_j`` depends only on ``j - i``. Values are not rotated. This is
+    the pairing of Zhuiyi's RoFormer, bert4keras and Hugging Face
+    ``RoFormerSelfAttention`` (not GPT-NeoX's split halves). A key/value cache
+    holds keys already rotated at their absolute positions; each new query is
+    rotated at its own.
+
+    Args:
+        base: the wavelength base (10000 in RoFormer).
+
+    Example:
+        >>> attention = MultiHeadAttention(
+        ...     num_heads=2, head_size=8, position_encoding=RotaryPositionEncoding())
+        >>> outputs = attention(keras.ops.ones((1, 5, 16)))
+    """
+
+    def __init__(self, base=10000.0):
+        self.base = float(base)
+
+    def _rotate(self, x, positions):
+        head_size = x.shape[-1]
+        if head_size % 2:
+            raise ValueError(f"rotary position encoding needs an even head size, got "
+                             f"{head_size}")
+        # theta in float64 on the host: it is a constant of the graph.
+        theta = self.base ** (-np.arange(0, head_size, 2, dtype=np.float64) / head_size)
+        grid = _position_grid(positions, ops.shape(x)[2])
+        angles = grid[..., None] * ops.convert_to_tensor(theta.astype(np.float32))
+        if positions is not None:
+            angles = angles[:, None]  # [batch, 1 (heads), length, d/2]
+        cos = ops.cast(ops.cos(angles), x.dtype)
+        sin = ops.cast(ops.sin(angles), x.dtype)
+        shape = ops.shape(x)
+        pairs = ops.reshape(x, (shape[0], shape[1], shape[2], head_size // 2, 2))
+        even, odd = pairs[..., 0], pairs[..., 1]
+        rotated = ops.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1)
+        return ops.reshape(rotated, shape)
+
+    def encode(self, query, key, positions):
+        return self._rotate(query, positions), self._rotate(key, positions)
+
+    def get_config(self):
+        return {"base": self.base}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RelativePositionEncoding(PositionEncoding):
+    """NEZHA's functional relative positions, added to keys and values.
+
+    With ``r_ij = clip(j - i, -K, K) + K`` and the fixed sinusoid table
+    ``T[r, 2m] = sin(r / 10000^(2m/d))``, ``T[r, 2m+1] = cos(r / 10000^(2m/d))``
+    (evaluated at the shifted index ``r``, as Huawei's code does), ``a_ij =
+    T[r_ij]`` is shared by all heads and layers and enters both the scores and the
+    context (see :class:`PositionEncoding`). A key/value cache holds raw keys and
+    values; a cached step needs the query's absolute position and those of every
+    cached key.
+
+    Args:
+        max_relative_position: ``K`` (64 in NEZHA).
+
+    Example:
+        >>> attention = MultiHeadAttention(
+        ...     num_heads=2, head_size=8, position_encoding=RelativePositionEncoding())
+        >>> outputs = attention(keras.ops.ones((1, 5, 16)))
+    """
+
+    needs_key_positions = True
+
+    def __init__(self, max_relative_position=64):
+        self.max_relative_position = int(max_relative_position)
+        if self.max_relative_position < 1:
+            raise ValueError(f"max_relative_position must be >= 1, got "
+                             f"{max_relative_position}")
+
+    def table(self, head_size):
+        """The ``[2K + 1, head_size]`` float32 sinusoid table ``T``."""
+        k = self.max_relative_position
+        pairs = head_size // 2
+        inv_freq = 10000.0 ** (-2.0 * np.arange(pairs, dtype=np.float64) / head_size)
+        angles = np.arange(2 * k + 1, dtype=np.float64)[:, None] * inv_freq
+        table = np.zeros((2 * k + 1, head_size), dtype=np.float64)
+        table[:, 0:2 * pairs:2] = np.sin(angles)
+        table[:, 1:2 * pairs:2] = np.cos(angles)
+        return table.astype(np.float32)
+
+    def relative_embeddings(self, query_positions, key_positions, query_length, key_length,
+                            head_size):
+        k = self.max_relative_position
+        if query_positions is None and key_positions is None:
+            distance = (ops.arange(key_length, dtype="int32")[None, :]
+                        - ops.arange(query_length, dtype="int32")[:, None])
+        else:
+            if query_positions is None or key_positions is None:
+                raise ValueError("relative positions need both query_positions and "
+                                 "key_positions, or neither")
+            distance = (ops.cast(key_positions, "int32")[:, None, :]
+                        - ops.cast(query_positions, "int32")[:, :, None])
+        index = ops.clip(distance, -k, k) + k
+        return ops.take(ops.convert_to_tensor(self.table(head_size)), index, axis=0)
+
+    def get_config(self):
+        return {"max_relative_position": self.max_relative_position}
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head self-attention with an additive mask and an optional key/value cache.
@@ -287,20 +449,38 @@ class MultiHeadAttention(keras.layers.Layer):
       updated cache. The blend with a one-hot keeps every shape static, so a
       compiled step never retraces.
 
+    Positions: with ``position_encoding=None`` (BERT, whose positions are in
+    the embeddings) attention ignores them. With a :class:`PositionEncoding`,
+    ``query_positions`` ``[batch, length]`` are the absolute positions of this
+    call's tokens and ``key_positions`` ``[batch, M]`` those of every cache slot;
+    both default to ``0..length-1`` without a cache. A cached step passes
+    ``query_positions`` (the new token's position, which its rotated key is
+    stored at) and, for encodings with ``needs_key_positions``, ``key_positions``
+    (any value in slots the bias masks).
+
     Args:
         num_heads: number of heads.
         head_size: size of each head; the output size equals the input size.
         attention_dropout: dropout on the attention probabilities.
         kernel_initializer: initializer of the four projections.
+        position_encoding: None, or a :class:`PositionEncoding`
+            (:class:`RotaryPositionEncoding`, :class:`RelativePositionEncoding`).
     """
 
     def __init__(self, num_heads, head_size, attention_dropout=0.0,
-                 kernel_initializer="glorot_uniform", **kwargs):
+                 kernel_initializer="glorot_uniform", position_encoding=None, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.head_size = int(head_size)
         self.attention_dropout = float(attention_dropout)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        if isinstance(position_encoding, dict):
+            position_encoding = keras.saving.deserialize_keras_object(position_encoding)
+        if position_encoding is not None and not isinstance(position_encoding,
+                                                            PositionEncoding):
+            raise TypeError(f"{self.name}: position_encoding must be a PositionEncoding or "
+                            f"None, got {type(position_encoding).__name__}")
+        self.position_encoding = position_encoding
         self.dropout = Dropout(self.attention_dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape, *args, **kwargs):
@@ -326,24 +506,42 @@ class MultiHeadAttention(keras.layers.Layer):
         return ops.transpose(x, (0, 2, 1, 3))
 
     def call(self, inputs, attention_bias=None, cache=None, write_mask=None,
-             return_attention_scores=False, return_cache=False, training=None):
+             query_positions=None, key_positions=None, return_attention_scores=False,
+             return_cache=False, training=None):
         query = self._split_heads(self.query_dense(inputs))
         key = self._split_heads(self.key_dense(inputs))
         value = self._split_heads(self.value_dense(inputs))
+        encoding = self.position_encoding
+        if encoding is not None:
+            query, key = encoding.encode(query, key, query_positions)
         if cache is not None:
             if write_mask is None:
                 raise ValueError(f"{self.name}: a cache needs write_mask=<one-hot [batch, M]>")
             slot = ops.cast(write_mask, key.dtype)[:, None, :, None]
             key = cache[:, 0] * (1 - slot) + key * slot
             value = cache[:, 1] * (1 - slot) + value * slot
-        scores = ops.einsum("bhqd,bhkd->bhqk", ops.cast(query, "float32"),
-                            ops.cast(key, "float32"))
+        relative = None
+        if encoding is not None:
+            if cache is not None and encoding.needs_key_positions and (
+                    query_positions is None or key_positions is None):
+                raise ValueError(f"{self.name}: {type(encoding).__name__} needs "
+                                 "query_positions and key_positions with a cache")
+            relative = encoding.relative_embeddings(
+                query_positions, key_positions, ops.shape(query)[2], ops.shape(key)[2],
+                self.head_size)
+        query32 = ops.cast(query, "float32")
+        scores = ops.einsum("bhqd,bhkd->bhqk", query32, ops.cast(key, "float32"))
+        if relative is not None:
+            scores = scores + _with_relative(query32, relative, "scores")
         scores = scores / math.sqrt(self.head_size)
         if attention_bias is not None:
             scores = scores + ops.cast(attention_bias, "float32")
         probs = ops.softmax(scores, axis=-1)
         dropped = self.dropout(ops.cast(probs, self.compute_dtype), training=training)
         context = ops.einsum("bhqk,bhkd->bhqd", dropped, value)
+        if relative is not None:
+            context = context + _with_relative(
+                dropped, ops.cast(relative, self.compute_dtype), "context")
         context = ops.transpose(context, (0, 2, 1, 3))
         batch, length = ops.shape(context)[0], ops.shape(context)[1]
         context = ops.reshape(context, (batch, length, self.num_heads * self.head_size))
@@ -355,6 +553,7 @@ class MultiHeadAttention(keras.layers.Layer):
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def compute_output_spec(self, inputs, attention_bias=None, cache=None, write_mask=None,
+                            query_positions=None, key_positions=None,
                             return_attention_scores=False, return_cache=False,
                             training=None):
         batch, length, hidden = inputs.shape
@@ -371,8 +570,22 @@ class MultiHeadAttention(keras.layers.Layer):
         config = super().get_config()
         config.update(num_heads=self.num_heads, head_size=self.head_size,
                       attention_dropout=self.attention_dropout,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                      position_encoding=None if self.position_encoding is None else
+                      keras.saving.serialize_keras_object(self.position_encoding))
         return config
+
+
+def _with_relative(per_head, relative, term):
+    """The relative term of the scores (``q_i . a_ij``) or of the context (``sum_j p_ij a_ij``).
+
+    ``relative`` is ``[query, key, d]`` (shared by the batch) or
+    ``[batch, query, key, d]``.
+    """
+    batch = "b" if len(relative.shape) == 4 else ""
+    if term == "scores":
+        return ops.einsum(f"bhqd,{batch}qkd->bhqk", per_head, relative)
+    return ops.einsum(f"bhqk,{batch}qkd->bhqd", per_head, relative)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -475,6 +688,9 @@ class FirstToken(keras.layers.Layer):
 
     def call(self, inputs):
         return inputs[:, 0]
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None  # the sequence axis, and with it any padding mask, is gone
 
     def compute_output_spec(self, inputs):
         return keras.KerasTensor((inputs.shape[0], inputs.shape[-1]), inputs.dtype)

@@ -9,14 +9,13 @@ graphs that share the same layers, hence the same weights:
 * the step model (runs one new token against the cached keys and values).
 """
 
-import os
 import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
-from bert4x import checkpoints
+from bert4x import checkpoints, storage
 from bert4x.configs import BertConfig
 from bert4x.layers import (AttentionBias, BiasAdd, Dropout, FeedForward, FirstToken,
                            LayerNormalization, MultiHeadAttention, PositionEmbedding,
@@ -44,8 +43,9 @@ class BERT:
         layer_norm_cond_hidden_size: if set, the condition first goes through a
             bias-free ``Dense(size, layer_norm_cond_hidden_act)`` shared by all norms.
         layer_norm_cond_hidden_act: activation of that Dense.
-        additional_input_layers: extra ``keras.Input`` tensors the condition uses;
-            they become model inputs after token and segment ids.
+        additional_input_layers: extra ``keras.Input`` tensors the condition uses
+            (one tensor or a list); they become model inputs after token and
+            segment ids.
         dtype: a dtype policy for every layer (e.g. ``"mixed_bfloat16"``).
         name: name of the Keras model.
     """
@@ -64,6 +64,10 @@ class BERT:
                 raise ValueError(f"keep_tokens has ids outside the vocabulary of "
                                  f"{config.vocab_size}: {out_of_range[:10]}")
             config = config.replace(vocab_size=len(keep_tokens))
+        if additional_input_layers is None:
+            additional_input_layers = []
+        elif not isinstance(additional_input_layers, (list, tuple)):
+            additional_input_layers = [additional_input_layers]  # one tensor, as bert4keras
         if layer_norm_cond is not None and not additional_input_layers:
             raise ValueError("layer_norm_cond must be computed from additional_input_layers "
                              "(pass the keras.Input tensors it depends on)")
@@ -76,7 +80,7 @@ class BERT:
         # Generators need the MLM head: lm/unilm switch it on.
         self.with_mlm = with_mlm or application in ("lm", "unilm")
         self.keep_tokens = keep_tokens
-        self.additional_inputs = list(additional_input_layers or [])
+        self.additional_inputs = list(additional_input_layers)
         self.conditional = layer_norm_cond is not None
         self.condition_model = None
         if self.conditional:
@@ -305,15 +309,20 @@ class BERT:
             [logits, ops.stack(caches, axis=1)], name=f"{self.name}_step")
 
     # -------------------------------------------------------------- checkpoints
-    def load_checkpoint(self, path, allow_missing_heads=False):
+    def load_checkpoint(self, path, allow_missing_heads=False, ignore_unused_weights=False):
         """Load a Google TF checkpoint or Hugging Face safetensors by variable name.
 
         Args:
             path: checkpoint prefix, ``.safetensors`` file, or a directory holding one.
             allow_missing_heads: let a pooler/MLM/NSP head that the checkpoint lacks
                 keep its initial values (listed in a warning) instead of failing.
+            ignore_unused_weights: load a checkpoint that holds more than the model
+                uses in its own scope (e.g. more layers than ``num_hidden_layers``),
+                with a warning listing them, instead of failing. Heads the model
+                did not ask for are never an error.
         """
-        checkpoints.load_weights(self, path, allow_missing_heads=allow_missing_heads)
+        checkpoints.load_weights(self, path, allow_missing_heads=allow_missing_heads,
+                                 ignore_unused_weights=ignore_unused_weights)
 
     def variable_map(self):
         """``[(google_name, keras_variable, kind)]`` for every mapped weight."""
@@ -326,8 +335,8 @@ _CONFIG_NAMES = ("bert_config.json", "config.json")
 def _config_in(folder):
     """The Google or Hugging Face config file inside ``folder``."""
     for name in _CONFIG_NAMES:
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
+        if storage.isfile(storage.join(folder, name)):
+            return storage.join(folder, name)
     raise FileNotFoundError(f"no {' or '.join(_CONFIG_NAMES)} found in {folder!r}; "
                             "pass config_path")
 
@@ -335,10 +344,10 @@ def _config_in(folder):
 def _resolve_paths(config_path, checkpoint_path):
     """Accept a folder for either argument; find the config beside the weights."""
     if config_path is None and checkpoint_path is not None:
-        folder = checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(
+        folder = checkpoint_path if storage.isdir(checkpoint_path) else storage.dirname(
             checkpoint_path)
         config_path = _config_in(folder)
-    elif config_path is not None and os.path.isdir(config_path):
+    elif config_path is not None and storage.isdir(config_path):
         checkpoint_path = checkpoint_path or config_path
         config_path = _config_in(config_path)
     return config_path, checkpoint_path
@@ -350,7 +359,8 @@ MODELS = {"bert": BERT}
 def build_transformer_model(config_path=None, checkpoint_path=None, model="bert",
                             application="encoder", with_pool=False, with_nsp=False,
                             with_mlm=False, keep_tokens=None, return_keras_model=True,
-                            allow_missing_heads=False, layer_norm_cond=None,
+                            allow_missing_heads=False, ignore_unused_weights=False,
+                            layer_norm_cond=None,
                             layer_norm_cond_hidden_size=None, layer_norm_cond_hidden_act=None,
                             additional_input_layers=None, dtype=None, **overrides):
     """Build a BERT-family Keras model, optionally loading pretrained weights.
@@ -369,6 +379,11 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
             gives the incremental-decoding graphs.
         allow_missing_heads: start heads the checkpoint lacks from their initialiser
             (with a warning naming them) instead of raising.
+        ignore_unused_weights: load a checkpoint holding variables in the model's
+            own scope that the model does not use (e.g. a 3-layer checkpoint with
+            ``num_hidden_layers=2``), with a warning listing them, instead of
+            raising. Heads the model did not ask for (``cls/*``, the pooler) are
+            never an error.
         layer_norm_cond, layer_norm_cond_hidden_size, layer_norm_cond_hidden_act,
             additional_input_layers: Conditional Layer Normalization (see :class:`BERT`).
         dtype: a Keras dtype policy name such as ``"mixed_bfloat16"``.
@@ -403,7 +418,8 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         layer_norm_cond_hidden_act=layer_norm_cond_hidden_act,
         additional_input_layers=additional_input_layers, dtype=dtype)
     if checkpoint_path is not None:
-        builder.load_checkpoint(checkpoint_path, allow_missing_heads=allow_missing_heads)
+        builder.load_checkpoint(checkpoint_path, allow_missing_heads=allow_missing_heads,
+                                ignore_unused_weights=ignore_unused_weights)
     return builder.model if return_keras_model else builder
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "sequence_padding",
     "truncate_sequences",
     "text_segmentate",
+    "as_keras_batch",
     "DataGenerator",
 ]
 
@@ -195,6 +196,84 @@ def _specs(types, shapes):
     return tf.TensorSpec(tf.TensorShape(shapes), tf.as_dtype(types))
 
 
+def _holds_arrays(item):
+    """Whether a list/tuple is a structure of arrays rather than one nested array."""
+    if isinstance(item, dict) or item is None:
+        return True
+    if isinstance(item, (list, tuple)):
+        return any(_holds_arrays(element) for element in item)
+    return hasattr(item, "shape") and np.ndim(item) > 0
+
+
+def _as_arrays(item, path):
+    """Lists of arrays become tuples (what Keras 3 and tf.data take); leaves arrays."""
+    if isinstance(item, dict):
+        return {key: _as_arrays(value, f"{path}[{key!r}]") for key, value in item.items()}
+    if isinstance(item, (list, tuple)) and _holds_arrays(item):
+        return tuple(_as_arrays(element, f"{path}[{index}]")
+                     for index, element in enumerate(item))
+    if item is None:
+        raise ValueError(f"{path} is None; only the labels (or sample weights) of a "
+                         "batch may be None.")
+    if hasattr(item, "shape") and not isinstance(item, np.ndarray):
+        return item  # a framework tensor
+    try:
+        array = np.asarray(item)
+    except ValueError:
+        array = None
+    if array is None or array.dtype == object:
+        raise ValueError(f"{path} is ragged (its sequences differ in length); pad it, "
+                         "e.g. with sequence_padding.")
+    return array
+
+
+def as_keras_batch(batch):
+    """Normalises a bert4keras-style batch into the structure Keras 3 feeds to `fit`.
+
+    A batch is ``x``, ``(x, y)`` or ``(x, y, sample_weight)``, each part an array,
+    a list or tuple of arrays (several model inputs) or a dict. Lists become tuples
+    (Keras 3 and tf.data reject lists of arrays in generator signatures), and a
+    ``None`` label (``[x1, x2], None``: inputs only, as bert4keras's Loss-layer
+    models are fed) is dropped.
+
+    Args:
+        batch: what a `DataGenerator.__iter__` yielded.
+
+    Returns:
+        The batch as a tuple ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``
+        (or ``x`` alone when `batch` was one array or dict).
+
+    Example:
+        >>> x, y = as_keras_batch(([np.zeros((2, 3)), np.ones((2, 3))], np.zeros((2, 1))))
+        >>> type(x).__name__, len(x)
+        ('tuple', 2)
+    """
+    if isinstance(batch, dict) or (hasattr(batch, "shape") and np.ndim(batch) > 0):
+        return _as_arrays(batch, "batch")
+    if not isinstance(batch, (list, tuple)) or not 1 <= len(batch) <= 3:
+        size = f"{len(batch)} parts" if isinstance(batch, (list, tuple)) else type(batch).__name__
+        raise ValueError(
+            f"A batch must be x, (x, y) or (x, y, sample_weight), with x a list of "
+            f"arrays for several inputs (e.g. `yield [token_ids, segment_ids], labels`); "
+            f"got {size}.")
+    parts = list(batch)
+    while len(parts) > 1 and parts[-1] is None:
+        parts.pop()
+    names = ("x", "y", "sample_weight")
+    return tuple(_as_arrays(part, f"batch {names[index]}") for index, part in enumerate(parts))
+
+
+def _probed_shape(shapes, fixed_first_axis):
+    """A TensorShape keeping the axes whose size agrees across probed batches."""
+    import tensorflow as tf
+
+    dims = []
+    for axis, sizes in enumerate(zip(*shapes)):
+        varies = len(set(sizes)) > 1 or (axis == 0 and not fixed_first_axis)
+        dims.append(None if varies else sizes[0])
+    return tf.TensorShape(dims)
+
+
 class DataGenerator:
     """Base class for batch generators (bert4keras's interface).
 
@@ -281,9 +360,25 @@ class DataGenerator:
         )
 
     def forfit(self, random=True):
-        """Yields batches endlessly, epoch after epoch (for ``model.fit``)."""
+        """Yields batches endlessly, epoch after epoch (for ``model.fit``).
+
+        Batches go through :func:`as_keras_batch`, so ``[x1, x2], y`` and
+        ``[x1, x2], None`` batches feed Keras 3 as they fed Keras 2.
+        """
         while True:
-            yield from self.__iter__(random)
+            for batch in self.__iter__(random):
+                yield as_keras_batch(batch)
+
+    def _probe(self, count=8):
+        """The first `count` normalised elements of a non-random pass."""
+        probed = []
+        for batch in self.__iter__(False):
+            probed.append(as_keras_batch(batch))
+            if len(probed) == count:
+                break
+        if not probed:
+            raise ValueError(f"{type(self).__name__}.__iter__ yielded nothing.")
+        return probed
 
     def to_dataset(
         self,
@@ -301,7 +396,11 @@ class DataGenerator:
             types: nested structure of dtypes matching what `__iter__` yields; None
                 infers them from the first element.
             shapes: matching structure of shapes (None for a variable axis); None
-                gives every axis of the first element's rank a variable length.
+                infers them from the first (up to 8) elements of a non-random
+                pass: an axis keeps its size when it has the same size in all of
+                them (e.g. the 1 of ``[batch, 1]`` labels, or a length padded to
+                a fixed ``maxlen``), the batch axis and axes that differ are
+                variable. Pass `shapes` when later batches may differ otherwise.
             names: optional names for a flat tuple of elements: each element becomes
                 ``{name: tensor}`` with the names in order (bert4keras's form).
             padded_batch: `__iter__` yields single samples, and the dataset batches
@@ -320,16 +419,17 @@ class DataGenerator:
         import tensorflow as tf
 
         if types is None or shapes is None:
-            first = next(iter(self.__iter__(False)))
+            probed = self._probe()
             if types is None:
-                types = tf.nest.map_structure(lambda x: np.asarray(x).dtype, first)
+                types = tf.nest.map_structure(lambda x: np.asarray(x).dtype, probed[0])
             if shapes is None:
                 shapes = tf.nest.map_structure(
-                    lambda x: tf.TensorShape([None] * np.ndim(x)), first
+                    lambda *xs: _probed_shape([np.shape(x) for x in xs], padded_batch),
+                    *probed,
                 )
         signature = _specs(types, shapes)
         dataset = tf.data.Dataset.from_generator(
-            lambda: self.__iter__(random), output_signature=signature
+            lambda: map(as_keras_batch, self.__iter__(random)), output_signature=signature
         )
         if padded_batch:
             dataset = dataset.padded_batch(
@@ -409,8 +509,7 @@ class DataGenerator:
                         f"batches from {len(chunk)} items; as_pydataset needs exactly "
                         "one batch per batch_size items."
                     )
-                batch = batches[0]
-                return tuple(batch) if isinstance(batch, list) else batch
+                return as_keras_batch(batches[0])
 
             def on_epoch_end(self):
                 self.order = self._draw_order()

@@ -5,7 +5,8 @@
 
 1. Clean: drop U+0000, U+FFFD and control characters (category Cc or Cf, except
    ``\\t \\n \\r``); space, ``\\t``, ``\\n``, ``\\r`` and category Zs become a space.
-2. Put spaces around every CJK ideograph (the eight blocks of DESIGN section 7).
+2. Put spaces around every CJK ideograph (the eight blocks of ``_CJK_RANGES``,
+   listed in ``docs/tokenizer.md``).
 3. Split on whitespace (Python's ``str.split``, so U+2028/U+2029 split too). With
    ``do_lower_case``: ``str.lower()``, NFD, drop category Mn. Then split off every
    punctuation character (ASCII 33-47, 58-64, 91-96, 123-126, or category P*).
@@ -40,7 +41,7 @@ tests of their own in ``tests/test_tokenizers.py``; bert4x follows Google in eac
 * Unicode version. The Rust tokenizer carries older Unicode tables than Python's
   ``unicodedata``: recent punctuation (U+2E4E), format characters (U+0891) and
   marks whose category changed (U+1734, Mn -> Mc) are classified differently.
-One setting follows HF and DESIGN section 7 rather than Google's code: words
+One setting follows HF rather than Google's code: words
 longer than 100 characters become ``[UNK]``, while Google's ``WordpieceTokenizer``
 defaults to 200 (``FullTokenizer`` never overrides it). Pass
 ``max_word_chars=200`` to reproduce Google's code exactly.
@@ -61,6 +62,8 @@ import re
 import unicodedata
 
 import numpy as np
+
+from bert4x import storage
 
 __all__ = ["load_vocab", "save_vocab", "Tokenizer", "SpTokenizer"]
 
@@ -160,6 +163,10 @@ def _stem(token):
 def load_vocab(path, encoding="utf-8", simplified=False, startswith=None):
     """Read a BERT ``vocab.txt`` (one token a line, the line number is the id).
 
+    A byte order mark at the start of the file (Windows editors write one) is
+    not part of the first token: it is stripped, so ``[PAD]`` stays ``[PAD]``.
+    Nothing else is trimmed from a line but its line break.
+
     Args:
         path: the vocabulary file.
         encoding: its text encoding.
@@ -180,7 +187,8 @@ def load_vocab(path, encoding="utf-8", simplified=False, startswith=None):
 
     Raises:
         FileNotFoundError: the file does not exist (the message names it).
-        ValueError: the file has no tokens, or a ``startswith`` token is missing.
+        ValueError: the file is not text in ``encoding``, has no tokens, or
+            lacks a ``startswith`` token.
 
     Example:
         >>> token_dict = load_vocab("vocab.txt")  # doctest: +SKIP
@@ -188,14 +196,18 @@ def load_vocab(path, encoding="utf-8", simplified=False, startswith=None):
         ...     "vocab.txt", simplified=True)  # doctest: +SKIP
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"vocabulary file not found: {path!r}")
     token_dict = {}
-    with open(path, encoding=encoding) as reader:
-        for index, line in enumerate(reader):
-            # Only the line break is stripped: HF keeps other whitespace, and a
-            # token's id must not depend on how the line was trimmed.
-            token_dict[line.rstrip("\r\n")] = index
+    try:
+        with storage.open(path, encoding=encoding) as reader:
+            for index, line in enumerate(reader):
+                # Only the line break is stripped: HF keeps other whitespace, and a
+                # token's id must not depend on how the line was trimmed.
+                token_dict[line.rstrip("\r\n").lstrip("\ufeff") if index == 0
+                           else line.rstrip("\r\n")] = index
+    except UnicodeDecodeError as error:
+        raise ValueError(f"vocabulary file {path!r} is not {encoding} text: {error}") from None
     if not token_dict:
         raise ValueError(f"vocabulary file {path!r} is empty")
     if not simplified:
@@ -239,6 +251,15 @@ def save_vocab(path, token_dict):
         ...     "vocab.txt", simplified=True)  # doctest: +SKIP
         >>> save_vocab("vocab_simplified.txt", token_dict)  # doctest: +SKIP
     """
+    storage.atomic_write(path, vocabulary_text(tokens_by_id(token_dict)))
+
+
+def tokens_by_id(token_dict):
+    """The tokens of ``{token: id}`` as a list in id order.
+
+    Raises:
+        ValueError: the ids are not exactly ``0 .. len(token_dict) - 1``.
+    """
     ordered = sorted(token_dict.items(), key=lambda item: item[1])
     ids = [index for _, index in ordered]
     if ids != list(range(len(ordered))):
@@ -246,11 +267,43 @@ def save_vocab(path, token_dict):
             "token ids must be consecutive from 0 to save a vocab.txt; got "
             f"{len(ids)} tokens with ids from {ids[0] if ids else None} to "
             f"{ids[-1] if ids else None}")
-    for token, _ in ordered:
+    return [token for token, _ in ordered]
+
+
+def vocabulary_text(tokens):
+    """The ``vocab.txt`` content of a token list in id order (one token a line).
+
+    Raises:
+        ValueError: a token contains a line break (it could not be read back).
+    """
+    for token in tokens:
         if "\n" in token or "\r" in token:
             raise ValueError(f"token {token!r} contains a line break")
-    with open(os.fspath(path), "w", encoding="utf-8") as writer:
-        writer.writelines(token + "\n" for token, _ in ordered)
+    return "".join(token + "\n" for token in tokens)
+
+
+class _OccurrenceSearch:
+    """The first occurrence of a token at or after a position, for positions that
+    never decrease: each token's list of positions is walked once in all, so a
+    whole ``rematch`` stays linear (``list.index`` from the position made it
+    quadratic when many tokens do not occur in the text)."""
+
+    def __init__(self, tokens):
+        self._positions = {}
+        for index, token in enumerate(tokens):
+            self._positions.setdefault(token, []).append(index)
+        self._cursors = dict.fromkeys(self._positions, 0)
+
+    def find_from(self, token, position):
+        """The first index ``>= position`` holding ``token``, or ``None``."""
+        positions = self._positions.get(token)
+        if positions is None:
+            return None
+        cursor = self._cursors[token]
+        while cursor < len(positions) and positions[cursor] < position:
+            cursor += 1
+        self._cursors[token] = cursor
+        return positions[cursor] if cursor < len(positions) else None
 
 
 class _TokenizerBase:
@@ -726,7 +779,8 @@ class Tokenizer(_TokenizerBase):
     def tokenize_with_spans(self, text, maxlen=None):
         """Tokens and the ``(start, end)`` span of ``text`` behind each.
 
-        Same tokens as ``tokenize``; ``token_start``/``token_end`` get ``None``.
+        Same tokens (and the same ``maxlen`` rule and errors) as ``tokenize``;
+        ``token_start``/``token_end`` get ``None``.
 
         Example:
             >>> tokenizer.tokenize_with_spans("Héllo!")  # doctest: +SKIP
@@ -735,13 +789,10 @@ class Tokenizer(_TokenizerBase):
         if not isinstance(text, str):
             raise TypeError(f"expected a string, got {type(text).__name__}")
         tokens, spans = self._tokens_and_spans(text)
-        n_special = (self.token_start is not None) + (self.token_end is not None)
-        if maxlen is not None:
-            tokens, spans = tokens[:max(maxlen - n_special, 0)], spans[:max(maxlen - n_special, 0)]
-        tokens = self._wrap(tokens, None)
+        tokens = self._wrap(tokens, maxlen)  # the same truncation and errors as tokenize
         head = [None] if self.token_start is not None else []
         tail = [None] if self.token_end is not None else []
-        return tokens, head + spans + tail
+        return tokens, head + spans[:len(tokens) - len(head) - len(tail)] + tail
 
     def rematch(self, text, tokens, char_indices=False):
         """Map ``tokens`` (as returned by ``tokenize(text)``) back to ``text``.
@@ -774,6 +825,7 @@ class Tokenizer(_TokenizerBase):
         tail = 1 if len(tokens) > head and self.token_end is not None and tokens[-1] == self.token_end else 0
         result = [None] * head
         position = 0
+        search = None
         for token in tokens[head:len(tokens) - tail]:
             if position < len(own_tokens) and own_tokens[position] == token:
                 result.append(own_spans[position])
@@ -782,9 +834,10 @@ class Tokenizer(_TokenizerBase):
             if token in structural:
                 result.append(None)
                 continue
-            try:
-                found = own_tokens.index(token, position)
-            except ValueError:
+            if search is None:  # built on the first mismatch: the common case has none
+                search = _OccurrenceSearch(own_tokens)
+            found = search.find_from(token, position)
+            if found is None:
                 result.append(None)
                 continue
             result.append(own_spans[found])
@@ -875,9 +928,11 @@ class SpTokenizer(_TokenizerBase):
         import sentencepiece
 
         model_path = os.fspath(model_path)
-        if not os.path.isfile(model_path):
+        if not storage.isfile(model_path):
             raise FileNotFoundError(f"SentencePiece model not found: {model_path!r}")
-        self._model = sentencepiece.SentencePieceProcessor(model_file=model_path)
+        # Read as bytes, so gs:// and ram:// paths work too.
+        self._model = sentencepiece.SentencePieceProcessor(
+            model_proto=storage.read_bytes(model_path))
         self.vocab_size = self._model.get_piece_size()
         self.pad_id = self._model.pad_id() if self._model.pad_id() >= 0 else None
         self.unk_id = self._model.unk_id() if self._model.unk_id() >= 0 else None

@@ -151,7 +151,7 @@ def assert_same_ranking(results, expected, count):
 
 # ----------------------------------------------------------------------- masks
 def rule_mask(token_ids, segment_ids, application):
-    """DESIGN section 4, written as loops."""
+    """The mask rules of docs/model.md ("Attention masks"), written as loops."""
     batch, length = token_ids.shape
     allowed = np.zeros((batch, length, length), bool)
     for b in range(batch):
@@ -645,7 +645,7 @@ def test_bad_settings_raise_clear_errors(unilm):
         (lambda: decoder.greedy([]), "non-empty"),
         (lambda: decoder.greedy([[2, 5, 3], [2, 99, 3]]), "source 1 has ids outside"),
         (lambda: decoder.greedy([[2] * 30], max_length=20),
-         "30 tokens plus max_length 20 .* 50 positions; the position table has 40"),
+         "30 tokens plus max_length 20 .* 49 positions .*; the position table has 40"),
         (lambda: Decoder(unilm, end_id=500), "end_id 500"),
         (lambda: decoder.sample(source, top_p=0.0), "top_p"),
         (lambda: decoder.sample(source, top_p=1.5), "top_p"),
@@ -691,3 +691,21 @@ def test_cache_and_greedy_on_other_backends(other_backends, backend):
         elif key.startswith("greedy:"):
             assert value is True, key
     assert len(results) == 9
+
+
+def test_start_id_is_what_the_first_predict_sees():
+    class LastTokenPlusOne(AutoRegressiveDecoder):
+        rtype = "logits"
+
+        def predict(self, inputs, output_ids, states):
+            # bert4keras scripts read output_ids[:, -1], which needs a start token.
+            logits = np.full((len(output_ids), 6), -5.0)
+            logits[np.arange(len(output_ids)), (output_ids[:, -1] + 1) % 6] = 5.0
+            return logits
+
+    decoder = LastTokenPlusOne(end_id=5, max_length=8, start_id=2)
+    assert decoder.greedy([np.array([0])]).token_ids == [3, 4]
+    assert decoder.beam_search([np.array([0])], beam_size=2)[0].token_ids == [3, 4]
+    assert [r.token_ids for r in decoder.random_sample([np.array([0])], 2, seed=0)] == [[3, 4]] * 2
+    with pytest.raises(ValueError, match="start_id"):
+        LastTokenPlusOne(end_id=5, start_id="[CLS]")

@@ -45,7 +45,7 @@ TOL = 1e-4
 
 # --------------------------------------------------------------------------- helpers
 def google_weights(config, seed, heads=True):
-    """Random weights under the official Google names (DESIGN section 3), float32."""
+    """Random weights under the official Google names (docs/model.md), float32."""
     rng = np.random.default_rng(seed)
     V, H, I = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
     P, T = config["max_position_embeddings"], config["type_vocab_size"]
@@ -527,18 +527,16 @@ def test_save_checkpoint_is_atomic(workdir, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ckpt"]
 
 
-def test_save_checkpoint_refuses_foreign_folder(workdir, tmp_path):
+def test_save_checkpoint_keeps_other_files(workdir, tmp_path):
     builder = build_transformer_model(
         checkpoint_path=os.path.join(workdir["root"], "ckpt_gelu"), return_keras_model=False)
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="notes.txt"):
-        checkpoints.save_checkpoint(builder, str(tmp_path / "project"))
-    assert os.listdir(tmp_path / "project") == ["notes.txt"]
-    assert sorted(os.listdir(tmp_path)) == ["project"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a plain BERT: nothing unwritten
-        checkpoints.save_checkpoint(builder, str(tmp_path / "plain"))
+        checkpoints.save_checkpoint(builder, str(tmp_path / "project"))
+    assert (tmp_path / "project" / "notes.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["project"]
 
 
 def test_save_checkpoint_warns_about_cln_weights(tmp_path):
@@ -751,3 +749,16 @@ def test_dropout_mask_statistics_and_scale():
     config = Dropout.from_config(layer.get_config()).get_config()
     assert config["rate"] == 0.1 and config["seed"] == 3
     assert not keras.ops.convert_to_numpy(Dropout(1.0)(inputs, training=True)).any()
+
+
+def test_single_additional_input_tensor():
+    # bert4keras accepts additional_input_layers=c_in (one tensor, no list).
+    label = keras.Input((), dtype="int32", name="Input-Label")
+    condition = keras.layers.Embedding(3, 8, name="Label-Embedding")(label)
+    model = build_transformer_model(
+        **dict(TINY, num_hidden_layers=1), layer_norm_cond=condition,
+        additional_input_layers=label)
+    assert [tensor.name for tensor in model.inputs][2:] == ["Input-Label"]
+    output = model.predict([np.array([[2, 5, 3]]), np.zeros((1, 3), "int32"),
+                            np.array([1])], verbose=0)
+    assert output.shape == (1, 3, TINY["hidden_size"])

@@ -1,5 +1,7 @@
 """bert4x.snippets: padding, truncation, segmentation and DataGenerator feeding."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -203,14 +205,32 @@ def test_to_dataset_padded_batch_equals_sequence_padding(samples):
 
 
 def test_pydataset_with_thread_workers_equals_python_batches(samples):
-    generator = PaddedBatches(samples, batch_size=4, seed=3)
-    pydataset = generator.as_pydataset(random=False, workers=2)
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    class RecordingBatches(PaddedBatches):
+        """Records the thread that builds each batch."""
+
+        threads = set()
+
+        def __iter__(self, random=False):
+            type(self).threads.add(threading.get_ident())
+            yield from super().__iter__(random)
+
+    generator = RecordingBatches(samples, batch_size=4, seed=3)
     expected = list(generator.__iter__(False))
+    RecordingBatches.threads.clear()
+    pydataset = generator.as_pydataset(random=False, workers=2)
     assert len(pydataset) == 3
-    for index in range(3):
-        x, y = pydataset[index]
-        np.testing.assert_array_equal(x, expected[index][0])
-        np.testing.assert_array_equal(y, expected[index][1])
+    # Keras's own adapter (what fit uses) runs __getitem__ on its worker threads.
+    adapter = PyDatasetAdapter(pydataset, shuffle=False)
+    adapter.on_epoch_begin()
+    batches = list(adapter.get_numpy_iterator())
+    adapter.on_epoch_end()
+    assert len(batches) == 3
+    for (x, y), (expected_x, expected_y) in zip(batches, expected):
+        np.testing.assert_array_equal(x, expected_x)
+        np.testing.assert_array_equal(y, expected_y)
+    assert RecordingBatches.threads and threading.get_ident() not in RecordingBatches.threads
     shuffled = generator.as_pydataset(random=True)
     labels = np.concatenate([shuffled[i][1][:, 0] for i in range(3)])
     assert sorted(labels) == sorted(s[1] for s in samples)
@@ -238,3 +258,84 @@ def test_pydataset_rejects_generators_that_regroup(samples):
 
     with pytest.raises(ValueError, match="exactly one batch"):
         TwoPerBatch(samples, batch_size=4).as_pydataset(random=False)[0]
+
+
+# ------------------------------------------- bert4keras batch structures in Keras 3
+
+
+class TwoInputBatches(DataGenerator):
+    """bert4keras's classifier idiom: ``[token_ids, segment_ids], labels``."""
+
+    def __init__(self, data, batch_size, as_tuple=False, labels=True):
+        super().__init__(data, batch_size)
+        self.as_tuple, self.labels = as_tuple, labels
+
+    def __iter__(self, random=False):
+        tokens, segments, labels = [], [], []
+        for is_end, (ids, label) in self.sample(random):
+            tokens.append(ids)
+            segments.append([0] * len(ids))
+            labels.append([label])
+            if len(tokens) == self.batch_size or is_end:
+                inputs = [sequence_padding(tokens), sequence_padding(segments)]
+                inputs = tuple(inputs) if self.as_tuple else inputs
+                yield inputs, (sequence_padding(labels) if self.labels else None)
+                tokens, segments, labels = [], [], []
+
+
+@pytest.fixture(scope="module")
+def two_input_classifier():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    token_ids = keras.Input((None,), dtype="int32")
+    segment_ids = keras.Input((None,), dtype="int32")
+    x = keras.layers.Add()([keras.layers.Embedding(50, 4)(token_ids),
+                            keras.layers.Embedding(2, 4)(segment_ids)])
+    logits = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(x))
+    model = keras.Model([token_ids, segment_ids], logits)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+@pytest.mark.parametrize("as_tuple", [False, True])
+@pytest.mark.parametrize("feed", ["forfit", "as_pydataset", "to_dataset"])
+def test_list_and_tuple_input_batches_feed_fit(samples, two_input_classifier, feed, as_tuple):
+    generator = TwoInputBatches(samples, batch_size=4, as_tuple=as_tuple)
+    if feed == "as_pydataset":
+        arguments = dict(x=generator.as_pydataset())
+    else:
+        arguments = dict(x=getattr(generator, feed)(), steps_per_epoch=len(generator))
+    history = two_input_classifier.fit(epochs=1, verbose=0, **arguments)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_none_labels_mean_inputs_only(samples):
+    generator = TwoInputBatches(samples, batch_size=4, labels=False)
+    batch = next(generator.forfit(random=False))
+    assert len(batch) == 1 and len(batch[0]) == 2
+    assert generator.as_pydataset(random=False)[0][0][1].shape == (4, batch[0][1].shape[1])
+
+
+def test_to_dataset_keeps_the_unit_label_axis(samples):
+    dataset = TwoInputBatches(samples, batch_size=4).to_dataset(random=False, repeat=False)
+    (token_spec, segment_spec), label_spec = dataset.element_spec
+    assert label_spec.shape.as_list() == [None, 1]
+    assert token_spec.shape.as_list()[0] is None
+
+
+def test_wrong_batch_structures_are_named():
+    class Bad(DataGenerator):
+        def __init__(self, batch):
+            super().__init__([0], 1)
+            self.batch = batch
+
+        def __iter__(self, random=False):
+            yield self.batch
+
+    with pytest.raises(ValueError, match=r"x, \(x, y\) or \(x, y, sample_weight\)"):
+        next(Bad((np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2))).forfit())
+    with pytest.raises(ValueError, match=r"batch x\[1\] is ragged"):
+        next(Bad(([np.zeros((1, 2)), [[1, 2], [3]]], np.zeros(2))).forfit())
+    with pytest.raises(ValueError, match="7 parts|int"):
+        next(Bad(7).forfit())

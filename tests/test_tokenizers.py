@@ -330,8 +330,9 @@ def test_spans_map_back_to_tokens(chinese, english, reviews):
 def test_spans_exact_on_simple_text(english, chinese):
     text = "Héllo, 北京! [MASK]"
     tokens, spans = english.tokenize_with_spans(text)
-    assert [text[s:e] for s, e in spans[1:-1]] == [
-        "Héllo", ",", "北", "京", "!", "[MASK]"][:len(spans) - 2]
+    assert tokens == ["[CLS]", "hello", ",", "北", "京", "!", "[MASK]", "[SEP]"]
+    assert spans[0] is None and spans[-1] is None
+    assert [text[s:e] for s, e in spans[1:-1]] == ["Héllo", ",", "北", "京", "!", "[MASK]"]
     assert chinese.rematch(text, chinese.tokenize(text)) == [
         None, (0, 5), (5, 6), (7, 8), (8, 9), (9, 10), (11, 17), None]
     assert chinese.rematch(text, chinese.tokenize(text), char_indices=True)[:3] == [
@@ -567,3 +568,15 @@ def test_sentencepiece_round_trip(sentencepiece_model):
         SpTokenizer(sentencepiece_model, token_start="[CLS]")
     with pytest.raises(FileNotFoundError, match="missing.model"):
         SpTokenizer("missing.model")
+
+
+def test_sentencepiece_model_on_ram_file_system(sentencepiece_model):
+    import uuid
+
+    from bert4x import storage
+    remote = f"ram://spm-{uuid.uuid4().hex}/tiny.model"
+    storage.makedirs(storage.dirname(remote))
+    storage.copy(sentencepiece_model, remote)
+    local, in_memory = SpTokenizer(sentencepiece_model), SpTokenizer(remote)
+    for text in ENGLISH_TEXT[:5]:
+        assert in_memory.encode(text) == local.encode(text)

@@ -1,0 +1,713 @@
+"""Fault tests (issue 11): damaged files and odd settings get an error that names the
+culprit, never a silent wrong result.
+
+Each section holds the faults of one area; every test here failed before its fix.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from bert4x.configs import BertConfig  # noqa: E402
+
+TINY_CONFIG = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                   num_attention_heads=2, intermediate_size=64,
+                   max_position_embeddings=64, type_vocab_size=2)
+
+
+# ------------------------------------------------------------- inputs: config fields
+@pytest.mark.parametrize("field, value, expected", [
+    ("hidden_act", None, "activation name"),
+    ("hidden_act", 5, "activation name"),
+    ("hidden_act", "gelu_fancy", "unknown hidden_act 'gelu_fancy'"),
+    ("layer_norm_eps", -1e-12, "finite number > 0"),
+    ("layer_norm_eps", 0.0, "finite number > 0"),
+    ("layer_norm_eps", math.nan, "finite number > 0"),
+    ("layer_norm_eps", "1e-12", "finite number > 0"),
+    ("initializer_range", math.inf, "finite number > 0"),
+    ("initializer_range", -0.02, "finite number > 0"),
+    ("hidden_dropout_prob", "x", "number in [0, 1)"),
+    ("hidden_dropout_prob", 1.0, "number in [0, 1)"),
+    ("attention_probs_dropout_prob", -0.1, "number in [0, 1)"),
+    ("attention_probs_dropout_prob", math.nan, "number in [0, 1)"),
+    ("hidden_dropout_prob", True, "number in [0, 1)"),
+])
+def test_config_field_checked(tmp_path, field, value, expected):
+    """Each bad field is refused by name, from a dict and from a JSON file."""
+    values = dict(TINY_CONFIG, **{field: value})
+    with pytest.raises(ValueError, match=f"config field {field}") as error:
+        BertConfig.from_dict(values)
+    assert expected in str(error.value) and repr(value) in str(error.value)
+    path = tmp_path / "bert_config.json"
+    path.write_text(json.dumps(values))  # NaN and Infinity as Python's json writes them
+    with pytest.raises(ValueError, match=f"config field {field}"):
+        BertConfig.from_json(str(path))
+
+
+def test_config_valid_fields_still_accepted():
+    config = BertConfig.from_dict(dict(TINY_CONFIG, hidden_act="GELU_new", layer_norm_eps=1e-5,
+                                       hidden_dropout_prob=0, initializer_range=1))
+    assert config.hidden_act == "GELU_new" and config.hidden_dropout_prob == 0
+
+
+def test_config_file_not_utf8_names_path(tmp_path):
+    path = tmp_path / "bert_config.json"
+    path.write_bytes(json.dumps(TINY_CONFIG).encode("utf-16"))
+    with pytest.raises(ValueError, match="not UTF-8") as error:
+        BertConfig.from_json(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_config_path_is_checkpoint_index(tmp_path):
+    """A checkpoint's ``.index`` passed as the config is named, not a UnicodeDecodeError."""
+    import tensorflow as tf
+    prefix = str(tmp_path / "bert_model.ckpt")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["bert/embeddings/word_embeddings"],
+                      shape_and_slices=[""],
+                      tensors=[tf.constant(np.ones((100, 32), np.float32))])
+    with pytest.raises(ValueError) as error:
+        BertConfig.from_json(prefix + ".index")
+    assert prefix + ".index" in str(error.value)
+
+
+# ------------------------------------------ files: save_checkpoint keeps what it did not write
+# Each test here failed on the save_checkpoint that replaced the whole destination folder.
+@pytest.fixture(scope="module")
+def two_models():
+    """Two tiny BERTs of one shape with different weights, and their saved arrays."""
+    from bert4x.checkpoints import variable_map
+    from bert4x.models import build_transformer_model
+    builders = [build_transformer_model(**TINY_CONFIG, with_mlm=True, return_keras_model=False)
+                for _ in range(2)]
+    arrays = [{name: np.asarray(variable.numpy()) for name, variable, _ in variable_map(b)}
+              for b in builders]
+    assert not np.array_equal(arrays[0]["bert/embeddings/word_embeddings"],
+                              arrays[1]["bert/embeddings/word_embeddings"])
+    return builders, arrays
+
+
+def _snapshot(folder):
+    """``{relative path: bytes}`` of every file under a local folder."""
+    return {os.path.relpath(os.path.join(root, name), folder):
+            open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def _saved_arrays(folder):
+    from bert4x.checkpoints import open_checkpoint
+    reader = open_checkpoint(folder)
+    return {name: reader.get(name) for name in reader.names}
+
+
+def _which_model(folder, arrays):
+    """0 or 1: the model whose weights the folder loads (complete, never mixed)."""
+    saved = _saved_arrays(folder)
+    for index, expected in enumerate(arrays):
+        if saved.keys() == expected.keys() and all(
+                np.array_equal(saved[name], value) for name, value in expected.items()):
+            return index
+    raise AssertionError(f"{folder} loads neither model's weights")
+
+
+def test_save_checkpoint_keeps_google_download_folder(two_models, tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "chinese_L-12_H-768_A-12"
+    folder.mkdir()
+    (folder / "bert_config.json").write_text(json.dumps({"vocab_size": 21128}))
+    for name in ("bert_model.ckpt.index", "bert_model.ckpt.data-00000-of-00001",
+                 "bert_model.ckpt.meta"):
+        (folder / name).write_bytes(b"Google's weights")
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    before = _snapshot(folder)
+    with pytest.raises(FileExistsError, match="bert_config.json"):
+        save_checkpoint(two_models[0][0], folder)
+    assert _snapshot(folder) == before
+    assert os.listdir(tmp_path) == [folder.name]
+
+
+def test_save_checkpoint_keeps_foreign_files_and_subfolders(two_models, tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "project"
+    (folder / "bert_model.ckpt.backup").mkdir(parents=True)
+    (folder / "bert_model.ckpt.backup" / "weights.bin").write_bytes(b"keep me")
+    (folder / "notes.txt").write_text("keep me too")
+    (folder / "vocab.txt").write_text("[PAD]\n")
+    before = _snapshot(folder)
+    for builder in two_models[0]:
+        save_checkpoint(builder, folder)
+    after = _snapshot(folder)
+    assert {name: after[name] for name in before} == before
+    assert _which_model(folder, two_models[1]) == 1
+
+
+def test_save_checkpoint_refuses_a_foreign_pointer(two_models, tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "training_run"
+    folder.mkdir()
+    # A tf.train.Saver pointer: the weights it names are someone else's.
+    (folder / "checkpoint").write_text('model_checkpoint_path: "bert_model.ckpt"\n')
+    (folder / "bert_model.ckpt.index").write_bytes(b"a training run")
+    (folder / "bert_model.ckpt.data-00000-of-00001").write_bytes(b"a training run")
+    before = _snapshot(folder)
+    with pytest.raises(FileExistsError, match="not written by bert4x"):
+        save_checkpoint(two_models[0][0], folder)
+    assert _snapshot(folder) == before
+
+
+def test_save_checkpoint_replaces_a_folder_saved_by_earlier_versions(two_models, tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    (builder, other), arrays = two_models
+    folder = tmp_path / "export"
+    save_checkpoint(builder, folder)
+    (folder / "checkpoint").write_text('model_checkpoint_path: "bert_model.ckpt"\n'
+                                       'all_model_checkpoint_paths: "bert_model.ckpt"\n')
+    (folder / "vocab.txt").write_text("[PAD]\n")  # written by the pretraining export
+    save_checkpoint(other, folder)
+    assert _which_model(folder, arrays) == 1
+    assert (folder / "vocab.txt").read_text() == "[PAD]\n"
+    assert not (folder / "bert_model.ckpt.index").exists()  # the old weights were its own
+
+
+class _Killed(BaseException):
+    """The process died: no cleanup code of the save may run afterwards."""
+
+
+def _kill_at(monkeypatch, step):
+    """Make the ``step``-th file change of bert4x.storage (and every later one) fail."""
+    from bert4x import storage
+    calls = []
+    for name in ("rename", "remove", "rmtree", "copy"):
+        original = getattr(storage, name)
+
+        def operation(*args, _original=original, **kwargs):
+            calls.append(args)
+            if step is not None and len(calls) >= step:
+                raise _Killed(f"killed at file operation {len(calls)}: {args}")
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(storage, name, operation)
+    return calls
+
+
+@pytest.mark.parametrize("scheme", ["local", "ram"])
+@pytest.mark.parametrize("earlier_save", [True, False], ids=["over-a-save", "new-folder"])
+def test_save_checkpoint_killed_at_any_step_leaves_a_loadable_folder(
+        two_models, tmp_path, monkeypatch, scheme, earlier_save):
+    import uuid
+
+    from bert4x import storage
+    from bert4x.checkpoints import save_checkpoint
+    (old, new), arrays = two_models
+    root = str(tmp_path) if scheme == "local" else f"ram://faults-{uuid.uuid4().hex}"
+    storage.makedirs(root)
+    vocab = [f"token{i}" for i in range(TINY_CONFIG["vocab_size"])]
+
+    def fresh(name):
+        folder = storage.join(root, name)
+        if earlier_save:
+            save_checkpoint(old, folder, vocab=vocab)
+        return folder
+
+    with monkeypatch.context() as patch:  # count the file changes of one save
+        folder = fresh("count")
+        calls = _kill_at(patch, None)
+        save_checkpoint(new, folder, vocab=vocab)
+    assert len(calls) >= 6
+    for step in range(1, len(calls) + 1):
+        folder = fresh(f"step{step}")
+        with monkeypatch.context() as patch:
+            _kill_at(patch, step)
+            with pytest.raises(_Killed):
+                save_checkpoint(new, folder, vocab=vocab)
+        if earlier_save:
+            assert _which_model(folder, arrays) in (0, 1), step
+            assert storage.read_text(storage.join(folder, "vocab.txt")) == \
+                "\n".join(vocab) + "\n"
+        else:  # no checkpoint before: none, or the new one complete
+            try:
+                assert _which_model(folder, arrays) == 1, step
+            except FileNotFoundError:
+                pass
+        # The next save finishes cleanly and leaves nothing of the killed one behind.
+        save_checkpoint(new, folder, vocab=vocab)
+        assert _which_model(folder, arrays) == 1
+        names = storage.listdir(folder)
+        assert [n for n in names if not n.startswith("bert_model.ckpt")] == \
+            ["bert_config.json", "checkpoint", "vocab.txt"], (step, names)
+        assert len([n for n in names if n.startswith("bert_model.ckpt")]) == 2, (step, names)
+        assert not storage.glob(folder + ".tmp-*"), step
+
+
+def test_save_checkpoint_cleans_stale_staging_folders(two_models, tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "export"
+    for stale in ("export.tmp-1a2b3c4d5e6f", "export.tmp-k2j3h4g5"):
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "bert_model.ckpt.index").write_bytes(b"half")
+    (tmp_path / "export.old-x7y8z9").mkdir()  # may hold a user's only copy: kept
+    save_checkpoint(two_models[0][0], folder)
+    save_checkpoint(two_models[0][1], folder)
+    assert sorted(os.listdir(tmp_path)) == ["export", "export.old-x7y8z9"]
+
+
+def test_save_checkpoint_writes_the_trimmed_vocabulary(tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    from bert4x.models import build_transformer_model
+    from bert4x.tokenizers import Tokenizer, load_vocab
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    full = build_transformer_model(**TINY_CONFIG, return_keras_model=False)
+    full_prefix = save_checkpoint(full, tmp_path / "full")
+    keep_tokens = [0, 1, 2, 3, 4, 17, 42, 99, 8]
+    trimmed = build_transformer_model(str(tmp_path / "full" / "bert_config.json"), full_prefix,
+                                      keep_tokens=keep_tokens, return_keras_model=False)
+    expected = [tokens[index] for index in keep_tokens]
+    for name, vocab in [("path", tmp_path / "vocab.txt"), ("list", tokens),
+                        ("dict", {t: i for i, t in enumerate(tokens)}),
+                        ("trimmed-tokenizer", Tokenizer({t: i for i, t in enumerate(expected)}))]:
+        save_checkpoint(trimmed, tmp_path / name, vocab=vocab)
+        assert (tmp_path / name / "vocab.txt").read_text(encoding="utf-8").splitlines() == \
+            expected, name
+    # Line i of the written vocabulary names embedding row i of the written weights.
+    written = _saved_arrays(tmp_path / "path")["bert/embeddings/word_embeddings"]
+    original = _saved_arrays(tmp_path / "full")["bert/embeddings/word_embeddings"]
+    token_dict = load_vocab(tmp_path / "path" / "vocab.txt")
+    for token, row in token_dict.items():
+        np.testing.assert_array_equal(written[row], original[tokens.index(token)])
+    with pytest.raises(ValueError, match="vocab has 5 tokens but the model has 9 embedding"):
+        save_checkpoint(trimmed, tmp_path / "bad", vocab=tokens[:5])
+    assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------- files: loaders read gs:// and ram:// paths
+def test_build_transformer_model_from_ram(two_models, tmp_path):
+    import uuid
+
+    from bert4x import storage
+    from bert4x.checkpoints import open_checkpoint, save_checkpoint
+    from bert4x.models import build_transformer_model
+    from bert4x.tokenizers import Tokenizer
+    builder = two_models[0][0]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+    remote = f"ram://faults-load-{uuid.uuid4().hex}/export"
+    save_checkpoint(builder, remote, vocab=vocab)
+    save_checkpoint(builder, tmp_path / "export", vocab=vocab)
+    ids = np.array([[2, 7, 9, 3, 0]], "int32")
+    segments = np.zeros_like(ids)
+    outputs = []
+    for config, weights in [(str(tmp_path / "export"), None),  # the reference: local disk
+                            (storage.join(remote, "bert_config.json"), remote),
+                            (None, storage.join(remote, "bert_model.ckpt"))]:
+        model = build_transformer_model(config, weights, with_mlm=True)
+        outputs.append([np.asarray(part) for part in model([ids, segments])])
+    for output in outputs[1:]:
+        for part, reference in zip(output, outputs[0]):
+            np.testing.assert_array_equal(part, reference)
+    tokenizer = Tokenizer(storage.join(remote, "vocab.txt"))
+    assert tokenizer.encode("w3 w4")[0] == [2, 8, 9, 3]
+    # safetensors from a remote path: read through a local copy.
+    from safetensors.numpy import save_file
+    arrays = {"bert.embeddings.word_embeddings.weight": np.arange(6, dtype="float32").reshape(3, 2)}
+    save_file(arrays, str(tmp_path / "model.safetensors"))
+    storage.copy(str(tmp_path / "model.safetensors"), storage.join(remote, "model.safetensors"))
+    reader = open_checkpoint(storage.join(remote, "model.safetensors"))
+    assert reader.path.startswith("ram://")
+    np.testing.assert_array_equal(reader.get("bert.embeddings.word_embeddings.weight"),
+                                  arrays["bert.embeddings.word_embeddings.weight"])
+
+
+# ------------------------------------------------------------- inputs: checkpoints
+def _random_builder(**config):
+    """A bert4x builder with every head, whose variables name a full checkpoint."""
+    from bert4x.models import build_transformer_model
+    return build_transformer_model(**dict(TINY_CONFIG, **config), with_mlm=True,
+                                   with_nsp=True, return_keras_model=False)
+
+
+def _checkpoint_tensors(builder, seed=0):
+    """``{google_name: array}`` in the official layout, random values."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, variable, kind in builder.variable_map():
+        shape = tuple(variable.shape)[::-1] if kind == "transposed" else tuple(variable.shape)
+        tensors[name] = rng.normal(0, 0.1, shape).astype(np.float32)
+    return tensors
+
+
+def _write_tf_checkpoint(folder, tensors, config):
+    import tensorflow as tf
+    os.makedirs(folder, exist_ok=True)
+    names = sorted(tensors)
+    prefix = os.path.join(folder, "bert_model.ckpt")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(tensors[name]) for name in names])
+    with open(os.path.join(folder, "bert_config.json"), "w") as file:
+        json.dump(config, file)
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def three_layer_checkpoint(tmp_path_factory):
+    """A 3-layer checkpoint with pooler, MLM and NSP heads; its config says 3 layers."""
+    tensors = _checkpoint_tensors(_random_builder(num_hidden_layers=3))
+    folder = str(tmp_path_factory.mktemp("three_layers"))
+    _write_tf_checkpoint(folder, tensors, dict(TINY_CONFIG, num_hidden_layers=3))
+    return folder, tensors
+
+
+def test_checkpoint_extra_layers_refused(three_layer_checkpoint):
+    from bert4x.models import build_transformer_model
+    folder, _ = three_layer_checkpoint
+    with pytest.raises(ValueError, match="does not use") as error:
+        build_transformer_model(checkpoint_path=folder, num_hidden_layers=2)
+    message = str(error.value)
+    assert "bert/encoder/layer_2/attention/self/query/kernel" in message
+    assert "ignore_unused_weights=True" in message
+    assert "cls/" not in message and "pooler" not in message  # heads are not errors
+
+
+def test_checkpoint_extra_layers_ignored_on_request(three_layer_checkpoint):
+    from bert4x.models import build_transformer_model
+    folder, tensors = three_layer_checkpoint
+    with pytest.warns(UserWarning, match="bert/encoder/layer_2/"):
+        builder = build_transformer_model(checkpoint_path=folder, num_hidden_layers=2,
+                                          ignore_unused_weights=True,
+                                          return_keras_model=False)
+    query = builder.blocks[1]["attention"].query_dense.kernel
+    np.testing.assert_array_equal(
+        np.asarray(query.numpy() if hasattr(query, "numpy") else query),
+        tensors["bert/encoder/layer_1/attention/self/query/kernel"])
+
+
+def test_checkpoint_extra_layers_refused_in_safetensors(three_layer_checkpoint, tmp_path):
+    """The same rule for Hugging Face names (without the ``bert.`` prefix, as
+    ``BertModel`` saves them, plus its ``position_ids`` buffer, which is no weight)."""
+    from safetensors.numpy import save_file
+
+    from bert4x.models import build_transformer_model
+    _, tensors = three_layer_checkpoint
+    hf = {}
+    for name, value in tensors.items():
+        if name.startswith("bert/") and "pooler" not in name:
+            hf_name = name[len("bert/"):].replace("/layer_", "/layer.").replace("/", ".")
+            hf_name = hf_name.replace(".gamma", ".weight").replace(".beta", ".bias")
+            if hf_name.endswith(".kernel"):
+                hf_name, value = hf_name[: -len(".kernel")] + ".weight", value.T
+            elif hf_name.endswith("_embeddings"):
+                hf_name += ".weight"
+            hf[hf_name] = np.ascontiguousarray(value)
+    hf["embeddings.position_ids"] = np.arange(64, dtype=np.int64)[None]
+    path = str(tmp_path / "model.safetensors")
+    save_file(hf, path)
+    (tmp_path / "config.json").write_text(json.dumps(dict(TINY_CONFIG, num_hidden_layers=3)))
+    build_transformer_model(checkpoint_path=path)
+    with pytest.raises(ValueError, match="encoder.layer.2.attention.self.query.weight"):
+        build_transformer_model(checkpoint_path=path, num_hidden_layers=2)
+
+
+def test_checkpoint_hidden_size_mismatch_named(three_layer_checkpoint):
+    from bert4x.models import build_transformer_model
+    folder, _ = three_layer_checkpoint
+    with pytest.raises(ValueError) as error:
+        build_transformer_model(checkpoint_path=folder, hidden_size=64, num_hidden_layers=3)
+    message = str(error.value)
+    assert "vocabulary" not in message
+    assert "bert/embeddings/word_embeddings" in message
+    assert "(100, 32)" in message and "(100, 64)" in message
+
+
+@pytest.mark.parametrize("bad_value", [
+    np.array([b"x"] * 32, dtype=object),
+    np.ones(32, np.complex64),
+    np.ones(32, np.int32),
+])
+def test_checkpoint_non_float_variable_refused(three_layer_checkpoint, tmp_path, bad_value):
+    from bert4x.models import build_transformer_model
+    _, tensors = three_layer_checkpoint
+    name = "bert/encoder/layer_1/output/LayerNorm/gamma"
+    _write_tf_checkpoint(str(tmp_path), dict(tensors, **{name: bad_value}),
+                         dict(TINY_CONFIG, num_hidden_layers=3))
+    with pytest.raises(ValueError, match="not a floating-point type") as error:
+        build_transformer_model(checkpoint_path=str(tmp_path))
+    assert repr(name) in str(error.value)
+
+
+# ------------------------------------------------------------- inputs: vocabularies
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "中", "国", "你", "好", "a", "##b"]
+
+
+def test_vocab_byte_order_mark_stripped(tmp_path):
+    from bert4x.tokenizers import Tokenizer, load_vocab
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(VOCAB) + "\n", encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_vocab(str(path)) == {token: index for index, token in enumerate(VOCAB)}
+    assert Tokenizer(str(path)).pad_id == 0
+
+
+def test_vocab_not_utf8_names_path(tmp_path):
+    from bert4x.tokenizers import Tokenizer, load_vocab
+    path = tmp_path / "vocab.txt"
+    path.write_bytes("\n".join(VOCAB[:5] + ["café"]).encode("latin-1"))
+    for read in (load_vocab, Tokenizer):
+        with pytest.raises(ValueError, match="not utf-8 text") as error:
+            read(str(path))
+        assert str(path) in str(error.value)
+
+
+# ------------------------------------------------------------- inputs: tokenizer
+@pytest.fixture(scope="module")
+def small_tokenizer():
+    from bert4x.tokenizers import Tokenizer
+    return Tokenizer({token: index for index, token in enumerate(VOCAB)})
+
+
+@pytest.mark.parametrize("maxlen", [0, 1])
+def test_tokenize_with_spans_maxlen_too_small(small_tokenizer, maxlen):
+    with pytest.raises(ValueError) as expected:
+        small_tokenizer.tokenize("中国", maxlen=maxlen)
+    with pytest.raises(ValueError) as error:
+        small_tokenizer.tokenize_with_spans("中国", maxlen=maxlen)
+    assert str(error.value) == str(expected.value)
+    assert f"maxlen={maxlen}" in str(error.value)
+
+
+class _CountedToken(str):
+    """A token that counts its comparisons: ``rematch``'s work per token."""
+
+    comparisons = 0
+
+    def __eq__(self, other):
+        type(self).comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def _rematch_comparisons(tokenizer, size):
+    text, tokens = "中" * size, [_CountedToken("你")] * size  # no token occurs in text
+    _CountedToken.comparisons = 0
+    assert tokenizer.rematch(text, tokens) == [None] * size
+    return _CountedToken.comparisons
+
+
+def test_rematch_linear_when_tokens_do_not_occur(small_tokenizer):
+    """Twice the tokens cost twice the comparisons (quadratic search cost four times)."""
+    small, large = (_rematch_comparisons(small_tokenizer, size) for size in (300, 600))
+    assert large <= 2.2 * small, (small, large)
+    assert small <= 10 * 300
+
+
+def test_rematch_matches_brute_force(small_tokenizer):
+    """Token lists with tokens removed, inserted and swapped map as a first-occurrence
+    scan from the last matched position says."""
+    rng = np.random.default_rng(0)
+    text = "你好中国 ab 中a 你好 [MASK] 国中好你 aab " * 3
+    own = small_tokenizer.tokenize(text)
+    own_spans = small_tokenizer.rematch(text, own)
+    for _ in range(200):
+        tokens = [token for token in own[1:-1] if rng.random() > 0.3]
+        for _ in range(rng.integers(0, 4)):
+            tokens.insert(int(rng.integers(0, len(tokens) + 1)), str(rng.choice(VOCAB[4:])))
+        expected, position = [], 0
+        body, spans = own[1:-1], own_spans[1:-1]
+        for token in tokens:
+            found = next((i for i in range(position, len(body)) if body[i] == token), None)
+            expected.append(None if found is None else spans[found])
+            position = position if found is None else found + 1
+        assert small_tokenizer.rematch(text, tokens) == expected
+
+
+# ------------------------------------------------------------- inputs: decoder
+END = 3
+
+
+@pytest.fixture(scope="module")
+def unilm():
+    """A random 2-layer UniLM with 64 positions and 2 segments."""
+    from bert4x.models import build_transformer_model
+    return build_transformer_model(**TINY_CONFIG, application="unilm",
+                                   return_keras_model=False)
+
+
+@pytest.fixture(scope="module")
+def nan_unilm():
+    """The same model with one NaN weight: every score it gives is NaN."""
+    from bert4x.models import build_transformer_model
+    builder = build_transformer_model(**TINY_CONFIG, application="unilm",
+                                      return_keras_model=False)
+    gamma = builder.embedding_norm.gamma
+    gamma.assign(np.full(tuple(gamma.shape), np.nan, np.float32))
+    return builder
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(end_id=0), "end_id 0 is the padding id"),
+    (dict(end_id=END, target_segment_id=2), r"target_segment_id .*0\.\.1.* got 2"),
+    (dict(end_id=END, target_segment_id=-1), "target_segment_id"),
+    (dict(end_id=END, target_segment_id=True), "target_segment_id"),
+    (dict(end_id=END, max_length=True), "max_length"),
+])
+def test_decoder_settings_refused(unilm, settings, message):
+    from bert4x.decoding import Decoder
+    with pytest.raises(ValueError, match=message):
+        Decoder(unilm, **settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(length_penalty=math.nan), "length_penalty must be a finite number, got nan"),
+    (dict(length_penalty=math.inf), "length_penalty must be a finite number, got inf"),
+    (dict(beam_size=True), "beam_size must be a positive integer, got True"),
+    (dict(beam_size=2, num_return=True), "num_return"),
+])
+def test_beam_settings_refused(unilm, settings, message):
+    from bert4x.decoding import AutoRegressiveDecoder, Decoder
+    with pytest.raises(ValueError, match=message):
+        Decoder(unilm, end_id=END, max_length=3).beam_search([[2, 5, 3]], **settings)
+    with pytest.raises(ValueError, match=message):  # the bert4keras route too
+        AutoRegressiveDecoder(end_id=END).beam_search([np.array([2])], **settings)
+
+
+def test_decoder_nan_scores_named(nan_unilm):
+    from bert4x.decoding import Decoder
+    decoder = Decoder(nan_unilm, end_id=END, max_length=3)
+    for run in (decoder.greedy, decoder.beam_search, decoder.sample):
+        with pytest.raises(ValueError, match="the model produced NaN/inf scores at step 0"):
+            run([[2, 5, 3]])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_predict_route_nan_scores_named(bad):
+    from bert4x.decoding import AutoRegressiveDecoder
+
+    class Broken(AutoRegressiveDecoder):
+        rtype = "logits"
+
+        def predict(self, inputs, output_ids, states):
+            scores = np.zeros((len(output_ids), 6))
+            scores[:, 4] = bad if output_ids.shape[1] == 1 else 0.0
+            return scores
+
+    with pytest.raises(ValueError, match="NaN/inf scores at step 1"):
+        Broken(end_id=END, max_length=3, min_length=3).greedy([np.array([2])])
+
+
+def test_beam_search_constraint_allowing_nothing(unilm):
+    from bert4x.decoding import AutoRegressiveDecoder, Decoder
+    decoder = Decoder(unilm, end_id=END, max_length=4)
+    with pytest.raises(ValueError, match=r"no token is allowed after prefix \[\] of source 0"):
+        decoder.beam_search([[2, 5, 3]], beam_size=2, constraint=lambda index, prefix: [])
+    with pytest.raises(ValueError, match=r"no token is allowed after prefix \[7\] of source 1"):
+        decoder.beam_search([[2, 5, 3], [2, 6, 3]], beam_size=2,
+                            constraint=lambda index, prefix: [] if index and prefix
+                            else [7, END])
+
+    class Uniform(AutoRegressiveDecoder):
+        def predict(self, inputs, output_ids, states):
+            return np.full((len(output_ids), 6), 1 / 6)
+
+    with pytest.raises(ValueError, match="no token is allowed"):
+        Uniform(end_id=END, max_length=3).beam_search(
+            [np.array([2])], beam_size=2, constraint=lambda index, prefix: [])
+
+
+def test_decoder_position_boundary(unilm):
+    """57 source tokens and 8 new ones use positions 0..63: the 8th is never fed."""
+    from bert4x.decoding import Decoder
+    decoder = Decoder(unilm, end_id=END, max_length=8, min_length=8)
+    source = [2] + [5] * 55 + [3]
+    result = decoder.greedy([source])[0]
+    assert len(result.token_ids) == 8 and not result.ended
+    assert len(decoder.beam_search([source], beam_size=2)[0][0].token_ids) == 8
+    with pytest.raises(ValueError, match="a source of 58 tokens plus max_length 8 new "
+                                         r"tokens needs 65 positions .* has 64"):
+        decoder.greedy([[2] + [5] * 56 + [3]])
+
+
+# ------------------------------------------------ files: ensure_pretrained trains once
+_ENSURE_WORKER = r"""
+import json, os, sys, time, types
+shared, name, real = sys.argv[1], sys.argv[2], sys.argv[3] == "real"
+config = {"name": "tiny", "vocab": "chinese", "train_steps": 1, "warmup_steps": 0}
+
+
+def record(config):
+    with open(os.path.join(shared, "trainings"), "a") as file:
+        file.write(name + "\n")
+
+
+def fake_run_pretraining(config, log):
+    # Stands in for the trainer: records that it ran, writes the export slowly so
+    # that a caller that did not wait would see it half written.
+    record(config)
+    export = config.export_dir()
+    os.makedirs(export, exist_ok=True)
+    for file_name in ("bert_config.json", "bert_model.ckpt.index", "vocab.txt"):
+        time.sleep(0.7)
+        with open(os.path.join(export, file_name), "w") as file:
+            file.write(name)
+    return {"export_dir": export}
+
+
+if real:  # the real trainer on a tiny model and corpus, counted
+    import bert4x.pretraining.trainer as trainer
+    run_pretraining = trainer.run_pretraining
+    trainer.run_pretraining = lambda config, log: record(config) or run_pretraining(config, log=log)
+    config.update(json.load(open(os.path.join(shared, "config.json"))))
+else:
+    sys.modules["bert4x.pretraining.trainer"] = types.SimpleNamespace(
+        run_pretraining=fake_run_pretraining)
+from bert4x.pretraining import ensure_pretrained
+
+open(os.path.join(shared, name + ".ready"), "w").close()
+while not all(os.path.exists(os.path.join(shared, n + ".ready")) for n in ("a", "b")):
+    time.sleep(0.01)  # start both calls together
+folder = ensure_pretrained(config, output_dir=os.path.join(shared, "run"), log=print)
+print("folder:", folder, open(os.path.join(folder, "vocab.txt")).read().split()[-1])
+"""
+
+
+def _ensure_pretrained_twice(tmp_path, mode):
+    """Run two processes calling ensure_pretrained together; return their outputs."""
+    import subprocess
+    import sys
+    workers = [subprocess.Popen([sys.executable, "-c", _ENSURE_WORKER, str(tmp_path), name,
+                                 mode],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for name in ("a", "b")]
+    outputs = [worker.communicate(timeout=900)[0] for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), outputs
+    trainings = (tmp_path / "trainings").read_text().split()
+    assert len(trainings) == 1, outputs
+    # Both return the same complete export, and the other one really waited.
+    results = [output.strip().splitlines()[-1] for output in outputs]
+    assert results[0] == results[1] and results[0].startswith(
+        f"folder: {tmp_path / 'run' / 'export'} "), outputs
+    assert sum("waiting for another process" in output for output in outputs) == 1, outputs
+    assert (tmp_path / "run" / "result.json").exists()
+    return str(tmp_path / "run" / "export")
+
+
+def test_ensure_pretrained_concurrent_calls_train_once(tmp_path):
+    _ensure_pretrained_twice(tmp_path, "fake")
+
+
+@pytest.mark.slow
+def test_ensure_pretrained_concurrent_calls_train_once_for_real(tmp_path):
+    from bert4x.models import build_transformer_model
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(["滚滚长江东逝水，浪花淘尽英雄。是非成败转头空。",
+                                    "话说天下大势，分久必合，合久必分。",
+                                    "我爱北京天安门，天安门上太阳升。"] * 12), encoding="utf-8")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "inputs": [str(corpus)], "vocab_trim_min_count": 1, "seq_length": 32,
+        "batch_size": 4, "max_predictions": 8, "train_steps": 2, "checkpoint_every": 2,
+        "log_every": 1, "eval_batches": 0, "validation_fraction": 0.0,
+        "model": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "intermediate_size": 64, "max_position_embeddings": 64}}))
+    folder = _ensure_pretrained_twice(tmp_path, "real")
+    build_transformer_model(folder, folder, with_mlm=True)
