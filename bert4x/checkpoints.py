@@ -1,91 +1,82 @@
 """Read and write BERT weights by name: Google TF checkpoints and Hugging Face safetensors.
 
-Every Keras variable is paired with its official Google name (the table of
-``docs/model.md``); Hugging Face names are derived from it. Nothing is matched by
-position.
+Every Keras variable is paired with its official (Google TF) name, which the model
+family declares (``Transformer.variable_map``; BERT's table is in ``docs/model.md``);
+Hugging Face names are derived from it. Nothing is matched by position.
 """
 
+import contextlib
 import json
 import os
-import shutil
+import re
 import tempfile
 import warnings
+import weakref
 
 import numpy as np
+
+from bert4x import checkpoint_files, storage
+from bert4x.tokenizers import load_vocab, tokens_by_id, vocabulary_text
 
 GOOGLE_CONFIG = "bert_config.json"
 GOOGLE_CHECKPOINT = "bert_model.ckpt"
 _OPTIMIZER_SUFFIXES = ("adam_m", "adam_v", "global_step", "Momentum", "lamb_m", "lamb_v")
 
-# kind: how an official array relates to the Keras variable.
-#   "plain": same shape; "vocab": rows follow keep_tokens; "transposed": [out, in]
-#   in the official file (NSP output_weights).
-_HEADS = ("bert/pooler/", "cls/")
+# Head variables a checkpoint may lack (allow_missing_heads): the families'
+# poolers and their MLM, NSP/SOP and discriminator heads.
+_HEADS = ("bert/pooler/", "cls/", "electra/pooler/", "generator_predictions/",
+          "discriminator_predictions/")
+_MODEL_PREFIXES = ("bert", "roberta", "albert", "electra")
 
 
 def variable_map(builder):
-    """List ``(google_name, keras_variable, kind)`` for every weight of a builder."""
-    pairs = [
-        ("bert/embeddings/word_embeddings", builder.token_embedding.embeddings, "vocab"),
-        ("bert/embeddings/token_type_embeddings", builder.segment_embedding.embeddings,
-         "plain"),
-        ("bert/embeddings/position_embeddings", builder.position_embedding.embeddings,
-         "plain"),
-    ]
-    pairs += _norm_pairs("bert/embeddings/LayerNorm", builder.embedding_norm)
-    for index, layers in enumerate(builder.blocks):
-        prefix = f"bert/encoder/layer_{index}/"
-        attention = layers["attention"]
-        for part, dense in (("query", attention.query_dense), ("key", attention.key_dense),
-                            ("value", attention.value_dense)):
-            pairs += _dense_pairs(prefix + f"attention/self/{part}", dense)
-        pairs += _dense_pairs(prefix + "attention/output/dense", attention.output_dense)
-        pairs += _norm_pairs(prefix + "attention/output/LayerNorm", layers["attention_norm"])
-        pairs += _dense_pairs(prefix + "intermediate/dense",
-                              layers["feed_forward"].intermediate_dense)
-        pairs += _dense_pairs(prefix + "output/dense", layers["feed_forward"].output_dense)
-        pairs += _norm_pairs(prefix + "output/LayerNorm", layers["feed_forward_norm"])
-    if builder.pooler_dense is not None:
-        pairs += _dense_pairs("bert/pooler/dense", builder.pooler_dense)
-    if builder.mlm_dense is not None:
-        pairs += _dense_pairs("cls/predictions/transform/dense", builder.mlm_dense)
-        pairs += _norm_pairs("cls/predictions/transform/LayerNorm", builder.mlm_norm)
-        pairs.append(("cls/predictions/output_bias", builder.mlm_bias.bias, "vocab"))
-    if builder.nsp_dense is not None:
-        pairs.append(("cls/seq_relationship/output_weights", builder.nsp_dense.kernel,
-                      "transposed"))
-        pairs.append(("cls/seq_relationship/output_bias", builder.nsp_dense.bias, "plain"))
-    return pairs
+    """List ``(official_name, keras_variable, kind)`` for every weight of a builder.
+
+    The family declares its names (``builder.variable_map()``); ``kind`` is
+    "plain" (same shape), "vocab" (rows follow keep_tokens) or "transposed"
+    ([out, in] in the official file, as BERT's NSP output_weights).
+    """
+    return builder.variable_map()
 
 
-def _dense_pairs(name, dense):
-    return [(name + "/kernel", dense.kernel, "plain"), (name + "/bias", dense.bias, "plain")]
+def hugging_face_names(official_name, renames=(), special=None):
+    """Candidate Hugging Face names of an official name, and whether to transpose.
 
+    Args:
+        official_name: a Google TF name such as ``bert/encoder/layer_0/output/dense/kernel``.
+        renames: ``(regex, replacement)`` pairs a family applies first (ALBERT's
+            ``albert_layer_groups``, RoBERTa's ``lm_head``, ...).
+        special: official name -> complete Hugging Face names, for names the
+            rules do not give (output biases, NSP/SOP weights).
 
-def _norm_pairs(name, norm):
-    return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
-
-
-def hugging_face_names(google_name):
-    """Candidate Hugging Face names of an official name, and whether to transpose."""
-    if google_name == "cls/predictions/output_bias":
-        return ["cls.predictions.bias", "cls.predictions.decoder.bias"], False
-    if google_name == "cls/seq_relationship/output_weights":
-        return ["cls.seq_relationship.weight"], False
-    if google_name == "cls/seq_relationship/output_bias":
-        return ["cls.seq_relationship.bias"], False
-    name = google_name.replace("/layer_", "/layer.").replace("/", ".")
+    Then ``layer_i`` becomes ``layer.i``, ``/`` becomes ``.``, kernels become
+    ``weight`` (transposed: PyTorch stores ``[out, in]``), LayerNorm ``gamma``/``beta``
+    become ``weight``/``bias`` (old files keep ``gamma``/``beta``), and files saved
+    from the base model without its prefix (``bert.``) are matched too.
+    """
+    special = {"cls/predictions/output_bias": ["cls.predictions.bias",
+                                               "cls.predictions.decoder.bias"],
+               "cls/seq_relationship/output_weights": ["cls.seq_relationship.weight"],
+               "cls/seq_relationship/output_bias": ["cls.seq_relationship.bias"]} \
+        if special is None else special
+    if official_name in special:
+        return list(special[official_name]), False
+    name = official_name
+    for pattern, replacement in renames:
+        name = re.sub(pattern, replacement, name)
+    name = re.sub(r"/layer_(\d+)/", r"/layer.\1/", name).replace("/", ".")
     transpose = False
     if name.endswith(".kernel"):
         name, transpose = name[: -len(".kernel")] + ".weight", True
-    elif name.endswith("_embeddings"):
+    elif name.endswith("_embeddings") or name.endswith("_embeddings_2"):
         name += ".weight"
     candidates = [name]
     if name.endswith(".gamma") or name.endswith(".beta"):
         modern = name.replace(".gamma", ".weight").replace(".beta", ".bias")
         candidates = [modern, name]
-    if name.startswith("bert."):
-        candidates += [candidate[len("bert."):] for candidate in candidates]
+    base = name.split(".")[0]
+    if base in _MODEL_PREFIXES:
+        candidates += [candidate[len(base) + 1:] for candidate in candidates]
     return candidates, transpose
 
 
@@ -121,17 +112,17 @@ class _Reader:
 
 def _find_weights(path):
     """Resolve a folder or prefix to ``(path, format)``."""
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "model.safetensors")):
-            return os.path.join(path, "model.safetensors"), "safetensors"
+    if storage.isdir(path):
+        if storage.isfile(storage.join(path, "model.safetensors")):
+            return storage.join(path, "model.safetensors"), "safetensors"
         import tensorflow as tf
         latest = tf.train.latest_checkpoint(path)
         if latest:
             return latest, "tensorflow"
-        prefix = os.path.join(path, GOOGLE_CHECKPOINT)
-        if os.path.isfile(prefix + ".index"):
+        prefix = storage.join(path, GOOGLE_CHECKPOINT)
+        if storage.isfile(prefix + ".index"):
             return prefix, "tensorflow"
-        if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+        if storage.isfile(storage.join(path, "pytorch_model.bin")):
             raise NotImplementedError(
                 f"{path}: pytorch_model.bin is not read by bert4x; convert it to "
                 "model.safetensors (safetensors.torch.save_file) or a TF checkpoint")
@@ -139,12 +130,12 @@ def _find_weights(path):
             f"no checkpoint in folder {path!r}: expected model.safetensors, a 'checkpoint' "
             f"file, or {GOOGLE_CHECKPOINT}.index")
     if path.endswith(".safetensors"):
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         return path, "safetensors"
     if path.endswith(".index"):
         path = path[: -len(".index")]
-    if not os.path.isfile(path + ".index"):
+    if not storage.isfile(path + ".index"):
         raise FileNotFoundError(
             f"checkpoint not found: {path} (expected {path}.index and its data files)")
     return path, "tensorflow"
@@ -155,8 +146,10 @@ def open_checkpoint(path):
     path, fmt = _find_weights(str(path))
     if fmt == "safetensors":
         from safetensors import safe_open
+        # safetensors maps local files only: a remote one is read from a local copy.
+        local = path if storage.is_local(path) else _local_copy(path)
         try:
-            handle = safe_open(path, framework="numpy")
+            handle = safe_open(local, framework="numpy")
             names = list(handle.keys())
         except Exception as error:
             raise ValueError(f"cannot read safetensors file {path}: {error}") from error
@@ -164,18 +157,23 @@ def open_checkpoint(path):
         def get(name):
             # NumPy has no bfloat16: widen those tensors to float32 from their bits.
             if handle.get_slice(name).get_dtype() == "BF16":
-                return _read_bfloat16(path, name)
+                return _read_bfloat16(local, name)
             return handle.get_tensor(name)
 
         def dtype(name):
             code = handle.get_slice(name).get_dtype()  # "F32", "BF16", "I64", "C64", ...
             return code, code.startswith(("F", "BF"))
 
-        return _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(), get,
-                       dtype)
+        reader = _Reader(path, fmt, names, lambda n: handle.get_slice(n).get_shape(), get,
+                         dtype)
+        if local != path:
+            weakref.finalize(reader, os.remove, local)
+        return reader
     import tensorflow as tf
     try:
-        reader = tf.train.load_checkpoint(path)
+        # The path is a resolved prefix: open it as such (tf.train.load_checkpoint
+        # would take a prefix for a folder on file systems like ram://).
+        reader = tf.compat.v1.train.NewCheckpointReader(path)
         shapes = reader.get_variable_to_shape_map()
         dtypes = reader.get_variable_to_dtype_map()
     except Exception as error:
@@ -183,6 +181,14 @@ def open_checkpoint(path):
     names = [n for n in shapes if not n.split("/")[-1].startswith(_OPTIMIZER_SUFFIXES)]
     return _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor,
                    lambda n: (dtypes[n].name, dtypes[n].is_floating))
+
+
+def _local_copy(path):
+    """Download a remote file to a new local temporary file."""
+    handle, local = tempfile.mkstemp(prefix="bert4x-", suffix=".safetensors")
+    os.close(handle)
+    storage.copy(path, local, overwrite=True)
+    return local
 
 
 def _read_bfloat16(path, name):
@@ -199,11 +205,11 @@ def _read_bfloat16(path, name):
     return bits.view(np.float32).reshape(info["shape"])
 
 
-def _lookup(reader, google_name):
+def _lookup(reader, builder, google_name):
     """Return ``(name_in_file, transpose)`` or ``(None, False)``."""
     if reader.format == "tensorflow":
         return (google_name, False) if google_name in reader.names else (None, False)
-    candidates, transpose = hugging_face_names(google_name)
+    candidates, transpose = builder.hugging_face_names(google_name)
     for candidate in candidates:
         if candidate in reader.names:
             return candidate, transpose
@@ -243,7 +249,7 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
     pairs = variable_map(builder)
     missing_heads, assignments = [], []
     for google_name, variable, kind in pairs:
-        name, transpose = _lookup(reader, google_name)
+        name, transpose = _lookup(reader, builder, google_name)
         if name is None:
             if allow_missing_heads and google_name.startswith(_HEADS):
                 missing_heads.append(google_name)
@@ -271,7 +277,8 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
             raise ValueError(f"shape mismatch for {name!r} in {reader.path}: checkpoint "
                              f"{shape}, model variable {variable.path} expects {expected}")
         assignments.append((name, variable, kind, transpose))
-    _check_unused(reader, pairs, {name for name, *_ in assignments}, ignore_unused_weights)
+    _check_unused(reader, builder, pairs, {name for name, *_ in assignments},
+                  ignore_unused_weights)
     for name, variable, kind, transpose in assignments:
         value = reader.get(name)
         if transpose or kind == "transposed":
@@ -289,15 +296,17 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
 _HUGGING_FACE_EXTRAS = ("cls.predictions.decoder.weight", "embeddings.position_ids")
 
 
-def _check_unused(reader, pairs, consumed, ignore):
+def _check_unused(reader, builder, pairs, consumed, ignore):
     """Refuse (or with ``ignore``, warn about) unconsumed names in the model's scope."""
     groups = {"/".join(google_name.split("/")[:2]) + "/" for google_name, _, _ in pairs}
     accounted = set(consumed)
     if reader.format == "safetensors":
-        groups = {group.replace("/", ".") for group in groups}
-        groups |= {group[len("bert."):] for group in groups if group.startswith("bert.")}
-        for google_name, _, _ in pairs:  # aliases, such as the two MLM bias spellings
-            accounted.update(hugging_face_names(google_name)[0])
+        # The family's Hugging Face names, with aliases such as the two MLM bias
+        # spellings and the names without the base model's prefix.
+        candidates = {name for google_name, _, _ in pairs
+                      for name in builder.hugging_face_names(google_name)[0]}
+        groups = {".".join(name.split(".")[:2]) + "." for name in candidates}
+        accounted.update(candidates)
     unused = sorted(name for name in reader.names
                     if name.startswith(tuple(groups)) and name not in accounted
                     and not name.endswith(_HUGGING_FACE_EXTRAS))
@@ -312,30 +321,60 @@ def _check_unused(reader, pairs, consumed, ignore):
     warnings.warn(message, stacklevel=4)
 
 
-def save_checkpoint(builder, directory):
+def save_checkpoint(builder, directory, vocab=None):
     """Write ``bert_config.json`` + ``bert_model.ckpt`` in Google's official format.
 
-    The folder is written beside its destination and moved into place, so a crash
-    leaves the previous checkpoint (or none), never a half-written one. Heads the
-    model has (pooler, MLM, NSP) are written too. Weights the official format has
-    no name for (e.g. the condition Dense layers of Conditional Layer
+    Heads the model has (pooler, MLM, NSP) are written too. Weights the official
+    format has no name for (e.g. the condition Dense layers of Conditional Layer
     Normalization) are not written, and a warning lists them.
+
+    The folder may hold other files, and an earlier save: save_checkpoint never
+    deletes or replaces a file it did not write itself, and a crash at any moment
+    leaves the folder loading the old checkpoint or the new one, complete. The new
+    checkpoint is written beside the folder and moved in file by file; the
+    ``checkpoint`` pointer file, which loaders given the folder follow, switches
+    last. The new weights get a prefix no file uses yet (``bert_model.ckpt``, or
+    ``bert_model.ckpt-<n>`` while an earlier save's weights are there), so pass
+    the folder, or the returned prefix, to loaders. Works on local disk,
+    ``gs://`` and ``ram://`` paths (see :mod:`bert4x.checkpoint_files` for the
+    exact guarantees, and :mod:`bert4x.storage` for what each file system allows).
 
     Args:
         builder: a :class:`bert4x.models.BERT` (``return_keras_model=False``).
-        directory: destination folder. An existing one is replaced only if it holds
-            nothing but a BERT checkpoint (``bert_config.json``, ``checkpoint``,
-            ``bert_model.ckpt.*``, ``vocab.txt``).
+        directory: destination folder (created if missing).
+        vocab: optional vocabulary to write as ``vocab.txt`` so the folder is
+            complete: a ``vocab.txt`` path, a ``{token: id}`` dict, a token list or
+            a :class:`bert4x.tokenizers.Tokenizer`. One with as many tokens as the
+            model has embedding rows is written as it is; a larger one (the full
+            vocabulary of a model built with ``keep_tokens``) is trimmed with the
+            builder's ``keep_tokens``, so line ``i`` names row ``i``.
 
     Returns:
-        The checkpoint prefix ``directory/bert_model.ckpt``.
+        The checkpoint prefix written, ``directory/bert_model.ckpt`` for a new folder.
 
     Raises:
-        FileExistsError: ``directory`` exists and holds other files or folders.
+        FileExistsError: the folder holds a ``checkpoint`` pointer, or a
+            ``bert_config.json``/``vocab.txt`` that differs from what would be
+            written, that save_checkpoint did not write.
+        ValueError: ``vocab`` does not match the model's embedding rows.
+
+    Example:
+        >>> token_dict, keep_tokens = load_vocab("vocab.txt", simplified=True)  # doctest: +SKIP
+        >>> builder = build_transformer_model(config, ckpt, keep_tokens=keep_tokens,
+        ...                                   return_keras_model=False)  # doctest: +SKIP
+        >>> save_checkpoint(builder, "exported/", vocab="vocab.txt")  # doctest: +SKIP
+        'exported/bert_model.ckpt'
     """
     import tensorflow as tf
-    directory = os.path.abspath(str(directory))
-    _check_replaceable(directory)
+    directory = checkpoint_files.destination(directory)
+    contents = {GOOGLE_CONFIG: json.dumps(builder.config.to_dict(), indent=2)}
+    if vocab is not None:
+        contents["vocab.txt"] = vocabulary_text(_vocabulary_rows(builder, vocab))
+    if storage.exists(directory) and not storage.isdir(directory):
+        raise FileExistsError(f"{directory} exists and is not a folder")
+    # What killed saves left goes first: a file of theirs is no claim of someone else.
+    checkpoint_files.clean(directory)
+    names = checkpoint_files.check_claims(directory, contents)
     pairs = variable_map(builder)
     mapped = {id(variable) for _, variable, _ in pairs}
     unwritten = [variable.path for variable in builder.model.weights
@@ -343,63 +382,63 @@ def save_checkpoint(builder, directory):
     if unwritten:
         warnings.warn(f"the official checkpoint format has no names for these weights, "
                       f"which are not written to {directory}: {unwritten}", stacklevel=2)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    staging = checkpoint_files.new_staging(directory)
     try:
-        names, tensors = [], []
+        tensor_names, tensors, written = [], [], {}
         for google_name, variable, kind in pairs:
             value = np.asarray(keras_value(variable), dtype=np.float32)
-            names.append(google_name)
-            tensors.append(tf.constant(value.T if kind == "transposed" else value))
-        prefix = os.path.join(staging, GOOGLE_CHECKPOINT)
-        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
-                          shape_and_slices=[""] * len(names), tensors=tensors)
-        with open(os.path.join(staging, "checkpoint"), "w", encoding="utf-8") as file:
-            file.write(f'model_checkpoint_path: "{GOOGLE_CHECKPOINT}"\n'
-                       f'all_model_checkpoint_paths: "{GOOGLE_CHECKPOINT}"\n')
-        with open(os.path.join(staging, GOOGLE_CONFIG), "w", encoding="utf-8") as file:
-            json.dump(builder.config.to_dict(), file, indent=2)
-        _replace_folder(staging, directory)
+            value = value.T if kind == "transposed" else value
+            if google_name in written:  # layers sharing one official weight set
+                _check_shared(google_name, written[google_name], value)
+                continue
+            written[google_name] = value
+            tensor_names.append(google_name)
+            tensors.append(tf.constant(value))
+        tf.raw_ops.SaveV2(prefix=storage.join(staging, GOOGLE_CHECKPOINT),
+                          tensor_names=tensor_names,
+                          shape_and_slices=[""] * len(tensor_names), tensors=tensors)
+        for name in names:
+            storage.atomic_write(storage.join(staging, name), contents[name])
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            storage.rmtree(staging)
         raise
-    return os.path.join(directory, GOOGLE_CHECKPOINT)
+    return checkpoint_files.publish(staging, directory, names)
+
+
+def _vocabulary_rows(builder, vocab):
+    """The tokens of ``vocab`` in the order of the model's embedding rows."""
+    if isinstance(vocab, (str, os.PathLike)):
+        vocab = load_vocab(vocab)
+    vocab = getattr(vocab, "token_dict", vocab)
+    if isinstance(vocab, dict):
+        tokens = tokens_by_id(vocab)
+    elif isinstance(vocab, (list, tuple)):
+        tokens = list(vocab)
+    else:
+        raise TypeError(f"vocab must be a vocab.txt path, a {{token: id}} dict, a token list "
+                        f"or a Tokenizer, got {type(vocab).__name__}")
+    rows = int(builder.token_embedding.embeddings.shape[0])
+    keep_tokens = builder.keep_tokens
+    if len(tokens) == rows:
+        return tokens
+    if keep_tokens is not None and len(tokens) > max(keep_tokens):
+        return [tokens[index] for index in keep_tokens]
+    expected = f"{rows} tokens" + (f", or more than {max(keep_tokens)} to trim with "
+                                   "keep_tokens" if keep_tokens is not None else "")
+    raise ValueError(f"vocab has {len(tokens)} tokens but the model has {rows} embedding "
+                     f"rows: expected {expected}")
+
+
+def _check_shared(name, first, value):
+    if not np.array_equal(first, value):
+        raise ValueError(
+            f"several layers map to the official variable {name!r} but hold different "
+            "values (an albert_unshared model after training?); the official format "
+            "stores one weight set per ALBERT group")
 
 
 def keras_value(variable):
     """The value of a Keras variable as NumPy, whatever the backend."""
     import keras
     return keras.ops.convert_to_numpy(variable.value)
-
-
-def _check_replaceable(directory):
-    """Refuse to replace a folder that holds more than a BERT checkpoint."""
-    if not os.path.exists(directory):
-        return
-    if not os.path.isdir(directory):
-        raise FileExistsError(f"{directory} exists and is not a folder")
-    foreign = sorted(
-        name for name in os.listdir(directory)
-        if not (name in (GOOGLE_CONFIG, "checkpoint", "vocab.txt")
-                and os.path.isfile(os.path.join(directory, name))
-                or name.startswith(GOOGLE_CHECKPOINT + "."))
-    )
-    if foreign:
-        raise FileExistsError(
-            f"{directory} exists and holds more than a BERT checkpoint ({foreign[:10]}); "
-            "save_checkpoint replaces its destination folder, so choose a new or "
-            "checkpoint-only folder")
-
-
-def _replace_folder(staging, directory):
-    """Move ``staging`` to ``directory``, replacing an existing folder."""
-    if not os.path.exists(directory):
-        os.rename(staging, directory)
-        return
-    retired = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".old-",
-                               dir=os.path.dirname(directory))
-    os.rmdir(retired)
-    os.rename(directory, retired)
-    os.rename(staging, directory)
-    shutil.rmtree(retired, ignore_errors=True)

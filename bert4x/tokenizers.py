@@ -63,6 +63,8 @@ import unicodedata
 
 import numpy as np
 
+from bert4x import storage
+
 __all__ = ["load_vocab", "save_vocab", "Tokenizer", "SpTokenizer"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -194,11 +196,11 @@ def load_vocab(path, encoding="utf-8", simplified=False, startswith=None):
         ...     "vocab.txt", simplified=True)  # doctest: +SKIP
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"vocabulary file not found: {path!r}")
     token_dict = {}
     try:
-        with open(path, encoding=encoding) as reader:
+        with storage.open(path, encoding=encoding) as reader:
             for index, line in enumerate(reader):
                 # Only the line break is stripped: HF keeps other whitespace, and a
                 # token's id must not depend on how the line was trimmed.
@@ -249,6 +251,15 @@ def save_vocab(path, token_dict):
         ...     "vocab.txt", simplified=True)  # doctest: +SKIP
         >>> save_vocab("vocab_simplified.txt", token_dict)  # doctest: +SKIP
     """
+    storage.atomic_write(path, vocabulary_text(tokens_by_id(token_dict)))
+
+
+def tokens_by_id(token_dict):
+    """The tokens of ``{token: id}`` as a list in id order.
+
+    Raises:
+        ValueError: the ids are not exactly ``0 .. len(token_dict) - 1``.
+    """
     ordered = sorted(token_dict.items(), key=lambda item: item[1])
     ids = [index for _, index in ordered]
     if ids != list(range(len(ordered))):
@@ -256,11 +267,19 @@ def save_vocab(path, token_dict):
             "token ids must be consecutive from 0 to save a vocab.txt; got "
             f"{len(ids)} tokens with ids from {ids[0] if ids else None} to "
             f"{ids[-1] if ids else None}")
-    for token, _ in ordered:
+    return [token for token, _ in ordered]
+
+
+def vocabulary_text(tokens):
+    """The ``vocab.txt`` content of a token list in id order (one token a line).
+
+    Raises:
+        ValueError: a token contains a line break (it could not be read back).
+    """
+    for token in tokens:
         if "\n" in token or "\r" in token:
             raise ValueError(f"token {token!r} contains a line break")
-    with open(os.fspath(path), "w", encoding="utf-8") as writer:
-        writer.writelines(token + "\n" for token, _ in ordered)
+    return "".join(token + "\n" for token in tokens)
 
 
 class _OccurrenceSearch:
@@ -912,9 +931,11 @@ class SpTokenizer(_TokenizerBase):
         import sentencepiece
 
         model_path = os.fspath(model_path)
-        if not os.path.isfile(model_path):
+        if not storage.isfile(model_path):
             raise FileNotFoundError(f"SentencePiece model not found: {model_path!r}")
-        self._model = sentencepiece.SentencePieceProcessor(model_file=model_path)
+        # Read as bytes, so gs:// and ram:// paths work too.
+        self._model = sentencepiece.SentencePieceProcessor(
+            model_proto=storage.read_bytes(model_path))
         self.vocab_size = self._model.get_piece_size()
         self.pad_id = self._model.pad_id() if self._model.pad_id() >= 0 else None
         self.unk_id = self._model.unk_id() if self._model.unk_id() >= 0 else None

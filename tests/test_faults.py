@@ -75,6 +75,256 @@ def test_config_path_is_checkpoint_index(tmp_path):
     assert prefix + ".index" in str(error.value)
 
 
+# ------------------------------------------ files: save_checkpoint keeps what it did not write
+# Each test here failed on the save_checkpoint that replaced the whole destination folder.
+@pytest.fixture(scope="module")
+def two_models():
+    """Two tiny BERTs of one shape with different weights, and their saved arrays."""
+    from bert4x.checkpoints import variable_map
+    from bert4x.models import build_transformer_model
+    builders = [build_transformer_model(**TINY_CONFIG, with_mlm=True, return_keras_model=False)
+                for _ in range(2)]
+    arrays = [{name: np.asarray(variable.numpy()) for name, variable, _ in variable_map(b)}
+              for b in builders]
+    assert not np.array_equal(arrays[0]["bert/embeddings/word_embeddings"],
+                              arrays[1]["bert/embeddings/word_embeddings"])
+    return builders, arrays
+
+
+def _snapshot(folder):
+    """``{relative path: bytes}`` of every file under a local folder."""
+    return {os.path.relpath(os.path.join(root, name), folder):
+            open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def _saved_arrays(folder):
+    from bert4x.checkpoints import open_checkpoint
+    reader = open_checkpoint(folder)
+    return {name: reader.get(name) for name in reader.names}
+
+
+def _which_model(folder, arrays):
+    """0 or 1: the model whose weights the folder loads (complete, never mixed)."""
+    saved = _saved_arrays(folder)
+    for index, expected in enumerate(arrays):
+        if saved.keys() == expected.keys() and all(
+                np.array_equal(saved[name], value) for name, value in expected.items()):
+            return index
+    raise AssertionError(f"{folder} loads neither model's weights")
+
+
+def test_save_checkpoint_keeps_google_download_folder(two_models, tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "chinese_L-12_H-768_A-12"
+    folder.mkdir()
+    (folder / "bert_config.json").write_text(json.dumps({"vocab_size": 21128}))
+    for name in ("bert_model.ckpt.index", "bert_model.ckpt.data-00000-of-00001",
+                 "bert_model.ckpt.meta"):
+        (folder / name).write_bytes(b"Google's weights")
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    before = _snapshot(folder)
+    with pytest.raises(FileExistsError, match="bert_config.json"):
+        save_checkpoint(two_models[0][0], folder)
+    assert _snapshot(folder) == before
+    assert os.listdir(tmp_path) == [folder.name]
+
+
+def test_save_checkpoint_keeps_foreign_files_and_subfolders(two_models, tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "project"
+    (folder / "bert_model.ckpt.backup").mkdir(parents=True)
+    (folder / "bert_model.ckpt.backup" / "weights.bin").write_bytes(b"keep me")
+    (folder / "notes.txt").write_text("keep me too")
+    (folder / "vocab.txt").write_text("[PAD]\n")
+    before = _snapshot(folder)
+    for builder in two_models[0]:
+        save_checkpoint(builder, folder)
+    after = _snapshot(folder)
+    assert {name: after[name] for name in before} == before
+    assert _which_model(folder, two_models[1]) == 1
+
+
+def test_save_checkpoint_refuses_a_foreign_pointer(two_models, tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "training_run"
+    folder.mkdir()
+    # A tf.train.Saver pointer: the weights it names are someone else's.
+    (folder / "checkpoint").write_text('model_checkpoint_path: "bert_model.ckpt"\n')
+    (folder / "bert_model.ckpt.index").write_bytes(b"a training run")
+    (folder / "bert_model.ckpt.data-00000-of-00001").write_bytes(b"a training run")
+    before = _snapshot(folder)
+    with pytest.raises(FileExistsError, match="not written by bert4x"):
+        save_checkpoint(two_models[0][0], folder)
+    assert _snapshot(folder) == before
+
+
+def test_save_checkpoint_replaces_a_folder_saved_by_earlier_versions(two_models, tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    (builder, other), arrays = two_models
+    folder = tmp_path / "export"
+    save_checkpoint(builder, folder)
+    (folder / "checkpoint").write_text('model_checkpoint_path: "bert_model.ckpt"\n'
+                                       'all_model_checkpoint_paths: "bert_model.ckpt"\n')
+    (folder / "vocab.txt").write_text("[PAD]\n")  # written by the pretraining export
+    save_checkpoint(other, folder)
+    assert _which_model(folder, arrays) == 1
+    assert (folder / "vocab.txt").read_text() == "[PAD]\n"
+    assert not (folder / "bert_model.ckpt.index").exists()  # the old weights were its own
+
+
+class _Killed(BaseException):
+    """The process died: no cleanup code of the save may run afterwards."""
+
+
+def _kill_at(monkeypatch, step):
+    """Make the ``step``-th file change of bert4x.storage (and every later one) fail."""
+    from bert4x import storage
+    calls = []
+    for name in ("rename", "remove", "rmtree", "copy"):
+        original = getattr(storage, name)
+
+        def operation(*args, _original=original, **kwargs):
+            calls.append(args)
+            if step is not None and len(calls) >= step:
+                raise _Killed(f"killed at file operation {len(calls)}: {args}")
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(storage, name, operation)
+    return calls
+
+
+@pytest.mark.parametrize("scheme", ["local", "ram"])
+@pytest.mark.parametrize("earlier_save", [True, False], ids=["over-a-save", "new-folder"])
+def test_save_checkpoint_killed_at_any_step_leaves_a_loadable_folder(
+        two_models, tmp_path, monkeypatch, scheme, earlier_save):
+    import uuid
+
+    from bert4x import storage
+    from bert4x.checkpoints import save_checkpoint
+    (old, new), arrays = two_models
+    root = str(tmp_path) if scheme == "local" else f"ram://faults-{uuid.uuid4().hex}"
+    storage.makedirs(root)
+    vocab = [f"token{i}" for i in range(TINY_CONFIG["vocab_size"])]
+
+    def fresh(name):
+        folder = storage.join(root, name)
+        if earlier_save:
+            save_checkpoint(old, folder, vocab=vocab)
+        return folder
+
+    with monkeypatch.context() as patch:  # count the file changes of one save
+        folder = fresh("count")
+        calls = _kill_at(patch, None)
+        save_checkpoint(new, folder, vocab=vocab)
+    assert len(calls) >= 6
+    for step in range(1, len(calls) + 1):
+        folder = fresh(f"step{step}")
+        with monkeypatch.context() as patch:
+            _kill_at(patch, step)
+            with pytest.raises(_Killed):
+                save_checkpoint(new, folder, vocab=vocab)
+        if earlier_save:
+            assert _which_model(folder, arrays) in (0, 1), step
+            assert storage.read_text(storage.join(folder, "vocab.txt")) == \
+                "\n".join(vocab) + "\n"
+        else:  # no checkpoint before: none, or the new one complete
+            try:
+                assert _which_model(folder, arrays) == 1, step
+            except FileNotFoundError:
+                pass
+        # The next save finishes cleanly and leaves nothing of the killed one behind.
+        save_checkpoint(new, folder, vocab=vocab)
+        assert _which_model(folder, arrays) == 1
+        names = storage.listdir(folder)
+        assert [n for n in names if not n.startswith("bert_model.ckpt")] == \
+            ["bert_config.json", "checkpoint", "vocab.txt"], (step, names)
+        assert len([n for n in names if n.startswith("bert_model.ckpt")]) == 2, (step, names)
+        assert not storage.glob(folder + ".tmp-*"), step
+
+
+def test_save_checkpoint_cleans_stale_staging_folders(two_models, tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "export[1]"  # glob characters in the name change nothing
+    for stale in ("export[1].tmp-1a2b3c4d5e6f", "export[1].tmp-k2j3h4g5"):
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "bert_model.ckpt.index").write_bytes(b"half")
+    (tmp_path / "export[1].old-x7y8z9").mkdir()  # may hold a user's only copy: kept
+    (tmp_path / "export1.tmp-abc").mkdir()  # another folder's
+    save_checkpoint(two_models[0][0], folder)
+    save_checkpoint(two_models[0][1], folder)
+    assert sorted(os.listdir(tmp_path)) == ["export1.tmp-abc", "export[1]",
+                                            "export[1].old-x7y8z9"]
+
+
+def test_save_checkpoint_writes_the_trimmed_vocabulary(tmp_path):
+    from bert4x.checkpoints import save_checkpoint
+    from bert4x.models import build_transformer_model
+    from bert4x.tokenizers import Tokenizer, load_vocab
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    full = build_transformer_model(**TINY_CONFIG, return_keras_model=False)
+    full_prefix = save_checkpoint(full, tmp_path / "full")
+    keep_tokens = [0, 1, 2, 3, 4, 17, 42, 99, 8]
+    trimmed = build_transformer_model(str(tmp_path / "full" / "bert_config.json"), full_prefix,
+                                      keep_tokens=keep_tokens, return_keras_model=False)
+    expected = [tokens[index] for index in keep_tokens]
+    for name, vocab in [("path", tmp_path / "vocab.txt"), ("list", tokens),
+                        ("dict", {t: i for i, t in enumerate(tokens)}),
+                        ("trimmed-tokenizer", Tokenizer({t: i for i, t in enumerate(expected)}))]:
+        save_checkpoint(trimmed, tmp_path / name, vocab=vocab)
+        assert (tmp_path / name / "vocab.txt").read_text(encoding="utf-8").splitlines() == \
+            expected, name
+    # Line i of the written vocabulary names embedding row i of the written weights.
+    written = _saved_arrays(tmp_path / "path")["bert/embeddings/word_embeddings"]
+    original = _saved_arrays(tmp_path / "full")["bert/embeddings/word_embeddings"]
+    token_dict = load_vocab(tmp_path / "path" / "vocab.txt")
+    for token, row in token_dict.items():
+        np.testing.assert_array_equal(written[row], original[tokens.index(token)])
+    with pytest.raises(ValueError, match="vocab has 5 tokens but the model has 9 embedding"):
+        save_checkpoint(trimmed, tmp_path / "bad", vocab=tokens[:5])
+    assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------- files: loaders read gs:// and ram:// paths
+def test_build_transformer_model_from_ram(two_models, tmp_path):
+    import uuid
+
+    from bert4x import storage
+    from bert4x.checkpoints import open_checkpoint, save_checkpoint
+    from bert4x.models import build_transformer_model
+    from bert4x.tokenizers import Tokenizer
+    builder = two_models[0][0]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+    remote = f"ram://faults-load-{uuid.uuid4().hex}/export"
+    save_checkpoint(builder, remote + "/", vocab=vocab)  # the staging folder goes beside it
+    assert storage.listdir(storage.dirname(remote)) == ["export"]
+    with pytest.raises(ValueError, match="inside gs://bucket, not its root"):
+        save_checkpoint(builder, "gs://bucket/")  # refused before any request
+    save_checkpoint(builder, tmp_path / "export", vocab=vocab)
+    ids = np.array([[2, 7, 9, 3, 0]], "int32")
+    segments = np.zeros_like(ids)
+    outputs = []
+    for config, weights in [(str(tmp_path / "export"), None),  # the reference: local disk
+                            (storage.join(remote, "bert_config.json"), remote),
+                            (None, storage.join(remote, "bert_model.ckpt"))]:
+        model = build_transformer_model(config, weights, with_mlm=True)
+        outputs.append([np.asarray(part) for part in model([ids, segments])])
+    for output in outputs[1:]:
+        for part, reference in zip(output, outputs[0]):
+            np.testing.assert_array_equal(part, reference)
+    tokenizer = Tokenizer(storage.join(remote, "vocab.txt"))
+    assert tokenizer.encode("w3 w4")[0] == [2, 8, 9, 3]
+    # safetensors from a remote path: read through a local copy.
+    from safetensors.numpy import save_file
+    arrays = {"bert.embeddings.word_embeddings.weight": np.arange(6, dtype="float32").reshape(3, 2)}
+    save_file(arrays, str(tmp_path / "model.safetensors"))
+    storage.copy(str(tmp_path / "model.safetensors"), storage.join(remote, "model.safetensors"))
+    reader = open_checkpoint(storage.join(remote, "model.safetensors"))
+    assert reader.path.startswith("ram://")
+    np.testing.assert_array_equal(reader.get("bert.embeddings.word_embeddings.weight"),
+                                  arrays["bert.embeddings.word_embeddings.weight"])
+
+
 # ------------------------------------------------------------- inputs: checkpoints
 def _random_builder(**config):
     """A bert4x builder with every head, whose variables name a full checkpoint."""
@@ -381,3 +631,88 @@ def test_decoder_position_boundary(unilm):
     with pytest.raises(ValueError, match="a source of 58 tokens plus max_length 8 new "
                                          r"tokens needs 65 positions .* has 64"):
         decoder.greedy([[2] + [5] * 56 + [3]])
+
+
+# ------------------------------------------------ files: ensure_pretrained trains once
+_ENSURE_WORKER = r"""
+import json, os, sys, time, types
+shared, name, real = sys.argv[1], sys.argv[2], sys.argv[3] == "real"
+config = {"name": "tiny", "vocab": "chinese", "train_steps": 1, "warmup_steps": 0}
+
+
+def record(config):
+    with open(os.path.join(shared, "trainings"), "a") as file:
+        file.write(name + "\n")
+
+
+def fake_run_pretraining(config, log):
+    # Stands in for the trainer: records that it ran, writes the export slowly so
+    # that a caller that did not wait would see it half written.
+    record(config)
+    export = config.export_dir()
+    os.makedirs(export, exist_ok=True)
+    for file_name in ("bert_config.json", "bert_model.ckpt.index", "vocab.txt"):
+        time.sleep(0.7)
+        with open(os.path.join(export, file_name), "w") as file:
+            file.write(name)
+    return {"export_dir": export}
+
+
+if real:  # the real trainer on a tiny model and corpus, counted
+    import bert4x.pretraining.trainer as trainer
+    run_pretraining = trainer.run_pretraining
+    trainer.run_pretraining = lambda config, log: record(config) or run_pretraining(config, log=log)
+    config.update(json.load(open(os.path.join(shared, "config.json"))))
+else:
+    sys.modules["bert4x.pretraining.trainer"] = types.SimpleNamespace(
+        run_pretraining=fake_run_pretraining)
+from bert4x.pretraining import ensure_pretrained
+
+open(os.path.join(shared, name + ".ready"), "w").close()
+while not all(os.path.exists(os.path.join(shared, n + ".ready")) for n in ("a", "b")):
+    time.sleep(0.01)  # start both calls together
+folder = ensure_pretrained(config, output_dir=os.path.join(shared, "run"), log=print)
+print("folder:", folder, open(os.path.join(folder, "vocab.txt")).read().split()[-1])
+"""
+
+
+def _ensure_pretrained_twice(tmp_path, mode):
+    """Run two processes calling ensure_pretrained together; return their outputs."""
+    import subprocess
+    import sys
+    workers = [subprocess.Popen([sys.executable, "-c", _ENSURE_WORKER, str(tmp_path), name,
+                                 mode],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for name in ("a", "b")]
+    outputs = [worker.communicate(timeout=900)[0] for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), outputs
+    trainings = (tmp_path / "trainings").read_text().split()
+    assert len(trainings) == 1, outputs
+    # Both return the same complete export, and the other one really waited.
+    results = [output.strip().splitlines()[-1] for output in outputs]
+    assert results[0] == results[1] and results[0].startswith(
+        f"folder: {tmp_path / 'run' / 'export'} "), outputs
+    assert sum("waiting for another process" in output for output in outputs) == 1, outputs
+    assert (tmp_path / "run" / "result.json").exists()
+    return str(tmp_path / "run" / "export")
+
+
+def test_ensure_pretrained_concurrent_calls_train_once(tmp_path):
+    _ensure_pretrained_twice(tmp_path, "fake")
+
+
+@pytest.mark.slow
+def test_ensure_pretrained_concurrent_calls_train_once_for_real(tmp_path):
+    from bert4x.models import build_transformer_model
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(["滚滚长江东逝水，浪花淘尽英雄。是非成败转头空。",
+                                    "话说天下大势，分久必合，合久必分。",
+                                    "我爱北京天安门，天安门上太阳升。"] * 12), encoding="utf-8")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "inputs": [str(corpus)], "vocab_trim_min_count": 1, "seq_length": 32,
+        "batch_size": 4, "max_predictions": 8, "train_steps": 2, "checkpoint_every": 2,
+        "log_every": 1, "eval_batches": 0, "validation_fraction": 0.0,
+        "model": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "intermediate_size": 64, "max_position_embeddings": 64}}))
+    folder = _ensure_pretrained_twice(tmp_path, "real")
+    build_transformer_model(folder, folder, with_mlm=True)

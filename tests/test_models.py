@@ -527,18 +527,16 @@ def test_save_checkpoint_is_atomic(workdir, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ckpt"]
 
 
-def test_save_checkpoint_refuses_foreign_folder(workdir, tmp_path):
+def test_save_checkpoint_keeps_other_files(workdir, tmp_path):
     builder = build_transformer_model(
         checkpoint_path=os.path.join(workdir["root"], "ckpt_gelu"), return_keras_model=False)
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="notes.txt"):
-        checkpoints.save_checkpoint(builder, str(tmp_path / "project"))
-    assert os.listdir(tmp_path / "project") == ["notes.txt"]
-    assert sorted(os.listdir(tmp_path)) == ["project"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a plain BERT: nothing unwritten
-        checkpoints.save_checkpoint(builder, str(tmp_path / "plain"))
+        checkpoints.save_checkpoint(builder, str(tmp_path / "project"))
+    assert (tmp_path / "project" / "notes.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["project"]
 
 
 def test_save_checkpoint_warns_about_cln_weights(tmp_path):
