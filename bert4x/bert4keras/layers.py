@@ -308,19 +308,22 @@ class LayerNormalization(_native_layers.LayerNormalization):
     zero, so the layer starts as a plain layer normalisation.
 
     Args:
-        center, scale: must be True (bert4x always has both).
-        epsilon: added to the variance (default 1e-12).
+        zero_mean, unit_variance, scale, offset: must be True (bert4x's layer
+            always centres, scales and has both gamma and beta).
+        epsilon: added to the variance (default ``keras.config.epsilon()``, as
+            bert4keras; its models use 1e-12).
         conditional: take ``[x, c]``.
         hidden_units, hidden_activation, hidden_initializer: the condition's Dense.
     """
 
-    def __init__(self, center=True, scale=True, epsilon=None, conditional=False,
-                 hidden_units=None, hidden_activation="linear",
-                 hidden_initializer="glorot_uniform", **kwargs):
-        if not (center and scale):
-            raise NotImplementedError("LayerNormalization(center=False or scale=False) is "
-                                      "not supported by bert4x.bert4keras")
-        super().__init__(epsilon=epsilon or 1e-12, conditional=conditional, **kwargs)
+    def __init__(self, zero_mean=True, unit_variance=True, epsilon=None, scale=True,
+                 offset=True, conditional=False, hidden_units=None,
+                 hidden_activation="linear", hidden_initializer="glorot_uniform", **kwargs):
+        if not all(flag is True for flag in (zero_mean, unit_variance, scale, offset)):
+            raise NotImplementedError("LayerNormalization without zero_mean, unit_variance, "
+                                      "scale or offset is not supported by bert4x.bert4keras")
+        super().__init__(epsilon=epsilon or keras.config.epsilon(), conditional=conditional,
+                         **kwargs)
         self.hidden_units = hidden_units
         self.hidden_activation = hidden_activation
         self.hidden_initializer = keras.initializers.get(hidden_initializer)
