@@ -376,9 +376,7 @@ def save_checkpoint(builder, directory, vocab=None):
         'exported/bert_model.ckpt'
     """
     import tensorflow as tf
-    directory = str(directory)
-    if storage.is_local(directory):
-        directory = os.path.abspath(directory)
+    directory = checkpoint_files.destination(directory)
     contents = {GOOGLE_CONFIG: json.dumps(builder.config.to_dict(), indent=2)}
     if vocab is not None:
         contents["vocab.txt"] = vocabulary_text(_vocabulary_rows(builder, vocab))

@@ -115,6 +115,9 @@ def _listed(path):
 
 def isfile(path):
     """True when ``path`` exists and is not a folder."""
+    path = os.fspath(path)
+    if is_local(path):
+        return os.path.isfile(path)
     return exists(path) and not isdir(path)
 
 

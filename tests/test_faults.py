@@ -244,14 +244,16 @@ def test_save_checkpoint_killed_at_any_step_leaves_a_loadable_folder(
 
 def test_save_checkpoint_cleans_stale_staging_folders(two_models, tmp_path):
     from bert4x.checkpoints import save_checkpoint
-    folder = tmp_path / "export"
-    for stale in ("export.tmp-1a2b3c4d5e6f", "export.tmp-k2j3h4g5"):
+    folder = tmp_path / "export[1]"  # glob characters in the name change nothing
+    for stale in ("export[1].tmp-1a2b3c4d5e6f", "export[1].tmp-k2j3h4g5"):
         (tmp_path / stale).mkdir()
         (tmp_path / stale / "bert_model.ckpt.index").write_bytes(b"half")
-    (tmp_path / "export.old-x7y8z9").mkdir()  # may hold a user's only copy: kept
+    (tmp_path / "export[1].old-x7y8z9").mkdir()  # may hold a user's only copy: kept
+    (tmp_path / "export1.tmp-abc").mkdir()  # another folder's
     save_checkpoint(two_models[0][0], folder)
     save_checkpoint(two_models[0][1], folder)
-    assert sorted(os.listdir(tmp_path)) == ["export", "export.old-x7y8z9"]
+    assert sorted(os.listdir(tmp_path)) == ["export1.tmp-abc", "export[1]",
+                                            "export[1].old-x7y8z9"]
 
 
 def test_save_checkpoint_writes_the_trimmed_vocabulary(tmp_path):
@@ -294,7 +296,10 @@ def test_build_transformer_model_from_ram(two_models, tmp_path):
     builder = two_models[0][0]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
     remote = f"ram://faults-load-{uuid.uuid4().hex}/export"
-    save_checkpoint(builder, remote, vocab=vocab)
+    save_checkpoint(builder, remote + "/", vocab=vocab)  # the staging folder goes beside it
+    assert storage.listdir(storage.dirname(remote)) == ["export"]
+    with pytest.raises(ValueError, match="inside gs://bucket, not its root"):
+        save_checkpoint(builder, "gs://bucket/")  # refused before any request
     save_checkpoint(builder, tmp_path / "export", vocab=vocab)
     ids = np.array([[2, 7, 9, 3, 0]], "int32")
     segments = np.zeros_like(ids)
