@@ -36,6 +36,10 @@ MODEL_CASES = {
     "unilm": dict(application="unilm"),
     "lm": dict(application="lm"),
 }
+# Other families: (extra config fields, build_transformer_model arguments).
+FAMILY_CASES = {"roberta": ({}, dict(with_mlm=True)),
+                "albert": (dict(embedding_size=8), dict(with_mlm=True)),
+                "electra": (dict(embedding_size=8), dict())}
 RNG = np.random.default_rng(0)
 CRF = dict(emissions=RNG.normal(size=(3, 6, 4)).astype("float32"),
            mask=np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], "float32"),
@@ -100,13 +104,31 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def oracle(checkpoint):
+def family_checkpoints(tmp_path_factory):
+    """Small random models of the other families, in their official checkpoint format."""
+    found = {}
+    for family, (fields, arguments) in FAMILY_CASES.items():
+        keras.utils.set_random_seed(2)
+        builder = native_build(model=family, **CONFIG, **fields, return_keras_model=False,
+                               **arguments)
+        folder = str(tmp_path_factory.mktemp(family) / "model")
+        found[family] = (os.path.join(folder, "bert_config.json"),
+                         checkpoints.save_checkpoint(builder, folder))
+    return found
+
+
+@pytest.fixture(scope="module")
+def oracle(checkpoint, family_checkpoints):
     config_path, prefix = checkpoint
     inputs = [TOKENS, SEGMENTS]
     jobs = {f"model_{name}": ("model_outputs", dict(config_path=config_path,
                                                      checkpoint_path=prefix, inputs=inputs,
                                                      **kwargs))
             for name, kwargs in MODEL_CASES.items()}
+    for family, (family_config, family_prefix) in family_checkpoints.items():
+        jobs[f"family_{family}"] = ("model_outputs", dict(
+            config_path=family_config, checkpoint_path=family_prefix, inputs=inputs,
+            model=family, **FAMILY_CASES[family][1]))
     jobs["masked_loss"] = ("masked_loss", dict(config_path=config_path, checkpoint_path=prefix,
                                                inputs=inputs, application="unilm"))
     jobs["crf"] = ("crf", CRF)
@@ -141,6 +163,19 @@ def test_model_outputs_equal_bert4keras(checkpoint, oracle, case):
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs):
         assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=TOL)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_other_families_equal_bert4keras(family_checkpoints, oracle, family):
+    config_path, prefix = family_checkpoints[family]
+    model = models.build_transformer_model(config_path, prefix, model=family,
+                                           **FAMILY_CASES[family][1])
+    ours = model.predict([TOKENS, SEGMENTS], verbose=0)
+    ours = ours if isinstance(ours, list) else [ours]
+    theirs = oracle.result(f"family_{family}")
+    assert [a.shape for a in ours] == [b.shape for b in theirs]
+    for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=TOL)
 
 
