@@ -65,11 +65,6 @@ class GenerationResult:
 
 
 # --------------------------------------------------------------------- settings
-# Id 0 is padding to the cached model: its key is masked, so a generated 0 would
-# not mean in the cache what it means in a full run, and the Decoder never emits it.
-_PAD_ID = 0
-
-
 def _is_int(value):
     """An integer, but not a bool (``beam_size=True`` is a mistake, not 1)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -462,7 +457,7 @@ def _is_group(item):
             and isinstance(item[0], (list, tuple, np.ndarray)))
 
 
-def _flatten_sources(sources, vocab_size):
+def _flatten_sources(sources, vocab_size, pad_id=0):
     """Flatten sources into members; returns ``(members, owner, group_sizes)``."""
     if isinstance(sources, np.ndarray):
         sources = list(sources)
@@ -479,10 +474,10 @@ def _flatten_sources(sources, vocab_size):
             label = f"source {index}" + (f" member {len(sizes)}" if len(group) > 1 else "")
             if not ids:
                 raise ValueError(f"{label} is empty: a source needs at least one token")
-            bad = [t for t in ids if not 0 < t < vocab_size]
+            bad = [t for t in ids if not 0 <= t < vocab_size or t == pad_id]
             if bad:
-                raise ValueError(f"{label} has ids outside 1..{vocab_size - 1} "
-                                 f"(0 is padding): {bad[:10]}")
+                raise ValueError(f"{label} has ids outside 0..{vocab_size - 1} or equal "
+                                 f"to the padding id {pad_id}: {bad[:10]}")
             members.append(ids)
             owner.append(index)
         sizes.append(len(group))
@@ -647,7 +642,7 @@ class _CachedScorer:
     """Scorer over the cache models: prefill once, then one token per step."""
 
     def __init__(self, compiled, members, owner, group_sizes, copies, max_length,
-                 target_segment_id, extras, vocab_size, negative=None):
+                 target_segment_id, extras, vocab_size, negative=None, pad_id=0):
         self.compiled = compiled
         self.group_sizes = group_sizes
         self.copies = copies
@@ -663,7 +658,7 @@ class _CachedScorer:
                              for ours, theirs in zip(member_extras, negative.extras)]
         count = len(members)
         self.source_length = max(len(m) for m in members)
-        self.token_ids = np.zeros((count, self.source_length), dtype=np.int32)
+        self.token_ids = np.full((count, self.source_length), pad_id, dtype=np.int32)
         for row, ids in enumerate(members):
             self.token_ids[row, :len(ids)] = ids
         self.lengths = np.asarray([len(m) for m in members], dtype=np.int32)
@@ -676,14 +671,16 @@ class _CachedScorer:
         self.new_slots = max(max_length - 1, 0)
         self.slots = self.source_length + self.new_slots
         self.key_mask = np.zeros((self.rows, self.slots), dtype=np.float32)
-        self.key_mask[:, :self.source_length] = np.repeat(self.token_ids != 0, copies, axis=0)
+        self.key_mask[:, :self.source_length] = np.repeat(self.token_ids != pad_id, copies, axis=0)
         self.row_positions = np.repeat(self.lengths, copies)
         self.segment = np.full((self.rows, 1), target_segment_id, dtype=np.int32)
         self.row_extras = [np.take(extra, self.member_of_row, axis=0)
                            for extra in self.member_extras]
         self.step = 0
         self.cache = None
-        self.banned_ids = (_PAD_ID,)
+        # The padding id is masked as a key in a full run, so a generated one
+        # would not mean what it means in the cache: never emit it.
+        self.banned_ids = (pad_id,)
         self.step_function = compiled.step_function()
 
     def first(self):
@@ -776,11 +773,13 @@ class Decoder:
                              "(build_transformer_model(..., return_keras_model=False))")
         self.builder = builder
         self.vocab_size = builder.config.vocab_size
-        self.max_positions = builder.config.max_position_embeddings
+        self.max_positions = getattr(builder, "max_positions",
+                                     builder.config.max_position_embeddings)
+        self.pad_id = builder.config.pad_token_id
         self.end_id = _check_end_id(end_id, self.vocab_size)
-        if self.end_id == _PAD_ID:
+        if self.end_id == self.pad_id:
             raise ValueError(
-                f"end_id {_PAD_ID} is the padding id, which the decoder never generates, "
+                f"end_id {self.pad_id} is the padding id, which the decoder never generates, "
                 "so no sequence would end; pass the end token's id (e.g. "
                 "tokenizer.token_to_id('[SEP]'))")
         _check_lengths(max_length, min_length)
@@ -788,6 +787,8 @@ class Decoder:
         if target_segment_id is None:
             target_segment_id = 1 if builder.application == "unilm" else 0
         segments = builder.config.type_vocab_size
+        if segments == 1:  # one token type (RoBERTa): segment ids drive the UniLM mask only
+            segments = 2
         if not _is_int(target_segment_id) or not 0 <= target_segment_id < segments:
             raise ValueError(f"target_segment_id must be a segment id of the model "
                              f"(0..{segments - 1}, type_vocab_size {segments}), "
@@ -806,7 +807,7 @@ class Decoder:
     def _scorer(self, sources, copies, max_length, min_length, additional_inputs,
                 guidance=None):
         _check_lengths(max_length, min_length)
-        members, owner, sizes = _flatten_sources(sources, self.vocab_size)
+        members, owner, sizes = _flatten_sources(sources, self.vocab_size, self.pad_id)
         extras = self._extras(additional_inputs, len(sizes))
         negative = self._negative(guidance or {}, sources, additional_inputs, len(sizes))
         longest = max(len(m) for m in members + (negative.members if negative else []))
@@ -819,7 +820,8 @@ class Decoder:
                 f"position table has {self.max_positions} (max_position_embeddings)")
         compiled = _compiled_models(self.builder, self.jit_compile)
         scorer = _CachedScorer(compiled, members, owner, sizes, copies, max_length,
-                               self.target_segment_id, extras, self.vocab_size, negative)
+                               self.target_segment_id, extras, self.vocab_size, negative,
+                               pad_id=self.pad_id)
         return scorer, len(sizes)
 
     def _negative(self, guidance, sources, additional_inputs, num_sources):
@@ -840,7 +842,8 @@ class Decoder:
             negative_sources = sources
         if negative_inputs is None:
             negative_inputs = additional_inputs
-        members, owner, sizes = _flatten_sources(negative_sources, self.vocab_size)
+        members, owner, sizes = _flatten_sources(negative_sources, self.vocab_size,
+                                                 self.pad_id)
         if len(sizes) != num_sources:
             raise ValueError(f"negative_sources has {len(sizes)} sources; expected one per "
                              f"source ({num_sources})")

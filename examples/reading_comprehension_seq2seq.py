@@ -240,8 +240,7 @@ def build_models(base, keep_tokens, learning_rate, total_steps):
 
     builder = base.build(keep_tokens, application="unilm", return_keras_model=False)
     token_ids, segment_ids = builder.model.inputs[:2]
-    last_layer = builder.config.num_hidden_layers - 1
-    hidden = builder.model.get_layer(f"Transformer-{last_layer}-FeedForward-Norm").output
+    hidden = builder.sequence_output
     positions = keras.Input((None,), dtype="int32", name="Target-Positions")
     gathered = ops.take_along_axis(hidden, ops.expand_dims(positions, -1), axis=1)
     logits = builder.mlm_logits(gathered)

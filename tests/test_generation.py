@@ -213,6 +213,17 @@ def test_cache_and_greedy_match_full_reruns_tensorflow(builders, application, co
     assert worker.check_greedy(builder)
 
 
+@pytest.mark.parametrize("family", sorted(worker.FAMILY_CONFIGS))
+def test_families_cache_and_greedy_match_full_reruns(family):
+    """Every family's prefill + step graphs give the logits of full re-runs (fairseq
+    RoBERTa: padding id 1 and positions offset by 2; ALBERT: one cache entry per
+    application of the shared layer; factorised embeddings)."""
+    builder = worker.build_family(family)
+    assert len(builder.schedule) == builder.config.num_hidden_layers
+    assert worker.check_cache(builder) < 1e-4
+    assert worker.check_greedy(builder)
+
+
 def test_step_is_traced_once_whatever_the_shapes(unilm):
     builder = unilm
     decoder = Decoder(builder, end_id=END, max_length=4)
@@ -690,7 +701,7 @@ def test_cache_and_greedy_on_other_backends(other_backends, backend):
             assert value < 1e-4, (key, value)
         elif key.startswith("greedy:"):
             assert value is True, key
-    assert len(results) == 9
+    assert len(results) == 9 + 2 * len(worker.FAMILY_CONFIGS)
 
 
 def test_start_id_is_what_the_first_predict_sees():
