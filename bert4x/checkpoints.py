@@ -291,9 +291,12 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
                       f"their initial values: {missing_heads}", stacklevel=3)
 
 
-# Hugging Face files may hold a tied copy of the word embeddings and a buffer of
-# position ids; neither is a weight of its own.
-_HUGGING_FACE_EXTRAS = ("cls.predictions.decoder.weight", "embeddings.position_ids")
+# Hugging Face files may hold a tied copy of the word embeddings (the MLM decoder
+# of BERT, ALBERT, RoBERTa, ELECTRA's generator) and buffers of position or
+# segment ids; none is a weight of its own.
+_HUGGING_FACE_EXTRAS = ("predictions.decoder.weight", "lm_head.decoder.weight",
+                        "generator_lm_head.weight", "embeddings.position_ids",
+                        "embeddings.token_type_ids")
 
 
 def _check_unused(reader, builder, pairs, consumed, ignore):
