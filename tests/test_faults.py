@@ -1,7 +1,10 @@
 """Fault tests (issue 11): damaged files and odd settings get an error that names the
 culprit, never a silent wrong result.
 
-Each section holds the faults of one area; every test here failed before its fix.
+Each section holds the faults of one area; every fault test here failed before its
+fix. A few companions (``test_config_valid_fields_still_accepted``,
+``test_rematch_matches_brute_force``) check that the fixes refuse nothing valid and
+change no result.
 """
 
 import json
