@@ -26,7 +26,7 @@ _OPTIMIZER_SUFFIXES = ("adam_m", "adam_v", "global_step", "Momentum", "lamb_m", 
 # poolers and their MLM, NSP/SOP and discriminator heads.
 _HEADS = ("bert/pooler/", "cls/", "electra/pooler/", "generator_predictions/",
           "discriminator_predictions/")
-_MODEL_PREFIXES = ("bert", "roberta", "albert", "electra")
+_MODEL_PREFIXES = ("bert", "roberta", "albert", "electra", "roformer", "nezha")
 
 
 def variable_map(builder):
@@ -291,9 +291,11 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
                       f"their initial values: {missing_heads}", stacklevel=3)
 
 
-# Hugging Face files may hold a tied copy of the word embeddings and a buffer of
-# position ids; neither is a weight of its own.
-_HUGGING_FACE_EXTRAS = ("cls.predictions.decoder.weight", "embeddings.position_ids")
+# Hugging Face files may hold a tied copy of the word embeddings, a buffer of
+# position ids and RoFormer's frozen sinusoid table (recomputed, never loaded);
+# none is a weight of its own.
+_HUGGING_FACE_EXTRAS = ("cls.predictions.decoder.weight", "embeddings.position_ids",
+                        "encoder.embed_positions.weight")
 
 
 def _check_unused(reader, builder, pairs, consumed, ignore):
