@@ -25,6 +25,8 @@ setup(
             "torch==2.13.0",
             "transformers",
             "jax",
+            # Keras 2 for the bert4keras oracle subprocess; `import keras` stays Keras 3.
+            "tf-keras==2.21.0",
         ],
     },
 )

@@ -30,6 +30,7 @@ What is guaranteed:
   first one's staging folder).
 """
 
+import os
 import uuid
 
 from bert4x import storage
@@ -104,9 +105,7 @@ def clean(directory):
     """Remove what killed saves left: stale staging folders, unreferenced own files."""
     prefix, owned = read_pointer(directory)
     claimed = set()
-    for staging in storage.glob(directory + ".tmp-*"):
-        if not storage.isdir(staging):
-            continue
+    for staging in _stale_stagings(directory):
         journal = storage.join(staging, _JOURNAL)
         if storage.exists(journal):
             claimed.update(storage.read_text(journal).split("\n"))
@@ -115,6 +114,33 @@ def clean(directory):
     for name in sorted((claimed - owned) | retired):
         if name and storage.isfile(storage.join(directory, name)):
             storage.remove(storage.join(directory, name))
+
+
+def _stale_stagings(directory):
+    """The staging folders ``<directory>.tmp-*`` beside ``directory``."""
+    parent = storage.dirname(directory)
+    if not storage.isdir(parent):
+        return []
+    start = directory[len(parent):].lstrip("/" + os.sep) + ".tmp-"
+    return [storage.join(parent, name) for name in storage.listdir(parent)
+            if name.startswith(start) and storage.isdir(storage.join(parent, name))]
+
+
+def destination(directory):
+    """``directory`` as save_checkpoint uses it: absolute, without a trailing slash.
+
+    Raises:
+        ValueError: a bucket's root (``gs://bucket``), which has no room beside it
+            for the staging folder.
+    """
+    directory = os.fspath(directory)
+    if storage.is_local(directory):
+        return os.path.abspath(directory)
+    directory = directory.rstrip("/")
+    if "/" not in directory.split("://", 1)[1]:
+        raise ValueError(f"save into a folder inside {directory}, not its root: the new "
+                         "checkpoint is staged in a folder beside the destination")
+    return directory
 
 
 def new_staging(directory):
@@ -139,7 +165,9 @@ def publish(staging, directory, names):
     old_prefix, owned = read_pointer(directory)
     present = storage.listdir(directory)
     prefix = _free_prefix(present)
-    weights = {name: prefix + name[len(WEIGHTS_BASE):] for name in storage.listdir(staging)
+    # The .index moves last: a loader that finds it finds the data files too.
+    weights = {name: prefix + name[len(WEIGHTS_BASE):]
+               for name in sorted(storage.listdir(staging), key=lambda n: n.endswith(".index"))
                if name.startswith(WEIGHTS_BASE + ".")}
     moves = [*weights.items(), *((name, name) for name in names)]
     # The journal tells a later save which names this one may have created.

@@ -368,14 +368,14 @@ def save_checkpoint(builder, directory, vocab=None):
         'exported/bert_model.ckpt'
     """
     import tensorflow as tf
-    directory = str(directory)
-    if storage.is_local(directory):
-        directory = os.path.abspath(directory)
+    directory = checkpoint_files.destination(directory)
     contents = {GOOGLE_CONFIG: json.dumps(builder.config.to_dict(), indent=2)}
     if vocab is not None:
         contents["vocab.txt"] = vocabulary_text(_vocabulary_rows(builder, vocab))
     if storage.exists(directory) and not storage.isdir(directory):
         raise FileExistsError(f"{directory} exists and is not a folder")
+    # What killed saves left goes first: a file of theirs is no claim of someone else.
+    checkpoint_files.clean(directory)
     names = checkpoint_files.check_claims(directory, contents)
     pairs = variable_map(builder)
     mapped = {id(variable) for _, variable, _ in pairs}
@@ -384,7 +384,6 @@ def save_checkpoint(builder, directory, vocab=None):
     if unwritten:
         warnings.warn(f"the official checkpoint format has no names for these weights, "
                       f"which are not written to {directory}: {unwritten}", stacklevel=2)
-    checkpoint_files.clean(directory)
     staging = checkpoint_files.new_staging(directory)
     try:
         tensor_names, tensors, written = [], [], {}

@@ -141,22 +141,70 @@ def filter_log_probs(log_probs, temperature=1.0, top_k=None, top_p=None):
     """
     _check_filter(temperature, top_k, top_p)
     scores = np.asarray(log_probs, dtype=np.float64) / temperature
-    order = np.argsort(-scores, axis=-1, kind="stable")
-    ranked = np.take_along_axis(scores, order, axis=-1)
-    keep_ranked = np.isfinite(ranked)
-    if top_k is not None:
-        keep_ranked[:, top_k:] = False
-    ranked = np.where(keep_ranked, ranked, -np.inf)
-    ranked = ranked - _logsumexp(ranked, axis=-1, keepdims=True)
-    if top_p is not None and top_p < 1:
-        probs = np.exp(ranked)
-        mass_before = np.cumsum(probs, axis=-1) - probs
-        keep_ranked &= mass_before < top_p
-        ranked = np.where(keep_ranked, ranked, -np.inf)
-        ranked = ranked - _logsumexp(ranked, axis=-1, keepdims=True)
     filtered = np.full_like(scores, -np.inf)
-    np.put_along_axis(filtered, order, ranked, axis=-1)
+    for row, row_scores in enumerate(scores):
+        ids, kept_log_probs = _filter_row(row_scores, top_k, top_p)
+        filtered[row, ids] = kept_log_probs
     return filtered
+
+
+def _filter_row(scores, top_k, top_p):
+    """The kept ids of one row (in id order) and their renormalised log-probabilities.
+
+    Nothing is argsorted: the kept tokens are those above a threshold score found
+    by partial selection (``np.partition``, linear in the vocabulary), and top-p
+    only sorts the values of a candidate set that grows until it holds the
+    nucleus, so a peaked distribution never pays for sorting the vocabulary.
+    """
+    finite = np.isfinite(scores)
+    count = int(np.count_nonzero(finite))
+    if not count:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    if count < len(scores):
+        scores = np.where(finite, scores, -np.inf)  # NaN would sort as the largest
+    keep = count if top_k is None else min(top_k, count)
+    if top_p is not None and top_p < 1:
+        survivors = scores if keep == count else _largest(scores, keep)
+        log_total = _logsumexp(survivors, axis=-1)
+        keep = _nucleus_size(scores, keep, log_total, top_p)
+    ids = _ids_of_largest(scores, keep)
+    return ids, scores[ids] - _logsumexp(scores[ids], axis=-1)
+
+
+def _largest(scores, count):
+    """The ``count`` largest values of ``scores``, in decreasing order."""
+    if count < len(scores):
+        scores = np.partition(scores, len(scores) - count)[len(scores) - count:]
+    return np.sort(scores)[::-1]
+
+
+def _nucleus_size(scores, keep, log_total, top_p):
+    """How many of the ``keep`` most likely tokens top-p keeps.
+
+    A token stays while the probability ranked before it is below ``top_p``;
+    the candidates grow (64, 1024, ...) until the nucleus ends among them, or
+    straight to all tokens when they hold too little mass to be near it (a flat
+    distribution).
+    """
+    size = min(64, keep)
+    while True:
+        probs = np.exp(_largest(scores, size) - log_total)
+        cumulative = np.cumsum(probs)
+        inside = int(np.count_nonzero(cumulative - probs < top_p))
+        if inside < size or size == keep:
+            return inside
+        size = keep if cumulative[-1] < top_p / 16 else min(size * 16, keep)
+
+
+def _ids_of_largest(scores, count):
+    """The ids of the ``count`` largest scores, in id order (ties: the lower ids)."""
+    if count >= len(scores):
+        return np.arange(len(scores))
+    threshold = np.partition(scores, len(scores) - count)[len(scores) - count]
+    kept = scores > threshold
+    tied = np.flatnonzero(scores == threshold)
+    kept[tied[:count - int(np.count_nonzero(kept))]] = True
+    return np.flatnonzero(kept)
 
 
 def _logsumexp(x, axis, keepdims=False):
@@ -361,7 +409,7 @@ def _ancestral(scorer, num_sources, copies, max_length, min_length, end_id, cons
     for step in range(max_length):
         ruled = rules.apply(log_probs, step, prefixes, live)
         ruled[~live] = 0.0  # finished units keep running; what they pick is ignored
-        tokens = choose(ruled)
+        tokens = choose(ruled, live)
         for unit in np.flatnonzero(live):
             token = int(tokens[unit])
             totals[unit] += log_probs[unit, token]
@@ -378,17 +426,26 @@ def _ancestral(scorer, num_sources, copies, max_length, min_length, end_id, cons
     return [results[i * copies:(i + 1) * copies] for i in range(num_sources)]
 
 
-def _greedy_choice(log_probs):
+def _greedy_choice(log_probs, live):
     return np.argmax(log_probs, axis=1)
 
 
 def _sampling_choice(rng, temperature, top_k, top_p):
-    def choose(log_probs):
-        probs = np.exp(filter_log_probs(log_probs, temperature, top_k, top_p))
-        cumulative = np.cumsum(probs, axis=1)
-        draws = rng.random(len(probs))[:, None] * cumulative[:, -1:]
-        tokens = (cumulative <= draws).sum(axis=1)
-        return np.minimum(tokens, probs.shape[1] - 1)
+    """Draw one token per live row by inverting the filtered CDF (in id order).
+
+    One uniform draw per row, live or not, so that a seed gives the same draws
+    whichever rows are still running; only the kept tokens are ever summed.
+    """
+    def choose(log_probs, live):
+        draws = rng.random(len(log_probs))
+        tokens = np.zeros(len(log_probs), dtype=np.int64)
+        for row in np.flatnonzero(live):
+            ids, kept = _filter_row(np.asarray(log_probs[row], np.float64) / temperature,
+                                    top_k, top_p)
+            cumulative = np.cumsum(np.exp(kept))
+            index = np.count_nonzero(cumulative <= draws[row] * cumulative[-1])
+            tokens[row] = ids[min(index, len(ids) - 1)]
+        return tokens
     return choose
 
 

@@ -734,6 +734,9 @@ class FirstToken(keras.layers.Layer):
     def call(self, inputs):
         return inputs[:, 0]
 
+    def compute_mask(self, inputs, previous_mask=None):
+        return None  # the sequence axis, and with it any padding mask, is gone
+
     def compute_output_spec(self, inputs):
         return keras.KerasTensor((inputs.shape[0], inputs.shape[-1]), inputs.dtype)
 

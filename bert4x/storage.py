@@ -115,6 +115,9 @@ def _listed(path):
 
 def isfile(path):
     """True when ``path`` exists and is not a folder."""
+    path = os.fspath(path)
+    if is_local(path):
+        return os.path.isfile(path)
     return exists(path) and not isdir(path)
 
 
@@ -265,3 +268,50 @@ def atomic_write(path, data, encoding="utf-8"):
     """Write ``data`` (``str`` or ``bytes``) to ``path`` with :func:`atomic_open`."""
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w", encoding) as file:
         file.write(data)
+
+
+def can_lock(path):
+    """True when :func:`file_lock` works for ``path``: a local path on a system with
+    ``fcntl`` (Linux, macOS). Object stores (``gs://``) offer no lock."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        return False
+    return is_local(path)
+
+
+@contextlib.contextmanager
+def file_lock(path, on_wait=None):
+    """Hold an exclusive lock on the local file ``path`` (created if missing).
+
+    Other processes, and other threads, taking the same lock wait until it is
+    released. The operating system releases it when the holder dies, so a killed
+    process never leaves it stuck; the empty lock file stays (it is harmless).
+
+    Args:
+        path: the lock file; see :func:`can_lock` for where locks exist.
+        on_wait: called once, without arguments, if the lock is held elsewhere
+            (say, to log that this process waits).
+
+    Raises:
+        NotImplementedError: ``path`` is remote, or the system has no ``fcntl``.
+    """
+    path = os.fspath(path)
+    if not can_lock(path):
+        raise NotImplementedError(f"no file lock for {path}: locks exist for local "
+                                  "paths on systems with fcntl only")
+    import fcntl
+    if os.path.dirname(path):
+        makedirs(os.path.dirname(path))
+    with builtins.open(path, "a") as file:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+

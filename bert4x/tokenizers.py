@@ -928,9 +928,11 @@ class SpTokenizer(_TokenizerBase):
         import sentencepiece
 
         model_path = os.fspath(model_path)
-        if not os.path.isfile(model_path):
+        if not storage.isfile(model_path):
             raise FileNotFoundError(f"SentencePiece model not found: {model_path!r}")
-        self._model = sentencepiece.SentencePieceProcessor(model_file=model_path)
+        # Read as bytes, so gs:// and ram:// paths work too.
+        self._model = sentencepiece.SentencePieceProcessor(
+            model_proto=storage.read_bytes(model_path))
         self.vocab_size = self._model.get_piece_size()
         self.pad_id = self._model.pad_id() if self._model.pad_id() >= 0 else None
         self.unk_id = self._model.unk_id() if self._model.unk_id() >= 0 else None

@@ -26,11 +26,11 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from console import print_table, quiet_tensorflow, training_progress  # noqa: E402
 
 import sentiment_classification as sentiment  # noqa: E402
 from base_model import add_base_model_arguments, resolve_base_model, set_seed  # noqa: E402
@@ -178,6 +178,7 @@ def run(args):
         {label: [...]}, "loss": [...], "classifier_accuracy": float}``.
     """
     from bert4x.decoding import Decoder
+    quiet_tensorflow()
     started = time.time()
     set_seed(args.seed)
     splits = sentiment.load_reviews(args.seed)
@@ -192,7 +193,8 @@ def run(args):
     print(f"training the generator on {len(reviews)} reviews")
     history = builder.model.fit(
         lm_dataset(tokenizer, reviews, args.maxlen, args.batch_size, args.seed),
-        epochs=args.epochs, steps_per_epoch=steps, verbose=1 if sys.stdout.isatty() else 2)
+        epochs=args.epochs, steps_per_epoch=steps, shuffle=False, verbose=0,  # shuffled there
+        callbacks=[training_progress(steps * args.epochs, "generator")])
 
     print("training the judge (sentiment classifier on reviews the generator never saw)")
     judge_args = argparse.Namespace(
@@ -218,10 +220,11 @@ def run(args):
               f"guidance_scale={args.guidance_scale}):")
         for sample in samples[:args.show]:
             print("   ", sample)
-    for name in sentiment.LABELS:
-        print(f"{name:>9}: class fidelity {results['fidelity'][name]:.3f}  "
-              f"distinct-2 {results['distinct2'][name]:.3f}  ({args.samples} samples)")
-    print(f"[total {time.time() - started:.0f} s]")
+    print_table(f"Class-conditional generation ({args.samples} samples per class; judge "
+                f"held-out accuracy {judge_accuracy:.4f}; {time.time() - started:.0f} s)",
+                ["class", "class fidelity", "distinct-2"],
+                [[name, f"{results['fidelity'][name]:.3f}", f"{results['distinct2'][name]:.3f}"]
+                 for name in sentiment.LABELS])
     return results
 
 

@@ -25,6 +25,9 @@ def parse_config(argv=None, description=None, export_only=False):
     if export_only:
         parser.add_argument("--export-only", action="store_true",
                             help="export the latest checkpoint without training")
+        parser.add_argument("--start-over", action="store_true",
+                            help="train from step 0 although the output folder holds "
+                                 "checkpoints (they are moved aside, not deleted)")
     settings = [f.name for f in dataclasses.fields(PretrainingConfig) if f.name != "model"]
     model_fields = [name for name in BertConfig.field_names() if name not in settings]
     for name in settings + model_fields:

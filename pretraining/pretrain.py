@@ -5,11 +5,14 @@ Usage:
     python pretraining/pretrain.py --config CONFIG --train-steps 5000 --batch-size 64
     python pretraining/pretrain.py --config CONFIG --tpu grpc://10.0.0.2:8470
     python pretraining/pretrain.py --config CONFIG --export-only
+    python pretraining/pretrain.py --config CONFIG --start-over
 
 Any config setting can be given as a flag (``--learning-rate 5e-4``; model fields
 too: ``--hidden-size 128``). The data is prepared first when the config lists
 ``inputs`` (finished files are skipped). A killed run resumes from its latest
-checkpoint when started again with the same output folder.
+checkpoint when started again with the same output folder; a damaged newest
+checkpoint is reported and the newest intact one is restored. ``--start-over`` trains
+from step 0 although checkpoints exist (they are moved aside, not deleted).
 """
 
 import json
@@ -37,8 +40,13 @@ def main(argv=None):
             f"KERAS_BACKEND={os.environ['KERAS_BACKEND']}")
     else:
         os.environ["KERAS_BACKEND"] = "tensorflow"
+    if config.deterministic:
+        # Process-wide, so the command (not the library) switches it on.
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
     from bert4x.pretraining.trainer import run_pretraining
-    result = run_pretraining(config, export_only=extra.export_only)
+    result = run_pretraining(config, export_only=extra.export_only,
+                             start_over=extra.start_over)
     print(json.dumps(result, indent=1, default=str))
 
 

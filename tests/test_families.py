@@ -556,3 +556,50 @@ def test_nezha_reference_clips(cases):
     unclipped = numpy_nezha(dict(case["config"], max_relative_position=64), case["weights"],
                             case["ids"], case["segments"])
     assert np.abs(unclipped[0] - case["expected"][0]).max() > 10 * TOL
+
+
+# ------------------------------------------------------------- the QA demo's path
+@pytest.mark.parametrize("family", ["roberta", "albert"])
+def test_chinese_checkpoints_on_the_qa_demo_path(family, tmp_path):
+    """A Chinese RoBERTa-wwm-ext-shaped checkpoint (BERT names) and an albert_zh-shaped
+    one load through the QA demo's ``--config --checkpoint --vocab --model`` path with
+    its trimmed vocabulary (keep_tokens): the kept logits are the full model's."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
+    try:
+        import base_model
+        import reading_comprehension_seq2seq as rc
+    finally:
+        sys.path.pop(0)
+    from bert4x.resources import chinese_vocab_path
+    config = dict(vocab_size=21128, hidden_size=24, num_hidden_layers=2,
+                  num_attention_heads=3, intermediate_size=40, max_position_embeddings=64,
+                  type_vocab_size=2, hidden_act="gelu")
+    hf = randomised(transformers.BertForMaskedLM(transformers.BertConfig(**config)), 8)
+    weights = official_weights(hf, BERT_RULES)
+    if family == "albert":  # brightmart's layout: narrow tokens, one shared block
+        config.update(embedding_size=8, ln_type="postln")
+        weights = {re.sub("layer_0/", "layer_shared/", name): value
+                   for name, value in weights.items() if "layer_1/" not in name}
+        rng = np.random.default_rng(8)
+        weights["bert/embeddings/word_embeddings"] = rng.normal(
+            0, 0.5, (21128, 8)).astype(np.float32)
+        weights["bert/embeddings/word_embeddings_2"] = rng.normal(
+            0, 0.3, (8, 24)).astype(np.float32)
+    prefix = write_official(str(tmp_path), weights, config)
+    args = rc.parse_args(["--config", str(tmp_path / "config.json"), "--checkpoint", prefix,
+                          "--vocab", chinese_vocab_path(), "--model", family])
+    base = base_model.resolve_base_model(args)
+    texts = ["成语“画蛇添足”出自哪部作品？", "《战国策》记载了画蛇添足的故事。"]
+    tokenizer, keep_tokens = base.tokenizer_for(texts)
+    assert len(keep_tokens) < 100
+    builder, _ = rc.build_models(base, keep_tokens, 1e-3, 10)
+    assert type(builder).__name__ == {"roberta": "RoBERTa", "albert": "ALBERT"}[family]
+    token_ids, segment_ids = tokenizer.encode(texts[0], texts[1])
+    kept = predict(builder.model, np.array([token_ids]), np.array([segment_ids]))[0]
+    full = build_transformer_model(str(tmp_path / "config.json"), prefix, model=family,
+                                   application="unilm")
+    full_ids = np.asarray(keep_tokens)[token_ids]
+    expected = predict(full, np.array([full_ids]), np.array([segment_ids]))[0]
+    expected = expected[..., keep_tokens]  # the trimmed softmax renormalises
+    expected /= expected.sum(-1, keepdims=True)
+    assert_close(kept, expected, f"{family} kept probabilities", tol=1e-6)

@@ -194,8 +194,9 @@ def _kill_at(monkeypatch, step):
 
 
 @pytest.mark.parametrize("scheme", ["local", "ram"])
+@pytest.mark.parametrize("earlier_save", [True, False], ids=["over-a-save", "new-folder"])
 def test_save_checkpoint_killed_at_any_step_leaves_a_loadable_folder(
-        two_models, tmp_path, monkeypatch, scheme):
+        two_models, tmp_path, monkeypatch, scheme, earlier_save):
     import uuid
 
     from bert4x import storage
@@ -207,7 +208,8 @@ def test_save_checkpoint_killed_at_any_step_leaves_a_loadable_folder(
 
     def fresh(name):
         folder = storage.join(root, name)
-        save_checkpoint(old, folder, vocab=vocab)
+        if earlier_save:
+            save_checkpoint(old, folder, vocab=vocab)
         return folder
 
     with monkeypatch.context() as patch:  # count the file changes of one save
@@ -221,9 +223,15 @@ def test_save_checkpoint_killed_at_any_step_leaves_a_loadable_folder(
             _kill_at(patch, step)
             with pytest.raises(_Killed):
                 save_checkpoint(new, folder, vocab=vocab)
-        assert storage.exists(folder)
-        assert _which_model(folder, arrays) in (0, 1), step
-        assert storage.read_text(storage.join(folder, "vocab.txt")) == "\n".join(vocab) + "\n"
+        if earlier_save:
+            assert _which_model(folder, arrays) in (0, 1), step
+            assert storage.read_text(storage.join(folder, "vocab.txt")) == \
+                "\n".join(vocab) + "\n"
+        else:  # no checkpoint before: none, or the new one complete
+            try:
+                assert _which_model(folder, arrays) == 1, step
+            except FileNotFoundError:
+                pass
         # The next save finishes cleanly and leaves nothing of the killed one behind.
         save_checkpoint(new, folder, vocab=vocab)
         assert _which_model(folder, arrays) == 1
@@ -236,14 +244,16 @@ def test_save_checkpoint_killed_at_any_step_leaves_a_loadable_folder(
 
 def test_save_checkpoint_cleans_stale_staging_folders(two_models, tmp_path):
     from bert4x.checkpoints import save_checkpoint
-    folder = tmp_path / "export"
-    for stale in ("export.tmp-1a2b3c4d5e6f", "export.tmp-k2j3h4g5"):
+    folder = tmp_path / "export[1]"  # glob characters in the name change nothing
+    for stale in ("export[1].tmp-1a2b3c4d5e6f", "export[1].tmp-k2j3h4g5"):
         (tmp_path / stale).mkdir()
         (tmp_path / stale / "bert_model.ckpt.index").write_bytes(b"half")
-    (tmp_path / "export.old-x7y8z9").mkdir()  # may hold a user's only copy: kept
+    (tmp_path / "export[1].old-x7y8z9").mkdir()  # may hold a user's only copy: kept
+    (tmp_path / "export1.tmp-abc").mkdir()  # another folder's
     save_checkpoint(two_models[0][0], folder)
     save_checkpoint(two_models[0][1], folder)
-    assert sorted(os.listdir(tmp_path)) == ["export", "export.old-x7y8z9"]
+    assert sorted(os.listdir(tmp_path)) == ["export1.tmp-abc", "export[1]",
+                                            "export[1].old-x7y8z9"]
 
 
 def test_save_checkpoint_writes_the_trimmed_vocabulary(tmp_path):
@@ -286,7 +296,10 @@ def test_build_transformer_model_from_ram(two_models, tmp_path):
     builder = two_models[0][0]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
     remote = f"ram://faults-load-{uuid.uuid4().hex}/export"
-    save_checkpoint(builder, remote, vocab=vocab)
+    save_checkpoint(builder, remote + "/", vocab=vocab)  # the staging folder goes beside it
+    assert storage.listdir(storage.dirname(remote)) == ["export"]
+    with pytest.raises(ValueError, match="inside gs://bucket, not its root"):
+        save_checkpoint(builder, "gs://bucket/")  # refused before any request
     save_checkpoint(builder, tmp_path / "export", vocab=vocab)
     ids = np.array([[2, 7, 9, 3, 0]], "int32")
     segments = np.zeros_like(ids)
@@ -618,3 +631,88 @@ def test_decoder_position_boundary(unilm):
     with pytest.raises(ValueError, match="a source of 58 tokens plus max_length 8 new "
                                          r"tokens needs 65 positions .* has 64"):
         decoder.greedy([[2] + [5] * 56 + [3]])
+
+
+# ------------------------------------------------ files: ensure_pretrained trains once
+_ENSURE_WORKER = r"""
+import json, os, sys, time, types
+shared, name, real = sys.argv[1], sys.argv[2], sys.argv[3] == "real"
+config = {"name": "tiny", "vocab": "chinese", "train_steps": 1, "warmup_steps": 0}
+
+
+def record(config):
+    with open(os.path.join(shared, "trainings"), "a") as file:
+        file.write(name + "\n")
+
+
+def fake_run_pretraining(config, log):
+    # Stands in for the trainer: records that it ran, writes the export slowly so
+    # that a caller that did not wait would see it half written.
+    record(config)
+    export = config.export_dir()
+    os.makedirs(export, exist_ok=True)
+    for file_name in ("bert_config.json", "bert_model.ckpt.index", "vocab.txt"):
+        time.sleep(0.7)
+        with open(os.path.join(export, file_name), "w") as file:
+            file.write(name)
+    return {"export_dir": export}
+
+
+if real:  # the real trainer on a tiny model and corpus, counted
+    import bert4x.pretraining.trainer as trainer
+    run_pretraining = trainer.run_pretraining
+    trainer.run_pretraining = lambda config, log: record(config) or run_pretraining(config, log=log)
+    config.update(json.load(open(os.path.join(shared, "config.json"))))
+else:
+    sys.modules["bert4x.pretraining.trainer"] = types.SimpleNamespace(
+        run_pretraining=fake_run_pretraining)
+from bert4x.pretraining import ensure_pretrained
+
+open(os.path.join(shared, name + ".ready"), "w").close()
+while not all(os.path.exists(os.path.join(shared, n + ".ready")) for n in ("a", "b")):
+    time.sleep(0.01)  # start both calls together
+folder = ensure_pretrained(config, output_dir=os.path.join(shared, "run"), log=print)
+print("folder:", folder, open(os.path.join(folder, "vocab.txt")).read().split()[-1])
+"""
+
+
+def _ensure_pretrained_twice(tmp_path, mode):
+    """Run two processes calling ensure_pretrained together; return their outputs."""
+    import subprocess
+    import sys
+    workers = [subprocess.Popen([sys.executable, "-c", _ENSURE_WORKER, str(tmp_path), name,
+                                 mode],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for name in ("a", "b")]
+    outputs = [worker.communicate(timeout=900)[0] for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), outputs
+    trainings = (tmp_path / "trainings").read_text().split()
+    assert len(trainings) == 1, outputs
+    # Both return the same complete export, and the other one really waited.
+    results = [output.strip().splitlines()[-1] for output in outputs]
+    assert results[0] == results[1] and results[0].startswith(
+        f"folder: {tmp_path / 'run' / 'export'} "), outputs
+    assert sum("waiting for another process" in output for output in outputs) == 1, outputs
+    assert (tmp_path / "run" / "result.json").exists()
+    return str(tmp_path / "run" / "export")
+
+
+def test_ensure_pretrained_concurrent_calls_train_once(tmp_path):
+    _ensure_pretrained_twice(tmp_path, "fake")
+
+
+@pytest.mark.slow
+def test_ensure_pretrained_concurrent_calls_train_once_for_real(tmp_path):
+    from bert4x.models import build_transformer_model
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(["滚滚长江东逝水，浪花淘尽英雄。是非成败转头空。",
+                                    "话说天下大势，分久必合，合久必分。",
+                                    "我爱北京天安门，天安门上太阳升。"] * 12), encoding="utf-8")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "inputs": [str(corpus)], "vocab_trim_min_count": 1, "seq_length": 32,
+        "batch_size": 4, "max_predictions": 8, "train_steps": 2, "checkpoint_every": 2,
+        "log_every": 1, "eval_batches": 0, "validation_fraction": 0.0,
+        "model": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "intermediate_size": 64, "max_position_embeddings": 64}}))
+    folder = _ensure_pretrained_twice(tmp_path, "real")
+    build_transformer_model(folder, folder, with_mlm=True)

@@ -6,11 +6,11 @@ crash-resume tests run in subprocesses (tests/pretraining_worker.py, pretrain.py
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -29,6 +29,8 @@ from bert4x.tokenizers import Tokenizer  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "pretraining_worker.py")
 PRETRAIN = os.path.join(ROOT, "pretraining", "pretrain.py")
+if ROOT not in sys.path:  # the pretraining/ command-line package
+    sys.path.insert(0, ROOT)
 
 DOCUMENTS = [
     "滚滚长江东逝水，浪花淘尽英雄。是非成败转头空。青山依旧在，几度夕阳红。",
@@ -352,11 +354,11 @@ def test_mirrored_two_devices_equals_single_device(tmp_path, data_dir):
     for name in names:
         np.testing.assert_allclose(arrays["mirrored_" + name], arrays["single_" + name],
                                    atol=1e-5, rtol=0)
-    initial = tiny_config(tmp_path, data_dir)  # weights really changed in training
-    assert initial.train_steps > 0
+    # Training really changed the weights (against the initial ones, not against zero).
     for name in names:
-        moved += not np.allclose(arrays["single_" + name], 0)
-    assert moved > 0
+        moved += not np.allclose(arrays["single_" + name], arrays["initial_" + name],
+                                 atol=1e-4, rtol=0)
+    assert moved >= 0.8 * len(names), (moved, len(names))
 
 
 def test_jax_data_parallel_two_devices(tmp_path, data_dir):
@@ -374,8 +376,10 @@ def test_jax_data_parallel_two_devices(tmp_path, data_dir):
     assert process.returncode == 0, process.stderr[-3000:]
     arrays = np.load(result)
     assert int(arrays["devices"]) == 2 and int(arrays["mesh"]) == 2
+    assert not arrays["distribution_left"]  # the caller's keras.distribution is untouched
     losses = arrays["losses"]
-    assert len(losses) == 30 and len(arrays["resumed"]) == 6
+    # The newest checkpoint (step 30) was truncated: the resume starts at step 20.
+    assert len(losses) == 30 and len(arrays["resumed"]) == 16
     assert np.all(np.isfinite(losses))
     assert losses[-5:].mean() < losses[:5].mean() - 0.1, losses
     # Resumed with the optimiser state: no jump back to the initial loss.
@@ -455,24 +459,21 @@ def test_crash_resume_matches_uninterrupted_run(tmp_path, data_dir):
     env = _subprocess_env()
     subprocess.run([sys.executable, PRETRAIN, "--config", str(paths["straight"])], check=True,
                    env=env, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    process = subprocess.Popen([sys.executable, PRETRAIN, "--config", str(paths["crashed"])],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    index_file = tmp_path / "crashed" / "checkpoints" / "checkpoint"
-    deadline = time.time() + 240
-    while not index_file.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert not (tmp_path / "crashed" / "export").exists(), "the run finished before the kill"
-    killed_at = tf.train.latest_checkpoint(str(tmp_path / "crashed" / "checkpoints"))
-    assert killed_at and int(killed_at.rsplit("-", 1)[1]) < 60
+    # Killed (SIGKILL, by itself) when it reports step 30, before that step's checkpoint.
+    killed = subprocess.run([sys.executable, WORKER, "killed", str(paths["crashed"]),
+                             str(tmp_path / "unused.npz"), "30"],
+                            env=env, timeout=300, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert killed.stdout.splitlines()[-1].startswith("step 30/60")
+    assert not (tmp_path / "crashed" / "export").exists()
+    checkpoints = tmp_path / "crashed" / "checkpoints"
+    assert sorted(n for n in os.listdir(checkpoints) if n.endswith(".index")) == [
+        "ckpt-10.index", "ckpt-20.index"]
 
     resumed = subprocess.run([sys.executable, PRETRAIN, "--config", str(paths["crashed"])],
                              env=env, timeout=300, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
+    assert re.search(r"resumed from .*ckpt-20 at step 20", resumed.stdout), resumed.stdout
     straight = _exported_weights(tmp_path / "straight" / "export")
     crashed = _exported_weights(tmp_path / "crashed" / "export")
     assert sorted(straight) == sorted(crashed)
@@ -516,3 +517,187 @@ def test_builtin_config_matches_json_file():
     assert config.model["num_hidden_layers"] == 4 and config.word_segmenter == "jieba"
     for name in os.listdir(os.path.join(ROOT, "pretraining", "configs")):
         load_config(os.path.join(ROOT, "pretraining", "configs", name))
+
+
+# ------------------------------------------------- damaged checkpoints and data (issue 11)
+@pytest.fixture(scope="module")
+def checkpointed_run(data_dir, tmp_path_factory):
+    """A run with checkpoints at steps 2, 4 and 6, and one trainer of its model that
+    the damage tests point at copies of its checkpoint folder."""
+    from bert4x.pretraining.trainer import Pretrainer
+    root = tmp_path_factory.mktemp("checkpointed")
+    config = tiny_config(root, data_dir, train_steps=6, checkpoint_every=2, eval_batches=1)
+    Pretrainer(config, log=lambda line: None).train()
+    checkpoints = root / "run" / "checkpoints"
+    assert sorted(n for n in os.listdir(checkpoints) if n.endswith(".index")) == [
+        "ckpt-2.index", "ckpt-4.index", "ckpt-6.index"]
+    return config, checkpoints, Pretrainer(config, log=lambda line: None)
+
+
+def _damaged_copy(checkpoints, tmp_path, damage):
+    import shutil
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(checkpoints, copy)
+    damage(copy)
+    return copy
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+DAMAGES = {
+    "missing index": (lambda d: (d / "ckpt-6.index").unlink(), 4,
+                      r"ckpt-6 is damaged: ckpt-6\.index is missing"),
+    "truncated data": (lambda d: _truncate(d / "ckpt-6.data-00000-of-00001"), 4,
+                       r"ckpt-6\.data-00000-of-00001 is truncated"),
+    "truncated index": (lambda d: _truncate(d / "ckpt-6.index", 0.3), 4,
+                        r"ckpt-6\.index is unreadable"),
+    "missing data": (lambda d: (d / "ckpt-6.data-00000-of-00001").unlink(), 4,
+                     r"ckpt-6\.data-00000-of-00001 is missing"),
+    "garbage pointer": (lambda d: (d / "checkpoint").write_text("garbage ]["), 6, None),
+    "empty pointer": (lambda d: (d / "checkpoint").write_text(""), 6, None),
+    "corrupt signature": (lambda d: (d / "model_signature.json").write_text('{"model": '), 6,
+                          r"run signature .*model_signature\.json is damaged"),
+    "empty signature": (lambda d: (d / "model_signature.json").write_text(""), 6,
+                        r"run signature .*model_signature\.json is damaged"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_resume_from_a_damaged_checkpoint_takes_the_newest_intact(checkpointed_run, tmp_path,
+                                                                  damage):
+    import warnings
+    _, checkpoints, trainer = checkpointed_run
+    action, expected_step, message = DAMAGES[damage]
+    trainer.checkpoint_dir = str(_damaged_copy(checkpoints, tmp_path, action))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step = trainer.restore()
+    assert step == expected_step
+    assert int(trainer.examples_seen.numpy()) == expected_step * 8
+    texts = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if message:
+        assert any(re.search(message, text) for text in texts), texts
+    else:
+        assert not texts
+    # The restored weights are those of the checkpoint of that step.
+    reader = tf.train.load_checkpoint(os.path.join(trainer.checkpoint_dir,
+                                                   f"ckpt-{expected_step}"))
+    embeddings = trainer.builder.model.get_layer("Embedding-Token").embeddings
+    stored = reader.get_tensor("model_variables/Embedding-Token.Sembeddings/.ATTRIBUTES/"
+                               "VARIABLE_VALUE")
+    np.testing.assert_array_equal(np.asarray(embeddings), stored)
+
+
+def test_pruning_keeps_intact_checkpoints_when_a_newer_one_is_damaged(checkpointed_run,
+                                                                      tmp_path):
+    _, checkpoints, trainer = checkpointed_run
+    copy = _damaged_copy(checkpoints, tmp_path, lambda d: (d / "ckpt-6.index").unlink())
+    trainer.checkpoint_dir = str(copy)
+    folder = trainer._checkpoint_folder()
+    folder.keep = 2
+    folder.prune(6)  # 6 is damaged: 4 and 2 are the two intact ones to keep
+    assert (copy / "ckpt-2.index").exists() and (copy / "ckpt-4.index").exists()
+    folder.keep = 1
+    folder.prune(6)
+    assert not (copy / "ckpt-2.index").exists() and (copy / "ckpt-4.index").exists()
+
+
+def test_no_intact_checkpoint_stops_unless_starting_over(checkpointed_run, tmp_path):
+    from bert4x.pretraining.resume import DamagedCheckpointError
+    from bert4x.pretraining.trainer import Pretrainer, run_pretraining
+    from pretraining.cli import parse_config
+    config, checkpoints, _ = checkpointed_run
+    run = tmp_path / "run"
+
+    def damage(folder):
+        for step in (2, 4, 6):
+            _truncate(folder / f"ckpt-{step}.data-00000-of-00001")
+
+    _damaged_copy(checkpoints, run, damage)
+    config = config.replace(output_dir=str(run))
+    pattern = (r"no intact checkpoint in .*run/checkpoints: ckpt-6: .*truncated.*ckpt-4: .*"
+               r"ckpt-2: .*--start-over")
+    with pytest.warns(RuntimeWarning, match="ckpt-6 is damaged"):
+        with pytest.raises(DamagedCheckpointError, match=pattern):
+            Pretrainer(config, log=lambda line: None).restore()
+    with pytest.warns(RuntimeWarning):
+        with pytest.raises(DamagedCheckpointError, match=pattern):
+            run_pretraining(config, export_only=True, log=lambda line: None)
+    before = sorted(os.listdir(run / "checkpoints"))
+    lines = []
+    trainer = Pretrainer(config, log=lines.append, start_over=True)
+    assert trainer.restore() == 0
+    aside = [n for n in os.listdir(run) if n.startswith("checkpoints-set-aside-")]
+    assert len(aside) == 1 and any("moved" in line for line in lines)
+    moved = sorted(os.listdir(run / aside[0]))
+    assert moved == [n for n in before if n != "model_signature.json"]
+    assert not [n for n in os.listdir(run / "checkpoints") if n.startswith("ckpt-")]
+    _, args = parse_config(["--config", "tiny_chinese", "--start-over"], export_only=True)
+    assert args.start_over
+
+
+def test_export_only_exports_the_newest_intact_checkpoint(checkpointed_run, tmp_path):
+    from bert4x.pretraining.trainer import run_pretraining
+    config, checkpoints, _ = checkpointed_run
+    run = tmp_path / "run"
+    _damaged_copy(checkpoints, run, lambda d: (d / "ckpt-6.index").unlink())
+    with pytest.warns(RuntimeWarning, match=r"ckpt-6\.index is missing"):
+        result = run_pretraining(config.replace(output_dir=str(run)), export_only=True,
+                                 log=lambda line: None)
+    assert result["step"] == 4
+    exported = _exported_weights(result["export_dir"])
+    stored = tf.train.load_checkpoint(str(run / "checkpoints" / "ckpt-4")).get_tensor(
+        "model_variables/Embedding-Token.Sembeddings/.ATTRIBUTES/VARIABLE_VALUE")
+    np.testing.assert_array_equal(exported["bert/embeddings/word_embeddings"], stored)
+
+
+def test_truncated_data_shard_is_named(data_dir, tmp_path):
+    import shutil
+    from bert4x.pretraining.pipeline import numpy_batches
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    summary = json.load(open(copy / "dataset.json"))
+    files = [str(copy / s) for s in summary["train_shards"]]
+    _truncate(copy / summary["train_shards"][3], 0.6)
+    masker = Masker(21128, 103, 0, [0, 100, 101, 102, 103], 32, max_predictions=10, seed=1)
+    dataset = masked_dataset(files, 32, masker, 4, summary["train_examples"], shuffle_buffer=0,
+                             repeat=False)
+    with pytest.raises(ValueError, match=re.escape(files[3]) + r" is damaged \(.*truncated"):
+        list(numpy_batches(dataset, files))
+
+
+# ----------------------------------------------------- no process-wide side effects
+def _process_state():
+    import random
+    import keras
+    from tensorflow.python.framework import config as tf_framework_config
+    numpy_state = np.random.get_state()
+    return {"python random": random.getstate(),
+            "numpy random": (numpy_state[0], numpy_state[1].tolist()) + numpy_state[2:],
+            "tf global seed": tf.compat.v1.random.get_seed(None)[0],
+            # No public getter: the test reads TensorFlow's internal flag.
+            "op determinism": tf_framework_config.is_op_determinism_enabled(),
+            "keras distribution": keras.distribution.distribution(),
+            "environment": dict(os.environ)}
+
+
+def test_library_calls_leave_the_process_as_they_found_it(tmp_path, corpus):
+    from bert4x.pretraining import ensure_pretrained
+    from bert4x.pretraining.trainer import Pretrainer
+    before = _process_state()
+    values = tiny_config(tmp_path, None, train_steps=2, warmup_steps=0, eval_batches=1,
+                         accumulation_steps=1).to_dict()
+    values.update(inputs=corpus, data_dir=None, word_segmenter="jieba", shard_size=20,
+                  validation_fraction=0.1, num_workers=1)
+    export = ensure_pretrained(values, output_dir=str(tmp_path / "cached"), log=None)
+    assert os.path.isfile(os.path.join(export, "bert_model.ckpt.index"))
+    trainer = Pretrainer(load_config(values, output_dir=str(tmp_path / "again"),
+                                     data_dir=str(tmp_path / "cached" / "data")),
+                         log=lambda line: None)
+    trainer.train()
+    after = _process_state()
+    for key in before:
+        assert after[key] == before[key], key

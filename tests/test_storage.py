@@ -129,3 +129,31 @@ def test_import_does_not_load_tensorflow(tmp_path):
     output = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f"), str(tmp_path)],
                             capture_output=True, text=True, check=True).stdout
     assert output.strip() == "False"
+
+
+def test_file_lock_makes_a_second_holder_wait(tmp_path):
+    import threading
+    import time
+    lock, order, waited = tmp_path / "sub" / "run.lock", [], []
+
+    def hold(name, seconds):
+        with storage.file_lock(lock, on_wait=lambda: waited.append(name)):
+            order.append(f"{name} in")
+            time.sleep(seconds)
+            order.append(f"{name} out")
+
+    first = threading.Thread(target=hold, args=("first", 0.5))
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    hold("second", 0)
+    first.join()
+    assert order == ["first in", "first out", "second in", "second out"]
+    assert waited == ["second"]
+
+
+def test_file_lock_is_refused_on_object_stores():
+    assert not storage.can_lock("gs://bucket/run.lock")
+    with pytest.raises(NotImplementedError, match="gs://bucket/run.lock"):
+        with storage.file_lock("gs://bucket/run.lock"):
+            pass

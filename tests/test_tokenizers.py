@@ -568,3 +568,15 @@ def test_sentencepiece_round_trip(sentencepiece_model):
         SpTokenizer(sentencepiece_model, token_start="[CLS]")
     with pytest.raises(FileNotFoundError, match="missing.model"):
         SpTokenizer("missing.model")
+
+
+def test_sentencepiece_model_on_ram_file_system(sentencepiece_model):
+    import uuid
+
+    from bert4x import storage
+    remote = f"ram://spm-{uuid.uuid4().hex}/tiny.model"
+    storage.makedirs(storage.dirname(remote))
+    storage.copy(sentencepiece_model, remote)
+    local, in_memory = SpTokenizer(sentencepiece_model), SpTokenizer(remote)
+    for text in ENGLISH_TEXT[:5]:
+        assert in_memory.encode(text) == local.encode(text)

@@ -9,10 +9,14 @@ The submodules that need TensorFlow (``pipeline``, ``trainer``) are imported on 
 so ``import bert4x.pretraining`` stays light.
 """
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
+
+from bert4x import storage
+from bert4x.checkpoint_files import read_pointer
 
 from bert4x.pretraining.config import BUILTIN_CORPUS, PretrainingConfig
 from bert4x.pretraining.data import (load_dataset_summary, make_pretraining_data,
@@ -54,7 +58,7 @@ TINY_CHINESE = {
 
 BUILTIN_CONFIGS = {"tiny_chinese": TINY_CHINESE}
 
-EXPORT_FILES = ("bert_config.json", "bert_model.ckpt.index", "vocab.txt")
+EXPORT_FILES = ("bert_config.json", "vocab.txt")
 
 
 def default_cache_dir():
@@ -76,8 +80,15 @@ def load_config(config_or_name, **overrides):
 
 
 def is_exported(directory):
-    """True when ``directory`` holds a complete export (config, checkpoint, vocab)."""
-    return all(os.path.isfile(os.path.join(directory, name)) for name in EXPORT_FILES)
+    """True when ``directory`` holds a complete export: config, vocabulary, and the
+    weights its ``checkpoint`` pointer names (``bert_model.ckpt`` without one)."""
+    if not all(storage.isfile(storage.join(directory, name)) for name in EXPORT_FILES):
+        return False
+    try:
+        prefix = read_pointer(directory)[0]
+    except FileExistsError:  # a pointer bert4x did not write
+        prefix = None
+    return storage.isfile(storage.join(directory, (prefix or "bert_model.ckpt") + ".index"))
 
 
 def ensure_pretrained(config="tiny_chinese", output_dir=None, log=print, **overrides):
@@ -86,6 +97,13 @@ def ensure_pretrained(config="tiny_chinese", output_dir=None, log=print, **overr
     The first call prepares the data and trains (about 4 minutes on 2 CPU cores for
     ``"tiny_chinese"``); a killed run resumes from its last checkpoint; later calls
     return at once. Runs on the TensorFlow backend.
+
+    Several processes may call it together (demos, test workers): they take a lock
+    file beside the run folder (``<output_dir>.lock``), so one trains while the
+    others wait and then return its export. The export counts as finished once
+    ``result.json`` is written (atomically, last), so a caller never gets a half
+    written folder. Object stores (``gs://``) have no lock: there, start one
+    process per ``output_dir`` (a second one would train into the same folder).
 
     Args:
         config: a built-in name (``"tiny_chinese"``), a JSON config path, a dict
@@ -97,7 +115,7 @@ def ensure_pretrained(config="tiny_chinese", output_dir=None, log=print, **overr
         **overrides: config settings to change.
 
     Returns:
-        The export folder, holding ``bert_config.json``, ``bert_model.ckpt.*`` and the
+        The export folder, holding ``bert_config.json``, the checkpoint and the
         (trimmed) ``vocab.txt``: pass it to
         ``build_transformer_model(folder, folder, ...)`` and
         ``Tokenizer(os.path.join(folder, "vocab.txt"), do_lower_case=True)``.
@@ -106,21 +124,35 @@ def ensure_pretrained(config="tiny_chinese", output_dir=None, log=print, **overr
         >>> folder = ensure_pretrained("tiny_chinese")  # doctest: +SKIP
         >>> model = build_transformer_model(folder, folder, with_mlm=True)  # doctest: +SKIP
     """
+    log = log or (lambda line: None)
     config = load_config(config, **overrides)
     if output_dir is None:
         settings = json.dumps(config.to_dict(), sort_keys=True, default=str)
         digest = hashlib.sha256(settings.encode("utf-8")).hexdigest()[:10]
         output_dir = os.path.join(default_cache_dir(), "pretrained", f"{config.name}-{digest}")
     config = config.replace(output_dir=output_dir)
-    export_dir = config.export_dir()
-    if is_exported(export_dir):
-        return export_dir
-    from bert4x.pretraining.trainer import run_pretraining
-    result = run_pretraining(config, log=log or (lambda line: None))
-    with open(os.path.join(config.resolved_output_dir(), "result.json"), "w",
-              encoding="utf-8") as file:
-        json.dump(result, file, indent=1)
+    published = storage.join(config.resolved_output_dir(), "result.json")
+    if storage.exists(published) and is_exported(config.export_dir()):
+        return config.export_dir()
+    with _run_lock(config.resolved_output_dir(), log):
+        # Another process may have finished while this one waited.
+        if is_exported(config.export_dir()):
+            return config.export_dir()
+        from bert4x.pretraining.trainer import run_pretraining
+        result = run_pretraining(config, log=log)
+        storage.atomic_write(published, json.dumps(result, indent=1))
     return result["export_dir"]
+
+
+def _run_lock(run_dir, log):
+    """The lock that lets one process at a time pretrain into ``run_dir``."""
+    if not storage.can_lock(run_dir):
+        log(f"no file lock for {run_dir}: run one process per output folder there")
+        return contextlib.nullcontext()
+    lock = run_dir.rstrip("/" + os.sep) + ".lock"
+    return storage.file_lock(
+        lock, on_wait=lambda: log(f"waiting for another process pretraining into {run_dir} "
+                                  f"(it holds {lock})"))
 
 
 __all__ = ["BUILTIN_CONFIGS", "PretrainingConfig", "TINY_CHINESE", "ensure_pretrained",

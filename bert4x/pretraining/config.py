@@ -18,6 +18,12 @@ class PretrainingConfig:
     vocabulary when omitted); ``model_config`` may name a ``bert_config.json``
     instead.
 
+    ``deterministic: true`` asks for bit-identical reruns and resumes: ``pretrain.py``
+    then switches on TensorFlow's op determinism
+    (``tf.config.experimental.enable_op_determinism()``). Library callers make that
+    call themselves: it holds for the whole process and cannot be undone, so
+    :class:`~bert4x.pretraining.trainer.Pretrainer` does not make it for them.
+
     Example:
         >>> config = PretrainingConfig.from_dict({"name": "demo", "vocab": "chinese",
         ...     "model": {"hidden_size": 32, "num_hidden_layers": 2,

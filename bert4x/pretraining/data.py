@@ -261,9 +261,13 @@ def _source_fingerprint(path):
     return {"path": os.path.abspath(path), "size": stat.st_size, "mtime": stat.st_mtime}
 
 
+def _quiet_worker():
+    """Pool initializer: a worker process's TensorFlow logs only errors."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def _process_file(job):
     """Worker: tokenise, pack and shard one input file. Returns its marker dict."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     (index, path, output_dir, settings) = job
     key = _file_key(index, path)
     marker_path = os.path.join(output_dir, key + ".done.json")
@@ -411,7 +415,8 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
         else:
             import multiprocessing
             # spawn, not fork: the parent may already run TensorFlow threads.
-            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)))
+            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)),
+                                                             initializer=_quiet_worker)
             results = pool.imap_unordered(_process_file, jobs)
         for marker in results:
             markers.append(marker)

@@ -11,23 +11,21 @@ as the input pipeline (iterated as NumPy). Differences from the TensorFlow path:
   batch, as on TensorFlow; ``accumulation_steps > 1``, ``tpu`` and
   ``mixed_precision`` raise ``NotImplementedError``.
 * checkpoints are Keras ``.weights.h5`` files of the training model plus the optimiser
-  variables (``.optimizer.npz``), written under temporary names and renamed; the
-  ``latest.json`` index is replaced last. A restarted run resumes at the saved step and
-  data position; bit-identical final weights against an uninterrupted run are not
+  variables (``.optimizer.npz``), each written under a temporary name and renamed. A
+  restarted run resumes from the newest intact checkpoint (as on TensorFlow, see
+  :mod:`bert4x.pretraining.resume`) at its step and data position; bit-identical final weights against an uninterrupted run are not
   guaranteed (nor tested) on JAX.
 * no TensorBoard logs (progress lines only); ``jit_compile`` is ignored (JAX always
   compiles).
 """
 
-import json
 import os
 import time
 
 import numpy as np
 
+from bert4x import storage
 from bert4x.pretraining.trainer import MODEL_SIGNATURE_FILE, Pretrainer, _write_json_atomic
-
-LATEST_FILE = "latest.json"
 
 
 def masked_cross_entropy(y_true, y_pred):
@@ -64,6 +62,52 @@ def _to_model_inputs(features):
     return ((features["token_ids"], features["segment_ids"], features["positions"]), labels)
 
 
+class JaxCheckpointFormat:
+    """``ckpt-N.weights.h5`` (Keras weights of the training model) plus
+    ``ckpt-N.optimizer.npz`` (the optimiser variables in order)."""
+
+    pattern = r"^ckpt-(\d+)\.(?:weights\.h5|optimizer\.npz)$"
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def problem(self, prefix):
+        import h5py
+        name = prefix.rstrip("/").rsplit("/", 1)[-1]
+        for suffix in (".weights.h5", ".optimizer.npz"):
+            if not storage.exists(prefix + suffix):
+                return f"{name}{suffix} is missing"
+        try:
+            with h5py.File(prefix + ".weights.h5", "r") as file:
+                shapes = []
+                # The model's arrays (Keras also stores the compiled optimizer's).
+                file.visititems(lambda key, item: shapes.append(tuple(item.shape))
+                                if isinstance(item, h5py.Dataset) and not key.startswith(
+                                    ("optimizer", "metrics", "compile_metrics")) else None)
+        except Exception as error:  # noqa: BLE001 - h5py raises several kinds
+            return f"{name}.weights.h5 is unreadable ({error})"
+        expected = sorted(tuple(w.shape) for w in self.model.weights)
+        if sorted(shapes) != expected:
+            return (f"{name}.weights.h5 holds {len(shapes)} arrays, the model has "
+                    f"{len(expected)} weights (or their shapes differ)")
+        try:
+            with np.load(prefix + ".optimizer.npz") as saved:
+                values = [saved[f"v{i}"].shape for i in range(len(saved.files))]
+        except Exception as error:  # noqa: BLE001 - zipfile and NumPy raise several kinds
+            return f"{name}.optimizer.npz is unreadable ({error})"
+        wanted = [tuple(v.shape) for v in self.optimizer.variables]
+        if values != wanted:
+            return (f"{name}.optimizer.npz holds {len(values)} arrays, the optimizer has "
+                    f"{len(wanted)} variables (or their shapes differ)")
+        return None
+
+    def restore(self, prefix):
+        self.model.load_weights(prefix + ".weights.h5")
+        with np.load(prefix + ".optimizer.npz") as saved:
+            for index, variable in enumerate(self.optimizer.variables):
+                variable.assign(saved[f"v{index}"])
+
+
 class JaxPretrainer(Pretrainer):
     """One pretraining run on the JAX backend (see the module docstring).
 
@@ -77,7 +121,7 @@ class JaxPretrainer(Pretrainer):
             ``keras.distribution.list_devices()``).
     """
 
-    def __init__(self, config, log=print, summary=None, devices=None):
+    def __init__(self, config, log=print, summary=None, devices=None, start_over=False):
         import keras
         if keras.backend.backend() != "jax":
             raise RuntimeError(
@@ -95,16 +139,19 @@ class JaxPretrainer(Pretrainer):
                     "(see pretraining/README.md); use KERAS_BACKEND=tensorflow")
         self.config = config
         self.log = log
+        self.start_over = start_over
         self.devices = list(devices or keras.distribution.list_devices())
         if config.batch_size % len(self.devices):
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                              f"{len(self.devices)} devices")
-        keras.distribution.set_distribution(
-            keras.distribution.DataParallel(devices=self.devices))
+        # Used as a scope around building, restoring and training, so that the
+        # caller's keras.distribution setting is left as it was.
+        self.distribution = keras.distribution.DataParallel(devices=self.devices)
         self.strategy_kind = f"DataParallel x{len(self.devices)}"
         self.chief = True
         self._prepare_run(summary)
-        self._build()
+        with self.distribution.scope():
+            self._build()
 
     def _build(self):
         self.masker = self._make_masker()
@@ -116,68 +163,53 @@ class JaxPretrainer(Pretrainer):
         self.optimizer.build(self.train_model.trainable_variables)
 
     # ------------------------------------------------------------- checkpoints
+    def _checkpoint_folder(self):
+        from bert4x.pretraining.resume import CheckpointFolder
+        return CheckpointFolder(self.checkpoint_dir,
+                                JaxCheckpointFormat(self.train_model, self.optimizer),
+                                keep=self.config.keep_checkpoints)
+
     def restore(self):
-        """Load the latest checkpoint (or ``init_checkpoint``); return the step reached."""
-        latest_path = os.path.join(self.checkpoint_dir, LATEST_FILE)
-        step = 0
-        if os.path.isfile(latest_path):
-            self._check_signature()
-            with open(latest_path, encoding="utf-8") as file:
-                latest = json.load(file)
-            weights = os.path.join(self.checkpoint_dir, latest["weights"])
-            try:
-                self.train_model.load_weights(weights)
-                with np.load(os.path.join(self.checkpoint_dir, latest["optimizer"])) as saved:
-                    values = [saved[f"v{i}"] for i in range(len(saved.files))]
-            except (ValueError, OSError, KeyError) as error:
-                raise ValueError(f"cannot restore {weights}: {error}") from error
-            if len(values) != len(self.optimizer.variables):
-                raise ValueError(f"cannot restore {weights}: {len(values)} optimiser "
-                                 f"variables saved, {len(self.optimizer.variables)} expected")
-            for variable, value in zip(self.optimizer.variables, values):
-                variable.assign(value)
-            step = int(latest["step"])
-            self.log(f"resumed from {weights} at step {step}")
+        """Restore the newest intact checkpoint (or ``init_checkpoint``); return the
+        step reached. A damaged newest checkpoint is reported and the one before it
+        restored, as on TensorFlow."""
+        with self.distribution.scope():
+            return self._restore()
+
+    def _restore(self):
+        self._check_signature()
+        step = self._checkpoint_folder().restore_newest_intact(start_over=self.start_over,
+                                                               log=self.log)
+        if step is not None:
+            self.log(f"resumed from {storage.join(self.checkpoint_dir, f'ckpt-{step}')} "
+                     f"at step {step}")
         elif self.config.init_checkpoint:
             self.builder.load_checkpoint(self.config.init_checkpoint, allow_missing_heads=True)
             self.log(f"initialised from {self.config.init_checkpoint}")
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-        _write_json_atomic(os.path.join(self.checkpoint_dir, MODEL_SIGNATURE_FILE),
+        storage.makedirs(self.checkpoint_dir)
+        _write_json_atomic(storage.join(self.checkpoint_dir, MODEL_SIGNATURE_FILE),
                            self._signature())
-        return step
+        return step or 0
 
     def save(self, step):
-        """Write ``ckpt-STEP.weights.h5`` + ``ckpt-STEP.optimizer.npz`` atomically, then
-        point ``latest.json`` at them and drop checkpoints beyond ``keep_checkpoints``."""
-        directory = self.checkpoint_dir
-        stem = f"ckpt-{step}"
-        temporary = os.path.join(directory, f"{stem}.tmp-{os.getpid()}.weights.h5")
+        """Write ``ckpt-STEP.weights.h5`` + ``ckpt-STEP.optimizer.npz`` (each under a
+        temporary name, then renamed), then drop checkpoints beyond the newest
+        ``keep_checkpoints`` intact ones."""
+        prefix = storage.join(self.checkpoint_dir, f"ckpt-{step}")
+        temporary = f"{prefix}.tmp-{os.getpid()}.weights.h5"
         self.train_model.save_weights(temporary)
-        os.replace(temporary, os.path.join(directory, f"{stem}.weights.h5"))
-        temporary = os.path.join(directory, f"{stem}.tmp-{os.getpid()}.optimizer.npz")
-        with open(temporary, "wb") as file:
+        storage.rename(temporary, prefix + ".weights.h5", overwrite=True)
+        with storage.atomic_open(prefix + ".optimizer.npz", "wb") as file:
             np.savez(file, **{f"v{i}": np.asarray(v.value)
                               for i, v in enumerate(self.optimizer.variables)})
-        os.replace(temporary, os.path.join(directory, f"{stem}.optimizer.npz"))
-        _write_json_atomic(os.path.join(directory, LATEST_FILE),
-                           {"step": step, "weights": f"{stem}.weights.h5",
-                            "optimizer": f"{stem}.optimizer.npz"})
-        steps = sorted(int(name[5:-11]) for name in os.listdir(directory)
-                       if name.startswith("ckpt-") and name.endswith(".weights.h5")
-                       and name[5:-11].isdigit())
-        for old in steps[:-max(self.config.keep_checkpoints, 1)]:
-            for suffix in (".weights.h5", ".optimizer.npz"):
-                path = os.path.join(directory, f"ckpt-{old}{suffix}")
-                if os.path.exists(path):
-                    os.remove(path)
-        return os.path.join(directory, f"{stem}.weights.h5")
+        self._checkpoint_folder().prune(step)
+        return prefix + ".weights.h5"
 
     # ------------------------------------------------------------------- train
     def _dataset(self, start_example):
         from bert4x.pretraining.pipeline import masked_dataset
         config = self.config
-        files = [os.path.join(config.resolved_data_dir(), shard)
-                 for shard in self.summary["train_shards"]]
+        files = self._data_files()
         examples = self.summary["train_examples"]
         if not files or examples <= 0:
             raise ValueError(f"no training example in {config.resolved_data_dir()}")
@@ -193,7 +225,12 @@ class JaxPretrainer(Pretrainer):
             A dict like :meth:`Pretrainer.train`'s, plus ``devices`` and ``losses``
             (the loss of every step run in this call).
         """
+        with self.distribution.scope():
+            return self._train()
+
+    def _train(self):
         import keras
+        from bert4x.pretraining.pipeline import numpy_batches
         config = self.config
         step = self.restore()
         result = {"step": step, "loss": None, "mlm_accuracy": None, "tokens_per_second": None,
@@ -240,7 +277,7 @@ class JaxPretrainer(Pretrainer):
                         trainer.save(current)
 
             dataset = self._dataset(step * self.global_batch)
-            batches = (batch for batch in dataset.as_numpy_iterator())  # a generator
+            batches = numpy_batches(dataset, self._data_files())  # a generator
             self.train_model.fit(batches,
                                  steps_per_epoch=config.train_steps - step, epochs=1,
                                  shuffle=False, verbose=0, callbacks=[Progress()])
@@ -256,18 +293,18 @@ class JaxPretrainer(Pretrainer):
 
     def evaluate(self, max_batches=None):
         """Loss and accuracy on the held-out shards (mask of epoch 0, no dropout)."""
-        from bert4x.pretraining.pipeline import evaluation_dataset
+        from bert4x.pretraining.pipeline import evaluation_dataset, numpy_batches
         shards = self.summary.get("valid_shards") or []
         if not shards:
             return None
-        files = [os.path.join(self.config.resolved_data_dir(), s) for s in shards]
+        files = self._data_files("valid")
         dataset = evaluation_dataset(files, self.config.seq_length, self.masker,
                                      self.global_batch)
         max_batches = max_batches if max_batches is not None else self.config.eval_batches
         if max_batches:
             dataset = dataset.take(max_batches)
         totals = np.zeros(3)
-        for features in dataset.as_numpy_iterator():
+        for features in numpy_batches(dataset, files):
             logits = np.asarray(self.train_model.predict_on_batch(
                 [features["token_ids"], features["segment_ids"], features["positions"]]),
                 np.float64)
@@ -282,7 +319,7 @@ class JaxPretrainer(Pretrainer):
                 "targets": int(totals[1])}
 
 
-def train_with_jax(config, export_only=False, prepare=True, log=print):
+def train_with_jax(config, export_only=False, prepare=True, log=print, start_over=False):
     """Prepare the data (if needed), train with JAX data parallelism (resuming), export.
 
     Needs ``KERAS_BACKEND=jax``. See the module docstring for what differs from the
@@ -292,7 +329,8 @@ def train_with_jax(config, export_only=False, prepare=True, log=print):
     summary = None
     if prepare and config.inputs and not export_only:
         summary = prepare_data(config)
-    trainer = JaxPretrainer(config, log=log, summary=summary)
+    trainer = JaxPretrainer(config, log=log, summary=summary,
+                            start_over=start_over and not export_only)
     if export_only:
         step = trainer.restore()
         if step == 0 and not config.init_checkpoint:

@@ -158,6 +158,41 @@ class Masker:
                 "weights": tf.cast(target, tf.float32)}
 
 
+def damaged_data_error(files, error):
+    """The error to raise when reading ``files`` failed with ``error`` (a
+    ``tf.errors.DataLossError``, which does not say which file): it names the first
+    damaged shard, found by reading each one through.
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     next(iter(dataset))
+        ... except tf.errors.DataLossError as error:
+        ...     raise damaged_data_error(files, error) from error
+    """
+    for path in files:
+        try:
+            tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda count, _: count + 1)
+        except tf.errors.DataLossError as file_error:
+            return ValueError(
+                f"the data file {path} is damaged ({file_error.message.strip()}); delete it "
+                "and run make_data.py again, which rewrites missing shards")
+    return ValueError(f"reading the data files failed ({error.message.strip()}), but each "
+                      f"of the {len(files)} files reads through on its own")
+
+
+def numpy_batches(dataset, files):
+    """Iterate ``dataset`` as NumPy; a damaged file of ``files`` is named in the error."""
+    iterator = dataset.as_numpy_iterator()
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.DataLossError as error:
+            raise damaged_data_error(files, error) from error
+        yield batch
+
+
 def masked_dataset(files, seq_length, masker, batch_size, examples_per_epoch, start_example=0,
                    shuffle_buffer=10000, seed=0, num_shards=1, shard_index=0, repeat=True):
     """The training stream: shuffled per epoch, masked, sharded, batched.

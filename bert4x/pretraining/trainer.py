@@ -15,13 +15,16 @@ micro-batch's global target count (an all-reduce) and the accumulator weights ea
 micro-batch by that count.
 """
 
+import contextlib
 import json
 import os
-import shutil
+import random
 import time
+import warnings
 
 import numpy as np
 
+from bert4x import storage
 from bert4x.configs import BertConfig
 from bert4x.pretraining import data as data_lib
 from bert4x.pretraining.config import BUILTIN_CORPUS, PretrainingConfig
@@ -86,7 +89,7 @@ class Pretrainer:
         >>> trainer.export()  # doctest: +SKIP
     """
 
-    def __init__(self, config, strategy=None, log=print, summary=None):
+    def __init__(self, config, strategy=None, log=print, summary=None, start_over=False):
         import tensorflow as tf
         import keras
         if keras.backend.backend() != "tensorflow":
@@ -96,14 +99,13 @@ class Pretrainer:
                 "(run_pretraining picks it)")
         self.config = config
         self.log = log
+        self.start_over = start_over
         if strategy is None:
             self.strategy_kind, strategy = select_strategy(tpu=config.tpu)
         else:
             self.strategy_kind = type(strategy).__name__
         self.strategy = strategy
         self.chief = is_chief(strategy)
-        if config.deterministic:
-            tf.config.experimental.enable_op_determinism()
         self._prepare_run(summary)
         self._build()
 
@@ -112,8 +114,7 @@ class Pretrainer:
         import keras
         config = self.config
         self.output_dir = config.resolved_output_dir()
-        self.checkpoint_dir = os.path.join(self.output_dir, CHECKPOINT_SUBDIR)
-        keras.utils.set_random_seed(config.seed)
+        self.checkpoint_dir = storage.join(self.output_dir, CHECKPOINT_SUBDIR)
         self.summary = summary or data_lib.load_dataset_summary(config.resolved_data_dir())
         if self.summary["seq_length"] != config.seq_length:
             raise ValueError(f"the data in {config.resolved_data_dir()} has seq_length "
@@ -178,10 +179,11 @@ class Pretrainer:
         """Set ``self.builder`` and ``self.train_model`` (MLM head at the targets only)."""
         from bert4x.models import BERT
         application = {"mlm": "encoder", "lm": "lm", "unilm": "unilm"}[self.config.objective]
-        self.builder = BERT(bert_config, application=application, with_pool=True,
-                            with_mlm="linear", keep_tokens=self.keep_tokens, dtype=dtype)
-        self.train_model = build_pretraining_model(
-            self.builder, self.config.seq_length, self.masker.num_predictions)
+        with _python_random_seeded(self.config.seed):
+            self.builder = BERT(bert_config, application=application, with_pool=True,
+                                with_mlm="linear", keep_tokens=self.keep_tokens, dtype=dtype)
+            self.train_model = build_pretraining_model(
+                self.builder, self.config.seq_length, self.masker.num_predictions)
 
     def _make_optimizer(self):
         """AdamW or LAMB with warm-up and linear decay, as the config says."""
@@ -221,9 +223,12 @@ class Pretrainer:
         model_variables = {variable.path: variable for variable in self.builder.model.variables}
         if len(model_variables) != len(self.builder.model.variables):
             raise RuntimeError("the model has several variables with one path")
+        self.model_variables = model_variables
         self.checkpoint = tf.train.Checkpoint(model_variables=model_variables,
                                               optimizer=self.optimizer,
                                               examples_seen=self.examples_seen)
+        # Created now (restore would create it anyway) so every checkpoint holds it.
+        _ = self.checkpoint.save_counter
 
     # ------------------------------------------------------------- checkpoints
     def _signature(self):
@@ -232,78 +237,102 @@ class Pretrainer:
                 "shapes": _official_shapes(self.builder.config)}
 
     def _check_signature(self):
-        path = os.path.join(self.checkpoint_dir, MODEL_SIGNATURE_FILE)
+        """Refuse a checkpoint folder written for another model; a damaged signature
+        file only warns (the checkpoint's variables are checked against the model)."""
+        path = storage.join(self.checkpoint_dir, MODEL_SIGNATURE_FILE)
         mine = self._signature()
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             return
-        with open(path, encoding="utf-8") as file:
-            theirs = json.load(file)
+        try:
+            theirs = json.loads(storage.read_text(path))
+            if not isinstance(theirs, dict) or not isinstance(theirs.get("model"), dict):
+                raise ValueError("not a JSON object with a 'model' object")
+        except (ValueError, UnicodeDecodeError) as error:
+            warnings.warn(f"the run signature {path} is damaged ({error}); checking the "
+                          "checkpoint's variables against the model instead", RuntimeWarning,
+                          stacklevel=2)
+            return
         if theirs["model"] != mine["model"] or theirs.get("objective") != mine["objective"]:
             fields = sorted(k for k in mine["model"] if theirs["model"].get(k) != mine["model"][k])
             details = "; ".join(f"{k}: {theirs['model'].get(k)} there, {mine['model'][k]} here"
                                 for k in fields)
             shapes = "; ".join(
-                f"{name}: {theirs['shapes'].get(name)} there, {shape} here"
+                f"{name}: {theirs.get('shapes', {}).get(name)} there, {shape} here"
                 for name, shape in mine["shapes"].items()
-                if theirs["shapes"].get(name) != shape)
+                if theirs.get("shapes", {}).get(name) != shape)
             raise ValueError(
                 f"checkpoint directory {self.checkpoint_dir} belongs to another model "
                 f"({details or 'objective ' + str(theirs.get('objective'))}). "
                 f"Shapes: {shapes or 'same'}. Use another output_dir or delete it.")
 
-    def _manager(self):
-        import tensorflow as tf
-        directory = self.checkpoint_dir
-        if not self.chief:
-            # Every worker takes part in saving (it is collective); only the chief's
-            # files are kept.
-            task_id = getattr(self.strategy.cluster_resolver, "task_id", 0)
-            directory = os.path.join(self.output_dir, f"worker_{task_id}_tmp_checkpoints")
-        return tf.train.CheckpointManager(self.checkpoint, directory,
-                                          max_to_keep=self.config.keep_checkpoints)
+    def _checkpoint_folder(self):
+        from bert4x.pretraining.resume import CheckpointFolder, TensorFlowCheckpointFormat
+        checkpoint_format = TensorFlowCheckpointFormat(
+            self.checkpoint, self.model_variables, self.optimizer.variables,
+            extra={"examples_seen": self.examples_seen})
+        return CheckpointFolder(self.checkpoint_dir, checkpoint_format,
+                                keep=self.config.keep_checkpoints)
 
     def restore(self):
-        """Restore the latest training checkpoint (if any); return the step reached.
+        """Restore the newest intact training checkpoint (if any); return the step reached.
 
-        Without one, load ``init_checkpoint`` (official weights) when configured.
+        A damaged newest checkpoint is reported with a warning and the one before it
+        is restored (see :mod:`bert4x.pretraining.resume`). Without checkpoints, load
+        ``init_checkpoint`` (official weights) when configured.
 
         Raises:
             ValueError: the checkpoint directory belongs to a model of another size
                 (the message names the differing fields and shapes).
+            bert4x.pretraining.resume.DamagedCheckpointError: checkpoints exist but
+                none is intact (and ``start_over`` was not given).
         """
-        self.manager = self._manager()
-        latest = tf_latest(self.checkpoint_dir)
-        if latest:
-            self._check_signature()
-            try:
-                self.checkpoint.restore(latest).assert_existing_objects_matched()
-            except (ValueError, AssertionError) as error:
-                raise ValueError(f"cannot restore {latest}: {error}") from error
-            self.log(f"resumed from {latest} at step {int(self.optimizer.iterations.numpy())}, "
+        self._check_signature()
+        restored = self._checkpoint_folder().restore_newest_intact(
+            start_over=self.start_over, log=self.log)
+        if restored is not None:
+            self.log(f"resumed from {storage.join(self.checkpoint_dir, f'ckpt-{restored}')} "
+                     f"at step {int(self.optimizer.iterations.numpy())}, "
                      f"example {int(self.examples_seen.numpy())}")
         elif self.config.init_checkpoint:
             self.builder.load_checkpoint(self.config.init_checkpoint, allow_missing_heads=True)
             self.log(f"initialised from {self.config.init_checkpoint}")
         if self.chief:
-            os.makedirs(self.checkpoint_dir, exist_ok=True)
-            _write_json_atomic(os.path.join(self.checkpoint_dir, MODEL_SIGNATURE_FILE),
+            storage.makedirs(self.checkpoint_dir)
+            _write_json_atomic(storage.join(self.checkpoint_dir, MODEL_SIGNATURE_FILE),
                                self._signature())
         return int(self.optimizer.iterations.numpy())
 
     def save(self):
-        """Write a training checkpoint now (atomic: TF writes then renames, and the
-        ``checkpoint`` index file is replaced last)."""
-        path = self.manager.save(checkpoint_number=int(self.optimizer.iterations.numpy()))
+        """Write the training checkpoint of the current step, then prune old ones.
+
+        TensorFlow writes the data and index under temporary names and renames them;
+        the ``checkpoint`` pointer file is rewritten last. Only intact checkpoints
+        count towards ``keep_checkpoints``.
+        """
+        step = int(self.optimizer.iterations.numpy())
         if not self.chief:
-            shutil.rmtree(self.manager.directory, ignore_errors=True)
+            # Every worker takes part in saving (it is collective); only the chief's
+            # files are kept.
+            task_id = getattr(self.strategy.cluster_resolver, "task_id", 0)
+            scratch = storage.join(self.output_dir, f"worker_{task_id}_tmp_checkpoints")
+            self.checkpoint.write(storage.join(scratch, f"ckpt-{step}"))
+            storage.rmtree(scratch)
+            return None
+        path = self.checkpoint.write(storage.join(self.checkpoint_dir, f"ckpt-{step}"))
+        folder = self._checkpoint_folder()
+        folder.write_pointer(step)
+        folder.prune(step)
         return path
 
     # ------------------------------------------------------------------- data
+    def _data_files(self, split="train"):
+        return [storage.join(self.config.resolved_data_dir(), shard)
+                for shard in self.summary.get(f"{split}_shards") or []]
+
     def _distributed_dataset(self):
         from bert4x.pretraining.pipeline import masked_dataset
         config = self.config
-        files = [os.path.join(config.resolved_data_dir(), shard)
-                 for shard in self.summary["train_shards"]]
+        files = self._data_files()
         examples = self.summary["train_examples"]
         if not files or examples <= 0:
             raise ValueError(f"no training example in {config.resolved_data_dir()}")
@@ -387,7 +416,11 @@ class Pretrainer:
                      f"from step {step} to {config.train_steps}: {per_update} sequences of "
                      f"{config.seq_length} per update")
             while step < config.train_steps:
-                window += train_step(iterator).numpy()
+                try:
+                    window += train_step(iterator).numpy()
+                except tf.errors.DataLossError as error:
+                    from bert4x.pretraining.pipeline import damaged_data_error
+                    raise damaged_data_error(self._data_files(), error) from error
                 step += 1
                 self.examples_seen.assign_add(per_update)
                 if step % config.log_every == 0 or step == config.train_steps:
@@ -435,7 +468,7 @@ class Pretrainer:
         shards = self.summary.get("valid_shards") or []
         if not shards:
             return None
-        files = [os.path.join(self.config.resolved_data_dir(), s) for s in shards]
+        files = self._data_files("valid")
         dataset = evaluation_dataset(files, self.config.seq_length, self.masker,
                                      self.global_batch)
         max_batches = max_batches if max_batches is not None else self.config.eval_batches
@@ -456,8 +489,12 @@ class Pretrainer:
                              tf.reduce_sum(correct * weights)])
 
         totals = np.zeros(3)
-        for features in dataset:
-            totals += evaluate_batch(features).numpy()
+        try:
+            for features in dataset:
+                totals += evaluate_batch(features).numpy()
+        except tf.errors.DataLossError as error:
+            from bert4x.pretraining.pipeline import damaged_data_error
+            raise damaged_data_error(files, error) from error
         count = max(totals[1], 1.0)
         return {"loss": float(totals[0] / count), "accuracy": float(totals[2] / count),
                 "targets": int(totals[1])}
@@ -476,25 +513,22 @@ class Pretrainer:
         from bert4x.checkpoints import save_checkpoint
         directory = directory or self.config.export_dir()
         save_checkpoint(self.builder, directory)
-        _write_text_atomic(os.path.join(directory, "vocab.txt"),
+        storage.atomic_write(storage.join(directory, "vocab.txt"),
                            "".join(token + "\n" for token in self.tokens))
         self.log(f"exported the official checkpoint to {directory}")
         return directory
 
 
+# A serialized SummaryMetadata naming the "scalars" plugin (field 1 plugin_data {
+# field 1 plugin_name: "scalars"}), what tf.summary.scalar attaches. tf.summary.scalar
+# itself needs the tensorboard package, which tensorflow-cpu does not install.
+_SCALAR_METADATA = b"\x0a\x09\x0a\x07scalars"
+
+
 def _scalar(tag, value):
-    """A TensorBoard scalar without the ``tensorboard`` package (tensorflow-cpu
-    lacks it): the same record ``tf.summary.scalar`` writes."""
+    """A TensorBoard scalar through the public ``tf.summary.write``."""
     import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-    metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-    tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=metadata)
-
-
-def tf_latest(directory):
-    import tensorflow as tf
-    return tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=_SCALAR_METADATA)
 
 
 def build_pretraining_model(builder, seq_length, num_predictions):
@@ -520,18 +554,28 @@ def build_pretraining_model(builder, seq_length, num_predictions):
     return keras.Model([token_ids, segment_ids, positions], logits, name="bert_pretraining")
 
 
-def _write_text_atomic(path, text):
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(temporary, path)
+@contextlib.contextmanager
+def _python_random_seeded(seed):
+    """Seed Python's ``random`` for the block, then give the caller's state back.
+
+    Keras 3 draws the seeds of unseeded initializers and dropout generators from
+    Python's ``random``, so this makes the model's initial weights and dropout masks
+    a function of ``seed`` without reseeding the caller's generators for good.
+    """
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def _write_json_atomic(path, value):
-    _write_text_atomic(path, json.dumps(value, indent=1))
+    storage.atomic_write(path, json.dumps(value, indent=1))
 
 
-def run_pretraining(config, export_only=False, prepare=True, strategy=None, log=print):
+def run_pretraining(config, export_only=False, prepare=True, strategy=None, log=print,
+                    start_over=False):
     """Prepare the data (if needed), train (resuming), export. The CLI's work.
 
     Args:
@@ -540,6 +584,9 @@ def run_pretraining(config, export_only=False, prepare=True, strategy=None, log=
         prepare: run :func:`prepare_data` first when ``inputs`` are configured.
         strategy: an explicit ``tf.distribute`` strategy (default: chosen).
         log: progress-line callable.
+        start_over: train from step 0 although checkpoints exist (they are moved
+            aside, not deleted). Without it a folder whose checkpoints are all
+            damaged is an error.
 
     With ``config.backend == "jax"`` or the JAX Keras backend, the run goes to
     :func:`bert4x.pretraining.jax_trainer.train_with_jax` (needs ``KERAS_BACKEND=jax``).
@@ -553,11 +600,13 @@ def run_pretraining(config, export_only=False, prepare=True, strategy=None, log=
             raise NotImplementedError("a tf.distribute strategy cannot be used on the JAX "
                                       "backend (it uses keras.distribution.DataParallel)")
         from bert4x.pretraining.jax_trainer import train_with_jax
-        return train_with_jax(config, export_only=export_only, prepare=prepare, log=log)
+        return train_with_jax(config, export_only=export_only, prepare=prepare, log=log,
+                              start_over=start_over)
     summary = None
     if prepare and config.inputs and not export_only and _prepares_data(strategy):
         summary = prepare_data(config)
-    trainer = Pretrainer(config, strategy=strategy, log=log, summary=summary)
+    trainer = Pretrainer(config, strategy=strategy, log=log, summary=summary,
+                         start_over=start_over and not export_only)
     if export_only:
         step = trainer.restore()
         if step == 0 and not config.init_checkpoint:

@@ -1,0 +1,273 @@
+"""bert4keras's ``backend`` module: ``keras``, ``K`` and the tensor helpers scripts call.
+
+``K`` offers the Keras 2 backend functions bert4keras scripts use (``K.sum``,
+``K.sparse_categorical_crossentropy``, ``K.concatenate`` ...) with Keras 2's
+signatures and defaults, on ``keras.ops``; a function it lacks raises an
+``AttributeError`` that names the ``keras.ops`` route.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = ["keras", "K", "set_gelu", "sequence_masking", "batch_gather",
+           "multilabel_categorical_crossentropy", "piecewise_linear", "search_layer",
+           "symbolic", "is_tf_keras"]
+
+#: bert4keras scripts test this flag; bert4x always runs on Keras 3.
+is_tf_keras = False
+
+_GELU = {"version": "erf"}
+
+
+def set_gelu(version):
+    """Choose what ``hidden_act="gelu"`` means for models built afterwards.
+
+    Args:
+        version: ``"erf"`` (exact, the default) or ``"tanh"`` (the approximation
+            of Google's original code).
+    """
+    version = version.lower()
+    if version not in ("erf", "tanh"):
+        raise ValueError(f"gelu version must be 'erf' or 'tanh', got {version!r}")
+    _GELU["version"] = version
+
+
+def gelu_activation_name():
+    """The bert4x activation name ``"gelu"`` currently stands for (see `set_gelu`)."""
+    return "gelu" if _GELU["version"] == "erf" else "gelu_tanh"
+
+
+def _align(mask, axes, ndim):
+    """Expand a ``[batch, length]`` mask so its axes sit at ``axes`` of an ``ndim`` tensor."""
+    index = [None] * ndim
+    for target in axes:
+        index[target] = slice(None)
+    return mask[tuple(index)]
+
+
+def sequence_masking(x, mask=None, value=0, axis=None, bias=None, return_mask=False):
+    """Replace the padded positions of ``x`` by ``value`` (bert4keras semantics).
+
+    Args:
+        x: a tensor.
+        mask: ``[batch, length]`` (bool or 0/1), or None.
+        value: the replacement, e.g. ``-np.inf`` or ``"-inf"``.
+        axis: the sequence axis of ``x`` (default 1), or a list of them (each is
+            masked with the same mask, as for ``[batch, heads, len, len]`` scores).
+        bias: an extra boolean mask combined with ``mask``, or an additive bias.
+        return_mask: also return the broadcast mask.
+
+    Example:
+        >>> sequence_masking(np.ones((1, 3)), np.array([[1, 1, 0]]), -1.0)  # doctest: +SKIP
+    """
+    if isinstance(value, str):
+        value = {"-inf": -np.inf, "inf": np.inf}[value]
+    if mask is not None or bias is not None:
+        x = ops.convert_to_tensor(x)
+        if mask is None:
+            if ops.dtype(bias) == "bool":
+                mask = bias
+                x = ops.where(mask, x, ops.cast(value, x.dtype))
+            else:
+                x = x + bias
+        else:
+            axes = [1] if axis is None else (list(axis) if isinstance(axis, (list, tuple))
+                                             else [axis])
+            ndim = len(x.shape)
+            axes = [a if a >= 0 else ndim + a for a in axes]
+            mask = ops.cast(mask, "bool")
+            full = _align(mask, [0, axes[0]], ndim)
+            for a in axes[1:]:
+                full = ops.logical_and(full, _align(mask, [0, a], ndim))
+            mask = full
+            if bias is not None and ops.dtype(bias) == "bool":
+                mask = ops.logical_and(mask, bias)
+            elif bias is not None:
+                x = x + bias
+            x = ops.where(mask, x, ops.cast(value, x.dtype))
+    return (x, mask) if return_mask else x
+
+
+def batch_gather(params, indices):
+    """``params[b, indices[b, ...]]``: gather along the first non-batch axis.
+
+    ``indices`` has the batch axes of ``params`` but the last one; the result
+    has shape ``indices.shape + params.shape[indices.ndim:]`` (TensorFlow's
+    ``gather(..., batch_dims=indices.ndim - 1)``).
+    """
+    params = ops.convert_to_tensor(params)
+    indices = ops.cast(indices, "int32")
+    rank, trailing = len(indices.shape), len(params.shape) - len(indices.shape)
+    expanded = ops.reshape(indices, ops.concatenate(
+        [ops.shape(indices), ops.ones((trailing,), "int32")], axis=0)) if trailing else indices
+    if trailing:
+        target = ops.concatenate([ops.shape(indices), ops.shape(params)[rank:]], axis=0)
+        expanded = ops.broadcast_to(expanded, target)
+    return ops.take_along_axis(params, expanded, axis=rank - 1)
+
+
+def multilabel_categorical_crossentropy(y_true, y_pred):
+    """Su's multi-label cross-entropy: ``log(1 + sum_neg e^s) + log(1 + sum_pos e^-s)``.
+
+    ``y_true`` holds 0/1 (or probabilities) with the shape of the scores
+    ``y_pred``; classes scored ``-inf`` (masked) are left out. Predict the
+    classes whose score is above 0.
+    """
+    y_true = ops.cast(y_true, y_pred.dtype)
+    keep = ops.not_equal(y_pred, -np.inf)
+    minus_inf = ops.cast(-np.inf, y_pred.dtype)
+    y_neg = ops.where(keep, y_pred, minus_inf) + ops.log(1 - y_true)
+    y_pos = ops.where(keep, -y_pred, minus_inf) + ops.log(y_true)
+    zeros = ops.zeros_like(y_pred[..., :1])
+    return (ops.logsumexp(ops.concatenate([y_neg, zeros], axis=-1), axis=-1)
+            + ops.logsumexp(ops.concatenate([y_pos, zeros], axis=-1), axis=-1))
+
+
+def piecewise_linear(t, schedule, from_zero=True):
+    """Piecewise-linear function of ``t`` through ``{step: value}`` points.
+
+    ``{1000: 1, 2000: 0.1}`` rises from 0 (with ``from_zero``) to 1 at step
+    1000, falls to 0.1 at 2000 and stays there.
+    """
+    from bert4x.optimizers import PiecewiseLinear
+
+    return PiecewiseLinear(schedule, 1.0, from_zero)(t)
+
+
+def search_layer(inputs, name, exclude_from=None):
+    """The layer called ``name`` upstream of ``inputs`` (a layer or a tensor), or None."""
+    if isinstance(inputs, keras.layers.Layer):
+        start = inputs
+    else:
+        start = inputs._keras_history[0]
+    seen, queue = set(exclude_from or ()), [start]
+    while queue:
+        layer = queue.pop(0)
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            for inner in layer.layers:
+                if inner.name == name:
+                    return inner
+        for node in layer._inbound_nodes:
+            for parent in node.parent_nodes:
+                queue.append(parent.operation)
+    return None
+
+
+def symbolic(f):
+    """Identity decorator (bert4keras keeps it for old Keras versions)."""
+    return f
+
+
+class _Backend:
+    """Keras 2 backend functions (``K.*``) with Keras 2 signatures on ``keras.ops``."""
+
+    floatx = staticmethod(keras.config.floatx)
+    epsilon = staticmethod(keras.config.epsilon)
+
+    @staticmethod
+    def int_shape(x):
+        return tuple(x.shape)
+
+    @staticmethod
+    def ndim(x):
+        return len(x.shape)
+
+    @staticmethod
+    def dtype(x):
+        return ops.dtype(x)
+
+    @staticmethod
+    def concatenate(tensors, axis=-1):
+        return ops.concatenate(tensors, axis=axis)
+
+    @staticmethod
+    def argmax(x, axis=-1):
+        return ops.argmax(x, axis=axis)
+
+    @staticmethod
+    def argmin(x, axis=-1):
+        return ops.argmin(x, axis=axis)
+
+    @staticmethod
+    def cumsum(x, axis=0):
+        return ops.cumsum(x, axis=axis)
+
+    @staticmethod
+    def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
+        return ops.sparse_categorical_crossentropy(ops.cast(target, "int32"), output,
+                                                   from_logits=from_logits, axis=axis)
+
+    @staticmethod
+    def categorical_crossentropy(target, output, from_logits=False, axis=-1):
+        return ops.categorical_crossentropy(target, output, from_logits=from_logits,
+                                            axis=axis)
+
+    @staticmethod
+    def binary_crossentropy(target, output, from_logits=False):
+        return ops.binary_crossentropy(target, output, from_logits=from_logits)
+
+    @staticmethod
+    def l2_normalize(x, axis=None):
+        return ops.normalize(x, axis=-1 if axis is None else axis)
+
+    @staticmethod
+    def batch_dot(x, y, axes=None):
+        """Keras 2's ``batch_dot`` for 2-D and 3-D operands."""
+        if len(x.shape) == 2 and len(y.shape) == 2:
+            return ops.sum(x * y, axis=-1, keepdims=True)
+        if axes is None:
+            axes = (len(x.shape) - 1, len(y.shape) - 2)
+        axes = (axes, axes) if isinstance(axes, int) else tuple(axes)
+        return ops.matmul(ops.moveaxis(x, axes[0], -1), ops.moveaxis(y, axes[1], 1))
+
+    @staticmethod
+    def switch(condition, then_expression, else_expression):
+        return ops.where(condition, then_expression, else_expression)
+
+    @staticmethod
+    def one_hot(indices, num_classes):
+        return ops.one_hot(indices, num_classes)
+
+    @staticmethod
+    def clip(x, min_value, max_value):
+        return ops.clip(x, min_value, max_value)
+
+    @staticmethod
+    def eval(x):
+        return keras.ops.convert_to_numpy(x)
+
+    get_value = eval
+
+    @staticmethod
+    def set_value(x, value):
+        x.assign(value)
+
+    @staticmethod
+    def variable(value, dtype=None, name=None):
+        return keras.Variable(value, dtype=dtype, name=name)
+
+    @staticmethod
+    def constant(value, dtype=None, shape=None, name=None):
+        value = np.full(shape, value) if shape is not None else value
+        return ops.convert_to_tensor(value, dtype=dtype)
+
+    @staticmethod
+    def count_params(x):
+        return int(np.prod(x.shape))
+
+    def __getattr__(self, name):
+        if not name.startswith("_") and hasattr(ops, name):
+            return getattr(ops, name)
+        raise AttributeError(f"K.{name} is not provided by bert4x.bert4keras (Keras 3 has "
+                             "no Keras 2 backend module); use the keras.ops function "
+                             "of the same purpose")
+
+
+#: The ``keras.backend`` functions bert4keras scripts call, on ``keras.ops``.
+K = _Backend()

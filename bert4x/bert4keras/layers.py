@@ -1,0 +1,295 @@
+"""bert4keras's ``layers`` module on Keras 3.
+
+Every ``keras.layers`` name is available here, as ``from bert4keras.layers
+import *`` gave them. Added: :class:`Loss` (a layer that adds a loss computed
+from its inputs and their masks), :class:`ConditionalRandomField`,
+:class:`GlobalPointer`, :class:`EfficientGlobalPointer`, written with
+``keras.ops`` (any backend), each with ``get_config``.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from bert4x.bert4keras.backend import sequence_masking
+from bert4x.layers import RotaryPositionEncoding
+
+globals().update({name: getattr(keras.layers, name) for name in dir(keras.layers)
+                  if not name.startswith("_")})
+Input = keras.Input
+Model = keras.Model
+
+_PACKAGE = "bert4x.bert4keras"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SequenceMask(keras.layers.Layer):
+    """Identity on ``x`` that gives it a Keras mask.
+
+    ``SequenceMask()([x, token_ids])`` masks the positions where ``token_ids``
+    is 0 (padding); ``SequenceMask()([x, y])`` with a float ``y`` passes on
+    ``y``'s mask. bert4x models built through ``bert4x.bert4keras`` use it so
+    that masks reach later layers (``Loss``, CRF, GlobalPointer) where
+    bert4keras's masks reached them; values are never changed.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return inputs[0]
+
+    def compute_mask(self, inputs, mask=None):
+        reference = inputs[1]
+        if "int" in str(reference.dtype):
+            return ops.not_equal(reference, 0)
+        return None if mask is None else mask[1]
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(inputs[0].shape, inputs[0].dtype)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Loss(keras.layers.Layer):
+    """A layer that adds ``compute_loss(inputs, mask)`` to the model's losses.
+
+    Subclass it and write ``compute_loss``; the model is then compiled without a
+    loss and fed ``([inputs...], None)`` batches. ``mask`` is the list of the
+    inputs' Keras masks (None where an input has none), so a model from
+    ``build_transformer_model`` passes its padding mask on, as in bert4keras.
+
+    Args:
+        output_axis: which input(s) the layer returns: None for all, an int or a
+            list of ints.
+
+    Example:
+        >>> class CrossEntropy(Loss):
+        ...     def compute_loss(self, inputs, mask=None):
+        ...         y_true, y_pred = inputs
+        ...         return keras.ops.mean(
+        ...             keras.ops.sparse_categorical_crossentropy(y_true, y_pred))
+        >>> output = CrossEntropy(1)([labels_in, probabilities])  # doctest: +SKIP
+    """
+
+    def __init__(self, output_axis=None, **kwargs):
+        super().__init__(**kwargs)
+        self.output_axis = output_axis
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        self.add_loss(self.compute_loss(inputs, mask))
+        return self._select(inputs)
+
+    def compute_loss(self, inputs, mask=None):
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement compute_loss(inputs, mask=None)")
+
+    def _select(self, items):
+        if self.output_axis is None:
+            return items
+        if isinstance(self.output_axis, list):
+            return [items[i] for i in self.output_axis]
+        return items[self.output_axis]
+
+    def compute_mask(self, inputs, mask=None):
+        return None if mask is None else self._select(mask)
+
+    def compute_output_spec(self, inputs, mask=None):
+        spec = lambda t: keras.KerasTensor(t.shape, t.dtype)  # noqa: E731
+        selected = self._select(inputs)
+        return [spec(t) for t in selected] if isinstance(selected, list) else spec(selected)
+
+    def get_config(self):
+        return {**super().get_config(), "output_axis": self.output_axis}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ConditionalRandomField(keras.layers.Layer):
+    """Linear-chain CRF as bert4keras has it: a transition matrix and its losses.
+
+    The layer returns its input scores with padded positions (from the Keras
+    mask) set to ``-inf``; ``sparse_loss``/``dense_loss`` and the accuracies
+    read the padding back from those ``-inf``. Decode with
+    ``snippets.ViterbiDecoder(K.eval(crf.trans))``.
+
+    Args:
+        lr_multiplier: the transition matrix learns this many times faster
+            (it is stored divided by the multiplier and used multiplied by it).
+
+    Example:
+        >>> crf = ConditionalRandomField(lr_multiplier=100)
+        >>> output = crf(Dense(num_labels)(sequence_output))  # doctest: +SKIP
+        >>> model.compile(loss=crf.sparse_loss, metrics=[crf.sparse_accuracy])  # doctest: +SKIP
+    """
+
+    def __init__(self, lr_multiplier=1, **kwargs):
+        super().__init__(**kwargs)
+        self.lr_multiplier = lr_multiplier
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        labels = input_shape[-1]
+        multiplier = float(self.lr_multiplier)
+
+        def initializer(shape, dtype=None):
+            return keras.initializers.GlorotUniform()(shape, dtype) / multiplier
+
+        self._trans = self.add_weight(name="trans", shape=(labels, labels),
+                                      initializer=initializer)
+
+    @property
+    def trans(self):
+        """The transition scores ``[labels, labels]`` (from row label to column label)."""
+        if self.lr_multiplier != 1:
+            return self.lr_multiplier * self._trans
+        return self._trans
+
+    def call(self, inputs, mask=None):
+        return sequence_masking(inputs, mask, -np.inf, 1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def _target_score(self, y_true, y_pred):
+        point = ops.einsum("bni,bni->b", y_true, y_pred)
+        trans = ops.einsum("bni,ij,bnj->b", y_true[:, :-1], self.trans, y_true[:, 1:])
+        return point + trans
+
+    def dense_loss(self, y_true, y_pred):
+        """``-log p(path)`` for one-hot ``y_true`` ``[batch, len, labels]``."""
+        y_true = ops.cast(y_true, y_pred.dtype)
+        mask = ops.all(ops.not_equal(y_pred, -np.inf), axis=2, keepdims=True)
+        y_true = ops.where(mask, y_true, 0.0)
+        y_pred = ops.where(mask, y_pred, 0.0)
+        target = self._target_score(y_true, y_pred)
+        trans = self.trans[None]
+        step_mask = ops.cast(mask, y_pred.dtype)
+
+        def step(states, inputs):
+            scores, keep = inputs
+            outputs = ops.logsumexp(states[:, :, None] + trans, axis=1) + scores
+            outputs = keep * outputs + (1 - keep) * states
+            return outputs, None
+
+        sequence = (ops.moveaxis(y_pred[:, 1:], 1, 0), ops.moveaxis(step_mask[:, 1:], 1, 0))
+        last, _ = ops.scan(step, y_pred[:, 0], sequence)
+        return ops.logsumexp(last, axis=1) - target
+
+    def sparse_loss(self, y_true, y_pred):
+        """``-log p(path)`` for integer labels ``[batch, len]`` (or ``[batch, len, 1]``)."""
+        y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+        return self.dense_loss(ops.one_hot(y_true, ops.shape(self.trans)[0]), y_pred)
+
+    def dense_accuracy(self, y_true, y_pred):
+        """Per-token accuracy of the best label, padding excluded (one-hot labels)."""
+        return self.sparse_accuracy(ops.argmax(y_true, axis=2), y_pred)
+
+    def sparse_accuracy(self, y_true, y_pred):
+        """Per-token accuracy of the best label, padding excluded (integer labels)."""
+        mask = ops.cast(ops.all(ops.not_equal(y_pred, -np.inf), axis=2), y_pred.dtype)
+        y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+        equal = ops.cast(ops.equal(y_true, ops.cast(ops.argmax(y_pred, axis=2), "int32")),
+                         y_pred.dtype)
+        return ops.sum(equal * mask) / ops.sum(mask)
+
+    def get_config(self):
+        return {**super().get_config(), "lr_multiplier": self.lr_multiplier}
+
+
+def _pointer_scores(qw, kw, head_size, rope):
+    """``[batch, heads, len, len]`` scores of queries/keys ``[batch, heads, len, d]``."""
+    if rope:
+        qw, kw = RotaryPositionEncoding().encode(qw, kw, None)
+    return ops.einsum("bhmd,bhnd->bhmn", qw, kw) / head_size ** 0.5
+
+
+def _mask_pointer_scores(logits, mask, tril_mask):
+    upper = None
+    if tril_mask:
+        length = ops.shape(logits)[-1]
+        rows = ops.arange(length)
+        upper = rows[:, None] <= rows[None, :]
+    return sequence_masking(logits, mask, -np.inf, [2, 3], upper)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GlobalPointer(keras.layers.Layer):
+    """GlobalPointer: a score for every ``(start, end)`` span and entity type.
+
+    Scores ``[batch, heads, len, len]`` are ``q_i . k_j / sqrt(head_size)`` of
+    per-type query/key projections (rotary-encoded with ``RoPE``); spans that
+    touch padding and, with ``tril_mask``, spans with ``end < start`` get
+    ``-inf``. Train with ``multilabel_categorical_crossentropy``.
+
+    Args:
+        heads: number of entity types.
+        head_size: size of each query and key.
+        RoPE: rotary position encoding of queries and keys.
+        use_bias: bias of the projection.
+        tril_mask: exclude spans that end before they start.
+        kernel_initializer: of the projection.
+
+    Example:
+        >>> scores = GlobalPointer(heads=4, head_size=64)(sequence_output)  # doctest: +SKIP
+    """
+
+    def __init__(self, heads, head_size, RoPE=True, use_bias=True, tril_mask=True,  # noqa: N803
+                 kernel_initializer="lecun_normal", **kwargs):
+        super().__init__(**kwargs)
+        self.heads, self.head_size = heads, head_size
+        self.RoPE, self.use_bias, self.tril_mask = RoPE, use_bias, tril_mask
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.supports_masking = True
+
+    def _dense(self, units, name):
+        return keras.layers.Dense(units, use_bias=self.use_bias, name=name,
+                                  kernel_initializer=self.kernel_initializer)
+
+    def build(self, input_shape):
+        self.dense = self._dense(self.heads * self.head_size * 2, "dense")
+        self.dense.build(input_shape)
+
+    def call(self, inputs, mask=None):
+        x = self.dense(inputs)
+        shape = ops.shape(x)
+        x = ops.reshape(x, (shape[0], shape[1], self.heads, 2 * self.head_size))
+        x = ops.transpose(x, (0, 2, 1, 3))
+        logits = _pointer_scores(x[..., :self.head_size], x[..., self.head_size:],
+                                 self.head_size, self.RoPE)
+        return _mask_pointer_scores(logits, mask, self.tril_mask)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.heads, input_shape[1], input_shape[1])
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads, "head_size": self.head_size,
+                "RoPE": self.RoPE, "use_bias": self.use_bias, "tril_mask": self.tril_mask,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class EfficientGlobalPointer(GlobalPointer):
+    """GlobalPointer with one shared query/key projection and per-type biases.
+
+    Scores are the shared ``q_i . k_j / sqrt(head_size)`` plus, per type, a
+    start bias of ``i`` and an end bias of ``j`` (halves of a ``Dense(2 *
+    heads)`` of the projected tokens), masked as in :class:`GlobalPointer`.
+    """
+
+    def build(self, input_shape):
+        self.p_dense = self._dense(self.head_size * 2, "p_dense")
+        self.p_dense.build(input_shape)
+        self.q_dense = self._dense(self.heads * 2, "q_dense")
+        self.q_dense.build(tuple(input_shape[:-1]) + (self.head_size * 2,))
+
+    def call(self, inputs, mask=None):
+        x = self.p_dense(inputs)
+        qw, kw = x[..., ::2], x[..., 1::2]
+        logits = _pointer_scores(qw[:, None], kw[:, None], self.head_size, self.RoPE)
+        bias = ops.transpose(self.q_dense(x), (0, 2, 1)) / 2
+        logits = logits + bias[:, ::2, None] + bias[:, 1::2, :, None]
+        return _mask_pointer_scores(logits, mask, self.tril_mask)

@@ -1,0 +1,183 @@
+"""bert4keras's ``build_transformer_model`` on bert4x's model builders.
+
+The graph is bert4x's (same layers, names and numbers); what changes is the
+interface: bert4keras's arguments and outputs, and Keras masks. The padding mask
+(token id 0) is attached after the embeddings and follows the sequence through
+every Transformer layer and the MLM head, so ``Loss`` layers, the CRF and
+GlobalPointer receive it as they did in bert4keras. Pooled and NSP outputs
+carry no mask.
+"""
+
+import json
+
+import keras
+
+from bert4x import models as _native
+from bert4x.bert4keras.backend import gelu_activation_name
+from bert4x.bert4keras.layers import SequenceMask
+from bert4x.configs import BertConfig
+
+__all__ = ["build_transformer_model"]
+
+# bert4keras's names of config fields -> bert4x's.
+_RENAMED = {"dropout_rate": "hidden_dropout_prob",
+            "attention_dropout_rate": "attention_probs_dropout_prob",
+            "max_position": "max_position_embeddings",
+            "segment_vocab_size": "type_vocab_size"}
+# bert4keras arguments bert4x does not offer (each raises, naming itself).
+_UNSUPPORTED = ("compound_tokens", "residual_attention_scores", "autoresize_weights",
+                "hierarchical_position", "shared_segment_embeddings", "attention_caches",
+                "layers", "embedding_size_override")
+
+
+def _masking_builder(family):
+    """A subclass of the family's builder whose graph carries Keras masks."""
+
+    class Masked(family):
+        def _create_layers(self):
+            super()._create_layers()
+            self._sequence_mask = SequenceMask(name="Embedding-Mask")
+            self._mlm_mask = SequenceMask(name="MLM-Mask")
+            # The tied output layer drops the mask quietly; MLM-Mask restores it.
+            self.token_embedding.supports_masking = True
+            for block in self.blocks:
+                for layer in block.values():
+                    layer.supports_masking = True
+            for name in ("mlm_dense", "mlm_norm", "mlm_bias", "mlm_activation",
+                         "embedding_mapping"):
+                layer = getattr(self, name, None)
+                if layer is not None:
+                    layer.supports_masking = True
+            if self.pooler_dense is not None and self._pool_activation is not None:
+                self.pooler_dense.activation = keras.activations.get(self._pool_activation)
+            if self.with_mlm and self._mlm_activation is not None:
+                self.mlm_activation.activation = keras.activations.get(self._mlm_activation)
+
+        def embed(self, token_ids, segment_ids, *args, **kwargs):
+            x = super().embed(token_ids, segment_ids, *args, **kwargs)
+            return self._sequence_mask([x, token_ids])
+
+        def mlm_logits(self, x, condition=None):
+            return self._mlm_mask([super().mlm_logits(x, condition=condition), x])
+
+    Masked.__name__ = Masked.__qualname__ = f"Masked{family.__name__}"
+    return Masked
+
+
+def _config(config_path, overrides):
+    fields = {_RENAMED.get(key, key): value for key, value in overrides.items()}
+    if fields.get("hidden_act") == "gelu":
+        fields["hidden_act"] = gelu_activation_name()
+    if config_path is None:
+        return BertConfig(**fields)
+    config = BertConfig.from_json(config_path)
+    with open(config_path, encoding="utf-8") as file:
+        if json.load(file).get("hidden_act") == "gelu" and "hidden_act" not in fields:
+            fields["hidden_act"] = gelu_activation_name()
+    return config.replace(**fields)
+
+
+def _head_activation(value):
+    """``(flag, activation)`` for bert4x from a bert4keras head argument."""
+    if value is True or value is False or value is None:
+        return bool(value), None
+    return True, value
+
+
+def build_transformer_model(config_path=None, checkpoint_path=None, model="bert",
+                            application="encoder", return_keras_model=True,
+                            with_pool=False, with_nsp=False, with_mlm=False,
+                            keep_tokens=None, ignore_invalid_weights=False,
+                            layer_norm_cond=None, layer_norm_cond_hidden_size=None,
+                            layer_norm_cond_hidden_act=None, additional_input_layers=None,
+                            custom_position_ids=False, sequence_length=None, prefix=None,
+                            **kwargs):
+    """Build a model as bert4keras 0.11.5 does, on bert4x's builder.
+
+    Outputs follow bert4keras: the sequence output when no head is asked;
+    otherwise only the heads: the pooled output (``with_pool``, an activation
+    name or True for tanh) or, with ``with_nsp``, the NSP probabilities in its
+    place, then the MLM output (``with_mlm``: True for softmax or an
+    activation name such as ``"linear"``). ``application="lm"``/``"unilm"``
+    returns the MLM probabilities.
+
+    Args:
+        config_path: the ``bert_config.json``.
+        checkpoint_path: the checkpoint prefix (or Hugging Face weights).
+        model: a bert4x family name (``"bert"``, and the families bert4x has).
+        application: ``"encoder"``, ``"lm"`` or ``"unilm"``.
+        return_keras_model: False returns the bert4x builder.
+        keep_tokens: vocabulary rows to keep.
+        ignore_invalid_weights: let heads missing from the checkpoint keep their
+            initial values (bert4x lists them in a warning; the encoder's
+            weights must all be there).
+        layer_norm_cond, layer_norm_cond_hidden_size, layer_norm_cond_hidden_act,
+            additional_input_layers: Conditional Layer Normalization; the
+            additional inputs may be one tensor or a list.
+        custom_position_ids, prefix: not supported (raise).
+        sequence_length: accepted; the inputs keep a variable length.
+        **kwargs: config fields, with bert4keras's names (``dropout_rate``,
+            ``max_position``, ``segment_vocab_size``, ``hidden_act``, ...).
+
+    Example:
+        >>> model = build_transformer_model(config_path, checkpoint_path,  # doctest: +SKIP
+        ...                                 application="unilm", keep_tokens=keep_tokens)
+    """
+    if custom_position_ids:
+        raise NotImplementedError("custom_position_ids=True is not supported by "
+                                  "bert4x.bert4keras: positions are 0..length-1")
+    if prefix:
+        raise NotImplementedError(f"prefix={prefix!r} is not supported by bert4x.bert4keras: "
+                                  "layer names have no prefix")
+    for name in _UNSUPPORTED:
+        if kwargs.get(name):
+            raise NotImplementedError(f"{name}= is not supported by bert4x.bert4keras")
+    if kwargs.get("segment_vocab_size", 2) == 0:
+        raise NotImplementedError("segment_vocab_size=0 (no segment input) is not supported "
+                                  "by bert4x.bert4keras: feed zeros as segment ids")
+    if isinstance(model, str):
+        model = model.lower()
+    if model not in _native.MODELS:
+        raise ValueError(f"unknown model {model!r}; bert4x builds {sorted(_native.MODELS)}")
+    config_path, checkpoint_path = _native._resolve_paths(config_path, checkpoint_path)
+    config = _config(config_path, kwargs)
+    with_nsp, nsp_activation = _head_activation(with_nsp)
+    with_pool, pool_activation = _head_activation(with_pool)
+    with_mlm, mlm_activation = _head_activation(with_mlm)
+    if nsp_activation is not None:
+        raise ValueError(f"with_nsp must be True or False, got {nsp_activation!r}")
+    builder_class = _masking_builder(_native.MODELS[model])
+    builder_class._pool_activation = pool_activation
+    builder_class._mlm_activation = mlm_activation
+    builder = builder_class(
+        config, application=application, with_pool=with_pool or with_nsp,
+        with_nsp=with_nsp, with_mlm=with_mlm, keep_tokens=keep_tokens,
+        layer_norm_cond=layer_norm_cond,
+        layer_norm_cond_hidden_size=layer_norm_cond_hidden_size,
+        layer_norm_cond_hidden_act=layer_norm_cond_hidden_act,
+        additional_input_layers=additional_input_layers)
+    if checkpoint_path is not None:
+        builder.load_checkpoint(checkpoint_path, allow_missing_heads=ignore_invalid_weights)
+    builder.model = _bert4keras_outputs(builder, bool(with_pool or with_nsp), with_nsp,
+                                        bool(with_mlm))
+    return builder.model if return_keras_model else builder
+
+
+def _bert4keras_outputs(builder, pooled, nsp, mlm):
+    """The native model with bert4keras's choice of outputs (same graph, same layers)."""
+    model = builder.model
+    outputs = list(model.outputs)
+    if builder.application != "encoder":
+        return model
+    sequence, rest = outputs[0], outputs[1:]
+    chosen = []
+    if pooled:
+        # The native order is [sequence, pooled, nsp?, mlm?]; NSP replaces pooled.
+        chosen.append(rest[1] if nsp else rest[0])
+        rest = rest[2:] if nsp else rest[1:]
+    if mlm:
+        chosen.append(rest[0])
+    if not chosen:
+        return model
+    return keras.Model(model.inputs, chosen[0] if len(chosen) == 1 else chosen,
+                       name=model.name)

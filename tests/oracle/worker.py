@@ -1,0 +1,159 @@
+"""bert4keras 0.11.5 oracle worker: ``python worker.py jobs.pkl results.pkl``.
+
+Runs in its own process with ``TF_KERAS=1 TF_USE_LEGACY_KERAS=1`` and this
+folder's ``sitecustomize.py`` (see ``tests/_oracle.py``). ``jobs.pkl`` holds
+``{name: (function_name, kwargs)}``; ``results.pkl`` gets ``{name: result}``,
+or ``{name: ("error", traceback)}`` for a job that failed.
+"""
+
+import os
+import pickle
+import sys
+import traceback
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from shared import table_logits  # noqa: E402
+
+
+def model_outputs(config_path, checkpoint_path, inputs, **kwargs):
+    from bert4keras.models import build_transformer_model
+
+    model = build_transformer_model(config_path, checkpoint_path, **kwargs)
+    outputs = model.predict(inputs, verbose=0)
+    return outputs if isinstance(outputs, list) else [outputs]
+
+
+def masked_loss(config_path, checkpoint_path, inputs, **kwargs):
+    """A Loss layer reading the Keras mask of the MLM output, as seq2seq scripts do."""
+    from bert4keras.backend import K, keras
+    from bert4keras.layers import Loss
+    from bert4keras.models import build_transformer_model
+
+    class MaskedCrossEntropy(Loss):
+        def compute_loss(self, inputs, mask=None):
+            token_ids, y_pred = inputs
+            y_mask = K.cast(mask[1][:, 1:], K.floatx())
+            loss = K.sparse_categorical_crossentropy(token_ids[:, 1:], y_pred[:, :-1])
+            return K.sum(loss * y_mask) / K.sum(y_mask)
+
+    model = build_transformer_model(config_path, checkpoint_path, **kwargs)
+    output = MaskedCrossEntropy(1)([model.inputs[0], model.outputs[0]])
+    train = keras.models.Model(model.inputs, output)
+    train.compile(optimizer="adam")
+    return float(train.evaluate(inputs, verbose=0))
+
+
+def crf(emissions, mask, trans, labels, lr_multiplier):
+    import tensorflow as tf
+    from bert4keras.layers import ConditionalRandomField
+
+    mask = tf.constant(mask > 0)
+    layer = ConditionalRandomField(lr_multiplier=lr_multiplier)
+    layer.build(emissions.shape)
+    layer.set_weights([trans / lr_multiplier])
+    output = layer(emissions, mask=mask)
+    return dict(output=output.numpy(),
+                sparse_loss=layer.sparse_loss(labels, output).numpy(),
+                sparse_accuracy=float(layer.sparse_accuracy(labels, output)))
+
+
+def viterbi(trans, nodes, starts, ends):
+    from bert4keras.snippets import ViterbiDecoder
+
+    decoder = ViterbiDecoder(trans, starts, ends)
+    return [decoder.decode(n.copy()) for n in nodes]
+
+
+def global_pointer(efficient, x, mask, weights, y_true, **kwargs):
+    from bert4keras.backend import multilabel_categorical_crossentropy
+    import tensorflow as tf
+    from bert4keras.layers import EfficientGlobalPointer, GlobalPointer
+
+    mask = tf.constant(mask > 0)
+    layer = (EfficientGlobalPointer if efficient else GlobalPointer)(**kwargs)
+    layer(x, mask=mask)  # builds the inner Dense layers
+    dense = [layer.p_dense, layer.q_dense] if efficient else [layer.dense]
+    for d, (kernel, bias) in zip(dense, weights):
+        d.set_weights([kernel, bias])
+    output = layer(x, mask=mask)
+    batch, heads = output.shape[:2]
+    y_pred = np.reshape(output.numpy(), (batch * heads, -1))
+    loss = multilabel_categorical_crossentropy(y_true.reshape(batch * heads, -1), y_pred)
+    return dict(output=output.numpy(), loss=loss.numpy())
+
+
+def decoder_ids(vocab_size, start_id, end_id, maxlen, minlen, beams, samples):
+    from bert4keras.snippets import AutoRegressiveDecoder
+
+    class Table(AutoRegressiveDecoder):
+        @AutoRegressiveDecoder.wraps(default_rtype="logits")
+        def predict(self, inputs, output_ids, states):
+            return table_logits(output_ids, vocab_size)
+
+    decoder = Table(start_id=start_id, end_id=end_id, maxlen=maxlen, minlen=minlen)
+    results = dict(beam=[decoder.beam_search([np.array([1])], **b).tolist() for b in beams])
+    sampled = []
+    for s in samples:
+        np.random.seed(s.pop("seed"))
+        sampled.append([ids.tolist() for ids in decoder.random_sample([np.array([1])], **s)])
+    results["sample"] = sampled
+    return results
+
+
+def tokenizer(vocab_path, texts, pairs, do_lower_case, maxlen):
+    from bert4keras.tokenizers import Tokenizer
+
+    tok = Tokenizer(vocab_path, do_lower_case=do_lower_case)
+    result = dict(tokens=[], ids=[], rematch=[], decode=[], pairs=[])
+    for text in texts:
+        tokens = tok.tokenize(text)
+        result["tokens"].append(tokens)
+        result["ids"].append(tok.encode(text)[0])
+        result["rematch"].append(tok.rematch(text, tokens))
+        result["decode"].append(tok.decode(tok.encode(text)[0]))
+    for first, second in pairs:
+        result["pairs"].append([tok.encode(first, second, maxlen=maxlen),
+                                tok.encode(first, second, maxlen=maxlen, pattern="S*ES*E",
+                                           truncate_from="left")])
+    return result
+
+
+def optimizer_steps(kernel, bias, x, y, steps, factories, **settings):
+    """Weights after ``steps`` updates of a Dense layer on a squared-error loss."""
+    import tensorflow as tf
+    from bert4keras import optimizers
+
+    base = optimizers.Adam
+    for name in factories:
+        base = getattr(optimizers, name)(base)
+    optimizer = base(**settings)
+    dense = tf.keras.layers.Dense(kernel.shape[1], name="Transformer-0-FeedForward")
+    dense(x)  # built by a call, so its variables are named after the layer
+    dense.set_weights([kernel, bias])
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(dense(x) - y))
+        grads = tape.gradient(loss, dense.trainable_weights)
+        optimizer.apply_gradients(zip(grads, dense.trainable_weights))
+    return [w.numpy() for w in dense.weights]
+
+
+def main(jobs_path, results_path):
+    with open(jobs_path, "rb") as file:
+        jobs = pickle.load(file)
+    results = {}
+    for name, (function, kwargs) in jobs.items():
+        try:
+            results[name] = globals()[function](**kwargs)
+        except Exception:  # reported to the test that asked, with the oracle's traceback
+            results[name] = ("error", traceback.format_exc())
+    with open(results_path + ".tmp", "wb") as file:
+        pickle.dump(results, file)
+    os.replace(results_path + ".tmp", results_path)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,302 @@
+"""bert4x.bert4keras against bert4keras 0.11.5 itself (the oracle, in a subprocess).
+
+Every comparison feeds both libraries the same checkpoint, weights and inputs;
+the oracle's computations run in one batch in a tf-keras subprocess started when
+the module starts, so it overlaps the bert4x side.
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _oracle  # noqa: E402
+from oracle.shared import table_logits  # noqa: E402
+from bert4x import checkpoints  # noqa: E402
+from bert4x.bert4keras import backend, layers, models, optimizers, snippets, tokenizers  # noqa: E402
+from bert4x.models import build_transformer_model as native_build  # noqa: E402
+from bert4x.resources import chinese_vocab_path  # noqa: E402
+
+TOL = 1e-5
+CONFIG = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=24, hidden_act="gelu", max_position_embeddings=32,
+              type_vocab_size=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+              initializer_range=0.2)
+TOKENS = np.array([[2, 7, 9, 11, 3, 0, 0], [2, 5, 3, 8, 12, 30, 3]])
+SEGMENTS = np.array([[0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1]])
+MODEL_CASES = {
+    "encoder": dict(),
+    "pool_mlm": dict(with_pool=True, with_mlm=True),
+    "nsp": dict(with_nsp=True),
+    "linear_heads": dict(with_pool="linear", with_mlm="linear"),
+    "unilm": dict(application="unilm"),
+    "lm": dict(application="lm"),
+}
+RNG = np.random.default_rng(0)
+CRF = dict(emissions=RNG.normal(size=(3, 6, 4)).astype("float32"),
+           mask=np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], "float32"),
+           trans=RNG.normal(size=(4, 4)).astype("float32"),
+           labels=RNG.integers(0, 4, size=(3, 6)), lr_multiplier=10)
+VITERBI = dict(trans=RNG.normal(size=(5, 5)), nodes=[RNG.normal(size=(n, 5)) for n in (1, 4, 9)],
+               starts=[0, 1, 3], ends=[0, 2])
+POINTER_X = RNG.normal(size=(2, 5, 6)).astype("float32")
+POINTER_MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], "float32")
+POINTER_TRUE = (RNG.random((2, 3, 5, 5)) < 0.2).astype("float32")
+POINTER_SETTINGS = dict(heads=3, head_size=4)
+POINTER_WEIGHTS = {
+    False: [(RNG.normal(size=(6, 24)).astype("float32"), RNG.normal(size=24).astype("float32"))],
+    True: [(RNG.normal(size=(6, 8)).astype("float32"), RNG.normal(size=8).astype("float32")),
+           (RNG.normal(size=(8, 6)).astype("float32"), RNG.normal(size=6).astype("float32"))],
+}
+DECODER = dict(vocab_size=7, start_id=0, end_id=3, maxlen=6, minlen=2,
+               beams=[dict(topk=1), dict(topk=3), dict(topk=4, min_ends=2)],
+               samples=[dict(n=4, seed=1), dict(n=3, topk=3, seed=2),
+                        dict(n=3, topp=0.7, seed=3), dict(n=2, topk=4, topp=0.5, seed=4),
+                        dict(n=2, topp=1.5, seed=5)])
+TEXTS = ["你好，世界！BERT 模型很 good。", "Héllo wörld, it's 2.5 o'clock (ok)?",
+         "数字123和 english-words 混合"]
+PAIRS = [("今天天气很好，我们去公园散步吧", "好的"), ("短", "这是一个比较长的第二句话用来截断")]
+OPTIMIZER_X = RNG.normal(size=(4, 3)).astype("float32")
+OPTIMIZER_Y = RNG.normal(size=(4, 2)).astype("float32")
+OPTIMIZER_W = (RNG.normal(size=(3, 2)).astype("float32"), RNG.normal(size=2).astype("float32"))
+OPTIMIZER_CASES = {
+    "adam": ([], dict(learning_rate=0.01), 3),
+    "no_bias_correction": ([], dict(learning_rate=0.01, bias_correction=False), 2),
+    "weight_decay": (["extend_with_weight_decay"],
+                     dict(learning_rate=0.01, weight_decay_rate=0.1,
+                          exclude_from_weight_decay=["bias"]), 3),
+    "piecewise": (["extend_with_piecewise_linear_lr"],
+                  dict(learning_rate=0.01, lr_schedule={2: 1, 4: 0.1}), 4),
+    "paramwise": (["extend_with_parameter_wise_lr"],
+                  dict(learning_rate=0.01, paramwise_lr_schedule={"kernel": 3.0,
+                                                                  "FeedForward": 0.5}), 2),
+    "decay_and_schedule": (["extend_with_weight_decay", "extend_with_piecewise_linear_lr"],
+                           dict(learning_rate=0.01, weight_decay_rate=0.2,
+                                lr_schedule={3: 1}), 3),
+    "accumulation": (["extend_with_gradient_accumulation"],
+                     dict(learning_rate=0.01, grad_accum_steps=2), 4),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small random BERT with every head, in Google's checkpoint format."""
+    keras.utils.set_random_seed(1)
+    builder = native_build(**CONFIG, with_pool=True, with_nsp=True, with_mlm=True,
+                           return_keras_model=False)
+    folder = str(tmp_path_factory.mktemp("checkpoint") / "bert")
+    prefix = checkpoints.save_checkpoint(builder, folder)
+    return os.path.join(folder, "bert_config.json"), prefix
+
+
+@pytest.fixture(scope="module")
+def oracle(checkpoint):
+    config_path, prefix = checkpoint
+    inputs = [TOKENS, SEGMENTS]
+    jobs = {f"model_{name}": ("model_outputs", dict(config_path=config_path,
+                                                     checkpoint_path=prefix, inputs=inputs,
+                                                     **kwargs))
+            for name, kwargs in MODEL_CASES.items()}
+    jobs["masked_loss"] = ("masked_loss", dict(config_path=config_path, checkpoint_path=prefix,
+                                               inputs=inputs, application="unilm"))
+    jobs["crf"] = ("crf", CRF)
+    jobs["viterbi"] = ("viterbi", VITERBI)
+    for efficient in (False, True):
+        jobs[f"pointer_{efficient}"] = ("global_pointer", dict(
+            efficient=efficient, x=POINTER_X, mask=POINTER_MASK,
+            weights=POINTER_WEIGHTS[efficient], y_true=POINTER_TRUE, **POINTER_SETTINGS))
+    jobs["decoder"] = ("decoder_ids", DECODER)
+    for lower in (False, True):
+        jobs[f"tokenizer_{lower}"] = ("tokenizer", dict(
+            vocab_path=chinese_vocab_path(), texts=TEXTS, pairs=PAIRS, do_lower_case=lower,
+            maxlen=12))
+    for name, (factories, settings, steps) in OPTIMIZER_CASES.items():
+        jobs[f"optimizer_{name}"] = ("optimizer_steps", dict(
+            kernel=OPTIMIZER_W[0], bias=OPTIMIZER_W[1], x=OPTIMIZER_X, y=OPTIMIZER_Y,
+            steps=steps, factories=factories, **settings))
+    running = _oracle.Oracle(jobs)
+    yield running
+    running.close()
+
+
+# ------------------------------------------------------------------ models
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_model_outputs_equal_bert4keras(checkpoint, oracle, case):
+    config_path, prefix = checkpoint
+    model = models.build_transformer_model(config_path, prefix, **MODEL_CASES[case])
+    ours = model.predict([TOKENS, SEGMENTS], verbose=0)
+    ours = ours if isinstance(ours, list) else [ours]
+    theirs = oracle.result(f"model_{case}")
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=TOL)
+
+
+def test_masks_reach_a_loss_layer_as_in_bert4keras(checkpoint, oracle):
+    config_path, prefix = checkpoint
+    seen = {}
+
+    class MaskedCrossEntropy(layers.Loss):
+        def compute_loss(self, inputs, mask=None):
+            K = backend.K
+            token_ids, y_pred = inputs
+            seen["mask"] = mask
+            y_mask = K.cast(mask[1][:, 1:], K.floatx())
+            loss = K.sparse_categorical_crossentropy(token_ids[:, 1:], y_pred[:, :-1])
+            return K.sum(loss * y_mask) / K.sum(y_mask)
+
+    model = models.build_transformer_model(config_path, prefix, application="unilm")
+    output = MaskedCrossEntropy(1)([model.inputs[0], model.outputs[0]])
+    train = keras.Model(model.inputs, output)
+    train.compile(optimizer="adam")
+    loss = train.evaluate([TOKENS, SEGMENTS], verbose=0)
+    assert seen["mask"][0] is None and seen["mask"][1] is not None
+    assert abs(loss - oracle.result("masked_loss")) < TOL
+
+
+def test_intermediate_layers_carry_the_padding_mask(checkpoint):
+    config_path, prefix = checkpoint
+    model = models.build_transformer_model(config_path, prefix)
+    probe = keras.Model(model.inputs, model.get_layer("Transformer-1-FeedForward-Norm").output)
+    assert probe.outputs[0]._keras_mask is not None
+    mask = layers.SequenceMask().compute_mask([None, keras.ops.convert_to_tensor(TOKENS)])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), TOKENS != 0)
+
+
+def test_unsupported_arguments_raise(checkpoint):
+    config_path, prefix = checkpoint
+    with pytest.raises(NotImplementedError, match="custom_position_ids"):
+        models.build_transformer_model(config_path, custom_position_ids=True)
+    with pytest.raises(ValueError, match="unknown model 't5'"):
+        models.build_transformer_model(config_path, model="t5")
+
+
+# ------------------------------------------------------------------ layers
+def test_crf_output_loss_and_accuracy_equal_bert4keras(oracle):
+    crf = layers.ConditionalRandomField(lr_multiplier=CRF["lr_multiplier"])
+    crf.build(CRF["emissions"].shape)
+    crf.set_weights([CRF["trans"] / CRF["lr_multiplier"]])
+    output = crf(CRF["emissions"], mask=CRF["mask"])
+    theirs = oracle.result("crf")
+    np.testing.assert_array_equal(np.isinf(output), np.isinf(theirs["output"]))
+    np.testing.assert_allclose(np.where(np.isinf(output), 0, output),
+                               np.where(np.isinf(theirs["output"]), 0, theirs["output"]),
+                               atol=TOL)
+    np.testing.assert_allclose(crf.sparse_loss(CRF["labels"], output), theirs["sparse_loss"],
+                               atol=TOL)
+    assert abs(float(crf.sparse_accuracy(CRF["labels"], output))
+               - theirs["sparse_accuracy"]) < TOL
+
+
+def test_viterbi_paths_equal_bert4keras(oracle):
+    decoder = snippets.ViterbiDecoder(VITERBI["trans"], VITERBI["starts"], VITERBI["ends"])
+    ours = [decoder.decode(nodes.copy()) for nodes in VITERBI["nodes"]]
+    for a, b in zip(ours, oracle.result("viterbi")):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("efficient", [False, True])
+def test_global_pointer_scores_and_loss_equal_bert4keras(oracle, efficient):
+    cls = layers.EfficientGlobalPointer if efficient else layers.GlobalPointer
+    layer = cls(**POINTER_SETTINGS)
+    layer.build(POINTER_X.shape)
+    dense = [layer.p_dense, layer.q_dense] if efficient else [layer.dense]
+    for d, (kernel, bias) in zip(dense, POINTER_WEIGHTS[efficient]):
+        d.set_weights([kernel, bias])
+    output = keras.ops.convert_to_numpy(layer(POINTER_X, mask=POINTER_MASK))
+    theirs = oracle.result(f"pointer_{efficient}")
+    np.testing.assert_array_equal(np.isinf(output), np.isinf(theirs["output"]))
+    finite = np.isfinite(output)
+    np.testing.assert_allclose(output[finite], theirs["output"][finite], atol=TOL)
+    loss = backend.multilabel_categorical_crossentropy(
+        POINTER_TRUE.reshape(6, -1), output.reshape(6, -1))
+    np.testing.assert_allclose(loss, theirs["loss"], atol=TOL)
+    restored = cls.from_config(layer.get_config())
+    assert restored.get_config() == layer.get_config()
+
+
+# ------------------------------------------------------------------ decoding
+def test_decoder_beam_and_sampling_ids_equal_bert4keras(oracle):
+    vocab_size = DECODER["vocab_size"]
+
+    class Table(snippets.AutoRegressiveDecoder):
+        @snippets.AutoRegressiveDecoder.wraps(default_rtype="logits")
+        def predict(self, inputs, output_ids, states):
+            return table_logits(output_ids, vocab_size)
+
+    decoder = Table(start_id=DECODER["start_id"], end_id=DECODER["end_id"],
+                    maxlen=DECODER["maxlen"], minlen=DECODER["minlen"])
+    theirs = oracle.result("decoder")
+    beams = [decoder.beam_search([np.array([1])], **b).tolist() for b in DECODER["beams"]]
+    assert beams == theirs["beam"]
+    sampled = []
+    for settings in DECODER["samples"]:
+        settings = dict(settings)
+        np.random.seed(settings.pop("seed"))
+        sampled.append([ids.tolist() for ids in
+                        decoder.random_sample([np.array([1])], **settings)])
+    assert sampled == theirs["sample"]
+
+
+# ------------------------------------------------------------------ tokenizer
+@pytest.mark.parametrize("lower", [False, True])
+def test_tokenizer_ids_rematch_decode_equal_bert4keras(oracle, lower):
+    tok = tokenizers.Tokenizer(chinese_vocab_path(), do_lower_case=lower)
+    theirs = oracle.result(f"tokenizer_{lower}")
+    for index, text in enumerate(TEXTS):
+        tokens = tok.tokenize(text)
+        # bert4keras leaves an unknown word as it is; its id is [UNK] all the same.
+        assert tokens == [t if t in tok._token_dict else "[UNK]"
+                          for t in theirs["tokens"][index]]
+        assert tok.encode(text)[0] == theirs["ids"][index]
+        assert tok.rematch(text, tokens) == theirs["rematch"][index]
+        assert tok.decode(tok.encode(text)[0]) == theirs["decode"][index]
+    for index, (first, second) in enumerate(PAIRS):
+        ours = [list(tok.encode(first, second, maxlen=12)),
+                list(tok.encode(first, second, maxlen=12, pattern="S*ES*E",
+                                truncate_from="left"))]
+        assert ours == [list(pair) for pair in theirs["pairs"][index]]
+    assert tok._token_start_id == tok.token_to_id("[CLS]")
+    assert tok._token_mask_id == tok.token_to_id("[MASK]")
+
+
+# ------------------------------------------------------------------ optimizers
+@pytest.mark.parametrize("case", sorted(OPTIMIZER_CASES))
+def test_optimizer_updates_equal_bert4keras(oracle, case):
+    factories, settings, steps = OPTIMIZER_CASES[case]
+    base = optimizers.Adam
+    for name in factories:
+        base = getattr(optimizers, name)(base)
+    optimizer = base(**settings)
+    dense = keras.layers.Dense(2, name="Transformer-0-FeedForward")
+    dense.build((None, 3))
+    dense.set_weights(list(OPTIMIZER_W))
+    for _ in range(steps):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean(keras.ops.square(dense(OPTIMIZER_X) - OPTIMIZER_Y))
+        grads = tape.gradient(loss, dense.trainable_weights)
+        optimizer.apply_gradients(zip(grads, dense.trainable_weights))
+    for ours, theirs in zip(dense.get_weights(), oracle.result(f"optimizer_{case}")):
+        np.testing.assert_allclose(ours, theirs, atol=TOL)
+
+
+def test_optimizers_bert4x_does_not_offer_say_so():
+    with pytest.raises(NotImplementedError, match="Lamb"):
+        optimizers.extend_with_layer_adaptation(optimizers.Adam)
+    with pytest.raises(NotImplementedError, match="ExponentialMovingAverage"):
+        optimizers.extend_with_exponential_moving_average(optimizers.Adam)
+
+
+def test_keras_is_still_keras_3_beside_the_oracle():
+    # tf-keras is installed for the oracle; bert4x must keep importing Keras 3.
+    import tf_keras  # noqa: F401  (present: the test extra installs it)
+
+    assert keras.__version__.startswith("3.")
+    assert backend.keras is keras
