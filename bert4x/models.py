@@ -10,7 +10,8 @@ layers, hence the same weights:
 * the step model (runs one new token against the cached keys and values).
 
 A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
-:class:`ELECTRA`, ...) is a small subclass that declares what differs:
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`) is a small subclass that declares
+what differs:
 
 * the config fields it honours (:meth:`Transformer.check_config` refuses the others);
 * how it embeds: ``factorised`` (embeddings of width ``embedding_size`` then an
@@ -874,7 +875,7 @@ class ELECTRA(Transformer):
 
 
 class RoFormer(Transformer):
-    """RoFormer: Zhuiyi's RoFormer and WoBERT, Hugging Face ``RoFormerForMaskedLM``.
+    """RoFormer: Zhuiyi's RoFormer and Hugging Face ``RoFormerForMaskedLM``.
 
     BERT without the position table: every attention layer rotates its queries
     and keys by their absolute positions (interleaved pairs, ``theta_m =
@@ -886,7 +887,13 @@ class RoFormer(Transformer):
     (``bert/embeddings_project`` in the official layout, which Hugging Face's
     converter renames to ``roformer.embeddings_project``). Hugging Face's frozen
     sinusoid table (``embed_positions``) is never loaded: it is recomputed.
-    ``max_position_embeddings`` sizes nothing.
+    ``max_position_embeddings`` sizes nothing. A decoding cache holds keys already
+    rotated; each new token is rotated at its absolute position.
+
+    Example:
+        >>> roformer = build_transformer_model(  # doctest: +SKIP
+        ...     "chinese_roformer_L-12_H-768_A-12/bert_config.json",
+        ...     "chinese_roformer_L-12_H-768_A-12/bert_model.ckpt", model="roformer")
     """
 
     family = "roformer"
@@ -921,7 +928,12 @@ class NEZHA(Transformer):
     the keys in the scores and to the values in the context (see
     ``bert4x.layers.RelativePositionEncoding``). Official names are BERT's minus
     ``bert/embeddings/position_embeddings``; files of the Hugging Face port use
-    ``nezha.*`` and ``cls.*``.
+    ``nezha.*`` and ``cls.*``. A decoding cache holds raw keys and values; each
+    step pairs the new token's absolute position with every cached key's.
+
+    Example:
+        >>> nezha = build_transformer_model(  # doctest: +SKIP
+        ...     "nezha_base/bert_config.json", "nezha_base/model.ckpt", model="nezha")
     """
 
     family = "nezha"
@@ -992,7 +1004,8 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
         checkpoint_path: a Google TF checkpoint prefix (``.../bert_model.ckpt``), a
             Hugging Face ``model.safetensors``, or a folder holding either.
         model: the family, with bert4keras's names: ``"bert"``, ``"roberta"``,
-            ``"albert"``, ``"albert_unshared"``, ``"electra"`` (see ``MODELS``).
+            ``"albert"``, ``"albert_unshared"``, ``"electra"``, ``"roformer"``,
+            ``"nezha"`` (see ``MODELS``).
             None: the config's Hugging Face ``model_type``, else ``"bert"``.
         application: ``"encoder"``, ``"lm"`` or ``"unilm"`` (the last two turn the
             MLM head on and return its output alone).
