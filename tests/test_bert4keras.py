@@ -36,6 +36,10 @@ MODEL_CASES = {
     "unilm": dict(application="unilm"),
     "lm": dict(application="lm"),
 }
+# Other families: (extra config fields, build_transformer_model arguments).
+FAMILY_CASES = {"roberta": ({}, dict(with_mlm=True)),
+                "albert": (dict(embedding_size=8), dict(with_mlm=True)),
+                "electra": (dict(embedding_size=8), dict())}
 RNG = np.random.default_rng(0)
 CRF = dict(emissions=RNG.normal(size=(3, 6, 4)).astype("float32"),
            mask=np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], "float32"),
@@ -52,6 +56,12 @@ POINTER_WEIGHTS = {
     True: [(RNG.normal(size=(6, 8)).astype("float32"), RNG.normal(size=8).astype("float32")),
            (RNG.normal(size=(8, 6)).astype("float32"), RNG.normal(size=6).astype("float32"))],
 }
+NORM = dict(x=RNG.normal(size=(2, 3, 6)).astype("float32"),
+            c=RNG.normal(size=(2, 4)).astype("float32"),
+            weights=dict(gamma=RNG.normal(size=6), beta=RNG.normal(size=6),
+                         hidden=RNG.normal(size=(4, 5)), gamma_dense=RNG.normal(size=(5, 6)),
+                         beta_dense=RNG.normal(size=(5, 6))),
+            hidden_units=5, hidden_activation="tanh")
 DECODER = dict(vocab_size=7, start_id=0, end_id=3, maxlen=6, minlen=2,
                beams=[dict(topk=1), dict(topk=3), dict(topk=4, min_ends=2)],
                samples=[dict(n=4, seed=1), dict(n=3, topk=3, seed=2),
@@ -94,13 +104,31 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def oracle(checkpoint):
+def family_checkpoints(tmp_path_factory):
+    """Small random models of the other families, in their official checkpoint format."""
+    found = {}
+    for family, (fields, arguments) in FAMILY_CASES.items():
+        keras.utils.set_random_seed(2)
+        builder = native_build(model=family, **CONFIG, **fields, return_keras_model=False,
+                               **arguments)
+        folder = str(tmp_path_factory.mktemp(family) / "model")
+        found[family] = (os.path.join(folder, "bert_config.json"),
+                         checkpoints.save_checkpoint(builder, folder))
+    return found
+
+
+@pytest.fixture(scope="module")
+def oracle(checkpoint, family_checkpoints):
     config_path, prefix = checkpoint
     inputs = [TOKENS, SEGMENTS]
     jobs = {f"model_{name}": ("model_outputs", dict(config_path=config_path,
                                                      checkpoint_path=prefix, inputs=inputs,
                                                      **kwargs))
             for name, kwargs in MODEL_CASES.items()}
+    for family, (family_config, family_prefix) in family_checkpoints.items():
+        jobs[f"family_{family}"] = ("model_outputs", dict(
+            config_path=family_config, checkpoint_path=family_prefix, inputs=inputs,
+            model=family, **FAMILY_CASES[family][1]))
     jobs["masked_loss"] = ("masked_loss", dict(config_path=config_path, checkpoint_path=prefix,
                                                inputs=inputs, application="unilm"))
     jobs["crf"] = ("crf", CRF)
@@ -110,6 +138,7 @@ def oracle(checkpoint):
             efficient=efficient, x=POINTER_X, mask=POINTER_MASK,
             weights=POINTER_WEIGHTS[efficient], y_true=POINTER_TRUE, **POINTER_SETTINGS))
     jobs["decoder"] = ("decoder_ids", DECODER)
+    jobs["layer_norm"] = ("layer_norm", NORM)
     for lower in (False, True):
         jobs[f"tokenizer_{lower}"] = ("tokenizer", dict(
             vocab_path=chinese_vocab_path(), texts=TEXTS, pairs=PAIRS, do_lower_case=lower,
@@ -134,6 +163,19 @@ def test_model_outputs_equal_bert4keras(checkpoint, oracle, case):
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs):
         assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=TOL)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_other_families_equal_bert4keras(family_checkpoints, oracle, family):
+    config_path, prefix = family_checkpoints[family]
+    model = models.build_transformer_model(config_path, prefix, model=family,
+                                           **FAMILY_CASES[family][1])
+    ours = model.predict([TOKENS, SEGMENTS], verbose=0)
+    ours = ours if isinstance(ours, list) else [ours]
+    theirs = oracle.result(f"family_{family}")
+    assert [a.shape for a in ours] == [b.shape for b in theirs]
+    for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=TOL)
 
 
@@ -220,6 +262,20 @@ def test_global_pointer_scores_and_loss_equal_bert4keras(oracle, efficient):
     assert restored.get_config() == layer.get_config()
 
 
+def test_conditional_layer_norm_equals_bert4keras(oracle):
+    layer = layers.LayerNormalization(conditional=True, hidden_units=NORM["hidden_units"],
+                                      hidden_activation=NORM["hidden_activation"])
+    layer([NORM["x"], NORM["c"]])
+    w = NORM["weights"]
+    layer.gamma.assign(w["gamma"])
+    layer.beta.assign(w["beta"])
+    layer.hidden_dense.set_weights([w["hidden"]])
+    layer.gamma_dense.set_weights([w["gamma_dense"]])
+    layer.beta_dense.set_weights([w["beta_dense"]])
+    output = keras.ops.convert_to_numpy(layer([NORM["x"], NORM["c"]]))
+    np.testing.assert_allclose(output, oracle.result("layer_norm"), atol=TOL)
+
+
 # ------------------------------------------------------------------ decoding
 def test_decoder_beam_and_sampling_ids_equal_bert4keras(oracle):
     vocab_size = DECODER["vocab_size"]
@@ -300,3 +356,15 @@ def test_keras_is_still_keras_3_beside_the_oracle():
 
     assert keras.__version__.startswith("3.")
     assert backend.keras is keras
+
+
+def test_batch_gather_and_sequence_masking_follow_numpy():
+    params = RNG.normal(size=(2, 4, 3)).astype("float32")
+    indices = np.array([[3, 0], [1, 1]])
+    expected = np.stack([params[b, indices[b]] for b in range(2)])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(backend.batch_gather(params, indices)),
+                               expected)
+    masked = backend.sequence_masking(params, np.array([[1, 1, 0, 0], [1, 0, 0, 0]]), -9.0)
+    expected = params.copy()
+    expected[0, 2:] = expected[1, 1:] = -9.0
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(masked), expected)

@@ -85,6 +85,19 @@ def global_pointer(efficient, x, mask, weights, y_true, **kwargs):
     return dict(output=output.numpy(), loss=loss.numpy())
 
 
+def layer_norm(x, c, weights, **kwargs):
+    from bert4keras.layers import LayerNormalization
+
+    layer = LayerNormalization(conditional=True, **kwargs)
+    layer([x, c])
+    layer.gamma.assign(weights["gamma"])
+    layer.beta.assign(weights["beta"])
+    layer.hidden_dense.set_weights([weights["hidden"]])
+    layer.gamma_dense.set_weights([weights["gamma_dense"]])
+    layer.beta_dense.set_weights([weights["beta_dense"]])
+    return layer([x, c]).numpy()
+
+
 def decoder_ids(vocab_size, start_id, end_id, maxlen, minlen, beams, samples):
     from bert4keras.snippets import AutoRegressiveDecoder
 
