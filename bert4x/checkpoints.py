@@ -291,11 +291,13 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
                       f"their initial values: {missing_heads}", stacklevel=3)
 
 
-# Hugging Face files may hold a tied copy of the word embeddings, a buffer of
-# position ids and RoFormer's frozen sinusoid table (recomputed, never loaded);
-# none is a weight of its own.
-_HUGGING_FACE_EXTRAS = ("cls.predictions.decoder.weight", "embeddings.position_ids",
-                        "encoder.embed_positions.weight")
+# Hugging Face files may hold a tied copy of the word embeddings (the MLM decoder
+# of BERT, ALBERT, RoBERTa, ELECTRA's generator), buffers of position or segment
+# ids and RoFormer's frozen sinusoid table (recomputed, never loaded); none is a
+# weight of its own.
+_HUGGING_FACE_EXTRAS = ("predictions.decoder.weight", "lm_head.decoder.weight",
+                        "generator_lm_head.weight", "embeddings.position_ids",
+                        "embeddings.token_type_ids", "encoder.embed_positions.weight")
 
 
 def _check_unused(reader, builder, pairs, consumed, ignore):

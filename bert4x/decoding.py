@@ -258,7 +258,7 @@ class _StepRules:
             for unit in np.flatnonzero(live):
                 allowed = self._allowed(self.unit_source[unit], prefixes[unit])
                 log_probs[unit, ~allowed] = -np.inf
-        stuck = live & ~np.isfinite(log_probs).any(axis=1)
+        stuck = live & ~(log_probs.max(axis=1) > -np.inf)  # every token ruled out
         if stuck.any():
             unit = int(np.flatnonzero(stuck)[0])
             raise ValueError(
@@ -267,8 +267,9 @@ class _StepRules:
         return log_probs
 
     def _check_scores(self, log_probs, step, prefixes, live):
-        # -inf is a token the model rules out; NaN or +inf is a broken model.
-        broken = live & (np.isnan(log_probs) | (log_probs == np.inf)).any(axis=1)
+        # -inf is a token the model rules out; NaN or +inf is a broken model. A row's
+        # maximum is NaN when the row holds one, so one reduction finds both.
+        broken = live & ~(log_probs.max(axis=1) < np.inf)
         if broken.any():
             unit = int(np.flatnonzero(broken)[0])
             raise ValueError(

@@ -70,6 +70,10 @@ DECODER = dict(vocab_size=7, start_id=0, end_id=3, maxlen=6, minlen=2,
 TEXTS = ["你好，世界！BERT 模型很 good。", "Héllo wörld, it's 2.5 o'clock (ok)?",
          "数字123和 english-words 混合"]
 PAIRS = [("今天天气很好，我们去公园散步吧", "好的"), ("短", "这是一个比较长的第二句话用来截断")]
+SNIPPETS = dict(
+    pairs=[(6, -1, ([1, 2, 3, 4, 5], [6, 7, 8])), (4, [-2, 0], ([1, 2, 3, 4], [5, 6, 7])),
+           (3, -1, ([], [1, 2, 3, 4], None))],
+    texts=["今天天气很好。我们去公园，然后回家。", "天气很好，公园人多。\n回家吧", "公园里人很多"])
 OPTIMIZER_X = RNG.normal(size=(4, 3)).astype("float32")
 OPTIMIZER_Y = RNG.normal(size=(4, 2)).astype("float32")
 OPTIMIZER_W = (RNG.normal(size=(3, 2)).astype("float32"), RNG.normal(size=2).astype("float32"))
@@ -139,6 +143,7 @@ def oracle(checkpoint, family_checkpoints):
             weights=POINTER_WEIGHTS[efficient], y_true=POINTER_TRUE, **POINTER_SETTINGS))
     jobs["decoder"] = ("decoder_ids", DECODER)
     jobs["layer_norm"] = ("layer_norm", NORM)
+    jobs["snippets"] = ("snippets_results", dict(SNIPPETS, square="square"))
     for lower in (False, True):
         jobs[f"tokenizer_{lower}"] = ("tokenizer", dict(
             vocab_path=chinese_vocab_path(), texts=TEXTS, pairs=PAIRS, do_lower_case=lower,
@@ -297,6 +302,35 @@ def test_decoder_beam_and_sampling_ids_equal_bert4keras(oracle):
         sampled.append([ids.tolist() for ids in
                         decoder.random_sample([np.array([1])], **settings)])
     assert sampled == theirs["sample"]
+
+
+def test_snippets_equal_bert4keras(oracle):
+    theirs = oracle.result("snippets")
+    for (maxlen, index, sequences), (returned, modified) in zip(SNIPPETS["pairs"],
+                                                                  theirs["truncated"]):
+        sequences = [list(x) if x is not None else None for x in sequences]
+        assert snippets.truncate_sequences(maxlen, index, *sequences) == returned
+        assert sequences == modified  # shortened in place, as bert4keras does
+    texts = SNIPPETS["texts"]
+    assert [snippets.text_segmentate(t, 8, "\n。，", "。") for t in texts] == theirs["segmented"]
+    assert [snippets.longest_common_substring(a, b)
+            for a, b in zip(texts, texts[1:])] == theirs["substring"]
+    assert [snippets.longest_common_subsequence(a, b)
+            for a, b in zip(texts, texts[1:])] == theirs["subsequence"]
+    assert snippets.parallel_apply(lambda x: x * x, list(range(20)), 3, 4, dummy=True,
+                                   unordered=False) == theirs["applied"]
+    # bert4keras 0.11.5's strQ2B calls Python 2's unichr and fails on Python 3.
+    assert snippets.strQ2B("ＡＢＣ１２３！　？ｘ") == "ABC123! ?x"
+
+
+def test_fortest_yields_the_inputs():
+    class Batches(snippets.DataGenerator):
+        def __iter__(self, random=False):
+            for _, item in self.sample(random):
+                yield [np.array([[item]]), np.array([[0]])], np.array([[1]])
+
+    first = next(Batches([5, 6], batch_size=1).fortest())
+    assert len(first) == 2 and first[0].tolist() == [[5]]
 
 
 # ------------------------------------------------------------------ tokenizer

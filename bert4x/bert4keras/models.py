@@ -60,6 +60,16 @@ def _masking_builder(family):
         def mlm_logits(self, x, condition=None):
             return self._mlm_mask([super().mlm_logits(x, condition=condition), x])
 
+        @property
+        def initializer(self):
+            """bert4keras's ``transformer.initializer``: truncated normal, stddev 0.02."""
+            return keras.initializers.TruncatedNormal(stddev=0.02)
+
+        @property
+        def layers(self):
+            """bert4keras's ``transformer.layers``: ``{name: layer}`` of the model."""
+            return {layer.name: layer for layer in self.model.layers}
+
     Masked.__name__ = Masked.__qualname__ = f"Masked{family.__name__}"
     return Masked
 

@@ -134,6 +134,23 @@ def tokenizer(vocab_path, texts, pairs, do_lower_case, maxlen):
     return result
 
 
+def snippets_results(pairs, texts, square):
+    from bert4keras import snippets
+
+    truncated = []
+    for maxlen, index, sequences in pairs:
+        sequences = [list(x) if x is not None else None for x in sequences]
+        returned = snippets.truncate_sequences(maxlen, index, *sequences)
+        truncated.append((returned, sequences))
+    return dict(
+        truncated=truncated,
+        segmented=[snippets.text_segmentate(text, 8, "\n。，", "。") for text in texts],
+        substring=[snippets.longest_common_substring(a, b) for a, b in zip(texts, texts[1:])],
+        subsequence=[snippets.longest_common_subsequence(a, b) for a, b in zip(texts, texts[1:])],
+        applied=snippets.parallel_apply(globals()[square], list(range(20)), 3, 4, dummy=True,
+                                        unordered=False))
+
+
 def optimizer_steps(kernel, bias, x, y, steps, factories, **settings):
     """Weights after ``steps`` updates of a Dense layer on a squared-error loss."""
     import tensorflow as tf
@@ -152,6 +169,10 @@ def optimizer_steps(kernel, bias, x, y, steps, factories, **settings):
         grads = tape.gradient(loss, dense.trainable_weights)
         optimizer.apply_gradients(zip(grads, dense.trainable_weights))
     return [w.numpy() for w in dense.weights]
+
+
+def square(x):
+    return x * x
 
 
 def main(jobs_path, results_path):
