@@ -23,7 +23,7 @@ Variants of bert4x, all on the TensorFlow backend:
 Usage::
 
     python benchmarks/forward.py [--model bert] [--batch 8] [--length 128] [--threads 2]
-                                 [--rounds 5]
+                                 [--rounds 5] [--float32-only]
 """
 
 import os
@@ -62,6 +62,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--float32-only", action="store_true",
+                        help="skip the mixed_bfloat16 variants (quicker)")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -93,7 +95,8 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
         model = build_transformer_model(folder, model=args.model)
-        bf16 = build_transformer_model(folder, model=args.model, dtype="mixed_bfloat16")
+        bf16 = None if args.float32_only else build_transformer_model(
+            folder, model=args.model, dtype="mixed_bfloat16")
     pad = config.get("pad_token_id", 0)
 
     rng = np.random.default_rng(0)
@@ -115,18 +118,19 @@ def main():
 
     graph = tf.function(lambda x: model(x, training=False))
     xla = tf.function(lambda x: model(x, training=False), jit_compile=True)
-    graph_bf16 = tf.function(lambda x: bf16(x, training=False))
-    xla_bf16 = tf.function(lambda x: bf16(x, training=False), jit_compile=True)
     contenders = {
         f"transformers {class_name} (PyTorch, float32)": run_torch,
         "bert4x predict_on_batch (float32)": lambda: model.predict_on_batch(tf_inputs),
         "bert4x tf.function (float32)": lambda: graph(tf_inputs).numpy(),
         "bert4x tf.function jit_compile (float32)": lambda: xla(tf_inputs).numpy(),
-        "bert4x tf.function (mixed_bfloat16)":
-            lambda: graph_bf16(tf_inputs).numpy().astype("float32"),
-        "bert4x tf.function jit_compile (mixed_bfloat16)":
-            lambda: xla_bf16(tf_inputs).numpy().astype("float32"),
     }
+    if bf16 is not None:
+        graph_bf16 = tf.function(lambda x: bf16(x, training=False))
+        xla_bf16 = tf.function(lambda x: bf16(x, training=False), jit_compile=True)
+        contenders["bert4x tf.function (mixed_bfloat16)"] = \
+            lambda: graph_bf16(tf_inputs).numpy().astype("float32")
+        contenders["bert4x tf.function jit_compile (mixed_bfloat16)"] = \
+            lambda: xla_bf16(tf_inputs).numpy().astype("float32")
 
     reference = run_torch()
     for name, fn in contenders.items():  # warm-up (tracing, XLA compilation) and check

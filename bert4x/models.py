@@ -78,6 +78,15 @@ class Transformer:
             segment ids.
         dtype: a dtype policy for every layer (e.g. ``"mixed_bfloat16"``).
         name: name of the Keras model (default: the family's name).
+
+    Example:
+        >>> config = BertConfig(vocab_size=100, embedding_size=16, hidden_size=32,
+        ...                     num_hidden_layers=2, num_attention_heads=2,
+        ...                     intermediate_size=48)
+        >>> builder = ALBERT(config, with_mlm=True)
+        >>> builder.schedule  # both layers run the one shared block
+        [0, 0]
+        >>> prefill_model, step_model = ALBERT(config, application="unilm").cache_models()
     """
 
     #: The ``model=`` name of the family.
@@ -90,6 +99,10 @@ class Transformer:
     factorised = False
     #: A learned absolute position table in the embeddings.
     absolute_positions = True
+    #: The only ``position_embedding_type`` the family builds.
+    position_embedding_type = "absolute"
+    #: Whether layers share weights (ALBERT); ``False`` refuses ALBERT's group fields.
+    shared_layers = False
     #: Official name prefix of the embeddings and encoder (``bert/embeddings/...``).
     prefix = "bert"
     #: Official names of a block's weights, relative to :meth:`block_name_prefix`.
@@ -97,12 +110,9 @@ class Transformer:
     #: ``(pattern, replacement)`` rewrites of official names before the generic
     #: Hugging Face rule (``/`` to ``.``, kernels transposed to ``weight``).
     hf_renames = ()
-    #: Official names whose Hugging Face names the generic rule does not give.
-    hf_special = {
-        "cls/predictions/output_bias": ["cls.predictions.bias", "cls.predictions.decoder.bias"],
-        "cls/seq_relationship/output_weights": ["cls.seq_relationship.weight"],
-        "cls/seq_relationship/output_bias": ["cls.seq_relationship.bias"],
-    }
+    #: Official names whose Hugging Face names the generic rule does not give
+    #: (None: BERT's output bias and NSP names).
+    hf_special = None
 
     def __init__(self, config, application="encoder", with_pool=False, with_nsp=False,
                  with_mlm=False, with_discriminator=False, keep_tokens=None,
@@ -189,11 +199,6 @@ class Transformer:
                 f"position_embedding_type={config.position_embedding_type!r} is not "
                 f"supported by {cls.family!r} (it uses "
                 f"{cls.position_embedding_type!r})")
-
-    #: Whether layers share weights (ALBERT); ``False`` refuses ALBERT's group fields.
-    shared_layers = False
-    #: The only ``position_embedding_type`` the family builds.
-    position_embedding_type = "absolute"
 
     def layer_blocks(self, layer):
         """The blocks (indices into ``self.blocks``) that layer ``layer`` runs in order."""
@@ -649,7 +654,6 @@ class RoBERTa(BERT):
 
     family = "roberta"
     model_types = ("roberta", "bert")
-    hf_special = dict(Transformer.hf_special)
 
     @property
     def fairseq(self):

@@ -522,4 +522,5 @@ def run(args):
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()  # before parse_args: the model families' choices import Keras
     run(parse_args())

@@ -75,11 +75,21 @@ FAMILY_CONFIGS = {
 }
 
 
-def build_family(family, application="unilm", seed=0):
-    """A tiny builder of ``family`` (``FAMILY_CONFIGS``) with random weights."""
+def build_family(family, application="unilm", seed=0, conditional=False):
+    """A tiny builder of ``family`` (``FAMILY_CONFIGS``) with random weights; with CLN,
+    random condition weights."""
     keras.utils.set_random_seed(seed)
-    return MODELS[family](tiny_config(**FAMILY_CONFIGS[family]), application=application,
-                          with_mlm="linear")
+    kwargs = {}
+    if conditional:
+        class_id, condition = class_condition()
+        kwargs = dict(layer_norm_cond=condition, additional_input_layers=[class_id])
+    builder = MODELS[family](tiny_config(**FAMILY_CONFIGS[family]), application=application,
+                             with_mlm="linear", **kwargs)
+    rng = np.random.default_rng(seed)
+    for variable in builder.model.weights if conditional else []:
+        if "gamma_dense" in variable.path or "beta_dense" in variable.path:
+            variable.assign(rng.normal(0, 0.2, variable.shape).astype("float32"))
+    return builder
 
 
 def target_segment(application):

@@ -172,6 +172,25 @@ def test_distinct_2_by_hand():
     assert clm.distinct_n(["好"], 2) == 0.0
 
 
+def test_judge_corrected_fidelity_by_hand():
+    from conditional_language_model import judge_corrected_fidelity
+    # The judge finds 80% of positive reviews and calls 20% of negative ones positive.
+    test_labels = [1] * 100 + [0] * 100
+    test_judged = [1] * 80 + [0] * 20 + [1] * 20 + [0] * 80
+    for judged_share, expected in ((0.8, 1.0), (0.5, 0.5), (0.2, 0.0), (0.1, 0.0)):
+        judged = [1] * int(judged_share * 50) + [0] * (50 - int(judged_share * 50))
+        found, low, high = judge_corrected_fidelity(judged, 1, test_judged, test_labels)
+        assert found == pytest.approx(expected), judged_share
+        assert 0.0 <= low <= found <= high <= 1.0
+    # The interval narrows with more samples and more held-out reviews.
+    narrow = judge_corrected_fidelity([1] * 250 + [0] * 250, 1, test_judged * 10,
+                                      test_labels * 10)
+    wide = judge_corrected_fidelity([1] * 25 + [0] * 25, 1, test_judged, test_labels)
+    assert narrow[2] - narrow[1] < 0.5 * (wide[2] - wide[1])
+    # A judge at chance on the class cannot correct anything.
+    assert np.isnan(judge_corrected_fidelity([1, 0], 1, [1, 1, 1, 1], [1, 1, 0, 0])[0])
+
+
 def test_review_splits_are_disjoint_and_balanced():
     import sentiment_classification as sentiment
     splits = sentiment.load_reviews(seed=0)

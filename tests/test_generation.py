@@ -224,6 +224,16 @@ def test_families_cache_and_greedy_match_full_reruns(family):
     assert worker.check_greedy(builder)
 
 
+@pytest.mark.parametrize("family", ["roberta", "albert"])
+def test_families_with_cln_and_lm(family):
+    """Conditional Layer Normalization (random condition weights, so it matters) and
+    the left-to-right LM keep cached decoding exact on the other families too."""
+    conditional = worker.build_family(family, conditional=True)
+    assert worker.check_cache(conditional) < 1e-4
+    assert worker.check_greedy(conditional)
+    assert worker.check_cache(worker.build_family(family, application="lm")) < 1e-4
+
+
 def test_step_is_traced_once_whatever_the_shapes(unilm):
     builder = unilm
     decoder = Decoder(builder, end_id=END, max_length=4)
