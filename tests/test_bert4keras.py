@@ -220,6 +220,8 @@ def test_masks_reach_a_loss_layer_as_in_bert4keras(checkpoint, oracle):
             return K.sum(loss * y_mask) / K.sum(y_mask)
 
     model = models.build_transformer_model(config_path, prefix, application="unilm")
+    # Inputs are float32 as in Keras 2, so `loss * segment_ids` works in scripts.
+    assert [t.dtype for t in model.inputs] == ["float32", "float32"]
     output = MaskedCrossEntropy(1)([model.inputs[0], model.outputs[0]])
     train = keras.Model(model.inputs, output)
     train.compile(optimizer="adam")
@@ -233,7 +235,8 @@ def test_intermediate_layers_carry_the_padding_mask(checkpoint):
     model = models.build_transformer_model(config_path, prefix)
     probe = keras.Model(model.inputs, model.get_layer("Transformer-1-FeedForward-Norm").output)
     assert probe.outputs[0]._keras_mask is not None
-    mask = layers.SequenceMask().compute_mask([None, keras.ops.convert_to_tensor(TOKENS)])
+    mask = layers.SequenceMask(from_ids=True).compute_mask(
+        [None, keras.ops.convert_to_tensor(TOKENS)])
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), TOKENS != 0)
 
 
