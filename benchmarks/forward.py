@@ -5,9 +5,13 @@ of the family ``--model`` names, against its transformers class: ``bert``
 (``BertModel``), ``roberta`` (``RobertaModel``, fairseq padding and positions),
 ``albert`` (``AlbertModel``, embedding size 128, one shared layer),
 ``albert_unshared`` (``AlbertModel`` with one group per layer), ``electra``
-(``ElectraModel``, the base discriminator's encoder). The Hugging Face model is
-created with random weights and saved with ``save_pretrained``; bert4x loads that
-folder, so both hold the same weights. They run on the same padded batch with the
+(``ElectraModel``, the base discriminator's encoder), ``roformer``
+(``RoFormerModel``, rotary positions). The Hugging Face model is created with random
+weights and saved with ``save_pretrained``; bert4x loads that folder, so both hold
+the same weights. transformers 5 has no NEZHA, so ``nezha`` (relative positions,
+max_relative_position 64) is compared with bert4x's own BERT of the same size
+(``tf.function``, float32, random weights), which it should not trail by more than
+1.3x. They run on the same padded batch with the
 same number of intra-op threads, in the same process. Rounds are interleaved
 (PyTorch, then each bert4x variant, repeated) so that load from other jobs hits
 every contender alike; the median time per batch is reported.
@@ -51,6 +55,8 @@ FAMILIES = {
     "albert_unshared": ("AlbertModel", "AlbertConfig",
                         dict(embedding_size=128, num_hidden_groups=None)),
     "electra": ("ElectraModel", "ElectraConfig", dict(embedding_size=768)),
+    "roformer": ("RoFormerModel", "RoFormerConfig", {}),
+    "nezha": (None, None, {}),  # against bert4x's BERT: transformers 5 has no NEZHA
 }
 
 
@@ -87,16 +93,25 @@ def main():
     config.update(extra)
     if "num_hidden_groups" in config:
         config["num_hidden_groups"] = args.layers  # one group per layer
-    hf_class = getattr(transformers, class_name)
-    hf_config = getattr(transformers, config_name)(**config)
-    pooled = class_name in ("BertModel", "RobertaModel", "AlbertModel")
-    hf = (hf_class(hf_config, add_pooling_layer=False) if pooled else hf_class(hf_config))
-    hf.eval()
-    with tempfile.TemporaryDirectory() as folder:
-        hf.save_pretrained(folder)
-        model = build_transformer_model(folder, model=args.model)
-        bf16 = None if args.float32_only else build_transformer_model(
-            folder, model=args.model, dtype="mixed_bfloat16")
+    if class_name is None:
+        model = build_transformer_model(model=args.model, **config)
+        bf16 = None
+        if not args.float32_only:
+            bf16 = build_transformer_model(model=args.model, dtype="mixed_bfloat16",
+                                           **config)
+            bf16.set_weights(model.get_weights())
+    else:
+        hf_class = getattr(transformers, class_name)
+        hf_config = getattr(transformers, config_name)(**config)
+        pooled = class_name in ("BertModel", "RobertaModel", "AlbertModel")
+        hf = (hf_class(hf_config, add_pooling_layer=False) if pooled
+              else hf_class(hf_config))
+        hf.eval()
+        with tempfile.TemporaryDirectory() as folder:
+            hf.save_pretrained(folder)
+            model = build_transformer_model(folder, model=args.model)
+            bf16 = None if args.float32_only else build_transformer_model(
+                folder, model=args.model, dtype="mixed_bfloat16")
     pad = config.get("pad_token_id", 0)
 
     rng = np.random.default_rng(0)
@@ -116,10 +131,19 @@ def main():
         with torch.inference_mode():
             return hf(**torch_kwargs).last_hidden_state.numpy()
 
+    if class_name is None:
+        bert = build_transformer_model(**config)
+        bert_graph = tf.function(lambda x: bert(x, training=False))
+        baseline_name = "bert4x BERT tf.function (float32)"
+        baseline_fn = lambda: bert_graph(tf_inputs).numpy()  # noqa: E731
+    else:
+        baseline_name = f"transformers {class_name} (PyTorch, float32)"
+        baseline_fn = run_torch
+
     graph = tf.function(lambda x: model(x, training=False))
     xla = tf.function(lambda x: model(x, training=False), jit_compile=True)
     contenders = {
-        f"transformers {class_name} (PyTorch, float32)": run_torch,
+        baseline_name: baseline_fn,
         "bert4x predict_on_batch (float32)": lambda: model.predict_on_batch(tf_inputs),
         "bert4x tf.function (float32)": lambda: graph(tf_inputs).numpy(),
         "bert4x tf.function jit_compile (float32)": lambda: xla(tf_inputs).numpy(),
@@ -132,9 +156,12 @@ def main():
         contenders["bert4x tf.function jit_compile (mixed_bfloat16)"] = \
             lambda: xla_bf16(tf_inputs).numpy().astype("float32")
 
-    reference = run_torch()
+    # No other NEZHA to compare with: its rows are only timed.
+    reference = None if class_name is None else run_torch()
     for name, fn in contenders.items():  # warm-up (tracing, XLA compilation) and check
         fn()
+        if reference is None:
+            continue
         error = float(np.max(np.abs(np.asarray(fn(), "float32") - reference)))
         print(f"{name}: max abs difference from PyTorch {error:.2e}")
         limit = 0.3 if "bfloat16" in name else 1e-3
@@ -149,12 +176,13 @@ def main():
             times[name].append(time.perf_counter() - start)
 
     tokens = args.batch * args.length
-    baseline = statistics.median(times[f"transformers {class_name} (PyTorch, float32)"])
+    baseline = statistics.median(times[baseline_name])
     print(f"\n{args.model}: batch {args.batch} x {args.length}, {args.layers} layers, {args.threads} "
           f"intra-op threads, median of {args.rounds} interleaved rounds "
           f"(tf {tf.__version__}, keras {keras.__version__}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__})")
-    print(f"{'contender':50s} {'s/batch':>8s} {'tokens/s':>9s} {'vs PyTorch':>10s}")
+          f"transformers {transformers.__version__}, load average "
+          f"{os.getloadavg()[0]:.1f})")
+    print(f"{'contender':50s} {'s/batch':>8s} {'tokens/s':>9s} {'vs baseline':>11s}")
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:50s} {median:8.3f} {tokens / median:9.0f} {baseline / median:9.2f}x")

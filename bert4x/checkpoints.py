@@ -26,7 +26,7 @@ _OPTIMIZER_SUFFIXES = ("adam_m", "adam_v", "global_step", "Momentum", "lamb_m", 
 # poolers and their MLM, NSP/SOP and discriminator heads.
 _HEADS = ("bert/pooler/", "cls/", "electra/pooler/", "generator_predictions/",
           "discriminator_predictions/")
-_MODEL_PREFIXES = ("bert", "roberta", "albert", "electra")
+_MODEL_PREFIXES = ("bert", "roberta", "albert", "electra", "roformer", "nezha")
 
 
 def variable_map(builder):
@@ -292,11 +292,12 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
 
 
 # Hugging Face files may hold a tied copy of the word embeddings (the MLM decoder
-# of BERT, ALBERT, RoBERTa, ELECTRA's generator) and buffers of position or
-# segment ids; none is a weight of its own.
+# of BERT, ALBERT, RoBERTa, ELECTRA's generator), buffers of position or segment
+# ids and RoFormer's frozen sinusoid table (recomputed, never loaded); none is a
+# weight of its own.
 _HUGGING_FACE_EXTRAS = ("predictions.decoder.weight", "lm_head.decoder.weight",
                         "generator_lm_head.weight", "embeddings.position_ids",
-                        "embeddings.token_type_ids")
+                        "embeddings.token_type_ids", "encoder.embed_positions.weight")
 
 
 def _check_unused(reader, builder, pairs, consumed, ignore):

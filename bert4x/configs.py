@@ -91,16 +91,24 @@ class BertConfig:
     num_hidden_groups: int = 1  # ALBERT: groups of shared layers
     inner_group_num: int = 1  # ALBERT: blocks per group
     ln_type: str = None  # brightmart albert_zh: "postln" (its name layout)
+    use_relative_position: bool = None  # NEZHA: true (relative positions, no table)
+    max_relative_position: int = None  # NEZHA: K of clip(j - i, -K, K); None = 64
+    rotary_value: bool = None  # RoFormer (Hugging Face): rotate values too
 
     def __post_init__(self):
         for name in _POSITIVE_INTEGERS:
             value = getattr(self, name)
             if not _is_integer(value) or value < 1:
                 raise ValueError(f"config field {name} must be a positive integer, got {value!r}")
-        for name in ("embedding_size", "num_hidden_groups", "inner_group_num"):
+        for name in ("embedding_size", "num_hidden_groups", "inner_group_num",
+                     "max_relative_position"):
             value = getattr(self, name)
             if value is not None and (not _is_integer(value) or value < 1):
                 raise ValueError(f"config field {name} must be a positive integer, got {value!r}")
+        for name in ("use_relative_position", "rotary_value"):
+            if not any(getattr(self, name) is value for value in (None, True, False)):
+                raise ValueError(f"config field {name} must be true or false, got "
+                                 f"{getattr(self, name)!r}")
         if not _is_integer(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"config field pad_token_id must be an id below vocab_size "
                              f"{self.vocab_size}, got {self.pad_token_id!r}")
@@ -156,7 +164,8 @@ class BertConfig:
             if values.pop(key, neutral) != neutral:
                 raise NotImplementedError(f"{source}: {key}={neutral!r} is the only value "
                                           "bert4x builds")
-        for key in ("embedding_size", "pad_token_id", "model_type", "ln_type"):
+        for key in ("embedding_size", "pad_token_id", "model_type", "ln_type",
+                    "use_relative_position", "max_relative_position", "rotary_value"):
             if key in values and values[key] is None:
                 del values[key]
         known = set(cls.field_names())

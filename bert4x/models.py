@@ -10,7 +10,8 @@ layers, hence the same weights:
 * the step model (runs one new token against the cached keys and values).
 
 A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
-:class:`ELECTRA`, ...) is a small subclass that declares what differs:
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`) is a small subclass that declares
+what differs:
 
 * the config fields it honours (:meth:`Transformer.check_config` refuses the others);
 * how it embeds: ``factorised`` (embeddings of width ``embedding_size`` then an
@@ -38,7 +39,8 @@ from bert4x import checkpoints, storage
 from bert4x.configs import BertConfig
 from bert4x.layers import (AttentionBias, BiasAdd, Dropout, FeedForward, FirstToken,
                            LayerNormalization, MultiHeadAttention, PositionEmbedding,
-                           ReusedLayer, ReversibleEmbedding, TiedProjection, get_activation)
+                           RelativePositionEncoding, ReusedLayer, ReversibleEmbedding,
+                           RotaryPositionEncoding, TiedProjection, get_activation)
 
 _MASK_PENALTY = -1e9
 
@@ -194,6 +196,12 @@ class Transformer:
         if config.ln_type is not None and cls.family != "albert":
             raise ValueError(f"ln_type {config.ln_type!r} is a field of brightmart's "
                              f"albert_zh: pass model='albert', not {cls.family!r}")
+        if config.use_relative_position and cls.family != "nezha":
+            raise ValueError(f"use_relative_position (NEZHA's relative positions) is set: "
+                             f"pass model='nezha', not {cls.family!r}")
+        if config.rotary_value and cls.family != "roformer":
+            raise ValueError(f"rotary_value is a field of RoFormer: pass model='roformer', "
+                             f"not {cls.family!r}")
         if config.position_embedding_type != cls.position_embedding_type:
             raise NotImplementedError(
                 f"position_embedding_type={config.position_embedding_type!r} is not "
@@ -870,8 +878,86 @@ class ELECTRA(Transformer):
         return pairs
 
 
+class RoFormer(Transformer):
+    """RoFormer: Zhuiyi's RoFormer and Hugging Face ``RoFormerForMaskedLM``.
+
+    BERT without the position table: every attention layer rotates its queries
+    and keys by their absolute positions (interleaved pairs, ``theta_m =
+    10000^(-2m/d)``; see ``bert4x.layers.RotaryPositionEncoding``), so attention
+    scores depend on relative positions; values are not rotated. Official names
+    are BERT's minus ``bert/embeddings/position_embeddings``; Hugging Face's are
+    ``roformer.*`` and ``cls.predictions.*``. When ``embedding_size`` differs from
+    ``hidden_size`` the embeddings go through ``embeddings_project``
+    (``bert/embeddings_project`` in the official layout, which Hugging Face's
+    converter renames to ``roformer.embeddings_project``). Hugging Face's frozen
+    sinusoid table (``embed_positions``) is never loaded: it is recomputed.
+    ``max_position_embeddings`` sizes nothing. A decoding cache holds keys already
+    rotated; each new token is rotated at its absolute position.
+
+    Example:
+        >>> roformer = build_transformer_model(  # doctest: +SKIP
+        ...     "chinese_roformer_L-12_H-768_A-12/bert_config.json",
+        ...     "chinese_roformer_L-12_H-768_A-12/bert_model.ckpt", model="roformer")
+    """
+
+    family = "roformer"
+    model_types = ("roformer",)
+    absolute_positions = False
+    factorised = True
+    hf_renames = (("^bert/", "roformer/"),)
+
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        if config.rotary_value:
+            raise NotImplementedError("rotary_value=true (rotating the values too) is not "
+                                      "supported; RoFormer's checkpoints leave it false")
+        if config.head_size % 2:
+            raise ValueError(f"rotary positions rotate pairs of dimensions: the head size "
+                             f"hidden_size / num_attention_heads = {config.head_size} must "
+                             f"be even")
+
+    def position_encoding(self):
+        return RotaryPositionEncoding()
+
+    def embedding_mapping_name(self):
+        return "bert/embeddings_project"
+
+
+class NEZHA(Transformer):
+    """NEZHA (Huawei): BERT with functional relative positions on keys and values.
+
+    No position table: with ``K = max_relative_position`` (64) each attention
+    layer adds ``a_ij = T[clip(j - i, -K, K) + K]`` of a fixed sinusoid table to
+    the keys in the scores and to the values in the context (see
+    ``bert4x.layers.RelativePositionEncoding``). Official names are BERT's minus
+    ``bert/embeddings/position_embeddings``; files of the Hugging Face port use
+    ``nezha.*`` and ``cls.*``. A decoding cache holds raw keys and values; each
+    step pairs the new token's absolute position with every cached key's.
+
+    Example:
+        >>> nezha = build_transformer_model(  # doctest: +SKIP
+        ...     "nezha_base/bert_config.json", "nezha_base/model.ckpt", model="nezha")
+    """
+
+    family = "nezha"
+    model_types = ("nezha",)
+    absolute_positions = False
+    hf_renames = (("^bert/", "nezha/"),)
+
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        if config.use_relative_position is False:
+            raise ValueError("use_relative_position is false: NEZHA without relative "
+                             "positions has no position information at all")
+
+    def position_encoding(self):
+        return RelativePositionEncoding(self.config.max_relative_position or 64)
+
+
 MODELS = {family.family: family for family in (BERT, RoBERTa, ALBERT, ALBERTUnshared,
-                                               ELECTRA)}
+                                               ELECTRA, RoFormer, NEZHA)}
 
 
 def _family_of(model_type):
@@ -922,7 +1008,8 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
         checkpoint_path: a Google TF checkpoint prefix (``.../bert_model.ckpt``), a
             Hugging Face ``model.safetensors``, or a folder holding either.
         model: the family, with bert4keras's names: ``"bert"``, ``"roberta"``,
-            ``"albert"``, ``"albert_unshared"``, ``"electra"`` (see ``MODELS``).
+            ``"albert"``, ``"albert_unshared"``, ``"electra"``, ``"roformer"``,
+            ``"nezha"`` (see ``MODELS``).
             None: the config's Hugging Face ``model_type``, else ``"bert"``.
         application: ``"encoder"``, ``"lm"`` or ``"unilm"`` (the last two turn the
             MLM head on and return its output alone).

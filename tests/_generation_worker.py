@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bert4x.configs import BertConfig  # noqa: E402
 from bert4x.decoding import Decoder  # noqa: E402
-from bert4x.models import BERT, MODELS  # noqa: E402
+from bert4x.models import MODELS  # noqa: E402
 
 VOCAB = 30
 END_ID = 3
@@ -43,17 +43,18 @@ def class_condition():
     return class_id, keras.layers.Reshape((8,))(embedded)
 
 
-def build(application, conditional, seed=0, randomise_conditions=True, **config):
-    """A tiny builder; with CLN, the zero-initialised condition weights are randomised
-    (at zero they would make the conditional check vacuous)."""
+def build(application, conditional, seed=0, randomise_conditions=True, model="bert",
+          **config):
+    """A tiny builder of family ``model``; with CLN, the zero-initialised condition
+    weights are randomised (at zero they would make the conditional check vacuous)."""
     keras.utils.set_random_seed(seed)
     kwargs = {}
     if conditional:
         class_id, condition = class_condition()
         kwargs = dict(layer_norm_cond=condition, additional_input_layers=[class_id],
                       layer_norm_cond_hidden_size=16, layer_norm_cond_hidden_act="tanh")
-    builder = BERT(tiny_config(**config), application=application, with_mlm="linear",
-                   **kwargs)
+    builder = MODELS[model](tiny_config(**config), application=application,
+                            with_mlm="linear", **kwargs)
     if conditional and randomise_conditions:
         rng = np.random.default_rng(seed)
         for variable in builder.model.weights:
@@ -63,7 +64,8 @@ def build(application, conditional, seed=0, randomise_conditions=True, **config)
 
 
 # Tiny configs of the other families: odd head counts, factorised embeddings,
-# shared layers, fairseq RoBERTa's padding id 1 and offset positions.
+# shared layers, fairseq RoBERTa's padding id 1 and offset positions, RoFormer's
+# rotary and NEZHA's relative positions (K = 3 clips within these sequences).
 FAMILY_CONFIGS = {
     "roberta": dict(model_type="roberta", pad_token_id=1, type_vocab_size=1,
                     hidden_size=30, num_attention_heads=3, max_position_embeddings=42,
@@ -72,6 +74,8 @@ FAMILY_CONFIGS = {
                    num_hidden_layers=3),
     "albert_unshared": dict(embedding_size=12, hidden_size=30, num_attention_heads=3),
     "electra": dict(embedding_size=12, hidden_size=30, num_attention_heads=3),
+    "roformer": dict(embedding_size=12, hidden_size=30, num_attention_heads=3),
+    "nezha": dict(hidden_size=30, num_attention_heads=3, max_relative_position=3),
 }
 
 

@@ -1,8 +1,11 @@
 """Acceptance tests of the model families on the one Transformer core (issue 12):
 RoBERTa (HFL and fairseq), ALBERT (Google and brightmart layouts, shared and
-unshared), ELECTRA (discriminator and generator).
+unshared), ELECTRA (discriminator and generator), RoFormer (with and without
+``embeddings_project``) and NEZHA.
 
-References are Hugging Face ``transformers`` models on PyTorch with random weights.
+References are Hugging Face ``transformers`` models on PyTorch with random weights;
+for NEZHA, which transformers 5 no longer has, :func:`numpy_nezha` below, the
+paper's formulas written out in NumPy.
 Their weights are written in the official TF layout through this file's own
 Hugging Face -> official name rules (``tf.raw_ops.SaveV2``) and as Hugging Face
 folders (``save_pretrained``). Shapes are odd on purpose: 3 heads, intermediate
@@ -13,6 +16,7 @@ process's backend in-process, the other two as subprocesses started together).
 """
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -28,6 +32,9 @@ import tensorflow as tf  # noqa: E402
 
 from bert4x import checkpoints  # noqa: E402
 from bert4x.models import MODELS, build_transformer_model  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_position_encoding import numpy_nezha_table  # noqa: E402
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -64,7 +71,11 @@ DISCRIMINATOR_RULES = [(r"\.dense_prediction\.", ".dense_1.")]
 GENERATOR_RULES = [(r"^electra\.embeddings_project\.", "generator.embeddings_project."),
                    (r"^electra\.encoder\.", "generator.encoder."),
                    (r"^generator_lm_head\.bias$", "generator_predictions.output_bias")]
-TIED = re.compile(r"(decoder\.(weight|bias)|generator_lm_head\.weight|position_ids)$")
+ROFORMER_RULES = [(r"^roformer\.", "bert."),
+                  (r"^cls\.predictions\.bias$", "cls.predictions.output_bias")]
+# Tied copies, buffers and RoFormer's frozen sinusoid table have no official name.
+TIED = re.compile(r"(decoder\.(weight|bias)|generator_lm_head\.weight|position_ids|"
+                  r"embed_positions\.weight)$")
 
 
 def official_weights(hf_model, rules):
@@ -108,6 +119,8 @@ def randomised(model, seed):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
+            if "embed_positions" in name:
+                continue  # RoFormer's fixed sinusoid table
             noise = torch.randn(parameter.shape, generator=generator)
             if "LayerNorm.weight" in name or "layer_norm.weight" in name:
                 parameter.copy_(1.0 + 0.1 * noise)
@@ -125,6 +138,91 @@ def hf_run(model, base, ids, segments, pad, heads=("logits",)):
         sequence = getattr(model, base)(ids_t, **kwargs).last_hidden_state.numpy()
         full = model(ids_t, **kwargs)
     return [sequence] + [full[key].numpy() for key in heads]
+
+
+def random_official_weights(config, seed, positions=True):
+    """Random weights under BERT's official names (``positions=False``: without
+    ``position_embeddings``), with the MLM head."""
+    rng = np.random.default_rng(seed)
+    V, H, I = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
+
+    def normal(*shape, scale=0.2):
+        return rng.normal(0.0, scale, shape).astype(np.float32)
+
+    def dense(name, fan_in, fan_out):
+        return {name + "/kernel": normal(fan_in, fan_out), name + "/bias": normal(fan_out)}
+
+    def norm(name):
+        return {name + "/gamma": 1.0 + normal(H, scale=0.1), name + "/beta": normal(H)}
+
+    weights = {"bert/embeddings/word_embeddings": normal(V, H, scale=0.5),
+               "bert/embeddings/token_type_embeddings": normal(2, H, scale=0.5),
+               **norm("bert/embeddings/LayerNorm"), **dense("cls/predictions/transform/dense", H, H),
+               **norm("cls/predictions/transform/LayerNorm"),
+               "cls/predictions/output_bias": normal(V)}
+    if positions:
+        weights["bert/embeddings/position_embeddings"] = normal(
+            config["max_position_embeddings"], H, scale=0.5)
+    for i in range(config["num_hidden_layers"]):
+        p = f"bert/encoder/layer_{i}/"
+        for part in ("self/query", "self/key", "self/value", "output/dense"):
+            weights.update(dense(p + "attention/" + part, H, H))
+        weights.update(norm(p + "attention/output/LayerNorm"))
+        weights.update(dense(p + "intermediate/dense", H, I))
+        weights.update(dense(p + "output/dense", I, H))
+        weights.update(norm(p + "output/LayerNorm"))
+    return weights
+
+
+def numpy_nezha(config, weights, ids, segments):
+    """NEZHA with the MLM head in float64 NumPy: ``[sequence_output, mlm_logits]``.
+
+    Per head, with ``a_ij = T[clip(j - i, -K, K) + K]`` (``K`` =
+    ``max_relative_position``, ``T`` the sinusoid table at the shifted index):
+    ``s_ij = (q_i.k_j + q_i.a_ij) / sqrt(d) + mask``, ``p = softmax_j(s)``,
+    ``o_i = sum_j p_ij (v_j + a_ij)``. Post-norm blocks and heads are BERT's.
+    """
+    w = {name: value.astype(np.float64) for name, value in weights.items()}
+    heads, k = config["num_attention_heads"], config["max_relative_position"]
+    d = config["hidden_size"] // heads
+
+    def dense(x, name):
+        return x @ w[name + "/kernel"] + w[name + "/bias"]
+
+    def norm(x, name, eps=1e-12):
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + eps) * w[name + "/gamma"] + w[name + "/beta"]
+
+    def gelu(x):  # "gelu" is the exact erf form
+        return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+    def split(t):
+        return t.reshape(t.shape[0], t.shape[1], heads, d).transpose(0, 2, 1, 3)
+
+    x = w["bert/embeddings/word_embeddings"][ids] + \
+        w["bert/embeddings/token_type_embeddings"][segments]
+    x = norm(x, "bert/embeddings/LayerNorm")
+    distance = np.arange(ids.shape[1])[None, :] - np.arange(ids.shape[1])[:, None]
+    a = numpy_nezha_table(k, d)[np.clip(distance, -k, k) + k]  # [i, j, d]
+    mask = np.where(ids != 0, 0.0, -np.inf)[:, None, None, :]
+    for layer in range(config["num_hidden_layers"]):
+        p = f"bert/encoder/layer_{layer}/"
+        q, kk, v = (split(dense(x, p + f"attention/self/{part}"))
+                    for part in ("query", "key", "value"))
+        scores = q @ kk.transpose(0, 1, 3, 2) + np.einsum("bhid,ijd->bhij", q, a)
+        scores = scores / math.sqrt(d) + mask
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        context = probs @ v + np.einsum("bhij,ijd->bhid", probs, a)
+        context = context.transpose(0, 2, 1, 3).reshape(x.shape)
+        x = norm(x + dense(context, p + "attention/output/dense"),
+                 p + "attention/output/LayerNorm")
+        x = norm(x + dense(gelu(dense(x, p + "intermediate/dense")), p + "output/dense"),
+                 p + "output/LayerNorm")
+    head = norm(gelu(dense(x, "cls/predictions/transform/dense")),
+                "cls/predictions/transform/LayerNorm")
+    return [x, head @ w["bert/embeddings/word_embeddings"].T + w["cls/predictions/output_bias"]]
 
 
 # ------------------------------------------------------------------------ the cases
@@ -147,7 +245,7 @@ def cases(tmp_path_factory):
     cases, arrays = {}, {}
 
     def add(key, hf_model, base, rules, family, pad, config, build, two_segments=True,
-            save_hf=True, weights=None, heads=("logits",)):
+            save_hf=True, weights=None, heads=("logits",), reference=None):
         ids, segments = inputs_for(pad, two_segments)
         arrays[f"{key}/ids"], arrays[f"{key}/segments"] = ids, segments
         weights = official_weights(hf_model, rules) if weights is None else weights
@@ -156,7 +254,8 @@ def cases(tmp_path_factory):
         if save_hf:
             hf_folder = os.path.join(root, key, "hf")
             hf_model.save_pretrained(hf_folder)
-        expected = hf_run(hf_model, base, ids, segments, pad, heads)
+        expected = (hf_run(hf_model, base, ids, segments, pad, heads) if reference is None
+                    else reference(weights, ids, segments))
         cases[key] = dict(family=family, prefix=prefix, hf=hf_folder, build=build,
                           expected=expected, weights=weights, config=config, ids=ids,
                           segments=segments)
@@ -223,6 +322,22 @@ def cases(tmp_path_factory):
     add("albert_zh", hf, "bert", (), "albert", 0,
         dict(config, embedding_size=12, ln_type="postln"), dict(with_mlm="linear"),
         save_hf=False, weights=weights)
+    # RoFormer: rotary positions in attention, no position table; then with E != H
+    # (embeddings_project). The Hugging Face folders carry the frozen sinusoid
+    # table, which bert4x recomputes.
+    for key, extra, seed in (("roformer", {}, 8), ("roformer_projected",
+                                                   dict(embedding_size=20), 9)):
+        config = dict(BASE, **extra)
+        hf = randomised(transformers.RoFormerForMaskedLM(transformers.RoFormerConfig(
+            **config, attn_implementation="eager")), seed)
+        add(key, hf, "roformer", ROFORMER_RULES, "roformer", 0, config,
+            dict(with_mlm="linear"))
+    # NEZHA: relative positions on keys and values; K = 4 clips on these lengths.
+    config = dict(BASE, hidden_act="gelu", max_relative_position=4,
+                  use_relative_position=True)
+    add("nezha", None, None, (), "nezha", 0, config, dict(with_mlm="linear"),
+        save_hf=False, weights=random_official_weights(config, seed=10, positions=False),
+        reference=lambda weights, ids, segments: numpy_nezha(config, weights, ids, segments))
 
     jobs = []
     for key, case in cases.items():
@@ -295,7 +410,7 @@ def test_parity_with_transformers(backend_results, cases, backend):
     results = backend_results[backend]
     if isinstance(results, str):
         pytest.fail(f"the {backend} worker failed:\n{results}")
-    assert len(cases["jobs"]) == 13
+    assert len(cases["jobs"]) == 18
     for job in cases["jobs"]:
         key = job["key"]
         expected = cases["cases"][key.split("/")[0]]["expected"]
@@ -329,7 +444,8 @@ def test_families_are_told_apart(cases):
 
 # ----------------------------------------------------------------- written back exactly
 @pytest.mark.parametrize("key", ["roberta_hfl", "roberta", "albert", "albert_groups",
-                                 "albert_zh", "electra", "electra_generator"])
+                                 "albert_zh", "electra", "electra_generator", "roformer",
+                                 "roformer_projected", "nezha"])
 def test_official_format_round_trip(cases, key, tmp_path):
     """save_checkpoint writes the family's official names, values bit for bit."""
     case = cases["cases"][key]
@@ -359,7 +475,7 @@ def test_official_format_round_trip(cases, key, tmp_path):
 
 
 def test_keras_file_round_trip(cases, tmp_path):
-    for key in ("roberta", "albert", "albert_zh", "electra"):
+    for key in ("roberta", "albert", "albert_zh", "electra", "roformer", "nezha"):
         case = cases["cases"][key]
         model = build_transformer_model(checkpoint_path=os.path.dirname(case["prefix"]),
                                         model=case["family"], **case["build"])
@@ -373,7 +489,8 @@ def test_keras_file_round_trip(cases, tmp_path):
 def test_keep_tokens(cases):
     """keep_tokens trims the embedding rows and the output bias of every family."""
     keep = [0, 1, 5, 3, 17, 60, 42, 9]
-    for key in ("roberta", "albert", "albert_zh", "electra_generator"):
+    for key in ("roberta", "albert", "albert_zh", "electra_generator", "roformer_projected",
+                "nezha"):
         case = cases["cases"][key]
         pad = case["config"].get("pad_token_id", 0)
         model = build_transformer_model(checkpoint_path=os.path.dirname(case["prefix"]),
@@ -428,7 +545,17 @@ def test_albert_unshared(cases, tmp_path):
 
 
 def test_family_registry():
-    assert sorted(MODELS) >= ["albert", "albert_unshared", "bert", "electra", "roberta"]
+    assert sorted(MODELS) >= ["albert", "albert_unshared", "bert", "electra", "nezha",
+                              "roberta", "roformer"]
+
+
+def test_nezha_reference_clips(cases):
+    """The NumPy reference with K = 64 differs from K = 4 on these lengths, so the
+    parity above checks the clipping of relative distances."""
+    case = cases["cases"]["nezha"]
+    unclipped = numpy_nezha(dict(case["config"], max_relative_position=64), case["weights"],
+                            case["ids"], case["segments"])
+    assert np.abs(unclipped[0] - case["expected"][0]).max() > 10 * TOL
 
 
 # ------------------------------------------------------------- the QA demo's path
