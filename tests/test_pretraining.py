@@ -739,7 +739,7 @@ def test_end_to_end_on_tensorflow_ram_filesystem(tmp_path, corpus):
     roots = {"ram": f"ram://bert4x-test-{uuid.uuid4().hex[:8]}", "disk": str(tmp_path)}
     weights = {}
     for kind, root in roots.items():
-        config = tiny_config(tmp_path, None, output_dir=f"{root}/run", data_dir=f"{root}/data",
+        config = tiny_config(tmp_path, f"{root}/data", output_dir=f"{root}/run",
                              inputs=corpus, word_segmenter="jieba", shard_size=7,
                              validation_fraction=0.1, num_workers=1, train_steps=6,
                              checkpoint_every=2, log_every=2, eval_batches=1,

@@ -210,10 +210,12 @@ class PretrainingRun:
         return {"model": builder.config.to_dict(), "objective": self.config.objective,
                 "shapes": _official_shapes(builder.config)}
 
-    def check_signature(self, builder):
-        """Refuse a checkpoint folder written for another model; a damaged signature
-        file only warns (the checkpoint's variables are checked against the model)."""
-        path = storage.join(self.checkpoint_dir, MODEL_SIGNATURE_FILE)
+    def check_signature(self, builder, directory=None):
+        """Refuse a checkpoint folder (default: this run's) written for another model;
+        a damaged signature file only warns (the checkpoint's variables are checked
+        against the model)."""
+        directory = directory or self.checkpoint_dir
+        path = storage.join(directory, MODEL_SIGNATURE_FILE)
         mine = self.signature(builder)
         if not storage.isfile(path):
             return
@@ -235,7 +237,7 @@ class PretrainingRun:
                 for name, shape in mine["shapes"].items()
                 if theirs.get("shapes", {}).get(name) != shape)
             raise ValueError(
-                f"checkpoint directory {self.checkpoint_dir} belongs to another model "
+                f"checkpoint directory {directory} belongs to another model "
                 f"({details or 'objective ' + str(theirs.get('objective'))}). "
                 f"Shapes: {shapes or 'same'}. Use another output_dir or delete it.")
 
@@ -247,14 +249,14 @@ class PretrainingRun:
         Returns:
             The step of the restored checkpoint, or None.
         """
-        self.check_signature(builder)
+        self.check_signature(builder, folder.directory)
         restored = folder.restore_newest_intact(start_over=start_over, log=self.log)
         if restored is None and self.config.init_checkpoint:
             builder.load_checkpoint(self.config.init_checkpoint, allow_missing_heads=True)
             self.log(f"initialised from {self.config.init_checkpoint}")
         if chief:
-            storage.makedirs(self.checkpoint_dir)
-            storage.atomic_write(storage.join(self.checkpoint_dir, MODEL_SIGNATURE_FILE),
+            storage.makedirs(folder.directory)
+            storage.atomic_write(storage.join(folder.directory, MODEL_SIGNATURE_FILE),
                                  json.dumps(self.signature(builder), indent=1))
         return restored
 
