@@ -12,6 +12,11 @@ until ``max_length``, so every run generates all of them).
   concatenates the source and the generated ids and runs the whole model
   (``predict_on_batch``) every step, one source at a time.
 
+The cached route also times greedy decoding and sampling (one sample per
+source, top-k 4 and top-p 0.9, seed 0) on the same sources: sampling and beam
+search are compared with greedy decoding, which needs nothing but an argmax on
+the host.
+
 Prints seconds per generated token per source and the ratios. Each source is
 decoded on its own by the re-run route, so its per-source cost is measured on
 ``--rerun-sources`` sources (all 4 by default; fewer keeps the 128-token run
@@ -73,6 +78,18 @@ def make_sources(args):
             for _ in range(args.batch)]
 
 
+def interleaved(functions, repeats, tokens):
+    """Best seconds per token of each function, the functions timed in turn each round
+    (so that a change of machine load hits them all alike)."""
+    best = {name: float("inf") for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: seconds / tokens for name, seconds in best.items()}
+
+
 def timed(function, repeats):
     best = float("inf")
     for _ in range(repeats):
@@ -105,14 +122,21 @@ def main():
         figures = {}
         for label, jit in variants:
             decoder = Decoder(builder, end_id=SEP, jit_compile=jit)
-            run = lambda: decoder.beam_search(sources, beam_size=args.beam, **settings)  # noqa: E731
-            results = run()  # compiles
+            functions = {
+                label: lambda: decoder.beam_search(sources, beam_size=args.beam,
+                                                   **settings),
+                f"{label} greedy": lambda: decoder.greedy(sources, **settings),
+                f"{label} top-k 4": lambda: decoder.sample(sources, top_k=4, seed=0,
+                                                           **settings),
+                f"{label} top-p 0.9": lambda: decoder.sample(sources, top_p=0.9, seed=0,
+                                                             **settings),
+            }
+            results = functions[label]()  # compiles
             assert all(len(found[0].token_ids) == new_tokens for found in results)
-            figures[label] = timed(run, args.repeats) / (new_tokens * args.batch)
-            greedy = lambda: decoder.greedy(sources, **settings)  # noqa: E731
-            greedy()
-            figures[f"{label} greedy"] = timed(greedy, args.repeats) / (
-                new_tokens * args.batch)
+            for name, function in functions.items():
+                if name != label:
+                    function()  # warms up
+            figures.update(interleaved(functions, args.repeats, new_tokens * args.batch))
         rerun = FullRerun(builder.model, end_id=SEP, **settings)
         segment = [0] * args.source_length
         chosen = sources[:rerun_count]
@@ -130,6 +154,11 @@ def main():
             print(f"  {label:<20s} {seconds:.5f} s per generated token per source")
         for label, _ in variants:
             print(f"  ratio re-run / {label} beam: {figures['re-run'] / figures[label]:.1f}x")
+            greedy = figures[f"{label} greedy"]
+            print(f"  {label}, ratio to greedy: beam {args.beam} "
+                  f"{figures[label] / greedy:.2f}x, top-k 4 "
+                  f"{figures[label + ' top-k 4'] / greedy:.2f}x, top-p 0.9 "
+                  f"{figures[label + ' top-p 0.9'] / greedy:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,20 @@
 """Encoder forward throughput: bert4x (TensorFlow backend) against transformers on PyTorch.
 
-Both models are BERT-base sized (12 layers, hidden 768, 12 heads, intermediate 3072,
-vocab 30522) with the same random weights (bert4x's are copied into the Hugging Face
-``BertModel`` by name), run on the same padded batch with the same number of
-intra-op threads, in the same process. Rounds are interleaved (PyTorch, then each
-bert4x variant, repeated) so that load from other jobs hits every contender alike;
-the median time per batch is reported.
+Both models are base sized (12 layers, hidden 768, 12 heads, intermediate 3072) and
+of the family ``--model`` names, against its transformers class: ``bert``
+(``BertModel``), ``roberta`` (``RobertaModel``, fairseq padding and positions),
+``albert`` (``AlbertModel``, embedding size 128, one shared layer),
+``albert_unshared`` (``AlbertModel`` with one group per layer), ``electra``
+(``ElectraModel``, the base discriminator's encoder), ``roformer``
+(``RoFormerModel``, rotary positions). The Hugging Face model is created with random
+weights and saved with ``save_pretrained``; bert4x loads that folder, so both hold
+the same weights. transformers 5 has no NEZHA, so ``nezha`` (relative positions,
+max_relative_position 64) is compared with bert4x's own BERT of the same size
+(``tf.function``, float32, random weights), which it should not trail by more than
+1.3x. They run on the same padded batch with the
+same number of intra-op threads, in the same process. Rounds are interleaved
+(PyTorch, then each bert4x variant, repeated) so that load from other jobs hits
+every contender alike; the median time per batch is reported.
 
 Variants of bert4x, all on the TensorFlow backend:
 
@@ -17,7 +26,8 @@ Variants of bert4x, all on the TensorFlow backend:
 
 Usage::
 
-    python benchmarks/forward.py [--batch 8] [--length 128] [--threads 2] [--rounds 5]
+    python benchmarks/forward.py [--model bert] [--batch 8] [--length 128] [--threads 2]
+                                 [--rounds 5] [--float32-only]
 """
 
 import os
@@ -35,14 +45,31 @@ import time  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
+# family -> (transformers class, its config class, config fields beyond BERT-base's)
+FAMILIES = {
+    "bert": ("BertModel", "BertConfig", {}),
+    "roberta": ("RobertaModel", "RobertaConfig",
+                dict(pad_token_id=1, max_position_embeddings=514, type_vocab_size=1,
+                     layer_norm_eps=1e-5)),
+    "albert": ("AlbertModel", "AlbertConfig", dict(embedding_size=128)),
+    "albert_unshared": ("AlbertModel", "AlbertConfig",
+                        dict(embedding_size=128, num_hidden_groups=None)),
+    "electra": ("ElectraModel", "ElectraConfig", dict(embedding_size=768)),
+    "roformer": ("RoFormerModel", "RoFormerConfig", {}),
+    "nezha": (None, None, {}),  # against bert4x's BERT: transformers 5 has no NEZHA
+}
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="bert", choices=sorted(FAMILIES))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--float32-only", action="store_true",
+                        help="skip the mixed_bfloat16 variants (quicker)")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -55,70 +82,86 @@ def main():
     import numpy as np
     import transformers
 
-    from bert4x.checkpoints import hugging_face_names, keras_value, variable_map
+    import tempfile
+
     from bert4x.models import build_transformer_model
 
+    class_name, config_name, extra = FAMILIES[args.model]
     config = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=args.layers,
                   num_attention_heads=12, intermediate_size=3072, hidden_act="gelu",
                   max_position_embeddings=512, type_vocab_size=2)
-    builder = build_transformer_model(return_keras_model=False, **config)
-    model = builder.model
-    bf16 = build_transformer_model(dtype="mixed_bfloat16", **config)
-    bf16.set_weights(model.get_weights())
-
-    hf = transformers.BertModel(transformers.BertConfig(**config), add_pooling_layer=False)
-    hf.eval()
-    state = hf.state_dict()
-    copied = set()
-    for google_name, variable, kind in variable_map(builder):
-        value = keras_value(variable)
-        for candidate in hugging_face_names(google_name)[0]:
-            name = candidate[len("bert."):] if candidate.startswith("bert.") else candidate
-            if name in state:
-                transpose = hugging_face_names(google_name)[1]
-                state[name] = torch.from_numpy(np.ascontiguousarray(
-                    value.T if transpose else value))
-                copied.add(name)
-                break
-        else:
-            raise KeyError(f"no Hugging Face parameter for {google_name}")
-    hf.load_state_dict(state)
-    assert copied == {name for name in state if not name.endswith("_ids")}, \
-        sorted(set(state) - copied)
+    config.update(extra)
+    if "num_hidden_groups" in config:
+        config["num_hidden_groups"] = args.layers  # one group per layer
+    if class_name is None:
+        model = build_transformer_model(model=args.model, **config)
+        bf16 = None
+        if not args.float32_only:
+            bf16 = build_transformer_model(model=args.model, dtype="mixed_bfloat16",
+                                           **config)
+            bf16.set_weights(model.get_weights())
+    else:
+        hf_class = getattr(transformers, class_name)
+        hf_config = getattr(transformers, config_name)(**config)
+        pooled = class_name in ("BertModel", "RobertaModel", "AlbertModel")
+        hf = (hf_class(hf_config, add_pooling_layer=False) if pooled
+              else hf_class(hf_config))
+        hf.eval()
+        with tempfile.TemporaryDirectory() as folder:
+            hf.save_pretrained(folder)
+            model = build_transformer_model(folder, model=args.model)
+            bf16 = None if args.float32_only else build_transformer_model(
+                folder, model=args.model, dtype="mixed_bfloat16")
+    pad = config.get("pad_token_id", 0)
 
     rng = np.random.default_rng(0)
-    ids = rng.integers(1, config["vocab_size"], (args.batch, args.length)).astype("int32")
+    ids = rng.integers(pad + 1, config["vocab_size"], (args.batch, args.length))
+    ids = ids.astype("int32")
     for row in range(1, args.batch, 2):  # half the rows padded to 3/4 length
-        ids[row, args.length * 3 // 4:] = 0
+        ids[row, args.length * 3 // 4:] = pad
     segments = np.zeros_like(ids)
-    segments[:, args.length // 2:] = 1
+    if config["type_vocab_size"] > 1:
+        segments[:, args.length // 2:] = 1
     tf_inputs = [tf.constant(ids), tf.constant(segments)]
     torch_kwargs = dict(input_ids=torch.from_numpy(ids.astype("int64")),
-                        attention_mask=torch.from_numpy((ids != 0).astype("int64")),
+                        attention_mask=torch.from_numpy((ids != pad).astype("int64")),
                         token_type_ids=torch.from_numpy(segments.astype("int64")))
 
     def run_torch():
         with torch.inference_mode():
             return hf(**torch_kwargs).last_hidden_state.numpy()
 
+    if class_name is None:
+        bert = build_transformer_model(**config)
+        bert_graph = tf.function(lambda x: bert(x, training=False))
+        baseline_name = "bert4x BERT tf.function (float32)"
+        baseline_fn = lambda: bert_graph(tf_inputs).numpy()  # noqa: E731
+    else:
+        baseline_name = f"transformers {class_name} (PyTorch, float32)"
+        baseline_fn = run_torch
+
     graph = tf.function(lambda x: model(x, training=False))
     xla = tf.function(lambda x: model(x, training=False), jit_compile=True)
-    graph_bf16 = tf.function(lambda x: bf16(x, training=False))
-    xla_bf16 = tf.function(lambda x: bf16(x, training=False), jit_compile=True)
     contenders = {
-        "transformers BertModel (PyTorch, float32)": run_torch,
+        baseline_name: baseline_fn,
         "bert4x predict_on_batch (float32)": lambda: model.predict_on_batch(tf_inputs),
         "bert4x tf.function (float32)": lambda: graph(tf_inputs).numpy(),
         "bert4x tf.function jit_compile (float32)": lambda: xla(tf_inputs).numpy(),
-        "bert4x tf.function (mixed_bfloat16)":
-            lambda: graph_bf16(tf_inputs).numpy().astype("float32"),
-        "bert4x tf.function jit_compile (mixed_bfloat16)":
-            lambda: xla_bf16(tf_inputs).numpy().astype("float32"),
     }
+    if bf16 is not None:
+        graph_bf16 = tf.function(lambda x: bf16(x, training=False))
+        xla_bf16 = tf.function(lambda x: bf16(x, training=False), jit_compile=True)
+        contenders["bert4x tf.function (mixed_bfloat16)"] = \
+            lambda: graph_bf16(tf_inputs).numpy().astype("float32")
+        contenders["bert4x tf.function jit_compile (mixed_bfloat16)"] = \
+            lambda: xla_bf16(tf_inputs).numpy().astype("float32")
 
-    reference = run_torch()
+    # No other NEZHA to compare with: its rows are only timed.
+    reference = None if class_name is None else run_torch()
     for name, fn in contenders.items():  # warm-up (tracing, XLA compilation) and check
         fn()
+        if reference is None:
+            continue
         error = float(np.max(np.abs(np.asarray(fn(), "float32") - reference)))
         print(f"{name}: max abs difference from PyTorch {error:.2e}")
         limit = 0.3 if "bfloat16" in name else 1e-3
@@ -133,12 +176,13 @@ def main():
             times[name].append(time.perf_counter() - start)
 
     tokens = args.batch * args.length
-    baseline = statistics.median(times["transformers BertModel (PyTorch, float32)"])
-    print(f"\nbatch {args.batch} x {args.length}, {args.layers} layers, {args.threads} "
+    baseline = statistics.median(times[baseline_name])
+    print(f"\n{args.model}: batch {args.batch} x {args.length}, {args.layers} layers, {args.threads} "
           f"intra-op threads, median of {args.rounds} interleaved rounds "
           f"(tf {tf.__version__}, keras {keras.__version__}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__})")
-    print(f"{'contender':50s} {'s/batch':>8s} {'tokens/s':>9s} {'vs PyTorch':>10s}")
+          f"transformers {transformers.__version__}, load average "
+          f"{os.getloadavg()[0]:.1f})")
+    print(f"{'contender':50s} {'s/batch':>8s} {'tokens/s':>9s} {'vs baseline':>11s}")
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:50s} {median:8.3f} {tokens / median:9.0f} {baseline / median:9.2f}x")

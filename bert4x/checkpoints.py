@@ -1,13 +1,14 @@
 """Read and write BERT weights by name: Google TF checkpoints and Hugging Face safetensors.
 
-Every Keras variable is paired with its official Google name (the table of
-``docs/model.md``); Hugging Face names are derived from it. Nothing is matched by
-position.
+Every Keras variable is paired with its official (Google TF) name, which the model
+family declares (``Transformer.variable_map``; BERT's table is in ``docs/model.md``);
+Hugging Face names are derived from it. Nothing is matched by position.
 """
 
 import contextlib
 import json
 import os
+import re
 import tempfile
 import warnings
 import weakref
@@ -21,75 +22,61 @@ GOOGLE_CONFIG = "bert_config.json"
 GOOGLE_CHECKPOINT = "bert_model.ckpt"
 _OPTIMIZER_SUFFIXES = ("adam_m", "adam_v", "global_step", "Momentum", "lamb_m", "lamb_v")
 
-# kind: how an official array relates to the Keras variable.
-#   "plain": same shape; "vocab": rows follow keep_tokens; "transposed": [out, in]
-#   in the official file (NSP output_weights).
-_HEADS = ("bert/pooler/", "cls/")
+# Head variables a checkpoint may lack (allow_missing_heads): the families'
+# poolers and their MLM, NSP/SOP and discriminator heads.
+_HEADS = ("bert/pooler/", "cls/", "electra/pooler/", "generator_predictions/",
+          "discriminator_predictions/")
+_MODEL_PREFIXES = ("bert", "roberta", "albert", "electra", "roformer", "nezha")
 
 
 def variable_map(builder):
-    """List ``(google_name, keras_variable, kind)`` for every weight of a builder."""
-    pairs = [
-        ("bert/embeddings/word_embeddings", builder.token_embedding.embeddings, "vocab"),
-        ("bert/embeddings/token_type_embeddings", builder.segment_embedding.embeddings,
-         "plain"),
-        ("bert/embeddings/position_embeddings", builder.position_embedding.embeddings,
-         "plain"),
-    ]
-    pairs += _norm_pairs("bert/embeddings/LayerNorm", builder.embedding_norm)
-    for index, layers in enumerate(builder.blocks):
-        prefix = f"bert/encoder/layer_{index}/"
-        attention = layers["attention"]
-        for part, dense in (("query", attention.query_dense), ("key", attention.key_dense),
-                            ("value", attention.value_dense)):
-            pairs += _dense_pairs(prefix + f"attention/self/{part}", dense)
-        pairs += _dense_pairs(prefix + "attention/output/dense", attention.output_dense)
-        pairs += _norm_pairs(prefix + "attention/output/LayerNorm", layers["attention_norm"])
-        pairs += _dense_pairs(prefix + "intermediate/dense",
-                              layers["feed_forward"].intermediate_dense)
-        pairs += _dense_pairs(prefix + "output/dense", layers["feed_forward"].output_dense)
-        pairs += _norm_pairs(prefix + "output/LayerNorm", layers["feed_forward_norm"])
-    if builder.pooler_dense is not None:
-        pairs += _dense_pairs("bert/pooler/dense", builder.pooler_dense)
-    if builder.mlm_dense is not None:
-        pairs += _dense_pairs("cls/predictions/transform/dense", builder.mlm_dense)
-        pairs += _norm_pairs("cls/predictions/transform/LayerNorm", builder.mlm_norm)
-        pairs.append(("cls/predictions/output_bias", builder.mlm_bias.bias, "vocab"))
-    if builder.nsp_dense is not None:
-        pairs.append(("cls/seq_relationship/output_weights", builder.nsp_dense.kernel,
-                      "transposed"))
-        pairs.append(("cls/seq_relationship/output_bias", builder.nsp_dense.bias, "plain"))
-    return pairs
+    """List ``(official_name, keras_variable, kind)`` for every weight of a builder.
+
+    The family declares its names (``builder.variable_map()``); ``kind`` is
+    "plain" (same shape), "vocab" (rows follow keep_tokens) or "transposed"
+    ([out, in] in the official file, as BERT's NSP output_weights).
+    """
+    return builder.variable_map()
 
 
-def _dense_pairs(name, dense):
-    return [(name + "/kernel", dense.kernel, "plain"), (name + "/bias", dense.bias, "plain")]
+def hugging_face_names(official_name, renames=(), special=None):
+    """Candidate Hugging Face names of an official name, and whether to transpose.
 
+    Args:
+        official_name: a Google TF name such as ``bert/encoder/layer_0/output/dense/kernel``.
+        renames: ``(regex, replacement)`` pairs a family applies first (ALBERT's
+            ``albert_layer_groups``, RoBERTa's ``lm_head``, ...).
+        special: official name -> complete Hugging Face names, for names the
+            rules do not give (output biases, NSP/SOP weights).
 
-def _norm_pairs(name, norm):
-    return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
-
-
-def hugging_face_names(google_name):
-    """Candidate Hugging Face names of an official name, and whether to transpose."""
-    if google_name == "cls/predictions/output_bias":
-        return ["cls.predictions.bias", "cls.predictions.decoder.bias"], False
-    if google_name == "cls/seq_relationship/output_weights":
-        return ["cls.seq_relationship.weight"], False
-    if google_name == "cls/seq_relationship/output_bias":
-        return ["cls.seq_relationship.bias"], False
-    name = google_name.replace("/layer_", "/layer.").replace("/", ".")
+    Then ``layer_i`` becomes ``layer.i``, ``/`` becomes ``.``, kernels become
+    ``weight`` (transposed: PyTorch stores ``[out, in]``), LayerNorm ``gamma``/``beta``
+    become ``weight``/``bias`` (old files keep ``gamma``/``beta``), and files saved
+    from the base model without its prefix (``bert.``) are matched too.
+    """
+    special = {"cls/predictions/output_bias": ["cls.predictions.bias",
+                                               "cls.predictions.decoder.bias"],
+               "cls/seq_relationship/output_weights": ["cls.seq_relationship.weight"],
+               "cls/seq_relationship/output_bias": ["cls.seq_relationship.bias"]} \
+        if special is None else special
+    if official_name in special:
+        return list(special[official_name]), False
+    name = official_name
+    for pattern, replacement in renames:
+        name = re.sub(pattern, replacement, name)
+    name = re.sub(r"/layer_(\d+)/", r"/layer.\1/", name).replace("/", ".")
     transpose = False
     if name.endswith(".kernel"):
         name, transpose = name[: -len(".kernel")] + ".weight", True
-    elif name.endswith("_embeddings"):
+    elif name.endswith("_embeddings") or name.endswith("_embeddings_2"):
         name += ".weight"
     candidates = [name]
     if name.endswith(".gamma") or name.endswith(".beta"):
         modern = name.replace(".gamma", ".weight").replace(".beta", ".bias")
         candidates = [modern, name]
-    if name.startswith("bert."):
-        candidates += [candidate[len("bert."):] for candidate in candidates]
+    base = name.split(".")[0]
+    if base in _MODEL_PREFIXES:
+        candidates += [candidate[len(base) + 1:] for candidate in candidates]
     return candidates, transpose
 
 
@@ -218,11 +205,11 @@ def _read_bfloat16(path, name):
     return bits.view(np.float32).reshape(info["shape"])
 
 
-def _lookup(reader, google_name):
+def _lookup(reader, builder, google_name):
     """Return ``(name_in_file, transpose)`` or ``(None, False)``."""
     if reader.format == "tensorflow":
         return (google_name, False) if google_name in reader.names else (None, False)
-    candidates, transpose = hugging_face_names(google_name)
+    candidates, transpose = builder.hugging_face_names(google_name)
     for candidate in candidates:
         if candidate in reader.names:
             return candidate, transpose
@@ -262,7 +249,7 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
     pairs = variable_map(builder)
     missing_heads, assignments = [], []
     for google_name, variable, kind in pairs:
-        name, transpose = _lookup(reader, google_name)
+        name, transpose = _lookup(reader, builder, google_name)
         if name is None:
             if allow_missing_heads and google_name.startswith(_HEADS):
                 missing_heads.append(google_name)
@@ -290,7 +277,8 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
             raise ValueError(f"shape mismatch for {name!r} in {reader.path}: checkpoint "
                              f"{shape}, model variable {variable.path} expects {expected}")
         assignments.append((name, variable, kind, transpose))
-    _check_unused(reader, pairs, {name for name, *_ in assignments}, ignore_unused_weights)
+    _check_unused(reader, builder, pairs, {name for name, *_ in assignments},
+                  ignore_unused_weights)
     for name, variable, kind, transpose in assignments:
         value = reader.get(name)
         if transpose or kind == "transposed":
@@ -303,20 +291,26 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
                       f"their initial values: {missing_heads}", stacklevel=3)
 
 
-# Hugging Face files may hold a tied copy of the word embeddings and a buffer of
-# position ids; neither is a weight of its own.
-_HUGGING_FACE_EXTRAS = ("cls.predictions.decoder.weight", "embeddings.position_ids")
+# Hugging Face files may hold a tied copy of the word embeddings (the MLM decoder
+# of BERT, ALBERT, RoBERTa, ELECTRA's generator), buffers of position or segment
+# ids and RoFormer's frozen sinusoid table (recomputed, never loaded); none is a
+# weight of its own.
+_HUGGING_FACE_EXTRAS = ("predictions.decoder.weight", "lm_head.decoder.weight",
+                        "generator_lm_head.weight", "embeddings.position_ids",
+                        "embeddings.token_type_ids", "encoder.embed_positions.weight")
 
 
-def _check_unused(reader, pairs, consumed, ignore):
+def _check_unused(reader, builder, pairs, consumed, ignore):
     """Refuse (or with ``ignore``, warn about) unconsumed names in the model's scope."""
     groups = {"/".join(google_name.split("/")[:2]) + "/" for google_name, _, _ in pairs}
     accounted = set(consumed)
     if reader.format == "safetensors":
-        groups = {group.replace("/", ".") for group in groups}
-        groups |= {group[len("bert."):] for group in groups if group.startswith("bert.")}
-        for google_name, _, _ in pairs:  # aliases, such as the two MLM bias spellings
-            accounted.update(hugging_face_names(google_name)[0])
+        # The family's Hugging Face names, with aliases such as the two MLM bias
+        # spellings and the names without the base model's prefix.
+        candidates = {name for google_name, _, _ in pairs
+                      for name in builder.hugging_face_names(google_name)[0]}
+        groups = {".".join(name.split(".")[:2]) + "." for name in candidates}
+        accounted.update(candidates)
     unused = sorted(name for name in reader.names
                     if name.startswith(tuple(groups)) and name not in accounted
                     and not name.endswith(_HUGGING_FACE_EXTRAS))
@@ -394,11 +388,16 @@ def save_checkpoint(builder, directory, vocab=None):
                       f"which are not written to {directory}: {unwritten}", stacklevel=2)
     staging = checkpoint_files.new_staging(directory)
     try:
-        tensor_names, tensors = [], []
+        tensor_names, tensors, written = [], [], {}
         for google_name, variable, kind in pairs:
             value = np.asarray(keras_value(variable), dtype=np.float32)
+            value = value.T if kind == "transposed" else value
+            if google_name in written:  # layers sharing one official weight set
+                _check_shared(google_name, written[google_name], value)
+                continue
+            written[google_name] = value
             tensor_names.append(google_name)
-            tensors.append(tf.constant(value.T if kind == "transposed" else value))
+            tensors.append(tf.constant(value))
         tf.raw_ops.SaveV2(prefix=storage.join(staging, GOOGLE_CHECKPOINT),
                           tensor_names=tensor_names,
                           shape_and_slices=[""] * len(tensor_names), tensors=tensors)
@@ -433,6 +432,14 @@ def _vocabulary_rows(builder, vocab):
                                    "keep_tokens" if keep_tokens is not None else "")
     raise ValueError(f"vocab has {len(tokens)} tokens but the model has {rows} embedding "
                      f"rows: expected {expected}")
+
+
+def _check_shared(name, first, value):
+    if not np.array_equal(first, value):
+        raise ValueError(
+            f"several layers map to the official variable {name!r} but hold different "
+            "values (an albert_unshared model after training?); the official format "
+            "stores one weight set per ALBERT group")
 
 
 def keras_value(variable):

@@ -1,4 +1,9 @@
-"""BERT configuration: read Google ``bert_config.json`` or Hugging Face ``config.json``."""
+"""Model configuration: read Google ``bert_config.json`` or Hugging Face ``config.json``.
+
+One dataclass holds the fields of every family (BERT, RoBERTa, ALBERT, ELECTRA,
+...); the family (:mod:`bert4x.models`) checks the fields that change its
+architecture and refuses values it cannot honour.
+"""
 
 import dataclasses
 import json
@@ -11,17 +16,24 @@ from bert4x import storage
 # Hugging Face and Google configs carry fields that do not change the encoder
 # bert4x builds (bookkeeping, generation flags, Google's unused pooler fields).
 _INFORMATIONAL_KEYS = {
-    "architectures", "model_type", "torch_dtype", "dtype", "transformers_version",
-    "pad_token_id", "bos_token_id", "eos_token_id", "use_cache", "classifier_dropout",
+    "architectures", "torch_dtype", "dtype", "transformers_version",
+    "bos_token_id", "eos_token_id", "use_cache", "classifier_dropout",
     "gradient_checkpointing", "directionality", "pooler_fc_size",
     "pooler_num_attention_heads", "pooler_num_fc_layers", "pooler_size_per_head",
     "pooler_type", "output_past", "is_decoder", "add_cross_attention",
     "chunk_size_feed_forward", "tie_word_embeddings", "id2label", "label2id",
     "_name_or_path", "problem_type", "output_attentions", "output_hidden_states",
     "return_dict", "finetuning_task", "tokenizer_class", "prefix", "task_specific_params",
-    "num_labels", "torchscript", "use_bfloat16", "pruned_heads", "embedding_size",
+    "num_labels", "torchscript", "use_bfloat16", "pruned_heads",
+    # Hugging Face ALBERT/ELECTRA heads bert4x does not build (sequence summaries).
+    "classifier_dropout_prob", "summary_type", "summary_use_proj", "summary_activation",
+    "summary_last_dropout",
 }
 
+# Fields of Google's ALBERT configs that would change the model if they left
+# these values (they never do in the released checkpoints): refused otherwise.
+_NEUTRAL_VALUES = {"down_scale_factor": 1, "gap_size": 0, "net_structure_type": 0,
+                   "num_memory_blocks": 0, "layers_to_keep": []}
 _POSITIVE_INTEGERS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "intermediate_size", "max_position_embeddings", "type_vocab_size")
 _PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
@@ -70,12 +82,36 @@ class BertConfig:
     type_vocab_size: int = 2
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
+    # Fields of the other families; each family checks the ones it honours
+    # (``bert4x.models``) and refuses a value it cannot build.
+    embedding_size: int = None  # ALBERT, ELECTRA: None means hidden_size
+    pad_token_id: int = 0  # RoBERTa (fairseq): 1
+    model_type: str = None  # Hugging Face family name ("bert", "roberta", ...)
+    position_embedding_type: str = "absolute"
+    num_hidden_groups: int = 1  # ALBERT: groups of shared layers
+    inner_group_num: int = 1  # ALBERT: blocks per group
+    ln_type: str = None  # brightmart albert_zh: "postln" (its name layout)
+    use_relative_position: bool = None  # NEZHA: true (relative positions, no table)
+    max_relative_position: int = None  # NEZHA: K of clip(j - i, -K, K); None = 64
+    rotary_value: bool = None  # RoFormer (Hugging Face): rotate values too
 
     def __post_init__(self):
         for name in _POSITIVE_INTEGERS:
             value = getattr(self, name)
             if not _is_integer(value) or value < 1:
                 raise ValueError(f"config field {name} must be a positive integer, got {value!r}")
+        for name in ("embedding_size", "num_hidden_groups", "inner_group_num",
+                     "max_relative_position"):
+            value = getattr(self, name)
+            if value is not None and (not _is_integer(value) or value < 1):
+                raise ValueError(f"config field {name} must be a positive integer, got {value!r}")
+        for name in ("use_relative_position", "rotary_value"):
+            if not any(getattr(self, name) is value for value in (None, True, False)):
+                raise ValueError(f"config field {name} must be true or false, got "
+                                 f"{getattr(self, name)!r}")
+        if not _is_integer(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"config field pad_token_id must be an id below vocab_size "
+                             f"{self.vocab_size}, got {self.pad_token_id!r}")
         for name in _PROBABILITIES:
             value = getattr(self, name)
             if not _is_real(value) or not 0 <= value < 1:
@@ -106,6 +142,11 @@ class BertConfig:
     def head_size(self):
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def embedding_width(self):
+        """Width of the embeddings: ``embedding_size``, or ``hidden_size`` if unset."""
+        return self.embedding_size or self.hidden_size
+
     @classmethod
     def field_names(cls):
         return [field.name for field in dataclasses.fields(cls)]
@@ -119,11 +160,14 @@ class BertConfig:
                 position scheme) or a missing ``vocab_size``.
         """
         values = dict(values)
-        position_type = values.pop("position_embedding_type", "absolute")
-        if position_type != "absolute":
-            raise NotImplementedError(
-                f"{source}: position_embedding_type={position_type!r} is not supported; "
-                "bert4x implements learned absolute positions only")
+        for key, neutral in _NEUTRAL_VALUES.items():
+            if values.pop(key, neutral) != neutral:
+                raise NotImplementedError(f"{source}: {key}={neutral!r} is the only value "
+                                          "bert4x builds")
+        for key in ("embedding_size", "pad_token_id", "model_type", "ln_type",
+                    "use_relative_position", "max_relative_position", "rotary_value"):
+            if key in values and values[key] is None:
+                del values[key]
         known = set(cls.field_names())
         unknown = sorted(set(values) - known - _INFORMATIONAL_KEYS)
         if unknown:
@@ -158,4 +202,6 @@ class BertConfig:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """The fields as a dict, leaving out family fields that are unset."""
+        return {key: value for key, value in dataclasses.asdict(self).items()
+                if value is not None}

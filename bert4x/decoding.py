@@ -65,11 +65,6 @@ class GenerationResult:
 
 
 # --------------------------------------------------------------------- settings
-# Id 0 is padding to the cached model: its key is masked, so a generated 0 would
-# not mean in the cache what it means in a full run, and the Decoder never emits it.
-_PAD_ID = 0
-
-
 def _is_int(value):
     """An integer, but not a bool (``beam_size=True`` is a mistake, not 1)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -146,22 +141,70 @@ def filter_log_probs(log_probs, temperature=1.0, top_k=None, top_p=None):
     """
     _check_filter(temperature, top_k, top_p)
     scores = np.asarray(log_probs, dtype=np.float64) / temperature
-    order = np.argsort(-scores, axis=-1, kind="stable")
-    ranked = np.take_along_axis(scores, order, axis=-1)
-    keep_ranked = np.isfinite(ranked)
-    if top_k is not None:
-        keep_ranked[:, top_k:] = False
-    ranked = np.where(keep_ranked, ranked, -np.inf)
-    ranked = ranked - _logsumexp(ranked, axis=-1, keepdims=True)
-    if top_p is not None and top_p < 1:
-        probs = np.exp(ranked)
-        mass_before = np.cumsum(probs, axis=-1) - probs
-        keep_ranked &= mass_before < top_p
-        ranked = np.where(keep_ranked, ranked, -np.inf)
-        ranked = ranked - _logsumexp(ranked, axis=-1, keepdims=True)
     filtered = np.full_like(scores, -np.inf)
-    np.put_along_axis(filtered, order, ranked, axis=-1)
+    for row, row_scores in enumerate(scores):
+        ids, kept_log_probs = _filter_row(row_scores, top_k, top_p)
+        filtered[row, ids] = kept_log_probs
     return filtered
+
+
+def _filter_row(scores, top_k, top_p):
+    """The kept ids of one row (in id order) and their renormalised log-probabilities.
+
+    Nothing is argsorted: the kept tokens are those above a threshold score found
+    by partial selection (``np.partition``, linear in the vocabulary), and top-p
+    only sorts the values of a candidate set that grows until it holds the
+    nucleus, so a peaked distribution never pays for sorting the vocabulary.
+    """
+    finite = np.isfinite(scores)
+    count = int(np.count_nonzero(finite))
+    if not count:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    if count < len(scores):
+        scores = np.where(finite, scores, -np.inf)  # NaN would sort as the largest
+    keep = count if top_k is None else min(top_k, count)
+    if top_p is not None and top_p < 1:
+        survivors = scores if keep == count else _largest(scores, keep)
+        log_total = _logsumexp(survivors, axis=-1)
+        keep = _nucleus_size(scores, keep, log_total, top_p)
+    ids = _ids_of_largest(scores, keep)
+    return ids, scores[ids] - _logsumexp(scores[ids], axis=-1)
+
+
+def _largest(scores, count):
+    """The ``count`` largest values of ``scores``, in decreasing order."""
+    if count < len(scores):
+        scores = np.partition(scores, len(scores) - count)[len(scores) - count:]
+    return np.sort(scores)[::-1]
+
+
+def _nucleus_size(scores, keep, log_total, top_p):
+    """How many of the ``keep`` most likely tokens top-p keeps.
+
+    A token stays while the probability ranked before it is below ``top_p``;
+    the candidates grow (64, 1024, ...) until the nucleus ends among them, or
+    straight to all tokens when they hold too little mass to be near it (a flat
+    distribution).
+    """
+    size = min(64, keep)
+    while True:
+        probs = np.exp(_largest(scores, size) - log_total)
+        cumulative = np.cumsum(probs)
+        inside = int(np.count_nonzero(cumulative - probs < top_p))
+        if inside < size or size == keep:
+            return inside
+        size = keep if cumulative[-1] < top_p / 16 else min(size * 16, keep)
+
+
+def _ids_of_largest(scores, count):
+    """The ids of the ``count`` largest scores, in id order (ties: the lower ids)."""
+    if count >= len(scores):
+        return np.arange(len(scores))
+    threshold = np.partition(scores, len(scores) - count)[len(scores) - count]
+    kept = scores > threshold
+    tied = np.flatnonzero(scores == threshold)
+    kept[tied[:count - int(np.count_nonzero(kept))]] = True
+    return np.flatnonzero(kept)
 
 
 def _logsumexp(x, axis, keepdims=False):
@@ -215,7 +258,7 @@ class _StepRules:
             for unit in np.flatnonzero(live):
                 allowed = self._allowed(self.unit_source[unit], prefixes[unit])
                 log_probs[unit, ~allowed] = -np.inf
-        stuck = live & ~np.isfinite(log_probs).any(axis=1)
+        stuck = live & ~(log_probs.max(axis=1) > -np.inf)  # every token ruled out
         if stuck.any():
             unit = int(np.flatnonzero(stuck)[0])
             raise ValueError(
@@ -224,8 +267,9 @@ class _StepRules:
         return log_probs
 
     def _check_scores(self, log_probs, step, prefixes, live):
-        # -inf is a token the model rules out; NaN or +inf is a broken model.
-        broken = live & (np.isnan(log_probs) | (log_probs == np.inf)).any(axis=1)
+        # -inf is a token the model rules out; NaN or +inf is a broken model. A row's
+        # maximum is NaN when the row holds one, so one reduction finds both.
+        broken = live & ~(log_probs.max(axis=1) < np.inf)
         if broken.any():
             unit = int(np.flatnonzero(broken)[0])
             raise ValueError(
@@ -366,7 +410,7 @@ def _ancestral(scorer, num_sources, copies, max_length, min_length, end_id, cons
     for step in range(max_length):
         ruled = rules.apply(log_probs, step, prefixes, live)
         ruled[~live] = 0.0  # finished units keep running; what they pick is ignored
-        tokens = choose(ruled)
+        tokens = choose(ruled, live)
         for unit in np.flatnonzero(live):
             token = int(tokens[unit])
             totals[unit] += log_probs[unit, token]
@@ -383,17 +427,26 @@ def _ancestral(scorer, num_sources, copies, max_length, min_length, end_id, cons
     return [results[i * copies:(i + 1) * copies] for i in range(num_sources)]
 
 
-def _greedy_choice(log_probs):
+def _greedy_choice(log_probs, live):
     return np.argmax(log_probs, axis=1)
 
 
 def _sampling_choice(rng, temperature, top_k, top_p):
-    def choose(log_probs):
-        probs = np.exp(filter_log_probs(log_probs, temperature, top_k, top_p))
-        cumulative = np.cumsum(probs, axis=1)
-        draws = rng.random(len(probs))[:, None] * cumulative[:, -1:]
-        tokens = (cumulative <= draws).sum(axis=1)
-        return np.minimum(tokens, probs.shape[1] - 1)
+    """Draw one token per live row by inverting the filtered CDF (in id order).
+
+    One uniform draw per row, live or not, so that a seed gives the same draws
+    whichever rows are still running; only the kept tokens are ever summed.
+    """
+    def choose(log_probs, live):
+        draws = rng.random(len(log_probs))
+        tokens = np.zeros(len(log_probs), dtype=np.int64)
+        for row in np.flatnonzero(live):
+            ids, kept = _filter_row(np.asarray(log_probs[row], np.float64) / temperature,
+                                    top_k, top_p)
+            cumulative = np.cumsum(np.exp(kept))
+            index = np.count_nonzero(cumulative <= draws[row] * cumulative[-1])
+            tokens[row] = ids[min(index, len(ids) - 1)]
+        return tokens
     return choose
 
 
@@ -405,7 +458,7 @@ def _is_group(item):
             and isinstance(item[0], (list, tuple, np.ndarray)))
 
 
-def _flatten_sources(sources, vocab_size):
+def _flatten_sources(sources, vocab_size, pad_id=0):
     """Flatten sources into members; returns ``(members, owner, group_sizes)``."""
     if isinstance(sources, np.ndarray):
         sources = list(sources)
@@ -422,10 +475,10 @@ def _flatten_sources(sources, vocab_size):
             label = f"source {index}" + (f" member {len(sizes)}" if len(group) > 1 else "")
             if not ids:
                 raise ValueError(f"{label} is empty: a source needs at least one token")
-            bad = [t for t in ids if not 0 < t < vocab_size]
+            bad = [t for t in ids if not 0 <= t < vocab_size or t == pad_id]
             if bad:
-                raise ValueError(f"{label} has ids outside 1..{vocab_size - 1} "
-                                 f"(0 is padding): {bad[:10]}")
+                raise ValueError(f"{label} has ids outside 0..{vocab_size - 1} or equal "
+                                 f"to the padding id {pad_id}: {bad[:10]}")
             members.append(ids)
             owner.append(index)
         sizes.append(len(group))
@@ -590,7 +643,7 @@ class _CachedScorer:
     """Scorer over the cache models: prefill once, then one token per step."""
 
     def __init__(self, compiled, members, owner, group_sizes, copies, max_length,
-                 target_segment_id, extras, vocab_size, negative=None):
+                 target_segment_id, extras, vocab_size, negative=None, pad_id=0):
         self.compiled = compiled
         self.group_sizes = group_sizes
         self.copies = copies
@@ -606,7 +659,7 @@ class _CachedScorer:
                              for ours, theirs in zip(member_extras, negative.extras)]
         count = len(members)
         self.source_length = max(len(m) for m in members)
-        self.token_ids = np.zeros((count, self.source_length), dtype=np.int32)
+        self.token_ids = np.full((count, self.source_length), pad_id, dtype=np.int32)
         for row, ids in enumerate(members):
             self.token_ids[row, :len(ids)] = ids
         self.lengths = np.asarray([len(m) for m in members], dtype=np.int32)
@@ -619,14 +672,16 @@ class _CachedScorer:
         self.new_slots = max(max_length - 1, 0)
         self.slots = self.source_length + self.new_slots
         self.key_mask = np.zeros((self.rows, self.slots), dtype=np.float32)
-        self.key_mask[:, :self.source_length] = np.repeat(self.token_ids != 0, copies, axis=0)
+        self.key_mask[:, :self.source_length] = np.repeat(self.token_ids != pad_id, copies, axis=0)
         self.row_positions = np.repeat(self.lengths, copies)
         self.segment = np.full((self.rows, 1), target_segment_id, dtype=np.int32)
         self.row_extras = [np.take(extra, self.member_of_row, axis=0)
                            for extra in self.member_extras]
         self.step = 0
         self.cache = None
-        self.banned_ids = (_PAD_ID,)
+        # The padding id is masked as a key in a full run, so a generated one
+        # would not mean what it means in the cache: never emit it.
+        self.banned_ids = (pad_id,)
         self.step_function = compiled.step_function()
 
     def first(self):
@@ -719,11 +774,13 @@ class Decoder:
                              "(build_transformer_model(..., return_keras_model=False))")
         self.builder = builder
         self.vocab_size = builder.config.vocab_size
-        self.max_positions = builder.config.max_position_embeddings
+        self.max_positions = getattr(builder, "max_positions",
+                                     builder.config.max_position_embeddings)
+        self.pad_id = builder.config.pad_token_id
         self.end_id = _check_end_id(end_id, self.vocab_size)
-        if self.end_id == _PAD_ID:
+        if self.end_id == self.pad_id:
             raise ValueError(
-                f"end_id {_PAD_ID} is the padding id, which the decoder never generates, "
+                f"end_id {self.pad_id} is the padding id, which the decoder never generates, "
                 "so no sequence would end; pass the end token's id (e.g. "
                 "tokenizer.token_to_id('[SEP]'))")
         _check_lengths(max_length, min_length)
@@ -731,6 +788,8 @@ class Decoder:
         if target_segment_id is None:
             target_segment_id = 1 if builder.application == "unilm" else 0
         segments = builder.config.type_vocab_size
+        if segments == 1:  # one token type (RoBERTa): segment ids drive the UniLM mask only
+            segments = 2
         if not _is_int(target_segment_id) or not 0 <= target_segment_id < segments:
             raise ValueError(f"target_segment_id must be a segment id of the model "
                              f"(0..{segments - 1}, type_vocab_size {segments}), "
@@ -749,7 +808,7 @@ class Decoder:
     def _scorer(self, sources, copies, max_length, min_length, additional_inputs,
                 guidance=None):
         _check_lengths(max_length, min_length)
-        members, owner, sizes = _flatten_sources(sources, self.vocab_size)
+        members, owner, sizes = _flatten_sources(sources, self.vocab_size, self.pad_id)
         extras = self._extras(additional_inputs, len(sizes))
         negative = self._negative(guidance or {}, sources, additional_inputs, len(sizes))
         longest = max(len(m) for m in members + (negative.members if negative else []))
@@ -762,7 +821,8 @@ class Decoder:
                 f"position table has {self.max_positions} (max_position_embeddings)")
         compiled = _compiled_models(self.builder, self.jit_compile)
         scorer = _CachedScorer(compiled, members, owner, sizes, copies, max_length,
-                               self.target_segment_id, extras, self.vocab_size, negative)
+                               self.target_segment_id, extras, self.vocab_size, negative,
+                               pad_id=self.pad_id)
         return scorer, len(sizes)
 
     def _negative(self, guidance, sources, additional_inputs, num_sources):
@@ -783,7 +843,8 @@ class Decoder:
             negative_sources = sources
         if negative_inputs is None:
             negative_inputs = additional_inputs
-        members, owner, sizes = _flatten_sources(negative_sources, self.vocab_size)
+        members, owner, sizes = _flatten_sources(negative_sources, self.vocab_size,
+                                                 self.pad_id)
         if len(sizes) != num_sources:
             raise ValueError(f"negative_sources has {len(sizes)} sources; expected one per "
                              f"source ({num_sources})")

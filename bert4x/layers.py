@@ -634,7 +634,8 @@ class FeedForward(keras.layers.Layer):
 class AttentionBias(keras.layers.Layer):
     """Additive attention bias ``[batch, 1, query, key]`` from token and segment ids.
 
-    Key padding comes from token id 0. ``application`` picks the pattern:
+    Keys holding ``pad_id`` (0 for BERT, 1 for fairseq RoBERTa) are masked.
+    ``application`` picks the pattern:
 
     * ``"encoder"``: every position sees every non-padding key;
     * ``"lm"``: position i sees keys j <= i;
@@ -644,15 +645,16 @@ class AttentionBias(keras.layers.Layer):
 
     APPLICATIONS = ("encoder", "lm", "unilm")
 
-    def __init__(self, application="encoder", **kwargs):
+    def __init__(self, application="encoder", pad_id=0, **kwargs):
         super().__init__(**kwargs)
         if application not in self.APPLICATIONS:
             raise ValueError(
                 f"unknown application {application!r}; expected one of {self.APPLICATIONS}")
         self.application = application
+        self.pad_id = int(pad_id)
 
     def call(self, token_ids, segment_ids=None):
-        allowed = attention_mask(token_ids, segment_ids, self.application)
+        allowed = attention_mask(token_ids, segment_ids, self.application, self.pad_id)
         return ops.where(allowed, 0.0, _MASK_PENALTY)[:, None, :, :]
 
     def compute_output_spec(self, token_ids, segment_ids=None):
@@ -661,13 +663,13 @@ class AttentionBias(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(application=self.application)
+        config.update(application=self.application, pad_id=self.pad_id)
         return config
 
 
-def attention_mask(token_ids, segment_ids=None, application="encoder"):
+def attention_mask(token_ids, segment_ids=None, application="encoder", pad_id=0):
     """Boolean mask ``[batch, query, key]`` (True = may attend); see :class:`AttentionBias`."""
-    key_valid = ops.not_equal(token_ids, 0)[:, None, :]
+    key_valid = ops.not_equal(token_ids, pad_id)[:, None, :]
     length = ops.shape(token_ids)[1]
     if application == "encoder":
         return ops.broadcast_to(key_valid, (ops.shape(token_ids)[0], length, length))
@@ -680,6 +682,49 @@ def attention_mask(token_ids, segment_ids=None, application="encoder"):
     cumulative = ops.cumsum(ops.cast(segment_ids, "int32"), axis=1)
     seq2seq = cumulative[:, None, :] <= cumulative[:, :, None]
     return ops.logical_and(seq2seq, key_valid)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TiedProjection(keras.layers.Layer):
+    """A bias-free projection ``x . W`` whose transpose also maps back: ``z . W^T``.
+
+    brightmart's albert_zh projects its narrow token embeddings to the hidden
+    size with such a matrix (``word_embeddings_2``) and ties the MLM output
+    through its transpose.
+
+    Args:
+        units: output width of the forward direction.
+        kernel_initializer: initializer of ``W``.
+
+    Example:
+        >>> projection = TiedProjection(8)
+        >>> wide = projection(ops.ones((2, 5, 4)))
+        >>> projection(wide, reverse=True).shape
+        (2, 5, 4)
+    """
+
+    def __init__(self, units, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
+                                      initializer=self.kernel_initializer)
+
+    def call(self, inputs, reverse=False):
+        kernel = ops.cast(self.kernel, self.compute_dtype)
+        return ops.matmul(inputs, ops.transpose(kernel) if reverse else kernel)
+
+    def compute_output_spec(self, inputs, reverse=False):
+        width = self.kernel.shape[0] if reverse else self.units
+        return keras.KerasTensor(tuple(inputs.shape[:-1]) + (width,), self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, kernel_initializer=keras.initializers.serialize(
+            self.kernel_initializer))
+        return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -723,7 +768,9 @@ class ReusedLayer(keras.layers.Layer):
     """
 
     def __init__(self, layer, **call_kwargs):
-        super().__init__(name=f"{layer.name}-{'-'.join(sorted(call_kwargs))}",
+        name = f"{layer.name}-{'-'.join(sorted(call_kwargs))}"
+        uses = keras.backend.get_uid(name)  # a shared (ALBERT) layer is reused per layer
+        super().__init__(name=name if uses == 1 else f"{name}-{uses}",
                          dtype=layer.dtype_policy)
         self.layer = layer
         self.call_kwargs = call_kwargs

@@ -4,7 +4,8 @@ Position ``i`` of a generator predicts token ``i + 1``, so the loss compares the
 output at ``i`` with the token at ``i + 1`` and counts only the positions whose
 *next* token is a target: segment 1 for UniLM (the source is given, not
 predicted), every non-padding token after the first for a left-to-right LM.
-Padding (token id 0) never counts.
+Padding (token id 0, or the model's ``config.pad_token_id``: 1 for fairseq
+RoBERTa) never counts.
 """
 
 import keras
@@ -19,7 +20,7 @@ def _check_application(application):
                          f"supports {APPLICATIONS}")
 
 
-def generation_loss_weights(token_ids, segment_ids, application="unilm"):
+def generation_loss_weights(token_ids, segment_ids, application="unilm", pad_id=0):
     """Which output positions the generation loss counts, shifted by one.
 
     Args:
@@ -27,6 +28,7 @@ def generation_loss_weights(token_ids, segment_ids, application="unilm"):
         segment_ids: ``[batch, length]`` segment ids (1 marks UniLM targets;
             ignored for ``"lm"``).
         application: ``"unilm"`` or ``"lm"``.
+        pad_id: the padding id (``builder.config.pad_token_id``).
 
     Returns:
         A float32 ``[batch, length - 1]`` tensor: entry ``i`` is 1 when the output
@@ -38,7 +40,7 @@ def generation_loss_weights(token_ids, segment_ids, application="unilm"):
     """
     _check_application(application)
     next_tokens = ops.convert_to_tensor(token_ids)[:, 1:]
-    weights = ops.not_equal(next_tokens, 0)
+    weights = ops.not_equal(next_tokens, pad_id)
     if application == "unilm":
         next_segments = ops.convert_to_tensor(segment_ids)[:, 1:]
         weights = ops.logical_and(weights, ops.equal(next_segments, 1))
@@ -46,7 +48,7 @@ def generation_loss_weights(token_ids, segment_ids, application="unilm"):
 
 
 def generation_loss(token_ids, segment_ids, outputs, application="unilm",
-                    from_logits=False):
+                    from_logits=False, pad_id=0):
     """Mean cross-entropy of a generator over its target tokens.
 
     Args:
@@ -56,6 +58,7 @@ def generation_loss(token_ids, segment_ids, outputs, application="unilm",
             default MLM head) or logits (``with_mlm='linear'``).
         application: ``"unilm"`` (loss on segment 1) or ``"lm"`` (all tokens).
         from_logits: whether ``outputs`` are logits.
+        pad_id: the padding id (``builder.config.pad_token_id``).
 
     Returns:
         A scalar: the summed cross-entropy of the counted positions divided by
@@ -65,7 +68,7 @@ def generation_loss(token_ids, segment_ids, outputs, application="unilm",
         >>> probs = model([token_ids, segment_ids])  # doctest: +SKIP
         >>> loss = generation_loss(token_ids, segment_ids, probs)
     """
-    weights = generation_loss_weights(token_ids, segment_ids, application)
+    weights = generation_loss_weights(token_ids, segment_ids, application, pad_id)
     per_token = _token_cross_entropy(token_ids, outputs, from_logits)
     return ops.sum(per_token * weights) / ops.maximum(ops.sum(weights), 1.0)
 
@@ -105,6 +108,7 @@ class GenerationLoss(keras.losses.Loss):
     Args:
         application: ``"unilm"`` or ``"lm"``.
         from_logits: whether the model outputs logits (``with_mlm='linear'``).
+        pad_id: the padding id (``builder.config.pad_token_id``).
 
     Example:
         >>> model = build_transformer_model(config_path, checkpoint_path,  # doctest: +SKIP
@@ -113,17 +117,19 @@ class GenerationLoss(keras.losses.Loss):
         >>> model.fit([token_ids, segment_ids], generation_targets(token_ids, segment_ids))
     """
 
-    def __init__(self, application="unilm", from_logits=False, name="generation_loss",
-                 **kwargs):
+    def __init__(self, application="unilm", from_logits=False, pad_id=0,
+                 name="generation_loss", **kwargs):
         _check_application(application)
         super().__init__(name=name, **kwargs)
         self.application = application
         self.from_logits = bool(from_logits)
+        self.pad_id = int(pad_id)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "int32")
         token_ids, segment_ids = y_true[..., 0], y_true[..., 1]
-        weights = generation_loss_weights(token_ids, segment_ids, self.application)
+        weights = generation_loss_weights(token_ids, segment_ids, self.application,
+                                          self.pad_id)
         per_token = _token_cross_entropy(token_ids, y_pred, self.from_logits)
         # Keras averages what ``call`` returns over all its entries; scaling by
         # the mean weight turns that average into the mean over target tokens.
@@ -132,5 +138,6 @@ class GenerationLoss(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(application=self.application, from_logits=self.from_logits)
+        config.update(application=self.application, from_logits=self.from_logits,
+                      pad_id=self.pad_id)
         return config

@@ -1,12 +1,32 @@
-"""Build BERT-family models: ``build_transformer_model`` and the :class:`BERT` builder.
+"""Build Transformer models of the BERT family: ``build_transformer_model`` and the core.
 
-The Transformer block is written once (:meth:`BERT.block`) and used by three
-graphs that share the same layers, hence the same weights:
+:class:`Transformer` is the one core every family uses. Embeddings, the
+post-norm block, the heads and three graphs are written once and share the same
+layers, hence the same weights:
 
-* the Keras model users train and save (``BERT.model``);
+* the Keras model users train and save (``builder.model``);
 * the prefill model of incremental decoding (runs a source once and returns the
-  next-token logits and every layer's keys and values);
+  next-token logits and the keys and values of every layer application);
 * the step model (runs one new token against the cached keys and values).
+
+A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`) is a small subclass that declares
+what differs:
+
+* the config fields it honours (:meth:`Transformer.check_config` refuses the others);
+* how it embeds: ``factorised`` (embeddings of width ``embedding_size`` then an
+  ``Embedding-Mapping`` Dense to ``hidden_size``), ``absolute_positions`` (a
+  learned position table or none) and :meth:`Transformer.position_ids`;
+* how attention sees positions: :meth:`Transformer.position_encoding` returns None
+  or a ``bert4x.layers.PositionEncoding`` given to every ``MultiHeadAttention``.
+  The core then passes the absolute ``query_positions`` of the new token (and
+  ``key_positions`` of every cache slot, ``cumsum(key_mask) - 1``) to attention in
+  the step graph; in the training and prefill graphs positions are ``0..L-1`` and
+  attention derives them itself;
+* whether layers are shared: :meth:`Transformer.layer_blocks` lists the blocks
+  (weight sets) each layer runs, so ALBERT runs one block many times;
+* its heads (``heads``) and its official checkpoint names (:meth:`variable_map`,
+  :meth:`hugging_face_names`).
 """
 
 import warnings
@@ -19,24 +39,36 @@ from bert4x import checkpoints, storage
 from bert4x.configs import BertConfig
 from bert4x.layers import (AttentionBias, BiasAdd, Dropout, FeedForward, FirstToken,
                            LayerNormalization, MultiHeadAttention, PositionEmbedding,
-                           ReusedLayer, ReversibleEmbedding, get_activation)
+                           RelativePositionEncoding, ReusedLayer, ReversibleEmbedding,
+                           RotaryPositionEncoding, TiedProjection, get_activation)
 
 _MASK_PENALTY = -1e9
 
+# Official names of a BERT block's weights under its prefix (``bert/encoder/layer_i/``).
+BERT_BLOCK_NAMES = dict(
+    query="attention/self/query", key="attention/self/key", value="attention/self/value",
+    attention_output="attention/output/dense", attention_norm="attention/output/LayerNorm",
+    intermediate="intermediate/dense", output="output/dense",
+    feed_forward_norm="output/LayerNorm")
 
-class BERT:
-    """Builder of a BERT model and of its incremental-decoding graphs.
 
-    Layer names follow bert4keras (``Embedding-Token``, ``Transformer-3-FeedForward``,
-    ``MLM-Norm``, ...), so intermediate outputs are one ``model.get_layer`` away.
+class Transformer:
+    """The Transformer core: a builder of a model and of its incremental-decoding graphs.
+
+    Subclasses are the families; this class holds everything they share (see the
+    module docstring for what a family declares). Layer names follow bert4keras
+    (``Embedding-Token``, ``Transformer-3-FeedForward``, ``MLM-Norm``, ...), so
+    intermediate outputs are one ``model.get_layer`` away.
 
     Args:
         config: a :class:`BertConfig`.
         application: ``"encoder"``, ``"lm"`` (left to right) or ``"unilm"`` (seq2seq).
         with_pool: add the pooler output (tanh Dense on ``[CLS]``).
-        with_nsp: add next-sentence probabilities (implies the pooler);
-            ``"linear"`` for logits.
+        with_nsp: add next-sentence (ALBERT: sentence-order) probabilities
+            (implies the pooler); ``"linear"`` for logits.
         with_mlm: ``True`` for MLM probabilities, ``"linear"`` for logits.
+        with_discriminator: ELECTRA: replaced-token probabilities; ``"linear"``
+            for logits.
         keep_tokens: ids of the vocabulary rows to keep (a trimmed vocabulary).
         layer_norm_cond: a Keras tensor ``[batch, c]`` computed from
             ``additional_input_layers``; makes every LayerNorm conditional.
@@ -47,23 +79,63 @@ class BERT:
             (one tensor or a list); they become model inputs after token and
             segment ids.
         dtype: a dtype policy for every layer (e.g. ``"mixed_bfloat16"``).
-        name: name of the Keras model.
+        name: name of the Keras model (default: the family's name).
+
+    Example:
+        >>> config = BertConfig(vocab_size=100, embedding_size=16, hidden_size=32,
+        ...                     num_hidden_layers=2, num_attention_heads=2,
+        ...                     intermediate_size=48)
+        >>> builder = ALBERT(config, with_mlm=True)
+        >>> builder.schedule  # both layers run the one shared block
+        [0, 0]
+        >>> prefill_model, step_model = ALBERT(config, application="unilm").cache_models()
     """
 
+    #: The ``model=`` name of the family.
+    family = None
+    #: Hugging Face ``model_type`` values whose configs this family builds.
+    model_types = ()
+    #: Heads the family has: among "pool", "nsp", "mlm", "discriminator".
+    heads = ("pool", "nsp", "mlm")
+    #: Embeddings of width ``embedding_size`` mapped to ``hidden_size``.
+    factorised = False
+    #: A learned absolute position table in the embeddings.
+    absolute_positions = True
+    #: The only ``position_embedding_type`` the family builds.
+    position_embedding_type = "absolute"
+    #: Whether layers share weights (ALBERT); ``False`` refuses ALBERT's group fields.
+    shared_layers = False
+    #: Official name prefix of the embeddings and encoder (``bert/embeddings/...``).
+    prefix = "bert"
+    #: Official names of a block's weights, relative to :meth:`block_name_prefix`.
+    block_names = BERT_BLOCK_NAMES
+    #: ``(pattern, replacement)`` rewrites of official names before the generic
+    #: Hugging Face rule (``/`` to ``.``, kernels transposed to ``weight``).
+    hf_renames = ()
+    #: Official names whose Hugging Face names the generic rule does not give
+    #: (None: BERT's output bias and NSP names).
+    hf_special = None
+
     def __init__(self, config, application="encoder", with_pool=False, with_nsp=False,
-                 with_mlm=False, keep_tokens=None, layer_norm_cond=None,
-                 layer_norm_cond_hidden_size=None, layer_norm_cond_hidden_act=None,
-                 additional_input_layers=None, dtype=None, name="bert"):
+                 with_mlm=False, with_discriminator=False, keep_tokens=None,
+                 layer_norm_cond=None, layer_norm_cond_hidden_size=None,
+                 layer_norm_cond_hidden_act=None, additional_input_layers=None, dtype=None,
+                 name=None):
         if application not in AttentionBias.APPLICATIONS:
             raise ValueError(f"unknown application {application!r}; expected one of "
                              f"{AttentionBias.APPLICATIONS}")
+        self.check_config(config)
         if keep_tokens is not None:
             keep_tokens = [int(token) for token in keep_tokens]
             out_of_range = [t for t in keep_tokens if not 0 <= t < config.vocab_size]
             if out_of_range:
                 raise ValueError(f"keep_tokens has ids outside the vocabulary of "
                                  f"{config.vocab_size}: {out_of_range[:10]}")
-            config = config.replace(vocab_size=len(keep_tokens))
+            if config.pad_token_id not in keep_tokens:
+                raise ValueError(f"keep_tokens must keep the padding id "
+                                 f"{config.pad_token_id}")
+            config = config.replace(vocab_size=len(keep_tokens),
+                                    pad_token_id=keep_tokens.index(config.pad_token_id))
         if additional_input_layers is None:
             additional_input_layers = []
         elif not isinstance(additional_input_layers, (list, tuple)):
@@ -73,12 +145,15 @@ class BERT:
                              "(pass the keras.Input tensors it depends on)")
         self.config = config
         self.application = application
-        if with_nsp not in (False, True, "linear", None):
-            raise ValueError(f"with_nsp must be True, False or 'linear', got {with_nsp!r}")
+        for flag, value in (("with_nsp", with_nsp), ("with_discriminator", with_discriminator)):
+            if value not in (False, True, "linear", None):
+                raise ValueError(f"{flag} must be True, False or 'linear', got {value!r}")
         self.with_nsp = with_nsp or False
         self.with_pool = bool(with_pool)
         # Generators need the MLM head: lm/unilm switch it on.
         self.with_mlm = with_mlm or application in ("lm", "unilm")
+        self.with_discriminator = with_discriminator or False
+        self._check_heads()
         self.keep_tokens = keep_tokens
         self.additional_inputs = list(additional_input_layers)
         self.conditional = layer_norm_cond is not None
@@ -89,10 +164,101 @@ class BERT:
         self.cond_hidden_size = layer_norm_cond_hidden_size
         self.cond_hidden_act = layer_norm_cond_hidden_act
         self.dtype = dtype
-        self.name = name
+        self.name = name or self.family
+        self.schedule = [index for layer in range(config.num_hidden_layers)
+                         for index in self.layer_blocks(layer)]
         self._create_layers()
         self.model = self._build_model()
         self._cache_models = None
+
+    # ------------------------------------------------------ family declaration
+    @classmethod
+    def check_config(cls, config):
+        """Refuse config values that would change the architecture of this family.
+
+        Raises:
+            ValueError: a field this family does not honour has a value other
+                than its neutral one, or ``model_type`` names another family.
+        """
+        if config.model_type is not None and config.model_type not in cls.model_types:
+            raise ValueError(
+                f"the config's model_type {config.model_type!r} is not a {cls.family!r} "
+                f"model; pass model={_family_of(config.model_type)!r}")
+        if not cls.factorised and config.embedding_size not in (None, config.hidden_size):
+            raise ValueError(
+                f"embedding_size {config.embedding_size} != hidden_size "
+                f"{config.hidden_size} needs a factorised embedding: model='albert' or "
+                f"'electra', not {cls.family!r}")
+        if cls.shared_layers is False and (config.num_hidden_groups, config.inner_group_num) \
+                != (1, 1):
+            raise ValueError(f"num_hidden_groups/inner_group_num (ALBERT's shared layers) "
+                             f"are not 1: pass model='albert', not {cls.family!r}")
+        if config.ln_type is not None and cls.family != "albert":
+            raise ValueError(f"ln_type {config.ln_type!r} is a field of brightmart's "
+                             f"albert_zh: pass model='albert', not {cls.family!r}")
+        if config.use_relative_position and cls.family != "nezha":
+            raise ValueError(f"use_relative_position (NEZHA's relative positions) is set: "
+                             f"pass model='nezha', not {cls.family!r}")
+        if config.rotary_value and cls.family != "roformer":
+            raise ValueError(f"rotary_value is a field of RoFormer: pass model='roformer', "
+                             f"not {cls.family!r}")
+        if config.position_embedding_type != cls.position_embedding_type:
+            raise NotImplementedError(
+                f"position_embedding_type={config.position_embedding_type!r} is not "
+                f"supported by {cls.family!r} (it uses "
+                f"{cls.position_embedding_type!r})")
+
+    def layer_blocks(self, layer):
+        """The blocks (indices into ``self.blocks``) that layer ``layer`` runs in order."""
+        return [layer]
+
+    @property
+    def num_blocks(self):
+        return self.config.num_hidden_layers
+
+    def block_layer_prefix(self, index):
+        """Keras name prefix of block ``index``'s layers."""
+        return f"Transformer-{index}-"
+
+    def block_name_prefix(self, index):
+        """Official name prefix of block ``index``'s weights."""
+        return f"{self.prefix}/encoder/layer_{index}/"
+
+    def position_encoding(self):
+        """None, or the ``PositionEncoding`` every attention layer applies."""
+        return None
+
+    def position_ids(self, token_ids, positions=None):
+        """Ids into the position table for ``token_ids``, or None for ``0..L-1``.
+
+        Args:
+            token_ids: ``[batch, L]`` ids.
+            positions: None in the full graphs; in a decoding step the absolute
+                (0-based) position of each new token, ``[batch, 1]``.
+        """
+        return positions
+
+    @property
+    def max_positions(self):
+        """How many positions a sequence (source plus generated tokens) may use."""
+        return self.config.max_position_embeddings
+
+    def mlm_hidden_act(self):
+        """Activation of the MLM head's dense layer."""
+        return self.config.hidden_act
+
+    def mlm_width(self):
+        """Width of the MLM head's transform (the tied embeddings' width)."""
+        return self.config.embedding_width
+
+    def _check_heads(self):
+        requested = dict(pool=self.with_pool, nsp=self.with_nsp, mlm=self.with_mlm,
+                         discriminator=self.with_discriminator)
+        missing = [head for head, value in requested.items()
+                   if value and head not in self.heads]
+        if missing:
+            raise ValueError(f"model {self.family!r} has no {missing} head; its heads: "
+                             f"{list(self.heads)}")
 
     # ----------------------------------------------------------------- layers
     def _initializer(self):
@@ -102,70 +268,103 @@ class BERT:
         return LayerNormalization(self.config.layer_norm_eps, conditional=self.conditional,
                                   name=name, dtype=self.dtype)
 
+    def _dense(self, units, name, activation=None, **kwargs):
+        return keras.layers.Dense(units, activation=get_activation(activation),
+                                  kernel_initializer=self._initializer(), name=name,
+                                  dtype=kwargs.pop("dtype", self.dtype), **kwargs)
+
     def _create_layers(self):
-        c = self.config
-        init = self._initializer
-        kw = dict(dtype=self.dtype)
-        self.token_embedding = ReversibleEmbedding(
-            c.vocab_size, c.hidden_size, embeddings_initializer=init(),
-            name="Embedding-Token", **kw)
-        self.segment_embedding = keras.layers.Embedding(
-            c.type_vocab_size, c.hidden_size, embeddings_initializer=init(),
-            name="Embedding-Segment", **kw)
-        self.position_embedding = PositionEmbedding(
-            c.max_position_embeddings, c.hidden_size, embeddings_initializer=init(),
-            name="Embedding-Position", **kw)
-        self.embedding_add = keras.layers.Add(name="Embedding-Add", **kw)
-        self.embedding_norm = self._norm("Embedding-Norm")
-        self.embedding_dropout = Dropout(
-            c.hidden_dropout_prob, name="Embedding-Dropout", **kw)
-        self.attention_bias = AttentionBias(self.application, name="Attention-Bias")
+        self._create_embeddings()
+        self.attention_bias = AttentionBias(self.application, pad_id=self.config.pad_token_id,
+                                            name="Attention-Bias")
         self.cond_dense = None
         if self.conditional and self.cond_hidden_size:
-            self.cond_dense = keras.layers.Dense(
-                self.cond_hidden_size, activation=get_activation(self.cond_hidden_act),
-                use_bias=False, kernel_initializer=init(), name="LayerNorm-Condition", **kw)
-        self.blocks = []
-        for i in range(c.num_hidden_layers):
-            prefix = f"Transformer-{i}-"
-            self.blocks.append(dict(
-                attention=MultiHeadAttention(
-                    c.num_attention_heads, c.head_size, c.attention_probs_dropout_prob,
-                    kernel_initializer=init(), name=prefix + "MultiHeadSelfAttention", **kw),
-                attention_dropout=Dropout(
-                    c.hidden_dropout_prob, name=prefix + "MultiHeadSelfAttention-Dropout",
-                    **kw),
-                attention_add=keras.layers.Add(name=prefix + "MultiHeadSelfAttention-Add",
-                                               **kw),
-                attention_norm=self._norm(prefix + "MultiHeadSelfAttention-Norm"),
-                feed_forward=FeedForward(
-                    c.intermediate_size, c.hidden_act, kernel_initializer=init(),
-                    name=prefix + "FeedForward", **kw),
-                feed_forward_dropout=Dropout(
-                    c.hidden_dropout_prob, name=prefix + "FeedForward-Dropout", **kw),
-                feed_forward_add=keras.layers.Add(name=prefix + "FeedForward-Add", **kw),
-                feed_forward_norm=self._norm(prefix + "FeedForward-Norm"),
-            ))
+            self.cond_dense = self._dense(self.cond_hidden_size, "LayerNorm-Condition",
+                                          self.cond_hidden_act, use_bias=False)
+        self.blocks = [self._create_block(self.block_layer_prefix(index))
+                       for index in range(self.num_blocks)]
+        self._create_heads()
+
+    def _create_embeddings(self):
+        c, init, kw = self.config, self._initializer, dict(dtype=self.dtype)
+        width = self.embedding_layers_width()
+        self.token_embedding = ReversibleEmbedding(
+            c.vocab_size, c.embedding_width, embeddings_initializer=init(),
+            name="Embedding-Token", **kw)
+        self.token_projection = self._token_projection()
+        self.segment_embedding = keras.layers.Embedding(
+            c.type_vocab_size, width, embeddings_initializer=init(),
+            name="Embedding-Segment", **kw)
+        self.position_embedding = None
+        if self.absolute_positions:
+            self.position_embedding = PositionEmbedding(
+                c.max_position_embeddings, width, embeddings_initializer=init(),
+                name="Embedding-Position", **kw)
+        self.embedding_add = keras.layers.Add(name="Embedding-Add", **kw)
+        self.embedding_norm = self._norm("Embedding-Norm")
+        self.embedding_dropout = Dropout(c.hidden_dropout_prob, name="Embedding-Dropout", **kw)
+        self.embedding_mapping = None
+        if self.factorised and self.needs_embedding_mapping():
+            self.embedding_mapping = self._dense(c.hidden_size, "Embedding-Mapping")
+
+    def embedding_layers_width(self):
+        """Width of the segment and position tables and of the embedding norm."""
+        return self.config.embedding_width
+
+    def _token_projection(self):
+        """A layer applied to the token embeddings before the sum, or None."""
+        return None
+
+    def needs_embedding_mapping(self):
+        """Whether a factorised family maps the embeddings to ``hidden_size``."""
+        return self.config.embedding_width != self.config.hidden_size
+
+    def _create_block(self, prefix):
+        c, init, kw = self.config, self._initializer, dict(dtype=self.dtype)
+        encoding = self.position_encoding()
+        attention_kw = {} if encoding is None else dict(position_encoding=encoding)
+        return dict(
+            attention=MultiHeadAttention(
+                c.num_attention_heads, c.head_size, c.attention_probs_dropout_prob,
+                kernel_initializer=init(), name=prefix + "MultiHeadSelfAttention",
+                **attention_kw, **kw),
+            attention_dropout=Dropout(
+                c.hidden_dropout_prob, name=prefix + "MultiHeadSelfAttention-Dropout", **kw),
+            attention_add=keras.layers.Add(name=prefix + "MultiHeadSelfAttention-Add", **kw),
+            attention_norm=self._norm(prefix + "MultiHeadSelfAttention-Norm"),
+            feed_forward=FeedForward(c.intermediate_size, c.hidden_act,
+                                     kernel_initializer=init(), name=prefix + "FeedForward",
+                                     **kw),
+            feed_forward_dropout=Dropout(
+                c.hidden_dropout_prob, name=prefix + "FeedForward-Dropout", **kw),
+            feed_forward_add=keras.layers.Add(name=prefix + "FeedForward-Add", **kw),
+            feed_forward_norm=self._norm(prefix + "FeedForward-Norm"),
+        )
+
+    def _create_heads(self):
+        c = self.config
         self.pooler = self.pooler_dense = self.nsp_dense = None
         if self.with_pool or self.with_nsp:
             self.pooler = FirstToken(name="Pooler")
-            self.pooler_dense = keras.layers.Dense(
-                c.hidden_size, activation="tanh", kernel_initializer=init(),
-                name="Pooler-Dense", **kw)
+            self.pooler_dense = self._dense(c.hidden_size, "Pooler-Dense", "tanh")
         if self.with_nsp:
-            self.nsp_dense = keras.layers.Dense(
-                2, activation=None if self.with_nsp == "linear" else "softmax",
-                kernel_initializer=init(), name="NSP-Proba",
+            self.nsp_dense = self._dense(
+                2, "NSP-Proba", None if self.with_nsp == "linear" else "softmax",
                 dtype="float32")
         self.mlm_dense = self.mlm_norm = self.mlm_bias = None
         if self.with_mlm:
-            self.mlm_dense = keras.layers.Dense(
-                c.hidden_size, activation=get_activation(c.hidden_act),
-                kernel_initializer=init(), name="MLM-Dense", **kw)
+            self.mlm_dense = self._dense(self.mlm_width(), "MLM-Dense", self.mlm_hidden_act())
             self.mlm_norm = self._norm("MLM-Norm")
             self.mlm_bias = BiasAdd(name="MLM-Bias", dtype="float32")
             self.mlm_activation = keras.layers.Activation(
                 "softmax", name="MLM-Activation", dtype="float32")
+        self.discriminator_dense = self.discriminator_output = None
+        if self.with_discriminator:
+            self.discriminator_dense = self._dense(c.hidden_size, "Discriminator-Dense",
+                                                   c.hidden_act)
+            self.discriminator_output = self._dense(
+                1, "Discriminator-Prediction",
+                None if self.with_discriminator == "linear" else "sigmoid", dtype="float32")
 
     # ------------------------------------------------------------------ graph
     def _inputs(self, length=None, prefix="Input"):
@@ -180,28 +379,48 @@ class BERT:
 
     def embed(self, token_ids, segment_ids, position_ids=None, condition=None,
               training=None):
-        """Token + segment + position embeddings, then (conditional) LayerNorm and dropout."""
+        """Token + segment (+ position) embeddings, (conditional) LayerNorm, dropout
+        and, for factorised families, the mapping to ``hidden_size``.
+
+        Args:
+            position_ids: None in the full graphs; the absolute position of each
+                token in a decoding step.
+        """
         x = self.token_embedding(token_ids)
-        s = self.segment_embedding(segment_ids)
-        p = self.position_embedding(x, position_ids=position_ids)
-        x = self.embedding_add([x, s, p])
+        if self.token_projection is not None:
+            x = self.token_projection(x)
+        if self.config.type_vocab_size == 1:
+            # One token type (RoBERTa): segment ids may drive the UniLM mask only.
+            segment_ids = ops.zeros_like(segment_ids)
+        parts = [x, self.segment_embedding(segment_ids)]
+        if self.position_embedding is not None:
+            parts.append(self.position_embedding(
+                x, position_ids=self.position_ids(token_ids, position_ids)))
+        x = self.embedding_add(parts)
         x = self.embedding_norm(x, condition=condition)
-        return self.embedding_dropout(x, training=training)
+        x = self.embedding_dropout(x, training=training)
+        if self.embedding_mapping is not None:
+            x = self.embedding_mapping(x)
+        return x
 
     def block(self, index, x, attention_bias, condition=None, cache=None, write_mask=None,
-              return_cache=False, training=None):
-        """One post-norm Transformer layer; returns ``x`` or ``(x, cache)``."""
+              return_cache=False, query_positions=None, key_positions=None, training=None):
+        """Post-norm Transformer block ``index`` (of ``self.blocks``); returns ``x`` or
+        ``(x, cache)``."""
         layers = self.blocks[index]
+        attention, kwargs = layers["attention"], {}
+        if query_positions is not None:
+            kwargs.update(query_positions=query_positions, key_positions=key_positions)
         new_cache = None
         if cache is not None:
-            attended, new_cache = ReusedLayer(layers["attention"])(
-                x, attention_bias=attention_bias, cache=cache, write_mask=write_mask)
+            attended, new_cache = ReusedLayer(attention)(
+                x, attention_bias=attention_bias, cache=cache, write_mask=write_mask,
+                **kwargs)
         elif return_cache:
-            attended, new_cache = ReusedLayer(layers["attention"], return_cache=True)(
+            attended, new_cache = ReusedLayer(attention, return_cache=True)(
                 x, attention_bias=attention_bias)
         else:
-            attended = layers["attention"](x, attention_bias=attention_bias,
-                                           training=training)
+            attended = attention(x, attention_bias=attention_bias, training=training)
         attended = layers["attention_dropout"](attended, training=training)
         x = layers["attention_add"]([x, attended])
         x = layers["attention_norm"](x, condition=condition)
@@ -211,10 +430,18 @@ class BERT:
         x = layers["feed_forward_norm"](x, condition=condition)
         return (x, new_cache) if new_cache is not None else x
 
+    def encode(self, x, attention_bias, condition=None, training=None):
+        """Run every layer (``self.schedule``) on the embeddings ``x``."""
+        for index in self.schedule:
+            x = self.block(index, x, attention_bias, condition=condition, training=training)
+        return x
+
     def mlm_logits(self, x, condition=None):
         """The MLM head: Dense, activation, (conditional) LayerNorm, tied output, bias."""
         x = self.mlm_dense(x)
         x = self.mlm_norm(x, condition=condition)
+        if self.token_projection is not None:
+            x = self.token_projection(x, reverse=True)
         x = self.token_embedding(x, reverse=True)
         return self.mlm_bias(x)
 
@@ -226,8 +453,8 @@ class BERT:
             condition = self._condition(self.condition_model(self.additional_inputs))
         x = self.embed(token_ids, segment_ids, condition=condition)
         bias = self.attention_bias(token_ids, segment_ids)
-        for index in range(self.config.num_hidden_layers):
-            x = self.block(index, x, bias, condition=condition)
+        x = self.encode(x, bias, condition=condition)
+        self.sequence_output = x
         outputs = [x]
         if self.pooler is not None:
             pooled = self.pooler_dense(self.pooler(x))
@@ -238,6 +465,9 @@ class BERT:
         if self.with_mlm:
             logits = self.mlm_logits(x, condition=condition)
             outputs.append(logits if self.with_mlm == "linear" else self.mlm_activation(logits))
+        if self.with_discriminator:
+            scores = self.discriminator_output(self.discriminator_dense(x))
+            outputs.append(ops.squeeze(scores, axis=-1))
         if self.application in ("lm", "unilm") and len(outputs) == 2:
             outputs = outputs[1:]  # generators are used for their token distribution
         return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs,
@@ -249,14 +479,18 @@ class BERT:
 
         ``prefill_model([token_ids, segment_ids, last_index, *extra])`` runs the
         padded sources once and returns the MLM logits ``[batch, vocab]`` at
-        ``last_index`` and the cache ``[batch, layers, 2, heads, length, head_size]``.
+        ``last_index`` and the cache ``[batch, applications, 2, heads, length,
+        head_size]``, one entry per layer application (ALBERT's shared layers
+        have one per application, not per shared block).
 
         ``step_model([token_ids, segment_ids, position_ids, cache, key_mask,
-        write_mask, *extra])`` runs one token per row (all ``[batch, 1]``)
-        against ``cache`` (``[batch, layers, 2, heads, M, head_size]``);
-        ``key_mask`` ``[batch, M]`` marks the valid cache slots including the one
-        written now, ``write_mask`` one-hot marks that slot. Returns the logits
-        ``[batch, vocab]`` and the updated cache.
+        write_mask, *extra])`` runs one token per row (all ``[batch, 1]``) at
+        absolute position ``position_ids`` against ``cache``
+        (``[batch, applications, 2, heads, M, head_size]``); ``key_mask``
+        ``[batch, M]`` marks the valid cache slots including the one written now
+        (valid slots hold positions ``0, 1, ...`` in slot order), ``write_mask``
+        one-hot marks that slot. Returns the logits ``[batch, vocab]`` and the
+        updated cache.
         """
         if self.application == "encoder":
             raise ValueError("incremental decoding needs application='lm' or 'unilm'")
@@ -279,7 +513,7 @@ class BERT:
         x = self.embed(token_ids, segment_ids, condition=condition)
         bias = self.attention_bias(token_ids, segment_ids)
         caches = []
-        for index in range(self.config.num_hidden_layers):
+        for index in self.schedule:
             x, cache = self.block(index, x, bias, condition=condition, return_cache=True)
             caches.append(cache)
         last = ops.take_along_axis(x, ops.reshape(last_index, (-1, 1, 1)), axis=1)
@@ -291,17 +525,24 @@ class BERT:
         c = self.config
         token_ids, segment_ids = self._inputs(length=1, prefix="Step")
         position_ids = keras.Input((1,), dtype="int32", name="Step-Position")
-        cache = keras.Input((c.num_hidden_layers, 2, c.num_attention_heads, None, c.head_size),
+        cache = keras.Input((len(self.schedule), 2, c.num_attention_heads, None, c.head_size),
                             name="Step-Cache", dtype=self.model.compute_dtype)
         key_mask = keras.Input((None,), name="Step-KeyMask")
         write_mask = keras.Input((None,), name="Step-WriteMask")
         extra, condition = self._extra_inputs("Step-Extra")
         x = self.embed(token_ids, segment_ids, position_ids=position_ids, condition=condition)
         bias = ops.where(ops.cast(key_mask, "bool"), 0.0, _MASK_PENALTY)[:, None, None, :]
+        positions = {}
+        if self.position_encoding() is not None:
+            # Valid slots hold positions 0, 1, ... in slot order; masked ones don't matter.
+            key_positions = ops.cast(ops.cumsum(ops.cast(key_mask, "int32"), axis=1) - 1,
+                                     "int32")
+            positions = dict(query_positions=position_ids, key_positions=key_positions)
         caches = []
-        for index in range(c.num_hidden_layers):
+        for application, index in enumerate(self.schedule):
             x, layer_cache = self.block(index, x, bias, condition=condition,
-                                        cache=cache[:, index], write_mask=write_mask)
+                                        cache=cache[:, application], write_mask=write_mask,
+                                        **positions)
             caches.append(layer_cache)
         logits = self.mlm_logits(x, condition=condition)[:, 0]
         return keras.Model(
@@ -325,8 +566,406 @@ class BERT:
                                  ignore_unused_weights=ignore_unused_weights)
 
     def variable_map(self):
-        """``[(google_name, keras_variable, kind)]`` for every mapped weight."""
-        return checkpoints.variable_map(self)
+        """``[(official_name, keras_variable, kind)]`` for every mapped weight.
+
+        ``kind`` says how the official array relates to the variable: "plain"
+        (same shape), "vocab" (rows follow ``keep_tokens``) or "transposed".
+        """
+        pairs = self._embedding_variables()
+        for index, layers in enumerate(self.blocks):
+            pairs += self._block_variables(self.block_name_prefix(index), layers)
+        return pairs + self._head_variables()
+
+    def _embedding_variables(self):
+        p = f"{self.prefix}/embeddings/"
+        pairs = [(p + "word_embeddings", self.token_embedding.embeddings, "vocab"),
+                 (p + "token_type_embeddings", self.segment_embedding.embeddings, "plain")]
+        if self.position_embedding is not None:
+            pairs.append((p + "position_embeddings", self.position_embedding.embeddings,
+                          "plain"))
+        pairs += _norm_pairs(p + "LayerNorm", self.embedding_norm)
+        if self.embedding_mapping is not None:
+            pairs += _dense_pairs(self.embedding_mapping_name(), self.embedding_mapping)
+        return pairs
+
+    def embedding_mapping_name(self):
+        """Official name of the ``Embedding-Mapping`` Dense."""
+        raise NotImplementedError(f"{self.family!r} has no embedding mapping")
+
+    def _block_variables(self, prefix, layers):
+        names, attention = self.block_names, layers["attention"]
+        feed_forward = layers["feed_forward"]
+        pairs = []
+        for part, dense in (("query", attention.query_dense), ("key", attention.key_dense),
+                            ("value", attention.value_dense),
+                            ("attention_output", attention.output_dense),
+                            ("intermediate", feed_forward.intermediate_dense),
+                            ("output", feed_forward.output_dense)):
+            pairs += _dense_pairs(prefix + names[part], dense)
+        pairs += _norm_pairs(prefix + names["attention_norm"], layers["attention_norm"])
+        pairs += _norm_pairs(prefix + names["feed_forward_norm"], layers["feed_forward_norm"])
+        return pairs
+
+    def _head_variables(self):
+        pairs = []
+        if self.pooler_dense is not None:
+            pairs += _dense_pairs(f"{self.prefix}/pooler/dense", self.pooler_dense)
+        if self.mlm_dense is not None:
+            p = self.mlm_prefix()
+            pairs += _dense_pairs(p + "transform/dense", self.mlm_dense)
+            pairs += _norm_pairs(p + "transform/LayerNorm", self.mlm_norm)
+            pairs.append((p + "output_bias", self.mlm_bias.bias, "vocab"))
+        if self.nsp_dense is not None:
+            pairs.append(("cls/seq_relationship/output_weights", self.nsp_dense.kernel,
+                          "transposed"))
+            pairs.append(("cls/seq_relationship/output_bias", self.nsp_dense.bias, "plain"))
+        return pairs
+
+    def mlm_prefix(self):
+        """Official name prefix of the MLM head."""
+        return "cls/predictions/"
+
+    def hugging_face_names(self, official_name):
+        """Candidate Hugging Face names of an official name, and whether to transpose."""
+        return checkpoints.hugging_face_names(official_name, self.hf_renames,
+                                              self.hf_special)
+
+
+def _dense_pairs(name, dense):
+    pairs = [(name + "/kernel", dense.kernel, "plain")]
+    if dense.use_bias:
+        pairs.append((name + "/bias", dense.bias, "plain"))
+    return pairs
+
+
+def _norm_pairs(name, norm):
+    return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
+
+
+class BERT(Transformer):
+    """Google's BERT (and every checkpoint in its name layout)."""
+
+    family = "bert"
+    model_types = ("bert",)
+
+
+class RoBERTa(BERT):
+    """RoBERTa: HFL's RoBERTa-wwm-ext (BERT math and names) or fairseq's (Hugging Face).
+
+    A config whose ``model_type`` is ``"roberta"`` (Hugging Face ``RobertaConfig``)
+    gets fairseq's positions: with ``P = pad_token_id`` (1) and ``m_t`` whether
+    token ``t`` is not padding, ``position_t = P + m_t * cumsum(m)_t``, so the
+    first real token is at ``P + 1``; its MLM head uses the exact (erf) GELU and
+    its Hugging Face names are ``roberta.*`` and ``lm_head.*``. Any other config
+    (HFL's ``bert_config.json``) builds a BERT.
+    """
+
+    family = "roberta"
+    model_types = ("roberta", "bert")
+
+    @property
+    def fairseq(self):
+        return self.config.model_type == "roberta"
+
+    def position_ids(self, token_ids, positions=None):
+        if not self.fairseq:
+            return positions
+        pad = self.config.pad_token_id
+        if positions is not None:
+            return positions + (pad + 1)
+        real = ops.cast(ops.not_equal(token_ids, pad), "int32")
+        return pad + real * ops.cumsum(real, axis=1)
+
+    @property
+    def max_positions(self):
+        offset = self.config.pad_token_id + 1 if self.fairseq else 0
+        return self.config.max_position_embeddings - offset
+
+    def mlm_hidden_act(self):
+        return "gelu" if self.fairseq else self.config.hidden_act
+
+    def hugging_face_names(self, official_name):
+        if not self.fairseq:
+            return super().hugging_face_names(official_name)
+        return checkpoints.hugging_face_names(official_name, _ROBERTA_RENAMES,
+                                              _ROBERTA_SPECIAL)
+
+
+_ROBERTA_RENAMES = (("^bert/", "roberta/"),
+                    ("^cls/predictions/transform/dense", "lm_head/dense"),
+                    ("^cls/predictions/transform/LayerNorm", "lm_head/layer_norm"))
+_ROBERTA_SPECIAL = {"cls/predictions/output_bias": ["lm_head.bias", "lm_head.decoder.bias"]}
+
+
+class ALBERT(Transformer):
+    """ALBERT: factorised embeddings and layers that share their weights.
+
+    Google's layout: embeddings of width ``embedding_size`` (E), normalised, then
+    mapped to ``hidden_size`` (H); layer ``l`` runs the ``inner_group_num`` blocks
+    of group ``l * num_hidden_groups // num_hidden_layers``; the MLM head maps H
+    to E. brightmart's albert_zh (a config with ``ln_type``) instead projects the
+    token embeddings to H before adding the position and segment embeddings
+    (``word_embeddings_2``), shares one block under ``layer_shared``, and ties
+    the MLM output through that projection. The NSP head is the sentence-order
+    (SOP) head: label 0 for the original order.
+    """
+
+    family = "albert"
+    model_types = ("albert",)
+    factorised = True
+    shared_layers = True
+    hf_renames = (
+        (r"^bert/encoder/transformer/group_(\d+)/inner_group_(\d+)/",
+         r"albert/encoder/albert_layer_groups/\1/albert_layers/\2/"),
+        ("/attention_1/self/", "/attention/"), ("/attention_1/output/dense", "/attention/dense"),
+        (r"(albert_layers/\d+)/LayerNorm/", r"\1/attention/LayerNorm/"),
+        ("/LayerNorm_1/", "/full_layer_layer_norm/"),
+        ("/ffn_1/intermediate/output/dense", "/ffn_output"),
+        ("/ffn_1/intermediate/dense", "/ffn"),
+        ("^bert/pooler/dense", "albert/pooler"), ("^bert/", "albert/"),
+        ("^cls/predictions/transform/", "predictions/"))
+    hf_special = {
+        "cls/predictions/output_bias": ["predictions.bias", "predictions.decoder.bias"],
+        "cls/seq_relationship/output_weights": ["sop_classifier.classifier.weight"],
+        "cls/seq_relationship/output_bias": ["sop_classifier.classifier.bias"]}
+
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        if config.ln_type not in (None, "postln"):
+            raise NotImplementedError(f"ln_type {config.ln_type!r}: only brightmart's "
+                                      "post-norm ALBERT ('postln') is supported")
+        if config.num_hidden_layers % config.num_hidden_groups:
+            raise ValueError(f"num_hidden_layers {config.num_hidden_layers} is not a "
+                             f"multiple of num_hidden_groups {config.num_hidden_groups}")
+
+    @property
+    def brightmart(self):
+        return self.config.ln_type is not None
+
+    @property
+    def block_names(self):
+        if self.brightmart:
+            return BERT_BLOCK_NAMES
+        return dict(query="attention_1/self/query", key="attention_1/self/key",
+                    value="attention_1/self/value",
+                    attention_output="attention_1/output/dense", attention_norm="LayerNorm",
+                    intermediate="ffn_1/intermediate/dense",
+                    output="ffn_1/intermediate/output/dense", feed_forward_norm="LayerNorm_1")
+
+    @property
+    def num_blocks(self):
+        return self.config.num_hidden_groups * self.config.inner_group_num
+
+    def layer_blocks(self, layer):
+        c = self.config
+        group = layer * c.num_hidden_groups // c.num_hidden_layers
+        return [group * c.inner_group_num + k for k in range(c.inner_group_num)]
+
+    def block_layer_prefix(self, index):
+        return "Transformer-" if self.num_blocks == 1 else f"Transformer-{index}-"
+
+    def block_name_prefix(self, index):
+        if self.brightmart:
+            return "bert/encoder/layer_shared/"
+        group, inner = divmod(index, self.config.inner_group_num)
+        return f"bert/encoder/transformer/group_{group}/inner_group_{inner}/"
+
+    def embedding_layers_width(self):
+        return self.config.hidden_size if self.brightmart else self.config.embedding_width
+
+    def _token_projection(self):
+        if not self.brightmart:
+            return None
+        return TiedProjection(self.config.hidden_size, kernel_initializer=self._initializer(),
+                              name="Embedding-Token-Projection", dtype=self.dtype)
+
+    def needs_embedding_mapping(self):
+        return not self.brightmart  # Hugging Face always maps, even when E == H
+
+    def embedding_mapping_name(self):
+        return "bert/encoder/embedding_hidden_mapping_in"
+
+    def mlm_width(self):
+        return self.config.hidden_size if self.brightmart else self.config.embedding_width
+
+    def _embedding_variables(self):
+        pairs = super()._embedding_variables()
+        if self.brightmart:
+            pairs.append(("bert/embeddings/word_embeddings_2", self.token_projection.kernel,
+                          "plain"))
+        return pairs
+
+
+class ALBERTUnshared(ALBERT):
+    """ALBERT weights with one block per layer, each starting from its group's
+    weights (bert4keras's ``albert_unshared``): fine-tuning then moves them apart.
+    The official format has one weight set per group, so writing it back needs
+    the layers of a group to be equal."""
+
+    family = "albert_unshared"
+
+    @property
+    def num_blocks(self):
+        return self.config.num_hidden_layers * self.config.inner_group_num
+
+    def layer_blocks(self, layer):
+        inner = self.config.inner_group_num
+        return [layer * inner + k for k in range(inner)]
+
+    def block_layer_prefix(self, index):
+        return f"Transformer-{index}-"
+
+    def block_name_prefix(self, index):
+        layer, inner = divmod(index, self.config.inner_group_num)
+        shared = ALBERT.layer_blocks(self, layer)[inner]
+        return super().block_name_prefix(shared)
+
+
+class ELECTRA(Transformer):
+    """ELECTRA: the discriminator (``with_discriminator``) or the generator (``with_mlm``).
+
+    Embeddings of width ``embedding_size`` are mapped to ``hidden_size`` by
+    ``embeddings_project`` when the two differ. The discriminator head is
+    ``Dense(H, hidden_act)`` then ``Dense(1)`` (a sigmoid gives the probability
+    that a token was replaced; ``"linear"`` gives the logit). With ``with_mlm``
+    the model is the generator: give the generator's config; in Google's
+    checkpoint its encoder is under ``generator/`` and it shares
+    ``electra/embeddings``; its MLM head uses the exact (erf) GELU.
+    """
+
+    family = "electra"
+    model_types = ("electra",)
+    factorised = True
+    heads = ("mlm", "discriminator")
+    hf_renames = (("^generator/embeddings_project", "electra/embeddings_project"),
+                  ("^generator/encoder/", "electra/encoder/"),
+                  ("^discriminator_predictions/dense_1/",
+                   "discriminator_predictions/dense_prediction/"))
+    hf_special = {"generator_predictions/output_bias": ["generator_lm_head.bias"]}
+
+    def _check_heads(self):
+        super()._check_heads()
+        if self.with_mlm and self.with_discriminator:
+            raise ValueError("an ELECTRA model is the generator (with_mlm) or the "
+                             "discriminator (with_discriminator), not both")
+
+    @property
+    def encoder_prefix(self):
+        return "generator" if self.with_mlm else "electra"
+
+    def block_name_prefix(self, index):
+        return f"{self.encoder_prefix}/encoder/layer_{index}/"
+
+    def embedding_mapping_name(self):
+        return f"{self.encoder_prefix}/embeddings_project"
+
+    prefix = "electra"
+
+    def mlm_hidden_act(self):
+        return "gelu"
+
+    def _head_variables(self):
+        pairs = []
+        if self.mlm_dense is not None:
+            pairs += _dense_pairs("generator_predictions/dense", self.mlm_dense)
+            pairs += _norm_pairs("generator_predictions/LayerNorm", self.mlm_norm)
+            pairs.append(("generator_predictions/output_bias", self.mlm_bias.bias, "vocab"))
+        if self.discriminator_dense is not None:
+            pairs += _dense_pairs("discriminator_predictions/dense", self.discriminator_dense)
+            pairs += _dense_pairs("discriminator_predictions/dense_1",
+                                  self.discriminator_output)
+        return pairs
+
+
+class RoFormer(Transformer):
+    """RoFormer: Zhuiyi's RoFormer and Hugging Face ``RoFormerForMaskedLM``.
+
+    BERT without the position table: every attention layer rotates its queries
+    and keys by their absolute positions (interleaved pairs, ``theta_m =
+    10000^(-2m/d)``; see ``bert4x.layers.RotaryPositionEncoding``), so attention
+    scores depend on relative positions; values are not rotated. Official names
+    are BERT's minus ``bert/embeddings/position_embeddings``; Hugging Face's are
+    ``roformer.*`` and ``cls.predictions.*``. When ``embedding_size`` differs from
+    ``hidden_size`` the embeddings go through ``embeddings_project``
+    (``bert/embeddings_project`` in the official layout, which Hugging Face's
+    converter renames to ``roformer.embeddings_project``). Hugging Face's frozen
+    sinusoid table (``embed_positions``) is never loaded: it is recomputed.
+    ``max_position_embeddings`` sizes nothing. A decoding cache holds keys already
+    rotated; each new token is rotated at its absolute position.
+
+    Example:
+        >>> roformer = build_transformer_model(  # doctest: +SKIP
+        ...     "chinese_roformer_L-12_H-768_A-12/bert_config.json",
+        ...     "chinese_roformer_L-12_H-768_A-12/bert_model.ckpt", model="roformer")
+    """
+
+    family = "roformer"
+    model_types = ("roformer",)
+    absolute_positions = False
+    factorised = True
+    hf_renames = (("^bert/", "roformer/"),)
+
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        if config.rotary_value:
+            raise NotImplementedError("rotary_value=true (rotating the values too) is not "
+                                      "supported; RoFormer's checkpoints leave it false")
+        if config.head_size % 2:
+            raise ValueError(f"rotary positions rotate pairs of dimensions: the head size "
+                             f"hidden_size / num_attention_heads = {config.head_size} must "
+                             f"be even")
+
+    def position_encoding(self):
+        return RotaryPositionEncoding()
+
+    def embedding_mapping_name(self):
+        return "bert/embeddings_project"
+
+
+class NEZHA(Transformer):
+    """NEZHA (Huawei): BERT with functional relative positions on keys and values.
+
+    No position table: with ``K = max_relative_position`` (64) each attention
+    layer adds ``a_ij = T[clip(j - i, -K, K) + K]`` of a fixed sinusoid table to
+    the keys in the scores and to the values in the context (see
+    ``bert4x.layers.RelativePositionEncoding``). Official names are BERT's minus
+    ``bert/embeddings/position_embeddings``; files of the Hugging Face port use
+    ``nezha.*`` and ``cls.*``. A decoding cache holds raw keys and values; each
+    step pairs the new token's absolute position with every cached key's.
+
+    Example:
+        >>> nezha = build_transformer_model(  # doctest: +SKIP
+        ...     "nezha_base/bert_config.json", "nezha_base/model.ckpt", model="nezha")
+    """
+
+    family = "nezha"
+    model_types = ("nezha",)
+    absolute_positions = False
+    hf_renames = (("^bert/", "nezha/"),)
+
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        if config.use_relative_position is False:
+            raise ValueError("use_relative_position is false: NEZHA without relative "
+                             "positions has no position information at all")
+
+    def position_encoding(self):
+        return RelativePositionEncoding(self.config.max_relative_position or 64)
+
+
+MODELS = {family.family: family for family in (BERT, RoBERTa, ALBERT, ALBERTUnshared,
+                                               ELECTRA, RoFormer, NEZHA)}
+
+
+def _family_of(model_type):
+    """The ``model=`` name for a Hugging Face ``model_type``."""
+    for name, family in MODELS.items():
+        if model_type in family.model_types[:1]:
+            return name
+    return model_type
 
 
 _CONFIG_NAMES = ("bert_config.json", "config.json")
@@ -353,30 +992,32 @@ def _resolve_paths(config_path, checkpoint_path):
     return config_path, checkpoint_path
 
 
-MODELS = {"bert": BERT}
-
-
-def build_transformer_model(config_path=None, checkpoint_path=None, model="bert",
+def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
                             application="encoder", with_pool=False, with_nsp=False,
                             with_mlm=False, keep_tokens=None, return_keras_model=True,
                             allow_missing_heads=False, ignore_unused_weights=False,
                             layer_norm_cond=None,
                             layer_norm_cond_hidden_size=None, layer_norm_cond_hidden_act=None,
-                            additional_input_layers=None, dtype=None, **overrides):
-    """Build a BERT-family Keras model, optionally loading pretrained weights.
+                            additional_input_layers=None, dtype=None,
+                            with_discriminator=False, **overrides):
+    """Build a Keras model of the BERT family, optionally loading pretrained weights.
 
     Args:
         config_path: ``bert_config.json`` / ``config.json``, or a folder holding one
             (and the weights). May be omitted when ``checkpoint_path`` is a folder.
         checkpoint_path: a Google TF checkpoint prefix (``.../bert_model.ckpt``), a
             Hugging Face ``model.safetensors``, or a folder holding either.
-        model: the family; ``"bert"``.
+        model: the family, with bert4keras's names: ``"bert"``, ``"roberta"``,
+            ``"albert"``, ``"albert_unshared"``, ``"electra"``, ``"roformer"``,
+            ``"nezha"`` (see ``MODELS``).
+            None: the config's Hugging Face ``model_type``, else ``"bert"``.
         application: ``"encoder"``, ``"lm"`` or ``"unilm"`` (the last two turn the
             MLM head on and return its output alone).
-        with_pool, with_nsp, with_mlm: heads to add (see :class:`BERT`).
+        with_pool, with_nsp, with_mlm, with_discriminator: heads to add (see
+            :class:`Transformer`; a family refuses heads it does not have).
         keep_tokens: vocabulary rows to keep (from ``load_vocab(simplified=True)``).
-        return_keras_model: ``False`` returns the :class:`BERT` builder, which also
-            gives the incremental-decoding graphs.
+        return_keras_model: ``False`` returns the builder (a :class:`Transformer`),
+            which also gives the incremental-decoding graphs.
         allow_missing_heads: start heads the checkpoint lacks from their initialiser
             (with a warning naming them) instead of raising.
         ignore_unused_weights: load a checkpoint holding variables in the model's
@@ -385,22 +1026,26 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
             raising. Heads the model did not ask for (``cls/*``, the pooler) are
             never an error.
         layer_norm_cond, layer_norm_cond_hidden_size, layer_norm_cond_hidden_act,
-            additional_input_layers: Conditional Layer Normalization (see :class:`BERT`).
+            additional_input_layers: Conditional Layer Normalization (see
+            :class:`Transformer`).
         dtype: a Keras dtype policy name such as ``"mixed_bfloat16"``.
         **overrides: config fields to override (e.g. ``hidden_dropout_prob=0``), or
             the whole config when ``config_path`` is None.
 
     Returns:
         A ``keras.Model`` whose inputs are ``[token_ids, segment_ids, *additional]``
-        and whose outputs are ``[sequence_output, pooled?, nsp_probs?, mlm?]`` (a
-        single tensor when there is one), or the builder.
+        and whose outputs are ``[sequence_output, pooled?, nsp_probs?, mlm?,
+        discriminator?]`` (a single tensor when there is one), or the builder.
 
     Example:
         >>> model = build_transformer_model(  # doctest: +SKIP
         ...     "chinese_L-12_H-768_A-12/bert_config.json",
         ...     "chinese_L-12_H-768_A-12/bert_model.ckpt", with_mlm=True)
+        >>> albert = build_transformer_model(  # doctest: +SKIP
+        ...     "albert_tiny_zh/albert_config_tiny.json",
+        ...     "albert_tiny_zh/albert_model.ckpt", model="albert")
     """
-    if model not in MODELS:
+    if model is not None and model not in MODELS:
         raise ValueError(f"unknown model {model!r}; available: {sorted(MODELS)}")
     config_path, checkpoint_path = _resolve_paths(config_path, checkpoint_path)
     if config_path is not None:
@@ -411,12 +1056,18 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         except TypeError as error:
             raise TypeError(f"without config_path, pass BertConfig fields as keywords: "
                             f"{error}") from error
+    if model is None:
+        model = _family_of(config.model_type) if config.model_type else "bert"
+        if model not in MODELS:
+            raise ValueError(f"the config's model_type {config.model_type!r} is not a "
+                             f"family bert4x builds; available: {sorted(MODELS)}")
     builder = MODELS[model](
         config, application=application, with_pool=with_pool, with_nsp=with_nsp,
         with_mlm=with_mlm, keep_tokens=keep_tokens, layer_norm_cond=layer_norm_cond,
         layer_norm_cond_hidden_size=layer_norm_cond_hidden_size,
         layer_norm_cond_hidden_act=layer_norm_cond_hidden_act,
-        additional_input_layers=additional_input_layers, dtype=dtype)
+        additional_input_layers=additional_input_layers, dtype=dtype,
+        with_discriminator=with_discriminator)
     if checkpoint_path is not None:
         builder.load_checkpoint(checkpoint_path, allow_missing_heads=allow_missing_heads,
                                 ignore_unused_weights=ignore_unused_weights)

@@ -789,10 +789,13 @@ class Tokenizer(_TokenizerBase):
         if not isinstance(text, str):
             raise TypeError(f"expected a string, got {type(text).__name__}")
         tokens, spans = self._tokens_and_spans(text)
+        kept = len(tokens)
         tokens = self._wrap(tokens, maxlen)  # the same truncation and errors as tokenize
         head = [None] if self.token_start is not None else []
         tail = [None] if self.token_end is not None else []
-        return tokens, head + spans[:len(tokens) - len(head) - len(tail)] + tail
+        if len(tokens) - len(head) - len(tail) < kept:
+            spans = spans[:len(tokens) - len(head) - len(tail)]
+        return tokens, head + spans + tail
 
     def rematch(self, text, tokens, char_indices=False):
         """Map ``tokens`` (as returned by ``tokenize(text)``) back to ``text``.

@@ -28,12 +28,16 @@ TINY_RANDOM_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_hea
 
 
 def add_base_model_arguments(parser):
-    """Add ``--config --checkpoint --vocab --pretrained-dir --tiny-random --seed``."""
+    """Add ``--config --checkpoint --vocab --model --pretrained-dir --tiny-random --seed``."""
+    from bert4x.models import MODELS
     group = parser.add_argument_group("base model")
     group.add_argument("--config", help="bert_config.json / config.json of an official "
                        "Chinese BERT (with --checkpoint and --vocab)")
     group.add_argument("--checkpoint", help="its TF checkpoint prefix or safetensors file")
     group.add_argument("--vocab", help="its vocab.txt")
+    group.add_argument("--model", choices=sorted(MODELS), default=None,
+                       help="its family, e.g. roberta (HFL RoBERTa-wwm-ext) or albert "
+                       "(albert_zh); default: the config's model_type, else bert")
     group.add_argument("--pretrained-dir", default=None,
                        help="cache folder of the tiny Chinese BERT pretrained on the "
                        "first run (default: bert4x's own cache)")
@@ -62,8 +66,10 @@ class BaseModel:
         description: a line saying which base model this is.
     """
 
-    def __init__(self, config_path, checkpoint_path, vocab_path, overrides, description):
+    def __init__(self, config_path, checkpoint_path, vocab_path, overrides, description,
+                 model=None):
         self.config_path = config_path
+        self.model = model
         self.checkpoint_path = checkpoint_path
         self.vocab_path = vocab_path
         self.overrides = dict(overrides)
@@ -98,7 +104,8 @@ class BaseModel:
         if self.checkpoint_path is None:
             overrides["vocab_size"] = len(load_vocab(self.vocab_path))
         return build_transformer_model(self.config_path, self.checkpoint_path,
-                                       keep_tokens=keep_tokens, **overrides, **kwargs)
+                                       model=self.model, keep_tokens=keep_tokens,
+                                       **overrides, **kwargs)
 
 
 def resolve_base_model(args):
@@ -113,10 +120,14 @@ def resolve_base_model(args):
             raise SystemExit("an official base model needs --checkpoint and --vocab "
                              "(and --config unless it lies beside the checkpoint)")
         return BaseModel(args.config, args.checkpoint, args.vocab, {},
-                         f"official checkpoint {args.checkpoint}")
+                         f"official checkpoint {args.checkpoint}", model=args.model)
     if args.tiny_random:
-        return BaseModel(None, None, chinese_vocab_path(), TINY_RANDOM_CONFIG,
-                         "tiny randomly initialised BERT (test mode)")
+        overrides = dict(TINY_RANDOM_CONFIG)
+        if args.model in ("albert", "albert_unshared", "electra"):
+            overrides["embedding_size"] = 32  # factorised, as those checkpoints are
+        return BaseModel(None, None, chinese_vocab_path(), overrides,
+                         f"tiny randomly initialised {args.model or 'bert'} (test mode)",
+                         model=args.model)
     from bert4x import pretraining
     folder = pretraining.ensure_pretrained("tiny_chinese", output_dir=args.pretrained_dir)
     return _from_folder(folder)

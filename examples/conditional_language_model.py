@@ -26,11 +26,11 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from console import print_table, quiet_tensorflow, training_progress  # noqa: E402
 
 import sentiment_classification as sentiment  # noqa: E402
 from base_model import add_base_model_arguments, resolve_base_model, set_seed  # noqa: E402
@@ -49,6 +49,58 @@ def distinct_n(texts, n=2):
         chars = [char for char in text if not char.isspace()]
         grams.extend(tuple(chars[i:i + n]) for i in range(len(chars) - n + 1))
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def judge_corrected_fidelity(judged, label, test_judged, test_labels, resamples=2000,
+                             seed=0):
+    """Class fidelity corrected for the judge's errors, with a 95% bootstrap interval.
+
+    A judge that labels a review of class ``label`` correctly with probability
+    ``hit`` and a review of the other class as ``label`` with probability
+    ``false`` judges a share ``q = f * hit + (1 - f) * false`` of samples as
+    ``label`` when their true fidelity is ``f``; so ``f = (q - false) / (hit -
+    false)`` (the Rogan-Gladen estimator), clipped to [0, 1]. ``hit`` and
+    ``false`` are measured on held-out reviews; the interval resamples the
+    samples' judgements and both rates (binomially) and takes the 2.5 and 97.5
+    percentiles.
+
+    Args:
+        judged: the judge's labels of the samples of class ``label``.
+        label: the class the samples were generated for.
+        test_judged, test_labels: the judge's labels and the true labels of
+            held-out reviews.
+
+    Returns:
+        ``(estimate, low, high)``; NaN when the judge is no better than chance
+        on ``label`` (``hit <= false``).
+
+    Example:
+        >>> judge_corrected_fidelity([1] * 8 + [0] * 2, 1, [1] * 8 + [0] * 2 + [1] * 2 + [0] * 8,
+        ...                          [1] * 10 + [0] * 10)[0]  # doctest: +SKIP
+        1.0
+    """
+    judged, test_judged, test_labels = (np.asarray(a) for a in (judged, test_judged,
+                                                                 test_labels))
+    own = test_judged[test_labels == label] == label
+    other = test_judged[test_labels != label] == label
+    if not (len(judged) and len(own) and len(other)):
+        raise ValueError("judge_corrected_fidelity needs samples and held-out reviews of "
+                         "both classes")
+
+    def estimate(share, hit, false):
+        gap = hit - false
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(gap > 0, np.clip((share - false) / gap, 0.0, 1.0), np.nan)
+
+    share, hit, false = np.mean(judged == label), own.mean(), other.mean()
+    rng = np.random.default_rng(seed)
+    boot = estimate(rng.binomial(len(judged), share, resamples) / len(judged),
+                    rng.binomial(len(own), hit, resamples) / len(own),
+                    rng.binomial(len(other), false, resamples) / len(other))
+    if np.isnan(boot).all():
+        return float("nan"), float("nan"), float("nan")
+    low, high = np.nanpercentile(boot, [2.5, 97.5])
+    return float(estimate(share, hit, false)), float(low), float(high)
 
 
 def build_generator(base, keep_tokens, num_classes=2, learning_rate=5e-4, total_steps=1):
@@ -177,6 +229,7 @@ def run(args):
         ``{"fidelity": {label: share}, "distinct2": {label: value}, "samples":
         {label: [...]}, "loss": [...], "classifier_accuracy": float}``.
     """
+    quiet_tensorflow()  # before anything imports TensorFlow
     from bert4x.decoding import Decoder
     started = time.time()
     set_seed(args.seed)
@@ -192,7 +245,8 @@ def run(args):
     print(f"training the generator on {len(reviews)} reviews")
     history = builder.model.fit(
         lm_dataset(tokenizer, reviews, args.maxlen, args.batch_size, args.seed),
-        epochs=args.epochs, steps_per_epoch=steps, verbose=1 if sys.stdout.isatty() else 2)
+        epochs=args.epochs, steps_per_epoch=steps, shuffle=False, verbose=0,  # shuffled there
+        callbacks=[training_progress(steps * args.epochs, "generator")])
 
     print("training the judge (sentiment classifier on reviews the generator never saw)")
     judge_args = argparse.Namespace(
@@ -200,30 +254,50 @@ def run(args):
         learning_rate=args.classifier_learning_rate, epochs=args.classifier_epochs,
         batch_size=args.batch_size, seed=args.seed)
     judge, _ = sentiment.train_classifier(judge_args, base, splits, tokenizer, keep_tokens)
-    judge_accuracy = judge.accuracy(splits["test"])
+    test_labels = np.asarray([label for _, label in splits["test"]])
+    test_judged = judge.predict_proba([text for text, _ in splits["test"]]).argmax(-1)
+    judge_accuracy = float(np.mean(test_judged == test_labels))
     print(f"judge held-out accuracy: {judge_accuracy:.4f}")
 
     decoder = Decoder(builder, end_id=tokenizer.token_end_id, max_length=args.max_length)
-    results = {"fidelity": {}, "distinct2": {}, "samples": {},
-               "loss": history.history["loss"], "classifier_accuracy": judge_accuracy}
-    for label, name in enumerate(sentiment.LABELS):
-        samples = generate(decoder, tokenizer, label, args.samples, args.top_p, args.top_k,
-                           args.temperature, args.seed + label, args.max_length,
-                           args.guidance_scale)
-        judged = judge.predict_proba(samples).argmax(-1)
-        results["fidelity"][name] = float(np.mean(judged == label))
-        results["distinct2"][name] = distinct_n(samples, 2)
-        results["samples"][name] = samples
-        print(f"--- {name} samples (top_p={args.top_p}, "
-              f"guidance_scale={args.guidance_scale}):")
-        for sample in samples[:args.show]:
-            print("   ", sample)
-    for name in sentiment.LABELS:
-        print(f"{name:>9}: class fidelity {results['fidelity'][name]:.3f}  "
-              f"distinct-2 {results['distinct2'][name]:.3f}  ({args.samples} samples)")
-    print(f"[total {time.time() - started:.0f} s]")
+    results = {"fidelity": {}, "distinct2": {}, "samples": {}, "corrected": {},
+               "unguided": {}, "loss": history.history["loss"],
+               "classifier_accuracy": judge_accuracy}
+    # Without guidance too, so that what guidance adds (and costs) is measured.
+    scales = [args.guidance_scale] + ([1.0] if args.guidance_scale != 1.0 else [])
+    rows = []
+    for scale in scales:
+        for label, name in enumerate(sentiment.LABELS):
+            samples = generate(decoder, tokenizer, label, args.samples, args.top_p,
+                               args.top_k, args.temperature, args.seed + label,
+                               args.max_length, scale)
+            judged = judge.predict_proba(samples).argmax(-1)
+            fidelity = float(np.mean(judged == label))
+            corrected = judge_corrected_fidelity(judged, label, test_judged, test_labels,
+                                                 seed=args.seed)
+            distinct2 = distinct_n(samples, 2)
+            shown = ("n/a (judge at chance)" if np.isnan(corrected[0])
+                     else "{:.3f} [{:.3f}, {:.3f}]".format(*corrected))
+            rows.append([name, scale, f"{fidelity:.3f}", shown, f"{distinct2:.3f}"])
+            if scale != args.guidance_scale:
+                results["unguided"][name] = {"fidelity": fidelity, "corrected": corrected,
+                                             "distinct2": distinct2}
+                continue
+            results["fidelity"][name] = fidelity
+            results["corrected"][name] = corrected
+            results["distinct2"][name] = distinct2
+            results["samples"][name] = samples
+            print(f"--- {name} samples (top_p={args.top_p}, guidance_scale={scale}):")
+            for sample in samples[:args.show]:
+                print("   ", sample)
+    print_table(f"Class-conditional generation ({args.samples} samples per class and "
+                f"setting, top-p {args.top_p}; judge held-out accuracy {judge_accuracy:.4f} "
+                f"on {len(test_labels)} reviews; {time.time() - started:.0f} s)",
+                ["class", "guidance scale", "class fidelity (judged)",
+                 "corrected for the judge [95% CI]", "distinct-2"], rows)
     return results
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()  # before parse_args: the model families' choices import Keras
     run(parse_args())

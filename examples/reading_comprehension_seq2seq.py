@@ -32,11 +32,11 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from console import print_table, quiet_tensorflow, training_progress  # noqa: E402
 
 import idiom_qa  # noqa: E402
 from base_model import add_base_model_arguments, resolve_base_model, set_seed  # noqa: E402
@@ -71,6 +71,10 @@ def parse_args(argv=None):
     decode.add_argument("--length-penalty", type=float, default=1.0,
                         help="beam score = log-prob / length ** this")
     decode.add_argument("--show", type=int, default=8, help="predictions printed")
+    decode.add_argument("--monitor", type=int, default=100,
+                        help="after each epoch, decode this many training and held-out "
+                        "questions and print both Finals (a diagnosis of over-fitting: "
+                        "it selects nothing; 0: off)")
     add_base_model_arguments(parser)
     return parser.parse_args(argv)
 
@@ -236,8 +240,7 @@ def build_models(base, keep_tokens, learning_rate, total_steps):
 
     builder = base.build(keep_tokens, application="unilm", return_keras_model=False)
     token_ids, segment_ids = builder.model.inputs[:2]
-    last_layer = builder.config.num_hidden_layers - 1
-    hidden = builder.model.get_layer(f"Transformer-{last_layer}-FeedForward-Norm").output
+    hidden = builder.sequence_output
     positions = keras.Input((None,), dtype="int32", name="Target-Positions")
     gathered = ops.take_along_axis(hidden, ops.expand_dims(positions, -1), axis=1)
     logits = builder.mlm_logits(gathered)
@@ -271,7 +274,12 @@ class PassageReader:
                                max_length=encoder.max_answer_len + 1)
 
     def answer(self, questions):
-        """Answer strings ("" for no answer) of a batch of WebQA-style questions.
+        """Answer strings ("" for no answer) of a batch of WebQA-style questions."""
+        return [answer for answer, _ in self.answer_with_passages(questions)]
+
+    def answer_with_passages(self, questions):
+        """``(answer, passage index)`` per question: the answer ("" for no answer)
+        and the index of the passage it was cut from (None for no answer).
 
         Two passes over the decoder: a one-token greedy pass tells which passages
         start with ``[SEP]`` (no answer there); a beam search then decodes each
@@ -286,14 +294,14 @@ class PassageReader:
             question_texts.append([p["passage"] for p in question["passages"]])
         flat = [source for sources in question_sources for source in sources]
         firsts = self.decoder.greedy(flat, max_length=1)
-        answering, answering_texts, start = [], [], 0
-        for sources, texts in zip(question_sources, question_texts):
+        answering, answering_indices, start = [], [], 0
+        for sources in question_sources:
             says_answer = [bool(first.token_ids) for first in firsts[start:start + len(sources)]]
             answering.append([s for s, keep in zip(sources, says_answer) if keep])
-            answering_texts.append([t for t, keep in zip(texts, says_answer) if keep])
+            answering_indices.append([i for i, keep in enumerate(says_answer) if keep])
             start += len(sources)
         groups = [group for group in answering if group]
-        answers = [""] * len(questions)
+        answers = [("", None)] * len(questions)
         if not groups:
             return answers
         constraints = []
@@ -304,29 +312,58 @@ class PassageReader:
             groups, beam_size=self.beam_size, length_penalty=self.length_penalty,
             constraint=lambda index, prefix: constraints[index].allowed(prefix))
         found = iter(results)
-        for index, texts in enumerate(answering_texts):
-            if texts:
-                answers[index] = self.passage_span(texts, next(found)[0].token_ids)
+        for index, (texts, indices) in enumerate(zip(question_texts, answering_indices)):
+            if indices:
+                token_ids = next(found)[0].token_ids
+                answer, picked = self.passage_span([texts[i] for i in indices], token_ids)
+                answers[index] = (answer, None if picked is None else indices[picked])
         return answers
 
     def passage_span(self, passages, token_ids):
-        """The passage text behind ``token_ids`` (found in the first passage holding them).
+        """The passage text behind ``token_ids`` and the index of its passage.
 
-        Cutting the answer out of the passage keeps what the token ids lose: case,
-        spaces, and characters outside the vocabulary (``[UNK]``).
+        The span is cut from the first passage holding the tokens; cutting it out
+        keeps what the token ids lose: case, spaces, and characters outside the
+        vocabulary (``[UNK]``). Returns ``("", None)`` for no tokens and the
+        decoded tokens with index None if no passage holds them.
         """
         token_ids = list(token_ids)
         if not token_ids:
-            return ""
+            return "", None
         tokenizer = self.encoder.tokenizer
-        for text in passages:
+        for index, text in enumerate(passages):
             tokens, spans = tokenizer.tokenize_with_spans(
                 text, maxlen=self.encoder.max_passage_len + 2)
             ids = tokenizer.tokens_to_ids(tokens)
             for start in range(1, len(ids) - len(token_ids)):
                 if ids[start:start + len(token_ids)] == token_ids:
-                    return text[spans[start][0]:spans[start + len(token_ids) - 1][1]]
-        return tokenizer.decode(token_ids)
+                    return text[spans[start][0]:spans[start + len(token_ids) - 1][1]], index
+        return tokenizer.decode(token_ids), None
+
+
+def reading_diagnosis(questions, predictions, passage_indices):
+    """How the reader errs: passage selection and abstention.
+
+    Returns:
+        ``{"answered", "right_passage", "abstention_precision",
+        "abstention_recall"}``: how many questions got an answer; the share of
+        those answers cut from a passage about the asked idiom (None when the
+        questions do not say which idiom a passage is about, as in WebQA files);
+        of the questions left unanswered, the share that has no answer; of the
+        questions that have no answer, the share left unanswered.
+    """
+    golds = [idiom_qa.question_answer(question) for question in questions]
+    answered = [i for i, prediction in enumerate(predictions) if prediction]
+    right = [questions[i]["passages"][passage_indices[i]].get("idiom") == questions[i]["idiom"]
+             for i in answered
+             if passage_indices[i] is not None and "idiom" in questions[i]]
+    abstained = [not prediction for prediction in predictions]
+    no_answer = [not gold for gold in golds]
+    both = sum(a and n for a, n in zip(abstained, no_answer))
+    return {"answered": len(answered),
+            "right_passage": float(np.mean(right)) if right else None,
+            "abstention_precision": both / sum(abstained) if any(abstained) else None,
+            "abstention_recall": both / sum(no_answer) if any(no_answer) else None}
 
 
 def evaluate(reader, questions, batch_size=16, progress=True):
@@ -334,13 +371,21 @@ def evaluate(reader, questions, batch_size=16, progress=True):
 
     Returns:
         ``(predictions, scores)`` where ``scores`` maps "all" and each ``kind``
-        present to the output of :func:`idiom_qa.qa_metrics`.
+        present to the output of :func:`idiom_qa.qa_metrics`, and "diagnosis"
+        to the output of :func:`reading_diagnosis`.
     """
-    from tqdm import tqdm
-    predictions = []
-    batches = range(0, len(questions), batch_size)
-    for start in tqdm(batches, desc="decoding", unit="batch", disable=not progress):
-        predictions.extend(reader.answer(questions[start:start + batch_size]))
+    from console import phase_bar
+    predictions, passage_indices = [], []
+    bar = phase_bar(len(questions), "decoding", unit="question") if progress else None
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start:start + batch_size]
+        for answer, index in reader.answer_with_passages(batch):
+            predictions.append(answer)
+            passage_indices.append(index)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
     golds = [idiom_qa.question_answer(question) for question in questions]
     scores = {"all": idiom_qa.qa_metrics(predictions, golds)}
     kinds = sorted({question.get("kind") for question in questions} - {None})
@@ -352,7 +397,55 @@ def evaluate(reader, questions, batch_size=16, progress=True):
         if picked:
             scores[kind] = idiom_qa.qa_metrics([predictions[i] for i in picked],
                                                [golds[i] for i in picked])
+    scores["diagnosis"] = reading_diagnosis(questions, predictions, passage_indices)
     return predictions, scores
+
+
+def epoch_monitor(reader, train, held_out, count):
+    """A Keras callback printing Final on ``count`` training and held-out questions per epoch.
+
+    The held-out figure only shows whether the model learns to read or learns the
+    training idioms' answers; no decision (epochs, settings) is taken from it.
+    """
+    import keras
+
+    class EpochMonitor(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.rows = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            finals = [evaluate(reader, questions[:count], progress=False)[1]["all"]["final"]
+                      for questions in (train, held_out)]
+            self.rows.append([epoch + 1, f"{(logs or {}).get('loss', float('nan')):.3f}",
+                              f"{finals[0]:.3f}", f"{finals[1]:.3f}"])
+
+        def on_train_end(self, logs=None):
+            print_table(f"Per epoch: Final on {count} training and {count} held-out "
+                        "questions", ["epoch", "loss", "training Final", "held-out Final"],
+                        self.rows)
+
+    return EpochMonitor()
+
+
+def print_scores(scores, title):
+    """The per-kind table and the diagnosis of :func:`evaluate`'s scores."""
+    kinds = [name for name in scores if name != "diagnosis"]
+    print_table(title, ["questions", "EM", "F1", "Final", "count"],
+                [[name, f"{scores[name]['em']:.3f}", f"{scores[name]['f1']:.3f}",
+                  f"{scores[name]['final']:.3f}", scores[name]["count"]] for name in kinds])
+    diagnosis = scores["diagnosis"]
+
+    def share(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print_table("How the reader errs", ["diagnosis", "value"], [
+        ["questions answered", diagnosis["answered"]],
+        ["answers taken from the passage about the asked idiom",
+         share(diagnosis["right_passage"])],
+        ["abstention precision (unanswered that have no answer)",
+         share(diagnosis["abstention_precision"])],
+        ["abstention recall (no-answer questions left unanswered)",
+         share(diagnosis["abstention_recall"])]])
 
 
 # ---------------------------------------------------------------------- main
@@ -388,6 +481,7 @@ def corpus_texts(questions):
 
 def run(args):
     """Train, decode and score; returns the scores dict of :func:`evaluate`."""
+    quiet_tensorflow()
     started = time.time()
     set_seed(args.seed)
     train, dev = load_data(args)
@@ -405,19 +499,22 @@ def run(args):
     builder, train_model = build_models(base, keep_tokens, args.learning_rate,
                                         len(batches) * args.epochs)
     training_started = time.time()
-    history = train_model.fit(batches.dataset(), steps_per_epoch=len(batches),
-                              epochs=args.epochs, verbose=1 if sys.stdout.isatty() else 2)
-    print(f"training: {time.time() - training_started:.0f} s")
     reader = PassageReader(builder, encoder, args.beam_size, args.length_penalty)
+    callbacks = [training_progress(len(batches) * args.epochs, "fine-tuning")]
+    if args.monitor:
+        callbacks.append(epoch_monitor(reader, train, dev, args.monitor))
+    # The batches are drawn and shuffled per epoch by EpochBatches itself.
+    history = train_model.fit(batches.dataset(), steps_per_epoch=len(batches),
+                              epochs=args.epochs, shuffle=False, verbose=0,
+                              callbacks=callbacks)
+    print(f"training: {time.time() - training_started:.0f} s")
     decoding_started = time.time()
     predictions, scores = evaluate(reader, dev)
     print(f"decoding: {time.time() - decoding_started:.0f} s")
     for question, prediction in list(zip(dev, predictions))[:args.show]:
         print(f"  {question['question']}  gold: {idiom_qa.question_answer(question) or '(none)'}"
               f"  predicted: {prediction or '(none)'}")
-    for name, score in scores.items():
-        print(f"{name:>10}: EM {score['em']:.3f}  F1 {score['f1']:.3f}  "
-              f"Final {score['final']:.3f}  ({score['count']} questions)")
+    print_scores(scores, "Held-out questions (idioms unseen in fine-tuning)")
     print(f"Final (EM+F1)/2 on {len(dev)} held-out questions: {scores['all']['final']:.4f}"
           f"  [total {time.time() - started:.0f} s]")
     scores["loss"] = history.history["loss"]
@@ -425,4 +522,5 @@ def run(args):
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()  # before parse_args: the model families' choices import Keras
     run(parse_args())

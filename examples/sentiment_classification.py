@@ -24,11 +24,11 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from console import print_table, quiet_tensorflow, training_progress  # noqa: E402
 
 from base_model import add_base_model_arguments, resolve_base_model, set_seed  # noqa: E402
 from bert4x.resources import package_file  # noqa: E402
@@ -122,7 +122,7 @@ class SentimentClassifier:
             batches, output_signature=((matrix, matrix), tf.TensorSpec((None,), tf.int32))
         ).repeat()
 
-    def fit(self, reviews, epochs=2, batch_size=32, seed=0, verbose="auto"):
+    def fit(self, reviews, epochs=2, batch_size=32, seed=0, description="fine-tuning"):
         """Fine-tune on ``(text, label)`` pairs; returns the Keras ``History``."""
         import keras
 
@@ -133,8 +133,10 @@ class SentimentClassifier:
         self.model.compile(optimizer=AdamW(learning_rate=schedule, weight_decay=0.01),
                            loss=keras.losses.SparseCategoricalCrossentropy(),
                            metrics=["accuracy"])
+        # The batches are shuffled by _batches itself: Keras cannot shuffle a generator.
         return self.model.fit(self._batches(reviews, batch_size, seed), epochs=epochs,
-                              steps_per_epoch=steps, verbose=verbose)
+                              steps_per_epoch=steps, shuffle=False, verbose=0,
+                              callbacks=[training_progress(steps * epochs, description)])
 
     def predict_proba(self, texts, batch_size=128):
         """``[len(texts), 2]`` class probabilities (negative, positive)."""
@@ -174,12 +176,13 @@ def train_classifier(args, base, splits, tokenizer, keep_tokens):
     classifier = SentimentClassifier(base, tokenizer, keep_tokens, args.maxlen,
                                      args.learning_rate)
     history = classifier.fit(reviews, args.epochs, args.batch_size, args.seed,
-                             verbose=1 if sys.stdout.isatty() else 2)
+                             description="classifier")
     return classifier, history
 
 
 def run(args):
     """Train and score the classifier; returns ``{"accuracy", "loss", ...}``."""
+    quiet_tensorflow()
     started = time.time()
     set_seed(args.seed)
     splits = load_reviews(args.seed)
@@ -192,11 +195,16 @@ def run(args):
     accuracy = classifier.accuracy(test)
     majority = max(np.mean([label for _, label in test]),
                    1 - np.mean([label for _, label in test]))
-    print(f"held-out accuracy: {accuracy:.4f} on {len(test)} reviews "
-          f"(majority class: {majority:.4f})  [total {time.time() - started:.0f} s]")
+    print_table("Sentiment classification (held-out reviews)",
+                ["figure", "value"],
+                [["held-out accuracy", f"{accuracy:.4f}"],
+                 ["majority class", f"{majority:.4f}"],
+                 ["test reviews", len(test)],
+                 ["wall time", f"{time.time() - started:.0f} s"]])
     return {"accuracy": accuracy, "majority": float(majority),
             "loss": history.history["loss"]}
 
 
 if __name__ == "__main__":
+    quiet_tensorflow()  # before parse_args: the model families' choices import Keras
     run(parse_args())

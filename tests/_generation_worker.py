@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bert4x.configs import BertConfig  # noqa: E402
 from bert4x.decoding import Decoder  # noqa: E402
-from bert4x.models import BERT  # noqa: E402
+from bert4x.models import MODELS  # noqa: E402
 
 VOCAB = 30
 END_ID = 3
@@ -43,22 +43,56 @@ def class_condition():
     return class_id, keras.layers.Reshape((8,))(embedded)
 
 
-def build(application, conditional, seed=0, randomise_conditions=True, **config):
-    """A tiny builder; with CLN, the zero-initialised condition weights are randomised
-    (at zero they would make the conditional check vacuous)."""
+def build(application, conditional, seed=0, randomise_conditions=True, model="bert",
+          **config):
+    """A tiny builder of family ``model``; with CLN, the zero-initialised condition
+    weights are randomised (at zero they would make the conditional check vacuous)."""
     keras.utils.set_random_seed(seed)
     kwargs = {}
     if conditional:
         class_id, condition = class_condition()
         kwargs = dict(layer_norm_cond=condition, additional_input_layers=[class_id],
                       layer_norm_cond_hidden_size=16, layer_norm_cond_hidden_act="tanh")
-    builder = BERT(tiny_config(**config), application=application, with_mlm="linear",
-                   **kwargs)
+    builder = MODELS[model](tiny_config(**config), application=application,
+                            with_mlm="linear", **kwargs)
     if conditional and randomise_conditions:
         rng = np.random.default_rng(seed)
         for variable in builder.model.weights:
             if "gamma_dense" in variable.path or "beta_dense" in variable.path:
                 variable.assign(rng.normal(0, 0.2, variable.shape).astype("float32"))
+    return builder
+
+
+# Tiny configs of the other families: odd head counts, factorised embeddings,
+# shared layers, fairseq RoBERTa's padding id 1 and offset positions, RoFormer's
+# rotary and NEZHA's relative positions (K = 3 clips within these sequences).
+FAMILY_CONFIGS = {
+    "roberta": dict(model_type="roberta", pad_token_id=1, type_vocab_size=1,
+                    hidden_size=30, num_attention_heads=3, max_position_embeddings=42,
+                    layer_norm_eps=1e-5),
+    "albert": dict(embedding_size=12, hidden_size=30, num_attention_heads=3,
+                   num_hidden_layers=3),
+    "albert_unshared": dict(embedding_size=12, hidden_size=30, num_attention_heads=3),
+    "electra": dict(embedding_size=12, hidden_size=30, num_attention_heads=3),
+    "roformer": dict(embedding_size=12, hidden_size=30, num_attention_heads=3),
+    "nezha": dict(hidden_size=30, num_attention_heads=3, max_relative_position=3),
+}
+
+
+def build_family(family, application="unilm", seed=0, conditional=False):
+    """A tiny builder of ``family`` (``FAMILY_CONFIGS``) with random weights; with CLN,
+    random condition weights."""
+    keras.utils.set_random_seed(seed)
+    kwargs = {}
+    if conditional:
+        class_id, condition = class_condition()
+        kwargs = dict(layer_norm_cond=condition, additional_input_layers=[class_id])
+    builder = MODELS[family](tiny_config(**FAMILY_CONFIGS[family]), application=application,
+                             with_mlm="linear", **kwargs)
+    rng = np.random.default_rng(seed)
+    for variable in builder.model.weights if conditional else []:
+        if "gamma_dense" in variable.path or "beta_dense" in variable.path:
+            variable.assign(rng.normal(0, 0.2, variable.shape).astype("float32"))
     return builder
 
 
@@ -78,7 +112,7 @@ def full_logits(builder, source, generated, extra=()):
     application = builder.application
     sequence = list(source) + list(generated)
     segments = [0] * len(source) + [target_segment(application)] * len(generated)
-    token_ids = np.zeros((1, REFERENCE_LENGTH), "int32")
+    token_ids = np.full((1, REFERENCE_LENGTH), builder.config.pad_token_id, "int32")
     segment_ids = np.zeros((1, REFERENCE_LENGTH), "int32")
     token_ids[0, :len(sequence)] = sequence
     segment_ids[0, :len(sequence)] = segments
@@ -92,7 +126,8 @@ def check_cache(builder):
     application, conditional = builder.application, builder.conditional
     prefill, step = builder.cache_models()
     batch, source_length, steps = len(SOURCES), max(map(len, SOURCES)), 4
-    token_ids = np.zeros((batch, source_length), "int32")
+    pad = builder.config.pad_token_id
+    token_ids = np.full((batch, source_length), pad, "int32")
     for row, source in enumerate(SOURCES):
         token_ids[row, :len(source)] = source
     lengths = np.array([len(source) for source in SOURCES], "int32")
@@ -103,7 +138,7 @@ def check_cache(builder):
     cache = keras.ops.pad(cache, [[0, 0]] * 4 + [[0, new_slots], [0, 0]])
     slots = source_length + new_slots
     key_mask = np.zeros((batch, slots), "float32")
-    key_mask[:, :source_length] = token_ids != 0
+    key_mask[:, :source_length] = token_ids != pad
     cached = [keras.ops.convert_to_numpy(logits)]
     for t in range(steps - 1):
         write_mask = np.zeros((batch, slots), "float32")
@@ -126,8 +161,10 @@ def check_cache(builder):
 def reference_greedy(builder, source, max_length, extra=()):
     generated = []
     for _ in range(max_length):
-        # Id 0 is padding, which the decoder never emits.
-        token = 1 + int(np.argmax(full_logits(builder, source, generated, extra)[-1, 1:]))
+        # The padding id is never emitted by the decoder.
+        logits = full_logits(builder, source, generated, extra)[-1]
+        logits[builder.config.pad_token_id] = -np.inf
+        token = int(np.argmax(logits))
         if token == END_ID:
             break
         generated.append(token)
@@ -156,6 +193,10 @@ def run_all():
             builder = build(application, conditional)
             results[f"cache:{key}"] = check_cache(builder)
             results[f"greedy:{key}"] = check_greedy(builder)
+    for family in FAMILY_CONFIGS:
+        builder = build_family(family)
+        results[f"cache:{family}"] = check_cache(builder)
+        results[f"greedy:{family}"] = check_greedy(builder)
     return results
 
 

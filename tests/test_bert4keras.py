@@ -36,6 +36,10 @@ MODEL_CASES = {
     "unilm": dict(application="unilm"),
     "lm": dict(application="lm"),
 }
+# Other families: (extra config fields, build_transformer_model arguments).
+FAMILY_CASES = {"roberta": ({}, dict(with_mlm=True)),
+                "albert": (dict(embedding_size=8), dict(with_mlm=True)),
+                "electra": (dict(embedding_size=8), dict())}
 RNG = np.random.default_rng(0)
 CRF = dict(emissions=RNG.normal(size=(3, 6, 4)).astype("float32"),
            mask=np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], "float32"),
@@ -52,6 +56,12 @@ POINTER_WEIGHTS = {
     True: [(RNG.normal(size=(6, 8)).astype("float32"), RNG.normal(size=8).astype("float32")),
            (RNG.normal(size=(8, 6)).astype("float32"), RNG.normal(size=6).astype("float32"))],
 }
+NORM = dict(x=RNG.normal(size=(2, 3, 6)).astype("float32"),
+            c=RNG.normal(size=(2, 4)).astype("float32"),
+            weights=dict(gamma=RNG.normal(size=6), beta=RNG.normal(size=6),
+                         hidden=RNG.normal(size=(4, 5)), gamma_dense=RNG.normal(size=(5, 6)),
+                         beta_dense=RNG.normal(size=(5, 6))),
+            hidden_units=5, hidden_activation="tanh")
 DECODER = dict(vocab_size=7, start_id=0, end_id=3, maxlen=6, minlen=2,
                beams=[dict(topk=1), dict(topk=3), dict(topk=4, min_ends=2)],
                samples=[dict(n=4, seed=1), dict(n=3, topk=3, seed=2),
@@ -60,6 +70,10 @@ DECODER = dict(vocab_size=7, start_id=0, end_id=3, maxlen=6, minlen=2,
 TEXTS = ["你好，世界！BERT 模型很 good。", "Héllo wörld, it's 2.5 o'clock (ok)?",
          "数字123和 english-words 混合"]
 PAIRS = [("今天天气很好，我们去公园散步吧", "好的"), ("短", "这是一个比较长的第二句话用来截断")]
+SNIPPETS = dict(
+    pairs=[(6, -1, ([1, 2, 3, 4, 5], [6, 7, 8])), (4, [-2, 0], ([1, 2, 3, 4], [5, 6, 7])),
+           (3, -1, ([], [1, 2, 3, 4], None))],
+    texts=["今天天气很好。我们去公园，然后回家。", "天气很好，公园人多。\n回家吧", "公园里人很多"])
 OPTIMIZER_X = RNG.normal(size=(4, 3)).astype("float32")
 OPTIMIZER_Y = RNG.normal(size=(4, 2)).astype("float32")
 OPTIMIZER_W = (RNG.normal(size=(3, 2)).astype("float32"), RNG.normal(size=2).astype("float32"))
@@ -94,13 +108,50 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def oracle(checkpoint):
+def family_checkpoints(tmp_path_factory):
+    """Small random models of the other families, in their official checkpoint format."""
+    found = {}
+    for family, (fields, arguments) in FAMILY_CASES.items():
+        keras.utils.set_random_seed(2)
+        builder = native_build(model=family, **CONFIG, **fields, return_keras_model=False,
+                               **arguments)
+        folder = str(tmp_path_factory.mktemp(family) / "model")
+        found[family] = (os.path.join(folder, "bert_config.json"),
+                         checkpoints.save_checkpoint(builder, folder))
+    return found
+
+
+SP_TEXTS = ["the quick brown fox jumps over the lazy dog", "a lazy dog sleeps all day long",
+            "quick brown dogs and lazy foxes"]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model(tmp_path_factory):
+    import sentencepiece as spm
+
+    folder = tmp_path_factory.mktemp("spm")
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(SP_TEXTS * 20), encoding="utf-8")
+    prefix = str(folder / "tiny")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=prefix, vocab_size=36, model_type="unigram",
+        character_coverage=1.0, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
+        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2)
+    return prefix + ".model"
+
+
+@pytest.fixture(scope="module")
+def oracle(checkpoint, family_checkpoints, sentencepiece_model):
     config_path, prefix = checkpoint
     inputs = [TOKENS, SEGMENTS]
     jobs = {f"model_{name}": ("model_outputs", dict(config_path=config_path,
                                                      checkpoint_path=prefix, inputs=inputs,
                                                      **kwargs))
             for name, kwargs in MODEL_CASES.items()}
+    for family, (family_config, family_prefix) in family_checkpoints.items():
+        jobs[f"family_{family}"] = ("model_outputs", dict(
+            config_path=family_config, checkpoint_path=family_prefix, inputs=inputs,
+            model=family, **FAMILY_CASES[family][1]))
     jobs["masked_loss"] = ("masked_loss", dict(config_path=config_path, checkpoint_path=prefix,
                                                inputs=inputs, application="unilm"))
     jobs["crf"] = ("crf", CRF)
@@ -110,6 +161,11 @@ def oracle(checkpoint):
             efficient=efficient, x=POINTER_X, mask=POINTER_MASK,
             weights=POINTER_WEIGHTS[efficient], y_true=POINTER_TRUE, **POINTER_SETTINGS))
     jobs["decoder"] = ("decoder_ids", DECODER)
+    jobs["layer_norm"] = ("layer_norm", NORM)
+    jobs["sp_tokenizer"] = ("sp_tokenizer", dict(
+        model_path=sentencepiece_model, texts=SP_TEXTS,
+        pairs=list(zip(SP_TEXTS, SP_TEXTS[1:])), maxlen=12))
+    jobs["snippets"] = ("snippets_results", dict(SNIPPETS, square="square"))
     for lower in (False, True):
         jobs[f"tokenizer_{lower}"] = ("tokenizer", dict(
             vocab_path=chinese_vocab_path(), texts=TEXTS, pairs=PAIRS, do_lower_case=lower,
@@ -137,6 +193,19 @@ def test_model_outputs_equal_bert4keras(checkpoint, oracle, case):
         np.testing.assert_allclose(a, b, atol=TOL)
 
 
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_other_families_equal_bert4keras(family_checkpoints, oracle, family):
+    config_path, prefix = family_checkpoints[family]
+    model = models.build_transformer_model(config_path, prefix, model=family,
+                                           **FAMILY_CASES[family][1])
+    ours = model.predict([TOKENS, SEGMENTS], verbose=0)
+    ours = ours if isinstance(ours, list) else [ours]
+    theirs = oracle.result(f"family_{family}")
+    assert [a.shape for a in ours] == [b.shape for b in theirs]
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=TOL)
+
+
 def test_masks_reach_a_loss_layer_as_in_bert4keras(checkpoint, oracle):
     config_path, prefix = checkpoint
     seen = {}
@@ -151,6 +220,8 @@ def test_masks_reach_a_loss_layer_as_in_bert4keras(checkpoint, oracle):
             return K.sum(loss * y_mask) / K.sum(y_mask)
 
     model = models.build_transformer_model(config_path, prefix, application="unilm")
+    # Inputs are float32 as in Keras 2, so `loss * segment_ids` works in scripts.
+    assert [t.dtype for t in model.inputs] == ["float32", "float32"]
     output = MaskedCrossEntropy(1)([model.inputs[0], model.outputs[0]])
     train = keras.Model(model.inputs, output)
     train.compile(optimizer="adam")
@@ -164,7 +235,8 @@ def test_intermediate_layers_carry_the_padding_mask(checkpoint):
     model = models.build_transformer_model(config_path, prefix)
     probe = keras.Model(model.inputs, model.get_layer("Transformer-1-FeedForward-Norm").output)
     assert probe.outputs[0]._keras_mask is not None
-    mask = layers.SequenceMask().compute_mask([None, keras.ops.convert_to_tensor(TOKENS)])
+    mask = layers.SequenceMask(from_ids=True).compute_mask(
+        [None, keras.ops.convert_to_tensor(TOKENS)])
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), TOKENS != 0)
 
 
@@ -220,6 +292,20 @@ def test_global_pointer_scores_and_loss_equal_bert4keras(oracle, efficient):
     assert restored.get_config() == layer.get_config()
 
 
+def test_conditional_layer_norm_equals_bert4keras(oracle):
+    layer = layers.LayerNormalization(conditional=True, hidden_units=NORM["hidden_units"],
+                                      hidden_activation=NORM["hidden_activation"])
+    layer([NORM["x"], NORM["c"]])
+    w = NORM["weights"]
+    layer.gamma.assign(w["gamma"])
+    layer.beta.assign(w["beta"])
+    layer.hidden_dense.set_weights([w["hidden"]])
+    layer.gamma_dense.set_weights([w["gamma_dense"]])
+    layer.beta_dense.set_weights([w["beta_dense"]])
+    output = keras.ops.convert_to_numpy(layer([NORM["x"], NORM["c"]]))
+    np.testing.assert_allclose(output, oracle.result("layer_norm"), atol=TOL)
+
+
 # ------------------------------------------------------------------ decoding
 def test_decoder_beam_and_sampling_ids_equal_bert4keras(oracle):
     vocab_size = DECODER["vocab_size"]
@@ -243,6 +329,35 @@ def test_decoder_beam_and_sampling_ids_equal_bert4keras(oracle):
     assert sampled == theirs["sample"]
 
 
+def test_snippets_equal_bert4keras(oracle):
+    theirs = oracle.result("snippets")
+    for (maxlen, index, sequences), (returned, modified) in zip(SNIPPETS["pairs"],
+                                                                  theirs["truncated"]):
+        sequences = [list(x) if x is not None else None for x in sequences]
+        assert snippets.truncate_sequences(maxlen, index, *sequences) == returned
+        assert sequences == modified  # shortened in place, as bert4keras does
+    texts = SNIPPETS["texts"]
+    assert [snippets.text_segmentate(t, 8, "\n。，", "。") for t in texts] == theirs["segmented"]
+    assert [snippets.longest_common_substring(a, b)
+            for a, b in zip(texts, texts[1:])] == theirs["substring"]
+    assert [snippets.longest_common_subsequence(a, b)
+            for a, b in zip(texts, texts[1:])] == theirs["subsequence"]
+    assert snippets.parallel_apply(lambda x: x * x, list(range(20)), 3, 4, dummy=True,
+                                   unordered=False) == theirs["applied"]
+    # bert4keras 0.11.5's strQ2B calls Python 2's unichr and fails on Python 3.
+    assert snippets.strQ2B("ＡＢＣ１２３！　？ｘ") == "ABC123! ?x"
+
+
+def test_fortest_yields_the_inputs():
+    class Batches(snippets.DataGenerator):
+        def __iter__(self, random=False):
+            for _, item in self.sample(random):
+                yield [np.array([[item]]), np.array([[0]])], np.array([[1]])
+
+    first = next(Batches([5, 6], batch_size=1).fortest())
+    assert len(first) == 2 and first[0].tolist() == [[5]]
+
+
 # ------------------------------------------------------------------ tokenizer
 @pytest.mark.parametrize("lower", [False, True])
 def test_tokenizer_ids_rematch_decode_equal_bert4keras(oracle, lower):
@@ -263,6 +378,15 @@ def test_tokenizer_ids_rematch_decode_equal_bert4keras(oracle, lower):
         assert ours == [list(pair) for pair in theirs["pairs"][index]]
     assert tok._token_start_id == tok.token_to_id("[CLS]")
     assert tok._token_mask_id == tok.token_to_id("[MASK]")
+
+
+def test_sentencepiece_tokenizer_equals_bert4keras(oracle, sentencepiece_model):
+    tok = tokenizers.SpTokenizer(sentencepiece_model)
+    theirs = oracle.result("sp_tokenizer")
+    assert [list(tok.encode(text)) for text in SP_TEXTS] == [list(p) for p in theirs["ids"]]
+    assert [list(tok.encode(a, b, maxlen=12)) for a, b in zip(SP_TEXTS, SP_TEXTS[1:])] == \
+        [list(p) for p in theirs["pairs"]]
+    assert [tok.decode(tok.encode(t)[0][1:-1]) for t in SP_TEXTS] == theirs["decoded"]
 
 
 # ------------------------------------------------------------------ optimizers
@@ -300,3 +424,15 @@ def test_keras_is_still_keras_3_beside_the_oracle():
 
     assert keras.__version__.startswith("3.")
     assert backend.keras is keras
+
+
+def test_batch_gather_and_sequence_masking_follow_numpy():
+    params = RNG.normal(size=(2, 4, 3)).astype("float32")
+    indices = np.array([[3, 0], [1, 1]])
+    expected = np.stack([params[b, indices[b]] for b in range(2)])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(backend.batch_gather(params, indices)),
+                               expected)
+    masked = backend.sequence_masking(params, np.array([[1, 1, 0, 0], [1, 0, 0, 0]]), -9.0)
+    expected = params.copy()
+    expected[0, 2:] = expected[1, 1:] = -9.0
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(masked), expected)

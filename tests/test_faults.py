@@ -1,7 +1,10 @@
 """Fault tests (issue 11): damaged files and odd settings get an error that names the
 culprit, never a silent wrong result.
 
-Each section holds the faults of one area; every test here failed before its fix.
+Each section holds the faults of one area; every fault test here failed before its
+fix. A few companions (``test_config_valid_fields_still_accepted``,
+``test_rematch_matches_brute_force``) check that the fixes refuse nothing valid and
+change no result.
 """
 
 import json
@@ -390,15 +393,18 @@ def test_checkpoint_extra_layers_ignored_on_request(three_layer_checkpoint):
 
 def test_checkpoint_extra_layers_refused_in_safetensors(three_layer_checkpoint, tmp_path):
     """The same rule for Hugging Face names (without the ``bert.`` prefix, as
-    ``BertModel`` saves them, plus its ``position_ids`` buffer, which is no weight)."""
+    ``BertModel`` saves them, plus its ``position_ids`` buffer and a tied copy of the
+    word embeddings, which are no weights of their own)."""
     from safetensors.numpy import save_file
 
     from bert4x.models import build_transformer_model
     _, tensors = three_layer_checkpoint
-    hf = {}
+    hf = {"cls.predictions.bias": tensors["cls/predictions/output_bias"],
+          "cls.predictions.decoder.weight": tensors["bert/embeddings/word_embeddings"]}
     for name, value in tensors.items():
-        if name.startswith("bert/") and "pooler" not in name:
-            hf_name = name[len("bert/"):].replace("/layer_", "/layer.").replace("/", ".")
+        if name.startswith(("bert/", "cls/predictions/transform")) and "pooler" not in name:
+            hf_name = name.replace("bert/", "", 1).replace("/layer_", "/layer.")
+            hf_name = hf_name.replace("/", ".")
             hf_name = hf_name.replace(".gamma", ".weight").replace(".beta", ".bias")
             if hf_name.endswith(".kernel"):
                 hf_name, value = hf_name[: -len(".kernel")] + ".weight", value.T
@@ -410,6 +416,7 @@ def test_checkpoint_extra_layers_refused_in_safetensors(three_layer_checkpoint, 
     save_file(hf, path)
     (tmp_path / "config.json").write_text(json.dumps(dict(TINY_CONFIG, num_hidden_layers=3)))
     build_transformer_model(checkpoint_path=path)
+    build_transformer_model(checkpoint_path=path, with_mlm=True)
     with pytest.raises(ValueError, match="encoder.layer.2.attention.self.query.weight"):
         build_transformer_model(checkpoint_path=path, num_hidden_layers=2)
 
@@ -716,3 +723,28 @@ def test_ensure_pretrained_concurrent_calls_train_once_for_real(tmp_path):
                   "intermediate_size": 64, "max_position_embeddings": 64}}))
     folder = _ensure_pretrained_twice(tmp_path, "real")
     build_transformer_model(folder, folder, with_mlm=True)
+
+
+def test_checkpoint_tied_decoder_copy_is_not_unused(tmp_path):
+    """A RoBERTa safetensors file that keeps ``lm_head.decoder.weight`` (the tied
+    copy of the word embeddings) loads; a fourth layer in it does not."""
+    from safetensors.numpy import save_file
+
+    from bert4x.models import build_transformer_model
+    config = dict(TINY_CONFIG, max_position_embeddings=66, model_type="roberta",
+                  pad_token_id=1)
+    builder = build_transformer_model(model="roberta", **config, with_mlm=True,
+                                      return_keras_model=False)
+    hf = {}
+    for name, value in _checkpoint_tensors(builder).items():
+        hf_names, transpose = builder.hugging_face_names(name)
+        hf[hf_names[0]] = np.ascontiguousarray(value.T if transpose else value)
+    hf["lm_head.decoder.weight"] = hf["roberta.embeddings.word_embeddings.weight"]
+    path = str(tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file(hf, path)
+    build_transformer_model(checkpoint_path=path, model="roberta", with_mlm=True)
+    hf["roberta.encoder.layer.3.output.dense.bias"] = np.zeros(32, np.float32)
+    save_file(hf, path)
+    with pytest.raises(ValueError, match=r"\['roberta.encoder.layer.3.output.dense.bias'\]"):
+        build_transformer_model(checkpoint_path=path, model="roberta", with_mlm=True)

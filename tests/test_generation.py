@@ -21,6 +21,7 @@ import _generation_worker as worker  # noqa: E402
 from bert4x import layers  # noqa: E402
 from bert4x.decoding import (AutoRegressiveDecoder, Decoder,  # noqa: E402
                              GenerationResult, filter_log_probs)
+from bert4x.decoding import _sampling_choice  # noqa: E402
 from bert4x.losses import (GenerationLoss, generation_loss,  # noqa: E402
                            generation_loss_weights, generation_targets)
 from bert4x.models import BERT  # noqa: E402
@@ -210,6 +211,27 @@ def test_cache_and_greedy_match_full_reruns_tensorflow(builders, application, co
     builder = builders(application, conditional)
     assert worker.check_cache(builder) < 1e-4
     assert worker.check_greedy(builder)
+
+
+@pytest.mark.parametrize("family", sorted(worker.FAMILY_CONFIGS))
+def test_families_cache_and_greedy_match_full_reruns(family):
+    """Every family's prefill + step graphs give the logits of full re-runs (fairseq
+    RoBERTa: padding id 1 and positions offset by 2; ALBERT: one cache entry per
+    application of the shared layer; factorised embeddings)."""
+    builder = worker.build_family(family)
+    assert len(builder.schedule) == builder.config.num_hidden_layers
+    assert worker.check_cache(builder) < 1e-4
+    assert worker.check_greedy(builder)
+
+
+@pytest.mark.parametrize("family", ["roberta", "albert"])
+def test_families_with_cln_and_lm(family):
+    """Conditional Layer Normalization (random condition weights, so it matters) and
+    the left-to-right LM keep cached decoding exact on the other families too."""
+    conditional = worker.build_family(family, conditional=True)
+    assert worker.check_cache(conditional) < 1e-4
+    assert worker.check_greedy(conditional)
+    assert worker.check_cache(worker.build_family(family, application="lm")) < 1e-4
 
 
 def test_step_is_traced_once_whatever_the_shapes(unilm):
@@ -406,6 +428,50 @@ def test_top_p_keeps_the_smallest_nucleus():
     # Temperature 2 flattens: p ** 0.5 renormalised.
     tempered = np.exp(filter_log_probs(np.log(probs), temperature=2.0))[0]
     np.testing.assert_allclose(tempered, np.sqrt(probs[0]) / np.sqrt(probs[0]).sum())
+
+
+def _filter_by_full_sort(log_probs, temperature, top_k, top_p):
+    """Reference filter: rank the whole vocabulary (stable: ties by lower id)."""
+    scores = np.asarray(log_probs, dtype=np.float64) / temperature
+    order = np.argsort(-scores, axis=-1, kind="stable")
+    ranked = np.take_along_axis(scores, order, axis=-1)
+    keep = np.isfinite(ranked)
+    if top_k is not None:
+        keep[:, top_k:] = False
+    probs = np.where(keep, np.exp(ranked), 0.0)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1:
+        keep &= np.cumsum(probs, axis=-1) - probs < top_p
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    filtered = np.zeros_like(probs)
+    np.put_along_axis(filtered, order, probs, axis=-1)
+    return filtered
+
+
+def test_partial_selection_filter_and_draws_equal_a_full_sort():
+    # Ties (rounded scores), removed tokens (-inf), flat and peaked rows, nuclei
+    # larger than the first candidate set: the filter keeps exactly what ranking
+    # the whole vocabulary keeps, and a draw inverts the same id-ordered CDF.
+    rng = np.random.default_rng(0)
+    for trial in range(120):
+        vocab = int(rng.integers(2, 2000))
+        scores = np.round(rng.normal(size=(3, vocab)) * rng.choice([0.05, 1, 6]),
+                          int(rng.integers(0, 3)))
+        scores[rng.random(scores.shape) < 0.1] = -np.inf
+        scores[:, 0] = np.maximum(scores[:, 0], 0.0)
+        top_k = [None, 1, 3, 50, 5000][trial % 5]
+        top_p = [None, 0.3, 0.9, 0.995, 1.0, 0.6][trial % 6]
+        temperature = [1.0, 0.5, 2.0][trial % 3]
+        expected = _filter_by_full_sort(scores, temperature, top_k, top_p)
+        found = np.exp(filter_log_probs(scores, temperature, top_k, top_p))
+        assert np.array_equal(found > 0, expected > 0), (trial, top_k, top_p)
+        np.testing.assert_allclose(found, expected, atol=1e-12)
+        tokens = _sampling_choice(np.random.default_rng(trial), temperature, top_k,
+                                  top_p)(scores, np.ones(3, dtype=bool))
+        draws = np.random.default_rng(trial).random(3)[:, None]
+        cumulative = np.cumsum(expected, axis=-1)
+        assert tokens.tolist() == (cumulative <= draws * cumulative[:, -1:]).sum(-1).tolist()
 
 
 def test_sampling_draws_from_the_nucleus_only():
@@ -645,7 +711,7 @@ def test_cache_and_greedy_on_other_backends(other_backends, backend):
             assert value < 1e-4, (key, value)
         elif key.startswith("greedy:"):
             assert value is True, key
-    assert len(results) == 9
+    assert len(results) == 9 + 2 * len(worker.FAMILY_CONFIGS)
 
 
 def test_start_id_is_what_the_first_predict_sees():

@@ -98,13 +98,14 @@ def batch_gather(params, indices):
     """
     params = ops.convert_to_tensor(params)
     indices = ops.cast(indices, "int32")
-    rank, trailing = len(indices.shape), len(params.shape) - len(indices.shape)
-    expanded = ops.reshape(indices, ops.concatenate(
-        [ops.shape(indices), ops.ones((trailing,), "int32")], axis=0)) if trailing else indices
+    rank = len(indices.shape)
+    trailing = len(params.shape) - rank
     if trailing:
-        target = ops.concatenate([ops.shape(indices), ops.shape(params)[rank:]], axis=0)
-        expanded = ops.broadcast_to(expanded, target)
-    return ops.take_along_axis(params, expanded, axis=rank - 1)
+        target = list(ops.shape(indices)) + list(ops.shape(params)[rank:])
+        for _ in range(trailing):
+            indices = ops.expand_dims(indices, -1)
+        indices = ops.broadcast_to(indices, target)
+    return ops.take_along_axis(params, indices, axis=rank - 1)
 
 
 def multilabel_categorical_crossentropy(y_true, y_pred):

@@ -4,7 +4,8 @@ Every ``keras.layers`` name is available here, as ``from bert4keras.layers
 import *`` gave them. Added: :class:`Loss` (a layer that adds a loss computed
 from its inputs and their masks), :class:`ConditionalRandomField`,
 :class:`GlobalPointer`, :class:`EfficientGlobalPointer`, written with
-``keras.ops`` (any backend), each with ``get_config``.
+``keras.ops`` (any backend), each with ``get_config``, and
+:class:`LayerNormalization` with bert4keras's ``[x, condition]`` call.
 """
 
 import keras
@@ -12,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from bert4x.bert4keras.backend import sequence_masking
+from bert4x import layers as _native_layers
 from bert4x.layers import RotaryPositionEncoding
 
 globals().update({name: getattr(keras.layers, name) for name in dir(keras.layers)
@@ -26,25 +28,31 @@ _PACKAGE = "bert4x.bert4keras"
 class SequenceMask(keras.layers.Layer):
     """Identity on ``x`` that gives it a Keras mask.
 
-    ``SequenceMask()([x, token_ids])`` masks the positions where ``token_ids``
-    is 0 (padding); ``SequenceMask()([x, y])`` with a float ``y`` passes on
-    ``y``'s mask. bert4x models built through ``bert4x.bert4keras`` use it so
-    that masks reach later layers (``Loss``, CRF, GlobalPointer) where
-    bert4keras's masks reached them; values are never changed.
+    ``SequenceMask(from_ids=True)([x, token_ids])`` masks the positions where
+    ``token_ids`` is 0 (padding); ``SequenceMask()([x, y])`` passes on ``y``'s
+    mask. bert4x models built through ``bert4x.bert4keras`` use it so that masks
+    reach later layers (``Loss``, CRF, GlobalPointer) where bert4keras's masks
+    reached them; values are never changed.
+
+    Args:
+        from_ids: take the mask from token ids instead of the second input's mask.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, from_ids=False, **kwargs):
         super().__init__(**kwargs)
+        self.from_ids = bool(from_ids)
         self.supports_masking = True
 
     def call(self, inputs):
         return inputs[0]
 
     def compute_mask(self, inputs, mask=None):
-        reference = inputs[1]
-        if "int" in str(reference.dtype):
-            return ops.not_equal(reference, 0)
+        if self.from_ids:
+            return ops.not_equal(inputs[1], 0)
         return None if mask is None else mask[1]
+
+    def get_config(self):
+        return {**super().get_config(), "from_ids": self.from_ids}
 
     def compute_output_spec(self, inputs):
         return keras.KerasTensor(inputs[0].shape, inputs[0].dtype)
@@ -293,3 +301,74 @@ class EfficientGlobalPointer(GlobalPointer):
         bias = ops.transpose(self.q_dense(x), (0, 2, 1)) / 2
         logits = logits + bias[:, ::2, None] + bias[:, 1::2, :, None]
         return _mask_pointer_scores(logits, mask, self.tril_mask)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LayerNormalization(_native_layers.LayerNormalization):
+    """bert4keras's LayerNormalization: ``LayerNormalization(conditional=True)([x, c])``.
+
+    bert4x's (conditional) layer normalisation, called bert4keras's way: with
+    ``conditional=True`` the input is ``[x, c]`` with ``c`` of shape ``[batch,
+    c_dim]``; ``hidden_units`` first maps ``c`` through a bias-free Dense with
+    ``hidden_activation``. The condition's gamma and beta Dense layers start at
+    zero, so the layer starts as a plain layer normalisation.
+
+    Args:
+        zero_mean, unit_variance, scale, offset: must be True (bert4x's layer
+            always centres, scales and has both gamma and beta).
+        epsilon: added to the variance (default ``keras.config.epsilon()``, as
+            bert4keras; its models use 1e-12).
+        conditional: take ``[x, c]``.
+        hidden_units, hidden_activation, hidden_initializer: the condition's Dense.
+    """
+
+    def __init__(self, zero_mean=True, unit_variance=True, epsilon=None, scale=True,
+                 offset=True, conditional=False, hidden_units=None,
+                 hidden_activation="linear", hidden_initializer="glorot_uniform", **kwargs):
+        if not all(flag is True for flag in (zero_mean, unit_variance, scale, offset)):
+            raise NotImplementedError("LayerNormalization without zero_mean, unit_variance, "
+                                      "scale or offset is not supported by bert4x.bert4keras")
+        super().__init__(epsilon=epsilon or keras.config.epsilon(), conditional=conditional,
+                         **kwargs)
+        self.hidden_units = hidden_units
+        self.hidden_activation = hidden_activation
+        self.hidden_initializer = keras.initializers.get(hidden_initializer)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if not self.conditional:
+            return super().build(input_shape)
+        x_shape, c_shape = input_shape
+        if len(c_shape) != 2:
+            raise NotImplementedError(f"{self.name}: the condition must be [batch, c], got "
+                                      f"shape {tuple(c_shape)}")
+        self.hidden_dense = None
+        if self.hidden_units:
+            self.hidden_dense = keras.layers.Dense(
+                self.hidden_units, activation=self.hidden_activation, use_bias=False,
+                kernel_initializer=self.hidden_initializer, name="hidden_dense")
+            self.hidden_dense.build(c_shape)
+            c_shape = (c_shape[0], self.hidden_units)
+        super().build(x_shape, c_shape)
+
+    def call(self, inputs):
+        if not self.conditional:
+            return super().call(inputs)
+        x, condition = inputs
+        if self.hidden_dense is not None:
+            condition = self.hidden_dense(condition)
+        return super().call(x, condition=condition)
+
+    def compute_mask(self, inputs, mask=None):
+        if self.conditional and isinstance(mask, (list, tuple)):
+            return mask[0]
+        return mask
+
+    def compute_output_spec(self, inputs):
+        x = inputs[0] if self.conditional else inputs
+        return keras.KerasTensor(x.shape, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": self.hidden_units,
+                "hidden_activation": self.hidden_activation,
+                "hidden_initializer": keras.initializers.serialize(self.hidden_initializer)}

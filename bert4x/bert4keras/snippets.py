@@ -42,7 +42,10 @@ def is_string(s):
 
 
 def strQ2B(ustring):  # noqa: N802  (bert4keras's name)
-    """Full-width characters (U+FF01-FF5E, the ideographic space) to their ASCII forms."""
+    """Full-width characters (U+FF01-FF5E, the ideographic space) to their ASCII forms.
+
+    (bert4keras 0.11.5's version calls Python 2's ``unichr`` and fails on Python 3.)
+    """
     def half(char):
         code = ord(char)
         if code == 0x3000:

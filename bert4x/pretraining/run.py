@@ -71,8 +71,7 @@ def build_pretraining_model(builder, seq_length, num_predictions):
     positions = keras.Input((num_predictions,), dtype="int32", name="Input-Positions")
     x = builder.embed(token_ids, segment_ids)
     bias = builder.attention_bias(token_ids, segment_ids)
-    for index in range(builder.config.num_hidden_layers):
-        x = builder.block(index, x, bias)
+    x = builder.encode(x, bias)
     gathered = keras.ops.take_along_axis(x, keras.ops.expand_dims(positions, -1), axis=1)
     logits = builder.mlm_logits(gathered)
     return keras.Model([token_ids, segment_ids, positions], logits, name="bert_pretraining")

@@ -85,6 +85,19 @@ def global_pointer(efficient, x, mask, weights, y_true, **kwargs):
     return dict(output=output.numpy(), loss=loss.numpy())
 
 
+def layer_norm(x, c, weights, **kwargs):
+    from bert4keras.layers import LayerNormalization
+
+    layer = LayerNormalization(conditional=True, **kwargs)
+    layer([x, c])
+    layer.gamma.assign(weights["gamma"])
+    layer.beta.assign(weights["beta"])
+    layer.hidden_dense.set_weights([weights["hidden"]])
+    layer.gamma_dense.set_weights([weights["gamma_dense"]])
+    layer.beta_dense.set_weights([weights["beta_dense"]])
+    return layer([x, c]).numpy()
+
+
 def decoder_ids(vocab_size, start_id, end_id, maxlen, minlen, beams, samples):
     from bert4keras.snippets import AutoRegressiveDecoder
 
@@ -121,6 +134,32 @@ def tokenizer(vocab_path, texts, pairs, do_lower_case, maxlen):
     return result
 
 
+def snippets_results(pairs, texts, square):
+    from bert4keras import snippets
+
+    truncated = []
+    for maxlen, index, sequences in pairs:
+        sequences = [list(x) if x is not None else None for x in sequences]
+        returned = snippets.truncate_sequences(maxlen, index, *sequences)
+        truncated.append((returned, sequences))
+    return dict(
+        truncated=truncated,
+        segmented=[snippets.text_segmentate(text, 8, "\n。，", "。") for text in texts],
+        substring=[snippets.longest_common_substring(a, b) for a, b in zip(texts, texts[1:])],
+        subsequence=[snippets.longest_common_subsequence(a, b) for a, b in zip(texts, texts[1:])],
+        applied=snippets.parallel_apply(globals()[square], list(range(20)), 3, 4, dummy=True,
+                                        unordered=False))
+
+
+def sp_tokenizer(model_path, texts, pairs, maxlen):
+    from bert4keras.tokenizers import SpTokenizer
+
+    tok = SpTokenizer(model_path)
+    return dict(ids=[tok.encode(text) for text in texts],
+                pairs=[tok.encode(a, b, maxlen=maxlen) for a, b in pairs],
+                decoded=[tok.decode(tok.encode(text)[0][1:-1]) for text in texts])
+
+
 def optimizer_steps(kernel, bias, x, y, steps, factories, **settings):
     """Weights after ``steps`` updates of a Dense layer on a squared-error loss."""
     import tensorflow as tf
@@ -139,6 +178,10 @@ def optimizer_steps(kernel, bias, x, y, steps, factories, **settings):
         grads = tape.gradient(loss, dense.trainable_weights)
         optimizer.apply_gradients(zip(grads, dense.trainable_weights))
     return [w.numpy() for w in dense.weights]
+
+
+def square(x):
+    return x * x
 
 
 def main(jobs_path, results_path):

@@ -1,0 +1,100 @@
+"""What the demos print: a quiet TensorFlow start, one progress bar per phase, a table.
+
+Import this module before anything that imports TensorFlow and call
+:func:`quiet_tensorflow` first thing: TensorFlow's C++ runtime reads its log level
+when it loads, and a CPU-only machine would otherwise greet the user with
+CUDA notices ("failed call to cuInit ...") that read like a crash.
+"""
+
+import os
+import re
+import sys
+import tempfile
+
+# Start-up notices of a CUDA-enabled TensorFlow wheel on a machine without a GPU,
+# and of its CPU build; anything else written during the start is shown.
+_START_UP_NOTICES = re.compile(
+    r"absl::InitializeLog|cudart_stub|cuda_platform|cuInit|cuda_dnn|cuda_blas|cuda_fft|"
+    r"cpu_feature_guard|oneDNN custom operations|rebuild TensorFlow with the appropriate|"
+    r"AVX2 FMA|Unable to register cu|computation placer already registered")
+
+
+def quiet_tensorflow():
+    """Start TensorFlow (if installed) without its CUDA and CPU-feature notices.
+
+    Sets ``TF_CPP_MIN_LOG_LEVEL=2`` (unless the user set it) before TensorFlow is
+    imported, then imports it and initialises its devices with the process's
+    standard error captured: the runtime writes some notices before its log level
+    applies. Captured lines that are not such notices are written back, so a real
+    error still shows.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+        except ImportError:
+            pass  # another Keras backend without TensorFlow installed
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured.read().decode("utf-8", "replace").splitlines():
+            if line.strip() and not _START_UP_NOTICES.search(line):
+                print(line, file=sys.stderr)
+
+
+def phase_bar(total, description, unit="step"):
+    """A ``tqdm`` bar for one phase of a demo: count, rate and estimated time left."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True,
+                mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+
+def training_progress(total_steps, description="training"):
+    """A Keras callback showing all epochs of a ``fit`` as one bar with the loss.
+
+    Use with ``fit(..., verbose=0)``; the bar's estimate covers the whole phase,
+    not one epoch.
+    """
+    import keras
+
+    class TrainingProgress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = phase_bar(total_steps, description)
+            self.epoch_losses = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.bar.update(1)
+            if logs and "loss" in logs and batch % 20 == 0:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}", refresh=False)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_losses.append(float((logs or {}).get("loss", float("nan"))))
+            self.bar.set_postfix(epoch=epoch + 1, loss=f"{self.epoch_losses[-1]:.3f}")
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return TrainingProgress()
+
+
+def print_table(title, header, rows):
+    """Print a Markdown-style table of figures (so it can be pasted into a README)."""
+    cells = [[str(cell) for cell in row] for row in [header] + list(rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row):
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |"
+
+    print(f"\n{title}")
+    print(line(cells[0]))
+    print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    for row in cells[1:]:
+        print(line(row))
