@@ -462,6 +462,12 @@ class DataGenerator:
         yield exactly one batch per `batch_size` items (bert4keras style). The order
         is reshuffled at each epoch end when `random`.
 
+        On the TensorFlow backend Keras fixes the shape of the batches from the
+        first ones it reads: an axis with the same size in those (e.g. a
+        sequence length) must keep it. Pad such axes to a fixed length
+        (``sequence_padding(..., length=maxlen)``), or use `forfit` or
+        `to_dataset`, when later batches may be longer.
+
         Args:
             random: shuffle the data each epoch.
             **pydataset_kwargs: `workers`, `use_multiprocessing`, `max_queue_size`.

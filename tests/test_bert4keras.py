@@ -121,8 +121,27 @@ def family_checkpoints(tmp_path_factory):
     return found
 
 
+SP_TEXTS = ["the quick brown fox jumps over the lazy dog", "a lazy dog sleeps all day long",
+            "quick brown dogs and lazy foxes"]
+
+
 @pytest.fixture(scope="module")
-def oracle(checkpoint, family_checkpoints):
+def sentencepiece_model(tmp_path_factory):
+    import sentencepiece as spm
+
+    folder = tmp_path_factory.mktemp("spm")
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(SP_TEXTS * 20), encoding="utf-8")
+    prefix = str(folder / "tiny")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=prefix, vocab_size=36, model_type="unigram",
+        character_coverage=1.0, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
+        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2)
+    return prefix + ".model"
+
+
+@pytest.fixture(scope="module")
+def oracle(checkpoint, family_checkpoints, sentencepiece_model):
     config_path, prefix = checkpoint
     inputs = [TOKENS, SEGMENTS]
     jobs = {f"model_{name}": ("model_outputs", dict(config_path=config_path,
@@ -143,6 +162,9 @@ def oracle(checkpoint, family_checkpoints):
             weights=POINTER_WEIGHTS[efficient], y_true=POINTER_TRUE, **POINTER_SETTINGS))
     jobs["decoder"] = ("decoder_ids", DECODER)
     jobs["layer_norm"] = ("layer_norm", NORM)
+    jobs["sp_tokenizer"] = ("sp_tokenizer", dict(
+        model_path=sentencepiece_model, texts=SP_TEXTS,
+        pairs=list(zip(SP_TEXTS, SP_TEXTS[1:])), maxlen=12))
     jobs["snippets"] = ("snippets_results", dict(SNIPPETS, square="square"))
     for lower in (False, True):
         jobs[f"tokenizer_{lower}"] = ("tokenizer", dict(
@@ -198,6 +220,8 @@ def test_masks_reach_a_loss_layer_as_in_bert4keras(checkpoint, oracle):
             return K.sum(loss * y_mask) / K.sum(y_mask)
 
     model = models.build_transformer_model(config_path, prefix, application="unilm")
+    # Inputs are float32 as in Keras 2, so `loss * segment_ids` works in scripts.
+    assert [t.dtype for t in model.inputs] == ["float32", "float32"]
     output = MaskedCrossEntropy(1)([model.inputs[0], model.outputs[0]])
     train = keras.Model(model.inputs, output)
     train.compile(optimizer="adam")
@@ -211,7 +235,8 @@ def test_intermediate_layers_carry_the_padding_mask(checkpoint):
     model = models.build_transformer_model(config_path, prefix)
     probe = keras.Model(model.inputs, model.get_layer("Transformer-1-FeedForward-Norm").output)
     assert probe.outputs[0]._keras_mask is not None
-    mask = layers.SequenceMask().compute_mask([None, keras.ops.convert_to_tensor(TOKENS)])
+    mask = layers.SequenceMask(from_ids=True).compute_mask(
+        [None, keras.ops.convert_to_tensor(TOKENS)])
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), TOKENS != 0)
 
 
@@ -353,6 +378,15 @@ def test_tokenizer_ids_rematch_decode_equal_bert4keras(oracle, lower):
         assert ours == [list(pair) for pair in theirs["pairs"][index]]
     assert tok._token_start_id == tok.token_to_id("[CLS]")
     assert tok._token_mask_id == tok.token_to_id("[MASK]")
+
+
+def test_sentencepiece_tokenizer_equals_bert4keras(oracle, sentencepiece_model):
+    tok = tokenizers.SpTokenizer(sentencepiece_model)
+    theirs = oracle.result("sp_tokenizer")
+    assert [list(tok.encode(text)) for text in SP_TEXTS] == [list(p) for p in theirs["ids"]]
+    assert [list(tok.encode(a, b, maxlen=12)) for a, b in zip(SP_TEXTS, SP_TEXTS[1:])] == \
+        [list(p) for p in theirs["pairs"]]
+    assert [tok.decode(tok.encode(t)[0][1:-1]) for t in SP_TEXTS] == theirs["decoded"]
 
 
 # ------------------------------------------------------------------ optimizers

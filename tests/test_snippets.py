@@ -277,7 +277,9 @@ class TwoInputBatches(DataGenerator):
             segments.append([0] * len(ids))
             labels.append([label])
             if len(tokens) == self.batch_size or is_end:
-                inputs = [sequence_padding(tokens), sequence_padding(segments)]
+                # A fixed length: Keras fixes a PyDataset's shapes from its first
+                # batches (see as_pydataset), and the samples are up to 7 long.
+                inputs = [sequence_padding(tokens, 8), sequence_padding(segments, 8)]
                 inputs = tuple(inputs) if self.as_tuple else inputs
                 yield inputs, (sequence_padding(labels) if self.labels else None)
                 tokens, segments, labels = [], [], []

@@ -28,25 +28,31 @@ _PACKAGE = "bert4x.bert4keras"
 class SequenceMask(keras.layers.Layer):
     """Identity on ``x`` that gives it a Keras mask.
 
-    ``SequenceMask()([x, token_ids])`` masks the positions where ``token_ids``
-    is 0 (padding); ``SequenceMask()([x, y])`` with a float ``y`` passes on
-    ``y``'s mask. bert4x models built through ``bert4x.bert4keras`` use it so
-    that masks reach later layers (``Loss``, CRF, GlobalPointer) where
-    bert4keras's masks reached them; values are never changed.
+    ``SequenceMask(from_ids=True)([x, token_ids])`` masks the positions where
+    ``token_ids`` is 0 (padding); ``SequenceMask()([x, y])`` passes on ``y``'s
+    mask. bert4x models built through ``bert4x.bert4keras`` use it so that masks
+    reach later layers (``Loss``, CRF, GlobalPointer) where bert4keras's masks
+    reached them; values are never changed.
+
+    Args:
+        from_ids: take the mask from token ids instead of the second input's mask.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, from_ids=False, **kwargs):
         super().__init__(**kwargs)
+        self.from_ids = bool(from_ids)
         self.supports_masking = True
 
     def call(self, inputs):
         return inputs[0]
 
     def compute_mask(self, inputs, mask=None):
-        reference = inputs[1]
-        if "int" in str(reference.dtype):
-            return ops.not_equal(reference, 0)
+        if self.from_ids:
+            return ops.not_equal(inputs[1], 0)
         return None if mask is None else mask[1]
+
+    def get_config(self):
+        return {**super().get_config(), "from_ids": self.from_ids}
 
     def compute_output_spec(self, inputs):
         return keras.KerasTensor(inputs[0].shape, inputs[0].dtype)

@@ -36,7 +36,7 @@ def _masking_builder(family):
     class Masked(family):
         def _create_layers(self):
             super()._create_layers()
-            self._sequence_mask = SequenceMask(name="Embedding-Mask")
+            self._sequence_mask = SequenceMask(from_ids=True, name="Embedding-Mask")
             self._mlm_mask = SequenceMask(name="MLM-Mask")
             # The tied output layer drops the mask quietly; MLM-Mask restores it.
             self.token_embedding.supports_masking = True
@@ -52,6 +52,14 @@ def _masking_builder(family):
                 self.pooler_dense.activation = keras.activations.get(self._pool_activation)
             if self.with_mlm and self._mlm_activation is not None:
                 self.mlm_activation.activation = keras.activations.get(self._mlm_activation)
+
+        def _inputs(self, length=None, prefix="Input"):
+            if prefix != "Input":
+                return super()._inputs(length, prefix)
+            # Keras 2's Input default, float32, as bert4keras scripts expect (they
+            # multiply losses by segment ids); the embedding layers cast to int.
+            return (keras.Input((length,), name=f"{prefix}-Token"),
+                    keras.Input((length,), name=f"{prefix}-Segment"))
 
         def embed(self, token_ids, segment_ids, *args, **kwargs):
             x = super().embed(token_ids, segment_ids, *args, **kwargs)
@@ -110,6 +118,10 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     place, then the MLM output (``with_mlm``: True for softmax or an
     activation name such as ``"linear"``). ``application="lm"``/``"unilm"``
     returns the MLM probabilities.
+
+    The token and segment inputs are float32 (Keras 2's default, which
+    bert4keras scripts rely on, e.g. ``loss * segment_ids``); the embedding
+    layers cast them to int.
 
     Args:
         config_path: the ``bert_config.json``.

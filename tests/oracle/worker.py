@@ -151,6 +151,15 @@ def snippets_results(pairs, texts, square):
                                         unordered=False))
 
 
+def sp_tokenizer(model_path, texts, pairs, maxlen):
+    from bert4keras.tokenizers import SpTokenizer
+
+    tok = SpTokenizer(model_path)
+    return dict(ids=[tok.encode(text) for text in texts],
+                pairs=[tok.encode(a, b, maxlen=maxlen) for a, b in pairs],
+                decoded=[tok.decode(tok.encode(text)[0][1:-1]) for text in texts])
+
+
 def optimizer_steps(kernel, bias, x, y, steps, factories, **settings):
     """Weights after ``steps`` updates of a Dense layer on a squared-error loss."""
     import tensorflow as tf
