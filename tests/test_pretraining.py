@@ -315,7 +315,12 @@ def test_train_and_export_round_trip(tmp_path, data_dir):
     assert any("tokens/s" in line and "mlm_acc" in line for line in lines)
     assert result["eval"]["targets"] > 0
     export = result["export_dir"]
-    assert os.listdir(os.path.join(str(tmp_path), "run", "logs"))
+    logs = os.path.join(str(tmp_path), "run", "logs")
+    scalars = {value.tag: value.metadata.plugin_data.plugin_name
+               for name in os.listdir(logs)
+               for event in tf.compat.v1.train.summary_iterator(os.path.join(logs, name))
+               for value in event.summary.value}
+    assert scalars.get("loss") == scalars.get("learning_rate") == "scalars", scalars
     model = build_transformer_model(export, export, with_mlm=True)
     vocab = open(os.path.join(export, "vocab.txt"), encoding="utf-8").read().splitlines()
     assert len(vocab) == trainer.builder.config.vocab_size < 21128
