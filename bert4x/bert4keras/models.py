@@ -119,6 +119,10 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     activation name such as ``"linear"``). ``application="lm"``/``"unilm"``
     returns the MLM probabilities.
 
+    The token and segment inputs are float32 (Keras 2's default, which
+    bert4keras scripts rely on, e.g. ``loss * segment_ids``); the embedding
+    layers cast them to int.
+
     Args:
         config_path: the ``bert_config.json``.
         checkpoint_path: the checkpoint prefix (or Hugging Face weights).
