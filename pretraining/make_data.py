@@ -19,7 +19,7 @@ from pretraining.cli import parse_config  # noqa: E402
 
 def main(argv=None):
     config, _ = parse_config(argv, description=__doc__)
-    from bert4x.pretraining.trainer import prepare_data
+    from bert4x.pretraining.run import prepare_data
     summary = prepare_data(config)
     print(f"{summary['documents']:,} documents, {summary['tokens']:,} tokens -> "
           f"{summary['train_examples']:,} training and {summary['valid_examples']:,} held-out "

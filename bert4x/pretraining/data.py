@@ -29,10 +29,11 @@ import glob
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 
 import numpy as np
 
+from bert4x import storage
 from bert4x.tokenizers import SPECIAL_TOKENS, Tokenizer, load_vocab
 
 DATASET_FILE = "dataset.json"
@@ -224,30 +225,28 @@ def _serialize(tf, input_ids, word_ids):
 
 
 def _write_shard(path, sequences):
-    """Write ``sequences`` to ``path`` atomically (temporary name, then rename)."""
+    """Write ``sequences`` to ``path`` atomically (temporary name, then rename; on
+    object stores the rename is a copy, and readers only ever list finished shards
+    through the ``.done.json`` markers)."""
     import tensorflow as tf
-    folder = os.path.dirname(path)
-    handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
-    os.close(handle)
+    temporary = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         with tf.io.TFRecordWriter(temporary) as writer:
             for input_ids, word_ids in sequences:
                 writer.write(_serialize(tf, input_ids, word_ids))
-        os.chmod(temporary, 0o644)  # mkstemp makes it private
-        os.replace(temporary, path)
+        storage.rename(temporary, path, overwrite=True)
     except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        if storage.exists(temporary):
+            storage.remove(temporary)
         raise
 
 
 def _atomic_write_json(path, value):
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=1, ensure_ascii=False)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
+    storage.atomic_write(path, json.dumps(value, indent=1, ensure_ascii=False))
+
+
+def _read_json(path):
+    return json.loads(storage.read_text(path))
 
 
 def _file_key(index, path):
@@ -270,14 +269,13 @@ def _process_file(job):
     """Worker: tokenise, pack and shard one input file. Returns its marker dict."""
     (index, path, output_dir, settings) = job
     key = _file_key(index, path)
-    marker_path = os.path.join(output_dir, key + ".done.json")
+    marker_path = storage.join(output_dir, key + ".done.json")
     source = _source_fingerprint(path)
-    if os.path.isfile(marker_path):
-        with open(marker_path, encoding="utf-8") as file:
-            marker = json.load(file)
+    if storage.isfile(marker_path):
+        marker = _read_json(marker_path)
         shards = marker["train_shards"] + marker["valid_shards"]
         if marker.get("source") == source and all(
-                os.path.isfile(os.path.join(output_dir, shard)) for shard in shards):
+                storage.isfile(storage.join(output_dir, shard)) for shard in shards):
             marker["skipped"] = True
             return marker
     tokenize = DocumentTokenizer(settings["vocab_path"], settings["do_lower_case"],
@@ -297,8 +295,8 @@ def _process_file(job):
             chunk = pending[name][:settings["shard_size"]]
             pending[name] = pending[name][settings["shard_size"]:]
             shard = f"{name}-{key}-{len(shards[name]):05d}.tfrecord"
-            if not os.path.isfile(os.path.join(output_dir, shard)):
-                _write_shard(os.path.join(output_dir, shard), chunk)
+            if not storage.isfile(storage.join(output_dir, shard)):
+                _write_shard(storage.join(output_dir, shard), chunk)
             shards[name].append(shard)
             examples[name] += len(chunk)
 
@@ -350,7 +348,9 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
 
     Args:
         inputs: file paths or glob patterns.
-        output_dir: the shard folder (created; rerunning resumes).
+        output_dir: the shard folder (created; rerunning resumes): local, ``gs://``
+            or any file system of ``tf.io.gfile`` (``ram://`` runs in this process,
+            without worker processes). The corpus files are read from local disk.
         vocab_path: the (full) ``vocab.txt``; ids in the shards refer to it.
         seq_length: tokens per sequence, ``[CLS]`` included.
         do_lower_case: lower-case and strip accents.
@@ -390,7 +390,7 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
     paths = _expand_inputs(list(inputs))
     if not paths:
         raise ValueError(f"no corpus file in {list(inputs)}")
-    os.makedirs(output_dir, exist_ok=True)
+    storage.makedirs(output_dir)
     settings = {
         "vocab_path": os.path.abspath(vocab_path), "vocab_sha256": _vocab_digest(vocab_path),
         "seq_length": int(seq_length), "do_lower_case": bool(do_lower_case),
@@ -398,9 +398,9 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
         "validation_every": round(1 / validation_fraction) if validation_fraction else 0,
         "input_format": input_format,
     }
-    summary_path = os.path.join(output_dir, DATASET_FILE)
+    summary_path = storage.join(output_dir, DATASET_FILE)
     _check_existing_settings(output_dir, settings)
-    _atomic_write_json(os.path.join(output_dir, "settings.json"), settings)
+    _atomic_write_json(storage.join(output_dir, "settings.json"), settings)
     jobs = [(index, path, output_dir, settings) for index, path in enumerate(paths)]
     bar = None
     if progress:
@@ -408,6 +408,8 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
         bar = tqdm(total=sum(os.path.getsize(path) for path in paths), unit="B", unit_scale=True, desc="make_data")
     markers = []
     workers = num_workers or min(len(jobs), os.cpu_count() or 1)
+    if storage.scheme(output_dir) == "ram":
+        workers = 1  # ram:// lives in this process: worker processes cannot write there
     try:
         if workers <= 1 or len(jobs) == 1:
             results = map(_process_file, jobs)
@@ -452,11 +454,10 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
 
 
 def _check_existing_settings(output_dir, settings):
-    path = os.path.join(output_dir, "settings.json")
-    if not os.path.isfile(path):
+    path = storage.join(output_dir, "settings.json")
+    if not storage.isfile(path):
         return
-    with open(path, encoding="utf-8") as file:
-        old = json.load(file)
+    old = _read_json(path)
     differing = {key: (old.get(key), value) for key, value in settings.items()
                  if key != "vocab_path" and old.get(key) != value}
     if differing:
@@ -472,13 +473,15 @@ def load_dataset_summary(data_dir):
     Raises:
         FileNotFoundError: naming the folder and the command that makes it.
     """
-    path = os.path.join(data_dir, DATASET_FILE)
-    if not os.path.isfile(path):
+    path = storage.join(data_dir, DATASET_FILE)
+    if not storage.isfile(path):
         raise FileNotFoundError(
             f"no {DATASET_FILE} in {data_dir!r}: make the data first "
             "(python pretraining/make_data.py --config ...)")
-    with open(path, encoding="utf-8") as file:
-        return json.load(file)
+    try:
+        return _read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is damaged ({error}); run make_data.py again") from None
 
 
 def trimmed_vocabulary(vocab_path, token_counts, min_count=1):

@@ -1,6 +1,6 @@
 """Pick the ``tf.distribute`` strategy for a pretraining run.
 
-The rule (DESIGN section 8): a TPU address gives ``TPUStrategy``; ``TF_CONFIG`` naming
+The rule: a TPU address gives ``TPUStrategy``; ``TF_CONFIG`` naming
 several workers gives ``MultiWorkerMirroredStrategy``; several GPUs give
 ``MirroredStrategy``; otherwise the default strategy. The decision
 (:func:`strategy_kind`) is a pure function, and :func:`make_strategy` takes its

@@ -1,8 +1,8 @@
 """Pretraining on the JAX backend: ``model.fit`` under ``keras.distribution.DataParallel``.
 
 The model, vocabulary handling, tf.data masking pipeline and export are those of the
-TensorFlow path (:class:`bert4x.pretraining.trainer.Pretrainer`); tf.data serves only
-as the input pipeline (iterated as NumPy). Differences from the TensorFlow path:
+TensorFlow path (both trainers hold a :class:`bert4x.pretraining.run.PretrainingRun`);
+tf.data serves only as the input pipeline (iterated as NumPy). Differences from the TensorFlow path:
 
 * distribution is ``keras.distribution.DataParallel`` over ``list_devices()`` (all
   local devices; one device is plain training). Multi-host JAX, TPU addresses and
@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from bert4x import storage
-from bert4x.pretraining.trainer import MODEL_SIGNATURE_FILE, Pretrainer, _write_json_atomic
+from bert4x.pretraining.run import PretrainingRun, prepare_data
 
 
 def masked_cross_entropy(y_true, y_pred):
@@ -108,11 +108,13 @@ class JaxCheckpointFormat:
                 variable.assign(saved[f"v{index}"])
 
 
-class JaxPretrainer(Pretrainer):
+class JaxPretrainer:
     """One pretraining run on the JAX backend (see the module docstring).
 
-    Reuses :class:`Pretrainer`'s vocabulary resolution, model config, checkpoint
-    signature check and :meth:`Pretrainer.export`; replaces the tf.distribute parts.
+    The backend-neutral part (folders, data, vocabulary, model, optimizer, run
+    signature, export) is a :class:`bert4x.pretraining.run.PretrainingRun`, as in the
+    TensorFlow :class:`bert4x.pretraining.trainer.Pretrainer`; this class adds the
+    ``keras.distribution`` training, its checkpoints and its evaluation.
 
     Args:
         config: a :class:`bert4x.pretraining.PretrainingConfig`.
@@ -131,7 +133,8 @@ class JaxPretrainer(Pretrainer):
         unsupported = [(config.accumulation_steps > 1,
                         f"accumulation_steps={config.accumulation_steps}"),
                        (bool(config.tpu), f"tpu={config.tpu!r}"),
-                       (config.mixed_precision, "mixed_precision=true")]
+                       (config.mixed_precision, "mixed_precision=true"),
+                       (config.steps_per_loop > 1, f"steps_per_loop={config.steps_per_loop}")]
         for bad, setting in unsupported:
             if bad:
                 raise NotImplementedError(
@@ -149,15 +152,17 @@ class JaxPretrainer(Pretrainer):
         self.distribution = keras.distribution.DataParallel(devices=self.devices)
         self.strategy_kind = f"DataParallel x{len(self.devices)}"
         self.chief = True
-        self._prepare_run(summary)
+        self.run = PretrainingRun(config, summary=summary, log=log)
+        self.output_dir, self.checkpoint_dir = self.run.output_dir, self.run.checkpoint_dir
+        self.summary = self.run.summary
         with self.distribution.scope():
             self._build()
 
     def _build(self):
-        self.masker = self._make_masker()
+        self.masker = self.run.make_masker()
         self.global_batch = self.config.batch_size
-        self._make_models(self._checked_model_config())
-        self.optimizer = self._make_optimizer()
+        self.builder, self.train_model = self.run.make_models(self.masker)
+        self.optimizer = self.run.make_optimizer()
         self.train_model.compile(optimizer=self.optimizer, loss=masked_cross_entropy,
                                  metrics=[masked_accuracy])
         self.optimizer.build(self.train_model.trainable_variables)
@@ -177,18 +182,11 @@ class JaxPretrainer(Pretrainer):
             return self._restore()
 
     def _restore(self):
-        self._check_signature()
-        step = self._checkpoint_folder().restore_newest_intact(start_over=self.start_over,
-                                                               log=self.log)
+        step = self.run.restore(self.builder, self._checkpoint_folder(),
+                                start_over=self.start_over)
         if step is not None:
             self.log(f"resumed from {storage.join(self.checkpoint_dir, f'ckpt-{step}')} "
                      f"at step {step}")
-        elif self.config.init_checkpoint:
-            self.builder.load_checkpoint(self.config.init_checkpoint, allow_missing_heads=True)
-            self.log(f"initialised from {self.config.init_checkpoint}")
-        storage.makedirs(self.checkpoint_dir)
-        _write_json_atomic(storage.join(self.checkpoint_dir, MODEL_SIGNATURE_FILE),
-                           self._signature())
         return step or 0
 
     def save(self, step):
@@ -209,7 +207,7 @@ class JaxPretrainer(Pretrainer):
     def _dataset(self, start_example):
         from bert4x.pretraining.pipeline import masked_dataset
         config = self.config
-        files = self._data_files()
+        files = self.run.data_files()
         examples = self.summary["train_examples"]
         if not files or examples <= 0:
             raise ValueError(f"no training example in {config.resolved_data_dir()}")
@@ -277,7 +275,7 @@ class JaxPretrainer(Pretrainer):
                         trainer.save(current)
 
             dataset = self._dataset(step * self.global_batch)
-            batches = numpy_batches(dataset, self._data_files())  # a generator
+            batches = numpy_batches(dataset, self.run.data_files())  # a generator
             self.train_model.fit(batches,
                                  steps_per_epoch=config.train_steps - step, epochs=1,
                                  shuffle=False, verbose=0, callbacks=[Progress()])
@@ -291,13 +289,18 @@ class JaxPretrainer(Pretrainer):
         result["export_dir"] = self.export()
         return result
 
+    def export(self, directory=None):
+        """Write the official checkpoint of the model now (see
+        :meth:`bert4x.pretraining.run.PretrainingRun.export`); return the folder."""
+        return self.run.export(self.builder, directory)
+
     def evaluate(self, max_batches=None):
         """Loss and accuracy on the held-out shards (mask of epoch 0, no dropout)."""
         from bert4x.pretraining.pipeline import evaluation_dataset, numpy_batches
         shards = self.summary.get("valid_shards") or []
         if not shards:
             return None
-        files = self._data_files("valid")
+        files = self.run.data_files("valid")
         dataset = evaluation_dataset(files, self.config.seq_length, self.masker,
                                      self.global_batch)
         max_batches = max_batches if max_batches is not None else self.config.eval_batches
@@ -325,7 +328,6 @@ def train_with_jax(config, export_only=False, prepare=True, log=print, start_ove
     Needs ``KERAS_BACKEND=jax``. See the module docstring for what differs from the
     TensorFlow path.
     """
-    from bert4x.pretraining.trainer import prepare_data
     summary = None
     if prepare and config.inputs and not export_only:
         summary = prepare_data(config)

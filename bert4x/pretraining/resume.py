@@ -196,7 +196,8 @@ class TensorFlowCheckpointFormat:
             if path not in data:
                 return f"{_basename(path)} is missing"
         try:
-            reader = tf.train.load_checkpoint(prefix)
+            # Not tf.train.load_checkpoint: it takes a ram:// prefix for a folder.
+            reader = tf.compat.v1.train.NewCheckpointReader(prefix)
             shapes = reader.get_variable_to_shape_map()
             dtypes = reader.get_variable_to_dtype_map()
         except Exception as error:  # noqa: BLE001 - TF raises several kinds here
