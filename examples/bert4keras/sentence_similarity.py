@@ -13,7 +13,7 @@ from bert4x.bert4keras.tokenizers import Tokenizer
 
 maxlen = 40
 batch_size = 8
-epochs = int(os.environ.get('EPOCHS', 4))
+epochs = int(os.environ.get('EPOCHS', 10))
 bert_dir = os.environ.get('BERT_DIR', 'chinese_L-12_H-768_A-12')
 data_dir = os.environ.get('DATA_DIR', 'data')
 config_path = os.path.join(bert_dir, 'bert_config.json')
@@ -53,7 +53,7 @@ bert = build_transformer_model(config_path, checkpoint_path, with_pool=True,
 output = Dropout(rate=0.1)(bert.model.output)
 output = Dense(units=2, activation='softmax')(output)
 model = keras.models.Model(bert.model.input, output)
-model.compile(loss='sparse_categorical_crossentropy', optimizer=Adam(1e-3),
+model.compile(loss='sparse_categorical_crossentropy', optimizer=Adam(2e-3),
               metrics=['accuracy'])
 
 train_generator = data_generator(train_data, batch_size)
