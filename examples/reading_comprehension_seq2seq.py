@@ -56,6 +56,9 @@ def parse_args(argv=None):
                       help="training questions used (0: all)")
     data.add_argument("--max-eval", type=int, default=500,
                       help="evaluation questions decoded (0: all)")
+    data.add_argument("--dev-questions", type=int, default=100,
+                      help="development questions carved from the training idioms, for "
+                      "choosing the epoch (0: none)")
     data.add_argument("--max-passage-len", type=int, default=96, help="passage tokens")
     data.add_argument("--max-question-len", type=int, default=24, help="question tokens")
     data.add_argument("--max-answer-len", type=int, default=24, help="answer tokens")
@@ -65,16 +68,20 @@ def parse_args(argv=None):
     train.add_argument("--learning-rate", type=float, default=2e-3,
                        help="peak learning rate (use about 2e-5 for BERT-base)")
     train.add_argument("--negatives", type=int, default=1,
-                       help="non-answering passages trained per question and epoch")
+                       help="the question's own non-answering passages trained per "
+                       "question and epoch")
+    train.add_argument("--swapped-negatives", type=int, default=0,
+                       help="hard negatives per question and epoch: answering passages "
+                       "of other questions of the same kind, trained to answer nothing")
     decode = parser.add_argument_group("decoding")
     decode.add_argument("--beam-size", type=int, default=3)
     decode.add_argument("--length-penalty", type=float, default=1.0,
                         help="beam score = log-prob / length ** this")
     decode.add_argument("--show", type=int, default=8, help="predictions printed")
     decode.add_argument("--monitor", type=int, default=100,
-                        help="after each epoch, decode this many training and held-out "
-                        "questions and print both Finals (a diagnosis of over-fitting: "
-                        "it selects nothing; 0: off)")
+                        help="after each epoch, decode this many training, development "
+                        "and held-out questions and print their Finals; the epoch best on "
+                        "the development questions is kept (0: off)")
     add_base_model_arguments(parser)
     return parser.parse_args(argv)
 
@@ -119,42 +126,61 @@ class QAEncoder:
                    for i in range(len(body) - len(answer) + 1))
 
     def training_pairs(self, question):
-        """``(answering, other)`` lists of ``(source_ids, answer_ids)`` of a question.
+        """A question encoded for training: ``{"question_ids", "answering", "other",
+        "kind"}``.
 
-        A passage counts as answering when its answer survives the truncation of
-        both texts; the others are trained to predict ``[SEP]`` first.
+        ``answering`` lists ``(passage_ids, answer_ids)`` of the passages whose answer
+        survives the truncation of both texts; ``other`` lists the ``passage_ids`` of
+        the rest, which are trained to predict ``[SEP]`` first.
         """
-        question_ids = self.question_ids(question["question"])
         answering, other = [], []
         for passage in question["passages"]:
             passage_ids = self.passage_ids(passage["passage"])
-            source = passage_ids + question_ids
             answer_ids = self.answer_ids(passage.get("answer", ""))
             if len(answer_ids) > 1 and self.contains(passage_ids, answer_ids):
-                answering.append((source, answer_ids))
+                answering.append((passage_ids, answer_ids))
             else:
-                other.append((source, [self.end_id]))
-        return answering, other
+                other.append(passage_ids)
+        return {"question_ids": self.question_ids(question["question"]),
+                "answering": answering, "other": other, "kind": question.get("kind")}
 
 
-def training_examples(encoded_questions, negatives, rng):
+def training_examples(encoded_questions, negatives, rng, swapped=0):
     """One epoch of ``(source_ids, answer_ids)`` pairs.
 
     Args:
         encoded_questions: ``QAEncoder.training_pairs`` of each question.
-        negatives: non-answering passages drawn per question.
+        negatives: the question's own non-answering passages drawn per question.
         rng: a NumPy ``Generator``.
+        swapped: hard negatives per question: answering passages of *other*
+            questions of the same kind (about other idioms), paired with this
+            question and trained to answer ``[SEP]``. A passage of the right form
+            then holds an answer only if it is about what the question asks, so the
+            model must match the two instead of recognising the form.
 
     Returns:
-        each question's answering passages and ``negatives`` random non-answering
-        ones, shuffled, so that "answer" and "no answer" are both learned.
+        each question's answering passages and its negatives, shuffled, so that
+        "answer" and "no answer" are both learned.
     """
+    by_kind = {}
+    for index, encoded in enumerate(encoded_questions):
+        if encoded["answering"]:
+            by_kind.setdefault(encoded["kind"], []).append(index)
     examples = []
-    for answering, other in encoded_questions:
-        examples.extend(answering)
+    for index, encoded in enumerate(encoded_questions):
+        question_ids, other = encoded["question_ids"], encoded["other"]
+        end = [question_ids[-1]]  # the question ends with [SEP], the empty answer's token
+        examples.extend((p + question_ids, a) for p, a in encoded["answering"])
         if other:
             picks = rng.choice(len(other), size=min(negatives, len(other)), replace=False)
-            examples.extend(other[i] for i in picks)
+            examples.extend((other[i] + question_ids, end) for i in picks)
+        donors = by_kind.get(encoded["kind"], [])
+        for _ in range(swapped if len(donors) > 1 else 0):
+            donor = index
+            while donor == index:
+                donor = donors[rng.integers(len(donors))]
+            passages = encoded_questions[donor]["answering"]
+            examples.append((passages[rng.integers(len(passages))][0] + question_ids, end))
     rng.shuffle(examples)
     return examples
 
@@ -189,18 +215,24 @@ class EpochBatches:
         questions: WebQA-style questions.
         encoder: a :class:`QAEncoder`.
         batch_size: examples per batch.
-        negatives: non-answering passages per question and epoch.
+        negatives: the questions' own non-answering passages per question and epoch.
         seed: seed of the draws.
+        swapped: hard negatives per question and epoch (see :func:`training_examples`).
     """
 
-    def __init__(self, questions, encoder, batch_size, negatives, seed):
+    def __init__(self, questions, encoder, batch_size, negatives, seed, swapped=0):
         self.encoded = [encoder.training_pairs(question) for question in questions]
         self.batch_size = batch_size
         self.negatives = negatives
+        self.swapped = swapped
         self.rng = np.random.default_rng(seed)
         # The number of examples is the same at every epoch (only which negatives varies).
-        self.examples_per_epoch = len(training_examples(self.encoded, negatives, self.rng))
+        self.examples_per_epoch = len(self.epoch())
         self.steps = -(-self.examples_per_epoch // batch_size)
+
+    def epoch(self):
+        """One epoch's shuffled ``(source_ids, answer_ids)`` pairs."""
+        return training_examples(self.encoded, self.negatives, self.rng, self.swapped)
 
     def __len__(self):
         return self.steps
@@ -208,7 +240,7 @@ class EpochBatches:
     def __iter__(self):
         """Endless batches, epoch after epoch."""
         while True:
-            examples = training_examples(self.encoded, self.negatives, self.rng)
+            examples = self.epoch()
             for start in range(0, len(examples), self.batch_size):
                 yield batch_arrays(examples[start:start + self.batch_size])
 
@@ -401,30 +433,81 @@ def evaluate(reader, questions, batch_size=16, progress=True):
     return predictions, scores
 
 
-def epoch_monitor(reader, train, held_out, count):
-    """A Keras callback printing Final on ``count`` training and held-out questions per epoch.
+def epoch_monitor(reader, question_sets, count, model=None):
+    """A Keras callback printing Final per epoch on ``count`` questions of each set.
 
-    The held-out figure only shows whether the model learns to read or learns the
-    training idioms' answers; no decision (epochs, settings) is taken from it.
+    Args:
+        reader: the :class:`PassageReader` sharing the trained weights.
+        question_sets: ``{name: questions}``, e.g. training, development and held-out.
+        count: questions decoded per set and epoch.
+        model: when given and ``question_sets`` has a "development" set, the weights
+            of the epoch with the best development Final are restored at the end
+            (the development questions come from training idioms, so nothing of the
+            held-out idioms takes part in this choice). The held-out column is a
+            diagnosis only: it shows whether the model learns to read or learns the
+            training idioms' answers.
     """
     import keras
 
+    names = [name for name, questions in question_sets.items() if questions]
+
     class EpochMonitor(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.rows = []
+            self.rows, self.best, self.best_weights = [], None, None
 
         def on_epoch_end(self, epoch, logs=None):
-            finals = [evaluate(reader, questions[:count], progress=False)[1]["all"]["final"]
-                      for questions in (train, held_out)]
-            self.rows.append([epoch + 1, f"{(logs or {}).get('loss', float('nan')):.3f}",
-                              f"{finals[0]:.3f}", f"{finals[1]:.3f}"])
+            finals = {name: evaluate(reader, question_sets[name][:count],
+                                     progress=False)[1]["all"]["final"] for name in names}
+            self.rows.append([epoch + 1, f"{(logs or {}).get('loss', float('nan')):.3f}"]
+                             + [f"{finals[name]:.3f}" for name in names])
+            development = finals.get("development")
+            if model is not None and development is not None and (
+                    self.best is None or development > self.best[1]):
+                self.best = (epoch + 1, development)
+                self.best_weights = model.get_weights()
 
         def on_train_end(self, logs=None):
-            print_table(f"Per epoch: Final on {count} training and {count} held-out "
-                        "questions", ["epoch", "loss", "training Final", "held-out Final"],
-                        self.rows)
+            print_table(f"Per epoch: Final on {count} questions of each set",
+                        ["epoch", "loss"] + [f"{name} Final" for name in names], self.rows)
+            if self.best_weights is not None and self.best[0] != len(self.rows):
+                model.set_weights(self.best_weights)
+                print(f"restored the weights of epoch {self.best[0]}, the best on the "
+                      f"development questions ({self.best[1]:.3f})")
 
     return EpochMonitor()
+
+
+def development_split(questions, count, seed):
+    """Carve ``count`` development questions out of the training questions.
+
+    When the questions say which idiom they and their passages are about (the built
+    idiom QA), the split is by idiom, as the held-out split is: the development
+    idioms leave the training questions altogether, distractors included. Otherwise
+    ``count`` questions are drawn at random.
+
+    Returns:
+        ``(train, development)``.
+    """
+    if count <= 0:
+        return questions, []
+    rng = np.random.default_rng(seed)
+    if not all("idiom" in question for question in questions):
+        order = rng.permutation(len(questions))
+        return ([questions[i] for i in order[count:]], [questions[i] for i in order[:count]])
+    by_idiom = {}
+    for question in questions:
+        by_idiom.setdefault(question["idiom"], []).append(question)
+    chosen, development = set(), []
+    idioms = list(by_idiom)
+    for index in rng.permutation(len(idioms)):
+        if len(development) >= count:
+            break
+        idiom = idioms[index]
+        chosen.add(idiom)
+        development.extend(by_idiom[idiom])
+    train = [question for question in questions if question["idiom"] not in chosen
+             and not any(p.get("idiom") in chosen for p in question["passages"])]
+    return train, development[:count]
 
 
 def print_scores(scores, title):
@@ -485,24 +568,28 @@ def run(args):
     started = time.time()
     set_seed(args.seed)
     train, dev = load_data(args)
+    train, development = development_split(train, args.dev_questions, args.seed)
     if args.max_train:
         train = train[:args.max_train]
     if args.max_eval:
         dev = dev[:args.max_eval]
-    print(f"{len(train)} training questions, {len(dev)} evaluation questions")
+    print(f"{len(train)} training questions, {len(development)} development questions "
+          f"(from other training idioms), {len(dev)} evaluation questions")
     base = resolve_base_model(args)
     print(f"base model: {base.description} ({time.time() - started:.0f} s)")
     tokenizer, keep_tokens = base.tokenizer_for(corpus_texts(train + dev))
     encoder = QAEncoder(tokenizer, args.max_passage_len, args.max_question_len,
                         args.max_answer_len)
-    batches = EpochBatches(train, encoder, args.batch_size, args.negatives, args.seed)
+    batches = EpochBatches(train, encoder, args.batch_size, args.negatives, args.seed,
+                           args.swapped_negatives)
     builder, train_model = build_models(base, keep_tokens, args.learning_rate,
                                         len(batches) * args.epochs)
     training_started = time.time()
     reader = PassageReader(builder, encoder, args.beam_size, args.length_penalty)
     callbacks = [training_progress(len(batches) * args.epochs, "fine-tuning")]
     if args.monitor:
-        callbacks.append(epoch_monitor(reader, train, dev, args.monitor))
+        sets = {"training": train, "development": development, "held-out": dev}
+        callbacks.append(epoch_monitor(reader, sets, args.monitor, train_model))
     # The batches are drawn and shuffled per epoch by EpochBatches itself.
     history = train_model.fit(batches.dataset(), steps_per_epoch=len(batches),
                               epochs=args.epochs, shuffle=False, verbose=0,

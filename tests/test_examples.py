@@ -69,6 +69,50 @@ def test_question_kinds_no_answer_share_and_distractors(qa_sets):
             assert question["idiom"] in question["question"]
 
 
+def test_development_split_is_by_idiom_and_leaves_training(qa_sets):
+    import reading_comprehension_seq2seq as rc
+    train, development = rc.development_split(qa_sets[0], 60, seed=1)
+    assert len(development) == 60
+    chosen = {q["idiom"] for q in development}
+    seen_in_training = {q["idiom"] for q in train} | {
+        p["idiom"] for q in train for p in q["passages"]}
+    assert not chosen & seen_in_training
+    # Only questions touching the chosen idioms leave training.
+    assert len(qa_sets[0]) - len(train) < 10 * 60
+    unlabelled = [{"question": q["question"], "passages": q["passages"]} for q in qa_sets[0]]
+    rest, picked = rc.development_split(unlabelled, 25, seed=1)
+    assert len(picked) == 25 and len(rest) == len(unlabelled) - 25
+
+
+def test_swapped_negatives_pair_other_questions_answering_passages(qa_sets, tiny_base):
+    """Each hard negative is an answering passage of another question of the same
+    kind, followed by this question, with the empty answer; the rest of the epoch is
+    unchanged."""
+    import reading_comprehension_seq2seq as rc
+    questions = [q for q in qa_sets[0] if idiom_qa.question_answer(q)][:40]
+    tokenizer, _ = tiny_base.tokenizer_for(rc.corpus_texts(questions))
+    encoder = rc.QAEncoder(tokenizer, 48, 16, 12)
+    encoded = [encoder.training_pairs(q) for q in questions]
+    plain = rc.training_examples(encoded, 1, np.random.default_rng(0))
+    swapped = rc.training_examples(encoded, 1, np.random.default_rng(0), swapped=2)
+    donors = {}
+    for index, item in enumerate(encoded):
+        for passage_ids, _ in item["answering"]:
+            donors.setdefault(tuple(passage_ids), set()).add(index)
+    asked = {tuple(item["question_ids"]): index for index, item in enumerate(encoded)}
+    extra = collections.Counter()
+    for source, answer in swapped:
+        cut = source.index(encoder.end_id) + 1
+        passage, question = tuple(source[:cut]), tuple(source[cut:])
+        index = asked[question]
+        if index not in donors.get(passage, {index}) and answer == [encoder.end_id]:
+            owners = donors[passage]
+            assert all(encoded[o]["kind"] == encoded[index]["kind"] for o in owners)
+            extra[index] += 1
+    assert len(swapped) - len(plain) == 2 * len(encoded)
+    assert all(extra[i] == 2 for i in range(len(encoded)))
+
+
 def test_answer_rules():
     assert idiom_qa.meaning_answer("坚坚定；贞有节操。意志坚定，决不屈服。", 24) == "意志坚定，决不屈服"
     assert idiom_qa.meaning_answer("四通八达的大都会。同通都大邑”。", 24) == "四通八达的大都会"

@@ -261,8 +261,10 @@ def _source_fingerprint(path):
 
 
 def _quiet_worker():
-    """Pool initializer: a worker process's TensorFlow logs only errors."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Pool initializer: the worker starts TensorFlow (to write TFRecords) without
+    its start-up notices, which would otherwise print once per worker."""
+    from bert4x.quiet import quiet_tensorflow
+    quiet_tensorflow()
 
 
 def _process_file(job):
