@@ -252,7 +252,9 @@ class AdamW(_PerVariableRules, keras.optimizers.Adam):
        `lr_multipliers` found in the variable's path (1 if none);
     3. decoupled weight decay ``w <- w - lr * weight_decay * w`` unless the variable's
        path matches a pattern of `exclude_from_weight_decay`;
-    4. Keras's Adam step with ``lr``.
+    4. Keras's Adam step with ``lr`` (on TensorFlow, for float32/float64 variables on
+       CPU, GPU or TPU, as the fused ``ResourceApplyAdam`` kernel: the same formula in
+       one pass; see `uses_fused_adam`).
 
     Sparse gradients (`tf.IndexedSlices` from embedding lookups) are made dense first,
     so the update is textbook (dense) Adam even when a token repeats in the batch.
