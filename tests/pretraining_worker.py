@@ -12,6 +12,12 @@ MODE:
                the newest checkpoint, resume (from the one before) for a few more steps,
                load the export with build_transformer_model and save the per-step
                losses, device count and MLM outputs of both models.
+  jax_accumulation (KERAS_BACKEND=jax) one update of 2 micro-batches against the
+               gradient of the whole batch, computed separately.
+  jax_features (KERAS_BACKEND=jax) the JAX route's bfloat16, steps_per_loop and
+               exact resume: a bfloat16 run and its export, a run with
+               steps_per_loop 3 against steps_per_loop 1, and a run stopped after a
+               checkpoint and resumed against an uninterrupted one.
   killed       run run_pretraining and SIGKILL this process when it reports step
                KILL_AT (argument 4), before that step's checkpoint is written: a crash
                at a known point.
@@ -32,6 +38,107 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def weights_of(trainer):
     return [np.asarray(w) for w in trainer.builder.model.get_weights()]
+
+
+def jax_accumulation(config):
+    """One update of 2 micro-batches (SGD, lr 1) and the gradient of the mean
+    cross-entropy over every target of the whole batch, computed here directly."""
+    import jax
+    import jax.numpy as jnp
+    import keras
+    from bert4x.pretraining.jax_trainer import JaxPretrainer
+    # No dropout: the reference below runs the model without it.
+    model_fields = dict(config.model, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    trainer = JaxPretrainer(config.replace(accumulation_steps=2, model=model_fields,
+                                           output_dir=config.output_dir + "_accumulation"),
+                            log=lambda line: None)
+    model = trainer.train_model
+    inputs, labels = next(trainer._dataset(0).as_numpy_iterator())
+    labels = labels.copy()
+    labels[0] = -1  # row 0 is in micro-batch 0: the micro-batches' target counts differ
+    # Copies: the training step donates (deletes) the variables' buffers.
+    trainable = [np.array(v.value) for v in model.trainable_variables]
+    non_trainable = [np.array(v.value) for v in model.non_trainable_variables]
+
+    def mean_loss(values, rows):
+        logits, _ = model.stateless_call(values, non_trainable, [x[rows] for x in inputs])
+        log_probs = jax.nn.log_softmax(logits.astype("float32"), -1)
+        y = labels[rows]
+        picked = jnp.take_along_axis(log_probs, np.maximum(y, 0)[..., None], -1)[..., 0]
+        weights = (y >= 0).astype("float32")
+        return -jnp.sum(picked * weights) / jnp.sum(weights)
+
+    rows = np.arange(len(labels))
+    expected = jax.grad(mean_loss)(trainable, rows)
+    # What averaging the two micro-batches' mean losses (Keras's own
+    # gradient_accumulation_steps) would give instead.
+    halves = [jax.grad(mean_loss)(trainable, rows[i::2]) for i in range(2)]
+    naive = [(a + b) / 2 for a, b in zip(*halves)]
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0))
+    with trainer.distribution.scope():
+        model.train_on_batch(inputs, labels)
+    moved = [before - np.asarray(v.value)
+             for before, v in zip(trainable, model.trainable_variables)]
+    flat = lambda arrays: np.concatenate([np.ravel(np.asarray(a)) for a in arrays])  # noqa: E731
+    return {"accumulated": flat(moved), "expected": flat(expected), "naive": flat(naive),
+            "micro_targets": np.array([(labels[i::2] >= 0).sum() for i in range(2)])}
+
+
+def jax_features(config):
+    import keras
+    from bert4x.models import build_transformer_model
+    from bert4x.pretraining.jax_trainer import JaxPretrainer
+    arrays = {}
+    quiet = lambda line: None  # noqa: E731
+
+    def run(name, **overrides):
+        trainer = JaxPretrainer(config.replace(output_dir=config.output_dir + "_" + name,
+                                               **overrides), log=quiet)
+        return trainer, trainer.train()
+
+    bf16, result = run("bfloat16", mixed_precision=True, train_steps=16, learning_rate=5e-3)
+    arrays["bf16_losses"] = np.array(result["losses"])
+    arrays["bf16_compute"] = np.array(sorted({str(layer.compute_dtype)
+                                              for layer in bf16.builder.model.layers}))
+    exported = build_transformer_model(result["export_dir"], result["export_dir"],
+                                       with_mlm=True)
+    arrays["export_outputs_finite"] = np.array(np.isfinite(exported.predict(
+        [np.full((1, config.seq_length), 2, "int32"), np.zeros((1, config.seq_length), "int32")],
+        verbose=0)[-1]).all())
+    checkpoint = (tf.train.latest_checkpoint(result["export_dir"])
+                  or os.path.join(result["export_dir"], "bert_model.ckpt"))
+    dtypes = tf.train.load_checkpoint(checkpoint).get_variable_to_dtype_map()
+    arrays["export_dtypes"] = np.array(sorted({dtype.name for dtype in dtypes.values()}))
+    weights = {}
+    for name, overrides in (("one", {"steps_per_loop": 1}), ("loop", {"steps_per_loop": 3})):
+        trainer, result = run(name, **overrides)
+        weights[name] = trainer.builder.model.get_weights()
+        arrays[f"{name}_calls"] = np.array(len(result["losses"]))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_4(line):
+        if line.startswith("step 4/"):  # logged before any checkpoint of step 4
+            raise Stop(line)
+
+    stopped = JaxPretrainer(config.replace(output_dir=config.output_dir + "_stopped"),
+                            log=stop_at_step_4)
+    try:
+        stopped.train()
+        raise SystemExit("the stopped run was not stopped")
+    except Stop:
+        pass
+    lines = []
+    resumed = JaxPretrainer(config.replace(output_dir=config.output_dir + "_stopped"),
+                            log=lines.append)
+    resumed.train()
+    arrays["resumed_from_3"] = np.array(any("at step 3" in line for line in lines))
+    weights["resumed"] = resumed.builder.model.get_weights()
+    for name in ("one", "loop", "resumed"):
+        arrays[f"{name}_weights"] = np.concatenate([np.ravel(w) for w in weights[name]])
+    arrays["distribution_left"] = np.array(keras.distribution.distribution() is not None)
+    return arrays
 
 
 def main():
@@ -107,6 +214,10 @@ def main():
                       distribution_left=np.array(keras.distribution.distribution() is not None),
                       exported=np.asarray(outputs), trained=np.asarray(trained),
                       eval_targets=np.array(resumed["eval"]["targets"]))
+    elif mode == "jax_accumulation":
+        arrays.update(jax_accumulation(config))
+    elif mode == "jax_features":
+        arrays.update(jax_features(config))
     elif mode == "killed":
         import signal
         from bert4x.pretraining.trainer import run_pretraining

@@ -7,14 +7,17 @@ tf.data serves only as the input pipeline (iterated as NumPy). Differences from 
 * distribution is ``keras.distribution.DataParallel`` over ``list_devices()`` (all
   local devices; one device is plain training). Multi-host JAX, TPU addresses and
   ``tf.distribute`` strategies are not used.
-* the loss of a step is the mean cross-entropy over the target tokens of the global
-  batch, as on TensorFlow; ``accumulation_steps > 1``, ``tpu`` and
-  ``mixed_precision`` raise ``NotImplementedError``.
+* one training step is one optimiser update of ``accumulation_steps`` micro-batches
+  (:class:`JaxTrainingModel`); its loss is the mean cross-entropy over all target
+  tokens of the update, as on TensorFlow. ``mixed_precision`` builds the model with
+  the ``mixed_bfloat16`` policy; ``steps_per_loop`` is ``steps_per_execution``;
+  ``tpu`` raises ``NotImplementedError``.
 * checkpoints are Keras ``.weights.h5`` files of the training model plus the optimiser
-  variables (``.optimizer.npz``), each written under a temporary name and renamed. A
-  restarted run resumes from the newest intact checkpoint (as on TensorFlow, see
-  :mod:`bert4x.pretraining.resume`) at its step and data position; bit-identical final weights against an uninterrupted run are not
-  guaranteed (nor tested) on JAX.
+  variables and dropout seed states (``.optimizer.npz``), each written under a
+  temporary name and renamed. A restarted run resumes from the newest intact checkpoint
+  (as on TensorFlow, see :mod:`bert4x.pretraining.resume`) at its step and data
+  position, and ends with the weights of an uninterrupted run bit for bit (tested on
+  CPU; see pretraining/README.md for GPUs).
 * no TensorBoard logs (progress lines only); ``jit_compile`` is ignored (JAX always
   compiles).
 """
@@ -22,36 +25,100 @@ tf.data serves only as the input pipeline (iterated as NumPy). Differences from 
 import os
 import time
 
+import keras
 import numpy as np
 
 from bert4x import storage
 from bert4x.pretraining.run import PretrainingRun, prepare_data
 
 
-def masked_cross_entropy(y_true, y_pred):
-    """Mean sparse cross-entropy over the targets; ``y_true < 0`` marks padding.
+def _micro_batches(array, count):
+    """``[count * B, ...] -> [count, B, ...]``; micro-batch ``i`` holds rows ``i, i +
+    count, ...``, so under data parallelism (rows sharded in contiguous blocks) every
+    micro-batch stays spread over all devices."""
+    return array.reshape((-1, count) + array.shape[1:]).swapaxes(0, 1)
 
-    Matches the TensorFlow loop: ``sum(ce * weights) / max(sum(weights), 1)`` over the
-    whole (global) batch.
+
+class JaxTrainingModel(keras.Model):
+    """The training model of the JAX route: one optimiser update per ``train_step``.
+
+    Built from the inputs and outputs of
+    :func:`bert4x.pretraining.run.build_pretraining_model` (its layers are shared).
+    A step's batch is ``accumulation_steps`` micro-batches: a ``jax.lax.scan`` runs them
+    one after the other (the activations of one micro-batch at a time), summing the
+    cross-entropy over their target tokens (labels ``< 0`` are padding) and its
+    gradients, and the optimizer applies ``sum of gradients / number of targets``: the
+    gradient of the mean cross-entropy over all targets of the update, the same as one
+    batch ``accumulation_steps`` times larger and as the TensorFlow route's
+    token-weighted accumulation. ``loss`` and ``masked_accuracy`` are logged per update.
+
+    Example:
+        >>> base = build_pretraining_model(builder, 128, 20)  # doctest: +SKIP
+        >>> model = JaxTrainingModel(base.inputs, base.outputs,  # doctest: +SKIP
+        ...                          accumulation_steps=4)
+        >>> model.compile(optimizer=AdamW(1e-4))  # doctest: +SKIP
     """
-    import keras
-    ops = keras.ops
-    labels = ops.cast(y_true, "int32")
-    weights = ops.cast(labels >= 0, "float32")
-    logits = ops.cast(y_pred, "float32")
-    per_token = keras.losses.sparse_categorical_crossentropy(
-        ops.maximum(labels, 0), logits, from_logits=True)
-    return ops.sum(per_token * weights) / ops.maximum(ops.sum(weights), 1.0)
 
+    def __init__(self, *args, accumulation_steps=1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.accumulation_steps = int(accumulation_steps)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="masked_accuracy")
 
-def masked_accuracy(y_true, y_pred):
-    """Accuracy over the targets (``y_true < 0`` is padding) of one batch."""
-    import keras
-    ops = keras.ops
-    labels = ops.cast(y_true, "int32")
-    weights = ops.cast(labels >= 0, "float32")
-    correct = ops.cast(ops.argmax(y_pred, axis=-1) == labels, "float32")
-    return ops.sum(correct * weights) / ops.maximum(ops.sum(weights), 1.0)
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def _summed_loss(self, trainable, non_trainable, inputs, labels):
+        """Summed cross-entropy over the targets of one micro-batch, with the new
+        non-trainable values (dropout seeds), the target count and the correct ones."""
+        import jax
+        import jax.numpy as jnp
+        logits, non_trainable = self.stateless_call(trainable, non_trainable, inputs,
+                                                    training=True)
+        logits = logits.astype("float32")
+        weights = (labels >= 0).astype("float32")
+        targets = jnp.maximum(labels, 0)
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+        correct = (jnp.argmax(logits, axis=-1) == targets).astype("float32")
+        return -jnp.sum(picked * weights), (non_trainable, jnp.sum(weights),
+                                           jnp.sum(correct * weights))
+
+    def train_step(self, state, data):
+        import jax
+        import jax.numpy as jnp
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        inputs, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        count = self.accumulation_steps
+        batches = ([_micro_batches(x, count) for x in inputs], _micro_batches(labels, count))
+        gradient_fn = jax.value_and_grad(self._summed_loss, has_aux=True)
+
+        def micro_step(carry, batch):
+            gradient_sums, non_trainable, totals = carry
+            (loss_sum, (non_trainable, target_count, correct)), gradients = gradient_fn(
+                trainable, non_trainable, *batch)
+            gradient_sums = [total + g.astype("float32")
+                             for total, g in zip(gradient_sums, gradients)]
+            return (gradient_sums, non_trainable,
+                    totals + jnp.stack([loss_sum, target_count, correct])), None
+
+        zeros = [jnp.zeros(v.shape, "float32") for v in trainable]
+        (gradient_sums, non_trainable, totals), _ = jax.lax.scan(
+            micro_step, (zeros, non_trainable, jnp.zeros(3, "float32")), batches)
+        targets = jnp.maximum(totals[1], 1.0)
+        gradients = [(g / targets).astype(v.dtype) for g, v in zip(gradient_sums, trainable)]
+        trainable, optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, gradients, trainable)
+        split = len(self.loss_tracker.variables)  # metrics_variables follow self.metrics
+        loss_values = self.loss_tracker.stateless_update_state(
+            metrics_variables[:split], totals[0] / targets)
+        accuracy_values = self.accuracy_tracker.stateless_update_state(
+            metrics_variables[split:], totals[2] / targets)
+        logs = {"loss": self.loss_tracker.stateless_result(loss_values),
+                "masked_accuracy": self.accuracy_tracker.stateless_result(accuracy_values)}
+        return logs, (trainable, non_trainable, optimizer_variables,
+                      list(loss_values) + list(accuracy_values))
 
 
 def _to_model_inputs(features):
@@ -62,14 +129,48 @@ def _to_model_inputs(features):
     return ((features["token_ids"], features["segment_ids"], features["positions"]), labels)
 
 
+class _LossRecorder(keras.callbacks.Callback):
+    """Appends to ``losses`` the mean loss of every compiled call of a fit: one entry
+    per update with ``steps_per_execution`` 1 (Keras logs the running mean over the
+    fit call; the loss of the last call is recovered from it)."""
+
+    def __init__(self, losses):
+        super().__init__()
+        self.losses = losses
+
+    def on_train_begin(self, logs=None):
+        self.total, self.steps = 0.0, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = batch + 1
+        total = float(logs["loss"]) * steps
+        self.losses.append((total - self.total) / (steps - self.steps))
+        self.total, self.steps = total, steps
+
+
+def seed_states(model):
+    """The model's variables that ``save_weights`` leaves out: the states of the
+    dropout seed generators, which an exact resume needs back."""
+    weights = {id(variable) for variable in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
+
+
 class JaxCheckpointFormat:
     """``ckpt-N.weights.h5`` (Keras weights of the training model) plus
-    ``ckpt-N.optimizer.npz`` (the optimiser variables in order)."""
+    ``ckpt-N.optimizer.npz`` (the optimiser variables in order, ``v0, v1, ...``, and the
+    dropout seed states, ``seed0, seed1, ...``)."""
 
     pattern = r"^ckpt-(\d+)\.(?:weights\.h5|optimizer\.npz)$"
 
     def __init__(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
+
+    def save_state(self, file):
+        """Write the optimiser variables and the seed states to ``file`` (npz)."""
+        arrays = {f"v{i}": np.asarray(v.value) for i, v in enumerate(self.optimizer.variables)}
+        arrays.update({f"seed{i}": np.asarray(v.value)
+                       for i, v in enumerate(seed_states(self.model))})
+        np.savez(file, **arrays)
 
     def problem(self, prefix):
         import h5py
@@ -92,7 +193,8 @@ class JaxCheckpointFormat:
                     f"{len(expected)} weights (or their shapes differ)")
         try:
             with np.load(prefix + ".optimizer.npz") as saved:
-                values = [saved[f"v{i}"].shape for i in range(len(saved.files))]
+                count = sum(name.startswith("v") for name in saved.files)
+                values = [saved[f"v{i}"].shape for i in range(count)]
         except Exception as error:  # noqa: BLE001 - zipfile and NumPy raise several kinds
             return f"{name}.optimizer.npz is unreadable ({error})"
         wanted = [tuple(v.shape) for v in self.optimizer.variables]
@@ -106,6 +208,11 @@ class JaxCheckpointFormat:
         with np.load(prefix + ".optimizer.npz") as saved:
             for index, variable in enumerate(self.optimizer.variables):
                 variable.assign(saved[f"v{index}"])
+            # Checkpoints of earlier releases have no seed states: the resume is
+            # then exact up to the dropout masks.
+            for index, variable in enumerate(seed_states(self.model)):
+                if f"seed{index}" in saved.files:
+                    variable.assign(saved[f"seed{index}"])
 
 
 class JaxPretrainer:
@@ -130,16 +237,11 @@ class JaxPretrainer:
                 "the JAX pretraining path needs the JAX backend: set the environment "
                 f"variable KERAS_BACKEND=jax before Keras is imported (it is "
                 f"{keras.backend.backend()!r})")
-        unsupported = [(config.accumulation_steps > 1,
-                        f"accumulation_steps={config.accumulation_steps}"),
-                       (bool(config.tpu), f"tpu={config.tpu!r}"),
-                       (config.mixed_precision, "mixed_precision=true"),
-                       (config.steps_per_loop > 1, f"steps_per_loop={config.steps_per_loop}")]
-        for bad, setting in unsupported:
-            if bad:
-                raise NotImplementedError(
-                    f"{setting} is not supported by pretraining on the JAX backend "
-                    "(see pretraining/README.md); use KERAS_BACKEND=tensorflow")
+        if config.tpu:
+            raise NotImplementedError(
+                f"tpu={config.tpu!r} is not supported by pretraining on the JAX backend "
+                "(it trains on the local devices of keras.distribution; see "
+                "pretraining/README.md); use KERAS_BACKEND=tensorflow")
         self.config = config
         self.log = log
         self.start_over = start_over
@@ -161,10 +263,14 @@ class JaxPretrainer:
     def _build(self):
         self.masker = self.run.make_masker()
         self.global_batch = self.config.batch_size
-        self.builder, self.train_model = self.run.make_models(self.masker)
+        self.builder, graph = self.run.make_models(
+            self.masker, dtype="mixed_bfloat16" if self.config.mixed_precision else None)
+        self.train_model = JaxTrainingModel(graph.inputs, graph.outputs, name=graph.name,
+                                            accumulation_steps=self.config.accumulation_steps)
         self.optimizer = self.run.make_optimizer()
-        self.train_model.compile(optimizer=self.optimizer, loss=masked_cross_entropy,
-                                 metrics=[masked_accuracy])
+        # steps_per_loop updates per compiled call, as the TensorFlow route's host loop.
+        self.train_model.compile(optimizer=self.optimizer,
+                                 steps_per_execution=self.config.steps_per_loop)
         self.optimizer.build(self.train_model.trainable_variables)
 
     # ------------------------------------------------------------- checkpoints
@@ -198,8 +304,7 @@ class JaxPretrainer:
         self.train_model.save_weights(temporary)
         storage.rename(temporary, prefix + ".weights.h5", overwrite=True)
         with storage.atomic_open(prefix + ".optimizer.npz", "wb") as file:
-            np.savez(file, **{f"v{i}": np.asarray(v.value)
-                              for i, v in enumerate(self.optimizer.variables)})
+            JaxCheckpointFormat(self.train_model, self.optimizer).save_state(file)
         self._checkpoint_folder().prune(step)
         return prefix + ".weights.h5"
 
@@ -211,8 +316,10 @@ class JaxPretrainer:
         examples = self.summary["train_examples"]
         if not files or examples <= 0:
             raise ValueError(f"no training example in {config.resolved_data_dir()}")
-        return masked_dataset(files, config.seq_length, self.masker, self.global_batch,
-                              examples, start_example=start_example,
+        # One batch per update: accumulation_steps micro-batches of batch_size.
+        return masked_dataset(files, config.seq_length, self.masker,
+                              self.global_batch * config.accumulation_steps, examples,
+                              start_example=start_example,
                               shuffle_buffer=config.shuffle_buffer,
                               seed=config.seed).map(_to_model_inputs)
 
@@ -227,7 +334,7 @@ class JaxPretrainer:
             return self._train()
 
     def _train(self):
-        import keras
+        import itertools
         from bert4x.pretraining.pipeline import numpy_batches
         config = self.config
         step = self.restore()
@@ -235,51 +342,36 @@ class JaxPretrainer:
                   "devices": len(self.devices), "losses": []}
         start_time = time.time()
         if step < config.train_steps:
+            per_update = self.global_batch * config.accumulation_steps
             self.log(f"training {self.strategy_kind} from step {step} to {config.train_steps}: "
-                     f"{self.global_batch} sequences of {config.seq_length} per update")
-            tokens_per_step = self.global_batch * config.seq_length
-            trainer = self
-
-            class Progress(keras.callbacks.Callback):
-                def __init__(self):
-                    super().__init__()
-                    self.window_start = time.time()
-                    self.window_steps = 0
-                    self.window = np.zeros(2)
-                    self.previous = np.zeros(2)
-
-                def on_train_batch_end(self, batch, logs=None):
-                    # Keras logs the running means over this fit call; recover the
-                    # loss and accuracy of this step and of the log window from them.
-                    current, count = step + batch + 1, batch + 1
-                    sums = np.array([float(logs["loss"]), float(logs["masked_accuracy"])])
-                    sums *= count
-                    this_step = sums - self.previous
-                    self.previous = sums
-                    result["losses"].append(float(this_step[0]))
-                    self.window += this_step
-                    self.window_steps += 1
-                    if current % config.log_every == 0 or current == config.train_steps:
-                        loss, accuracy = self.window / self.window_steps
-                        speed = self.window_steps * tokens_per_step / max(
-                            time.time() - self.window_start, 1e-9)
-                        result.update(step=current, loss=float(loss),
-                                      mlm_accuracy=float(accuracy), tokens_per_second=speed)
-                        trainer.log(f"step {current}/{config.train_steps} loss {loss:.4f} "
-                                    f"{config.objective}_acc {accuracy:.4f} "
-                                    f"tokens/s {speed:,.0f}")
-                        self.window_start, self.window_steps = time.time(), 0
-                        self.window = np.zeros(2)
-                    if current % config.checkpoint_every == 0 or current == config.train_steps:
-                        _ = self.model  # the property syncs the JAX state into the variables
-                        trainer.save(current)
-
-            dataset = self._dataset(step * self.global_batch)
-            batches = numpy_batches(dataset, self.run.data_files())  # a generator
-            self.train_model.fit(batches,
-                                 steps_per_epoch=config.train_steps - step, epochs=1,
-                                 shuffle=False, verbose=0, callbacks=[Progress()])
-            result["step"] = config.train_steps
+                     f"{per_update} sequences of {config.seq_length} per update")
+            batches = numpy_batches(self._dataset(step * per_update), self.run.data_files())
+            recorder = _LossRecorder(result["losses"])
+            window, window_steps, window_start = np.zeros(2), 0, time.time()
+            while step < config.train_steps:
+                # One fit call up to the next log or checkpoint step, so that a
+                # checkpoint always falls between two compiled calls of steps_per_loop.
+                updates = min(config.train_steps - step,
+                              config.log_every - step % config.log_every,
+                              config.checkpoint_every - step % config.checkpoint_every)
+                segment = (batch for batch in itertools.islice(batches, updates))
+                history = self.train_model.fit(segment, steps_per_epoch=updates, epochs=1,
+                                               shuffle=False, verbose=0, callbacks=[recorder])
+                step += updates
+                window += updates * np.array([history.history["loss"][-1],
+                                              history.history["masked_accuracy"][-1]])
+                window_steps += updates
+                if step % config.log_every == 0 or step == config.train_steps:
+                    loss, accuracy = window / window_steps
+                    speed = window_steps * per_update * config.seq_length / max(
+                        time.time() - window_start, 1e-9)
+                    result.update(step=step, loss=float(loss), mlm_accuracy=float(accuracy),
+                                  tokens_per_second=speed)
+                    self.log(f"step {step}/{config.train_steps} loss {loss:.4f} "
+                             f"{config.objective}_acc {accuracy:.4f} tokens/s {speed:,.0f}")
+                    window, window_steps, window_start = np.zeros(2), 0, time.time()
+                if step % config.checkpoint_every == 0 or step == config.train_steps:
+                    self.save(step)
         result["seconds"] = time.time() - start_time
         result["eval"] = self.evaluate() if self.summary.get("valid_shards") else None
         if result["eval"]:
@@ -342,4 +434,4 @@ def train_with_jax(config, export_only=False, prepare=True, log=print, start_ove
     return trainer.train()
 
 
-__all__ = ["JaxPretrainer", "masked_accuracy", "masked_cross_entropy", "train_with_jax"]
+__all__ = ["JaxPretrainer", "JaxTrainingModel", "train_with_jax"]
