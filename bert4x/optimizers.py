@@ -54,6 +54,15 @@ __all__ = [
 DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY = ("Norm", "layer_norm", "bias")
 
 
+#: Where `AdamW` runs TensorFlow's fused ``ResourceApplyAdam`` kernel: the device types
+#: whose TensorFlow builds register it (CPU, GPU; TPU through XLA) and the dtypes it was
+#: checked on against the plain update. Elsewhere (a PluggableDevice from a vendor
+#: plug-in, float16/bfloat16 variables, whose ``beta_2 ** t`` rounds to 1 in bfloat16)
+#: the update is Keras's element-wise Adam.
+FUSED_ADAM_DEVICE_TYPES = ("CPU", "GPU", "TPU")
+FUSED_ADAM_DTYPES = ("float32", "float64")
+
+
 def _variable_path(variable):
     """The name used for pattern matching: Keras's `path`, else the plain `name`."""
     return getattr(variable, "path", None) or variable.name
@@ -258,7 +267,9 @@ class AdamW(_PerVariableRules, keras.optimizers.Adam):
        `lr_multipliers` found in the variable's path (1 if none);
     3. decoupled weight decay ``w <- w - lr * weight_decay * w`` unless the variable's
        path matches a pattern of `exclude_from_weight_decay`;
-    4. Keras's Adam step with ``lr``.
+    4. Keras's Adam step with ``lr`` (on TensorFlow, for float32/float64 variables on
+       CPU, GPU or TPU, as the fused ``ResourceApplyAdam`` kernel: the same formula in
+       one pass; see `uses_fused_adam`).
 
     Sparse gradients (`tf.IndexedSlices` from embedding lookups) are made dense first,
     so the update is textbook (dense) Adam even when a token repeats in the batch.
@@ -336,10 +347,28 @@ class AdamW(_PerVariableRules, keras.optimizers.Adam):
                 ops.cast(self.weight_decay_rate, variable.dtype),
             )
             self.assign_sub(variable, ops.multiply(variable, rate))
-        if keras.backend.backend() == "tensorflow" and not self.amsgrad:
+        if self.uses_fused_adam(variable):
             self._fused_adam_step(gradient, variable, learning_rate)
         else:
             super().update_step(gradient, variable, learning_rate)
+
+    def uses_fused_adam(self, variable):
+        """Whether `variable` is updated by TensorFlow's fused Adam kernel.
+
+        True on the TensorFlow backend without `amsgrad` for a float32/float64
+        variable on a device type of `FUSED_ADAM_DEVICE_TYPES` (an unplaced variable
+        counts as the default device); otherwise the update is Keras's plain Adam
+        step (the same formula, element-wise).
+        """
+        if keras.backend.backend() != "tensorflow" or self.amsgrad:
+            return False
+        import tensorflow as tf
+
+        value = variable.value if isinstance(variable, keras.Variable) else variable
+        if tf.as_dtype(value.dtype).name not in FUSED_ADAM_DTYPES:
+            return False
+        device_type = tf.DeviceSpec.from_string(value.device or "").device_type
+        return device_type is None or device_type in FUSED_ADAM_DEVICE_TYPES
 
     def _fused_adam_step(self, gradient, variable, learning_rate):
         """Keras's Adam step as TensorFlow's fused ``ResourceApplyAdam`` kernel.
