@@ -54,6 +54,15 @@ __all__ = [
 DEFAULT_EXCLUDE_FROM_WEIGHT_DECAY = ("Norm", "layer_norm", "bias")
 
 
+#: Where `AdamW` runs TensorFlow's fused ``ResourceApplyAdam`` kernel: the device types
+#: whose TensorFlow builds register it (CPU, GPU; TPU through XLA) and the dtypes it was
+#: checked on against the plain update. Elsewhere (a PluggableDevice from a vendor
+#: plug-in, float16/bfloat16 variables, whose ``beta_2 ** t`` rounds to 1 in bfloat16)
+#: the update is Keras's element-wise Adam.
+FUSED_ADAM_DEVICE_TYPES = ("CPU", "GPU", "TPU")
+FUSED_ADAM_DTYPES = ("float32", "float64")
+
+
 def _variable_path(variable):
     """The name used for pattern matching: Keras's `path`, else the plain `name`."""
     return getattr(variable, "path", None) or variable.name
@@ -67,6 +76,21 @@ def _densify(gradient):
         if isinstance(gradient, tf.IndexedSlices):
             return tf.convert_to_tensor(gradient)
     return gradient
+
+
+def _trust_ratio(weight, update):
+    """LAMB's layer-wise trust ratio ``||weight|| / ||update||``, 1 if either norm is 0.
+
+    Norms are over the whole variable (Frobenius). `Lamb` scales each variable's step
+    by it; bert4keras's layer adaptation uses the same ratio.
+    """
+    weight_norm = ops.sqrt(ops.sum(ops.square(weight)))
+    update_norm = ops.sqrt(ops.sum(ops.square(update)))
+    return ops.where(
+        ops.logical_and(ops.greater(weight_norm, 0), ops.greater(update_norm, 0)),
+        ops.divide(weight_norm, ops.maximum(update_norm, 1e-30)),
+        ops.ones_like(weight_norm),
+    )
 
 
 def _compile_patterns(patterns, what):
@@ -243,7 +267,9 @@ class AdamW(_PerVariableRules, keras.optimizers.Adam):
        `lr_multipliers` found in the variable's path (1 if none);
     3. decoupled weight decay ``w <- w - lr * weight_decay * w`` unless the variable's
        path matches a pattern of `exclude_from_weight_decay`;
-    4. Keras's Adam step with ``lr``.
+    4. Keras's Adam step with ``lr`` (on TensorFlow, for float32/float64 variables on
+       CPU, GPU or TPU, as the fused ``ResourceApplyAdam`` kernel: the same formula in
+       one pass; see `uses_fused_adam`).
 
     Sparse gradients (`tf.IndexedSlices` from embedding lookups) are made dense first,
     so the update is textbook (dense) Adam even when a token repeats in the batch.
@@ -321,10 +347,28 @@ class AdamW(_PerVariableRules, keras.optimizers.Adam):
                 ops.cast(self.weight_decay_rate, variable.dtype),
             )
             self.assign_sub(variable, ops.multiply(variable, rate))
-        if keras.backend.backend() == "tensorflow" and not self.amsgrad:
+        if self.uses_fused_adam(variable):
             self._fused_adam_step(gradient, variable, learning_rate)
         else:
             super().update_step(gradient, variable, learning_rate)
+
+    def uses_fused_adam(self, variable):
+        """Whether `variable` is updated by TensorFlow's fused Adam kernel.
+
+        True on the TensorFlow backend without `amsgrad` for a float32/float64
+        variable on a device type of `FUSED_ADAM_DEVICE_TYPES` (an unplaced variable
+        counts as the default device); otherwise the update is Keras's plain Adam
+        step (the same formula, element-wise).
+        """
+        if keras.backend.backend() != "tensorflow" or self.amsgrad:
+            return False
+        import tensorflow as tf
+
+        value = variable.value if isinstance(variable, keras.Variable) else variable
+        if tf.as_dtype(value.dtype).name not in FUSED_ADAM_DTYPES:
+            return False
+        device_type = tf.DeviceSpec.from_string(value.device or "").device_type
+        return device_type is None or device_type in FUSED_ADAM_DEVICE_TYPES
 
     def _fused_adam_step(self, gradient, variable, learning_rate):
         """Keras's Adam step as TensorFlow's fused ``ResourceApplyAdam`` kernel.
@@ -470,14 +514,7 @@ class Lamb(_PerVariableRules, keras.optimizers.Optimizer):
                 update, ops.multiply(ops.cast(self.weight_decay_rate, dtype), variable)
             )
         if self._rules.adapts[index]:
-            w_norm = ops.sqrt(ops.sum(ops.square(variable)))
-            u_norm = ops.sqrt(ops.sum(ops.square(update)))
-            ratio = ops.where(
-                ops.logical_and(ops.greater(w_norm, 0), ops.greater(u_norm, 0)),
-                ops.divide(w_norm, ops.maximum(u_norm, 1e-30)),
-                ops.ones_like(w_norm),
-            )
-            lr = ops.multiply(lr, ratio)
+            lr = ops.multiply(lr, _trust_ratio(variable, update))
         self.assign_sub(variable, ops.multiply(lr, update))
 
     def get_config(self):

@@ -93,6 +93,35 @@ OPTIMIZER_CASES = {
                                 lr_schedule={3: 1}), 3),
     "accumulation": (["extend_with_gradient_accumulation"],
                      dict(learning_rate=0.01, grad_accum_steps=2), 4),
+    # LAMB (decay inside the trust ratio), and the reverse order (decay after it).
+    "layer_adaptation": (["extend_with_weight_decay", "extend_with_layer_adaptation",
+                          "extend_with_piecewise_linear_lr"],
+                         dict(learning_rate=0.01, weight_decay_rate=0.1,
+                              exclude_from_layer_adaptation=["bias"],
+                              lr_schedule={0: 1, 3: 0.2}), 3),
+    "decay_after_adaptation": (["extend_with_layer_adaptation", "extend_with_weight_decay"],
+                               dict(learning_rate=0.01, weight_decay_rate=0.1), 2),
+    # Synchronised at steps 0, 2 and 4.
+    "lookahead": (["extend_with_lookahead"],
+                  dict(learning_rate=0.01, steps_per_slow_update=2, slow_step_size=0.5), 5),
+    # Kernel rows 1 (step 1) and 1-2 (step 2) get zero gradients, yet nonzero Adam
+    # moments and decay: lazy optimisation must keep them still.
+    "lazy": (["extend_with_weight_decay", "extend_with_lazy_optimization"],
+             dict(learning_rate=0.01, weight_decay_rate=0.1,
+                  include_in_lazy_optimization=["kernel"]), 3,
+             dict(x=OPTIMIZER_X * np.array([[[1, 1, 1]], [[1, 0, 1]], [[1, 0, 0]]], "float32"))),
+    "ema": (["extend_with_exponential_moving_average"],
+            dict(learning_rate=0.01, ema_momentum=0.9), 3, dict(ema=True)),
+    "adafactor_factored": ([], dict(learning_rate=None, min_dim_size_to_factor=2,
+                                    exclude_from_parameter_scale=["bias"]), 3,
+                           dict(base="AdaFactor")),
+    "adafactor_momentum": ([], dict(learning_rate=0.01, beta1=0.9, beta2=0.99,
+                                    clipping_threshold=None), 3, dict(base="AdaFactor")),
+    "adafactor_extended": (["extend_with_gradient_accumulation",
+                            "extend_with_piecewise_linear_lr"],
+                           dict(learning_rate=None, beta1=0.5, min_dim_size_to_factor=2,
+                                multiply_by_parameter_scale=False, grad_accum_steps=2,
+                                lr_schedule={2: 1}), 5, dict(base="AdaFactor")),
 }
 
 
@@ -170,10 +199,10 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model):
         jobs[f"tokenizer_{lower}"] = ("tokenizer", dict(
             vocab_path=chinese_vocab_path(), texts=TEXTS, pairs=PAIRS, do_lower_case=lower,
             maxlen=12))
-    for name, (factories, settings, steps) in OPTIMIZER_CASES.items():
+    for name, (factories, settings, steps, *options) in OPTIMIZER_CASES.items():
         jobs[f"optimizer_{name}"] = ("optimizer_steps", dict(
-            kernel=OPTIMIZER_W[0], bias=OPTIMIZER_W[1], x=OPTIMIZER_X, y=OPTIMIZER_Y,
-            steps=steps, factories=factories, **settings))
+            dict(kernel=OPTIMIZER_W[0], bias=OPTIMIZER_W[1], x=OPTIMIZER_X, y=OPTIMIZER_Y,
+                 steps=steps, factories=factories, **settings), **(options or [{}])[0]))
     running = _oracle.Oracle(jobs)
     yield running
     running.close()
@@ -392,30 +421,50 @@ def test_sentencepiece_tokenizer_equals_bert4keras(oracle, sentencepiece_model):
 # ------------------------------------------------------------------ optimizers
 @pytest.mark.parametrize("case", sorted(OPTIMIZER_CASES))
 def test_optimizer_updates_equal_bert4keras(oracle, case):
-    factories, settings, steps = OPTIMIZER_CASES[case]
-    base = optimizers.Adam
+    import tensorflow as tf
+
+    factories, settings, steps, *options = OPTIMIZER_CASES[case]
+    options = (options or [{}])[0]
+    optimizer_class = getattr(optimizers, options.get("base", "Adam"))
     for name in factories:
-        base = getattr(optimizers, name)(base)
-    optimizer = base(**settings)
+        optimizer_class = getattr(optimizers, name)(optimizer_class)
+    optimizer = optimizer_class(**settings)
     dense = keras.layers.Dense(2, name="Transformer-0-FeedForward")
     dense.build((None, 3))
     dense.set_weights(list(OPTIMIZER_W))
-    for _ in range(steps):
-        import tensorflow as tf
-
+    for x in options.get("x", [OPTIMIZER_X] * steps):
         with tf.GradientTape() as tape:
-            loss = keras.ops.mean(keras.ops.square(dense(OPTIMIZER_X) - OPTIMIZER_Y))
+            loss = keras.ops.mean(keras.ops.square(dense(x) - OPTIMIZER_Y))
         grads = tape.gradient(loss, dense.trainable_weights)
         optimizer.apply_gradients(zip(grads, dense.trainable_weights))
-    for ours, theirs in zip(dense.get_weights(), oracle.result(f"optimizer_{case}")):
-        np.testing.assert_allclose(ours, theirs, atol=TOL)
+    snapshots = [dense.get_weights()]
+    if options.get("ema"):
+        for bias_correction in (True, False):
+            optimizer.apply_ema_weights(bias_correction=bias_correction)
+            snapshots.append(dense.get_weights())
+            optimizer.reset_old_weights()
+        snapshots.append(dense.get_weights())
+    theirs = oracle.result(f"optimizer_{case}")
+    assert len(snapshots) == len(theirs)
+    for our_weights, their_weights in zip(snapshots, theirs):
+        for ours, expected in zip(our_weights, their_weights):
+            np.testing.assert_allclose(ours, expected, atol=TOL)
 
 
-def test_optimizers_bert4x_does_not_offer_say_so():
-    with pytest.raises(NotImplementedError, match="Lamb"):
-        optimizers.extend_with_layer_adaptation(optimizers.Adam)
-    with pytest.raises(NotImplementedError, match="ExponentialMovingAverage"):
-        optimizers.extend_with_exponential_moving_average(optimizers.Adam)
+def test_extended_optimizers_keep_bert4keras_hyperparameters_in_their_config():
+    AdaFactorLA = optimizers.extend_with_lookahead(  # noqa: N806
+        optimizers.extend_with_exponential_moving_average(optimizers.AdaFactor))
+    optimizer = AdaFactorLA(learning_rate=None, beta1=0.5, ema_momentum=0.9,
+                            steps_per_slow_update=3)
+    restored = AdaFactorLA.from_config(optimizer.get_config())
+    config = restored.get_config()
+    assert (config["learning_rate"], config["beta1"], config["ema_momentum"],
+            config["steps_per_slow_update"]) == (None, 0.5, 0.9, 3)
+
+
+def test_extending_a_foreign_optimizer_says_what_it_extends():
+    with pytest.raises(TypeError, match="AdaFactor"):
+        optimizers.extend_with_lookahead(keras.optimizers.SGD)
 
 
 def test_keras_is_still_keras_3_beside_the_oracle():

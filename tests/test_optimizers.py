@@ -123,6 +123,62 @@ def test_adamw_excluded_variables_differ_from_decayed_ones(gradients_for):
             np.testing.assert_allclose(with_exclusion, without, atol=1e-7)
 
 
+@pytest.fixture
+def fused_adam_calls(monkeypatch):
+    """Counts the ResourceApplyAdam calls (traced or eager) made while the test runs."""
+    calls = []
+    kernel = tf.raw_ops.ResourceApplyAdam
+
+    def counting(**kwargs):
+        calls.append(kwargs["var"])
+        return kernel(**kwargs)
+
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyAdam", counting)
+    return calls
+
+
+def test_fused_adam_kernel_matches_the_plain_update(gradients_for, fused_adam_calls,
+                                                    monkeypatch):
+    """Three AdamW steps on CPU through the fused kernel, against Keras's plain
+    element-wise update (the fallback) and against NumPy."""
+    import bert4x.optimizers as optimizers
+    model = bert_like_model()
+    initial = [v.numpy() for v in model.trainable_variables]
+    steps = gradients_for(model, 3)
+    fused = AdamW(0.01, weight_decay=0.1, epsilon=EPSILON)
+    fused_result = run_steps(fused, model, steps)
+    assert fused_adam_calls and all(fused.uses_fused_adam(v) for v in model.trainable_variables)
+    calls = len(fused_adam_calls)
+    # The same steps where the device type has no fused kernel: the plain update.
+    monkeypatch.setattr(optimizers, "FUSED_ADAM_DEVICE_TYPES", ("GPU", "TPU"))
+    for variable, value in zip(model.trainable_variables, initial):
+        variable.assign(value)
+    plain = AdamW(0.01, weight_decay=0.1, epsilon=EPSILON)
+    plain_result = run_steps(plain, model, steps)
+    assert len(fused_adam_calls) == calls  # the fallback never called the kernel
+    assert not any(plain.uses_fused_adam(v) for v in model.trainable_variables)
+    assert_all_close(fused_result, plain_result, atol=1e-6)
+    paths = [v.path for v in model.trainable_variables]
+    decays = [not ("Norm" in p or "bias" in p) for p in paths]
+    expected = numpy_adamw(initial, steps, 0.01, decays, [1.0] * len(paths), 0.1)
+    assert_all_close(plain_result, expected)
+
+
+def test_fused_adam_falls_back_for_dtypes_without_a_checked_kernel(fused_adam_calls):
+    """A float16 variable gets Keras's plain Adam step, not the fused kernel."""
+    variable = keras.Variable(np.array([1.0, -2.0, 0.5], "float16"), dtype="float16")
+    gradient = np.array([0.5, 0.25, -1.0], "float16")
+    optimizer = AdamW(0.01, weight_decay=0.0, epsilon=1e-3)
+    reference_variable = keras.Variable(variable.numpy(), dtype="float16")
+    reference = keras.optimizers.Adam(0.01, epsilon=1e-3)
+    for _ in range(2):
+        optimizer.apply([tf.constant(gradient)], [variable])
+        reference.apply([tf.constant(gradient)], [reference_variable])
+    assert not optimizer.uses_fused_adam(variable) and not fused_adam_calls
+    np.testing.assert_array_equal(variable.numpy(), reference_variable.numpy())
+    assert np.all(variable.numpy() != np.array([1.0, -2.0, 0.5], "float16"))
+
+
 def numpy_lamb(weights, gradient_steps, lr, weight_decay, excluded):
     weights = [w.astype("float64").copy() for w in weights]
     m = [np.zeros_like(w) for w in weights]

@@ -47,7 +47,7 @@ TINY_CHINESE = {
     "batch_size": 32,
     "train_steps": 1000,
     "warmup_steps": 100,
-    "learning_rate": 2e-3,
+    "learning_rate": 1e-3,
     "weight_decay": 0.01,
     "optimizer": "adamw",
     "checkpoint_every": 250,
