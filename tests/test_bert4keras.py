@@ -45,6 +45,10 @@ CRF = dict(emissions=RNG.normal(size=(3, 6, 4)).astype("float32"),
            mask=np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], "float32"),
            trans=RNG.normal(size=(4, 4)).astype("float32"),
            labels=RNG.integers(0, 4, size=(3, 6)), lr_multiplier=10)
+MEMM_CASES = {  # keyed by hidden_dim; weights are the effective (multiplied) ones
+    None: [RNG.normal(size=(4, 4)).astype("float32")],
+    3: [RNG.normal(size=(4, 3)).astype("float32"), RNG.normal(size=(4, 3)).astype("float32")],
+}
 VITERBI = dict(trans=RNG.normal(size=(5, 5)), nodes=[RNG.normal(size=(n, 5)) for n in (1, 4, 9)],
                starts=[0, 1, 3], ends=[0, 2])
 POINTER_X = RNG.normal(size=(2, 5, 6)).astype("float32")
@@ -185,6 +189,10 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model):
                                                inputs=inputs, application="unilm"))
     jobs["crf"] = ("crf", CRF)
     jobs["viterbi"] = ("viterbi", VITERBI)
+    for hidden_dim, weights in MEMM_CASES.items():
+        jobs[f"memm_{hidden_dim}"] = ("memm", dict(
+            emissions=CRF["emissions"], mask=CRF["mask"], weights=weights, labels=CRF["labels"],
+            lr_multiplier=CRF["lr_multiplier"], hidden_dim=hidden_dim))
     for efficient in (False, True):
         jobs[f"pointer_{efficient}"] = ("global_pointer", dict(
             efficient=efficient, x=POINTER_X, mask=POINTER_MASK,
@@ -278,20 +286,61 @@ def test_unsupported_arguments_raise(checkpoint):
 
 
 # ------------------------------------------------------------------ layers
+def assert_scores_equal(ours, theirs):
+    """Equal within TOL, with ``-inf`` at the same (padded) places."""
+    ours = keras.ops.convert_to_numpy(ours)
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+    np.testing.assert_allclose(np.where(np.isinf(ours), 0, ours),
+                               np.where(np.isinf(theirs), 0, theirs), atol=TOL)
+
+
 def test_crf_output_loss_and_accuracy_equal_bert4keras(oracle):
     crf = layers.ConditionalRandomField(lr_multiplier=CRF["lr_multiplier"])
     crf.build(CRF["emissions"].shape)
     crf.set_weights([CRF["trans"] / CRF["lr_multiplier"]])
     output = crf(CRF["emissions"], mask=CRF["mask"])
     theirs = oracle.result("crf")
-    np.testing.assert_array_equal(np.isinf(output), np.isinf(theirs["output"]))
-    np.testing.assert_allclose(np.where(np.isinf(output), 0, output),
-                               np.where(np.isinf(theirs["output"]), 0, theirs["output"]),
-                               atol=TOL)
+    assert_scores_equal(output, theirs["output"])
     np.testing.assert_allclose(crf.sparse_loss(CRF["labels"], output), theirs["sparse_loss"],
                                atol=TOL)
     assert abs(float(crf.sparse_accuracy(CRF["labels"], output))
                - theirs["sparse_accuracy"]) < TOL
+
+
+@pytest.mark.parametrize("hidden_dim", list(MEMM_CASES), ids=str)
+def test_memm_output_losses_accuracies_and_paths_equal_bert4keras(oracle, hidden_dim):
+    multiplier = CRF["lr_multiplier"]
+    memm = layers.MaximumEntropyMarkovModel(lr_multiplier=multiplier, hidden_dim=hidden_dim)
+    memm.build(CRF["emissions"].shape)
+    memm.set_weights([w / multiplier for w in MEMM_CASES[hidden_dim]])
+    output = memm(CRF["emissions"], mask=CRF["mask"])
+    labels, one_hot = CRF["labels"], np.eye(4, dtype="float32")[CRF["labels"]]
+    theirs = oracle.result(f"memm_{hidden_dim}")
+    assert_scores_equal(output, theirs["output"])
+    for name, y_true in (("sparse", labels), ("dense", one_hot)):
+        for kind in ("loss", "accuracy"):
+            ours = float(getattr(memm, f"{name}_{kind}")(y_true, output))
+            assert abs(ours - theirs[f"{name}_{kind}"]) < TOL, (name, kind)
+    weights = MEMM_CASES[hidden_dim]
+    trans = backend.K.eval(memm.trans)  # low rank: l_trans @ r_trans.T, checked by NumPy
+    np.testing.assert_allclose(trans, weights[0] if len(weights) == 1
+                               else weights[0] @ weights[1].T, atol=TOL)
+    if hidden_dim is None:
+        decoder = snippets.ViterbiDecoder(trans)
+        for emissions, mask, path in zip(CRF["emissions"], CRF["mask"], theirs["paths"]):
+            np.testing.assert_array_equal(decoder.decode(emissions[mask > 0].copy()), path)
+
+
+def test_memm_config_round_trip():
+    memm = layers.MaximumEntropyMarkovModel(lr_multiplier=5, hidden_dim=2, name="memm")
+    inputs = keras.Input((None, 4))
+    model = keras.Model(inputs, memm(inputs))
+    clone = keras.Model.from_config(model.get_config())
+    restored = clone.get_layer("memm")
+    assert (restored.lr_multiplier, restored.hidden_dim) == (5, 2)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(backend.K.eval(restored.trans), backend.K.eval(memm.trans),
+                               atol=1e-6)
 
 
 def test_viterbi_paths_equal_bert4keras(oracle):

@@ -60,6 +60,29 @@ def crf(emissions, mask, trans, labels, lr_multiplier):
                 sparse_accuracy=float(layer.sparse_accuracy(labels, output)))
 
 
+def memm(emissions, mask, weights, labels, lr_multiplier, hidden_dim):
+    """MEMM outputs, losses, accuracies and the Viterbi paths of its transition matrix."""
+    import tensorflow as tf
+    from bert4keras.backend import K
+    from bert4keras.layers import MaximumEntropyMarkovModel
+    from bert4keras.snippets import ViterbiDecoder
+
+    layer = MaximumEntropyMarkovModel(lr_multiplier=lr_multiplier, hidden_dim=hidden_dim)
+    layer.build(emissions.shape)
+    layer.set_weights([w / lr_multiplier for w in weights])
+    output = layer(emissions, mask=tf.constant(mask > 0))
+    one_hot = np.eye(emissions.shape[-1], dtype="float32")[labels]
+    result = dict(output=output.numpy(),
+                  sparse_loss=float(layer.sparse_loss(labels, output)),
+                  dense_loss=float(layer.dense_loss(one_hot, output)),
+                  sparse_accuracy=float(layer.sparse_accuracy(labels, output)),
+                  dense_accuracy=float(layer.dense_accuracy(one_hot, output)))
+    if hidden_dim is None:  # bert4keras's low-rank MEMM has no `trans`
+        decoder = ViterbiDecoder(K.eval(layer.trans))
+        result["paths"] = [decoder.decode(e[m > 0].copy()) for e, m in zip(emissions, mask)]
+    return result
+
+
 def viterbi(trans, nodes, starts, ends):
     from bert4keras.snippets import ViterbiDecoder
 
