@@ -78,6 +78,21 @@ def _densify(gradient):
     return gradient
 
 
+def _trust_ratio(weight, update):
+    """LAMB's layer-wise trust ratio ``||weight|| / ||update||``, 1 if either norm is 0.
+
+    Norms are over the whole variable (Frobenius). `Lamb` scales each variable's step
+    by it; bert4keras's layer adaptation uses the same ratio.
+    """
+    weight_norm = ops.sqrt(ops.sum(ops.square(weight)))
+    update_norm = ops.sqrt(ops.sum(ops.square(update)))
+    return ops.where(
+        ops.logical_and(ops.greater(weight_norm, 0), ops.greater(update_norm, 0)),
+        ops.divide(weight_norm, ops.maximum(update_norm, 1e-30)),
+        ops.ones_like(weight_norm),
+    )
+
+
 def _compile_patterns(patterns, what):
     if patterns is None:
         return []
@@ -499,14 +514,7 @@ class Lamb(_PerVariableRules, keras.optimizers.Optimizer):
                 update, ops.multiply(ops.cast(self.weight_decay_rate, dtype), variable)
             )
         if self._rules.adapts[index]:
-            w_norm = ops.sqrt(ops.sum(ops.square(variable)))
-            u_norm = ops.sqrt(ops.sum(ops.square(update)))
-            ratio = ops.where(
-                ops.logical_and(ops.greater(w_norm, 0), ops.greater(u_norm, 0)),
-                ops.divide(w_norm, ops.maximum(u_norm, 1e-30)),
-                ops.ones_like(w_norm),
-            )
-            lr = ops.multiply(lr, ratio)
+            lr = ops.multiply(lr, _trust_ratio(variable, update))
         self.assign_sub(variable, ops.multiply(lr, update))
 
     def get_config(self):

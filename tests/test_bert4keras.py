@@ -45,6 +45,10 @@ CRF = dict(emissions=RNG.normal(size=(3, 6, 4)).astype("float32"),
            mask=np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], "float32"),
            trans=RNG.normal(size=(4, 4)).astype("float32"),
            labels=RNG.integers(0, 4, size=(3, 6)), lr_multiplier=10)
+MEMM_CASES = {  # keyed by hidden_dim; weights are the effective (multiplied) ones
+    None: [RNG.normal(size=(4, 4)).astype("float32")],
+    3: [RNG.normal(size=(4, 3)).astype("float32"), RNG.normal(size=(4, 3)).astype("float32")],
+}
 VITERBI = dict(trans=RNG.normal(size=(5, 5)), nodes=[RNG.normal(size=(n, 5)) for n in (1, 4, 9)],
                starts=[0, 1, 3], ends=[0, 2])
 POINTER_X = RNG.normal(size=(2, 5, 6)).astype("float32")
@@ -93,6 +97,35 @@ OPTIMIZER_CASES = {
                                 lr_schedule={3: 1}), 3),
     "accumulation": (["extend_with_gradient_accumulation"],
                      dict(learning_rate=0.01, grad_accum_steps=2), 4),
+    # LAMB (decay inside the trust ratio), and the reverse order (decay after it).
+    "layer_adaptation": (["extend_with_weight_decay", "extend_with_layer_adaptation",
+                          "extend_with_piecewise_linear_lr"],
+                         dict(learning_rate=0.01, weight_decay_rate=0.1,
+                              exclude_from_layer_adaptation=["bias"],
+                              lr_schedule={0: 1, 3: 0.2}), 3),
+    "decay_after_adaptation": (["extend_with_layer_adaptation", "extend_with_weight_decay"],
+                               dict(learning_rate=0.01, weight_decay_rate=0.1), 2),
+    # Synchronised at steps 0, 2 and 4.
+    "lookahead": (["extend_with_lookahead"],
+                  dict(learning_rate=0.01, steps_per_slow_update=2, slow_step_size=0.5), 5),
+    # Kernel rows 1 (step 1) and 1-2 (step 2) get zero gradients, yet nonzero Adam
+    # moments and decay: lazy optimisation must keep them still.
+    "lazy": (["extend_with_weight_decay", "extend_with_lazy_optimization"],
+             dict(learning_rate=0.01, weight_decay_rate=0.1,
+                  include_in_lazy_optimization=["kernel"]), 3,
+             dict(x=OPTIMIZER_X * np.array([[[1, 1, 1]], [[1, 0, 1]], [[1, 0, 0]]], "float32"))),
+    "ema": (["extend_with_exponential_moving_average"],
+            dict(learning_rate=0.01, ema_momentum=0.9), 3, dict(ema=True)),
+    "adafactor_factored": ([], dict(learning_rate=None, min_dim_size_to_factor=2,
+                                    exclude_from_parameter_scale=["bias"]), 3,
+                           dict(base="AdaFactor")),
+    "adafactor_momentum": ([], dict(learning_rate=0.01, beta1=0.9, beta2=0.99,
+                                    clipping_threshold=None), 3, dict(base="AdaFactor")),
+    "adafactor_extended": (["extend_with_gradient_accumulation",
+                            "extend_with_piecewise_linear_lr"],
+                           dict(learning_rate=None, beta1=0.5, min_dim_size_to_factor=2,
+                                multiply_by_parameter_scale=False, grad_accum_steps=2,
+                                lr_schedule={2: 1}), 5, dict(base="AdaFactor")),
 }
 
 
@@ -156,6 +189,10 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model):
                                                inputs=inputs, application="unilm"))
     jobs["crf"] = ("crf", CRF)
     jobs["viterbi"] = ("viterbi", VITERBI)
+    for hidden_dim, weights in MEMM_CASES.items():
+        jobs[f"memm_{hidden_dim}"] = ("memm", dict(
+            emissions=CRF["emissions"], mask=CRF["mask"], weights=weights, labels=CRF["labels"],
+            lr_multiplier=CRF["lr_multiplier"], hidden_dim=hidden_dim))
     for efficient in (False, True):
         jobs[f"pointer_{efficient}"] = ("global_pointer", dict(
             efficient=efficient, x=POINTER_X, mask=POINTER_MASK,
@@ -170,10 +207,10 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model):
         jobs[f"tokenizer_{lower}"] = ("tokenizer", dict(
             vocab_path=chinese_vocab_path(), texts=TEXTS, pairs=PAIRS, do_lower_case=lower,
             maxlen=12))
-    for name, (factories, settings, steps) in OPTIMIZER_CASES.items():
+    for name, (factories, settings, steps, *options) in OPTIMIZER_CASES.items():
         jobs[f"optimizer_{name}"] = ("optimizer_steps", dict(
-            kernel=OPTIMIZER_W[0], bias=OPTIMIZER_W[1], x=OPTIMIZER_X, y=OPTIMIZER_Y,
-            steps=steps, factories=factories, **settings))
+            dict(kernel=OPTIMIZER_W[0], bias=OPTIMIZER_W[1], x=OPTIMIZER_X, y=OPTIMIZER_Y,
+                 steps=steps, factories=factories, **settings), **(options or [{}])[0]))
     running = _oracle.Oracle(jobs)
     yield running
     running.close()
@@ -249,20 +286,61 @@ def test_unsupported_arguments_raise(checkpoint):
 
 
 # ------------------------------------------------------------------ layers
+def assert_scores_equal(ours, theirs):
+    """Equal within TOL, with ``-inf`` at the same (padded) places."""
+    ours = keras.ops.convert_to_numpy(ours)
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+    np.testing.assert_allclose(np.where(np.isinf(ours), 0, ours),
+                               np.where(np.isinf(theirs), 0, theirs), atol=TOL)
+
+
 def test_crf_output_loss_and_accuracy_equal_bert4keras(oracle):
     crf = layers.ConditionalRandomField(lr_multiplier=CRF["lr_multiplier"])
     crf.build(CRF["emissions"].shape)
     crf.set_weights([CRF["trans"] / CRF["lr_multiplier"]])
     output = crf(CRF["emissions"], mask=CRF["mask"])
     theirs = oracle.result("crf")
-    np.testing.assert_array_equal(np.isinf(output), np.isinf(theirs["output"]))
-    np.testing.assert_allclose(np.where(np.isinf(output), 0, output),
-                               np.where(np.isinf(theirs["output"]), 0, theirs["output"]),
-                               atol=TOL)
+    assert_scores_equal(output, theirs["output"])
     np.testing.assert_allclose(crf.sparse_loss(CRF["labels"], output), theirs["sparse_loss"],
                                atol=TOL)
     assert abs(float(crf.sparse_accuracy(CRF["labels"], output))
                - theirs["sparse_accuracy"]) < TOL
+
+
+@pytest.mark.parametrize("hidden_dim", list(MEMM_CASES), ids=str)
+def test_memm_output_losses_accuracies_and_paths_equal_bert4keras(oracle, hidden_dim):
+    multiplier = CRF["lr_multiplier"]
+    memm = layers.MaximumEntropyMarkovModel(lr_multiplier=multiplier, hidden_dim=hidden_dim)
+    memm.build(CRF["emissions"].shape)
+    memm.set_weights([w / multiplier for w in MEMM_CASES[hidden_dim]])
+    output = memm(CRF["emissions"], mask=CRF["mask"])
+    labels, one_hot = CRF["labels"], np.eye(4, dtype="float32")[CRF["labels"]]
+    theirs = oracle.result(f"memm_{hidden_dim}")
+    assert_scores_equal(output, theirs["output"])
+    for name, y_true in (("sparse", labels), ("dense", one_hot)):
+        for kind in ("loss", "accuracy"):
+            ours = float(getattr(memm, f"{name}_{kind}")(y_true, output))
+            assert abs(ours - theirs[f"{name}_{kind}"]) < TOL, (name, kind)
+    weights = MEMM_CASES[hidden_dim]
+    trans = backend.K.eval(memm.trans)  # low rank: l_trans @ r_trans.T, checked by NumPy
+    np.testing.assert_allclose(trans, weights[0] if len(weights) == 1
+                               else weights[0] @ weights[1].T, atol=TOL)
+    if hidden_dim is None:
+        decoder = snippets.ViterbiDecoder(trans)
+        for emissions, mask, path in zip(CRF["emissions"], CRF["mask"], theirs["paths"]):
+            np.testing.assert_array_equal(decoder.decode(emissions[mask > 0].copy()), path)
+
+
+def test_memm_config_round_trip():
+    memm = layers.MaximumEntropyMarkovModel(lr_multiplier=5, hidden_dim=2, name="memm")
+    inputs = keras.Input((None, 4))
+    model = keras.Model(inputs, memm(inputs))
+    clone = keras.Model.from_config(model.get_config())
+    restored = clone.get_layer("memm")
+    assert (restored.lr_multiplier, restored.hidden_dim) == (5, 2)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(backend.K.eval(restored.trans), backend.K.eval(memm.trans),
+                               atol=1e-6)
 
 
 def test_viterbi_paths_equal_bert4keras(oracle):
@@ -392,30 +470,50 @@ def test_sentencepiece_tokenizer_equals_bert4keras(oracle, sentencepiece_model):
 # ------------------------------------------------------------------ optimizers
 @pytest.mark.parametrize("case", sorted(OPTIMIZER_CASES))
 def test_optimizer_updates_equal_bert4keras(oracle, case):
-    factories, settings, steps = OPTIMIZER_CASES[case]
-    base = optimizers.Adam
+    import tensorflow as tf
+
+    factories, settings, steps, *options = OPTIMIZER_CASES[case]
+    options = (options or [{}])[0]
+    optimizer_class = getattr(optimizers, options.get("base", "Adam"))
     for name in factories:
-        base = getattr(optimizers, name)(base)
-    optimizer = base(**settings)
+        optimizer_class = getattr(optimizers, name)(optimizer_class)
+    optimizer = optimizer_class(**settings)
     dense = keras.layers.Dense(2, name="Transformer-0-FeedForward")
     dense.build((None, 3))
     dense.set_weights(list(OPTIMIZER_W))
-    for _ in range(steps):
-        import tensorflow as tf
-
+    for x in options.get("x", [OPTIMIZER_X] * steps):
         with tf.GradientTape() as tape:
-            loss = keras.ops.mean(keras.ops.square(dense(OPTIMIZER_X) - OPTIMIZER_Y))
+            loss = keras.ops.mean(keras.ops.square(dense(x) - OPTIMIZER_Y))
         grads = tape.gradient(loss, dense.trainable_weights)
         optimizer.apply_gradients(zip(grads, dense.trainable_weights))
-    for ours, theirs in zip(dense.get_weights(), oracle.result(f"optimizer_{case}")):
-        np.testing.assert_allclose(ours, theirs, atol=TOL)
+    snapshots = [dense.get_weights()]
+    if options.get("ema"):
+        for bias_correction in (True, False):
+            optimizer.apply_ema_weights(bias_correction=bias_correction)
+            snapshots.append(dense.get_weights())
+            optimizer.reset_old_weights()
+        snapshots.append(dense.get_weights())
+    theirs = oracle.result(f"optimizer_{case}")
+    assert len(snapshots) == len(theirs)
+    for our_weights, their_weights in zip(snapshots, theirs):
+        for ours, expected in zip(our_weights, their_weights):
+            np.testing.assert_allclose(ours, expected, atol=TOL)
 
 
-def test_optimizers_bert4x_does_not_offer_say_so():
-    with pytest.raises(NotImplementedError, match="Lamb"):
-        optimizers.extend_with_layer_adaptation(optimizers.Adam)
-    with pytest.raises(NotImplementedError, match="ExponentialMovingAverage"):
-        optimizers.extend_with_exponential_moving_average(optimizers.Adam)
+def test_extended_optimizers_keep_bert4keras_hyperparameters_in_their_config():
+    AdaFactorLA = optimizers.extend_with_lookahead(  # noqa: N806
+        optimizers.extend_with_exponential_moving_average(optimizers.AdaFactor))
+    optimizer = AdaFactorLA(learning_rate=None, beta1=0.5, ema_momentum=0.9,
+                            steps_per_slow_update=3)
+    restored = AdaFactorLA.from_config(optimizer.get_config())
+    config = restored.get_config()
+    assert (config["learning_rate"], config["beta1"], config["ema_momentum"],
+            config["steps_per_slow_update"]) == (None, 0.5, 0.9, 3)
+
+
+def test_extending_a_foreign_optimizer_says_what_it_extends():
+    with pytest.raises(TypeError, match="AdaFactor"):
+        optimizers.extend_with_lookahead(keras.optimizers.SGD)
 
 
 def test_keras_is_still_keras_3_beside_the_oracle():

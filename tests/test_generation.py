@@ -273,6 +273,22 @@ def test_wide_beam_search_equals_brute_force(small_unilm, length_penalty, min_le
         assert_same_ranking(results, expected, 4)
 
 
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_batched_beam_search_equals_brute_force_either_stopping(small_unilm, early_stopping):
+    """Sources of three lengths in one batch, length penalty 0.7: each source's ranking
+    is its own brute-force ranking, whether settled sources stop early or not."""
+    sources = [[2, 5, 6, 4, 3], [2, 7, 3], [2, 4, 4, 6, 5, 7, 3]]
+    max_length, beam = 3, (SMALL_VOCAB - 2) ** 2
+    decoder = Decoder(small_unilm, end_id=END, max_length=max_length, min_length=1)
+    found = decoder.beam_search(sources, beam_size=beam, num_return=5, length_penalty=0.7,
+                                early_stopping=early_stopping)
+    for source, results in zip(sources, found):
+        expected = rank(enumerate_sequences(
+            lambda prefixes: next_log_probs(small_unilm, source, prefixes),
+            SMALL_VOCAB, max_length, END, 1), 0.7)
+        assert_same_ranking(results, expected, 5)
+
+
 class FixedTable(AutoRegressiveDecoder):
     """Crafted scores: a deterministic pseudo-random distribution per prefix."""
 

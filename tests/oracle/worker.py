@@ -60,6 +60,29 @@ def crf(emissions, mask, trans, labels, lr_multiplier):
                 sparse_accuracy=float(layer.sparse_accuracy(labels, output)))
 
 
+def memm(emissions, mask, weights, labels, lr_multiplier, hidden_dim):
+    """MEMM outputs, losses, accuracies and the Viterbi paths of its transition matrix."""
+    import tensorflow as tf
+    from bert4keras.backend import K
+    from bert4keras.layers import MaximumEntropyMarkovModel
+    from bert4keras.snippets import ViterbiDecoder
+
+    layer = MaximumEntropyMarkovModel(lr_multiplier=lr_multiplier, hidden_dim=hidden_dim)
+    layer.build(emissions.shape)
+    layer.set_weights([w / lr_multiplier for w in weights])
+    output = layer(emissions, mask=tf.constant(mask > 0))
+    one_hot = np.eye(emissions.shape[-1], dtype="float32")[labels]
+    result = dict(output=output.numpy(),
+                  sparse_loss=float(layer.sparse_loss(labels, output)),
+                  dense_loss=float(layer.dense_loss(one_hot, output)),
+                  sparse_accuracy=float(layer.sparse_accuracy(labels, output)),
+                  dense_accuracy=float(layer.dense_accuracy(one_hot, output)))
+    if hidden_dim is None:  # bert4keras's low-rank MEMM has no `trans`
+        decoder = ViterbiDecoder(K.eval(layer.trans))
+        result["paths"] = [decoder.decode(e[m > 0].copy()) for e, m in zip(emissions, mask)]
+    return result
+
+
 def viterbi(trans, nodes, starts, ends):
     from bert4keras.snippets import ViterbiDecoder
 
@@ -160,24 +183,38 @@ def sp_tokenizer(model_path, texts, pairs, maxlen):
                 decoded=[tok.decode(tok.encode(text)[0][1:-1]) for text in texts])
 
 
-def optimizer_steps(kernel, bias, x, y, steps, factories, **settings):
-    """Weights after ``steps`` updates of a Dense layer on a squared-error loss."""
+def optimizer_steps(kernel, bias, x, y, steps, factories, base="Adam", ema=False, **settings):
+    """Weights of a Dense layer after ``steps`` updates on a squared-error loss.
+
+    ``x`` is one input batch, or one per step (``x.ndim == 3``). Returns a list of
+    weight snapshots: after training, then with ``ema`` the weights after
+    ``apply_ema_weights()``, ``apply_ema_weights(bias_correction=False)`` and
+    ``reset_old_weights()``.
+    """
     import tensorflow as tf
     from bert4keras import optimizers
 
-    base = optimizers.Adam
+    optimizer_class = getattr(optimizers, base)
     for name in factories:
-        base = getattr(optimizers, name)(base)
-    optimizer = base(**settings)
+        optimizer_class = getattr(optimizers, name)(optimizer_class)
+    optimizer = optimizer_class(**settings)
+    inputs = x if x.ndim == 3 else [x] * steps
     dense = tf.keras.layers.Dense(kernel.shape[1], name="Transformer-0-FeedForward")
-    dense(x)  # built by a call, so its variables are named after the layer
+    dense(inputs[0])  # built by a call, so its variables are named after the layer
     dense.set_weights([kernel, bias])
-    for _ in range(steps):
+    for batch in inputs:
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(dense(x) - y))
+            loss = tf.reduce_mean(tf.square(dense(batch) - y))
         grads = tape.gradient(loss, dense.trainable_weights)
         optimizer.apply_gradients(zip(grads, dense.trainable_weights))
-    return [w.numpy() for w in dense.weights]
+    snapshots = [[w.numpy() for w in dense.weights]]
+    if ema:
+        for bias_correction in (True, False):
+            optimizer.apply_ema_weights(bias_correction=bias_correction)
+            snapshots.append([w.numpy() for w in dense.weights])
+            optimizer.reset_old_weights()
+        snapshots.append([w.numpy() for w in dense.weights])
+    return snapshots
 
 
 def square(x):
