@@ -80,8 +80,10 @@ def parse_args(argv=None):
     decode.add_argument("--show", type=int, default=8, help="predictions printed")
     decode.add_argument("--monitor", type=int, default=100,
                         help="after each epoch, decode this many training, development "
-                        "and held-out questions and print their Finals; the epoch best on "
-                        "the development questions is kept (0: off)")
+                        "and held-out questions and print their Finals (0: off)")
+    decode.add_argument("--keep-best-epoch", action="store_true",
+                        help="restore the weights of the epoch with the best development "
+                        "Final (off by default: on 100 questions that choice is noisy)")
     add_base_model_arguments(parser)
     return parser.parse_args(argv)
 
@@ -589,7 +591,8 @@ def run(args):
     callbacks = [training_progress(len(batches) * args.epochs, "fine-tuning")]
     if args.monitor:
         sets = {"training": train, "development": development, "held-out": dev}
-        callbacks.append(epoch_monitor(reader, sets, args.monitor, train_model))
+        callbacks.append(epoch_monitor(reader, sets, args.monitor,
+                                       train_model if args.keep_best_epoch else None))
     # The batches are drawn and shuffled per epoch by EpochBatches itself.
     history = train_model.fit(batches.dataset(), steps_per_epoch=len(batches),
                               epochs=args.epochs, shuffle=False, verbose=0,
