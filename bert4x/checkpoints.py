@@ -311,9 +311,12 @@ def _check_unused(reader, builder, pairs, consumed, ignore):
                       for name in builder.hugging_face_names(google_name)[0]}
         groups = {".".join(name.split(".")[:2]) + "." for name in candidates}
         accounted.update(candidates)
+    # A model built without segment embeddings (type_vocab_size 0) drops them on purpose.
+    dropped = (("token_type_embeddings", "token_type_embeddings.weight")
+               if builder.segment_embedding is None else ())
     unused = sorted(name for name in reader.names
                     if name.startswith(tuple(groups)) and name not in accounted
-                    and not name.endswith(_HUGGING_FACE_EXTRAS))
+                    and not name.endswith(_HUGGING_FACE_EXTRAS + dropped))
     if not unused:
         return
     message = (f"checkpoint {reader.path} holds {len(unused)} variables in the model's "

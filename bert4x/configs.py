@@ -35,7 +35,7 @@ _INFORMATIONAL_KEYS = {
 _NEUTRAL_VALUES = {"down_scale_factor": 1, "gap_size": 0, "net_structure_type": 0,
                    "num_memory_blocks": 0, "layers_to_keep": []}
 _POSITIVE_INTEGERS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                      "intermediate_size", "max_position_embeddings", "type_vocab_size")
+                      "intermediate_size", "max_position_embeddings")
 _PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 _POSITIVE_REALS = ("initializer_range", "layer_norm_eps")
 
@@ -54,7 +54,8 @@ class BertConfig:
     """Hyper-parameters of a BERT encoder (the fields of ``bert_config.json``).
 
     Every field is checked when the config is built: sizes and counts are
-    positive integers, the dropout probabilities are numbers in ``[0, 1)``,
+    positive integers (``type_vocab_size`` may be 0: no segment embeddings; the
+    model still takes segment ids, which then only drive a UniLM mask), the dropout probabilities are numbers in ``[0, 1)``,
     ``initializer_range`` and ``layer_norm_eps`` are finite numbers above 0, and
     ``hidden_act`` is an activation name bert4x knows (``"gelu"``,
     ``"gelu_new"``, ``"relu"``, ...).
@@ -100,6 +101,9 @@ class BertConfig:
             value = getattr(self, name)
             if not _is_integer(value) or value < 1:
                 raise ValueError(f"config field {name} must be a positive integer, got {value!r}")
+        if not _is_integer(self.type_vocab_size) or self.type_vocab_size < 0:
+            raise ValueError(f"config field type_vocab_size must be an integer >= 0 (0: no "
+                             f"segment embeddings), got {self.type_vocab_size!r}")
         for name in ("embedding_size", "num_hidden_groups", "inner_group_num",
                      "max_relative_position"):
             value = getattr(self, name)

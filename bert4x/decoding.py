@@ -788,7 +788,7 @@ class Decoder:
         if target_segment_id is None:
             target_segment_id = 1 if builder.application == "unilm" else 0
         segments = builder.config.type_vocab_size
-        if segments == 1:  # one token type (RoBERTa): segment ids drive the UniLM mask only
+        if segments < 2:  # none or one token type: segment ids drive the UniLM mask only
             segments = 2
         if not _is_int(target_segment_id) or not 0 <= target_segment_id < segments:
             raise ValueError(f"target_segment_id must be a segment id of the model "

@@ -292,9 +292,11 @@ class Transformer:
             c.vocab_size, c.embedding_width, embeddings_initializer=init(),
             name="Embedding-Token", **kw)
         self.token_projection = self._token_projection()
-        self.segment_embedding = keras.layers.Embedding(
-            c.type_vocab_size, width, embeddings_initializer=init(),
-            name="Embedding-Segment", **kw)
+        self.segment_embedding = None
+        if c.type_vocab_size:  # 0: no segment table (segment ids drive a UniLM mask only)
+            self.segment_embedding = keras.layers.Embedding(
+                c.type_vocab_size, width, embeddings_initializer=init(),
+                name="Embedding-Segment", **kw)
         self.position_embedding = None
         if self.absolute_positions:
             self.position_embedding = PositionEmbedding(
@@ -389,10 +391,12 @@ class Transformer:
         x = self.token_embedding(token_ids)
         if self.token_projection is not None:
             x = self.token_projection(x)
-        if self.config.type_vocab_size == 1:
-            # One token type (RoBERTa): segment ids may drive the UniLM mask only.
-            segment_ids = ops.zeros_like(segment_ids)
-        parts = [x, self.segment_embedding(segment_ids)]
+        parts = [x]
+        if self.segment_embedding is not None:
+            if self.config.type_vocab_size == 1:
+                # One token type (RoBERTa): segment ids may drive the UniLM mask only.
+                segment_ids = ops.zeros_like(segment_ids)
+            parts.append(self.segment_embedding(segment_ids))
         if self.position_embedding is not None:
             parts.append(self.position_embedding(
                 x, position_ids=self.position_ids(token_ids, position_ids)))
@@ -445,13 +449,23 @@ class Transformer:
         x = self.token_embedding(x, reverse=True)
         return self.mlm_bias(x)
 
-    def _build_model(self):
+    def _model_inputs(self):
+        """``(inputs, token_ids, segment_ids, position_ids)`` of the full model.
+
+        ``inputs`` are the model's input tensors (before the additional ones);
+        the ids are what the graph reads, drawn from them; ``position_ids`` None
+        means ``0..L-1``.
+        """
         token_ids, segment_ids = self._inputs()
-        inputs = [token_ids, segment_ids] + self.additional_inputs
+        return [token_ids, segment_ids], token_ids, segment_ids, None
+
+    def _build_model(self):
+        inputs, token_ids, segment_ids, position_ids = self._model_inputs()
+        inputs = inputs + self.additional_inputs
         condition = None
         if self.conditional:
             condition = self._condition(self.condition_model(self.additional_inputs))
-        x = self.embed(token_ids, segment_ids, condition=condition)
+        x = self.embed(token_ids, segment_ids, position_ids=position_ids, condition=condition)
         bias = self.attention_bias(token_ids, segment_ids)
         x = self.encode(x, bias, condition=condition)
         self.sequence_output = x
@@ -578,8 +592,10 @@ class Transformer:
 
     def _embedding_variables(self):
         p = f"{self.prefix}/embeddings/"
-        pairs = [(p + "word_embeddings", self.token_embedding.embeddings, "vocab"),
-                 (p + "token_type_embeddings", self.segment_embedding.embeddings, "plain")]
+        pairs = [(p + "word_embeddings", self.token_embedding.embeddings, "vocab")]
+        if self.segment_embedding is not None:
+            pairs.append((p + "token_type_embeddings", self.segment_embedding.embeddings,
+                          "plain"))
         if self.position_embedding is not None:
             pairs.append((p + "position_embeddings", self.position_embedding.embeddings,
                           "plain"))

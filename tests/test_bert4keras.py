@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _oracle  # noqa: E402
-from oracle.shared import table_logits  # noqa: E402
+from oracle.shared import table_logits, two_character_words  # noqa: E402
 from bert4x import checkpoints  # noqa: E402
 from bert4x.bert4keras import backend, layers, models, optimizers, snippets, tokenizers  # noqa: E402
 from bert4x.models import build_transformer_model as native_build  # noqa: E402
@@ -35,7 +35,14 @@ MODEL_CASES = {
     "linear_heads": dict(with_pool="linear", with_mlm="linear"),
     "unilm": dict(application="unilm"),
     "lm": dict(application="lm"),
+    "no_segments": dict(segment_vocab_size=0, with_mlm=True),
+    "custom_positions": dict(custom_position_ids=True, with_pool=True),
+    "prefix": dict(prefix="bert-", with_mlm=True),
+    "fixed_length": dict(sequence_length=TOKENS.shape[1], application="unilm"),
 }
+POSITIONS = np.array([[0, 1, 2, 3, 4, 5, 6], [3, 1, 4, 1, 5, 9, 2]])
+# What each model case takes (default: token and segment ids).
+MODEL_INPUTS = {"no_segments": [TOKENS], "custom_positions": [TOKENS, SEGMENTS, POSITIONS]}
 # Other families: (extra config fields, build_transformer_model arguments).
 FAMILY_CASES = {"roberta": ({}, dict(with_mlm=True)),
                 "albert": (dict(embedding_size=8), dict(with_mlm=True)),
@@ -177,9 +184,9 @@ def sentencepiece_model(tmp_path_factory):
 def oracle(checkpoint, family_checkpoints, sentencepiece_model):
     config_path, prefix = checkpoint
     inputs = [TOKENS, SEGMENTS]
-    jobs = {f"model_{name}": ("model_outputs", dict(config_path=config_path,
-                                                     checkpoint_path=prefix, inputs=inputs,
-                                                     **kwargs))
+    jobs = {f"model_{name}": ("model_outputs", dict(
+        config_path=config_path, checkpoint_path=prefix,
+        inputs=MODEL_INPUTS.get(name, inputs), **kwargs))
             for name, kwargs in MODEL_CASES.items()}
     for family, (family_config, family_prefix) in family_checkpoints.items():
         jobs[f"family_{family}"] = ("model_outputs", dict(
@@ -221,7 +228,7 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model):
 def test_model_outputs_equal_bert4keras(checkpoint, oracle, case):
     config_path, prefix = checkpoint
     model = models.build_transformer_model(config_path, prefix, **MODEL_CASES[case])
-    ours = model.predict([TOKENS, SEGMENTS], verbose=0)
+    ours = model.predict(MODEL_INPUTS.get(case, [TOKENS, SEGMENTS]), verbose=0)
     ours = ours if isinstance(ours, list) else [ours]
     theirs = oracle.result(f"model_{case}")
     assert len(ours) == len(theirs)
@@ -277,10 +284,31 @@ def test_intermediate_layers_carry_the_padding_mask(checkpoint):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), TOKENS != 0)
 
 
+def test_model_arguments_shape_the_inputs_and_names_as_in_bert4keras(checkpoint):
+    config_path, prefix = checkpoint
+    model = models.build_transformer_model(config_path, prefix, segment_vocab_size=0,
+                                           custom_position_ids=True, sequence_length=7)
+    assert [t.name for t in model.inputs] == ["Input-Token", "Input-Position"]
+    assert [tuple(t.shape) for t in model.inputs] == [(None, 7), (None, 7)]
+    assert "Embedding-Segment" not in [layer.name for layer in model.layers]
+    # Prefixed models share one graph without a name clash.
+    first = models.build_transformer_model(config_path, prefix, prefix="first-")
+    second = models.build_transformer_model(config_path, prefix, prefix="second-")
+    names = [layer.name for layer in first.layers + second.layers]
+    assert all(name.startswith(("first-", "second-")) for name in names)
+    assert len(set(names)) == len(names)
+    joined = keras.Model(first.inputs + second.inputs, [first.output, second.output])
+    one, two = joined.predict([TOKENS, SEGMENTS, TOKENS, SEGMENTS], verbose=0)
+    np.testing.assert_allclose(one, two, atol=1e-6)
+
+
 def test_unsupported_arguments_raise(checkpoint):
     config_path, prefix = checkpoint
-    with pytest.raises(NotImplementedError, match="custom_position_ids"):
-        models.build_transformer_model(config_path, custom_position_ids=True)
+    with pytest.raises(NotImplementedError, match="residual_attention_scores"):
+        models.build_transformer_model(config_path, residual_attention_scores=True)
+    with pytest.raises(ValueError, match="custom_position_ids=True needs a learned"):
+        models.build_transformer_model(config_path, model="roformer",
+                                       custom_position_ids=True)
     with pytest.raises(ValueError, match="unknown model 't5'"):
         models.build_transformer_model(config_path, model="t5")
 
@@ -465,6 +493,10 @@ def test_sentencepiece_tokenizer_equals_bert4keras(oracle, sentencepiece_model):
     assert [list(tok.encode(a, b, maxlen=12)) for a, b in zip(SP_TEXTS, SP_TEXTS[1:])] == \
         [list(p) for p in theirs["pairs"]]
     assert [tok.decode(tok.encode(t)[0][1:-1]) for t in SP_TEXTS] == theirs["decoded"]
+    split = tokenizers.SpTokenizer(sentencepiece_model, pre_tokenize=two_character_words)
+    ours = [list(split.encode(text)) for text in SP_TEXTS]
+    assert ours == [list(p) for p in theirs["pre_tokenized"]]
+    assert ours != [list(p) for p in theirs["ids"]]  # the words did change the pieces
 
 
 # ------------------------------------------------------------------ optimizers
@@ -534,3 +566,44 @@ def test_batch_gather_and_sequence_masking_follow_numpy():
     expected = params.copy()
     expected[0, 2:] = expected[1, 1:] = -9.0
     np.testing.assert_allclose(keras.ops.convert_to_numpy(masked), expected)
+
+
+def test_recompute_grad_recomputes_with_the_same_gradients(monkeypatch):
+    import tensorflow as tf
+
+    calls = []
+
+    def feed_forward(self, inputs):
+        calls.append(1)
+        return self.second(self.first(inputs))
+
+    def layer_class(call):
+        class FeedForward(keras.layers.Layer):
+            def build(self, shape):
+                self.first = keras.layers.Dense(5, activation="gelu")
+                self.second = keras.layers.Dense(3)
+
+        FeedForward.call = call
+        return FeedForward
+
+    monkeypatch.delenv("RECOMPUTE", raising=False)
+    assert backend.recompute_grad(feed_forward) is feed_forward  # off by default
+    monkeypatch.setenv("RECOMPUTE", "1")
+    plain, recomputed = layer_class(feed_forward)(), layer_class(
+        backend.recompute_grad(feed_forward))()
+    x = tf.constant(RNG.normal(size=(2, 4)).astype("float32"))
+    plain(x), recomputed(x)
+    recomputed.set_weights(plain.get_weights())
+    gradients = []
+    for layer in (plain, recomputed):
+        del calls[:]
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) ** 2)
+        gradients.append(tape.gradient(loss, [x] + layer.trainable_variables))
+        gradients[-1].append(len(calls))
+    *ours, recomputed_calls = gradients[1]
+    *reference, plain_calls = gradients[0]
+    assert (plain_calls, recomputed_calls) == (1, 2)  # the backward pass ran it again
+    for a, b in zip(ours, reference):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)

@@ -27,6 +27,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bert4x import checkpoints  # noqa: E402
+from bert4x.configs import BertConfig  # noqa: E402
 from bert4x.models import (attention_model, build_transformer_model,  # noqa: E402
                            intermediate_model)
 from bert4x.resources import chinese_vocab_path, minilm_dir  # noqa: E402
@@ -762,3 +763,32 @@ def test_single_additional_input_tensor():
     output = model.predict([np.array([[2, 5, 3]]), np.zeros((1, 3), "int32"),
                             np.array([1])], verbose=0)
     assert output.shape == (1, 3, TINY["hidden_size"])
+
+
+def test_no_segment_embeddings(workdir, tmp_path):
+    # type_vocab_size 0: no segment table; the checkpoint's one is left unused. The
+    # reference is Hugging Face's BERT with that table zeroed.
+    source = os.path.join(workdir["root"], "ckpt_gelu", "bert_model.ckpt")
+    builder = build_transformer_model(checkpoint_path=source, type_vocab_size=0,
+                                      with_mlm=True, return_keras_model=False)
+    assert builder.segment_embedding is None
+    weights = dict(workdir["weights"]["gelu"])
+    weights["bert/embeddings/token_type_embeddings"] = np.zeros_like(
+        weights["bert/embeddings/token_type_embeddings"])
+    expected = hf_outputs(hf_pretraining_model(dict(TINY, hidden_act="gelu"), weights),
+                          workdir["ids"], workdir["segments"])
+    sequence, mlm = predict(builder.model, workdir["ids"], workdir["segments"])
+    valid = workdir["ids"] != 0
+    assert_close(sequence[valid], expected["sequence"][valid], what="sequence")
+    assert_close(mlm[valid], softmax(expected["mlm_logits"])[valid], what="mlm")
+    # The official format round-trips it (no token_type_embeddings written).
+    prefix = checkpoints.save_checkpoint(builder, str(tmp_path / "no_segments"))
+    assert not any("token_type" in name for name in
+                   tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
+    again = build_transformer_model(checkpoint_path=str(tmp_path / "no_segments"),
+                                    with_mlm=True)
+    for first, second in zip(predict(builder.model, workdir["ids"], workdir["segments"]),
+                             predict(again, workdir["ids"], workdir["segments"])):
+        np.testing.assert_array_equal(first, second)
+    with pytest.raises(ValueError, match="type_vocab_size must be an integer >= 0"):
+        BertConfig(**dict(TINY, type_vocab_size=-1))

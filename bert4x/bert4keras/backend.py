@@ -6,13 +6,16 @@ signatures and defaults, on ``keras.ops``; a function it lacks raises an
 ``AttributeError`` that names the ``keras.ops`` route.
 """
 
+import functools
+import os
+
 import keras
 import numpy as np
 from keras import ops
 
 __all__ = ["keras", "K", "set_gelu", "sequence_masking", "batch_gather",
            "multilabel_categorical_crossentropy", "piecewise_linear", "search_layer",
-           "symbolic", "is_tf_keras"]
+           "symbolic", "recompute_grad", "is_tf_keras"]
 
 #: bert4keras scripts test this flag; bert4x always runs on Keras 3.
 is_tf_keras = False
@@ -163,6 +166,44 @@ def search_layer(inputs, name, exclude_from=None):
 def symbolic(f):
     """Identity decorator (bert4keras keeps it for old Keras versions)."""
     return f
+
+
+def recompute_grad(call):
+    """bert4keras's decorator for a layer's ``call``: recompute it in the backward pass.
+
+    With the environment variable ``RECOMPUTE=1`` (read when the decorator is
+    applied, as bert4keras reads it at import), the decorated call keeps no
+    activations for the backward pass and runs again there (gradient
+    checkpointing: less memory for about a third more compute), through
+    ``tf.recompute_grad``. Without it the call is returned unchanged. It
+    applies to the layers a script decorates; bert4x's own layers do not
+    recompute.
+
+    Raises:
+        NotImplementedError: ``RECOMPUTE=1`` on a Keras backend other than
+            TensorFlow.
+
+    Example:
+        >>> class FeedForward(keras.layers.Layer):  # doctest: +SKIP
+        ...     @recompute_grad
+        ...     def call(self, inputs):
+        ...         return self.dense(inputs)
+    """
+    if os.environ.get("RECOMPUTE", "0").strip().lower() not in ("1", "true", "yes", "on"):
+        return call
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(f"RECOMPUTE=1 needs the TensorFlow backend (Keras runs "
+                                  f"on {keras.backend.backend()!r}); unset RECOMPUTE")
+    import tensorflow as tf
+
+    @functools.wraps(call)
+    def recomputed(self, inputs, **kwargs):
+        def forward(*tensors):
+            return call(self, tf.nest.pack_sequence_as(inputs, list(tensors)), **kwargs)
+
+        return tf.recompute_grad(forward)(*tf.nest.flatten(inputs))
+
+    return recomputed
 
 
 class _Backend:

@@ -52,14 +52,36 @@ def _masking_builder(family):
                 self.pooler_dense.activation = keras.activations.get(self._pool_activation)
             if self.with_mlm and self._mlm_activation is not None:
                 self.mlm_activation.activation = keras.activations.get(self._mlm_activation)
+            if self._name_prefix:
+                _prefix_layer_names(self, self._name_prefix)
 
         def _inputs(self, length=None, prefix="Input"):
             if prefix != "Input":
                 return super()._inputs(length, prefix)
             # Keras 2's Input default, float32, as bert4keras scripts expect (they
             # multiply losses by segment ids); the embedding layers cast to int.
-            return (keras.Input((length,), name=f"{prefix}-Token"),
-                    keras.Input((length,), name=f"{prefix}-Segment"))
+            name = self._name_prefix + prefix
+            return (keras.Input((length,), name=f"{name}-Token"),
+                    keras.Input((length,), name=f"{name}-Segment"))
+
+        def _model_inputs(self):
+            token_ids, segment_ids = self._inputs(self._sequence_length)
+            inputs = [token_ids, segment_ids]
+            if self.config.type_vocab_size == 0:
+                # bert4keras's segment_vocab_size=0: the model takes token ids only.
+                inputs, segment_ids = [token_ids], keras.ops.zeros_like(token_ids)
+            position_ids = None
+            if self._custom_position_ids:
+                position_ids = keras.Input((self._sequence_length,),
+                                           name=f"{self._name_prefix}Input-Position")
+                inputs.append(position_ids)
+            return inputs, token_ids, segment_ids, position_ids
+
+        def position_ids(self, token_ids, positions=None):
+            if self._custom_position_ids and positions is not None:
+                # bert4keras's custom positions index the position table as given.
+                return keras.ops.cast(positions, "int32")
+            return super().position_ids(token_ids, positions)
 
         def embed(self, token_ids, segment_ids, *args, **kwargs):
             x = super().embed(token_ids, segment_ids, *args, **kwargs)
@@ -80,6 +102,27 @@ def _masking_builder(family):
 
     Masked.__name__ = Masked.__qualname__ = f"Masked{family.__name__}"
     return Masked
+
+
+def _prefix_layer_names(builder, prefix):
+    """Put ``prefix`` before the name of every layer the builder made."""
+    seen = set()
+
+    def visit(value):
+        if isinstance(value, keras.Model):
+            return  # a user's condition model keeps its names
+        if isinstance(value, keras.layers.Layer) and id(value) not in seen:
+            seen.add(id(value))
+            value.name = prefix + value.name
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+
+    for value in vars(builder).values():
+        visit(value)
 
 
 def _config(config_path, overrides):
@@ -119,6 +162,9 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     activation name such as ``"linear"``). ``application="lm"``/``"unilm"``
     returns the MLM probabilities.
 
+    ``segment_vocab_size=0`` builds a model without segment embeddings that
+    takes token ids only (its checkpoint's segment table is left unused).
+
     The token and segment inputs are float32 (Keras 2's default, which
     bert4keras scripts rely on, e.g. ``loss * segment_ids``); the embedding
     layers cast them to int.
@@ -136,8 +182,11 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         layer_norm_cond, layer_norm_cond_hidden_size, layer_norm_cond_hidden_act,
             additional_input_layers: Conditional Layer Normalization; the
             additional inputs may be one tensor or a list.
-        custom_position_ids, prefix: not supported (raise).
-        sequence_length: accepted; the inputs keep a variable length.
+        custom_position_ids: add an ``Input-Position`` input (after the
+            segment input) whose values index the position table.
+        sequence_length: a fixed length for the inputs (None: variable).
+        prefix: put before the name of every layer and input, so that two
+            models can live in one graph.
         **kwargs: config fields, with bert4keras's names (``dropout_rate``,
             ``max_position``, ``segment_vocab_size``, ``hidden_act``, ...).
 
@@ -145,18 +194,9 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         >>> model = build_transformer_model(config_path, checkpoint_path,  # doctest: +SKIP
         ...                                 application="unilm", keep_tokens=keep_tokens)
     """
-    if custom_position_ids:
-        raise NotImplementedError("custom_position_ids=True is not supported by "
-                                  "bert4x.bert4keras: positions are 0..length-1")
-    if prefix:
-        raise NotImplementedError(f"prefix={prefix!r} is not supported by bert4x.bert4keras: "
-                                  "layer names have no prefix")
     for name in _UNSUPPORTED:
         if kwargs.get(name):
             raise NotImplementedError(f"{name}= is not supported by bert4x.bert4keras")
-    if kwargs.get("segment_vocab_size", 2) == 0:
-        raise NotImplementedError("segment_vocab_size=0 (no segment input) is not supported "
-                                  "by bert4x.bert4keras: feed zeros as segment ids")
     if isinstance(model, str):
         model = model.lower()
     if model not in _native.MODELS:
@@ -169,8 +209,14 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     if nsp_activation is not None:
         raise ValueError(f"with_nsp must be True or False, got {nsp_activation!r}")
     builder_class = _masking_builder(_native.MODELS[model])
+    if custom_position_ids and not _native.MODELS[model].absolute_positions:
+        raise ValueError(f"custom_position_ids=True needs a learned position table; "
+                         f"{model!r} encodes positions in its attention")
     builder_class._pool_activation = pool_activation
     builder_class._mlm_activation = mlm_activation
+    builder_class._name_prefix = prefix or ""
+    builder_class._custom_position_ids = bool(custom_position_ids)
+    builder_class._sequence_length = sequence_length
     builder = builder_class(
         config, application=application, with_pool=with_pool or with_nsp,
         with_nsp=with_nsp, with_mlm=with_mlm, keep_tokens=keep_tokens,

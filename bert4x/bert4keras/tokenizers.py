@@ -192,16 +192,25 @@ class Tokenizer(_Bert4kerasInterface, _native.Tokenizer):
 class SpTokenizer(_Bert4kerasInterface, _native.SpTokenizer):
     """bert4keras's ``SpTokenizer(sp_model_path, token_start=..., token_end=...)``.
 
-    bert4keras's defaults: ``token_start="[CLS]"``, ``token_end="[SEP]"``.
+    bert4keras's defaults: ``token_start="[CLS]"``, ``token_end="[SEP]"``. With
+    ``pre_tokenize`` (a callable splitting a text into words, e.g. ``jieba.cut``)
+    the words are joined by spaces before SentencePiece sees them, as in
+    bert4keras.
     """
 
     def __init__(self, sp_model_path, token_start="[CLS]", token_end="[SEP]",
                  pre_tokenize=None, token_translate=None):
-        if pre_tokenize is not None:
-            raise NotImplementedError("SpTokenizer(pre_tokenize=...) is not supported by "
-                                      "bert4x.bert4keras; join the words yourself")
+        if pre_tokenize is not None and not callable(pre_tokenize):
+            raise TypeError(f"pre_tokenize must be a callable returning words, got "
+                            f"{type(pre_tokenize).__name__}")
         super().__init__(sp_model_path, token_start=token_start, token_end=token_end)
+        self._pre_tokenize = pre_tokenize
         self._init_bert4keras(token_start, token_end, token_translate)
+
+    def _tokenize_text(self, text):
+        if self._pre_tokenize is not None:
+            text = " ".join(self._pre_tokenize(text))
+        return super()._tokenize_text(text)
 
     def _special_id(self, token):
         return self._piece_id(token)

@@ -10,3 +10,8 @@ def table_logits(output_ids, vocab_size, seed=7):
         rng = np.random.default_rng([seed, len(row)] + [int(t) for t in row])
         rows.append(rng.normal(0.0, 2.0, vocab_size))
     return np.stack(rows)
+
+
+def two_character_words(text):
+    """A stand-in word splitter (like jieba.cut): two-character chunks of each word."""
+    return [word[i:i + 2] for word in text.split() for i in range(0, len(word), 2)]

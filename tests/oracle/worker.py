@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from shared import table_logits  # noqa: E402
+from shared import table_logits, two_character_words  # noqa: E402
 
 
 def model_outputs(config_path, checkpoint_path, inputs, **kwargs):
@@ -180,7 +180,9 @@ def sp_tokenizer(model_path, texts, pairs, maxlen):
     tok = SpTokenizer(model_path)
     return dict(ids=[tok.encode(text) for text in texts],
                 pairs=[tok.encode(a, b, maxlen=maxlen) for a, b in pairs],
-                decoded=[tok.decode(tok.encode(text)[0][1:-1]) for text in texts])
+                decoded=[tok.decode(tok.encode(text)[0][1:-1]) for text in texts],
+                pre_tokenized=[SpTokenizer(model_path, pre_tokenize=two_character_words)
+                               .encode(text) for text in texts])
 
 
 def optimizer_steps(kernel, bias, x, y, steps, factories, base="Adam", ema=False, **settings):
