@@ -607,3 +607,44 @@ def test_recompute_grad_recomputes_with_the_same_gradients(monkeypatch):
     assert (plain_calls, recomputed_calls) == (1, 2)  # the backward pass ran it again
     for a, b in zip(ours, reference):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_penalty_loss_uses_the_model_inside_the_training_step(checkpoint):
+    # bert4keras's gradient-penalty idiom: a loss that finds the embedding table
+    # from y_pred and differentiates itself with K.gradients (Keras 3 gives the
+    # loss the step's tensors, which do not know their layers).
+    import tensorflow as tf
+
+    K = backend.K
+    bert = models.build_transformer_model(*checkpoint, return_keras_model=False)
+    output = keras.layers.Lambda(lambda x: x[:, 0])(bert.model.output)
+    output = keras.layers.Dense(2, activation="softmax")(output)
+    model = keras.Model(bert.model.input, output)
+    labels = np.array([[1], [0]])
+
+    def penalised(y_true, y_pred):
+        loss = K.mean(K.sparse_categorical_crossentropy(K.reshape(y_true, (-1,)), y_pred))
+        embeddings = backend.search_layer(y_pred, "Embedding-Token").embeddings
+        return loss + 0.5 * K.sum(K.gradients(loss, [embeddings])[0].values ** 2)
+
+    model.compile(loss=penalised, optimizer=keras.optimizers.SGD(0.0))
+    ours = model.test_on_batch([TOKENS, SEGMENTS], labels)
+    embeddings = backend.search_layer(model.output, "Embedding-Token").embeddings
+    with tf.GradientTape() as tape:
+        probas = model([TOKENS, SEGMENTS], training=False)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels[:, 0], probas))
+    # One gradient row per token occurrence (repeated ids are not summed), as
+    # bert4keras's `.values` of the IndexedSlices.
+    rows = tape.gradient(loss, embeddings.value).values
+    assert rows.shape[0] == TOKENS.size
+    expected = float(loss) + 0.5 * float(tf.reduce_sum(rows ** 2))
+    assert float(tf.reduce_sum(rows ** 2)) > 1e-3 * expected  # the penalty matters
+    np.testing.assert_allclose(ours, expected, rtol=1e-5)
+    with pytest.raises(NotImplementedError, match="not eagerly"):
+        K.gradients(loss, [embeddings])
+
+
+def test_uniout_imports_as_on_python_3():
+    from bert4x.bert4keras.snippets import uniout
+
+    assert uniout is None  # bert4keras's Python 2 console helper; nothing on Python 3

@@ -8,6 +8,7 @@ signatures and defaults, on ``keras.ops``; a function it lacks raises an
 
 import functools
 import os
+import weakref
 
 import keras
 import numpy as np
@@ -139,12 +140,34 @@ def piecewise_linear(t, schedule, from_zero=True):
     return PiecewiseLinear(schedule, 1.0, from_zero)(t)
 
 
+#: Models built by ``build_transformer_model``, newest last (weak references).
+_BUILT_MODELS = []
+
+
+def remember_model(model):
+    """Let `search_layer` find ``model``'s layers from tensors without Keras history."""
+    _BUILT_MODELS[:] = [ref for ref in _BUILT_MODELS if ref() is not None]
+    _BUILT_MODELS.append(weakref.ref(model))
+
+
 def search_layer(inputs, name, exclude_from=None):
-    """The layer called ``name`` upstream of ``inputs`` (a layer or a tensor), or None."""
+    """The layer called ``name`` upstream of ``inputs`` (a layer or a tensor), or None.
+
+    Keras 3 hands a loss function the tensors of the training step, which do
+    not know the layers that made them (Keras 2 passed the model's symbolic
+    outputs). For such a tensor the layer is looked up in the models
+    `build_transformer_model` built, the newest first, as bert4keras scripts
+    expect (``search_layer(y_pred, 'Embedding-Token')`` inside a loss).
+
+    Example:
+        >>> search_layer(model.output, "Embedding-Token")  # doctest: +SKIP
+    """
     if isinstance(inputs, keras.layers.Layer):
         start = inputs
-    else:
+    elif hasattr(inputs, "_keras_history"):
         start = inputs._keras_history[0]
+    else:
+        return _search_built_models(name)
     seen, queue = set(exclude_from or ()), [start]
     while queue:
         layer = queue.pop(0)
@@ -161,6 +184,45 @@ def search_layer(inputs, name, exclude_from=None):
             for parent in node.parent_nodes:
                 queue.append(parent.operation)
     return None
+
+
+def _search_built_models(name):
+    for ref in reversed(_BUILT_MODELS):
+        model = ref()
+        if model is None:
+            continue
+        for layer in model.layers:
+            if layer.name == name:
+                return layer
+    return None
+
+
+def _gradients(loss, variables):
+    """Keras 2's ``K.gradients``: symbolic gradients of ``loss`` inside a traced step.
+
+    For losses that use the gradient of the model itself (gradient penalty):
+    ``K.gradients(loss, [embeddings])[0]`` inside a loss function, which Keras 3
+    traces with TensorFlow's graph. An embedding table's gradient is
+    ``tf.IndexedSlices`` (``.values`` holds the rows), as in bert4keras.
+
+    Raises:
+        NotImplementedError: on a Keras backend other than TensorFlow, or
+            outside a traced function (eager tensors have no symbolic gradient).
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(f"K.gradients needs the TensorFlow backend (Keras runs "
+                                  f"on {keras.backend.backend()!r}); compute gradients "
+                                  "in a custom train_step instead")
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        raise NotImplementedError("K.gradients works inside a loss or a tf.function, "
+                                  "not eagerly; use tf.GradientTape there")
+    single = not isinstance(variables, (list, tuple))
+    variables = [variables] if single else list(variables)
+    tensors = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+    grads = tf.gradients(loss, tensors)
+    return grads[0] if single else grads
 
 
 def symbolic(f):
@@ -211,6 +273,7 @@ class _Backend:
 
     floatx = staticmethod(keras.config.floatx)
     epsilon = staticmethod(keras.config.epsilon)
+    gradients = staticmethod(_gradients)
 
     @staticmethod
     def int_shape(x):

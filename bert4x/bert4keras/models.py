@@ -13,7 +13,7 @@ import json
 import keras
 
 from bert4x import models as _native
-from bert4x.bert4keras.backend import gelu_activation_name
+from bert4x.bert4keras.backend import gelu_activation_name, remember_model
 from bert4x.bert4keras.layers import SequenceMask
 from bert4x.configs import BertConfig
 
@@ -228,6 +228,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         builder.load_checkpoint(checkpoint_path, allow_missing_heads=ignore_invalid_weights)
     builder.model = _bert4keras_outputs(builder, bool(with_pool or with_nsp), with_nsp,
                                         bool(with_mlm))
+    remember_model(builder.model)
     return builder.model if return_keras_model else builder
 
 

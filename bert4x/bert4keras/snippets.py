@@ -27,7 +27,11 @@ __all__ = ["to_array", "is_string", "strQ2B", "string_matching", "open", "parall
            "text_segmentate", "DataGenerator", "ViterbiDecoder", "softmax",
            "AutoRegressiveDecoder", "insert_arguments", "delete_arguments",
            "longest_common_substring", "longest_common_subsequence",
-           "lowercase_and_normalize"]
+           "lowercase_and_normalize", "uniout"]
+
+#: ``from bert4keras.snippets import uniout`` loads the ``uniout`` package on
+#: Python 2 (to print Chinese in lists) and gives None on Python 3; so here.
+uniout = None
 
 
 def to_array(*args):
