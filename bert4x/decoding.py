@@ -1,6 +1,6 @@
 """Autoregressive decoding: greedy, beam search and sampling, batched over sources.
 
-Two routes share one implementation of each search algorithm:
+Two routes share one implementation of each search algorithm (:mod:`bert4x.search`):
 
 * :class:`Decoder` runs a ``unilm``/``lm`` model with a key/value cache: every
   source is run once (the prefill), then one token per step; the per-step
@@ -33,421 +33,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from bert4x.search import (GenerationResult, ancestral, beam_search, check_beam,
+                           check_end_id, check_lengths, check_sampling, filter_log_probs,
+                           greedy_choice, is_int, logsumexp, sampling_choice, to_log_probs)
+
 __all__ = ["GenerationResult", "Decoder", "AutoRegressiveDecoder", "filter_log_probs"]
-
-
-@dataclasses.dataclass
-class GenerationResult:
-    """One generated sequence.
-
-    Attributes:
-        token_ids: the generated ids, the end token excluded.
-        score: the ranking score (``log_prob / length ** length_penalty`` for beam
-            search, ``log_prob`` otherwise).
-        log_prob: the summed log-probability of the generated tokens, the end
-            token included.
-        ended: whether the sequence ended with the end token (otherwise it
-            stopped at ``max_length``).
-
-    Example:
-        >>> result = GenerationResult([5, 9], score=-0.7, log_prob=-2.1, ended=True)
-        >>> len(result)
-        2
-    """
-
-    token_ids: list
-    score: float
-    log_prob: float
-    ended: bool
-
-    def __len__(self):
-        return len(self.token_ids)
-
-
-# --------------------------------------------------------------------- settings
-def _is_int(value):
-    """An integer, but not a bool (``beam_size=True`` is a mistake, not 1)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _check_lengths(max_length, min_length):
-    if not _is_int(max_length) or max_length < 1:
-        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
-    if not _is_int(min_length) or min_length < 0:
-        raise ValueError(f"min_length must be a non-negative integer, got {min_length!r}")
-    if max_length < min_length:
-        raise ValueError(f"max_length ({max_length}) is smaller than min_length "
-                         f"({min_length})")
-
-
-def _check_end_id(end_id, vocab_size):
-    if end_id is None:
-        return None
-    if not _is_int(end_id) or not 0 <= end_id < vocab_size:
-        raise ValueError(f"end_id {end_id!r} is not a token id of the vocabulary "
-                         f"(0..{vocab_size - 1})")
-    return int(end_id)
-
-
-def _check_sampling(n, temperature, top_k, top_p):
-    if not _is_int(n) or n < 1:
-        raise ValueError(f"n (samples per source) must be a positive integer, got {n!r}")
-    _check_filter(temperature, top_k, top_p)
-
-
-def _check_filter(temperature, top_k, top_p):
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-
-
-def _check_beam(beam_size, num_return, length_penalty):
-    if not _is_int(beam_size) or beam_size < 1:
-        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
-    if not _is_int(num_return) or not 1 <= num_return <= beam_size:
-        raise ValueError(f"num_return must be between 1 and beam_size ({beam_size}), "
-                         f"got {num_return!r}")
-    if (not isinstance(length_penalty, (int, float, np.number))
-            or isinstance(length_penalty, bool) or not np.isfinite(length_penalty)):
-        raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
-
-
-# ----------------------------------------------------------------- filtering
-def filter_log_probs(log_probs, temperature=1.0, top_k=None, top_p=None):
-    """Temperature, then top-k, then top-p (nucleus) filtering of distributions.
-
-    Top-k keeps the ``k`` most likely tokens (ties broken by the lower id, as
-    ``argmax`` does). Top-p then keeps the smallest set of most likely tokens
-    whose probability (after temperature and top-k) reaches ``top_p``: a token
-    is kept when the probability of the tokens ranked before it is below
-    ``top_p``, so the most likely token always stays.
-
-    Args:
-        log_probs: ``[rows, vocab]`` log-probabilities (or logits).
-        temperature: divides the log-probabilities; < 1 sharpens.
-        top_k: number of tokens kept, or None.
-        top_p: nucleus mass in (0, 1], or None.
-
-    Returns:
-        ``[rows, vocab]`` normalised log-probabilities, ``-inf`` where removed.
-
-    Example:
-        >>> p = np.log([[0.5, 0.3, 0.15, 0.05]])
-        >>> np.exp(filter_log_probs(p, top_p=0.7)).round(3)
-        array([[0.625, 0.375, 0.   , 0.   ]])
-    """
-    _check_filter(temperature, top_k, top_p)
-    scores = np.asarray(log_probs, dtype=np.float64) / temperature
-    filtered = np.full_like(scores, -np.inf)
-    for row, row_scores in enumerate(scores):
-        ids, kept_log_probs = _filter_row(row_scores, top_k, top_p)
-        filtered[row, ids] = kept_log_probs
-    return filtered
-
-
-def _filter_row(scores, top_k, top_p):
-    """The kept ids of one row (in id order) and their renormalised log-probabilities.
-
-    Nothing is argsorted: the kept tokens are those above a threshold score found
-    by partial selection (``np.partition``, linear in the vocabulary), and top-p
-    only sorts the values of a candidate set that grows until it holds the
-    nucleus, so a peaked distribution never pays for sorting the vocabulary.
-    """
-    finite = np.isfinite(scores)
-    count = int(np.count_nonzero(finite))
-    if not count:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    if count < len(scores):
-        scores = np.where(finite, scores, -np.inf)  # NaN would sort as the largest
-    keep = count if top_k is None else min(top_k, count)
-    if top_p is not None and top_p < 1:
-        survivors = scores if keep == count else _largest(scores, keep)
-        log_total = _logsumexp(survivors, axis=-1)
-        keep = _nucleus_size(scores, keep, log_total, top_p)
-    ids = _ids_of_largest(scores, keep)
-    return ids, scores[ids] - _logsumexp(scores[ids], axis=-1)
-
-
-def _largest(scores, count):
-    """The ``count`` largest values of ``scores``, in decreasing order."""
-    if count < len(scores):
-        scores = np.partition(scores, len(scores) - count)[len(scores) - count:]
-    return np.sort(scores)[::-1]
-
-
-def _nucleus_size(scores, keep, log_total, top_p):
-    """How many of the ``keep`` most likely tokens top-p keeps.
-
-    A token stays while the probability ranked before it is below ``top_p``;
-    the candidates grow (64, 1024, ...) until the nucleus ends among them, or
-    straight to all tokens when they hold too little mass to be near it (a flat
-    distribution).
-    """
-    size = min(64, keep)
-    while True:
-        probs = np.exp(_largest(scores, size) - log_total)
-        cumulative = np.cumsum(probs)
-        inside = int(np.count_nonzero(cumulative - probs < top_p))
-        if inside < size or size == keep:
-            return inside
-        size = keep if cumulative[-1] < top_p / 16 else min(size * 16, keep)
-
-
-def _ids_of_largest(scores, count):
-    """The ids of the ``count`` largest scores, in id order (ties: the lower ids)."""
-    if count >= len(scores):
-        return np.arange(len(scores))
-    threshold = np.partition(scores, len(scores) - count)[len(scores) - count]
-    kept = scores > threshold
-    tied = np.flatnonzero(scores == threshold)
-    kept[tied[:count - int(np.count_nonzero(kept))]] = True
-    return np.flatnonzero(kept)
-
-
-def _logsumexp(x, axis, keepdims=False):
-    peak = np.max(x, axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True)) + peak
-    return out if keepdims else np.squeeze(out, axis=axis)
-
-
-def _to_log_probs(scores, kind):
-    scores = np.asarray(scores, dtype=np.float64)
-    if kind == "probas":
-        with np.errstate(divide="ignore"):
-            return np.log(scores)
-    if kind == "logits":
-        with np.errstate(invalid="ignore"):  # inf logits: NaN, named by the step rules
-            return scores - _logsumexp(scores, axis=-1, keepdims=True)
-    if kind == "log_probs":
-        return scores
-    raise ValueError(f"rtype must be 'probas', 'logits' or 'log_probs', got {kind!r}")
-
-
-# ----------------------------------------------------------------- step rules
-class _StepRules:
-    """Blocks the end token before ``min_length`` and applies the constraint hook."""
-
-    def __init__(self, end_id, min_length, constraint, unit_source, banned_ids=()):
-        self.end_id = end_id
-        self.banned_ids = list(banned_ids)
-        self.min_length = min_length
-        self.constraint = constraint
-        self.unit_source = unit_source
-        self.vocab_size = None
-
-    def apply(self, log_probs, step, prefixes, live):
-        """The rules applied to the scores of every unit.
-
-        Raises:
-            ValueError: a live unit's scores hold NaN or +inf (the model is
-                broken), or the rules leave a live unit no token at all.
-        """
-        log_probs = np.array(log_probs, dtype=np.float64)
-        self.vocab_size = log_probs.shape[1]
-        self._check_scores(log_probs, step, prefixes, live)
-        if self.banned_ids:
-            log_probs[:, self.banned_ids] = -np.inf
-        if self.end_id is not None and step < self.min_length:
-            log_probs[:, self.end_id] = -np.inf
-        if self.constraint is not None:
-            for unit in np.flatnonzero(live):
-                allowed = self._allowed(self.unit_source[unit], prefixes[unit])
-                log_probs[unit, ~allowed] = -np.inf
-        stuck = live & ~(log_probs.max(axis=1) > -np.inf)  # every token ruled out
-        if stuck.any():
-            unit = int(np.flatnonzero(stuck)[0])
-            raise ValueError(
-                f"no token is allowed after prefix {prefixes[unit]} of source "
-                f"{self.unit_source[unit]} (the constraint and min_length exclude all)")
-        return log_probs
-
-    def _check_scores(self, log_probs, step, prefixes, live):
-        # -inf is a token the model rules out; NaN or +inf is a broken model. A row's
-        # maximum is NaN when the row holds one, so one reduction finds both.
-        broken = live & ~(log_probs.max(axis=1) < np.inf)
-        if broken.any():
-            unit = int(np.flatnonzero(broken)[0])
-            raise ValueError(
-                f"the model produced NaN/inf scores at step {step} (source "
-                f"{self.unit_source[unit]}, prefix {prefixes[unit]}); check its weights "
-                "and config (e.g. layer_norm_eps) and the inputs")
-
-    def _allowed(self, source_index, prefix):
-        result = self.constraint(int(source_index), list(prefix))
-        result = np.asarray(list(result) if not hasattr(result, "shape") else result)
-        if result.dtype == bool:
-            if result.shape != (self.vocab_size,):
-                raise ValueError(f"the constraint returned a boolean mask of shape "
-                                 f"{result.shape}; expected ({self.vocab_size},)")
-            return result
-        mask = np.zeros(self.vocab_size, dtype=bool)
-        if result.size:
-            ids = result.astype(np.int64).ravel()
-            bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-            if bad.size:
-                raise ValueError(f"the constraint allowed ids outside the vocabulary "
-                                 f"(0..{self.vocab_size - 1}): {bad[:10].tolist()}")
-            mask[ids] = True
-        return mask
-
-
-# ----------------------------------------------------------------- algorithms
-def _beam_search(scorer, num_sources, beam_size, max_length, min_length, end_id,
-                 length_penalty, num_return, constraint, early_stopping):
-    """Beam search over ``scorer``; returns ``num_return`` results per source.
-
-    Each step takes the ``2 * beam_size`` best extensions of the live beams of a
-    source; extensions with the end token go to that source's finished pool
-    (the ``beam_size`` best are kept), the best ``beam_size`` others stay live.
-
-    Early stopping (exact, not Hugging Face's heuristic): a live beam with
-    summed log-probability ``s`` after ``c`` tokens can only lose probability,
-    so its final score is at most ``s / max_length ** lp`` if ``lp > 0``,
-    ``s`` if ``lp == 0`` and ``s / (c + 1) ** lp`` if ``lp < 0``. A source stops
-    when its pool holds ``num_return`` hypotheses and no live beam's bound
-    exceeds the ``num_return``-th best finished score (or no beam is live):
-    no live beam can then change the returned results.
-    """
-    K, N = beam_size, num_sources
-    units = N * K
-    unit_source = np.repeat(np.arange(N), K)
-    rules = _StepRules(end_id, min_length, constraint, unit_source, scorer.banned_ids)
-    sums = np.full((N, K), -np.inf)
-    sums[:, 0] = 0.0  # the K copies start identical: only one may extend
-    prefixes = [[] for _ in range(units)]
-    pools = [[] for _ in range(N)]
-    done = np.zeros(N, dtype=bool)
-
-    def score(total, length):
-        return total / (length ** length_penalty)
-
-    def add(pool, hypothesis):
-        pool.append(hypothesis)
-        pool.sort(key=lambda h: -h.score)
-        del pool[K:]
-
-    log_probs = scorer.first()
-    for step in range(max_length):
-        live = np.isfinite(sums).ravel() & np.repeat(~done, K)
-        log_probs = rules.apply(log_probs, step, prefixes, live)
-        vocab = log_probs.shape[1]
-        candidates = (sums.reshape(units, 1) + log_probs).reshape(N, K * vocab)
-        candidates[done] = -np.inf
-        width = min(2 * K, K * vocab)
-        top = np.argpartition(-candidates, width - 1, axis=1)[:, :width]
-        top_scores = np.take_along_axis(candidates, top, axis=1)
-        # Sort by score, ties by candidate index, so results are deterministic.
-        order = np.lexsort((top, -top_scores), axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        last_step = step == max_length - 1
-        new_sums = np.full((N, K), -np.inf)
-        parents = np.repeat(np.arange(N) * K, K)
-        tokens = np.zeros(units, dtype=np.int64)
-        for source in np.flatnonzero(~done):
-            filled = 0
-            for flat in top[source]:
-                total = candidates[source, flat]
-                if not np.isfinite(total) or filled == K:
-                    break
-                beam, token = divmod(int(flat), vocab)
-                unit = source * K + beam
-                if end_id is not None and token == end_id:
-                    add(pools[source], GenerationResult(
-                        list(prefixes[unit]), float(score(total, step + 1)),
-                        float(total), True))
-                    continue
-                if last_step:
-                    add(pools[source], GenerationResult(
-                        prefixes[unit] + [token], float(score(total, step + 1)),
-                        float(total), False))
-                    filled += 1
-                    continue
-                new_sums[source, filled] = total
-                parents[source * K + filled] = unit
-                tokens[source * K + filled] = token
-                filled += 1
-            if last_step:
-                done[source] = True
-                continue
-            pool = pools[source]
-            best_live = new_sums[source, 0]
-            if not np.isfinite(best_live):
-                done[source] = True
-            elif early_stopping and len(pool) >= num_return:
-                length = step + 1
-                if length_penalty > 0:
-                    bound = score(best_live, max_length)
-                elif length_penalty < 0:
-                    bound = score(best_live, length + 1)
-                else:
-                    bound = best_live
-                done[source] = bound <= pool[num_return - 1].score
-        if done.all():
-            break
-        prefixes = [prefixes[parent] + [int(token)] for parent, token in zip(parents, tokens)]
-        sums = new_sums
-        log_probs = scorer.next(parents, tokens)
-    return [pool[:num_return] for pool in pools]
-
-
-def _ancestral(scorer, num_sources, copies, max_length, min_length, end_id, constraint,
-               choose):
-    """Greedy decoding or sampling: every unit extends itself with ``choose``."""
-    units = num_sources * copies
-    unit_source = np.repeat(np.arange(num_sources), copies)
-    rules = _StepRules(end_id, min_length, constraint, unit_source, scorer.banned_ids)
-    prefixes = [[] for _ in range(units)]
-    totals = np.zeros(units)
-    live = np.ones(units, dtype=bool)
-    ended = np.zeros(units, dtype=bool)
-    identity = np.arange(units)
-    log_probs = scorer.first()
-    for step in range(max_length):
-        ruled = rules.apply(log_probs, step, prefixes, live)
-        ruled[~live] = 0.0  # finished units keep running; what they pick is ignored
-        tokens = choose(ruled, live)
-        for unit in np.flatnonzero(live):
-            token = int(tokens[unit])
-            totals[unit] += log_probs[unit, token]
-            if end_id is not None and token == end_id:
-                live[unit] = False
-                ended[unit] = True
-            else:
-                prefixes[unit].append(token)
-        if not live.any() or step == max_length - 1:
-            break
-        log_probs = scorer.next(identity, tokens)
-    results = [GenerationResult(prefixes[u], float(totals[u]), float(totals[u]),
-                                bool(ended[u])) for u in range(units)]
-    return [results[i * copies:(i + 1) * copies] for i in range(num_sources)]
-
-
-def _greedy_choice(log_probs, live):
-    return np.argmax(log_probs, axis=1)
-
-
-def _sampling_choice(rng, temperature, top_k, top_p):
-    """Draw one token per live row by inverting the filtered CDF (in id order).
-
-    One uniform draw per row, live or not, so that a seed gives the same draws
-    whichever rows are still running; only the kept tokens are ever summed.
-    """
-    def choose(log_probs, live):
-        draws = rng.random(len(log_probs))
-        tokens = np.zeros(len(log_probs), dtype=np.int64)
-        for row in np.flatnonzero(live):
-            ids, kept = _filter_row(np.asarray(log_probs[row], np.float64) / temperature,
-                                    top_k, top_p)
-            cumulative = np.cumsum(np.exp(kept))
-            index = np.count_nonzero(cumulative <= draws[row] * cumulative[-1])
-            tokens[row] = ids[min(index, len(ids) - 1)]
-        return tokens
-    return choose
 
 
 # ---------------------------------------------------------------- sources
@@ -494,7 +84,7 @@ def _units_from_rows(row_log_probs, group_sizes, copies):
     units, start = [], 0
     for size in group_sizes:
         block = per_member[start:start + size]
-        units.append(_logsumexp(block, axis=0) - math.log(size))
+        units.append(logsumexp(block, axis=0) - math.log(size))
         start += size
     return np.concatenate(units, axis=0)
 
@@ -524,7 +114,7 @@ def _guided(positive, negative, scale):
     with np.errstate(invalid="ignore"):
         guided = np.where(np.isfinite(positive), negative + scale * (positive - negative),
                           -np.inf)
-    return guided - _logsumexp(guided, axis=-1, keepdims=True)
+    return guided - logsumexp(guided, axis=-1, keepdims=True)
 
 
 # ------------------------------------------------------------- cached route
@@ -777,20 +367,20 @@ class Decoder:
         self.max_positions = getattr(builder, "max_positions",
                                      builder.config.max_position_embeddings)
         self.pad_id = builder.config.pad_token_id
-        self.end_id = _check_end_id(end_id, self.vocab_size)
+        self.end_id = check_end_id(end_id, self.vocab_size)
         if self.end_id == self.pad_id:
             raise ValueError(
                 f"end_id {self.pad_id} is the padding id, which the decoder never generates, "
                 "so no sequence would end; pass the end token's id (e.g. "
                 "tokenizer.token_to_id('[SEP]'))")
-        _check_lengths(max_length, min_length)
+        check_lengths(max_length, min_length)
         self.max_length, self.min_length = int(max_length), int(min_length)
         if target_segment_id is None:
             target_segment_id = 1 if builder.application == "unilm" else 0
         segments = builder.config.type_vocab_size
         if segments < 2:  # none or one token type: segment ids drive the UniLM mask only
             segments = 2
-        if not _is_int(target_segment_id) or not 0 <= target_segment_id < segments:
+        if not is_int(target_segment_id) or not 0 <= target_segment_id < segments:
             raise ValueError(f"target_segment_id must be a segment id of the model "
                              f"(0..{segments - 1}, type_vocab_size {segments}), "
                              f"got {target_segment_id!r}")
@@ -807,7 +397,7 @@ class Decoder:
 
     def _scorer(self, sources, copies, max_length, min_length, additional_inputs,
                 guidance=None):
-        _check_lengths(max_length, min_length)
+        check_lengths(max_length, min_length)
         members, owner, sizes = _flatten_sources(sources, self.vocab_size, self.pad_id)
         extras = self._extras(additional_inputs, len(sizes))
         negative = self._negative(guidance or {}, sources, additional_inputs, len(sizes))
@@ -901,8 +491,8 @@ class Decoder:
         max_length, min_length = self._defaults(max_length, min_length)
         scorer, count = self._scorer(sources, 1, max_length, min_length, additional_inputs,
                                      _guidance_arguments(guidance))
-        results = _ancestral(scorer, count, 1, max_length, min_length, self.end_id,
-                             constraint, _greedy_choice)
+        results = ancestral(scorer, count, 1, max_length, min_length, self.end_id,
+                             constraint, greedy_choice)
         return [found[0] for found in results]
 
     def beam_search(self, sources, beam_size=4, length_penalty=1.0, num_return=1,
@@ -912,7 +502,7 @@ class Decoder:
 
         Scores are ``log_prob / length ** length_penalty`` (``length`` counts
         the end token). Stops a source early once no live beam can change its
-        ``num_return`` best (see ``_beam_search`` for the exact bound).
+        ``num_return`` best (see ``beam_search`` for the exact bound).
 
         Args:
             sources: a list of token-id lists (or of groups scored jointly).
@@ -929,11 +519,11 @@ class Decoder:
         Example:
             >>> decoder.beam_search([[2, 7, 9, 3]], beam_size=4)[0][0].token_ids  # doctest: +SKIP
         """
-        _check_beam(beam_size, num_return, length_penalty)
+        check_beam(beam_size, num_return, length_penalty)
         max_length, min_length = self._defaults(max_length, min_length)
         scorer, count = self._scorer(sources, beam_size, max_length, min_length,
                                      additional_inputs, _guidance_arguments(guidance))
-        return _beam_search(scorer, count, beam_size, max_length, min_length, self.end_id,
+        return beam_search(scorer, count, beam_size, max_length, min_length, self.end_id,
                             float(length_penalty), num_return, constraint, early_stopping)
 
     def sample(self, sources, n=1, temperature=1.0, top_k=None, top_p=None, seed=None,
@@ -957,12 +547,12 @@ class Decoder:
         Example:
             >>> decoder.sample([[2, 7, 9, 3]], n=3, top_p=0.9, seed=0)  # doctest: +SKIP
         """
-        _check_sampling(n, temperature, top_k, top_p)
+        check_sampling(n, temperature, top_k, top_p)
         max_length, min_length = self._defaults(max_length, min_length)
         scorer, count = self._scorer(sources, n, max_length, min_length, additional_inputs,
                                      _guidance_arguments(guidance))
-        choose = _sampling_choice(np.random.default_rng(seed), temperature, top_k, top_p)
-        return _ancestral(scorer, count, n, max_length, min_length, self.end_id, constraint,
+        choose = sampling_choice(np.random.default_rng(seed), temperature, top_k, top_p)
+        return ancestral(scorer, count, n, max_length, min_length, self.end_id, constraint,
                           choose)
 
 
@@ -984,7 +574,7 @@ class _PredictScorer:
         result = self.decoder.predict(self.inputs, self.output_ids, self.states)
         if isinstance(result, tuple):
             result, self.states = result
-        log_probs = _to_log_probs(result, self.decoder.rtype)
+        log_probs = to_log_probs(result, self.decoder.rtype)
         if log_probs.ndim != 2 or log_probs.shape[0] != self.copies:
             raise ValueError(f"predict must return scores of shape [{self.copies}, vocab] "
                              f"(one row per output_ids row); got {log_probs.shape}")
@@ -1035,7 +625,7 @@ class AutoRegressiveDecoder:
     rtype = "probas"
 
     def __init__(self, end_id=None, max_length=32, min_length=0, start_id=None):
-        _check_lengths(max_length, min_length)
+        check_lengths(max_length, min_length)
         if start_id is not None and (not isinstance(start_id, (int, np.integer))
                                      or start_id < 0):
             raise ValueError(f"start_id must be a token id (int >= 0) or None, "
@@ -1050,12 +640,12 @@ class AutoRegressiveDecoder:
             f"{type(self).__name__} must implement predict(inputs, output_ids, states)")
 
     def _check_vocab(self, vocab_size):
-        _check_end_id(self.end_id, vocab_size)
+        check_end_id(self.end_id, vocab_size)
 
     def _run(self, inputs, copies, max_length, min_length):
         max_length, min_length = (self.max_length if max_length is None else max_length,
                                   self.min_length if min_length is None else min_length)
-        _check_lengths(max_length, min_length)
+        check_lengths(max_length, min_length)
         if not isinstance(inputs, (list, tuple)) or not inputs:
             raise ValueError("inputs must be a non-empty list of the source's arrays")
         scorer = _PredictScorer(self, inputs, copies)
@@ -1068,8 +658,8 @@ class AutoRegressiveDecoder:
             >>> decoder.greedy([token_ids, segment_ids]).token_ids  # doctest: +SKIP
         """
         scorer, max_length, min_length = self._run(inputs, 1, max_length, min_length)
-        return _ancestral(scorer, 1, 1, max_length, min_length, self.end_id, constraint,
-                          _greedy_choice)[0][0]
+        return ancestral(scorer, 1, 1, max_length, min_length, self.end_id, constraint,
+                          greedy_choice)[0][0]
 
     def beam_search(self, inputs, beam_size=4, length_penalty=1.0, num_return=1,
                     max_length=None, min_length=None, constraint=None, early_stopping=True):
@@ -1078,10 +668,10 @@ class AutoRegressiveDecoder:
         Example:
             >>> decoder.beam_search([token_ids, segment_ids], beam_size=4)  # doctest: +SKIP
         """
-        _check_beam(beam_size, num_return, length_penalty)
+        check_beam(beam_size, num_return, length_penalty)
         scorer, max_length, min_length = self._run(inputs, beam_size, max_length,
                                                    min_length)
-        return _beam_search(scorer, 1, beam_size, max_length, min_length,
+        return beam_search(scorer, 1, beam_size, max_length, min_length,
                             self.end_id, float(length_penalty), num_return, constraint,
                             early_stopping)[0]
 
@@ -1092,8 +682,8 @@ class AutoRegressiveDecoder:
         Example:
             >>> decoder.random_sample([token_ids, segment_ids], 3, top_k=5, seed=1)  # doctest: +SKIP
         """
-        _check_sampling(n, temperature, top_k, top_p)
+        check_sampling(n, temperature, top_k, top_p)
         scorer, max_length, min_length = self._run(inputs, n, max_length, min_length)
-        choose = _sampling_choice(np.random.default_rng(seed), temperature, top_k, top_p)
-        return _ancestral(scorer, 1, n, max_length, min_length, self.end_id,
+        choose = sampling_choice(np.random.default_rng(seed), temperature, top_k, top_p)
+        return ancestral(scorer, 1, n, max_length, min_length, self.end_id,
                           constraint, choose)[0]

@@ -21,7 +21,7 @@ import _generation_worker as worker  # noqa: E402
 from bert4x import layers  # noqa: E402
 from bert4x.decoding import (AutoRegressiveDecoder, Decoder,  # noqa: E402
                              GenerationResult, filter_log_probs)
-from bert4x.decoding import _sampling_choice  # noqa: E402
+from bert4x.search import sampling_choice  # noqa: E402
 from bert4x.losses import (GenerationLoss, generation_loss,  # noqa: E402
                            generation_loss_weights, generation_targets)
 from bert4x.models import BERT  # noqa: E402
@@ -483,7 +483,7 @@ def test_partial_selection_filter_and_draws_equal_a_full_sort():
         found = np.exp(filter_log_probs(scores, temperature, top_k, top_p))
         assert np.array_equal(found > 0, expected > 0), (trial, top_k, top_p)
         np.testing.assert_allclose(found, expected, atol=1e-12)
-        tokens = _sampling_choice(np.random.default_rng(trial), temperature, top_k,
+        tokens = sampling_choice(np.random.default_rng(trial), temperature, top_k,
                                   top_p)(scores, np.ones(3, dtype=bool))
         draws = np.random.default_rng(trial).random(3)[:, None]
         cumulative = np.cumsum(expected, axis=-1)

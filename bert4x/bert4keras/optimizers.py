@@ -41,7 +41,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from bert4x.optimizers import AdamW, PiecewiseLinear, _densify, _trust_ratio, _variable_path
+from bert4x.accumulation import _densify
+from bert4x.optimizers import AdamW, PiecewiseLinear, _trust_ratio, _variable_path
 
 __all__ = ["Adam", "AdaFactor", "extend_with_weight_decay", "extend_with_piecewise_linear_lr",
            "extend_with_parameter_wise_lr", "extend_with_gradient_accumulation",

@@ -1,0 +1,428 @@
+"""The search algorithms of bert4x's decoders: greedy, beam search and sampling.
+
+The functions here see only a *scorer* (see :mod:`bert4x.decoding`): ``first()``
+gives the next-token log-probabilities ``[units, vocab]`` after the sources,
+``next(parents, tokens)`` reorders the units, appends ``tokens`` and gives the
+following ones. They also hold the checks of the decoding settings and the
+top-k / top-p filtering (:func:`filter_log_probs`).
+"""
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["GenerationResult", "filter_log_probs"]
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """One generated sequence.
+
+    Attributes:
+        token_ids: the generated ids, the end token excluded.
+        score: the ranking score (``log_prob / length ** length_penalty`` for beam
+            search, ``log_prob`` otherwise).
+        log_prob: the summed log-probability of the generated tokens, the end
+            token included.
+        ended: whether the sequence ended with the end token (otherwise it
+            stopped at ``max_length``).
+
+    Example:
+        >>> result = GenerationResult([5, 9], score=-0.7, log_prob=-2.1, ended=True)
+        >>> len(result)
+        2
+    """
+
+    token_ids: list
+    score: float
+    log_prob: float
+    ended: bool
+
+    def __len__(self):
+        return len(self.token_ids)
+
+
+# --------------------------------------------------------------------- settings
+def is_int(value):
+    """An integer, but not a bool (``beam_size=True`` is a mistake, not 1)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_lengths(max_length, min_length):
+    if not is_int(max_length) or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    if not is_int(min_length) or min_length < 0:
+        raise ValueError(f"min_length must be a non-negative integer, got {min_length!r}")
+    if max_length < min_length:
+        raise ValueError(f"max_length ({max_length}) is smaller than min_length "
+                         f"({min_length})")
+
+
+def check_end_id(end_id, vocab_size):
+    if end_id is None:
+        return None
+    if not is_int(end_id) or not 0 <= end_id < vocab_size:
+        raise ValueError(f"end_id {end_id!r} is not a token id of the vocabulary "
+                         f"(0..{vocab_size - 1})")
+    return int(end_id)
+
+
+def check_sampling(n, temperature, top_k, top_p):
+    if not is_int(n) or n < 1:
+        raise ValueError(f"n (samples per source) must be a positive integer, got {n!r}")
+    _check_filter(temperature, top_k, top_p)
+
+
+def _check_filter(temperature, top_k, top_p):
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def check_beam(beam_size, num_return, length_penalty):
+    if not is_int(beam_size) or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
+    if not is_int(num_return) or not 1 <= num_return <= beam_size:
+        raise ValueError(f"num_return must be between 1 and beam_size ({beam_size}), "
+                         f"got {num_return!r}")
+    if (not isinstance(length_penalty, (int, float, np.number))
+            or isinstance(length_penalty, bool) or not np.isfinite(length_penalty)):
+        raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
+
+
+# ----------------------------------------------------------------- filtering
+def filter_log_probs(log_probs, temperature=1.0, top_k=None, top_p=None):
+    """Temperature, then top-k, then top-p (nucleus) filtering of distributions.
+
+    Top-k keeps the ``k`` most likely tokens (ties broken by the lower id, as
+    ``argmax`` does). Top-p then keeps the smallest set of most likely tokens
+    whose probability (after temperature and top-k) reaches ``top_p``: a token
+    is kept when the probability of the tokens ranked before it is below
+    ``top_p``, so the most likely token always stays.
+
+    Args:
+        log_probs: ``[rows, vocab]`` log-probabilities (or logits).
+        temperature: divides the log-probabilities; < 1 sharpens.
+        top_k: number of tokens kept, or None.
+        top_p: nucleus mass in (0, 1], or None.
+
+    Returns:
+        ``[rows, vocab]`` normalised log-probabilities, ``-inf`` where removed.
+
+    Example:
+        >>> p = np.log([[0.5, 0.3, 0.15, 0.05]])
+        >>> np.exp(filter_log_probs(p, top_p=0.7)).round(3)
+        array([[0.625, 0.375, 0.   , 0.   ]])
+    """
+    _check_filter(temperature, top_k, top_p)
+    scores = np.asarray(log_probs, dtype=np.float64) / temperature
+    filtered = np.full_like(scores, -np.inf)
+    for row, row_scores in enumerate(scores):
+        ids, kept_log_probs = _filter_row(row_scores, top_k, top_p)
+        filtered[row, ids] = kept_log_probs
+    return filtered
+
+
+def _filter_row(scores, top_k, top_p):
+    """The kept ids of one row (in id order) and their renormalised log-probabilities.
+
+    Nothing is argsorted: the kept tokens are those above a threshold score found
+    by partial selection (``np.partition``, linear in the vocabulary), and top-p
+    only sorts the values of a candidate set that grows until it holds the
+    nucleus, so a peaked distribution never pays for sorting the vocabulary.
+    """
+    finite = np.isfinite(scores)
+    count = int(np.count_nonzero(finite))
+    if not count:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    if count < len(scores):
+        scores = np.where(finite, scores, -np.inf)  # NaN would sort as the largest
+    keep = count if top_k is None else min(top_k, count)
+    if top_p is not None and top_p < 1:
+        survivors = scores if keep == count else _largest(scores, keep)
+        log_total = logsumexp(survivors, axis=-1)
+        keep = _nucleus_size(scores, keep, log_total, top_p)
+    ids = _ids_of_largest(scores, keep)
+    return ids, scores[ids] - logsumexp(scores[ids], axis=-1)
+
+
+def _largest(scores, count):
+    """The ``count`` largest values of ``scores``, in decreasing order."""
+    if count < len(scores):
+        scores = np.partition(scores, len(scores) - count)[len(scores) - count:]
+    return np.sort(scores)[::-1]
+
+
+def _nucleus_size(scores, keep, log_total, top_p):
+    """How many of the ``keep`` most likely tokens top-p keeps.
+
+    A token stays while the probability ranked before it is below ``top_p``;
+    the candidates grow (64, 1024, ...) until the nucleus ends among them, or
+    straight to all tokens when they hold too little mass to be near it (a flat
+    distribution).
+    """
+    size = min(64, keep)
+    while True:
+        probs = np.exp(_largest(scores, size) - log_total)
+        cumulative = np.cumsum(probs)
+        inside = int(np.count_nonzero(cumulative - probs < top_p))
+        if inside < size or size == keep:
+            return inside
+        size = keep if cumulative[-1] < top_p / 16 else min(size * 16, keep)
+
+
+def _ids_of_largest(scores, count):
+    """The ids of the ``count`` largest scores, in id order (ties: the lower ids)."""
+    if count >= len(scores):
+        return np.arange(len(scores))
+    threshold = np.partition(scores, len(scores) - count)[len(scores) - count]
+    kept = scores > threshold
+    tied = np.flatnonzero(scores == threshold)
+    kept[tied[:count - int(np.count_nonzero(kept))]] = True
+    return np.flatnonzero(kept)
+
+
+def logsumexp(x, axis, keepdims=False):
+    peak = np.max(x, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True)) + peak
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def to_log_probs(scores, kind):
+    scores = np.asarray(scores, dtype=np.float64)
+    if kind == "probas":
+        with np.errstate(divide="ignore"):
+            return np.log(scores)
+    if kind == "logits":
+        with np.errstate(invalid="ignore"):  # inf logits: NaN, named by the step rules
+            return scores - logsumexp(scores, axis=-1, keepdims=True)
+    if kind == "log_probs":
+        return scores
+    raise ValueError(f"rtype must be 'probas', 'logits' or 'log_probs', got {kind!r}")
+
+
+# ----------------------------------------------------------------- step rules
+class _StepRules:
+    """Blocks the end token before ``min_length`` and applies the constraint hook."""
+
+    def __init__(self, end_id, min_length, constraint, unit_source, banned_ids=()):
+        self.end_id = end_id
+        self.banned_ids = list(banned_ids)
+        self.min_length = min_length
+        self.constraint = constraint
+        self.unit_source = unit_source
+        self.vocab_size = None
+
+    def apply(self, log_probs, step, prefixes, live):
+        """The rules applied to the scores of every unit.
+
+        Raises:
+            ValueError: a live unit's scores hold NaN or +inf (the model is
+                broken), or the rules leave a live unit no token at all.
+        """
+        log_probs = np.array(log_probs, dtype=np.float64)
+        self.vocab_size = log_probs.shape[1]
+        self._check_scores(log_probs, step, prefixes, live)
+        if self.banned_ids:
+            log_probs[:, self.banned_ids] = -np.inf
+        if self.end_id is not None and step < self.min_length:
+            log_probs[:, self.end_id] = -np.inf
+        if self.constraint is not None:
+            for unit in np.flatnonzero(live):
+                allowed = self._allowed(self.unit_source[unit], prefixes[unit])
+                log_probs[unit, ~allowed] = -np.inf
+        stuck = live & ~(log_probs.max(axis=1) > -np.inf)  # every token ruled out
+        if stuck.any():
+            unit = int(np.flatnonzero(stuck)[0])
+            raise ValueError(
+                f"no token is allowed after prefix {prefixes[unit]} of source "
+                f"{self.unit_source[unit]} (the constraint and min_length exclude all)")
+        return log_probs
+
+    def _check_scores(self, log_probs, step, prefixes, live):
+        # -inf is a token the model rules out; NaN or +inf is a broken model. A row's
+        # maximum is NaN when the row holds one, so one reduction finds both.
+        broken = live & ~(log_probs.max(axis=1) < np.inf)
+        if broken.any():
+            unit = int(np.flatnonzero(broken)[0])
+            raise ValueError(
+                f"the model produced NaN/inf scores at step {step} (source "
+                f"{self.unit_source[unit]}, prefix {prefixes[unit]}); check its weights "
+                "and config (e.g. layer_norm_eps) and the inputs")
+
+    def _allowed(self, source_index, prefix):
+        result = self.constraint(int(source_index), list(prefix))
+        result = np.asarray(list(result) if not hasattr(result, "shape") else result)
+        if result.dtype == bool:
+            if result.shape != (self.vocab_size,):
+                raise ValueError(f"the constraint returned a boolean mask of shape "
+                                 f"{result.shape}; expected ({self.vocab_size},)")
+            return result
+        mask = np.zeros(self.vocab_size, dtype=bool)
+        if result.size:
+            ids = result.astype(np.int64).ravel()
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+            if bad.size:
+                raise ValueError(f"the constraint allowed ids outside the vocabulary "
+                                 f"(0..{self.vocab_size - 1}): {bad[:10].tolist()}")
+            mask[ids] = True
+        return mask
+
+
+# ----------------------------------------------------------------- algorithms
+def beam_search(scorer, num_sources, beam_size, max_length, min_length, end_id,
+                 length_penalty, num_return, constraint, early_stopping):
+    """Beam search over ``scorer``; returns ``num_return`` results per source.
+
+    Each step takes the ``2 * beam_size`` best extensions of the live beams of a
+    source; extensions with the end token go to that source's finished pool
+    (the ``beam_size`` best are kept), the best ``beam_size`` others stay live.
+
+    Early stopping (exact, not Hugging Face's heuristic): a live beam with
+    summed log-probability ``s`` after ``c`` tokens can only lose probability,
+    so its final score is at most ``s / max_length ** lp`` if ``lp > 0``,
+    ``s`` if ``lp == 0`` and ``s / (c + 1) ** lp`` if ``lp < 0``. A source stops
+    when its pool holds ``num_return`` hypotheses and no live beam's bound
+    exceeds the ``num_return``-th best finished score (or no beam is live):
+    no live beam can then change the returned results.
+    """
+    K, N = beam_size, num_sources
+    units = N * K
+    unit_source = np.repeat(np.arange(N), K)
+    rules = _StepRules(end_id, min_length, constraint, unit_source, scorer.banned_ids)
+    sums = np.full((N, K), -np.inf)
+    sums[:, 0] = 0.0  # the K copies start identical: only one may extend
+    prefixes = [[] for _ in range(units)]
+    pools = [[] for _ in range(N)]
+    done = np.zeros(N, dtype=bool)
+
+    def score(total, length):
+        return total / (length ** length_penalty)
+
+    def add(pool, hypothesis):
+        pool.append(hypothesis)
+        pool.sort(key=lambda h: -h.score)
+        del pool[K:]
+
+    log_probs = scorer.first()
+    for step in range(max_length):
+        live = np.isfinite(sums).ravel() & np.repeat(~done, K)
+        log_probs = rules.apply(log_probs, step, prefixes, live)
+        vocab = log_probs.shape[1]
+        candidates = (sums.reshape(units, 1) + log_probs).reshape(N, K * vocab)
+        candidates[done] = -np.inf
+        width = min(2 * K, K * vocab)
+        top = np.argpartition(-candidates, width - 1, axis=1)[:, :width]
+        top_scores = np.take_along_axis(candidates, top, axis=1)
+        # Sort by score, ties by candidate index, so results are deterministic.
+        order = np.lexsort((top, -top_scores), axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        last_step = step == max_length - 1
+        new_sums = np.full((N, K), -np.inf)
+        parents = np.repeat(np.arange(N) * K, K)
+        tokens = np.zeros(units, dtype=np.int64)
+        for source in np.flatnonzero(~done):
+            filled = 0
+            for flat in top[source]:
+                total = candidates[source, flat]
+                if not np.isfinite(total) or filled == K:
+                    break
+                beam, token = divmod(int(flat), vocab)
+                unit = source * K + beam
+                if end_id is not None and token == end_id:
+                    add(pools[source], GenerationResult(
+                        list(prefixes[unit]), float(score(total, step + 1)),
+                        float(total), True))
+                    continue
+                if last_step:
+                    add(pools[source], GenerationResult(
+                        prefixes[unit] + [token], float(score(total, step + 1)),
+                        float(total), False))
+                    filled += 1
+                    continue
+                new_sums[source, filled] = total
+                parents[source * K + filled] = unit
+                tokens[source * K + filled] = token
+                filled += 1
+            if last_step:
+                done[source] = True
+                continue
+            pool = pools[source]
+            best_live = new_sums[source, 0]
+            if not np.isfinite(best_live):
+                done[source] = True
+            elif early_stopping and len(pool) >= num_return:
+                length = step + 1
+                if length_penalty > 0:
+                    bound = score(best_live, max_length)
+                elif length_penalty < 0:
+                    bound = score(best_live, length + 1)
+                else:
+                    bound = best_live
+                done[source] = bound <= pool[num_return - 1].score
+        if done.all():
+            break
+        prefixes = [prefixes[parent] + [int(token)] for parent, token in zip(parents, tokens)]
+        sums = new_sums
+        log_probs = scorer.next(parents, tokens)
+    return [pool[:num_return] for pool in pools]
+
+
+def ancestral(scorer, num_sources, copies, max_length, min_length, end_id, constraint,
+               choose):
+    """Greedy decoding or sampling: every unit extends itself with ``choose``."""
+    units = num_sources * copies
+    unit_source = np.repeat(np.arange(num_sources), copies)
+    rules = _StepRules(end_id, min_length, constraint, unit_source, scorer.banned_ids)
+    prefixes = [[] for _ in range(units)]
+    totals = np.zeros(units)
+    live = np.ones(units, dtype=bool)
+    ended = np.zeros(units, dtype=bool)
+    identity = np.arange(units)
+    log_probs = scorer.first()
+    for step in range(max_length):
+        ruled = rules.apply(log_probs, step, prefixes, live)
+        ruled[~live] = 0.0  # finished units keep running; what they pick is ignored
+        tokens = choose(ruled, live)
+        for unit in np.flatnonzero(live):
+            token = int(tokens[unit])
+            totals[unit] += log_probs[unit, token]
+            if end_id is not None and token == end_id:
+                live[unit] = False
+                ended[unit] = True
+            else:
+                prefixes[unit].append(token)
+        if not live.any() or step == max_length - 1:
+            break
+        log_probs = scorer.next(identity, tokens)
+    results = [GenerationResult(prefixes[u], float(totals[u]), float(totals[u]),
+                                bool(ended[u])) for u in range(units)]
+    return [results[i * copies:(i + 1) * copies] for i in range(num_sources)]
+
+
+def greedy_choice(log_probs, live):
+    return np.argmax(log_probs, axis=1)
+
+
+def sampling_choice(rng, temperature, top_k, top_p):
+    """Draw one token per live row by inverting the filtered CDF (in id order).
+
+    One uniform draw per row, live or not, so that a seed gives the same draws
+    whichever rows are still running; only the kept tokens are ever summed.
+    """
+    def choose(log_probs, live):
+        draws = rng.random(len(log_probs))
+        tokens = np.zeros(len(log_probs), dtype=np.int64)
+        for row in np.flatnonzero(live):
+            ids, kept = _filter_row(np.asarray(log_probs[row], np.float64) / temperature,
+                                    top_k, top_p)
+            cumulative = np.cumsum(np.exp(kept))
+            index = np.count_nonzero(cumulative <= draws[row] * cumulative[-1])
+            tokens[row] = ids[min(index, len(ids) - 1)]
+        return tokens
+    return choose

@@ -1,0 +1,656 @@
+"""The core of every Transformer family: embeddings, blocks, heads and graphs.
+
+:class:`Transformer` is the one core every family uses. Embeddings, the
+post-norm block, the heads and three graphs are written once and share the same
+layers, hence the same weights:
+
+* the Keras model users train and save (``builder.model``);
+* the prefill model of incremental decoding (runs a source once and returns the
+  next-token logits and the keys and values of every layer application);
+* the step model (runs one new token against the cached keys and values).
+
+A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`) is a small subclass that declares
+what differs:
+
+* the config fields it honours (:meth:`Transformer.check_config` refuses the others);
+* how it embeds: ``factorised`` (embeddings of width ``embedding_size`` then an
+  ``Embedding-Mapping`` Dense to ``hidden_size``), ``absolute_positions`` (a
+  learned position table or none) and :meth:`Transformer.position_ids`;
+* how attention sees positions: :meth:`Transformer.position_encoding` returns None
+  or a ``bert4x.layers.PositionEncoding`` given to every ``MultiHeadAttention``.
+  The core then passes the absolute ``query_positions`` of the new token (and
+  ``key_positions`` of every cache slot, ``cumsum(key_mask) - 1``) to attention in
+  the step graph; in the training and prefill graphs positions are ``0..L-1`` and
+  attention derives them itself;
+* whether layers are shared: :meth:`Transformer.layer_blocks` lists the blocks
+  (weight sets) each layer runs, so ALBERT runs one block many times;
+* its heads (``heads``) and its official checkpoint names (:meth:`variable_map`,
+  :meth:`hugging_face_names`).
+"""
+
+import keras
+from keras import ops
+
+from bert4x import checkpoints
+from bert4x.layers import (AttentionBias, BiasAdd, Dropout, FeedForward, FirstToken,
+                           LayerNormalization, MultiHeadAttention, PositionEmbedding,
+                           ReusedLayer, ReversibleEmbedding, get_activation)
+
+
+_MASK_PENALTY = -1e9
+
+# Official names of a BERT block's weights under its prefix (``bert/encoder/layer_i/``).
+BERT_BLOCK_NAMES = dict(
+    query="attention/self/query", key="attention/self/key", value="attention/self/value",
+    attention_output="attention/output/dense", attention_norm="attention/output/LayerNorm",
+    intermediate="intermediate/dense", output="output/dense",
+    feed_forward_norm="output/LayerNorm")
+
+
+class Transformer:
+    """The Transformer core: a builder of a model and of its incremental-decoding graphs.
+
+    Subclasses are the families; this class holds everything they share (see the
+    module docstring for what a family declares). Layer names follow bert4keras
+    (``Embedding-Token``, ``Transformer-3-FeedForward``, ``MLM-Norm``, ...), so
+    intermediate outputs are one ``model.get_layer`` away.
+
+    Args:
+        config: a :class:`BertConfig`.
+        application: ``"encoder"``, ``"lm"`` (left to right) or ``"unilm"`` (seq2seq).
+        with_pool: add the pooler output (tanh Dense on ``[CLS]``).
+        with_nsp: add next-sentence (ALBERT: sentence-order) probabilities
+            (implies the pooler); ``"linear"`` for logits.
+        with_mlm: ``True`` for MLM probabilities, ``"linear"`` for logits.
+        with_discriminator: ELECTRA: replaced-token probabilities; ``"linear"``
+            for logits.
+        keep_tokens: ids of the vocabulary rows to keep (a trimmed vocabulary).
+        layer_norm_cond: a Keras tensor ``[batch, c]`` computed from
+            ``additional_input_layers``; makes every LayerNorm conditional.
+        layer_norm_cond_hidden_size: if set, the condition first goes through a
+            bias-free ``Dense(size, layer_norm_cond_hidden_act)`` shared by all norms.
+        layer_norm_cond_hidden_act: activation of that Dense.
+        additional_input_layers: extra ``keras.Input`` tensors the condition uses
+            (one tensor or a list); they become model inputs after token and
+            segment ids.
+        dtype: a dtype policy for every layer (e.g. ``"mixed_bfloat16"``).
+        name: name of the Keras model (default: the family's name).
+
+    Example:
+        >>> config = BertConfig(vocab_size=100, embedding_size=16, hidden_size=32,
+        ...                     num_hidden_layers=2, num_attention_heads=2,
+        ...                     intermediate_size=48)
+        >>> builder = ALBERT(config, with_mlm=True)
+        >>> builder.schedule  # both layers run the one shared block
+        [0, 0]
+        >>> prefill_model, step_model = ALBERT(config, application="unilm").cache_models()
+    """
+
+    #: The ``model=`` name of the family.
+    family = None
+    #: Hugging Face ``model_type`` values whose configs this family builds.
+    model_types = ()
+    #: Heads the family has: among "pool", "nsp", "mlm", "discriminator".
+    heads = ("pool", "nsp", "mlm")
+    #: Embeddings of width ``embedding_size`` mapped to ``hidden_size``.
+    factorised = False
+    #: A learned absolute position table in the embeddings.
+    absolute_positions = True
+    #: The only ``position_embedding_type`` the family builds.
+    position_embedding_type = "absolute"
+    #: Whether layers share weights (ALBERT); ``False`` refuses ALBERT's group fields.
+    shared_layers = False
+    #: Official name prefix of the embeddings and encoder (``bert/embeddings/...``).
+    prefix = "bert"
+    #: Official names of a block's weights, relative to :meth:`block_name_prefix`.
+    block_names = BERT_BLOCK_NAMES
+    #: ``(pattern, replacement)`` rewrites of official names before the generic
+    #: Hugging Face rule (``/`` to ``.``, kernels transposed to ``weight``).
+    hf_renames = ()
+    #: Official names whose Hugging Face names the generic rule does not give
+    #: (None: BERT's output bias and NSP names).
+    hf_special = None
+
+    def __init__(self, config, application="encoder", with_pool=False, with_nsp=False,
+                 with_mlm=False, with_discriminator=False, keep_tokens=None,
+                 layer_norm_cond=None, layer_norm_cond_hidden_size=None,
+                 layer_norm_cond_hidden_act=None, additional_input_layers=None, dtype=None,
+                 name=None):
+        if application not in AttentionBias.APPLICATIONS:
+            raise ValueError(f"unknown application {application!r}; expected one of "
+                             f"{AttentionBias.APPLICATIONS}")
+        self.check_config(config)
+        if keep_tokens is not None:
+            keep_tokens = [int(token) for token in keep_tokens]
+            out_of_range = [t for t in keep_tokens if not 0 <= t < config.vocab_size]
+            if out_of_range:
+                raise ValueError(f"keep_tokens has ids outside the vocabulary of "
+                                 f"{config.vocab_size}: {out_of_range[:10]}")
+            if config.pad_token_id not in keep_tokens:
+                raise ValueError(f"keep_tokens must keep the padding id "
+                                 f"{config.pad_token_id}")
+            config = config.replace(vocab_size=len(keep_tokens),
+                                    pad_token_id=keep_tokens.index(config.pad_token_id))
+        if additional_input_layers is None:
+            additional_input_layers = []
+        elif not isinstance(additional_input_layers, (list, tuple)):
+            additional_input_layers = [additional_input_layers]  # one tensor, as bert4keras
+        if layer_norm_cond is not None and not additional_input_layers:
+            raise ValueError("layer_norm_cond must be computed from additional_input_layers "
+                             "(pass the keras.Input tensors it depends on)")
+        self.config = config
+        self.application = application
+        for flag, value in (("with_nsp", with_nsp), ("with_discriminator", with_discriminator)):
+            if value not in (False, True, "linear", None):
+                raise ValueError(f"{flag} must be True, False or 'linear', got {value!r}")
+        self.with_nsp = with_nsp or False
+        self.with_pool = bool(with_pool)
+        # Generators need the MLM head: lm/unilm switch it on.
+        self.with_mlm = with_mlm or application in ("lm", "unilm")
+        self.with_discriminator = with_discriminator or False
+        self._check_heads()
+        self.keep_tokens = keep_tokens
+        self.additional_inputs = list(additional_input_layers)
+        self.conditional = layer_norm_cond is not None
+        self.condition_model = None
+        if self.conditional:
+            self.condition_model = keras.Model(
+                self.additional_inputs, layer_norm_cond, name="layer_norm_condition")
+        self.cond_hidden_size = layer_norm_cond_hidden_size
+        self.cond_hidden_act = layer_norm_cond_hidden_act
+        self.dtype = dtype
+        self.name = name or self.family
+        self.schedule = [index for layer in range(config.num_hidden_layers)
+                         for index in self.layer_blocks(layer)]
+        self._create_layers()
+        self.model = self._build_model()
+        self._cache_models = None
+
+    # ------------------------------------------------------ family declaration
+    @classmethod
+    def check_config(cls, config):
+        """Refuse config values that would change the architecture of this family.
+
+        Raises:
+            ValueError: a field this family does not honour has a value other
+                than its neutral one, or ``model_type`` names another family.
+        """
+        if config.model_type is not None and config.model_type not in cls.model_types:
+            from bert4x.families import family_of  # the families build on this module
+
+            raise ValueError(
+                f"the config's model_type {config.model_type!r} is not a {cls.family!r} "
+                f"model; pass model={family_of(config.model_type)!r}")
+        if not cls.factorised and config.embedding_size not in (None, config.hidden_size):
+            raise ValueError(
+                f"embedding_size {config.embedding_size} != hidden_size "
+                f"{config.hidden_size} needs a factorised embedding: model='albert' or "
+                f"'electra', not {cls.family!r}")
+        if cls.shared_layers is False and (config.num_hidden_groups, config.inner_group_num) \
+                != (1, 1):
+            raise ValueError(f"num_hidden_groups/inner_group_num (ALBERT's shared layers) "
+                             f"are not 1: pass model='albert', not {cls.family!r}")
+        if config.ln_type is not None and cls.family != "albert":
+            raise ValueError(f"ln_type {config.ln_type!r} is a field of brightmart's "
+                             f"albert_zh: pass model='albert', not {cls.family!r}")
+        if config.use_relative_position and cls.family != "nezha":
+            raise ValueError(f"use_relative_position (NEZHA's relative positions) is set: "
+                             f"pass model='nezha', not {cls.family!r}")
+        if config.rotary_value and cls.family != "roformer":
+            raise ValueError(f"rotary_value is a field of RoFormer: pass model='roformer', "
+                             f"not {cls.family!r}")
+        if config.position_embedding_type != cls.position_embedding_type:
+            raise NotImplementedError(
+                f"position_embedding_type={config.position_embedding_type!r} is not "
+                f"supported by {cls.family!r} (it uses "
+                f"{cls.position_embedding_type!r})")
+
+    def layer_blocks(self, layer):
+        """The blocks (indices into ``self.blocks``) that layer ``layer`` runs in order."""
+        return [layer]
+
+    @property
+    def num_blocks(self):
+        return self.config.num_hidden_layers
+
+    def block_layer_prefix(self, index):
+        """Keras name prefix of block ``index``'s layers."""
+        return f"Transformer-{index}-"
+
+    def block_name_prefix(self, index):
+        """Official name prefix of block ``index``'s weights."""
+        return f"{self.prefix}/encoder/layer_{index}/"
+
+    def position_encoding(self):
+        """None, or the ``PositionEncoding`` every attention layer applies."""
+        return None
+
+    def position_ids(self, token_ids, positions=None):
+        """Ids into the position table for ``token_ids``, or None for ``0..L-1``.
+
+        Args:
+            token_ids: ``[batch, L]`` ids.
+            positions: None in the full graphs; in a decoding step the absolute
+                (0-based) position of each new token, ``[batch, 1]``.
+        """
+        return positions
+
+    @property
+    def max_positions(self):
+        """How many positions a sequence (source plus generated tokens) may use."""
+        return self.config.max_position_embeddings
+
+    def mlm_hidden_act(self):
+        """Activation of the MLM head's dense layer."""
+        return self.config.hidden_act
+
+    def mlm_width(self):
+        """Width of the MLM head's transform (the tied embeddings' width)."""
+        return self.config.embedding_width
+
+    def _check_heads(self):
+        requested = dict(pool=self.with_pool, nsp=self.with_nsp, mlm=self.with_mlm,
+                         discriminator=self.with_discriminator)
+        missing = [head for head, value in requested.items()
+                   if value and head not in self.heads]
+        if missing:
+            raise ValueError(f"model {self.family!r} has no {missing} head; its heads: "
+                             f"{list(self.heads)}")
+
+    # ----------------------------------------------------------------- layers
+    def _initializer(self):
+        return keras.initializers.TruncatedNormal(stddev=self.config.initializer_range)
+
+    def _norm(self, name):
+        return LayerNormalization(self.config.layer_norm_eps, conditional=self.conditional,
+                                  name=name, dtype=self.dtype)
+
+    def _dense(self, units, name, activation=None, **kwargs):
+        return keras.layers.Dense(units, activation=get_activation(activation),
+                                  kernel_initializer=self._initializer(), name=name,
+                                  dtype=kwargs.pop("dtype", self.dtype), **kwargs)
+
+    def _create_layers(self):
+        self._create_embeddings()
+        self.attention_bias = AttentionBias(self.application, pad_id=self.config.pad_token_id,
+                                            name="Attention-Bias")
+        self.cond_dense = None
+        if self.conditional and self.cond_hidden_size:
+            self.cond_dense = self._dense(self.cond_hidden_size, "LayerNorm-Condition",
+                                          self.cond_hidden_act, use_bias=False)
+        self.blocks = [self._create_block(self.block_layer_prefix(index))
+                       for index in range(self.num_blocks)]
+        self._create_heads()
+
+    def _create_embeddings(self):
+        c, init, kw = self.config, self._initializer, dict(dtype=self.dtype)
+        width = self.embedding_layers_width()
+        self.token_embedding = ReversibleEmbedding(
+            c.vocab_size, c.embedding_width, embeddings_initializer=init(),
+            name="Embedding-Token", **kw)
+        self.token_projection = self._token_projection()
+        self.segment_embedding = None
+        if c.type_vocab_size:  # 0: no segment table (segment ids drive a UniLM mask only)
+            self.segment_embedding = keras.layers.Embedding(
+                c.type_vocab_size, width, embeddings_initializer=init(),
+                name="Embedding-Segment", **kw)
+        self.position_embedding = None
+        if self.absolute_positions:
+            self.position_embedding = PositionEmbedding(
+                c.max_position_embeddings, width, embeddings_initializer=init(),
+                name="Embedding-Position", **kw)
+        self.embedding_add = keras.layers.Add(name="Embedding-Add", **kw)
+        self.embedding_norm = self._norm("Embedding-Norm")
+        self.embedding_dropout = Dropout(c.hidden_dropout_prob, name="Embedding-Dropout", **kw)
+        self.embedding_mapping = None
+        if self.factorised and self.needs_embedding_mapping():
+            self.embedding_mapping = self._dense(c.hidden_size, "Embedding-Mapping")
+
+    def embedding_layers_width(self):
+        """Width of the segment and position tables and of the embedding norm."""
+        return self.config.embedding_width
+
+    def _token_projection(self):
+        """A layer applied to the token embeddings before the sum, or None."""
+        return None
+
+    def needs_embedding_mapping(self):
+        """Whether a factorised family maps the embeddings to ``hidden_size``."""
+        return self.config.embedding_width != self.config.hidden_size
+
+    def _create_block(self, prefix):
+        c, init, kw = self.config, self._initializer, dict(dtype=self.dtype)
+        encoding = self.position_encoding()
+        attention_kw = {} if encoding is None else dict(position_encoding=encoding)
+        return dict(
+            attention=MultiHeadAttention(
+                c.num_attention_heads, c.head_size, c.attention_probs_dropout_prob,
+                kernel_initializer=init(), name=prefix + "MultiHeadSelfAttention",
+                **attention_kw, **kw),
+            attention_dropout=Dropout(
+                c.hidden_dropout_prob, name=prefix + "MultiHeadSelfAttention-Dropout", **kw),
+            attention_add=keras.layers.Add(name=prefix + "MultiHeadSelfAttention-Add", **kw),
+            attention_norm=self._norm(prefix + "MultiHeadSelfAttention-Norm"),
+            feed_forward=FeedForward(c.intermediate_size, c.hidden_act,
+                                     kernel_initializer=init(), name=prefix + "FeedForward",
+                                     **kw),
+            feed_forward_dropout=Dropout(
+                c.hidden_dropout_prob, name=prefix + "FeedForward-Dropout", **kw),
+            feed_forward_add=keras.layers.Add(name=prefix + "FeedForward-Add", **kw),
+            feed_forward_norm=self._norm(prefix + "FeedForward-Norm"),
+        )
+
+    def _create_heads(self):
+        c = self.config
+        self.pooler = self.pooler_dense = self.nsp_dense = None
+        if self.with_pool or self.with_nsp:
+            self.pooler = FirstToken(name="Pooler")
+            self.pooler_dense = self._dense(c.hidden_size, "Pooler-Dense", "tanh")
+        if self.with_nsp:
+            self.nsp_dense = self._dense(
+                2, "NSP-Proba", None if self.with_nsp == "linear" else "softmax",
+                dtype="float32")
+        self.mlm_dense = self.mlm_norm = self.mlm_bias = None
+        if self.with_mlm:
+            self.mlm_dense = self._dense(self.mlm_width(), "MLM-Dense", self.mlm_hidden_act())
+            self.mlm_norm = self._norm("MLM-Norm")
+            self.mlm_bias = BiasAdd(name="MLM-Bias", dtype="float32")
+            self.mlm_activation = keras.layers.Activation(
+                "softmax", name="MLM-Activation", dtype="float32")
+        self.discriminator_dense = self.discriminator_output = None
+        if self.with_discriminator:
+            self.discriminator_dense = self._dense(c.hidden_size, "Discriminator-Dense",
+                                                   c.hidden_act)
+            self.discriminator_output = self._dense(
+                1, "Discriminator-Prediction",
+                None if self.with_discriminator == "linear" else "sigmoid", dtype="float32")
+
+    # ------------------------------------------------------------------ graph
+    def _inputs(self, length=None, prefix="Input"):
+        token_ids = keras.Input((length,), dtype="int32", name=f"{prefix}-Token")
+        segment_ids = keras.Input((length,), dtype="int32", name=f"{prefix}-Segment")
+        return token_ids, segment_ids
+
+    def _condition(self, condition):
+        if condition is None or self.cond_dense is None:
+            return condition
+        return self.cond_dense(condition)
+
+    def embed(self, token_ids, segment_ids, position_ids=None, condition=None,
+              training=None):
+        """Token + segment (+ position) embeddings, (conditional) LayerNorm, dropout
+        and, for factorised families, the mapping to ``hidden_size``.
+
+        Args:
+            position_ids: None in the full graphs; the absolute position of each
+                token in a decoding step.
+        """
+        x = self.token_embedding(token_ids)
+        if self.token_projection is not None:
+            x = self.token_projection(x)
+        parts = [x]
+        if self.segment_embedding is not None:
+            if self.config.type_vocab_size == 1:
+                # One token type (RoBERTa): segment ids may drive the UniLM mask only.
+                segment_ids = ops.zeros_like(segment_ids)
+            parts.append(self.segment_embedding(segment_ids))
+        if self.position_embedding is not None:
+            parts.append(self.position_embedding(
+                x, position_ids=self.position_ids(token_ids, position_ids)))
+        x = self.embedding_add(parts)
+        x = self.embedding_norm(x, condition=condition)
+        x = self.embedding_dropout(x, training=training)
+        if self.embedding_mapping is not None:
+            x = self.embedding_mapping(x)
+        return x
+
+    def block(self, index, x, attention_bias, condition=None, cache=None, write_mask=None,
+              return_cache=False, query_positions=None, key_positions=None, training=None):
+        """Post-norm Transformer block ``index`` (of ``self.blocks``); returns ``x`` or
+        ``(x, cache)``."""
+        layers = self.blocks[index]
+        attention, kwargs = layers["attention"], {}
+        if query_positions is not None:
+            kwargs.update(query_positions=query_positions, key_positions=key_positions)
+        new_cache = None
+        if cache is not None:
+            attended, new_cache = ReusedLayer(attention)(
+                x, attention_bias=attention_bias, cache=cache, write_mask=write_mask,
+                **kwargs)
+        elif return_cache:
+            attended, new_cache = ReusedLayer(attention, return_cache=True)(
+                x, attention_bias=attention_bias)
+        else:
+            attended = attention(x, attention_bias=attention_bias, training=training)
+        attended = layers["attention_dropout"](attended, training=training)
+        x = layers["attention_add"]([x, attended])
+        x = layers["attention_norm"](x, condition=condition)
+        transformed = layers["feed_forward"](x)
+        transformed = layers["feed_forward_dropout"](transformed, training=training)
+        x = layers["feed_forward_add"]([x, transformed])
+        x = layers["feed_forward_norm"](x, condition=condition)
+        return (x, new_cache) if new_cache is not None else x
+
+    def encode(self, x, attention_bias, condition=None, training=None):
+        """Run every layer (``self.schedule``) on the embeddings ``x``."""
+        for index in self.schedule:
+            x = self.block(index, x, attention_bias, condition=condition, training=training)
+        return x
+
+    def mlm_logits(self, x, condition=None):
+        """The MLM head: Dense, activation, (conditional) LayerNorm, tied output, bias."""
+        x = self.mlm_dense(x)
+        x = self.mlm_norm(x, condition=condition)
+        if self.token_projection is not None:
+            x = self.token_projection(x, reverse=True)
+        x = self.token_embedding(x, reverse=True)
+        return self.mlm_bias(x)
+
+    def _model_inputs(self):
+        """``(inputs, token_ids, segment_ids, position_ids)`` of the full model.
+
+        ``inputs`` are the model's input tensors (before the additional ones);
+        the ids are what the graph reads, drawn from them; ``position_ids`` None
+        means ``0..L-1``.
+        """
+        token_ids, segment_ids = self._inputs()
+        return [token_ids, segment_ids], token_ids, segment_ids, None
+
+    def _build_model(self):
+        inputs, token_ids, segment_ids, position_ids = self._model_inputs()
+        inputs = inputs + self.additional_inputs
+        condition = None
+        if self.conditional:
+            condition = self._condition(self.condition_model(self.additional_inputs))
+        x = self.embed(token_ids, segment_ids, position_ids=position_ids, condition=condition)
+        bias = self.attention_bias(token_ids, segment_ids)
+        x = self.encode(x, bias, condition=condition)
+        self.sequence_output = x
+        outputs = [x]
+        if self.pooler is not None:
+            pooled = self.pooler_dense(self.pooler(x))
+            if self.with_pool:
+                outputs.append(pooled)
+            if self.with_nsp:
+                outputs.append(self.nsp_dense(pooled))
+        if self.with_mlm:
+            logits = self.mlm_logits(x, condition=condition)
+            outputs.append(logits if self.with_mlm == "linear" else self.mlm_activation(logits))
+        if self.with_discriminator:
+            scores = self.discriminator_output(self.discriminator_dense(x))
+            outputs.append(ops.squeeze(scores, axis=-1))
+        if self.application in ("lm", "unilm") and len(outputs) == 2:
+            outputs = outputs[1:]  # generators are used for their token distribution
+        return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs,
+                           name=self.name)
+
+    # ------------------------------------------------------ incremental decoding
+    def cache_models(self):
+        """Return ``(prefill_model, step_model)`` for incremental decoding.
+
+        ``prefill_model([token_ids, segment_ids, last_index, *extra])`` runs the
+        padded sources once and returns the MLM logits ``[batch, vocab]`` at
+        ``last_index`` and the cache ``[batch, applications, 2, heads, length,
+        head_size]``, one entry per layer application (ALBERT's shared layers
+        have one per application, not per shared block).
+
+        ``step_model([token_ids, segment_ids, position_ids, cache, key_mask,
+        write_mask, *extra])`` runs one token per row (all ``[batch, 1]``) at
+        absolute position ``position_ids`` against ``cache``
+        (``[batch, applications, 2, heads, M, head_size]``); ``key_mask``
+        ``[batch, M]`` marks the valid cache slots including the one written now
+        (valid slots hold positions ``0, 1, ...`` in slot order), ``write_mask``
+        one-hot marks that slot. Returns the logits ``[batch, vocab]`` and the
+        updated cache.
+        """
+        if self.application == "encoder":
+            raise ValueError("incremental decoding needs application='lm' or 'unilm'")
+        if self._cache_models is None:
+            self._cache_models = (self._build_prefill_model(), self._build_step_model())
+        return self._cache_models
+
+    def _extra_inputs(self, prefix):
+        extra = [keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
+                             name=f"{prefix}-{i}") for i, tensor in enumerate(self.additional_inputs)]
+        condition = None
+        if self.conditional:
+            condition = self._condition(self.condition_model(extra))
+        return extra, condition
+
+    def _build_prefill_model(self):
+        token_ids, segment_ids = self._inputs(prefix="Prefill")
+        last_index = keras.Input((), dtype="int32", name="Prefill-LastIndex")
+        extra, condition = self._extra_inputs("Prefill-Extra")
+        x = self.embed(token_ids, segment_ids, condition=condition)
+        bias = self.attention_bias(token_ids, segment_ids)
+        caches = []
+        for index in self.schedule:
+            x, cache = self.block(index, x, bias, condition=condition, return_cache=True)
+            caches.append(cache)
+        last = ops.take_along_axis(x, ops.reshape(last_index, (-1, 1, 1)), axis=1)
+        logits = self.mlm_logits(last, condition=condition)[:, 0]
+        return keras.Model([token_ids, segment_ids, last_index] + extra,
+                           [logits, ops.stack(caches, axis=1)], name=f"{self.name}_prefill")
+
+    def _build_step_model(self):
+        c = self.config
+        token_ids, segment_ids = self._inputs(length=1, prefix="Step")
+        position_ids = keras.Input((1,), dtype="int32", name="Step-Position")
+        cache = keras.Input((len(self.schedule), 2, c.num_attention_heads, None, c.head_size),
+                            name="Step-Cache", dtype=self.model.compute_dtype)
+        key_mask = keras.Input((None,), name="Step-KeyMask")
+        write_mask = keras.Input((None,), name="Step-WriteMask")
+        extra, condition = self._extra_inputs("Step-Extra")
+        x = self.embed(token_ids, segment_ids, position_ids=position_ids, condition=condition)
+        bias = ops.where(ops.cast(key_mask, "bool"), 0.0, _MASK_PENALTY)[:, None, None, :]
+        positions = {}
+        if self.position_encoding() is not None:
+            # Valid slots hold positions 0, 1, ... in slot order; masked ones don't matter.
+            key_positions = ops.cast(ops.cumsum(ops.cast(key_mask, "int32"), axis=1) - 1,
+                                     "int32")
+            positions = dict(query_positions=position_ids, key_positions=key_positions)
+        caches = []
+        for application, index in enumerate(self.schedule):
+            x, layer_cache = self.block(index, x, bias, condition=condition,
+                                        cache=cache[:, application], write_mask=write_mask,
+                                        **positions)
+            caches.append(layer_cache)
+        logits = self.mlm_logits(x, condition=condition)[:, 0]
+        return keras.Model(
+            [token_ids, segment_ids, position_ids, cache, key_mask, write_mask] + extra,
+            [logits, ops.stack(caches, axis=1)], name=f"{self.name}_step")
+
+    # -------------------------------------------------------------- checkpoints
+    def load_checkpoint(self, path, allow_missing_heads=False, ignore_unused_weights=False):
+        """Load a Google TF checkpoint or Hugging Face safetensors by variable name.
+
+        Args:
+            path: checkpoint prefix, ``.safetensors`` file, or a directory holding one.
+            allow_missing_heads: let a pooler/MLM/NSP head that the checkpoint lacks
+                keep its initial values (listed in a warning) instead of failing.
+            ignore_unused_weights: load a checkpoint that holds more than the model
+                uses in its own scope (e.g. more layers than ``num_hidden_layers``),
+                with a warning listing them, instead of failing. Heads the model
+                did not ask for are never an error.
+        """
+        checkpoints.load_weights(self, path, allow_missing_heads=allow_missing_heads,
+                                 ignore_unused_weights=ignore_unused_weights)
+
+    def variable_map(self):
+        """``[(official_name, keras_variable, kind)]`` for every mapped weight.
+
+        ``kind`` says how the official array relates to the variable: "plain"
+        (same shape), "vocab" (rows follow ``keep_tokens``) or "transposed".
+        """
+        pairs = self._embedding_variables()
+        for index, layers in enumerate(self.blocks):
+            pairs += self._block_variables(self.block_name_prefix(index), layers)
+        return pairs + self._head_variables()
+
+    def _embedding_variables(self):
+        p = f"{self.prefix}/embeddings/"
+        pairs = [(p + "word_embeddings", self.token_embedding.embeddings, "vocab")]
+        if self.segment_embedding is not None:
+            pairs.append((p + "token_type_embeddings", self.segment_embedding.embeddings,
+                          "plain"))
+        if self.position_embedding is not None:
+            pairs.append((p + "position_embeddings", self.position_embedding.embeddings,
+                          "plain"))
+        pairs += _norm_pairs(p + "LayerNorm", self.embedding_norm)
+        if self.embedding_mapping is not None:
+            pairs += _dense_pairs(self.embedding_mapping_name(), self.embedding_mapping)
+        return pairs
+
+    def embedding_mapping_name(self):
+        """Official name of the ``Embedding-Mapping`` Dense."""
+        raise NotImplementedError(f"{self.family!r} has no embedding mapping")
+
+    def _block_variables(self, prefix, layers):
+        names, attention = self.block_names, layers["attention"]
+        feed_forward = layers["feed_forward"]
+        pairs = []
+        for part, dense in (("query", attention.query_dense), ("key", attention.key_dense),
+                            ("value", attention.value_dense),
+                            ("attention_output", attention.output_dense),
+                            ("intermediate", feed_forward.intermediate_dense),
+                            ("output", feed_forward.output_dense)):
+            pairs += _dense_pairs(prefix + names[part], dense)
+        pairs += _norm_pairs(prefix + names["attention_norm"], layers["attention_norm"])
+        pairs += _norm_pairs(prefix + names["feed_forward_norm"], layers["feed_forward_norm"])
+        return pairs
+
+    def _head_variables(self):
+        pairs = []
+        if self.pooler_dense is not None:
+            pairs += _dense_pairs(f"{self.prefix}/pooler/dense", self.pooler_dense)
+        if self.mlm_dense is not None:
+            p = self.mlm_prefix()
+            pairs += _dense_pairs(p + "transform/dense", self.mlm_dense)
+            pairs += _norm_pairs(p + "transform/LayerNorm", self.mlm_norm)
+            pairs.append((p + "output_bias", self.mlm_bias.bias, "vocab"))
+        if self.nsp_dense is not None:
+            pairs.append(("cls/seq_relationship/output_weights", self.nsp_dense.kernel,
+                          "transposed"))
+            pairs.append(("cls/seq_relationship/output_bias", self.nsp_dense.bias, "plain"))
+        return pairs
+
+    def mlm_prefix(self):
+        """Official name prefix of the MLM head."""
+        return "cls/predictions/"
+
+    def hugging_face_names(self, official_name):
+        """Candidate Hugging Face names of an official name, and whether to transpose."""
+        return checkpoints.hugging_face_names(official_name, self.hf_renames,
+                                              self.hf_special)
+
+
+def _dense_pairs(name, dense):
+    pairs = [(name + "/kernel", dense.kernel, "plain")]
+    if dense.use_bias:
+        pairs.append((name + "/bias", dense.bias, "plain"))
+    return pairs
+
+
+def _norm_pairs(name, norm):
+    return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
