@@ -48,6 +48,9 @@ FAMILY_CASES = {"roberta": ({}, dict(with_mlm=True)),
                 "albert": (dict(embedding_size=8), dict(with_mlm=True)),
                 "electra": (dict(embedding_size=8), dict())}
 RNG = np.random.default_rng(0)
+SPARSE_MULTILABEL = dict(  # [batch, heads, positives] indices into [batch, heads, classes]
+    y_true=np.array([[[1, 3, 0], [2, 0, 0]], [[4, 5, 2], [0, 0, 0]]], "int32"),
+    y_pred=np.random.default_rng(5).normal(size=(2, 2, 6)).astype("float32") * 3)
 CRF = dict(emissions=RNG.normal(size=(3, 6, 4)).astype("float32"),
            mask=np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], "float32"),
            trans=RNG.normal(size=(4, 4)).astype("float32"),
@@ -205,6 +208,7 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model):
             efficient=efficient, x=POINTER_X, mask=POINTER_MASK,
             weights=POINTER_WEIGHTS[efficient], y_true=POINTER_TRUE, **POINTER_SETTINGS))
     jobs["decoder"] = ("decoder_ids", DECODER)
+    jobs["sparse_multilabel"] = ("sparse_multilabel_losses", SPARSE_MULTILABEL)
     jobs["layer_norm"] = ("layer_norm", NORM)
     jobs["sp_tokenizer"] = ("sp_tokenizer", dict(
         model_path=sentencepiece_model, texts=SP_TEXTS,
@@ -648,3 +652,66 @@ def test_uniout_imports_as_on_python_3():
     from bert4x.bert4keras.snippets import uniout
 
     assert uniout is None  # bert4keras's Python 2 console helper; nothing on Python 3
+
+
+def test_forfit_feeds_batches_longer_than_the_first_two():
+    # Keras 3 fixes the length of a generator's batches from its first two;
+    # bert4keras scripts pad each batch to its own longest sequence.
+    class Batches(snippets.DataGenerator):
+        def __iter__(self, random=False):
+            for is_end, (length, label) in self.sample(random):
+                yield [np.ones((2, length)), np.zeros((2, length))], np.full((2, 1), label)
+
+    token_ids, segment_ids = keras.Input((None,)), keras.Input((None,))
+    pooled = keras.layers.GlobalAveragePooling1D()(
+        keras.layers.Embedding(4, 3)(keras.ops.cast(token_ids + segment_ids, "int32")))
+    model = keras.Model([token_ids, segment_ids], keras.layers.Dense(2, "softmax")(pooled))
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    batches = Batches([(5, 0), (5, 1), (9, 1)], batch_size=1)
+    history = model.fit(batches.forfit(random=False), steps_per_epoch=len(batches), epochs=2,
+                        verbose=0)
+    assert len(history.history["loss"]) == 2
+
+
+def test_layers_give_their_output_at_each_call_as_in_keras_2(family_checkpoints):
+    # bert4keras scripts read ALBERT's shared layers per call: get_output_at(i).
+    config, prefix = family_checkpoints["albert"]
+    model = models.build_transformer_model(config, prefix, model="albert")
+    norm = model.get_layer("Transformer-FeedForward-Norm")
+    outputs = [norm.get_output_at(i) for i in range(CONFIG["num_hidden_layers"])]
+    assert outputs[-1] is model.output and outputs[0] is not outputs[1]
+    assert norm.get_input_at(0) is model.get_layer(
+        "Transformer-FeedForward-Add").get_output_at(0)
+    with pytest.raises(ValueError, match="called 2 times"):
+        norm.get_output_at(2)
+
+
+def test_sparse_multilabel_loss_equals_bert4keras(oracle):
+    ours = [keras.ops.convert_to_numpy(backend.sparse_multilabel_categorical_crossentropy(
+        SPARSE_MULTILABEL["y_true"], SPARSE_MULTILABEL["y_pred"], mask_zero))
+        for mask_zero in (False, True)]
+    theirs = oracle.result("sparse_multilabel")
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=TOL, atol=TOL)
+    # Without mask_zero, index 0 is class 0: the dense loss of the classes {1, 3, 0}.
+    y_pred = SPARSE_MULTILABEL["y_pred"][0, :1]
+    dense = np.zeros_like(y_pred)
+    dense[0, [0, 1, 3]] = 1
+    np.testing.assert_allclose(
+        ours[0][0, :1], keras.ops.convert_to_numpy(
+            backend.multilabel_categorical_crossentropy(dense, y_pred)), rtol=TOL)
+
+
+def test_crf_loss_traces_with_an_unknown_length(oracle):
+    # Batches padded to their own longest sequence reach the loss with an
+    # unknown length (a traced step); the loss is still bert4keras's.
+    import tensorflow as tf
+
+    crf = layers.ConditionalRandomField(lr_multiplier=CRF["lr_multiplier"])
+    crf.build(CRF["emissions"].shape)
+    crf.set_weights([CRF["trans"] / CRF["lr_multiplier"]])
+    output = crf(CRF["emissions"], mask=CRF["mask"])
+    traced = tf.function(crf.sparse_loss, input_signature=[
+        tf.TensorSpec((None, None), "int32"), tf.TensorSpec((None, None, 4), "float32")])
+    np.testing.assert_allclose(traced(CRF["labels"], output).numpy(),
+                               oracle.result("crf")["sparse_loss"], atol=TOL)

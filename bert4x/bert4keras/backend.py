@@ -15,7 +15,8 @@ import numpy as np
 from keras import ops
 
 __all__ = ["keras", "K", "set_gelu", "sequence_masking", "batch_gather",
-           "multilabel_categorical_crossentropy", "piecewise_linear", "search_layer",
+           "multilabel_categorical_crossentropy",
+           "sparse_multilabel_categorical_crossentropy", "piecewise_linear", "search_layer",
            "symbolic", "recompute_grad", "is_tf_keras"]
 
 #: bert4keras scripts test this flag; bert4x always runs on Keras 3.
@@ -127,6 +128,37 @@ def multilabel_categorical_crossentropy(y_true, y_pred):
     zeros = ops.zeros_like(y_pred[..., :1])
     return (ops.logsumexp(ops.concatenate([y_neg, zeros], axis=-1), axis=-1)
             + ops.logsumexp(ops.concatenate([y_pos, zeros], axis=-1), axis=-1))
+
+
+def sparse_multilabel_categorical_crossentropy(y_true, y_pred, mask_zero=False):
+    """`multilabel_categorical_crossentropy` with the positives given as indices.
+
+    ``y_true`` ``[..., num_positive]`` holds the indices of the positive classes
+    of the scores ``y_pred`` ``[..., num_classes]`` (raw scores, no activation);
+    with ``mask_zero`` index 0 is padding (so rows with fewer positives pad with
+    0, and class 0 is never a positive). The negatives' term is the log of the
+    sum over all classes minus the positives, computed from the two log-sums.
+
+    Example:
+        >>> sparse_multilabel_categorical_crossentropy(  # doctest: +SKIP
+        ...     np.array([[1, 3]]), np.array([[0.5, 2.0, -1.0, 3.0]]))
+    """
+    y_true = ops.cast(y_true, "int32")
+    zeros = ops.zeros_like(y_pred[..., :1])
+    # A zero score appended as class C stands for the 1 in log(1 + sum e^s).
+    scores = ops.concatenate([y_pred, zeros], axis=-1)
+    first = ops.cast(ops.arange(ops.shape(scores)[-1]) == 0, scores.dtype)
+    if mask_zero:  # a padding index 0 picks +inf (left out of the positives' term)
+        scores = ops.where(first > 0, np.inf, scores)
+    positives = ops.take_along_axis(scores, y_true, axis=-1)
+    positive_loss = ops.logsumexp(-ops.concatenate([positives, zeros], axis=-1), axis=-1)
+    if mask_zero:  # ...and -inf in the negatives' term
+        scores = ops.where(first > 0, -np.inf, scores)
+        positives = ops.take_along_axis(scores, y_true, axis=-1)
+    every = ops.logsumexp(scores, axis=-1)
+    rest = ops.clip(1 - ops.exp(ops.logsumexp(positives, axis=-1) - every),
+                    keras.config.epsilon(), 1)
+    return positive_loss + every + ops.log(rest)
 
 
 def piecewise_linear(t, schedule, from_zero=True):

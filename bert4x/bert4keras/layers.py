@@ -203,13 +203,16 @@ class ConditionalRandomField(_TransitionLayer):
         step_mask = ops.cast(mask, y_pred.dtype)
 
         def step(states, inputs):
-            scores, keep = inputs
+            scores, keep = inputs[:, :-1], inputs[:, -1:]
             outputs = ops.logsumexp(states[:, :, None] + trans, axis=1) + scores
             outputs = keep * outputs + (1 - keep) * states
             return outputs, None
 
-        sequence = (ops.moveaxis(y_pred[:, 1:], 1, 0), ops.moveaxis(step_mask[:, 1:], 1, 0))
-        last, _ = ops.scan(step, y_pred[:, 0], sequence)
+        # One scanned tensor (scores and mask side by side): Keras's TensorFlow
+        # scan fails on several when the length is unknown (batches padded to
+        # their own longest sequence).
+        sequence = ops.concatenate([y_pred[:, 1:], step_mask[:, 1:]], axis=2)
+        last, _ = ops.scan(step, y_pred[:, 0], ops.moveaxis(sequence, 1, 0))
         return ops.logsumexp(last, axis=1) - target
 
     def sparse_loss(self, y_true, y_pred):

@@ -8,6 +8,7 @@ GlobalPointer receive it as they did in bert4keras. Pooled and NSP outputs
 carry no mask.
 """
 
+import functools
 import json
 
 import keras
@@ -229,7 +230,30 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     builder.model = _bert4keras_outputs(builder, bool(with_pool or with_nsp), with_nsp,
                                         bool(with_mlm))
     remember_model(builder.model)
+    for layer in builder.model.layers:
+        _add_node_accessors(layer)
     return builder.model if return_keras_model else builder
+
+
+def _add_node_accessors(layer):
+    """Keras 2's ``layer.get_output_at(i)``/``get_input_at(i)`` on a Keras 3 layer.
+
+    bert4keras scripts take a layer's output at its ``i``-th call this way
+    (e.g. ALBERT's shared layers, once per Transformer layer); Keras 3 layers
+    keep the calls as ``_inbound_nodes`` but have no such methods.
+    """
+    def tensors(kind, node_index):
+        nodes = layer._inbound_nodes
+        if not -len(nodes) <= node_index < len(nodes):
+            raise ValueError(f"layer {layer.name!r} was called {len(nodes)} times; "
+                             f"there is no node {node_index}")
+        found = getattr(nodes[node_index], f"{kind}_tensors")
+        return found[0] if len(found) == 1 else list(found)
+
+    for kind in ("output", "input"):
+        if not hasattr(layer, f"get_{kind}_at"):
+            object.__setattr__(layer, f"get_{kind}_at",
+                               functools.partial(tensors, kind))
 
 
 def _bert4keras_outputs(builder, pooled, nsp, mlm):

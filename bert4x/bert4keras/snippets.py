@@ -203,10 +203,32 @@ def truncate_sequences(maxlen, indices, *sequences):
 class DataGenerator(_NativeDataGenerator):
     """bert4keras's data generator: subclass it and write ``__iter__(random=False)``.
 
-    Same as :class:`bert4x.snippets.DataGenerator` plus ``fortest``. Shuffling
+    Same as :class:`bert4x.snippets.DataGenerator` plus ``fortest``, and a
+    ``forfit`` whose batches may change length at any step. Shuffling
     uses the generator's own NumPy generator (``seed=``), not the global
     ``np.random`` state bert4keras drew from.
     """
+
+    def forfit(self, random=True):
+        """Batches endlessly, epoch after epoch, for ``model.fit``.
+
+        On the TensorFlow backend this is a ``tf.data.Dataset`` whose axes
+        are all variable but those of size 1 (e.g. ``[batch, 1]`` labels), as
+        tf.keras 2 read generators: Keras 3 fixes every axis that has one size
+        in the first two batches of a generator, and fails on a later batch
+        padded to another length. On the other backends it is the generator.
+        """
+        if keras.backend.backend() != "tensorflow":
+            return super().forfit(random)
+        first = next(iter(self.__iter__(False)), None)
+        if first is None:
+            raise ValueError(f"{type(self).__name__}.__iter__ yielded nothing.")
+        first = _native.as_keras_batch(first)
+        flat = keras.tree.flatten(first)
+        types = keras.tree.pack_sequence_as(first, [np.asarray(x).dtype for x in flat])
+        shapes = keras.tree.pack_sequence_as(first, [
+            [None] + [1 if size == 1 else None for size in np.shape(x)[1:]] for x in flat])
+        return self.to_dataset(types=types, shapes=shapes, random=random)
 
     def fortest(self, random=False):
         """Yield the inputs ``x`` of each batch endlessly (for ``model.predict``)."""

@@ -219,6 +219,14 @@ def optimizer_steps(kernel, bias, x, y, steps, factories, base="Adam", ema=False
     return snapshots
 
 
+def sparse_multilabel_losses(y_true, y_pred):
+    import tensorflow as tf
+    from bert4keras.backend import sparse_multilabel_categorical_crossentropy as loss
+
+    return [loss(tf.constant(y_true), tf.constant(y_pred), mask_zero).numpy()
+            for mask_zero in (False, True)]
+
+
 def square(x):
     return x * x
 
