@@ -39,10 +39,13 @@ MODEL_CASES = {
     "custom_positions": dict(custom_position_ids=True, with_pool=True),
     "prefix": dict(prefix="bert-", with_mlm=True),
     "fixed_length": dict(sequence_length=TOKENS.shape[1], application="unilm"),
+    "compound_tokens": dict(compound_tokens=[[5], [7, 9], ([3, 8], [1, 3])], with_mlm=True),
 }
 POSITIONS = np.array([[0, 1, 2, 3, 4, 5, 6], [3, 1, 4, 1, 5, 9, 2]])
 # What each model case takes (default: token and segment ids).
-MODEL_INPUTS = {"no_segments": [TOKENS], "custom_positions": [TOKENS, SEGMENTS, POSITIONS]}
+MODEL_INPUTS = {"no_segments": [TOKENS], "custom_positions": [TOKENS, SEGMENTS, POSITIONS],
+                "compound_tokens": [np.where(TOKENS == 9, 41, np.where(TOKENS == 8, 42, TOKENS)),
+                                    SEGMENTS]}
 # Other families: (extra config fields, build_transformer_model arguments).
 FAMILY_CASES = {"roberta": ({}, dict(with_mlm=True)),
                 "albert": (dict(embedding_size=8), dict(with_mlm=True)),

@@ -12,6 +12,7 @@ import functools
 import json
 
 import keras
+import numpy as np
 
 from bert4x import models as _native
 from bert4x.bert4keras.backend import gelu_activation_name, remember_model
@@ -26,7 +27,7 @@ _RENAMED = {"dropout_rate": "hidden_dropout_prob",
             "max_position": "max_position_embeddings",
             "segment_vocab_size": "type_vocab_size"}
 # bert4keras arguments bert4x does not offer (each raises, naming itself).
-_UNSUPPORTED = ("compound_tokens", "residual_attention_scores", "autoresize_weights",
+_UNSUPPORTED = ("residual_attention_scores", "autoresize_weights",
                 "hierarchical_position", "shared_segment_embeddings", "attention_caches",
                 "layers", "embedding_size_override")
 
@@ -153,7 +154,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
                             layer_norm_cond=None, layer_norm_cond_hidden_size=None,
                             layer_norm_cond_hidden_act=None, additional_input_layers=None,
                             custom_position_ids=False, sequence_length=None, prefix=None,
-                            **kwargs):
+                            compound_tokens=None, **kwargs):
     """Build a model as bert4keras 0.11.5 does, on bert4x's builder.
 
     Outputs follow bert4keras: the sequence output when no head is asked;
@@ -177,6 +178,9 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         application: ``"encoder"``, ``"lm"`` or ``"unilm"``.
         return_keras_model: False returns the bert4x builder.
         keep_tokens: vocabulary rows to keep.
+        compound_tokens: new vocabulary rows after the kept ones, each the
+            average of the (kept) rows it lists: a list of ids, or
+            ``(ids, weights)`` for a weighted average.
         ignore_invalid_weights: let heads missing from the checkpoint keep their
             initial values (bert4x lists them in a warning; the encoder's
             weights must all be there).
@@ -218,6 +222,11 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     builder_class._name_prefix = prefix or ""
     builder_class._custom_position_ids = bool(custom_position_ids)
     builder_class._sequence_length = sequence_length
+    kept = None
+    if compound_tokens:
+        # Placeholder rows for the compounds, averaged once the checkpoint is in.
+        kept = list(range(config.vocab_size)) if keep_tokens is None else list(keep_tokens)
+        keep_tokens = kept + [kept[0]] * len(compound_tokens)
     builder = builder_class(
         config, application=application, with_pool=with_pool or with_nsp,
         with_nsp=with_nsp, with_mlm=with_mlm, keep_tokens=keep_tokens,
@@ -227,12 +236,26 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         additional_input_layers=additional_input_layers)
     if checkpoint_path is not None:
         builder.load_checkpoint(checkpoint_path, allow_missing_heads=ignore_invalid_weights)
+        if compound_tokens:
+            _average_compound_rows(builder, compound_tokens, len(kept))
     builder.model = _bert4keras_outputs(builder, bool(with_pool or with_nsp), with_nsp,
                                         bool(with_mlm))
     remember_model(builder.model)
     for layer in builder.model.layers:
         _add_node_accessors(layer)
     return builder.model if return_keras_model else builder
+
+
+def _average_compound_rows(builder, compound_tokens, first_row):
+    """Set each compound token's rows (embedding, MLM bias) to its tokens' average."""
+    for _, variable, kind in builder.variable_map():
+        if kind != "vocab":
+            continue
+        value = keras.ops.convert_to_numpy(variable).copy()
+        for row, item in enumerate(compound_tokens, start=first_row):
+            ids, weights = (item, None) if isinstance(item, list) else item
+            value[row] = np.average(value[list(ids)], axis=0, weights=weights)
+        variable.assign(value)
 
 
 def _add_node_accessors(layer):
