@@ -363,7 +363,12 @@ class DataGenerator:
         """Yields batches endlessly, epoch after epoch (for ``model.fit``).
 
         Batches go through :func:`as_keras_batch`, so ``[x1, x2], y`` and
-        ``[x1, x2], None`` batches feed Keras 3 as they fed Keras 2.
+        ``[x1, x2], None`` batches feed Keras 3 as they fed Keras 2. On
+        TensorFlow, Keras 3 reads a generator's shapes from its first two
+        batches: an axis of the same size in both must keep that size later.
+        For batches padded to their own longest sequence, feed
+        ``to_dataset(shapes=...)`` with ``None`` on the length axes instead
+        (``bert4x.bert4keras``'s ``forfit`` does that itself).
         """
         while True:
             for batch in self.__iter__(random):
