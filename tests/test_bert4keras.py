@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _oracle  # noqa: E402
+from _sentencepiece import train_sentencepiece  # noqa: E402
 from oracle.shared import table_logits, two_character_words  # noqa: E402
 from bert4x import checkpoints  # noqa: E402
 from bert4x.bert4keras import backend, layers, models, optimizers, snippets, tokenizers  # noqa: E402
@@ -173,17 +174,9 @@ SP_TEXTS = ["the quick brown fox jumps over the lazy dog", "a lazy dog sleeps al
 
 @pytest.fixture(scope="module")
 def sentencepiece_model(tmp_path_factory):
-    import sentencepiece as spm
-
-    folder = tmp_path_factory.mktemp("spm")
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(SP_TEXTS * 20), encoding="utf-8")
-    prefix = str(folder / "tiny")
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=prefix, vocab_size=36, model_type="unigram",
-        character_coverage=1.0, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
-        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2)
-    return prefix + ".model"
+    return train_sentencepiece(tmp_path_factory.mktemp("spm"), SP_TEXTS * 20, vocab_size=36,
+                               pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
+                               user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"])
 
 
 @pytest.fixture(scope="module")

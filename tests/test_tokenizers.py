@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _sentencepiece import train_sentencepiece
 from bert4x.resources import chinese_vocab_path, minilm_dir, package_file
 from bert4x.tokenizers import SpTokenizer, Tokenizer, load_vocab, save_vocab
 
@@ -536,16 +537,10 @@ def test_import_is_light():
 
 @pytest.fixture(scope="module")
 def sentencepiece_model(tmp_path_factory):
-    spm = pytest.importorskip("sentencepiece")
-    folder = tmp_path_factory.mktemp("spm")
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(ENGLISH_TEXT * 3), encoding="utf-8")
-    prefix = str(folder / "tiny")
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=prefix, vocab_size=300, model_type="unigram",
-        character_coverage=1.0, pad_id=3, bos_id=1, eos_id=2, unk_id=0,
-        user_defined_symbols=["[MASK]"], minloglevel=2)
-    return prefix + ".model"
+    pytest.importorskip("sentencepiece")
+    return train_sentencepiece(tmp_path_factory.mktemp("spm"), ENGLISH_TEXT * 3,
+                               vocab_size=300, pad_id=3, bos_id=1, eos_id=2, unk_id=0,
+                               user_defined_symbols=["[MASK]"])
 
 
 def test_sentencepiece_round_trip(sentencepiece_model):
