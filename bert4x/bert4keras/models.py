@@ -285,7 +285,7 @@ def _bert4keras_outputs(builder, pooled, nsp, mlm):
     outputs = list(model.outputs)
     if builder.application != "encoder":
         return model
-    sequence, rest = outputs[0], outputs[1:]
+    rest = outputs[1:]  # after the sequence output
     chosen = []
     if pooled:
         # The native order is [sequence, pooled, nsp?, mlm?]; NSP replaces pooled.
