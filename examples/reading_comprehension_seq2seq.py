@@ -73,6 +73,11 @@ def parse_args(argv=None):
     train.add_argument("--swapped-negatives", type=int, default=0,
                        help="hard negatives per question and epoch: answering passages "
                        "of other questions of the same kind, trained to answer nothing")
+    train.add_argument("--save-weights", metavar="FILE.weights.h5",
+                       help="write the fine-tuned weights here (before decoding)")
+    train.add_argument("--load-weights", metavar="FILE.weights.h5",
+                       help="skip fine-tuning and decode with these weights (written by "
+                       "--save-weights with the same data and base model)")
     decode = parser.add_argument_group("decoding")
     decode.add_argument("--beam-size", type=int, default=3)
     decode.add_argument("--length-penalty", type=float, default=1.0,
@@ -564,6 +569,30 @@ def corpus_texts(questions):
     return texts
 
 
+def fine_tune(args, train_model, batches, reader, question_sets):
+    """Fit ``train_model`` for ``args.epochs``; returns the loss per epoch."""
+    callbacks = [training_progress(len(batches) * args.epochs, "fine-tuning")]
+    if args.monitor:
+        callbacks.append(epoch_monitor(reader, question_sets, args.monitor,
+                                       train_model if args.keep_best_epoch else None))
+    # The batches are drawn and shuffled per epoch by EpochBatches itself.
+    history = train_model.fit(batches.dataset(), steps_per_epoch=len(batches),
+                              epochs=args.epochs, shuffle=False, verbose=0,
+                              callbacks=callbacks)
+    return history.history["loss"]
+
+
+def save_weights_atomically(model, path):
+    """``model.save_weights(path)`` through a temporary file, so that an interrupted
+    run never leaves a truncated file under ``path``."""
+    if not path.endswith(".weights.h5"):
+        raise ValueError(f"--save-weights {path!r}: the file name must end in .weights.h5")
+    partial = path[:-len(".weights.h5")] + ".partial.weights.h5"
+    model.save_weights(partial)
+    os.replace(partial, path)
+    print(f"fine-tuned weights written to {path}")
+
+
 def run(args):
     """Train, decode and score; returns the scores dict of :func:`evaluate`."""
     quiet_tensorflow()
@@ -588,16 +617,15 @@ def run(args):
                                         len(batches) * args.epochs)
     training_started = time.time()
     reader = PassageReader(builder, encoder, args.beam_size, args.length_penalty)
-    callbacks = [training_progress(len(batches) * args.epochs, "fine-tuning")]
-    if args.monitor:
-        sets = {"training": train, "development": development, "held-out": dev}
-        callbacks.append(epoch_monitor(reader, sets, args.monitor,
-                                       train_model if args.keep_best_epoch else None))
-    # The batches are drawn and shuffled per epoch by EpochBatches itself.
-    history = train_model.fit(batches.dataset(), steps_per_epoch=len(batches),
-                              epochs=args.epochs, shuffle=False, verbose=0,
-                              callbacks=callbacks)
-    print(f"training: {time.time() - training_started:.0f} s")
+    if args.load_weights:
+        train_model.load_weights(args.load_weights)
+        losses = []
+    else:
+        losses = fine_tune(args, train_model, batches, reader,
+                           {"training": train, "development": development, "held-out": dev})
+        print(f"training: {time.time() - training_started:.0f} s")
+    if args.save_weights:
+        save_weights_atomically(train_model, args.save_weights)
     decoding_started = time.time()
     predictions, scores = evaluate(reader, dev)
     print(f"decoding: {time.time() - decoding_started:.0f} s")
@@ -607,7 +635,7 @@ def run(args):
     print_scores(scores, "Held-out questions (idioms unseen in fine-tuning)")
     print(f"Final (EM+F1)/2 on {len(dev)} held-out questions: {scores['all']['final']:.4f}"
           f"  [total {time.time() - started:.0f} s]")
-    scores["loss"] = history.history["loss"]
+    scores["loss"] = losses
     return scores
 
 
