@@ -10,9 +10,10 @@ machine changes the figures less than it changes wall time; best of
   ``Decoder.beam_search`` with beam 4 (16 rows), split into the compiled step
   (model, log-softmax, the beams' cache reordering, the copy of the scores to
   NumPy) and the rest (the host's selection and bookkeeping);
-* step parts: the compiled step alone on 4 and 16 rows, without the cache
-  reordering, the reordering alone, and the output projection with its
-  log-softmax alone.
+* step parts: the compiled step alone on 4 and 16 rows (4 sources, whose
+  keys are cached once and shared by their rows), without the reordering of
+  the rows' generated slots, that reordering alone, and the output projection
+  with its log-softmax alone.
 
 Usage:
     python benchmarks/beam_cost.py [--xla] [--repeats 5]
@@ -92,7 +93,10 @@ def decode_split(decoder, sources, new_tokens, repeats):
         decoding._CachedScorer.__init__ = original
 
 
-def step_parts(builder, slots, jit, repeats):
+def step_parts(builder, source_slots, new_slots, jit, repeats):
+    """The compiled step's parts for 4 sources, on 4 rows (greedy) and 16 (beam 4):
+    each source's keys cached once and shared by its rows, each row caching its
+    generated slots (the decoder's layout)."""
     _, step_model = builder.cache_models()
     embeddings = builder.token_embedding.embeddings
     layers, heads, head_size = (builder.config.num_hidden_layers,
@@ -101,7 +105,7 @@ def step_parts(builder, slots, jit, repeats):
     @tf.function(jit_compile=jit)
     def full(inputs, parents):
         inputs = list(inputs)
-        inputs[3] = tf.gather(inputs[3], parents)
+        inputs[5] = tf.gather(inputs[5], parents)
         logits, cache = step_model(inputs, training=False)
         return tf.nn.log_softmax(logits), cache
 
@@ -119,20 +123,23 @@ def step_parts(builder, slots, jit, repeats):
         return tf.nn.log_softmax(tf.matmul(hidden, embeddings, transpose_b=True)),
 
     rng = np.random.default_rng(0)
+    sources = 4
+    source_cache = rng.normal(size=(sources, layers, 2, heads, source_slots, head_size))
     figures = {}
     for rows in (4, 16):
-        write_mask = np.zeros((rows, slots), "float32")
-        write_mask[:, slots - 1] = 1
-        cache = rng.normal(size=(rows, layers, 2, heads, slots, head_size)).astype("float32")
+        write_mask = np.zeros((rows, new_slots), "float32")
+        write_mask[:, new_slots - 1] = 1
+        cache = rng.normal(size=(rows, layers, 2, heads, new_slots, head_size))
         inputs = [tf.constant(value) for value in (
             np.full((rows, 1), 200, "int32"), np.ones((rows, 1), "int32"),
-            np.full((rows, 1), slots - 1, "int32"), cache, np.ones((rows, slots), "float32"),
-            write_mask)]
+            np.full((rows, 1), source_slots + new_slots - 1, "int32"),
+            source_cache.astype("float32"), np.ones((sources, source_slots), "float32"),
+            cache.astype("float32"), np.ones((rows, new_slots), "float32"), write_mask)]
         parents = tf.constant(rng.permutation(rows).astype("int32"))
         hidden = tf.constant(rng.normal(size=(rows, embeddings.shape[1])).astype("float32"))
         parts = {"step": lambda: full(inputs, parents)[0].numpy(),
                  "step without reordering": lambda: no_reorder(inputs)[0].numpy(),
-                 "reordering alone": lambda: reorder(inputs[3], parents)[0].numpy(),
+                 "reordering alone": lambda: reorder(inputs[5], parents)[0].numpy(),
                  "projection + log-softmax": lambda: projection(hidden)[0].numpy()}
         figures[rows] = {name: best_cpu_ms(part, repeats) for name, part in parts.items()}
     return figures
@@ -157,8 +164,8 @@ def main():
               f"host {total - step:5.1f}")
     print(f"  beam 4 / greedy: {split['beam 4'][0] / split['greedy'][0]:.2f}x "
           f"(compiled step {split['beam 4'][1] / split['greedy'][1]:.2f}x)")
-    slots = 128 + args.new_tokens - 1
-    for rows, parts in step_parts(builder, slots, args.xla, args.repeats).items():
+    for rows, parts in step_parts(builder, 128, args.new_tokens - 1, args.xla,
+                                  args.repeats).items():
         print(f"  {rows} rows: " + ", ".join(f"{name} {ms:.1f}" for name, ms in parts.items()))
 
 

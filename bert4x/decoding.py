@@ -155,7 +155,8 @@ class _CompiledModels:
     def _step_body(self, call, inputs, parents):
         self.step_traces += 1
         inputs = list(inputs)
-        inputs[3] = ops.take(inputs[3], parents, axis=0)  # reorder beams on the device
+        # Reorder the beams' generated slots on the device (the source slots are shared).
+        inputs[5] = ops.take(inputs[5], parents, axis=0)
         logits, cache = call(self.step_model, inputs)
         return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), cache
 
@@ -260,15 +261,16 @@ class _CachedScorer:
         self.rows = count * copies
         # The last generated token is never fed, hence max_length - 1 new slots.
         self.new_slots = max(max_length - 1, 0)
-        self.slots = self.source_length + self.new_slots
-        self.key_mask = np.zeros((self.rows, self.slots), dtype=np.float32)
-        self.key_mask[:, :self.source_length] = np.repeat(self.token_ids != pad_id, copies, axis=0)
+        # The sources' keys and values are cached once per member and shared by its
+        # rows; each row caches only its generated tokens.
+        self.source_key_mask = (self.token_ids != pad_id).astype(np.float32)
+        self.key_mask = np.zeros((self.rows, self.new_slots), dtype=np.float32)
         self.row_positions = np.repeat(self.lengths, copies)
         self.segment = np.full((self.rows, 1), target_segment_id, dtype=np.int32)
         self.row_extras = [np.take(extra, self.member_of_row, axis=0)
                            for extra in self.member_extras]
         self.step = 0
-        self.cache = None
+        self.source_cache = self.cache = None
         # The padding id is masked as a key in a full run, so a generated one
         # would not mean what it means in the cache: never emit it.
         self.banned_ids = (pad_id,)
@@ -276,10 +278,10 @@ class _CachedScorer:
 
     def first(self):
         inputs = [self.token_ids, np.zeros_like(self.token_ids), self.lengths - 1]
-        log_probs, cache = self.compiled.prefill(inputs + self.member_extras)
-        cache = ops.repeat(cache, self.copies, axis=0)
-        pad = [[0, 0]] * 4 + [[0, self.new_slots], [0, 0]]
-        self.cache = ops.pad(cache, pad)
+        log_probs, self.source_cache = self.compiled.prefill(inputs + self.member_extras)
+        shape = list(ops.shape(self.source_cache))
+        shape[0], shape[4] = self.rows, self.new_slots
+        self.cache = ops.zeros(shape, dtype=self.source_cache.dtype)
         rows = np.repeat(ops.convert_to_numpy(log_probs).astype(np.float64), self.copies,
                          axis=0)
         return self._units(rows)
@@ -289,12 +291,12 @@ class _CachedScorer:
         copy_of_parent = parents[self.unit_of_row] % self.copies
         row_parents = (self.member_of_row * self.copies + copy_of_parent).astype(np.int32)
         row_tokens = np.asarray(tokens)[self.unit_of_row].astype(np.int32)[:, None]
-        slot = self.source_length + self.step
-        self.key_mask[:, slot] = 1.0
-        write_mask = np.zeros((self.rows, self.slots), dtype=np.float32)
-        write_mask[:, slot] = 1.0
+        self.key_mask[:, self.step] = 1.0
+        write_mask = np.zeros((self.rows, self.new_slots), dtype=np.float32)
+        write_mask[:, self.step] = 1.0
         positions = (self.row_positions + self.step).astype(np.int32)[:, None]
-        inputs = [row_tokens, self.segment, positions, self.cache, self.key_mask.copy(),
+        inputs = [row_tokens, self.segment, positions, self.source_cache,
+                  self.source_key_mask, self.cache, self.key_mask.copy(),
                   write_mask] + self.row_extras
         log_probs, self.cache = self.step_function(inputs, row_parents)
         self.step += 1
@@ -461,6 +463,26 @@ class Decoder:
     def _defaults(self, max_length, min_length):
         return (self.max_length if max_length is None else max_length,
                 self.min_length if min_length is None else min_length)
+
+    def next_token_log_probs(self, sources, additional_inputs=None):
+        """Log-probabilities of the first generated token of each source.
+
+        One cached run over the sources, no generation: e.g. how likely a
+        UniLM reader is to answer ``[SEP]`` (nothing) from a passage.
+
+        Args:
+            sources, additional_inputs: as in :meth:`greedy` (a group of
+                sources gets the mean of its members' distributions).
+
+        Returns:
+            A float64 array ``[len(sources), vocab_size]``.
+
+        Example:
+            >>> log_probs = decoder.next_token_log_probs([[2, 7, 9, 3]])  # doctest: +SKIP
+            >>> float(np.exp(log_probs[0, sep_id]))  # P(the answer is empty)  # doctest: +SKIP
+        """
+        scorer, _ = self._scorer(sources, 1, 1, 0, additional_inputs)
+        return np.asarray(scorer.first(), dtype=np.float64)
 
     def greedy(self, sources, max_length=None, min_length=None, constraint=None,
                additional_inputs=None, **guidance):

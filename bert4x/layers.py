@@ -448,6 +448,14 @@ class MultiHeadAttention(keras.layers.Layer):
       ``attention_bias`` covers the M cached keys. Returns the output and the
       updated cache. The blend with a one-hot keeps every shape static, so a
       compiled step never retraces.
+    * the same with ``source_cache=s, source_bias=b``: the keys and values of
+      the sources, ``[sources, 2, heads, S, head_size]``, stored once per
+      source and attended by every row of that source (the rows are grouped
+      by source: ``batch // sources`` consecutive rows each, e.g. the beams
+      of a beam search), before the rows' own ``cache`` of generated slots;
+      ``b`` ``[sources, 1, 1, S]`` is their additive mask. Only the generated
+      slots are per row, so reordering beams copies those alone, and a step
+      reads each source's keys once however many rows share them.
 
     Positions: with ``position_encoding=None`` (BERT, whose positions are in
     the embeddings) attention ignores them. With a :class:`PositionEncoding`,
@@ -456,7 +464,8 @@ class MultiHeadAttention(keras.layers.Layer):
     both default to ``0..length-1`` without a cache. A cached step passes
     ``query_positions`` (the new token's position, which its rotated key is
     stored at) and, for encodings with ``needs_key_positions``, ``key_positions``
-    (any value in slots the bias masks).
+    (any value in slots the bias masks), and ``source_key_positions``
+    ``[sources, S]`` with a source cache.
 
     Args:
         num_heads: number of heads.
@@ -507,7 +516,8 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def call(self, inputs, attention_bias=None, cache=None, write_mask=None,
              query_positions=None, key_positions=None, return_attention_scores=False,
-             return_cache=False, training=None):
+             return_cache=False, source_cache=None, source_bias=None,
+             source_key_positions=None, training=None):
         query = self._split_heads(self.query_dense(inputs))
         key = self._split_heads(self.key_dense(inputs))
         value = self._split_heads(self.value_dense(inputs))
@@ -520,28 +530,34 @@ class MultiHeadAttention(keras.layers.Layer):
             slot = ops.cast(write_mask, key.dtype)[:, None, :, None]
             key = cache[:, 0] * (1 - slot) + key * slot
             value = cache[:, 1] * (1 - slot) + value * slot
-        relative = None
-        if encoding is not None:
-            if cache is not None and encoding.needs_key_positions and (
-                    query_positions is None or key_positions is None):
-                raise ValueError(f"{self.name}: {type(encoding).__name__} needs "
-                                 "query_positions and key_positions with a cache")
-            relative = encoding.relative_embeddings(
-                query_positions, key_positions, ops.shape(query)[2], ops.shape(key)[2],
-                self.head_size)
+        elif source_cache is not None:
+            raise ValueError(f"{self.name}: source_cache is for cached steps: pass the rows' "
+                             "cache and write_mask too")
+        if encoding is not None and cache is not None and encoding.needs_key_positions and (
+                query_positions is None or key_positions is None
+                or (source_cache is not None and source_key_positions is None)):
+            raise ValueError(f"{self.name}: {type(encoding).__name__} needs "
+                             "query_positions and key_positions with a cache (and "
+                             "source_key_positions with a source cache)")
         query32 = ops.cast(query, "float32")
-        scores = ops.einsum("bhqd,bhkd->bhqk", query32, ops.cast(key, "float32"))
-        if relative is not None:
-            scores = scores + _with_relative(query32, relative, "scores")
-        scores = scores / math.sqrt(self.head_size)
-        if attention_bias is not None:
-            scores = scores + ops.cast(attention_bias, "float32")
+        parts = [self._keys(query32, key, value, attention_bias, query_positions,
+                            key_positions)]
+        if source_cache is not None:
+            parts.insert(0, self._keys(query32, source_cache[:, 0], source_cache[:, 1],
+                                       source_bias, query_positions, source_key_positions,
+                                       shared=True))
+        if len(parts) == 1:
+            scores = parts[0]["scores"]
+        else:
+            scores = ops.concatenate([part["scores"] for part in parts], axis=-1)
         probs = ops.softmax(scores, axis=-1)
         dropped = self.dropout(ops.cast(probs, self.compute_dtype), training=training)
-        context = ops.einsum("bhqk,bhkd->bhqd", dropped, value)
-        if relative is not None:
-            context = context + _with_relative(
-                dropped, ops.cast(relative, self.compute_dtype), "context")
+        if len(parts) == 1:
+            context = self._context(dropped, parts[0])
+        else:
+            width = ops.shape(parts[0]["scores"])[-1]
+            context = (self._context(dropped[..., :width], parts[0])
+                       + self._context(dropped[..., width:], parts[1]))
         context = ops.transpose(context, (0, 2, 1, 3))
         batch, length = ops.shape(context)[0], ops.shape(context)[1]
         context = ops.reshape(context, (batch, length, self.num_heads * self.head_size))
@@ -552,15 +568,68 @@ class MultiHeadAttention(keras.layers.Layer):
             outputs.append(ops.stack([key, value], axis=1))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
+    def _keys(self, query32, key, value, bias, query_positions, key_positions, shared=False):
+        """Scaled scores of ``query32`` against one set of keys, and what the context
+        needs of them. ``shared`` keys are ``[sources, heads, K, d]``, each attended by
+        its group of ``batch // sources`` consecutive query rows."""
+        if shared:
+            sources = ops.shape(key)[0]
+            grouped = ops.reshape(query32, (sources, -1) + tuple(ops.shape(query32)[1:]))
+            scores = ops.einsum("schqd,shkd->schqk", grouped, ops.cast(key, "float32"))
+            if bias is not None:
+                scores = scores + ops.cast(bias, "float32")[:, None]
+            scores = ops.reshape(scores, (-1,) + tuple(ops.shape(scores)[2:]))
+            if key_positions is not None and query_positions is not None:
+                # every row of a source sees that source's key positions
+                rows_per_source = ops.shape(grouped)[1]
+                key_positions = ops.reshape(
+                    ops.broadcast_to(key_positions[:, None],
+                                     (sources, rows_per_source, ops.shape(key)[2])),
+                    (-1, ops.shape(key)[2]))
+        else:
+            scores = ops.einsum("bhqd,bhkd->bhqk", query32, ops.cast(key, "float32"))
+        relative = None
+        if self.position_encoding is not None:
+            relative = self.position_encoding.relative_embeddings(
+                query_positions, key_positions, ops.shape(query32)[2], ops.shape(key)[2],
+                self.head_size)
+        if relative is not None:
+            scores = scores + _with_relative(query32, relative, "scores")
+        scores = scores / math.sqrt(self.head_size)
+        if bias is not None and not shared:
+            scores = scores + ops.cast(bias, "float32")
+        return {"scores": scores, "value": value, "relative": relative, "shared": shared}
+
+    def _context(self, probs, part):
+        """``sum_j p_ij v_j`` (plus the relative term) over one set of keys."""
+        value = part["value"]
+        if part["shared"]:
+            sources = ops.shape(value)[0]
+            grouped = ops.reshape(probs, (sources, -1) + tuple(ops.shape(probs)[1:]))
+            context = ops.einsum("schqk,shkd->schqd", grouped, value)
+            context = ops.reshape(context, (-1,) + tuple(ops.shape(context)[2:]))
+        else:
+            context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
+        if part["relative"] is not None:
+            context = context + _with_relative(
+                probs, ops.cast(part["relative"], self.compute_dtype), "context")
+        return context
+
     def compute_output_spec(self, inputs, attention_bias=None, cache=None, write_mask=None,
                             query_positions=None, key_positions=None,
                             return_attention_scores=False, return_cache=False,
+                            source_cache=None, source_bias=None, source_key_positions=None,
                             training=None):
         batch, length, hidden = inputs.shape
         outputs = [keras.KerasTensor(inputs.shape, self.compute_dtype)]
         keys = cache.shape[3] if cache is not None else length
         if return_attention_scores:
-            outputs.append(keras.KerasTensor((batch, self.num_heads, length, keys), "float32"))
+            attended = keys
+            if source_cache is not None:
+                attended = (None if keys is None or source_cache.shape[3] is None
+                            else keys + source_cache.shape[3])
+            outputs.append(keras.KerasTensor((batch, self.num_heads, length, attended),
+                                             "float32"))
         if cache is not None or return_cache:
             outputs.append(keras.KerasTensor(
                 (batch, 2, self.num_heads, keys, self.head_size), self.compute_dtype))

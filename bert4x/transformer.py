@@ -406,11 +406,13 @@ class Transformer:
         return x
 
     def block(self, index, x, attention_bias, condition=None, cache=None, write_mask=None,
-              return_cache=False, query_positions=None, key_positions=None, training=None):
+              return_cache=False, query_positions=None, key_positions=None, source=None,
+              training=None):
         """Post-norm Transformer block ``index`` (of ``self.blocks``); returns ``x`` or
-        ``(x, cache)``."""
+        ``(x, cache)``. ``source`` holds a cached step's shared source keyword arguments
+        (see :class:`~bert4x.layers.MultiHeadAttention`)."""
         layers = self.blocks[index]
-        attention, kwargs = layers["attention"], {}
+        attention, kwargs = layers["attention"], dict(source or {})
         if query_positions is not None:
             kwargs.update(query_positions=query_positions, key_positions=key_positions)
         new_cache = None
@@ -495,14 +497,19 @@ class Transformer:
         head_size]``, one entry per layer application (ALBERT's shared layers
         have one per application, not per shared block).
 
-        ``step_model([token_ids, segment_ids, position_ids, cache, key_mask,
-        write_mask, *extra])`` runs one token per row (all ``[batch, 1]``) at
-        absolute position ``position_ids`` against ``cache``
-        (``[batch, applications, 2, heads, M, head_size]``); ``key_mask``
-        ``[batch, M]`` marks the valid cache slots including the one written now
-        (valid slots hold positions ``0, 1, ...`` in slot order), ``write_mask``
-        one-hot marks that slot. Returns the logits ``[batch, vocab]`` and the
-        updated cache.
+        ``step_model([token_ids, segment_ids, position_ids, source_cache,
+        source_key_mask, cache, key_mask, write_mask, *extra])`` runs one token
+        per row (all ``[batch, 1]``) at absolute position ``position_ids``.
+        It attends to two caches: ``source_cache`` ``[sources, applications, 2,
+        heads, S, head_size]`` (the prefill's cache, stored once per source,
+        ``source_key_mask`` ``[sources, S]`` marking its real tokens, which hold
+        positions ``0, 1, ...`` in slot order), shared by ``batch // sources``
+        consecutive rows per source (the beams of a source), and the rows'
+        own ``cache`` ``[batch, applications, 2, heads, M, head_size]`` of
+        generated tokens, ``key_mask`` ``[batch, M]`` marking its valid slots
+        including the one written now, which ``write_mask`` one-hot marks
+        (generated slot ``j`` holds position ``source length + j``). Returns
+        the logits ``[batch, vocab]`` and the updated rows' cache.
         """
         if self.application == "encoder":
             raise ValueError("incremental decoding needs application='lm' or 'unilm'")
@@ -537,28 +544,37 @@ class Transformer:
         c = self.config
         token_ids, segment_ids = self._inputs(length=1, prefix="Step")
         position_ids = keras.Input((1,), dtype="int32", name="Step-Position")
-        cache = keras.Input((len(self.schedule), 2, c.num_attention_heads, None, c.head_size),
-                            name="Step-Cache", dtype=self.model.compute_dtype)
+        cache_shape = (len(self.schedule), 2, c.num_attention_heads, None, c.head_size)
+        dtype = self.model.compute_dtype
+        source_cache = keras.Input(cache_shape, name="Step-SourceCache", dtype=dtype)
+        source_key_mask = keras.Input((None,), name="Step-SourceKeyMask")
+        cache = keras.Input(cache_shape, name="Step-Cache", dtype=dtype)
         key_mask = keras.Input((None,), name="Step-KeyMask")
         write_mask = keras.Input((None,), name="Step-WriteMask")
         extra, condition = self._extra_inputs("Step-Extra")
         x = self.embed(token_ids, segment_ids, position_ids=position_ids, condition=condition)
-        bias = ops.where(ops.cast(key_mask, "bool"), 0.0, _MASK_PENALTY)[:, None, None, :]
+        source = {"source_bias": _mask_bias(source_key_mask)}
         positions = {}
         if self.position_encoding() is not None:
-            # Valid slots hold positions 0, 1, ... in slot order; masked ones don't matter.
-            key_positions = ops.cast(ops.cumsum(ops.cast(key_mask, "int32"), axis=1) - 1,
-                                     "int32")
-            positions = dict(query_positions=position_ids, key_positions=key_positions)
+            source["source_key_positions"] = _slot_positions(source_key_mask)
+            # Generated slot j holds position (source length + j). The [batch, 1] term
+            # comes first: Keras 3.15's functional replay broadcasts `[b, M] + [b, 1]`
+            # wrongly (as if the second were [M]) while `[b, 1] + [b, M]` is right.
+            start = position_ids + 1 - ops.cast(ops.sum(key_mask, axis=1, keepdims=True),
+                                                "int32")
+            generated = start + _slot_positions(key_mask)
+            positions = dict(query_positions=position_ids, key_positions=generated)
         caches = []
         for application, index in enumerate(self.schedule):
-            x, layer_cache = self.block(index, x, bias, condition=condition,
+            source["source_cache"] = source_cache[:, application]
+            x, layer_cache = self.block(index, x, _mask_bias(key_mask), condition=condition,
                                         cache=cache[:, application], write_mask=write_mask,
-                                        **positions)
+                                        source=source, **positions)
             caches.append(layer_cache)
         logits = self.mlm_logits(x, condition=condition)[:, 0]
         return keras.Model(
-            [token_ids, segment_ids, position_ids, cache, key_mask, write_mask] + extra,
+            [token_ids, segment_ids, position_ids, source_cache, source_key_mask, cache,
+             key_mask, write_mask] + extra,
             [logits, ops.stack(caches, axis=1)], name=f"{self.name}_step")
 
     # -------------------------------------------------------------- checkpoints
@@ -654,3 +670,13 @@ def _dense_pairs(name, dense):
 
 def _norm_pairs(name, norm):
     return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
+
+
+def _mask_bias(key_mask):
+    """``[batch, M]`` 0/1 key mask -> additive attention bias ``[batch, 1, 1, M]``."""
+    return ops.where(ops.cast(key_mask, "bool"), 0.0, _MASK_PENALTY)[:, None, None, :]
+
+
+def _slot_positions(key_mask):
+    """Positions ``0, 1, ...`` of the valid slots in slot order (masked slots: any)."""
+    return ops.cast(ops.cumsum(ops.cast(key_mask, "int32"), axis=1) - 1, "int32")

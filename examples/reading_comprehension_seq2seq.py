@@ -82,6 +82,13 @@ def parse_args(argv=None):
     decode.add_argument("--beam-size", type=int, default=3)
     decode.add_argument("--length-penalty", type=float, default=1.0,
                         help="beam score = log-prob / length ** this")
+    decode.add_argument("--no-answer-threshold", type=float, default=None,
+                        help="a passage holds no answer when P(its answer starts with "
+                        "[SEP]) is at least this (default: when [SEP] is the most "
+                        "likely first token)")
+    decode.add_argument("--passages", choices=("all", "best"), default="all",
+                        help="decode from every passage that holds an answer, or from "
+                        "the one least likely to hold none")
     decode.add_argument("--show", type=int, default=8, help="predictions printed")
     decode.add_argument("--monitor", type=int, default=100,
                         help="after each epoch, decode this many training, development "
@@ -302,13 +309,27 @@ class PassageReader:
         encoder: a :class:`QAEncoder`.
         beam_size: beams per question.
         length_penalty: beam score ``log_prob / length ** length_penalty``.
+        no_answer_threshold: a passage holds no answer when the probability that
+            its answer starts with ``[SEP]`` is at least this; None: when
+            ``[SEP]`` is the most likely first token.
+        passages: "all" decodes from every passage that holds an answer
+            (their distributions averaged); "best" from the one least likely
+            to start with ``[SEP]``.
     """
 
-    def __init__(self, builder, encoder, beam_size=3, length_penalty=1.0):
+    def __init__(self, builder, encoder, beam_size=3, length_penalty=1.0,
+                 no_answer_threshold=None, passages="all"):
         from bert4x.decoding import Decoder
+        if passages not in ("all", "best"):
+            raise ValueError(f"passages must be 'all' or 'best', got {passages!r}")
+        if no_answer_threshold is not None and not 0 < no_answer_threshold <= 1:
+            raise ValueError(f"no_answer_threshold must be in (0, 1], got "
+                             f"{no_answer_threshold}")
         self.encoder = encoder
         self.beam_size = beam_size
         self.length_penalty = length_penalty
+        self.no_answer_threshold = no_answer_threshold
+        self.passages = passages
         self.decoder = Decoder(builder, end_id=encoder.end_id,
                                max_length=encoder.max_answer_len + 1)
 
@@ -332,12 +353,15 @@ class PassageReader:
                                      for p in question["passages"]])
             question_texts.append([p["passage"] for p in question["passages"]])
         flat = [source for sources in question_sources for source in sources]
-        firsts = self.decoder.greedy(flat, max_length=1)
+        says_answer, no_answer = self.holds_answer(flat)
         answering, answering_indices, start = [], [], 0
         for sources in question_sources:
-            says_answer = [bool(first.token_ids) for first in firsts[start:start + len(sources)]]
-            answering.append([s for s, keep in zip(sources, says_answer) if keep])
-            answering_indices.append([i for i, keep in enumerate(says_answer) if keep])
+            keep = list(range(start, start + len(sources)))
+            keep = [i for i in keep if says_answer[i]]
+            if self.passages == "best" and keep:
+                keep = [min(keep, key=lambda i: no_answer[i])]
+            answering.append([flat[i] for i in keep])
+            answering_indices.append([i - start for i in keep])
             start += len(sources)
         groups = [group for group in answering if group]
         answers = [("", None)] * len(questions)
@@ -357,6 +381,15 @@ class PassageReader:
                 answer, picked = self.passage_span([texts[i] for i in indices], token_ids)
                 answers[index] = (answer, None if picked is None else indices[picked])
         return answers
+
+    def holds_answer(self, sources):
+        """Per source: whether its passage holds an answer, and P(answer starts with
+        [SEP])."""
+        log_probs = self.decoder.next_token_log_probs(sources)
+        no_answer = np.exp(log_probs[:, self.encoder.end_id])
+        if self.no_answer_threshold is None:
+            return np.argmax(log_probs, axis=-1) != self.encoder.end_id, no_answer
+        return no_answer < self.no_answer_threshold, no_answer
 
     def passage_span(self, passages, token_ids):
         """The passage text behind ``token_ids`` and the index of its passage.
@@ -616,7 +649,8 @@ def run(args):
     builder, train_model = build_models(base, keep_tokens, args.learning_rate,
                                         len(batches) * args.epochs)
     training_started = time.time()
-    reader = PassageReader(builder, encoder, args.beam_size, args.length_penalty)
+    reader = PassageReader(builder, encoder, args.beam_size, args.length_penalty,
+                           args.no_answer_threshold, args.passages)
     if args.load_weights:
         train_model.load_weights(args.load_weights)
         losses = []
@@ -626,6 +660,10 @@ def run(args):
         print(f"training: {time.time() - training_started:.0f} s")
     if args.save_weights:
         save_weights_atomically(train_model, args.save_weights)
+    if development:
+        # What a choice of settings may look at: questions of training idioms.
+        development_final = evaluate(reader, development, progress=False)[1]["all"]["final"]
+        print(f"Final on {len(development)} development questions: {development_final:.4f}")
     decoding_started = time.time()
     predictions, scores = evaluate(reader, dev)
     print(f"decoding: {time.time() - decoding_started:.0f} s")

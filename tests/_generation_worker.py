@@ -133,20 +133,22 @@ def check_cache(builder):
     lengths = np.array([len(source) for source in SOURCES], "int32")
     extra = [CLASSES] if conditional else []
     inputs = [token_ids, np.zeros_like(token_ids), lengths - 1] + extra
-    logits, cache = prefill([keras.ops.convert_to_tensor(x) for x in inputs])
+    logits, source_cache = prefill([keras.ops.convert_to_tensor(x) for x in inputs])
+    source_key_mask = (token_ids != pad).astype("float32")
     new_slots = steps - 1
-    cache = keras.ops.pad(cache, [[0, 0]] * 4 + [[0, new_slots], [0, 0]])
-    slots = source_length + new_slots
-    key_mask = np.zeros((batch, slots), "float32")
-    key_mask[:, :source_length] = token_ids != pad
+    shape = list(keras.ops.shape(source_cache))
+    shape[4] = new_slots
+    cache = keras.ops.zeros(shape, dtype=source_cache.dtype)
+    key_mask = np.zeros((batch, new_slots), "float32")
     cached = [keras.ops.convert_to_numpy(logits)]
     for t in range(steps - 1):
-        write_mask = np.zeros((batch, slots), "float32")
-        write_mask[:, source_length + t] = 1
+        write_mask = np.zeros((batch, new_slots), "float32")
+        write_mask[:, t] = 1
         key_mask = key_mask + write_mask
         tokens = np.array([[target[t]] for target in TARGETS], "int32")
         segments = np.full((batch, 1), target_segment(application), "int32")
-        inputs = [tokens, segments, (lengths + t)[:, None], cache, key_mask, write_mask]
+        inputs = [tokens, segments, (lengths + t)[:, None], source_cache, source_key_mask,
+                  cache, key_mask, write_mask]
         logits, cache = step([keras.ops.convert_to_tensor(x) for x in inputs + extra])
         cached.append(keras.ops.convert_to_numpy(logits))
     worst = 0.0

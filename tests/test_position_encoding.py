@@ -79,6 +79,8 @@ def numpy_attention(x, weights, allowed, kind, positions, k=64):
 
 
 def encoding(kind, k=64):
+    if kind is None:
+        return None
     return RotaryPositionEncoding() if kind == "rotary" else RelativePositionEncoding(k)
 
 
@@ -204,6 +206,46 @@ def test_cached_steps_equal_the_full_run(kind, k):
             causal[:n, n:] = False
             expected = numpy_attention(full, weights, causal, kind, list(range(n + t + 1)), k)
             np.testing.assert_allclose(ops.convert_to_numpy(out)[b, 0], expected[-1],
+                                       atol=1e-4)
+
+
+@pytest.mark.parametrize("kind,k", [(None, 64), ("rotary", 64), ("relative", 2)])
+def test_shared_source_cache_equals_the_full_run(kind, k):
+    """Beam search's layout: each source's keys are cached once (sources of lengths 5
+    and 3, padded to 5 slots) and shared by its 2 consecutive rows, which cache only
+    their own generated tokens (slot t at position length + t)."""
+    layer, weights = attention_layer(kind, k, seed=6)
+    rng = np.random.default_rng(7)
+    lengths, source, steps, copies = np.array([5, 3]), 5, 3, 2
+    sources = [rng.normal(size=(n, HIDDEN)).astype("float32") for n in lengths]
+    generated = [rng.normal(size=(steps, HIDDEN)).astype("float32") for _ in range(4)]
+    prefill_x = np.zeros((2, source, HIDDEN), dtype="float32")
+    source_valid = np.zeros((2, source), dtype=bool)
+    for b, n in enumerate(lengths):
+        prefill_x[b, :n] = sources[b]
+        source_valid[b, :n] = True
+    allowed = np.broadcast_to(source_valid[:, None], (2, source, source))
+    _, source_cache = layer(prefill_x, attention_bias=bias_of(allowed), return_cache=True)
+    row_lengths = np.repeat(lengths, copies)
+    cache = ops.zeros((4, 2, HEADS, steps, HEAD_SIZE))
+    key_valid = np.zeros((4, steps), dtype=bool)
+    for t in range(steps):
+        key_valid[:, t] = True
+        write = np.eye(steps, dtype="float32")[[t] * 4]
+        out, cache = layer(
+            np.stack([g[t] for g in generated])[:, None], attention_bias=bias_of(key_valid[:, None]),
+            cache=cache, write_mask=write,
+            query_positions=(row_lengths + t)[:, None].astype("int32"),
+            key_positions=(row_lengths[:, None] + np.arange(steps)).astype("int32"),
+            source_cache=source_cache, source_bias=bias_of(source_valid[:, None]),
+            source_key_positions=np.broadcast_to(np.arange(source), (2, source)).astype("int32"))
+        for row, n in enumerate(row_lengths):
+            full = np.concatenate([sources[row // copies], generated[row][:t + 1]])
+            causal = np.tril(np.ones((n + t + 1, n + t + 1), dtype=bool))
+            causal[:n, :n] = True
+            expected = numpy_attention(full.astype(np.float64), weights, causal, kind,
+                                       list(range(n + t + 1)), k)
+            np.testing.assert_allclose(ops.convert_to_numpy(out)[row, 0], expected[-1],
                                        atol=1e-4)
 
 
