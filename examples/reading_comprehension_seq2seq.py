@@ -352,17 +352,9 @@ class PassageReader:
             question_sources.append([self.encoder.passage_ids(p["passage"]) + question_ids
                                      for p in question["passages"]])
             question_texts.append([p["passage"] for p in question["passages"]])
-        flat = [source for sources in question_sources for source in sources]
-        says_answer, no_answer = self.holds_answer(flat)
-        answering, answering_indices, start = [], [], 0
-        for sources in question_sources:
-            keep = list(range(start, start + len(sources)))
-            keep = [i for i in keep if says_answer[i]]
-            if self.passages == "best" and keep:
-                keep = [min(keep, key=lambda i: no_answer[i])]
-            answering.append([flat[i] for i in keep])
-            answering_indices.append([i - start for i in keep])
-            start += len(sources)
+        answering_indices = self.answering_passages(question_sources)
+        answering = [[sources[i] for i in keep]
+                     for sources, keep in zip(question_sources, answering_indices)]
         groups = [group for group in answering if group]
         answers = [("", None)] * len(questions)
         if not groups:
@@ -381,6 +373,19 @@ class PassageReader:
                 answer, picked = self.passage_span([texts[i] for i in indices], token_ids)
                 answers[index] = (answer, None if picked is None else indices[picked])
         return answers
+
+    def answering_passages(self, question_sources):
+        """Per question, the indices of the passages to decode the answer from."""
+        flat = [source for sources in question_sources for source in sources]
+        says_answer, no_answer = self.holds_answer(flat)
+        kept, start = [], 0
+        for sources in question_sources:
+            keep = [i for i in range(len(sources)) if says_answer[start + i]]
+            if self.passages == "best" and keep:
+                keep = [min(keep, key=lambda i: no_answer[start + i])]
+            kept.append(keep)
+            start += len(sources)
+        return kept
 
     def holds_answer(self, sources):
         """Per source: whether its passage holds an answer, and P(answer starts with

@@ -337,6 +337,39 @@ def test_qa_smoke_learns_to_answer(qa_sets, tiny_base):
                        for p in question["passages"]), (prediction, question)
 
 
+def test_reader_no_answer_rules(tiny_base):
+    """Which passages the reader decodes from, given P([SEP] first) per passage: the
+    first-token rule, a threshold, and the single passage least likely to hold none."""
+    import reading_comprehension_seq2seq as rc
+    tokenizer, keep_tokens = tiny_base.tokenizer_for(["成语的意思"])
+    builder = tiny_base.build(keep_tokens, application="unilm", return_keras_model=False)
+    encoder = rc.QAEncoder(tokenizer, 16, 8, 8)
+    end, other = encoder.end_id, encoder.end_id + 1
+    # P([SEP]) of five passages: 0.95, 0.6 (but the most likely), 0.45 (and another
+    # token is likelier), 0.2, 0.7 (another token is likelier)
+    rows = []
+    for p_end, p_other in ((0.95, 0.05), (0.6, 0.4), (0.45, 0.55), (0.2, 0.8), (0.7, 0.3)):
+        row = np.full(len(keep_tokens), 1e-12)
+        row[end], row[other] = p_end, p_other
+        rows.append(np.log(row))
+    questions = [["a", "b", "c"], ["d", "e"]]
+
+    def kept(**rules):
+        reader = rc.PassageReader(builder, encoder, **rules)
+        reader.decoder.next_token_log_probs = lambda sources: np.stack(rows[:len(sources)])
+        return reader.answering_passages(questions)
+
+    assert kept() == [[2], [0]]
+    assert kept(no_answer_threshold=0.65) == [[1, 2], [0]]
+    assert kept(no_answer_threshold=0.65, passages="best") == [[2], [0]]
+    assert kept(no_answer_threshold=1.0, passages="best") == [[2], [0]]
+    assert kept(no_answer_threshold=0.1) == [[], []]
+    with pytest.raises(ValueError, match="passages"):
+        rc.PassageReader(builder, encoder, passages="first")
+    with pytest.raises(ValueError, match="no_answer_threshold"):
+        rc.PassageReader(builder, encoder, no_answer_threshold=1.5)
+
+
 def test_sentiment_smoke_learns(tiny_base):
     import base_model
     import sentiment_classification as sentiment
