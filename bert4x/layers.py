@@ -573,19 +573,16 @@ class MultiHeadAttention(keras.layers.Layer):
         needs of them. ``shared`` keys are ``[sources, heads, K, d]``, each attended by
         its group of ``batch // sources`` consecutive query rows."""
         if shared:
-            sources = ops.shape(key)[0]
-            grouped = ops.reshape(query32, (sources, -1) + tuple(ops.shape(query32)[1:]))
+            grouped = _by_source(query32, ops.shape(key)[0])
             scores = ops.einsum("schqd,shkd->schqk", grouped, ops.cast(key, "float32"))
             if bias is not None:
+                # a large negative bias still masks after the scaling below
                 scores = scores + ops.cast(bias, "float32")[:, None]
-            scores = ops.reshape(scores, (-1,) + tuple(ops.shape(scores)[2:]))
+            scores = _by_row(scores)
             if key_positions is not None and query_positions is not None:
                 # every row of a source sees that source's key positions
-                rows_per_source = ops.shape(grouped)[1]
-                key_positions = ops.reshape(
-                    ops.broadcast_to(key_positions[:, None],
-                                     (sources, rows_per_source, ops.shape(key)[2])),
-                    (-1, ops.shape(key)[2]))
+                key_positions = _by_row(ops.broadcast_to(
+                    key_positions[:, None], tuple(ops.shape(grouped)[:2]) + (ops.shape(key)[2],)))
         else:
             scores = ops.einsum("bhqd,bhkd->bhqk", query32, ops.cast(key, "float32"))
         relative = None
@@ -604,10 +601,8 @@ class MultiHeadAttention(keras.layers.Layer):
         """``sum_j p_ij v_j`` (plus the relative term) over one set of keys."""
         value = part["value"]
         if part["shared"]:
-            sources = ops.shape(value)[0]
-            grouped = ops.reshape(probs, (sources, -1) + tuple(ops.shape(probs)[1:]))
-            context = ops.einsum("schqk,shkd->schqd", grouped, value)
-            context = ops.reshape(context, (-1,) + tuple(ops.shape(context)[2:]))
+            context = _by_row(ops.einsum("schqk,shkd->schqd",
+                                         _by_source(probs, ops.shape(value)[0]), value))
         else:
             context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
         if part["relative"] is not None:
@@ -643,6 +638,16 @@ class MultiHeadAttention(keras.layers.Layer):
                       position_encoding=None if self.position_encoding is None else
                       keras.saving.serialize_keras_object(self.position_encoding))
         return config
+
+
+def _by_source(rows, sources):
+    """``[batch, ...]`` -> ``[sources, batch // sources, ...]`` (rows grouped by source)."""
+    return ops.reshape(rows, (sources, -1) + tuple(ops.shape(rows)[1:]))
+
+
+def _by_row(grouped):
+    """The inverse of :func:`_by_source`."""
+    return ops.reshape(grouped, (-1,) + tuple(ops.shape(grouped)[2:]))
 
 
 def _with_relative(per_head, relative, term):

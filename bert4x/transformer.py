@@ -564,10 +564,10 @@ class Transformer:
                                                 "int32")
             generated = start + _slot_positions(key_mask)
             positions = dict(query_positions=position_ids, key_positions=generated)
-        caches = []
+        bias, caches = _mask_bias(key_mask), []
         for application, index in enumerate(self.schedule):
             source["source_cache"] = source_cache[:, application]
-            x, layer_cache = self.block(index, x, _mask_bias(key_mask), condition=condition,
+            x, layer_cache = self.block(index, x, bias, condition=condition,
                                         cache=cache[:, application], write_mask=write_mask,
                                         source=source, **positions)
             caches.append(layer_cache)
