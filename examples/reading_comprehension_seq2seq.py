@@ -73,6 +73,10 @@ def parse_args(argv=None):
     train.add_argument("--swapped-negatives", type=int, default=0,
                        help="hard negatives per question and epoch: answering passages "
                        "of other questions of the same kind, trained to answer nothing")
+    train.add_argument("--question-generation", type=int, default=1,
+                       help="question-generation examples per answering question and "
+                       "epoch: the passage is the source and the question the target, "
+                       "which teaches the model P(question | passage) (0: none)")
     train.add_argument("--save-weights", metavar="FILE.weights.h5",
                        help="write the fine-tuned weights here (before decoding)")
     train.add_argument("--load-weights", metavar="FILE.weights.h5",
@@ -86,6 +90,10 @@ def parse_args(argv=None):
                         help="a passage holds no answer when P(its answer starts with "
                         "[SEP]) is at least this (default: when [SEP] is the most "
                         "likely first token)")
+    decode.add_argument("--question-margin", type=float, default=5.0,
+                        help="decode only from the passages whose log P(question | "
+                        "passage) is within this many nats of the question's likeliest "
+                        "passage (needs --question-generation in training; inf: all)")
     decode.add_argument("--passages", choices=("all", "best"), default="all",
                         help="decode from every passage that holds an answer, or from "
                         "the one least likely to hold none")
@@ -159,8 +167,8 @@ class QAEncoder:
                 "answering": answering, "other": other, "kind": question.get("kind")}
 
 
-def training_examples(encoded_questions, negatives, rng, swapped=0):
-    """One epoch of ``(source_ids, answer_ids)`` pairs.
+def training_examples(encoded_questions, negatives, rng, swapped=0, question_generation=0):
+    """One epoch of ``(source_ids, target_ids)`` pairs.
 
     Args:
         encoded_questions: ``QAEncoder.training_pairs`` of each question.
@@ -171,10 +179,16 @@ def training_examples(encoded_questions, negatives, rng, swapped=0):
             question and trained to answer ``[SEP]``. A passage of the right form
             then holds an answer only if it is about what the question asks, so the
             model must match the two instead of recognising the form.
+        question_generation: question-generation examples per question that has an
+            answering passage: ``([CLS] passage [SEP], question [SEP])``, the passage
+            the source and the question the target. They teach the model
+            P(question | passage), which tells the passage about what the question
+            asks from the others (it names the same things) by copying, the skill
+            that answering already trains, rather than by matching.
 
     Returns:
-        each question's answering passages and its negatives, shuffled, so that
-        "answer" and "no answer" are both learned.
+        each question's answering passages and its negatives (and question-generation
+        pairs), shuffled, so that "answer" and "no answer" are both learned.
     """
     by_kind = {}
     for index, encoded in enumerate(encoded_questions):
@@ -195,6 +209,9 @@ def training_examples(encoded_questions, negatives, rng, swapped=0):
                 donor = donors[rng.integers(len(donors))]
             passages = encoded_questions[donor]["answering"]
             examples.append((passages[rng.integers(len(passages))][0] + question_ids, end))
+        answering = encoded["answering"]
+        for _ in range(question_generation if answering else 0):
+            examples.append((answering[rng.integers(len(answering))][0], question_ids))
     rng.shuffle(examples)
     return examples
 
@@ -232,13 +249,17 @@ class EpochBatches:
         negatives: the questions' own non-answering passages per question and epoch.
         seed: seed of the draws.
         swapped: hard negatives per question and epoch (see :func:`training_examples`).
+        question_generation: question-generation pairs per question and epoch (see
+            :func:`training_examples`).
     """
 
-    def __init__(self, questions, encoder, batch_size, negatives, seed, swapped=0):
+    def __init__(self, questions, encoder, batch_size, negatives, seed, swapped=0,
+                 question_generation=0):
         self.encoded = [encoder.training_pairs(question) for question in questions]
         self.batch_size = batch_size
         self.negatives = negatives
         self.swapped = swapped
+        self.question_generation = question_generation
         self.rng = np.random.default_rng(seed)
         # The number of examples is the same at every epoch (only which negatives varies).
         self.examples_per_epoch = len(self.epoch())
@@ -246,7 +267,8 @@ class EpochBatches:
 
     def epoch(self):
         """One epoch's shuffled ``(source_ids, answer_ids)`` pairs."""
-        return training_examples(self.encoded, self.negatives, self.rng, self.swapped)
+        return training_examples(self.encoded, self.negatives, self.rng, self.swapped,
+                                 self.question_generation)
 
     def __len__(self):
         return self.steps
@@ -268,6 +290,23 @@ class EpochBatches:
 
 
 # --------------------------------------------------------------------- model
+def target_logits_model(builder):
+    """``[token_ids, segment_ids, target_positions] -> logits`` at those positions.
+
+    Runs the UniLM encoder once and applies the (tied) MLM head only where a target
+    is predicted (the inputs of :func:`batch_arrays`); shares ``builder``'s weights.
+    """
+    import keras
+    from keras import ops
+
+    token_ids, segment_ids = builder.model.inputs[:2]
+    positions = keras.Input((None,), dtype="int32", name="Target-Positions")
+    gathered = ops.take_along_axis(builder.sequence_output,
+                                   ops.expand_dims(positions, -1), axis=1)
+    return keras.Model([token_ids, segment_ids, positions], builder.mlm_logits(gathered),
+                       name="unilm_target_logits")
+
+
 def build_models(base, keep_tokens, learning_rate, total_steps):
     """The UniLM model and a training model that computes logits at answer positions.
 
@@ -280,18 +319,11 @@ def build_models(base, keep_tokens, learning_rate, total_steps):
         whose ``model`` and cached decoding graphs share ``train_model``'s weights.
     """
     import keras
-    from keras import ops
 
     from bert4x.optimizers import AdamW, WarmupLinearDecay
 
     builder = base.build(keep_tokens, application="unilm", return_keras_model=False)
-    token_ids, segment_ids = builder.model.inputs[:2]
-    hidden = builder.sequence_output
-    positions = keras.Input((None,), dtype="int32", name="Target-Positions")
-    gathered = ops.take_along_axis(hidden, ops.expand_dims(positions, -1), axis=1)
-    logits = builder.mlm_logits(gathered)
-    train_model = keras.Model([token_ids, segment_ids, positions], logits,
-                              name="unilm_answer_logits")
+    train_model = target_logits_model(builder)
     schedule = WarmupLinearDecay(learning_rate, warmup_steps=max(1, total_steps // 10),
                                  total_steps=max(total_steps, 1))
     train_model.compile(
@@ -315,16 +347,27 @@ class PassageReader:
         passages: "all" decodes from every passage that holds an answer
             (their distributions averaged); "best" from the one least likely
             to start with ``[SEP]``.
+        question_margin: before the rules above, keep only the passages whose
+            log P(question | passage) is within this many nats of the question's
+            likeliest passage (a model trained with question-generation pairs
+            copies what the question names from a passage that names it, so the
+            passages about something else fall far behind); None or ``inf``: keep
+            all.
     """
 
     def __init__(self, builder, encoder, beam_size=3, length_penalty=1.0,
-                 no_answer_threshold=None, passages="all"):
+                 no_answer_threshold=None, passages="all", question_margin=None):
         from bert4x.decoding import Decoder
         if passages not in ("all", "best"):
             raise ValueError(f"passages must be 'all' or 'best', got {passages!r}")
         if no_answer_threshold is not None and not 0 < no_answer_threshold <= 1:
             raise ValueError(f"no_answer_threshold must be in (0, 1], got "
                              f"{no_answer_threshold}")
+        if question_margin is not None and not question_margin >= 0:
+            raise ValueError(f"question_margin must be >= 0 nats, got {question_margin}")
+        self.question_margin = (None if question_margin in (None, float("inf"))
+                                else question_margin)
+        self.scorer = target_logits_model(builder) if self.question_margin is not None else None
         self.encoder = encoder
         self.beam_size = beam_size
         self.length_penalty = length_penalty
@@ -378,14 +421,46 @@ class PassageReader:
         """Per question, the indices of the passages to decode the answer from."""
         flat = [source for sources in question_sources for source in sources]
         says_answer, no_answer = self.holds_answer(flat)
+        about_question = self.about_question(question_sources)
         kept, start = [], 0
         for sources in question_sources:
-            keep = [i for i in range(len(sources)) if says_answer[start + i]]
+            keep = [i for i in range(len(sources))
+                    if says_answer[start + i] and about_question[start + i]]
             if self.passages == "best" and keep:
                 keep = [min(keep, key=lambda i: no_answer[start + i])]
             kept.append(keep)
             start += len(sources)
         return kept
+
+    def about_question(self, question_sources):
+        """Per source (flattened): whether its log P(question | passage) is within
+        ``question_margin`` of the best of its question's passages."""
+        flat = [source for sources in question_sources for source in sources]
+        if self.question_margin is None:
+            return [True] * len(flat)
+        likelihoods = self.question_log_likelihoods(flat)
+        keep, start = [], 0
+        for sources in question_sources:
+            scores = likelihoods[start:start + len(sources)]
+            keep.extend(scores >= scores.max() - self.question_margin)
+            start += len(sources)
+        return keep
+
+    def question_log_likelihoods(self, sources, batch_size=64):
+        """log P(question [SEP] | [CLS] passage [SEP]) of each ``passage + question``
+        source, as generated by the UniLM model (the question as the target)."""
+        end = self.encoder.end_id
+        pairs = [(source[:source.index(end) + 1], source[source.index(end) + 1:])
+                 for source in sources]
+        totals = []
+        for begin in range(0, len(pairs), batch_size):
+            inputs, targets = batch_arrays(pairs[begin:begin + batch_size])
+            logits = np.asarray(self.scorer(inputs, training=False), dtype=np.float64)
+            logits -= logits.max(axis=-1, keepdims=True)
+            log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+            picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+            totals.extend((picked * (targets != 0)).sum(axis=-1))
+        return np.array(totals)
 
     def holds_answer(self, sources):
         """Per source: whether its passage holds an answer, and P(answer starts with
@@ -650,12 +725,13 @@ def run(args):
     encoder = QAEncoder(tokenizer, args.max_passage_len, args.max_question_len,
                         args.max_answer_len)
     batches = EpochBatches(train, encoder, args.batch_size, args.negatives, args.seed,
-                           args.swapped_negatives)
+                           args.swapped_negatives, args.question_generation)
     builder, train_model = build_models(base, keep_tokens, args.learning_rate,
                                         len(batches) * args.epochs)
     training_started = time.time()
     reader = PassageReader(builder, encoder, args.beam_size, args.length_penalty,
-                           args.no_answer_threshold, args.passages)
+                           args.no_answer_threshold, args.passages,
+                           args.question_margin if args.question_generation else None)
     if args.load_weights:
         train_model.load_weights(args.load_weights)
         losses = []

@@ -113,6 +113,35 @@ def test_swapped_negatives_pair_other_questions_answering_passages(qa_sets, tiny
     assert all(extra[i] == 2 for i in range(len(encoded)))
 
 
+def test_question_generation_pairs_a_question_with_its_answering_passage(qa_sets,
+                                                                        tiny_base):
+    """Each question-generation example has an answering passage of the question as
+    its source and the question as its target; the rest of the epoch is unchanged."""
+    import reading_comprehension_seq2seq as rc
+    questions = qa_sets[0][:40]
+    tokenizer, _ = tiny_base.tokenizer_for(rc.corpus_texts(questions))
+    encoder = rc.QAEncoder(tokenizer, 48, 16, 12)
+    encoded = [encoder.training_pairs(q) for q in questions]
+    plain = rc.training_examples(encoded, 1, np.random.default_rng(0))
+    mixed = rc.training_examples(encoded, 1, np.random.default_rng(0), question_generation=2)
+    by_question = {tuple(item["question_ids"]): item for item in encoded}
+    generated = [(source, target) for source, target in mixed
+                 if tuple(target) in by_question]
+    for source, target in generated:
+        assert source.count(encoder.end_id) == 1  # the passage alone is the source
+        answering = [passage for passage, _ in by_question[tuple(target)]["answering"]]
+        assert source in answering
+    answerable = sum(1 for item in encoded if item["answering"])
+    assert 0 < answerable < len(encoded)
+    assert len(generated) == len(mixed) - len(plain) == 2 * answerable
+    batch = rc.batch_arrays(generated[:3])
+    (token_ids, segment_ids, positions), targets = batch
+    source, target = generated[0]
+    assert list(segment_ids[0][:len(source) + len(target)]) == [0] * len(source) + [1] * len(target)
+    assert list(targets[0][:len(target)]) == target
+    assert [token_ids[0][p + 1] for p in positions[0][:len(target)]] == target
+
+
 def test_answer_rules():
     assert idiom_qa.meaning_answer("坚坚定；贞有节操。意志坚定，决不屈服。", 24) == "意志坚定，决不屈服"
     assert idiom_qa.meaning_answer("四通八达的大都会。同通都大邑”。", 24) == "四通八达的大都会"
@@ -290,7 +319,10 @@ def test_qa_smoke_learns_to_answer(qa_sets, tiny_base):
     The slice is the easiest the data offers, so that a random model learns it in
     seconds: "which work" questions, each with its answering derivation and its
     distractors that name no work; the model has to copy the title and to say
-    "no answer" for the distractors.
+    "no answer" for the distractors. It also learns question generation, and the
+    reader keeps only the passages that make the question likely, which is what
+    keeps its answers on the asked idiom's passage once distractors that name a work
+    of their own come back.
     """
     import base_model
     import reading_comprehension_seq2seq as rc
@@ -306,7 +338,7 @@ def test_qa_smoke_learns_to_answer(qa_sets, tiny_base):
     by_question = {(q["question"], q["idiom"]): q for q in qa_sets[0]}
     tokenizer, keep_tokens = tiny_base.tokenizer_for(rc.corpus_texts(train))
     encoder = rc.QAEncoder(tokenizer, 48, 16, 12)
-    batches = rc.EpochBatches(train, encoder, 16, 1, seed=0)
+    batches = rc.EpochBatches(train, encoder, 16, 1, seed=0, question_generation=1)
     epochs = 12
     builder, train_model = rc.build_models(tiny_base, keep_tokens, 1e-2,
                                            len(batches) * epochs)
@@ -314,20 +346,22 @@ def test_qa_smoke_learns_to_answer(qa_sets, tiny_base):
                               epochs=epochs, shuffle=False, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < 0.5 * losses[0]
-    reader = rc.PassageReader(builder, encoder, beam_size=2)
+    reader = rc.PassageReader(builder, encoder, beam_size=2, question_margin=5.0)
     asked = train[:48]
     predictions, scores = rc.evaluate(reader, asked, progress=False)
     golds = [idiom_qa.question_answer(q) for q in asked]
     baseline = idiom_qa.qa_metrics([""] * len(asked), golds)["final"]
     assert scores["all"]["final"] > baseline + 0.2, (scores, baseline)
     # Answers come from the passage about the asked idiom, not from a distractor:
-    # always on this slice, and mostly (0.61 measured) once the distractors that
-    # name a work of their own are given back (the same questions, all passages).
+    # on this slice, and once the distractors that name a work of their own are
+    # given back (the same questions, all passages; measured 1.00 with the question
+    # likelihood, 0.89 without it, 0.61 for a model trained without question
+    # generation).
     assert scores["diagnosis"]["right_passage"] >= 0.9, scores["diagnosis"]
     with_distractors = [by_question[q["question"], q["idiom"]] for q in asked]
     _, hard = rc.evaluate(reader, with_distractors, progress=False)
-    assert hard["diagnosis"]["answered"] >= len(asked) // 3, hard["diagnosis"]
-    assert hard["diagnosis"]["right_passage"] >= 0.5, hard["diagnosis"]
+    assert hard["diagnosis"]["answered"] >= len(asked) // 2, hard["diagnosis"]
+    assert hard["diagnosis"]["right_passage"] >= 0.9, hard["diagnosis"]
     # Every answer is a substring of one of its question's passages (the constraint),
     # up to what decoding cannot restore (case, spaces).
     normalize = idiom_qa.normalize_answer
@@ -364,6 +398,22 @@ def test_reader_no_answer_rules(tiny_base):
     assert kept(no_answer_threshold=0.65, passages="best") == [[2], [0]]
     assert kept(no_answer_threshold=1.0, passages="best") == [[2], [0]]
     assert kept(no_answer_threshold=0.1) == [[], []]
+    # log P(question | passage): the question's likeliest passage and those within
+    # the margin stay; the first-token rule then applies to them.
+    likelihoods = np.array([-4.0, -9.0, -30.0, -12.0, -5.0])
+
+    def kept_by_question(margin, **rules):
+        reader = rc.PassageReader(builder, encoder, question_margin=margin, **rules)
+        reader.decoder.next_token_log_probs = lambda sources: np.stack(rows[:len(sources)])
+        reader.question_log_likelihoods = lambda sources: likelihoods[:len(sources)]
+        return reader.answering_passages(questions)
+
+    assert kept_by_question(6.0, no_answer_threshold=0.65) == [[1], []]
+    assert kept_by_question(30.0, no_answer_threshold=0.65) == [[1, 2], [0]]
+    assert kept_by_question(float("inf"), no_answer_threshold=0.65) == [[1, 2], [0]]
+    assert kept_by_question(2.0, no_answer_threshold=0.65) == [[], []]
+    with pytest.raises(ValueError, match="question_margin"):
+        rc.PassageReader(builder, encoder, question_margin=-1.0)
     with pytest.raises(ValueError, match="passages"):
         rc.PassageReader(builder, encoder, passages="first")
     with pytest.raises(ValueError, match="no_answer_threshold"):
