@@ -5,8 +5,8 @@
 
 1. Clean: drop U+0000, U+FFFD and control characters (category Cc or Cf, except
    ``\\t \\n \\r``); space, ``\\t``, ``\\n``, ``\\r`` and category Zs become a space.
-2. Put spaces around every CJK ideograph (the eight blocks of ``_CJK_RANGES``,
-   listed in ``docs/tokenizer.md``).
+2. Put spaces around every CJK ideograph (the eight blocks of
+   ``bert4x.characters.CJK_RANGES``, listed in ``docs/tokenizer.md``).
 3. Split on whitespace (Python's ``str.split``, so U+2028/U+2029 split too). With
    ``do_lower_case``: ``str.lower()``, NFD, drop category Mn. Then split off every
    punctuation character (ASCII 33-47, 58-64, 91-96, 123-126, or category P*).
@@ -52,234 +52,27 @@ Offsets: ``rematch`` / ``tokenize_with_spans`` give, for every token, the
 behind them. Pieces of one character (a Hangul syllable decomposes into jamo under
 NFD) share the character's span, so spans never decrease but may overlap.
 
-This module imports neither TensorFlow nor Keras; ``sentencepiece`` is imported
-only when an ``SpTokenizer`` is built.
+``SpTokenizer`` (``bert4x.sp_tokenizer``) gives SentencePiece models the same
+interface; the vocabulary helpers (``load_vocab``, ``save_vocab``) live in
+``bert4x.vocabularies``; both are importable from here too. This module imports
+neither TensorFlow nor Keras; ``sentencepiece`` is imported only when an
+``SpTokenizer`` is built.
 """
 
-import functools
+
 import os
 import re
 import unicodedata
 
-import numpy as np
+from bert4x.characters import (CJK, DROP, SPACE, character_tables, is_cjk_character,
+                               is_punctuation, lower_and_strip_accents, wordpiece_stem)
+from bert4x.sp_tokenizer import SpTokenizer
+from bert4x.tokenizer_base import TokenizerBase
+from bert4x.vocabularies import (SPECIAL_TOKENS, load_vocab, save_vocab, tokens_by_id,
+                                 vocabulary_text)
 
-from bert4x import storage
-
-__all__ = ["load_vocab", "save_vocab", "Tokenizer", "SpTokenizer"]
-
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-_CJK_RANGES = (
-    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
-)
-# Everything outside these planes is unassigned (Cn) or private use (Co): neither
-# control, whitespace, punctuation nor a combining mark.
-_ASSIGNED_PLANES = ((0x0, 0x3FFFF), (0xE0000, 0xE0FFF))
-
-# Classes of a character in the cleaning step of the offset-tracking path.
-_DROP, _SPACE, _CJK = 0, 1, 2
-
-
-def _is_cjk_character(char):
-    code = ord(char)
-    return any(low <= code <= high for low, high in _CJK_RANGES)
-
-
-def _is_punctuation(char):
-    code = ord(char)
-    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
-        return True
-    return unicodedata.category(char).startswith("P")
-
-
-def _is_control(char):
-    if char in "\t\n\r":
-        return False
-    return unicodedata.category(char) in ("Cc", "Cf")
-
-
-def _is_whitespace(char):
-    return char in " \t\n\r" or unicodedata.category(char) == "Zs"
-
-
-class _CharacterTables:
-    """Translation tables and sets built once from one scan of Unicode."""
-
-    def __init__(self):
-        drop, space, punctuation, nonspacing = [], [], [], []
-        for low, high in _ASSIGNED_PLANES:
-            for code in range(low, high + 1):
-                char = chr(code)
-                category = unicodedata.category(char)
-                if code == 0 or code == 0xFFFD or _is_control(char):
-                    drop.append(code)
-                elif _is_whitespace(char):
-                    space.append(code)
-                elif _is_punctuation(char):
-                    punctuation.append(code)
-                elif category == "Mn":
-                    nonspacing.append(code)
-        cjk = [code for low, high in _CJK_RANGES for code in range(low, high + 1)]
-
-        # Step 1 + 2 of the rules: one C-level str.translate pass.
-        self.clean = dict.fromkeys(drop)
-        self.clean.update(dict.fromkeys(space, " "))
-        self.clean.update({code: f" {chr(code)} " for code in cjk})
-        # Punctuation is split after lower-casing (Python's final-sigma rule looks
-        # across punctuation, so splitting first would change the lower case).
-        self.split_punctuation = {code: f" {chr(code)} " for code in punctuation}
-        # Cased mode has no normalisation between the steps, so one pass does all.
-        self.clean_and_split = dict(self.clean)
-        self.clean_and_split.update(self.split_punctuation)
-        self.strip_accents_and_split = dict.fromkeys(nonspacing)
-        self.strip_accents_and_split.update(self.split_punctuation)
-
-        self.char_class = {chr(code): _DROP for code in drop}
-        self.char_class.update({chr(code): _SPACE for code in space})
-        self.char_class.update({chr(code): _CJK for code in cjk})
-        self.punctuation = frozenset(map(chr, punctuation))
-        self.nonspacing = frozenset(map(chr, nonspacing))
-
-
-@functools.lru_cache(maxsize=None)
-def _tables():
-    return _CharacterTables()
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _lower_and_strip_accents(char):
-    """``do_lower_case`` normalisation of one ideograph (compatibility ideographs
-    decompose under NFD to their unified twins)."""
-    return "".join(piece for piece in unicodedata.normalize("NFD", char.lower())
-                   if unicodedata.category(piece) != "Mn")
-
-
-def _stem(token):
-    """A WordPiece token without its ``##`` continuation prefix."""
-    return token[2:] if token.startswith("##") and len(token) > 2 else token
-
-
-def load_vocab(path, encoding="utf-8", simplified=False, startswith=None):
-    """Read a BERT ``vocab.txt`` (one token a line, the line number is the id).
-
-    A byte order mark at the start of the file (Windows editors write one) is
-    not part of the first token: it is stripped, so ``[PAD]`` stays ``[PAD]``.
-    Nothing else is trimmed from a line but its line break.
-
-    Args:
-        path: the vocabulary file.
-        encoding: its text encoding.
-        simplified: also drop the tokens this tokenizer can never produce:
-            pieces longer than one character (``##`` aside) that contain a CJK
-            ideograph or a punctuation character, because the basic tokenizer
-            always splits those into single characters. Note that a
-            ``pre_tokenize`` hook can produce multi-character CJK words; do not
-            simplify a vocabulary used with one.
-        startswith: with ``simplified``, tokens placed first, in this order.
-            ``None`` means the special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]``
-            that the vocabulary has; pass ``[]`` for none.
-
-    Returns:
-        ``{token: id}``; with ``simplified=True`` the tuple
-        ``(new_token_dict, keep_tokens)`` where ``keep_tokens[new_id]`` is the
-        original id, ready for ``build_transformer_model(keep_tokens=...)``.
-
-    Raises:
-        FileNotFoundError: the file does not exist (the message names it).
-        ValueError: the file is not text in ``encoding``, has no tokens, or
-            lacks a ``startswith`` token.
-
-    Example:
-        >>> token_dict = load_vocab("vocab.txt")  # doctest: +SKIP
-        >>> token_dict, keep_tokens = load_vocab(
-        ...     "vocab.txt", simplified=True)  # doctest: +SKIP
-    """
-    path = os.fspath(path)
-    if not storage.isfile(path):
-        raise FileNotFoundError(f"vocabulary file not found: {path!r}")
-    token_dict = {}
-    try:
-        with storage.open(path, encoding=encoding) as reader:
-            for index, line in enumerate(reader):
-                # Only the line break is stripped: HF keeps other whitespace, and a
-                # token's id must not depend on how the line was trimmed.
-                token_dict[line.rstrip("\r\n").lstrip("\ufeff") if index == 0
-                           else line.rstrip("\r\n")] = index
-    except UnicodeDecodeError as error:
-        raise ValueError(f"vocabulary file {path!r} is not {encoding} text: {error}") from None
-    if not token_dict:
-        raise ValueError(f"vocabulary file {path!r} is empty")
-    if not simplified:
-        return token_dict
-
-    if startswith is None:
-        startswith = [token for token in SPECIAL_TOKENS if token in token_dict]
-    new_token_dict, keep_tokens = {}, []
-    for token in startswith:
-        if token not in token_dict:
-            raise ValueError(
-                f"startswith token {token!r} is not in the vocabulary {path!r}")
-        if token not in new_token_dict:
-            new_token_dict[token] = len(new_token_dict)
-            keep_tokens.append(token_dict[token])
-    for token, index in sorted(token_dict.items(), key=lambda item: item[1]):
-        if token in new_token_dict:
-            continue
-        if len(token) > 1 and any(
-                _is_cjk_character(char) or _is_punctuation(char)
-                for char in _stem(token)):
-            continue
-        new_token_dict[token] = len(new_token_dict)
-        keep_tokens.append(index)
-    return new_token_dict, keep_tokens
-
-
-def save_vocab(path, token_dict):
-    """Write ``{token: id}`` as a ``vocab.txt``, one token a line in id order.
-
-    Args:
-        path: the file to write.
-        token_dict: ids must be exactly ``0 .. len(token_dict) - 1``.
-
-    Raises:
-        ValueError: the ids are not consecutive from 0, or a token contains a
-            line break (it could not be read back).
-
-    Example:
-        >>> token_dict, keep_tokens = load_vocab(
-        ...     "vocab.txt", simplified=True)  # doctest: +SKIP
-        >>> save_vocab("vocab_simplified.txt", token_dict)  # doctest: +SKIP
-    """
-    storage.atomic_write(path, vocabulary_text(tokens_by_id(token_dict)))
-
-
-def tokens_by_id(token_dict):
-    """The tokens of ``{token: id}`` as a list in id order.
-
-    Raises:
-        ValueError: the ids are not exactly ``0 .. len(token_dict) - 1``.
-    """
-    ordered = sorted(token_dict.items(), key=lambda item: item[1])
-    ids = [index for _, index in ordered]
-    if ids != list(range(len(ordered))):
-        raise ValueError(
-            "token ids must be consecutive from 0 to save a vocab.txt; got "
-            f"{len(ids)} tokens with ids from {ids[0] if ids else None} to "
-            f"{ids[-1] if ids else None}")
-    return [token for token, _ in ordered]
-
-
-def vocabulary_text(tokens):
-    """The ``vocab.txt`` content of a token list in id order (one token a line).
-
-    Raises:
-        ValueError: a token contains a line break (it could not be read back).
-    """
-    for token in tokens:
-        if "\n" in token or "\r" in token:
-            raise ValueError(f"token {token!r} contains a line break")
-    return "".join(token + "\n" for token in tokens)
+__all__ = ["load_vocab", "save_vocab", "tokens_by_id", "vocabulary_text", "Tokenizer",
+           "SpTokenizer", "SPECIAL_TOKENS"]
 
 
 class _OccurrenceSearch:
@@ -306,158 +99,8 @@ class _OccurrenceSearch:
         return positions[cursor] if cursor < len(positions) else None
 
 
-class _TokenizerBase:
-    """Sequence building shared by ``Tokenizer`` and ``SpTokenizer``."""
 
-    token_start = None
-    token_end = None
-    token_start_id = None
-    token_end_id = None
-    pad_id = None
-
-    def _tokenize_text(self, text):
-        raise NotImplementedError
-
-    def token_to_id(self, token):
-        raise NotImplementedError
-
-    def id_to_token(self, token_id):
-        raise NotImplementedError
-
-    def tokens_to_ids(self, tokens):
-        """Ids of ``tokens`` (see ``token_to_id``)."""
-        return [self.token_to_id(token) for token in tokens]
-
-    def ids_to_tokens(self, ids):
-        """Tokens of ``ids`` (see ``id_to_token``)."""
-        return [self.id_to_token(int(token_id)) for token_id in ids]
-
-    def _wrap(self, tokens, maxlen):
-        """Add start/end tokens and cut the text's tokens to ``maxlen`` in all."""
-        n_special = (self.token_start is not None) + (self.token_end is not None)
-        if maxlen is not None:
-            if maxlen < n_special:
-                raise ValueError(
-                    f"maxlen={maxlen} leaves no room for the {n_special} start/end tokens")
-            tokens = tokens[:maxlen - n_special]
-        head = [self.token_start] if self.token_start is not None else []
-        tail = [self.token_end] if self.token_end is not None else []
-        return head + tokens + tail
-
-    def tokenize(self, text, maxlen=None):
-        """Split ``text`` into tokens, with ``token_start``/``token_end`` added.
-
-        Args:
-            text: a string.
-            maxlen: the most tokens returned, start and end tokens included;
-                the text's last tokens are dropped to fit.
-
-        Returns:
-            a list of token strings.
-
-        Example:
-            >>> tokenizer.tokenize("Héllo 北京!", maxlen=4)  # doctest: +SKIP
-            ['[CLS]', 'hello', '北', '[SEP]']
-        """
-        return self._wrap(self._tokenize_text(text), maxlen)
-
-    def encode(self, first_text, second_text=None, maxlen=None):
-        """Token ids and segment ids of one text or a pair.
-
-        The layout is ``start A end`` or ``start A end B end`` with segment id 0
-        for the first part and 1 for ``B end``. With ``maxlen``, tokens are
-        removed one at a time from the end of whichever text currently has more
-        tokens (the first one on a tie) until the whole sequence fits.
-
-        Args:
-            first_text: a string.
-            second_text: an optional second string.
-            maxlen: the most ids returned, special tokens included.
-
-        Returns:
-            ``(token_ids, segment_ids)``, two lists of ints of the same length.
-
-        Raises:
-            ValueError: ``maxlen`` is too small for the special tokens.
-
-        Example:
-            >>> token_ids, segment_ids = tokenizer.encode("你好", "世界")  # doctest: +SKIP
-            >>> segment_ids  # doctest: +SKIP
-            [0, 0, 0, 0, 1, 1, 1]
-        """
-        first = self._tokenize_text(first_text)
-        second = None if second_text is None else self._tokenize_text(second_text)
-        start = [self.token_start] if self.token_start is not None else []
-        end = [self.token_end] if self.token_end is not None else []
-        if maxlen is not None:
-            n_special = len(start) + len(end) * (1 if second is None else 2)
-            budget = maxlen - n_special
-            if budget < 0:
-                raise ValueError(
-                    f"maxlen={maxlen} leaves no room for the {n_special} special tokens")
-            if second is None:
-                first = first[:budget]
-            else:
-                while len(first) + len(second) > budget:
-                    if len(first) >= len(second):
-                        first.pop()
-                    else:
-                        second.pop()
-        first_tokens = start + first + end
-        token_ids = self.tokens_to_ids(first_tokens)
-        segment_ids = [0] * len(token_ids)
-        if second is not None:
-            second_ids = self.tokens_to_ids(second + end)
-            token_ids.extend(second_ids)
-            segment_ids.extend([1] * len(second_ids))
-        return token_ids, segment_ids
-
-    def encode_batch(self, texts, second_texts=None, maxlen=None, pad_to_maxlen=False):
-        """Encode many texts (or pairs) into padded numpy arrays.
-
-        Args:
-            texts: a list of strings.
-            second_texts: an optional list of second strings, same length.
-            maxlen: truncation as in ``encode``.
-            pad_to_maxlen: pad to ``maxlen`` instead of the longest sequence, for
-                fixed shapes.
-
-        Returns:
-            ``(token_ids, segment_ids)``, int32 arrays of shape
-            ``(len(texts), length)`` padded with ``pad_id`` (0 if the vocabulary
-            has no pad token) and 0.
-
-        Example:
-            >>> token_ids, segment_ids = tokenizer.encode_batch(
-            ...     ["good", "not good at all"], maxlen=8)  # doctest: +SKIP
-            >>> token_ids.shape  # doctest: +SKIP
-            (2, 6)
-        """
-        if isinstance(texts, str):
-            raise TypeError("encode_batch expects a list of strings, got one string")
-        if second_texts is None:
-            pairs = [(text, None) for text in texts]
-        else:
-            if len(second_texts) != len(texts):
-                raise ValueError(
-                    f"{len(texts)} texts but {len(second_texts)} second texts")
-            pairs = list(zip(texts, second_texts))
-        encoded = [self.encode(first, second, maxlen) for first, second in pairs]
-        length = max((len(ids) for ids, _ in encoded), default=0)
-        if pad_to_maxlen:
-            if maxlen is None:
-                raise ValueError("pad_to_maxlen=True needs maxlen")
-            length = maxlen
-        pad_id = self.pad_id if self.pad_id is not None else 0
-        token_ids = np.full((len(encoded), length), pad_id, dtype=np.int32)
-        segment_ids = np.zeros((len(encoded), length), dtype=np.int32)
-        for row, (ids, segments) in enumerate(encoded):
-            token_ids[row, :len(ids)] = ids
-            segment_ids[row, :len(segments)] = segments
-        return token_ids, segment_ids
-
-
-class Tokenizer(_TokenizerBase):
+class Tokenizer(TokenizerBase):
     """Google's BERT WordPiece tokenizer, with offsets, batching and a word hook.
 
     Args:
@@ -529,9 +172,9 @@ class Tokenizer(_TokenizerBase):
             if index is not None)
         # No vocabulary piece is longer than this, so the greedy match can start
         # there instead of at the end of a long word.
-        self._max_piece_chars = max(len(_stem(token)) for token in token_dict)
+        self._max_piece_chars = max(len(wordpiece_stem(token)) for token in token_dict)
         self._wordpiece_cache = {}
-        self._tables = _tables()
+        self._tables = character_tables()
 
     # -- vocabulary -------------------------------------------------------
 
@@ -717,17 +360,17 @@ class Tokenizer(_TokenizerBase):
         for index, char in enumerate(text):
             kind = char_class.get(char)
             if kind is None and char.isspace():
-                kind = _SPACE
+                kind = SPACE
             if kind is None:
                 chars.append(char)
                 starts.append(offset + index)
-            elif kind != _DROP:
+            elif kind != DROP:
                 if chars:
                     self._word_with_spans(chars, starts, tokens, spans)
                     chars, starts = [], []
-                if kind == _CJK:
+                if kind == CJK:
                     # An ideograph is a word of its own and never punctuation.
-                    word = _lower_and_strip_accents(char) if self.do_lower_case else char
+                    word = lower_and_strip_accents(char) if self.do_lower_case else char
                     span = (offset + index, offset + index + 1)
                     for piece in self._wordpiece(word):
                         tokens.append(piece)
@@ -855,11 +498,11 @@ class Tokenizer(_TokenizerBase):
     _OPENING = frozenset("([{<（【《〈「『“‘")
 
     def _space_between(self, previous, token):
-        if _is_cjk_character(token[0]) or _is_cjk_character(previous[-1]):
+        if is_cjk_character(token[0]) or is_cjk_character(previous[-1]):
             return False
         if previous in self._OPENING:
             return False
-        if len(token) == 1 and (_is_punctuation(token) or not token.isascii() and
+        if len(token) == 1 and (is_punctuation(token) or not token.isascii() and
                                 unicodedata.category(token).startswith("S")):
             return token in self._OPENING
         if previous == "'" and token in ("s", "t", "re", "ve", "ll", "d", "m"):
@@ -900,81 +543,3 @@ class Tokenizer(_TokenizerBase):
                 parts.append(token)
             previous = token
         return "".join(parts)
-
-
-class SpTokenizer(_TokenizerBase):
-    """A SentencePiece model with the same interface as ``Tokenizer``.
-
-    Args:
-        model_path: the ``.model`` file.
-        token_start: piece put first (``None``: none; ALBERT uses ``"[CLS]"``).
-        token_end: piece put after each text (``"</s>"`` as in T5; ALBERT uses
-            ``"[SEP]"``; ``None``: none).
-
-    Attributes:
-        vocab_size, pad_id, unk_id, token_start_id, token_end_id: as in
-            ``Tokenizer``; ``pad_id`` is ``None`` when the model defines none
-            (``encode_batch`` then pads with 0).
-
-    Raises:
-        FileNotFoundError: the model file does not exist.
-        ValueError: ``token_start``/``token_end`` are not pieces of the model.
-
-    Example:
-        >>> tokenizer = SpTokenizer("spm.model")  # doctest: +SKIP
-        >>> ids, segments = tokenizer.encode("Hello world.")  # doctest: +SKIP
-        >>> tokenizer.decode(ids)  # doctest: +SKIP
-        'Hello world.'
-    """
-
-    def __init__(self, model_path, token_start=None, token_end="</s>"):
-        import sentencepiece
-
-        model_path = os.fspath(model_path)
-        if not storage.isfile(model_path):
-            raise FileNotFoundError(f"SentencePiece model not found: {model_path!r}")
-        # Read as bytes, so gs:// and ram:// paths work too.
-        self._model = sentencepiece.SentencePieceProcessor(
-            model_proto=storage.read_bytes(model_path))
-        self.vocab_size = self._model.get_piece_size()
-        self.pad_id = self._model.pad_id() if self._model.pad_id() >= 0 else None
-        self.unk_id = self._model.unk_id() if self._model.unk_id() >= 0 else None
-        for name, token in (("token_start", token_start), ("token_end", token_end)):
-            if token is not None and self._piece_id(token) is None:
-                raise ValueError(f"{name} {token!r} is not a piece of {model_path!r}")
-        self.token_start, self.token_end = token_start, token_end
-        self.token_start_id = None if token_start is None else self._piece_id(token_start)
-        self.token_end_id = None if token_end is None else self._piece_id(token_end)
-
-    def _piece_id(self, piece):
-        index = self._model.piece_to_id(piece)
-        # piece_to_id answers unk_id for unknown pieces.
-        if index == self._model.unk_id() and piece != self._model.id_to_piece(index):
-            return None
-        return index
-
-    def token_to_id(self, token):
-        """Id of a piece (``unk_id`` for unknown pieces)."""
-        return self._model.piece_to_id(token)
-
-    def id_to_token(self, token_id):
-        """Piece of an id.
-
-        Raises:
-            KeyError: the id is out of range.
-        """
-        if not 0 <= token_id < self.vocab_size:
-            raise KeyError(f"id {token_id} is not in the model (size {self.vocab_size})")
-        return self._model.id_to_piece(token_id)
-
-    def _tokenize_text(self, text):
-        if not isinstance(text, str):
-            raise TypeError(f"expected a string, got {type(text).__name__}")
-        return self._model.encode(text, out_type=str)
-
-    def decode(self, ids):
-        """Text of ``ids``, without start, end, pad and other control pieces."""
-        skip = {self.token_start_id, self.token_end_id, self.pad_id} - {None}
-        kept = [int(index) for index in ids
-                if int(index) not in skip and not self._model.is_control(int(index))]
-        return self._model.decode(kept)

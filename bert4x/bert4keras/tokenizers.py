@@ -9,6 +9,7 @@ attributes scripts read.
 
 import re
 
+from bert4x import characters
 from bert4x import tokenizers as _native
 from bert4x.bert4keras.snippets import truncate_sequences
 
@@ -151,11 +152,11 @@ class Tokenizer(_Bert4kerasInterface, _native.Tokenizer):
 
     @staticmethod
     def _is_cjk_character(char):
-        return _native._is_cjk_character(char)
+        return characters.is_cjk_character(char)
 
     @staticmethod
     def _is_punctuation(char):
-        return _native._is_punctuation(char)
+        return characters.is_punctuation(char)
 
     def rematch(self, text, tokens):
         """For each token, the list of indices of the characters of ``text`` behind it.
