@@ -644,6 +644,24 @@ def test_gradient_penalty_loss_uses_the_model_inside_the_training_step(checkpoin
         K.gradients(loss, [embeddings])
 
 
+def test_search_layer_refuses_to_guess_between_two_live_models(checkpoint):
+    import gc
+
+    import tensorflow as tf
+
+    first = models.build_transformer_model(*checkpoint)
+    second = models.build_transformer_model(*checkpoint)
+    plain = tf.constant([[1.0]])  # a step's tensor: no Keras history
+    with pytest.raises(ValueError, match="search_layer\\(model, 'Embedding-Token'\\)"):
+        backend.search_layer(plain, "Embedding-Token")
+    assert backend.search_layer(second, "Embedding-Token") is second.get_layer("Embedding-Token")
+    # One model over the other's graph shares its layers: nothing to choose.
+    del first
+    gc.collect()
+    wrapped = keras.Model(second.inputs, second.outputs)
+    assert backend.search_layer(plain, "Embedding-Token") is wrapped.get_layer("Embedding-Token")
+
+
 def test_uniout_imports_as_on_python_3():
     from bert4x.bert4keras.snippets import uniout
 

@@ -188,8 +188,14 @@ def search_layer(inputs, name, exclude_from=None):
     Keras 3 hands a loss function the tensors of the training step, which do
     not know the layers that made them (Keras 2 passed the model's symbolic
     outputs). For such a tensor the layer is looked up in the models
-    `build_transformer_model` built, the newest first, as bert4keras scripts
+    `build_transformer_model` built that are still alive, as bert4keras scripts
     expect (``search_layer(y_pred, 'Embedding-Token')`` inside a loss).
+
+    Raises:
+        ValueError: ``inputs`` is such a tensor and several live models built by
+            `build_transformer_model` have *different* layers called ``name``
+            (which one made the tensor cannot be told); pass the model instead,
+            ``search_layer(model, name)``.
 
     Example:
         >>> search_layer(model.output, "Embedding-Token")  # doctest: +SKIP
@@ -219,14 +225,19 @@ def search_layer(inputs, name, exclude_from=None):
 
 
 def _search_built_models(name):
-    for ref in reversed(_BUILT_MODELS):
+    found = {}
+    for ref in _BUILT_MODELS:
         model = ref()
-        if model is None:
-            continue
-        for layer in model.layers:
+        for layer in model.layers if model is not None else ():
             if layer.name == name:
-                return layer
-    return None
+                found.setdefault(id(layer), (layer, model.name))
+    if len(found) > 1:
+        owners = ", ".join(repr(owner) for _, owner in found.values())
+        raise ValueError(
+            f"search_layer: the tensor does not know the layer that made it, and the "
+            f"models {owners} built by build_transformer_model each have a layer "
+            f"{name!r}; pass the model instead: search_layer(model, {name!r})")
+    return next(iter(found.values()))[0] if found else None
 
 
 def _gradients(loss, variables):
