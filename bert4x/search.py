@@ -121,64 +121,108 @@ def filter_log_probs(log_probs, temperature=1.0, top_k=None, top_p=None):
     scores = np.asarray(log_probs, dtype=np.float64) / temperature
     filtered = np.full_like(scores, -np.inf)
     for row, row_scores in enumerate(scores):
-        ids, kept_log_probs = _filter_row(row_scores, top_k, top_p)
+        ids, _, kept_log_probs = _filter_row(row_scores, top_k, top_p)
         filtered[row, ids] = kept_log_probs
     return filtered
 
 
 def _filter_row(scores, top_k, top_p):
-    """The kept ids of one row (in id order) and their renormalised log-probabilities.
+    """The kept ids of one row (in id order), their renormalised probabilities and
+    log-probabilities.
 
     Nothing is argsorted: the kept tokens are those above a threshold score found
     by partial selection (``np.partition``, linear in the vocabulary), and top-p
-    only sorts the values of a candidate set that grows until it holds the
-    nucleus, so a peaked distribution never pays for sorting the vocabulary.
+    only sorts the probabilities of a candidate set that grows until it holds the
+    nucleus, so a peaked distribution never pays for sorting the vocabulary. The
+    row is exponentiated once: in float64 an ``exp`` over the vocabulary costs as
+    much as sorting it, and a flat distribution's nucleus is most of it.
     """
     finite = np.isfinite(scores)
     count = int(np.count_nonzero(finite))
     if not count:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
     if count < len(scores):
         scores = np.where(finite, scores, -np.inf)  # NaN would sort as the largest
     keep = count if top_k is None else min(top_k, count)
+    peak = scores.max()
+    probs = np.exp(scores - peak)  # unnormalised, 0 where removed
+    threshold = None
     if top_p is not None and top_p < 1:
-        survivors = scores if keep == count else _largest(scores, keep)
-        log_total = logsumexp(survivors, axis=-1)
-        keep = _nucleus_size(scores, keep, log_total, top_p)
-    ids = _ids_of_largest(scores, keep)
-    return ids, scores[ids] - logsumexp(scores[ids], axis=-1)
+        if keep == count:
+            keep, threshold = _nucleus_by_buckets(scores, probs, peak, top_p)
+        else:
+            total = _largest(probs, keep, ordered=False).sum()
+            keep = _nucleus_size(probs, keep, total, top_p)
+    ids = _ids_of_largest(scores, keep, threshold)
+    kept = probs[ids]
+    mass = kept.sum()
+    return ids, kept / mass, scores[ids] - peak - np.log(mass)
 
 
-def _largest(scores, count):
-    """The ``count`` largest values of ``scores``, in decreasing order."""
-    if count < len(scores):
-        scores = np.partition(scores, len(scores) - count)[len(scores) - count:]
-    return np.sort(scores)[::-1]
+def _largest(values, count, ordered=True):
+    """The ``count`` largest values, in decreasing order (any order if not ``ordered``)."""
+    if count < len(values):
+        values = np.partition(values, len(values) - count)[len(values) - count:]
+    return np.sort(values)[::-1] if ordered else values
 
 
-def _nucleus_size(scores, keep, log_total, top_p):
+# Buckets of log-probability below the row's peak for the nucleus of a whole row:
+# 1/16 nat wide, the last one holding everything 64 nats or more below the peak.
+_BUCKETS, _BUCKETS_PER_NAT = 1024, 16.0
+
+
+def _nucleus_by_buckets(scores, probs, peak, top_p):
+    """Top-p's size over a whole row, and the score of its least likely token.
+
+    The mass of each bucket of log-probability is summed in one pass; only the
+    tokens of the bucket where the cumulative mass reaches ``top_p`` are sorted,
+    so a flat distribution, whose nucleus is most of the vocabulary, costs no
+    sort of the vocabulary either.
+    """
+    buckets = np.minimum((peak - scores) * _BUCKETS_PER_NAT, _BUCKETS - 1).astype(np.intp)
+    total = probs.sum()
+    mass = np.bincount(buckets, weights=probs, minlength=_BUCKETS) / total
+    cumulative = np.cumsum(mass)
+    # The first bucket whose cumulative mass reaches top_p: every token above it
+    # is kept, none below it, and within it a token is kept while the mass ranked
+    # before it is below top_p (the first one always is).
+    crossing = min(int(np.count_nonzero(cumulative < top_p)), _BUCKETS - 1)
+    above = int(np.count_nonzero(buckets < crossing))
+    member_scores = np.sort(scores[buckets == crossing])[::-1]
+    ranked = np.exp(member_scores - peak) / total
+    before = (cumulative[crossing - 1] if crossing else 0.0) + np.cumsum(ranked) - ranked
+    inside = max(int(np.count_nonzero(before < top_p)), 1)
+    return above + inside, member_scores[inside - 1]
+
+
+def _nucleus_size(probs, keep, total, top_p):
     """How many of the ``keep`` most likely tokens top-p keeps.
 
-    A token stays while the probability ranked before it is below ``top_p``;
-    the candidates grow (64, 1024, ...) until the nucleus ends among them, or
-    straight to all tokens when they hold too little mass to be near it (a flat
-    distribution).
+    ``probs`` are unnormalised probabilities and ``total`` the mass of the ``keep``
+    most likely. A token stays while the probability ranked before it is below
+    ``top_p``; the candidates grow (64, 1024, ...) until the nucleus ends among
+    them, or straight to all tokens when they hold too little mass to be near it
+    (a flat distribution).
     """
     size = min(64, keep)
     while True:
-        probs = np.exp(_largest(scores, size) - log_total)
-        cumulative = np.cumsum(probs)
-        inside = int(np.count_nonzero(cumulative - probs < top_p))
+        ranked = _largest(probs, size) / total
+        cumulative = np.cumsum(ranked)
+        inside = int(np.count_nonzero(cumulative - ranked < top_p))
         if inside < size or size == keep:
             return inside
         size = keep if cumulative[-1] < top_p / 16 else min(size * 16, keep)
 
 
-def _ids_of_largest(scores, count):
-    """The ids of the ``count`` largest scores, in id order (ties: the lower ids)."""
+def _ids_of_largest(scores, count, threshold=None):
+    """The ids of the ``count`` largest scores, in id order (ties: the lower ids).
+
+    ``threshold``, when known, is the ``count``-th largest score.
+    """
     if count >= len(scores):
         return np.arange(len(scores))
-    threshold = np.partition(scores, len(scores) - count)[len(scores) - count]
+    if threshold is None:
+        threshold = np.partition(scores, len(scores) - count)[len(scores) - count]
     kept = scores > threshold
     tied = np.flatnonzero(scores == threshold)
     kept[tied[:count - int(np.count_nonzero(kept))]] = True
@@ -419,9 +463,9 @@ def sampling_choice(rng, temperature, top_k, top_p):
         draws = rng.random(len(log_probs))
         tokens = np.zeros(len(log_probs), dtype=np.int64)
         for row in np.flatnonzero(live):
-            ids, kept = _filter_row(np.asarray(log_probs[row], np.float64) / temperature,
-                                    top_k, top_p)
-            cumulative = np.cumsum(np.exp(kept))
+            ids, kept, _ = _filter_row(np.asarray(log_probs[row], np.float64) / temperature,
+                                       top_k, top_p)
+            cumulative = np.cumsum(kept)
             index = np.count_nonzero(cumulative <= draws[row] * cumulative[-1])
             tokens[row] = ids[min(index, len(ids) - 1)]
         return tokens

@@ -505,6 +505,23 @@ def test_partial_selection_filter_and_draws_equal_a_full_sort():
         assert tokens.tolist() == (cumulative <= draws * cumulative[:, -1:]).sum(-1).tolist()
 
 
+def test_nucleus_near_one_never_keeps_removed_tokens():
+    # A nucleus of nearly all the mass can end in the last bucket of log-probability
+    # (everything far below the peak, removed tokens included, where rounding leaves
+    # the cumulative mass just under top_p): a removed token never gets mass, and
+    # away from rounding the nucleus is what a full sort keeps.
+    rng = np.random.default_rng(1)
+    for top_p in (1 - 1e-16, 1 - 1e-15, 1 - 1e-9, 1 - 1e-6):
+        scores = rng.normal(size=(4, 300)) * np.array([[0.1], [1], [10], [40]])
+        scores[rng.random(scores.shape) < 0.3] = -np.inf
+        found = np.exp(filter_log_probs(scores, top_p=top_p))
+        assert not found[np.isinf(scores)].any()
+        if top_p <= 1 - 1e-9:
+            expected = _filter_by_full_sort(scores, 1.0, None, top_p)
+            assert np.array_equal(found > 0, expected > 0), top_p
+            np.testing.assert_allclose(found, expected, atol=1e-12)
+
+
 def test_sampling_draws_from_the_nucleus_only():
     probs = np.array([0.05, 0.5, 0.15, 0.3])
 
