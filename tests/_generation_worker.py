@@ -121,40 +121,51 @@ def full_logits(builder, source, generated, extra=()):
     return np.asarray(logits)[0, len(source) - 1:len(sequence)]
 
 
-def check_cache(builder):
-    """Max |cached step logits - full re-run logits| over every step and source."""
+def check_cache(builder, rows_per_source=2):
+    """Max |cached step logits - full re-run logits| over every step and row.
+
+    Each source is decoded by ``rows_per_source`` rows with different targets (as
+    beams and samples are), so the rows of a source share its cached keys while
+    each keeps its own generated tokens.
+    """
     application, conditional = builder.application, builder.conditional
     prefill, step = builder.cache_models()
-    batch, source_length, steps = len(SOURCES), max(map(len, SOURCES)), 4
+    sources, source_length, steps = len(SOURCES), max(map(len, SOURCES)), 4
+    batch = sources * rows_per_source
+    # Row r continues source r // rows_per_source with a target of its own.
+    row_sources = [row // rows_per_source for row in range(batch)]
+    row_targets = [TARGETS[(source + row) % sources] for row, source in enumerate(row_sources)]
     pad = builder.config.pad_token_id
-    token_ids = np.full((batch, source_length), pad, "int32")
-    for row, source in enumerate(SOURCES):
-        token_ids[row, :len(source)] = source
+    token_ids = np.full((sources, source_length), pad, "int32")
+    for index, source in enumerate(SOURCES):
+        token_ids[index, :len(source)] = source
     lengths = np.array([len(source) for source in SOURCES], "int32")
+    row_lengths = lengths[row_sources]
     extra = [CLASSES] if conditional else []
+    row_extra = [CLASSES[row_sources]] if conditional else []
     inputs = [token_ids, np.zeros_like(token_ids), lengths - 1] + extra
     logits, source_cache = prefill([keras.ops.convert_to_tensor(x) for x in inputs])
     source_key_mask = (token_ids != pad).astype("float32")
     new_slots = steps - 1
     shape = list(keras.ops.shape(source_cache))
-    shape[4] = new_slots
+    shape[0], shape[4] = batch, new_slots
     cache = keras.ops.zeros(shape, dtype=source_cache.dtype)
     key_mask = np.zeros((batch, new_slots), "float32")
-    cached = [keras.ops.convert_to_numpy(logits)]
+    cached = [keras.ops.convert_to_numpy(logits)[row_sources]]
     for t in range(steps - 1):
         write_mask = np.zeros((batch, new_slots), "float32")
         write_mask[:, t] = 1
         key_mask = key_mask + write_mask
-        tokens = np.array([[target[t]] for target in TARGETS], "int32")
+        tokens = np.array([[target[t]] for target in row_targets], "int32")
         segments = np.full((batch, 1), target_segment(application), "int32")
-        inputs = [tokens, segments, (lengths + t)[:, None], source_cache, source_key_mask,
-                  cache, key_mask, write_mask]
-        logits, cache = step([keras.ops.convert_to_tensor(x) for x in inputs + extra])
+        inputs = [tokens, segments, (row_lengths + t)[:, None], source_cache,
+                  source_key_mask, cache, key_mask, write_mask]
+        logits, cache = step([keras.ops.convert_to_tensor(x) for x in inputs + row_extra])
         cached.append(keras.ops.convert_to_numpy(logits))
     worst = 0.0
-    for row, source in enumerate(SOURCES):
-        reference = full_logits(builder, source, TARGETS[row][:steps - 1],
-                                [CLASSES[row]] if conditional else [])
+    for row, source in enumerate(row_sources):
+        reference = full_logits(builder, SOURCES[source], row_targets[row][:steps - 1],
+                                [CLASSES[source]] if conditional else [])
         stepped = np.stack([logits[row] for logits in cached])
         worst = max(worst, float(np.abs(reference - stepped).max()))
     return worst
