@@ -86,10 +86,10 @@ def parse_args(argv=None):
     decode.add_argument("--beam-size", type=int, default=3)
     decode.add_argument("--length-penalty", type=float, default=1.0,
                         help="beam score = log-prob / length ** this")
-    decode.add_argument("--no-answer-threshold", type=float, default=None,
+    decode.add_argument("--no-answer-threshold", type=float, default=0.9,
                         help="a passage holds no answer when P(its answer starts with "
-                        "[SEP]) is at least this (default: when [SEP] is the most "
-                        "likely first token)")
+                        "[SEP]) is at least this (0: when [SEP] is the most likely "
+                        "first token)")
     decode.add_argument("--question-margin", type=float, default=5.0,
                         help="decode only from the passages whose log P(question | "
                         "passage) is within this many nats of the question's likeliest "
@@ -730,9 +730,12 @@ def run(args):
                                         len(batches) * args.epochs)
     training_started = time.time()
     reader = PassageReader(builder, encoder, args.beam_size, args.length_penalty,
-                           args.no_answer_threshold, args.passages,
+                           args.no_answer_threshold or None, args.passages,
                            args.question_margin if args.question_generation else None)
     if args.load_weights:
+        # With its optimizer built, the file's optimizer state loads too (else
+        # Keras warns that it skips it).
+        train_model.optimizer.build(train_model.trainable_variables)
         train_model.load_weights(args.load_weights)
         losses = []
     else:
