@@ -119,16 +119,17 @@ def filter_log_probs(log_probs, temperature=1.0, top_k=None, top_p=None):
     """
     _check_filter(temperature, top_k, top_p)
     scores = np.asarray(log_probs, dtype=np.float64) / temperature
+    scores[np.isnan(scores)] = -np.inf
     filtered = np.full_like(scores, -np.inf)
     for row, row_scores in enumerate(scores):
-        ids, _, kept_log_probs = _filter_row(row_scores, top_k, top_p)
-        filtered[row, ids] = kept_log_probs
+        ids, _, log_normaliser = _filter_row(row_scores, top_k, top_p)
+        filtered[row, ids] = row_scores[ids] - log_normaliser
     return filtered
 
 
 def _filter_row(scores, top_k, top_p):
-    """The kept ids of one row (in id order), their renormalised probabilities and
-    log-probabilities.
+    """The kept ids of one row (in id order), their renormalised probabilities, and
+    the log-normaliser that turns their scores into log-probabilities.
 
     Nothing is argsorted: the kept tokens are those above a threshold score found
     by partial selection (``np.partition``, linear in the vocabulary), and top-p
@@ -140,7 +141,7 @@ def _filter_row(scores, top_k, top_p):
     finite = np.isfinite(scores)
     count = int(np.count_nonzero(finite))
     if not count:
-        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
+        return np.zeros(0, dtype=np.int64), np.zeros(0), 0.0
     if count < len(scores):
         scores = np.where(finite, scores, -np.inf)  # NaN would sort as the largest
     keep = count if top_k is None else min(top_k, count)
@@ -156,7 +157,7 @@ def _filter_row(scores, top_k, top_p):
     ids = _ids_of_largest(scores, keep, threshold)
     kept = probs[ids]
     mass = kept.sum()
-    return ids, kept / mass, scores[ids] - peak - np.log(mass)
+    return ids, kept / mass, peak + np.log(mass)
 
 
 def _largest(values, count, ordered=True):
