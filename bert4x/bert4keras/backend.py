@@ -7,6 +7,7 @@ signatures and defaults, on ``keras.ops``; a function it lacks raises an
 """
 
 import functools
+import gc
 import os
 import weakref
 
@@ -225,6 +226,10 @@ def search_layer(inputs, name, exclude_from=None):
 
 
 def _search_built_models(name):
+    # A model nothing refers to any more may still wait for the cycle collector (a
+    # notebook cell run twice): collect it first, so that only live models count.
+    # This runs when a loss is traced, not at every step.
+    gc.collect()
     found = {}
     for ref in _BUILT_MODELS:
         model = ref()
