@@ -516,6 +516,7 @@ def test_nucleus_near_one_never_keeps_removed_tokens():
         scores[rng.random(scores.shape) < 0.3] = -np.inf
         found = np.exp(filter_log_probs(scores, top_p=top_p))
         assert not found[np.isinf(scores)].any()
+        np.testing.assert_allclose(found.sum(axis=-1), 1.0, rtol=1e-12)
         if top_p <= 1 - 1e-9:
             expected = _filter_by_full_sort(scores, 1.0, None, top_p)
             assert np.array_equal(found > 0, expected > 0), top_p

@@ -228,7 +228,7 @@ def search_layer(inputs, name, exclude_from=None):
 def _search_built_models(name):
     # A model nothing refers to any more may still wait for the cycle collector (a
     # notebook cell run twice): collect it first, so that only live models count.
-    # This runs when a loss is traced, not at every step.
+    # This runs when a loss is traced (at every step only if the model runs eagerly).
     gc.collect()
     found = {}
     for ref in _BUILT_MODELS:
