@@ -119,45 +119,68 @@ def filter_log_probs(log_probs, temperature=1.0, top_k=None, top_p=None):
     """
     _check_filter(temperature, top_k, top_p)
     scores = np.asarray(log_probs, dtype=np.float64) / temperature
-    scores[np.isnan(scores)] = -np.inf
     filtered = np.full_like(scores, -np.inf)
     for row, row_scores in enumerate(scores):
-        ids, _, log_normaliser = _filter_row(row_scores, top_k, top_p)
-        filtered[row, ids] = row_scores[ids] - log_normaliser
+        probs, peak, kept, _ = _kept_probs(row_scores, top_k, top_p)
+        if kept is None:
+            kept = np.isfinite(row_scores)
+        else:
+            probs = probs * kept
+        if kept.any():
+            log_mass = peak + np.log(probs.sum())
+            filtered[row, kept] = row_scores[kept] - log_mass
     return filtered
 
 
-def _filter_row(scores, top_k, top_p):
-    """The kept ids of one row (in id order), their renormalised probabilities, and
-    the log-normaliser that turns their scores into log-probabilities.
+def _kept_probs(scores, top_k, top_p):
+    """One row's filter: the unnormalised probabilities of the kept tokens.
 
-    Nothing is argsorted: the kept tokens are those above a threshold score found
-    by partial selection (``np.partition``, linear in the vocabulary), and top-p
-    only sorts the probabilities of a candidate set that grows until it holds the
-    nucleus, so a peaked distribution never pays for sorting the vocabulary. The
-    row is exponentiated once: in float64 an ``exp`` over the vocabulary costs as
-    much as sorting it, and a flat distribution's nucleus is most of it.
+    Nothing is argsorted: the kept tokens are those at or above a threshold score
+    found by partial selection (``np.partition``, linear in the vocabulary) for
+    top-k, and by the masses of buckets of log-probability for top-p over the
+    whole row, so neither a peaked nor a flat distribution pays for sorting the
+    vocabulary. The row is exponentiated once and every pass works in place on
+    one array: a flat distribution's nucleus is most of the vocabulary, and in
+    float64 an ``exp`` over it costs as much as sorting it.
+
+    Returns:
+        ``(probs, peak, kept, count)``: ``exp(score - peak)`` (0 for removed
+        tokens; NaN and +inf scores count as removed), the row's largest finite
+        score, the boolean mask of the kept tokens, or ``None`` when every finite
+        score is kept, and the number of kept tokens (``None`` with ``kept``).
     """
-    finite = np.isfinite(scores)
-    count = int(np.count_nonzero(finite))
-    if not count:
-        return np.zeros(0, dtype=np.int64), np.zeros(0), 0.0
-    if count < len(scores):
-        scores = np.where(finite, scores, -np.inf)  # NaN would sort as the largest
-    keep = count if top_k is None else min(top_k, count)
     peak = scores.max()
-    probs = np.exp(scores - peak)  # unnormalised, 0 where removed
-    threshold = None
+    if not np.isfinite(peak):  # a NaN or +inf somewhere, or nothing left
+        scores = np.where(np.isfinite(scores), scores, -np.inf)
+        peak = scores.max()
+        if peak == -np.inf:
+            return np.zeros(len(scores)), 0.0, np.zeros(len(scores), dtype=bool), 0
+    probs = scores - peak
+    whole_nucleus = top_k is None and top_p is not None and top_p < 1
+    buckets = _bucket_ids(probs) if whole_nucleus else None
+    np.exp(probs, out=probs)
+    if whole_nucleus:
+        threshold, count = _nucleus_by_buckets(scores, probs, peak, buckets, top_p)
+    elif top_k is not None:
+        threshold, count = _top_k_threshold(scores, probs, top_k, top_p)
+    else:
+        return probs, peak, None, None
+    # A threshold of -inf (fewer tokens left than top-k asks) keeps no removed token.
+    kept = scores >= max(threshold, np.finfo(np.float64).min)
+    found = int(np.count_nonzero(kept))
+    if found > count:  # ties at the threshold: the lower ids stay
+        tied = np.flatnonzero(scores == threshold)
+        kept[tied[len(tied) - (found - count):]] = False
+    return probs, peak, kept, min(found, count)
+
+
+def _top_k_threshold(scores, probs, top_k, top_p):
+    """The lowest kept score and the number of kept tokens under top-k (then top-p)."""
+    keep = min(top_k, len(scores))
     if top_p is not None and top_p < 1:
-        if keep == count:
-            keep, threshold = _nucleus_by_buckets(scores, probs, peak, top_p)
-        else:
-            total = _largest(probs, keep, ordered=False).sum()
-            keep = _nucleus_size(probs, keep, total, top_p)
-    ids = _ids_of_largest(scores, keep, threshold)
-    kept = probs[ids]
-    mass = kept.sum()
-    return ids, kept / mass, peak + np.log(mass)
+        total = _largest(probs, keep, ordered=False).sum()
+        keep = max(_nucleus_size(probs, keep, total, top_p), 1)
+    return np.partition(scores, len(scores) - keep)[len(scores) - keep], keep
 
 
 def _largest(values, count, ordered=True):
@@ -172,28 +195,35 @@ def _largest(values, count, ordered=True):
 _BUCKETS, _BUCKETS_PER_NAT = 1024, 16.0
 
 
-def _nucleus_by_buckets(scores, probs, peak, top_p):
-    """Top-p's size over a whole row, and the score of its least likely token.
+def _bucket_ids(below_peak):
+    """The bucket of each score, from ``score - peak`` (<= 0, -inf where removed)."""
+    buckets = below_peak * -_BUCKETS_PER_NAT
+    np.minimum(buckets, _BUCKETS - 1, out=buckets)
+    return buckets.astype(np.intp)
+
+
+def _nucleus_by_buckets(scores, probs, peak, buckets, top_p):
+    """Top-p over a whole row: the lowest kept score and the number of kept tokens.
 
     The mass of each bucket of log-probability is summed in one pass; only the
     tokens of the bucket where the cumulative mass reaches ``top_p`` are sorted,
     so a flat distribution, whose nucleus is most of the vocabulary, costs no
     sort of the vocabulary either.
     """
-    buckets = np.minimum((peak - scores) * _BUCKETS_PER_NAT, _BUCKETS - 1).astype(np.intp)
     total = probs.sum()
-    mass = np.bincount(buckets, weights=probs, minlength=_BUCKETS) / total
-    cumulative = np.cumsum(mass)
+    sizes = np.bincount(buckets, minlength=_BUCKETS)
+    cumulative = np.cumsum(np.bincount(buckets, weights=probs, minlength=_BUCKETS) / total)
     # The first bucket whose cumulative mass reaches top_p: every token above it
     # is kept, none below it, and within it a token is kept while the mass ranked
-    # before it is below top_p (the first one always is).
-    crossing = min(int(np.count_nonzero(cumulative < top_p)), _BUCKETS - 1)
-    above = int(np.count_nonzero(buckets < crossing))
+    # before it is below top_p (the first one always is). Rounding can leave the
+    # whole row under a top_p near one; then the last bucket holding tokens ends it.
+    crossing = int(np.count_nonzero(cumulative < top_p))
+    crossing = int(np.flatnonzero(sizes[:crossing + 1])[-1])
     member_scores = np.sort(scores[buckets == crossing])[::-1]
     ranked = np.exp(member_scores - peak) / total
     before = (cumulative[crossing - 1] if crossing else 0.0) + np.cumsum(ranked) - ranked
     inside = max(int(np.count_nonzero(before < top_p)), 1)
-    return above + inside, member_scores[inside - 1]
+    return member_scores[inside - 1], int(sizes[:crossing].sum()) + inside
 
 
 def _nucleus_size(probs, keep, total, top_p):
@@ -215,19 +245,25 @@ def _nucleus_size(probs, keep, total, top_p):
         size = keep if cumulative[-1] < top_p / 16 else min(size * 16, keep)
 
 
-def _ids_of_largest(scores, count, threshold=None):
-    """The ids of the ``count`` largest scores, in id order (ties: the lower ids).
+# Tokens summed together when a draw looks for its token: the draw's chunk is found
+# from the chunks' masses, and only that chunk is summed token by token.
+_CDF_CHUNK = 512
 
-    ``threshold``, when known, is the ``count``-th largest score.
-    """
-    if count >= len(scores):
-        return np.arange(len(scores))
-    if threshold is None:
-        threshold = np.partition(scores, len(scores) - count)[len(scores) - count]
-    kept = scores > threshold
-    tied = np.flatnonzero(scores == threshold)
-    kept[tied[:count - int(np.count_nonzero(kept))]] = True
-    return np.flatnonzero(kept)
+
+def _draw(probs, draw):
+    """The first token (in id order) whose cumulative probability exceeds
+    ``draw * total``: a draw from the unnormalised ``probs``."""
+    starts = np.arange(0, len(probs), _CDF_CHUNK)
+    chunk_cumulative = np.cumsum(np.add.reduceat(probs, starts))
+    target = draw * chunk_cumulative[-1]
+    chunk = min(int(np.count_nonzero(chunk_cumulative <= target)), len(starts) - 1)
+    start = starts[chunk]
+    before = chunk_cumulative[chunk - 1] if chunk else 0.0
+    index = start + int(np.count_nonzero(
+        before + np.cumsum(probs[start:start + _CDF_CHUNK]) <= target))
+    if index >= len(probs) or not probs[index]:  # rounding past the chunk's last token
+        index = int(np.flatnonzero(probs[:index])[-1])
+    return index
 
 
 def logsumexp(x, axis, keepdims=False):
@@ -464,10 +500,18 @@ def sampling_choice(rng, temperature, top_k, top_p):
         draws = rng.random(len(log_probs))
         tokens = np.zeros(len(log_probs), dtype=np.int64)
         for row in np.flatnonzero(live):
-            ids, kept, _ = _filter_row(np.asarray(log_probs[row], np.float64) / temperature,
-                                       top_k, top_p)
-            cumulative = np.cumsum(kept)
-            index = np.count_nonzero(cumulative <= draws[row] * cumulative[-1])
-            tokens[row] = ids[min(index, len(ids) - 1)]
+            probs, _, kept, count = _kept_probs(
+                np.asarray(log_probs[row], np.float64) / temperature, top_k, top_p)
+            if count == 0:
+                raise ValueError(f"row {row} has no token left to sample (all scores -inf)")
+            if kept is None or count > _CDF_CHUNK:
+                if kept is not None:
+                    np.multiply(probs, kept, out=probs)
+                tokens[row] = _draw(probs, draws[row])
+            else:  # a small nucleus: sum only its tokens
+                ids = np.flatnonzero(kept)
+                cumulative = np.cumsum(probs[ids])
+                index = int(np.count_nonzero(cumulative <= draws[row] * cumulative[-1]))
+                tokens[row] = ids[min(index, count - 1)]
         return tokens
     return choose

@@ -523,6 +523,49 @@ def test_nucleus_near_one_never_keeps_removed_tokens():
             np.testing.assert_allclose(found, expected, atol=1e-12)
 
 
+def test_filter_removes_nan_and_inf_scores_and_sampling_an_empty_row_fails():
+    scores = np.log([[0.4, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1], [1.0, 1.0, 1.0, 1.0]])
+    scores[0, 1] = np.nan
+    scores[1, 2] = np.inf
+    scores[2] = -np.inf
+    for top_k, top_p in ((None, None), (None, 0.9), (3, None), (3, 0.8)):
+        found = np.exp(filter_log_probs(scores, top_k=top_k, top_p=top_p))
+        clean = np.where(np.isfinite(scores), scores, -np.inf)
+        expected = _filter_by_full_sort(clean[:2], 1.0, top_k, top_p)
+        np.testing.assert_allclose(found[:2], expected, atol=1e-12)
+        assert not found[2].any()
+    with pytest.raises(ValueError, match="no token left"):
+        sampling_choice(np.random.default_rng(0), 1.0, None, 0.9)(scores, np.ones(3, bool))
+
+
+def test_draws_at_the_ends_of_the_unit_interval_pick_kept_tokens():
+    # A draw just below one lands where rounding can put the target past the last
+    # token summed: the draw must still be a kept token (the last one), never a
+    # removed token after it, and a draw of zero is the first kept token.
+    rng = np.random.default_rng(3)
+    for vocab in (7, 512, 513, 3000):
+        scores = rng.normal(size=(2, vocab))
+        scores[rng.random(scores.shape) < 0.5] = -np.inf
+        scores[:, :2] = [[0.0, -np.inf], [-np.inf, 0.0]]
+        scores[:, -3:] = -np.inf
+        kept = [np.flatnonzero(np.isfinite(row)) for row in scores]
+
+        class Draws:
+            def __init__(self, value):
+                self.value = value
+
+            def random(self, size):
+                return np.full(size, self.value)
+
+        for top_p in (None, 0.999999):
+            last = sampling_choice(Draws(1 - 2 ** -53), 1.0, None, top_p)(scores, np.ones(2, bool))
+            first = sampling_choice(Draws(0.0), 1.0, None, top_p)(scores, np.ones(2, bool))
+            assert first.tolist() == [row[0] for row in kept]
+            assert all(np.isfinite(scores[row, token]) for row, token in enumerate(last))
+            if top_p is None:
+                assert last.tolist() == [row[-1] for row in kept]
+
+
 def test_sampling_draws_from_the_nucleus_only():
     probs = np.array([0.05, 0.5, 0.15, 0.3])
 
