@@ -349,7 +349,7 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
     """Turn text files into packed TFRecord shards (see the module docstring).
 
     Args:
-        inputs: file paths or glob patterns.
+        inputs: file paths or glob patterns (or one of them).
         output_dir: the shard folder (created; rerunning resumes): local, ``gs://``
             or any file system of ``tf.io.gfile`` (``ram://`` runs in this process,
             without worker processes). The corpus files are read from local disk.
@@ -389,6 +389,8 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
                          f"{WORD_SEGMENTERS}")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]  # one path or glob, not a sequence of letters
     paths = _expand_inputs(list(inputs))
     if not paths:
         raise ValueError(f"no corpus file in {list(inputs)}")
