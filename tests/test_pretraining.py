@@ -609,6 +609,16 @@ def test_builtin_config_matches_json_file():
         load_config(os.path.join(ROOT, "pretraining", "configs", name))
 
 
+def test_trainer_names_are_importable_from_the_package():
+    from bert4x.pretraining import Pretrainer, run_pretraining
+    from bert4x.pretraining import trainer
+    assert (Pretrainer, run_pretraining) == (trainer.Pretrainer, trainer.run_pretraining)
+    code = "import sys, bert4x.pretraining; print('tensorflow' in sys.modules)"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=_subprocess_env(), check=True).stdout
+    assert output.strip() == "False"  # loaded on first use only
+
+
 def test_list_flags_take_a_glob_a_comma_list_or_json():
     from pretraining.cli import parse_config
     bert_base = os.path.join(ROOT, "pretraining", "configs", "bert_base.json")

@@ -155,7 +155,20 @@ def _run_lock(run_dir, log):
                                   f"(it holds {lock})"))
 
 
-__all__ = ["BUILTIN_CONFIGS", "PretrainingConfig", "TINY_CHINESE", "ensure_pretrained",
+# Names of the TensorFlow trainer, importable from here but loaded on first use (PEP 562),
+# so that ``import bert4x.pretraining`` does not start TensorFlow.
+_TRAINER_NAMES = ("Pretrainer", "run_pretraining")
+
+
+def __getattr__(name):
+    if name in _TRAINER_NAMES:
+        from bert4x.pretraining import trainer
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BUILTIN_CONFIGS", "Pretrainer", "PretrainingConfig", "TINY_CHINESE",
+           "ensure_pretrained", "run_pretraining",
            "is_exported", "load_config", "load_dataset_summary", "make_pretraining_data",
            "make_strategy", "read_documents", "select_strategy", "strategy_kind",
            "trimmed_vocabulary"]
