@@ -725,6 +725,72 @@ def test_ensure_pretrained_concurrent_calls_train_once_for_real(tmp_path):
     build_transformer_model(folder, folder, with_mlm=True)
 
 
+# A user's script as users write them: no ``if __name__ == "__main__":`` guard. The
+# trainer is stood in for by one that prepares the data for real (two files, two
+# worker processes) and writes a stand-in export.
+_GUARDLESS_SCRIPT = r"""
+import json, os, sys, types
+shared = sys.argv[1]
+
+
+def run_pretraining(config, log):
+    from bert4x.pretraining.run import prepare_data
+    summary = prepare_data(config, progress=False)
+    export = config.export_dir()
+    os.makedirs(export, exist_ok=True)
+    for file_name in ("bert_config.json", "bert_model.ckpt.index", "vocab.txt"):
+        with open(os.path.join(export, file_name), "w") as file:
+            file.write(str(summary["train_examples"]))
+    return {"export_dir": export}
+
+
+sys.modules["bert4x.pretraining.trainer"] = types.SimpleNamespace(
+    run_pretraining=run_pretraining)
+from bert4x.pretraining import ensure_pretrained
+
+with open(os.path.join(shared, "script_runs"), "a") as file:
+    file.write("run\n")
+config = json.load(open(os.path.join(shared, "config.json")))
+folder = ensure_pretrained(config, output_dir=os.path.join(shared, "run"), log=None)
+print("examples:", open(os.path.join(folder, "vocab.txt")).read())
+"""
+
+
+def test_ensure_pretrained_from_a_script_without_main_guard_returns(tmp_path):
+    """Data preparation's worker processes used to run the script again (spawn), whose
+    ensure_pretrained call then waited forever for the lock its parent held."""
+    import subprocess
+    import sys
+    from bert4x.pretraining import make_pretraining_data
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                               + list("天下大势分久必合长江东逝水。，")) + "\n", encoding="utf-8")
+    inputs = []
+    for index, text in enumerate(["天下大势，分久必合。", "长江东逝水。"]):
+        inputs.append(str(tmp_path / f"part{index}.txt"))
+        with open(inputs[-1], "w", encoding="utf-8") as file:
+            file.write("\n\n".join([text * 3] * 20))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "name": "guardless", "vocab": str(vocab), "inputs": inputs, "num_workers": 2,
+        "seq_length": 16, "shard_size": 8}))
+    script = tmp_path / "user_script.py"
+    script.write_text(_GUARDLESS_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "script_runs").read_text() == "run\n"  # no worker ran the script
+    # The two worker processes wrote the records one process writes.
+    import tensorflow as tf
+    alone = make_pretraining_data(inputs, str(tmp_path / "alone"), str(vocab), seq_length=16,
+                                  shard_size=8, num_workers=1, progress=False)
+    assert result.stdout.strip() == f"examples: {alone['train_examples']}"
+    for shard in alone["train_shards"]:
+        records = [[tf.train.Example.FromString(record.numpy())
+                    for record in tf.data.TFRecordDataset(str(folder / shard))]
+                   for folder in (tmp_path / "run" / "data", tmp_path / "alone")]
+        assert records[0] == records[1] and records[0], shard
+
+
 def test_checkpoint_tied_decoder_copy_is_not_unused(tmp_path):
     """A RoBERTa safetensors file that keeps ``lm_head.decoder.weight`` (the tied
     copy of the word embeddings) loads; a fourth layer in it does not."""
