@@ -136,6 +136,12 @@ class ReversibleEmbedding(keras.layers.Embedding):
         (2, 5, 100)
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Its mask is Embedding's (none unless mask_zero); a mask reaching the tied
+        # output call is dropped without Keras's "does not support masking" warning.
+        self.supports_masking = True
+
     def call(self, inputs, reverse=False):
         if not reverse:
             return super().call(inputs)
@@ -218,6 +224,9 @@ class LayerNormalization(keras.layers.Layer):
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
         self.conditional = bool(conditional)
+        # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
+        # through, also in a model loaded from .keras.
+        self.supports_masking = True
 
     def build(self, inputs_shape, condition_shape=None):
         dim = inputs_shape[-1]
@@ -483,6 +492,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.head_size = int(head_size)
         self.attention_dropout = float(attention_dropout)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
+        # through, also in a model loaded from .keras.
+        self.supports_masking = True
         if isinstance(position_encoding, dict):
             position_encoding = keras.saving.deserialize_keras_object(position_encoding)
         if position_encoding is not None and not isinstance(position_encoding,
@@ -678,6 +690,9 @@ class FeedForward(keras.layers.Layer):
         self.units = int(units)
         self.activation = activation
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
+        # through, also in a model loaded from .keras.
+        self.supports_masking = True
 
     def build(self, input_shape):
         hidden = input_shape[-1]
@@ -781,6 +796,9 @@ class TiedProjection(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = int(units)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
+        # through, also in a model loaded from .keras.
+        self.supports_masking = True
 
     def build(self, input_shape):
         self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
@@ -805,6 +823,10 @@ class TiedProjection(keras.layers.Layer):
 class FirstToken(keras.layers.Layer):
     """Takes the hidden state of the first position (``[CLS]``) for the pooler."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True  # drops a padding mask quietly (compute_mask)
+
     def call(self, inputs):
         return inputs[:, 0]
 
@@ -818,6 +840,10 @@ class FirstToken(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BiasAdd(keras.layers.Layer):
     """Adds a learned bias vector (BERT's MLM ``output_bias``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True  # position-wise, as the layers above
 
     def build(self, input_shape):
         self.bias = self.add_weight(name="bias", shape=(input_shape[-1],),
@@ -848,6 +874,8 @@ class ReusedLayer(keras.layers.Layer):
                          dtype=layer.dtype_policy)
         self.layer = layer
         self.call_kwargs = call_kwargs
+        # Masks pass as through the wrapped layer (no warning in a bert4keras graph).
+        self.supports_masking = layer.supports_masking
 
     def call(self, *args, **kwargs):
         return self.layer(*args, **kwargs, **self.call_kwargs)

@@ -748,3 +748,77 @@ def test_checkpoint_tied_decoder_copy_is_not_unused(tmp_path):
     save_file(hf, path)
     with pytest.raises(ValueError, match=r"\['roberta.encoder.layer.3.output.dense.bias'\]"):
         build_transformer_model(checkpoint_path=path, model="roberta", with_mlm=True)
+
+
+# ------------------------------------------------------------- the bert4keras layer
+B4K_CONFIG = dict(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=16, max_position=16, type_vocab_size=2)
+PADDED_IDS = np.array([[2, 3, 4, 0, 0], [5, 6, 7, 8, 9]])
+
+
+def test_bert4keras_mask_survives_a_keras_reload(tmp_path):
+    """Masked average pooling on a reloaded bert4keras model skips the padding (it used
+    to average it: the reloaded layers no longer passed the mask on)."""
+    import keras
+
+    from bert4x.bert4keras.models import build_transformer_model
+    bert = build_transformer_model(**B4K_CONFIG)
+    path = str(tmp_path / "bert.keras")
+    bert.save(path)
+    loaded = keras.saving.load_model(path)
+    pooled = keras.layers.GlobalAveragePooling1D()(loaded.output)
+    inputs = [PADDED_IDS, np.zeros_like(PADDED_IDS)]
+    found = keras.Model(loaded.inputs, pooled).predict(inputs, verbose=0)
+    sequence = bert.predict(inputs, verbose=0)
+    real = (PADDED_IDS > 0)[..., None]
+    expected = (sequence * real).sum(1) / real.sum(1)  # NumPy masked mean
+    np.testing.assert_allclose(found, expected, atol=1e-5)
+
+
+def _keras_warnings(run):
+    """The warnings and log records ``run()`` emits."""
+    import logging
+    import warnings
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger().addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return [str(w.message) for w in caught] + [record.getMessage() for record in records]
+
+
+def test_bert4keras_lambda_on_masked_output_is_quiet():
+    """bert4keras's ``Lambda`` drops the mask quietly, as in Keras 2 (Keras 3's warned
+    on every run)."""
+    import keras
+
+    from bert4x.bert4keras.layers import Lambda
+    from bert4x.bert4keras.models import build_transformer_model
+    inputs = [PADDED_IDS, np.zeros_like(PADDED_IDS)]
+
+    def run():
+        bert = build_transformer_model(**B4K_CONFIG)
+        first = Lambda(lambda x: x[:, 0], name="CLS-token")(bert.output)
+        model = keras.Model(bert.inputs, first)
+        model(inputs)
+        model.predict(inputs, verbose=0)
+
+    assert _keras_warnings(run) == []
+
+
+def test_native_decoder_on_a_bert4keras_model_is_quiet():
+    from bert4x.bert4keras.models import build_transformer_model
+    from bert4x.decoding import Decoder
+
+    def run():
+        builder = build_transformer_model(application="unilm", return_keras_model=False,
+                                          **B4K_CONFIG)
+        assert len(Decoder(builder, end_id=3, max_length=3).greedy([[2, 5, 3]])) == 1
+
+    assert _keras_warnings(run) == []
