@@ -822,3 +822,25 @@ def test_native_decoder_on_a_bert4keras_model_is_quiet():
         assert len(Decoder(builder, end_id=3, max_length=3).greedy([[2, 5, 3]])) == 1
 
     assert _keras_warnings(run) == []
+
+
+def test_forfit_feeds_labels_whose_size_one_axis_grows():
+    """Labels ``[batch, n_spans, 2]`` with one span in the first batch and three later
+    train (``fit`` used to die in TensorFlow with a TypeError on the later batch)."""
+    import keras
+
+    from bert4x.bert4keras import snippets
+
+    class Spans(snippets.DataGenerator):
+        def __iter__(self, random=False):
+            for is_end, spans in self.sample(random):
+                yield np.ones((1, 4)), np.full((1, spans, 2), 0.5)
+
+    features = keras.Input((4,))
+    model = keras.Model(features, keras.layers.Dense(2)(features))
+    model.compile(loss=lambda y_true, y_pred: keras.ops.mean(
+        keras.ops.square(keras.ops.mean(y_true, axis=1) - y_pred)), optimizer="sgd")
+    batches = Spans([1, 1, 3], batch_size=1)
+    history = model.fit(batches.forfit(random=False), steps_per_epoch=len(batches),
+                        epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
