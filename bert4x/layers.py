@@ -122,8 +122,61 @@ class Dropout(keras.layers.Dropout):
         return inputs * (ops.cast(keep, inputs.dtype) * scale)
 
 
+def _values_known(tensor):
+    """Whether ``tensor`` holds values now (an eager call), not a traced graph's."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+        return not isinstance(tensor, jax.core.Tracer)
+    if backend == "torch":
+        return tensor.device.type != "meta"  # Keras traces shapes on the meta device
+    return True
+
+
+def check_ids(ids, size, what):
+    """Refuse ids outside ``0..size - 1`` (Keras's lookup wraps -1 to the last row).
+
+    Checked where the values are known: every eager call (PyTorch always;
+    TensorFlow and JAX outside ``tf.function``/``jit``). In a traced graph
+    (``predict``, ``fit``) :class:`Embedding` treats a negative id as one >= size,
+    which the backend's lookup refuses (TensorFlow on the CPU) or turns into NaN (JAX).
+
+    Raises:
+        ValueError: naming the first bad id, its position and the range.
+    """
+    if not _values_known(ids):
+        return
+    values = ops.convert_to_numpy(ids)
+    bad = np.argwhere((values < 0) | (values >= size))
+    if len(bad):
+        where = tuple(int(i) for i in bad[0])
+        raise ValueError(f"{what} id {int(values[where])} at position {where} is outside "
+                         f"0..{size - 1} (the table has {size} rows)")
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ReversibleEmbedding(keras.layers.Embedding):
+class Embedding(keras.layers.Embedding):
+    """Keras's ``Embedding`` that refuses ids outside the table (see :func:`check_ids`)
+    instead of reading the last row for -1.
+
+    Example:
+        >>> Embedding(2, 4)(np.array([[0, 1, -1]]))  # doctest: +SKIP
+        ValueError: Embedding id -1 at position (0, 2) is outside 0..1 ...
+    """
+
+    def call(self, inputs):
+        check_ids(inputs, self.input_dim, self.name)
+        # Traced: a negative id becomes one past the table, which fails as an id >= size
+        # does (TensorFlow's error on the CPU, NaN on JAX) instead of wrapping.
+        inputs = ops.where(inputs < 0, self.input_dim, inputs)
+        return super().call(inputs)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ReversibleEmbedding(Embedding):
     """Token embedding whose matrix also serves as the tied output projection.
 
     Called normally it looks up ids; called with ``reverse=True`` it maps hidden

@@ -844,3 +844,32 @@ def test_forfit_feeds_labels_whose_size_one_axis_grows():
     history = model.fit(batches.forfit(random=False), steps_per_epoch=len(batches),
                         epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2
+
+
+# ------------------------------------------------------------------ model inputs
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    from bert4x.models import build_transformer_model
+    return build_transformer_model(**dict(TINY_CONFIG, num_hidden_layers=1))
+
+
+@pytest.mark.parametrize("tokens, segments, message", [
+    ([2, -1, 4], [0, 0, 0], r"Embedding-Token id -1 at position \(0, 1\) is outside 0\.\.99"),
+    ([2, 100, 4], [0, 0, 0], r"Embedding-Token id 100 at position \(0, 1\) is outside 0\.\.99"),
+    ([2, 3, 4], [0, 0, -1], r"Embedding-Segment id -1 at position \(0, 2\) is outside 0\.\.1"),
+    ([2, 3, 4], [0, 2, 0], r"Embedding-Segment id 2 at position \(0, 1\) is outside 0\.\.1"),
+])
+def test_model_refuses_ids_outside_the_tables(tiny_encoder, tokens, segments, message):
+    """-1 used to read the table's last row (Keras's take wraps); a traced predict
+    now fails as for an id past the end instead."""
+    inputs = [np.array([tokens]), np.array([segments])]
+    with pytest.raises(ValueError, match=message):
+        tiny_encoder(inputs)
+    with pytest.raises(Exception, match="not in \\[0, "):  # TensorFlow's traced lookup
+        tiny_encoder.predict(inputs, verbose=0)
+
+
+def test_decoder_refuses_negative_source_ids(unilm):
+    from bert4x.decoding import Decoder
+    with pytest.raises(ValueError, match=r"outside 0\.\.99 .*\[-1\]"):
+        Decoder(unilm, end_id=3).greedy([[2, -1, 3]])
