@@ -873,3 +873,71 @@ def test_decoder_refuses_negative_source_ids(unilm):
     from bert4x.decoding import Decoder
     with pytest.raises(ValueError, match=r"outside 0\.\.99 .*\[-1\]"):
         Decoder(unilm, end_id=3).greedy([[2, -1, 3]])
+
+
+# Keras 2 backend functions with their arguments: (name, args, kwargs).
+_X = np.linspace(-2.0, 2.5, 24, dtype=np.float32).reshape(2, 3, 4)
+KERAS2_CASES = [
+    ("permute_dimensions", (_X, (2, 0, 1)), {}), ("pow", (_X, 3), {}),
+    ("gather", (_X, np.array([1, 0, 1])), {}), ("batch_flatten", (_X,), {}),
+    ("flatten", (_X,), {}), ("expand_dims", (_X,), {}), ("expand_dims", (_X, 1), {}),
+    ("repeat", (_X[:, 0], 3), {}), ("repeat_elements", (_X, 2, 1), {}),
+    ("reverse", (_X, 1), {}), ("reverse", (_X, (0, 2)), {}), ("relu", (_X,), {}),
+    ("relu", (_X,), dict(alpha=0.1, max_value=1.5, threshold=0.5)),
+    ("hard_sigmoid", (_X,), {}), ("bias_add", (_X, np.arange(4, dtype=np.float32)), {}),
+    ("temporal_padding", (_X, (1, 2)), {}), ("cumprod", (_X,), {}),
+    ("cumprod", (_X, 2), {}), ("arange", (2, 9, 3), {}), ("dot", (_X, _X[0].T), {}),
+    ("transpose", (_X,), {}), ("sum", (_X, 1), {}), ("mean", (_X,), dict(keepdims=True)),
+    ("max", (_X, -1), {}), ("std", (_X, 0), {}), ("var", (_X,), {}),
+    ("logsumexp", (_X, 1), {}), ("softmax", (_X,), {}), ("elu", (_X, 0.5), {}),
+    ("softplus", (_X,), {}), ("softsign", (_X,), {}), ("square", (_X,), {}),
+    ("sqrt", (np.abs(_X),), {}), ("sign", (_X,), {}), ("round", (_X * 2,), {}),
+    ("tile", (_X, (1, 2, 1)), {}), ("stack", ([_X, _X], 1), {}),
+    ("squeeze", (_X[:, :1], 1), {}), ("maximum", (_X, 0.3), {}),
+    ("l2_normalize", (_X, 1), {}), ("one_hot", (np.array([[0, 2], [1, 1]]), 3), {}),
+    ("in_top_k", (_X[0], np.array([3, 0, 2]), 2), {}), ("cumsum", (_X, 1), {}),
+]
+
+
+@pytest.fixture(scope="module")
+def keras2_oracle():
+    import _oracle
+    running = _oracle.Oracle({"backend": ("keras2_backend", dict(cases=KERAS2_CASES))})
+    yield running
+    running.close()
+
+
+def test_bert4keras_K_has_the_keras2_functions(keras2_oracle):
+    """``K.permute_dimensions``, ``K.pow``, ``K.gather`` ... (missing or different
+    before: ``K.repeat`` was ``ops.repeat``, ``K.hard_sigmoid`` Keras 3's) equal
+    ``tf.keras.backend``'s."""
+    import keras
+
+    from bert4x.bert4keras.backend import K
+    expected = keras2_oracle.result("backend")
+    for (name, args, kwargs), theirs in zip(KERAS2_CASES, expected):
+        ours = keras.ops.convert_to_numpy(getattr(K, name)(*args, **kwargs))
+        assert ours.shape == theirs.shape, name
+        np.testing.assert_allclose(ours.astype(np.float64), theirs.astype(np.float64),
+                                   atol=1e-5, err_msg=f"K.{name}")
+
+
+def test_bert4keras_K_random_functions_and_refusals():
+    import keras
+
+    from bert4x.bert4keras.backend import K
+    x = np.ones((200, 50), np.float32)
+    dropped = keras.ops.convert_to_numpy(K.dropout(x, 0.5, seed=1))
+    assert set(np.unique(dropped)) <= {0.0, 2.0} and 0.4 < (dropped == 0).mean() < 0.6
+    uniform = keras.ops.convert_to_numpy(K.random_uniform((1000,), -1.0, 3.0, seed=2))
+    assert uniform.min() >= -1 and uniform.max() < 3 and abs(uniform.mean() - 1) < 0.2
+    normal = keras.ops.convert_to_numpy(K.random_normal((1000,), 5.0, 0.5, seed=3))
+    assert abs(normal.mean() - 5) < 0.1 and abs(normal.std() - 0.5) < 0.1
+    bits = keras.ops.convert_to_numpy(K.random_bernoulli((1000,), p=0.3, seed=4))
+    assert set(np.unique(bits)) <= {0.0, 1.0} and 0.25 < bits.mean() < 0.35
+    variable = K.variable(np.zeros(3, np.float32))
+    K.update_add(variable, np.ones(3, np.float32))
+    K.batch_set_value([(variable, K.get_value(variable) * 4)])
+    np.testing.assert_array_equal(K.batch_get_value([variable])[0], [4.0, 4.0, 4.0])
+    with pytest.raises(AttributeError, match="K.learning_phase is not offered .*training="):
+        K.learning_phase()
