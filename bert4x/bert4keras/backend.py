@@ -1,9 +1,10 @@
 """bert4keras's ``backend`` module: ``keras``, ``K`` and the tensor helpers scripts call.
 
-``K`` offers the Keras 2 backend functions bert4keras scripts use (``K.sum``,
-``K.sparse_categorical_crossentropy``, ``K.concatenate`` ...) with Keras 2's
-signatures and defaults, on ``keras.ops``; a function it lacks raises an
-``AttributeError`` that names the ``keras.ops`` route.
+``K`` offers the Keras 2 backend functions bert4keras scripts and their users
+call (``K.sum``, ``K.sparse_categorical_crossentropy``, ``K.concatenate``,
+``K.permute_dimensions``, ``K.random_uniform`` ...) with Keras 2's signatures,
+defaults and meaning, on ``keras.ops``; the ones it does not offer
+(``NOT_OFFERED``) raise an ``AttributeError`` that says what to use.
 """
 
 import functools
