@@ -6,6 +6,8 @@ The graph is built by :class:`bert4x.transformer.Transformer`; the families
 :mod:`bert4x.families` and importable from here too.
 """
 
+import numbers
+
 import keras
 
 from bert4x import storage
@@ -151,8 +153,10 @@ def intermediate_model(model, layer_names):
     """
     single = isinstance(layer_names, str) or (
         isinstance(layer_names, tuple) and len(layer_names) == 2
-        and isinstance(layer_names[1], int))
+        and _is_index(layer_names[1]))
     names = [layer_names] if single else list(layer_names)
+    if not names:
+        raise ValueError("layer_names is empty: name at least one layer")
     graph = _Calls(model)
     outputs = []
     for item in names:
@@ -181,15 +185,18 @@ def attention_model(model, layer_indices):
         >>> first, last = attention_model(model, [0, -1]).predict(  # doctest: +SKIP
         ...     [token_ids, segment_ids])
     """
-    indices = [layer_indices] if isinstance(layer_indices, int) else list(layer_indices)
+    indices = [layer_indices] if _is_index(layer_indices) or isinstance(
+        layer_indices, bool) else list(layer_indices)
+    if not indices:
+        raise ValueError("layer_indices is empty: give at least one attention layer")
     graph = _Calls(model)
     calls = graph.attention_calls()
     outputs = []
     for index in indices:
-        if not isinstance(index, int) or not -len(calls) <= index < len(calls):
+        if not _is_index(index) or not -len(calls) <= index < len(calls):
             raise ValueError(f"model {model.name!r} runs {len(calls)} attention layers "
                              f"(indices 0..{len(calls) - 1}); got {index!r}")
-        name, call = calls[index]
+        name, call = calls[int(index)]
         args, kwargs = graph.arguments(name, call)
         _, probs = ReusedLayer(model.get_layer(name), return_attention_scores=True)(
             *args, **kwargs)
@@ -226,10 +233,10 @@ class _Calls:
                     f"weights are shared); name the call: ({name!r}, 0) .. "
                     f"({name!r}, {count - 1})")
             return 0
-        if not isinstance(call, int) or not -count <= call < count:
+        if not _is_index(call) or not -count <= call < count:
             raise ValueError(f"layer {name!r} runs {count} times in model "
                              f"{self.model.name!r}; there is no call {call!r}")
-        return call % count
+        return int(call) % count
 
     def outputs(self, name, call):
         """The output tensors (a list) of call ``call`` of layer ``name``."""
@@ -282,6 +289,11 @@ class _Calls:
                                    for parent in parents), default=0)
                 stack.pop()
         return sorted(calls, key=before.__getitem__)
+
+
+def _is_index(value):
+    """An int (NumPy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _parents(value):

@@ -172,3 +172,18 @@ def test_probes_of_a_reloaded_shared_model(shared_albert, tmp_path):
     for ours, theirs in zip(attention_model(loaded, [0, 1, 2])([ids, segments]),
                             attention_model(shared_albert, [0, 1, 2])([ids, segments])):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-6)
+
+
+def test_probe_indices_as_numpy_ints_and_bad_ones_named(shared_albert):
+    """NumPy ints count as ints (they used to fail with "not iterable" or name the
+    layer without its call); a bool or an empty list is refused by name."""
+    ids, segments = inputs_for(0)
+    second = np.asarray(attention_model(shared_albert, np.int64(1))([ids, segments]))
+    assert second.shape == (len(ids), SMALL["num_attention_heads"]) + ids.shape[1:] * 2
+    intermediate_model(shared_albert, ("Transformer-FeedForward-Norm", np.int64(1)))
+    with pytest.raises(ValueError, match="got True"):
+        attention_model(shared_albert, True)
+    with pytest.raises(ValueError, match="layer_indices is empty"):
+        attention_model(shared_albert, [])
+    with pytest.raises(ValueError, match="layer_names is empty"):
+        intermediate_model(shared_albert, [])
