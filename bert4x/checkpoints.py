@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 import weakref
@@ -115,8 +116,7 @@ def _find_weights(path):
     if storage.isdir(path):
         if storage.isfile(storage.join(path, "model.safetensors")):
             return storage.join(path, "model.safetensors"), "safetensors"
-        import tensorflow as tf
-        latest = tf.train.latest_checkpoint(path)
+        latest = _pointed_checkpoint(path)
         if latest:
             return latest, "tensorflow"
         prefix = storage.join(path, GOOGLE_CHECKPOINT)
@@ -139,6 +139,28 @@ def _find_weights(path):
         raise FileNotFoundError(
             f"checkpoint not found: {path} (expected {path}.index and its data files)")
     return path, "tensorflow"
+
+
+def _pointed_checkpoint(folder):
+    """The prefix the folder's ``checkpoint`` pointer names, if its ``.index`` is there.
+
+    Not ``tf.train.latest_checkpoint``: it globs the prefix, so a folder named with
+    ``[`` ``]`` or ``*`` never matched its own files.
+    """
+    pointer = storage.join(folder, "checkpoint")
+    if not storage.isfile(pointer):
+        return None
+    import tensorflow as tf
+    try:
+        state = tf.train.get_checkpoint_state(folder)
+    except Exception as error:  # a text-proto parse error, whatever TF calls it
+        raise ValueError(f"the checkpoint pointer {pointer} cannot be read: {error}") from error
+    if state is None or not state.model_checkpoint_path:
+        return None
+    prefix = state.model_checkpoint_path
+    if storage.is_local(prefix) and not os.path.isabs(prefix):
+        prefix = storage.join(folder, prefix)
+    return prefix if storage.isfile(prefix + ".index") else None
 
 
 def open_checkpoint(path):
@@ -170,17 +192,38 @@ def open_checkpoint(path):
             weakref.finalize(reader, os.remove, local)
         return reader
     import tensorflow as tf
+    readable = _without_glob_characters(path)
     try:
         # The path is a resolved prefix: open it as such (tf.train.load_checkpoint
         # would take a prefix for a folder on file systems like ram://).
-        reader = tf.compat.v1.train.NewCheckpointReader(path)
+        reader = tf.compat.v1.train.NewCheckpointReader(readable)
         shapes = reader.get_variable_to_shape_map()
         dtypes = reader.get_variable_to_dtype_map()
     except Exception as error:
         raise ValueError(f"cannot read TF checkpoint {path}: {error}") from error
     names = [n for n in shapes if not n.split("/")[-1].startswith(_OPTIMIZER_SUFFIXES)]
-    return _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor,
-                   lambda n: (dtypes[n].name, dtypes[n].is_floating))
+    checkpoint = _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor,
+                         lambda n: (dtypes[n].name, dtypes[n].is_floating))
+    if readable != path:
+        weakref.finalize(checkpoint, shutil.rmtree, os.path.dirname(readable), True)
+    return checkpoint
+
+
+def _without_glob_characters(prefix):
+    """A prefix TensorFlow can open for ``prefix``.
+
+    TensorFlow's checkpoint reader globs the prefix, so one under a folder named
+    with ``*``, ``?`` or ``[`` never finds its files; such a local checkpoint is
+    read through links to its files from a new temporary folder.
+    """
+    if not storage.is_local(prefix) or not any(char in prefix for char in "*?["):
+        return prefix
+    folder, base = os.path.split(prefix)
+    links = tempfile.mkdtemp(prefix="bert4x-checkpoint-")
+    for name in storage.listdir(folder):
+        if name.startswith(base + "."):
+            os.symlink(os.path.join(folder, name), os.path.join(links, name))
+    return os.path.join(links, base)
 
 
 def _local_copy(path):
@@ -338,7 +381,8 @@ def save_checkpoint(builder, directory, vocab=None):
     The folder may hold other files, and an earlier save: save_checkpoint never
     deletes or replaces a file it did not write itself, and a crash at any moment
     leaves the folder loading the old checkpoint or the new one, complete. The new
-    checkpoint is written beside the folder and moved in file by file; the
+    checkpoint is written into a hidden staging folder inside the folder (so its
+    parent may be read-only) and moved in file by file; the
     ``checkpoint`` pointer file, which loaders given the folder follow, switches
     last. The new weights get a prefix no file uses yet (``bert_model.ckpt``, or
     ``bert_model.ckpt-<n>`` while an earlier save's weights are there), so pass
@@ -372,7 +416,6 @@ def save_checkpoint(builder, directory, vocab=None):
         >>> save_checkpoint(builder, "exported/", vocab="vocab.txt")  # doctest: +SKIP
         'exported/bert_model.ckpt'
     """
-    import tensorflow as tf
     directory = checkpoint_files.destination(directory)
     contents = {GOOGLE_CONFIG: json.dumps(builder.config.to_dict(), indent=2)}
     if vocab is not None:
@@ -389,27 +432,38 @@ def save_checkpoint(builder, directory, vocab=None):
     if unwritten:
         warnings.warn(f"the official checkpoint format has no names for these weights, "
                       f"which are not written to {directory}: {unwritten}", stacklevel=2)
-    staging = checkpoint_files.new_staging(directory)
+    created = not storage.exists(directory)
     try:
-        tensor_names, tensors, written = [], [], {}
-        for google_name, variable, kind in pairs:
-            value = np.asarray(keras_value(variable), dtype=np.float32)
-            value = value.T if kind == "transposed" else value
-            if google_name in written:  # layers sharing one official weight set
-                _check_shared(google_name, written[google_name], value)
-                continue
-            written[google_name] = value
-            tensor_names.append(google_name)
-            tensors.append(tf.constant(value))
-        tf.raw_ops.SaveV2(prefix=storage.join(staging, GOOGLE_CHECKPOINT),
-                          tensor_names=tensor_names,
-                          shape_and_slices=[""] * len(tensor_names), tensors=tensors)
-        for name in names:
-            storage.atomic_write(storage.join(staging, name), contents[name])
+        staging = checkpoint_files.new_staging(directory)
+        return _write_and_publish(builder, pairs, staging, directory, contents, names)
     except BaseException:
+        # Nothing of a failed save stays: its staging folder, what it moved in, and
+        # the destination folder when the save made it.
         with contextlib.suppress(OSError):
-            storage.rmtree(staging)
+            checkpoint_files.clean(directory)
+            if created and not storage.listdir(directory):
+                storage.rmtree(directory)
         raise
+
+
+def _write_and_publish(builder, pairs, staging, directory, contents, names):
+    """Write the checkpoint into ``staging``, then publish it into ``directory``."""
+    import tensorflow as tf
+    tensor_names, tensors, written = [], [], {}
+    for google_name, variable, kind in pairs:
+        value = np.asarray(keras_value(variable), dtype=np.float32)
+        value = value.T if kind == "transposed" else value
+        if google_name in written:  # layers sharing one official weight set
+            _check_shared(google_name, written[google_name], value)
+            continue
+        written[google_name] = value
+        tensor_names.append(google_name)
+        tensors.append(tf.constant(value))
+    tf.raw_ops.SaveV2(prefix=storage.join(staging, GOOGLE_CHECKPOINT),
+                      tensor_names=tensor_names,
+                      shape_and_slices=[""] * len(tensor_names), tensors=tensors)
+    for name in names:
+        storage.atomic_write(storage.join(staging, name), contents[name])
     return checkpoint_files.publish(staging, directory, names)
 
 

@@ -242,21 +242,133 @@ def test_save_checkpoint_killed_at_any_step_leaves_a_loadable_folder(
         assert [n for n in names if not n.startswith("bert_model.ckpt")] == \
             ["bert_config.json", "checkpoint", "vocab.txt"], (step, names)
         assert len([n for n in names if n.startswith("bert_model.ckpt")]) == 2, (step, names)
-        assert not storage.glob(folder + ".tmp-*"), step
+        assert not [name for name in storage.listdir(root)
+                    if ".tmp-" in name or "staging" in name], step
 
 
 def test_save_checkpoint_cleans_stale_staging_folders(two_models, tmp_path):
     from bert4x.checkpoints import save_checkpoint
     folder = tmp_path / "export[1]"  # glob characters in the name change nothing
-    for stale in ("export[1].tmp-1a2b3c4d5e6f", "export[1].tmp-k2j3h4g5"):
-        (tmp_path / stale).mkdir()
-        (tmp_path / stale / "bert_model.ckpt.index").write_bytes(b"half")
-    (tmp_path / "export[1].old-x7y8z9").mkdir()  # may hold a user's only copy: kept
-    (tmp_path / "export1.tmp-abc").mkdir()  # another folder's
     save_checkpoint(two_models[0][0], folder)
+    marked = folder / ".bert4x-staging-1a2b3c4d5e6f"  # a killed save's, with its marker
+    (marked).mkdir()
+    (marked / "bert4x-staging").write_text(
+        "A staging folder of bert4x's save_checkpoint: the next save into the "
+        "folder above removes it.\n")
+    (marked / "bert_model.ckpt.index").write_bytes(b"half")
+    (folder / ".bert4x-staging-0a0b0c0d0e0f").mkdir()  # killed before its marker: empty
     save_checkpoint(two_models[0][1], folder)
-    assert sorted(os.listdir(tmp_path)) == ["export1.tmp-abc", "export[1]",
-                                            "export[1].old-x7y8z9"]
+    assert not [name for name in os.listdir(folder) if "staging" in name]
+    assert _which_model(folder, two_models[1]) == 1
+
+
+def test_save_checkpoint_keeps_folders_named_like_staging(two_models, tmp_path):
+    """Only a staging folder with bert4x's marker inside is proven to be its own."""
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "export"
+    for name in ("export.tmp-backup", "export.tmp-1a2b3c4d5e6f"):  # beside: a user's
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.txt").write_text("my only copy")
+    save_checkpoint(two_models[0][0], folder)
+    unmarked = folder / ".bert4x-staging-1a2b3c4d5e6f"  # inside, named alike, no marker
+    unmarked.mkdir()
+    (unmarked / "results.txt").write_text("my only copy")
+    (unmarked / "bert4x-staging").write_text("not the marker's text")
+    before = _snapshot(tmp_path)
+    save_checkpoint(two_models[0][1], folder)
+    after = _snapshot(tmp_path)
+    assert {name: after[name] for name in before if "results" in name or "unmarked" in name} \
+        == {name: before[name] for name in before if "results" in name}
+    assert sorted(os.listdir(tmp_path)) == ["export", "export.tmp-1a2b3c4d5e6f",
+                                            "export.tmp-backup"]
+    assert (unmarked / "bert4x-staging").read_text() == "not the marker's text"
+
+
+def _deny_writes(monkeypatch, read_only, writable=None):
+    """Make every change of bert4x.storage under ``read_only`` (but not under
+    ``writable``) fail with PermissionError, as a read-only mount does.
+
+    The tests run as root, where chmod does not stop writes; so the read-only
+    folder is simulated by these fake storage operations.
+    """
+    from bert4x import storage
+    read_only, writable = str(read_only), writable and str(writable)
+
+    def inside(path, folder):
+        path = os.fspath(path)
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    def deny(path):
+        if inside(path, read_only) and not (writable and inside(path, writable)):
+            raise PermissionError(13, "Permission denied (read-only file system)",
+                                  os.fspath(path))
+
+    for name, target in (("makedirs", 0), ("remove", 0), ("rmtree", 0), ("rename", 1),
+                         ("copy", 1), ("open", 0)):
+        original = getattr(storage, name)
+
+        def operation(*args, _original=original, _name=name, _target=target, **kwargs):
+            mode = args[1] if len(args) > 1 else kwargs.get("mode", "r")
+            if _name != "open" or mode[0] in "wa":
+                deny(args[_target])
+            if _name == "rename":
+                deny(args[0])
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(storage, name, operation)
+
+
+def test_save_checkpoint_into_a_writable_folder_of_a_read_only_parent(
+        two_models, tmp_path, monkeypatch):
+    """A mounted volume: the destination is writable, the folder above it is not."""
+    from bert4x.checkpoints import save_checkpoint
+    (builder, other), arrays = two_models
+    folder = tmp_path / "volume"
+    folder.mkdir()
+    with monkeypatch.context() as patch:
+        _deny_writes(patch, tmp_path, writable=folder)
+        save_checkpoint(builder, folder)
+        save_checkpoint(other, folder)
+    assert _which_model(folder, arrays) == 1
+    assert os.listdir(tmp_path) == ["volume"]
+
+
+def test_save_checkpoint_into_a_read_only_folder_leaves_nothing(
+        two_models, tmp_path, monkeypatch):
+    """A read-only destination holding a save: PermissionError, and no staging copy."""
+    from bert4x.checkpoints import save_checkpoint
+    (builder, other), arrays = two_models
+    folder = tmp_path / "export"
+    save_checkpoint(builder, folder)
+    before = _snapshot(tmp_path)
+    with monkeypatch.context() as patch:
+        _deny_writes(patch, folder)
+        with pytest.raises(PermissionError, match="export"):
+            save_checkpoint(other, folder)
+    assert _snapshot(tmp_path) == before
+    assert os.listdir(tmp_path) == ["export"]
+    assert _which_model(folder, arrays) == 0
+
+
+def test_save_checkpoint_failing_midway_removes_what_it_wrote(
+        two_models, tmp_path, monkeypatch):
+    """A save that fails (not killed) removes its staging folder and what it moved in."""
+    from bert4x import storage
+    from bert4x.checkpoints import save_checkpoint
+    (builder, other), arrays = two_models
+    folder = tmp_path / "export"
+    save_checkpoint(builder, folder, vocab=[f"t{i}" for i in range(100)])
+    before = _snapshot(tmp_path)
+    original = storage.rename
+
+    def rename(source, destination, overwrite=False):
+        if os.path.basename(destination) == "checkpoint":  # the disk fills up there
+            raise OSError(28, "No space left on device", destination)
+        return original(source, destination, overwrite)
+    monkeypatch.setattr(storage, "rename", rename)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(other, folder, vocab=[f"t{i}" for i in range(100)])
+    assert _snapshot(tmp_path) == before
+    assert _which_model(folder, arrays) == 0
 
 
 def test_save_checkpoint_writes_the_trimmed_vocabulary(tmp_path):
@@ -299,10 +411,8 @@ def test_build_transformer_model_from_ram(two_models, tmp_path):
     builder = two_models[0][0]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
     remote = f"ram://faults-load-{uuid.uuid4().hex}/export"
-    save_checkpoint(builder, remote + "/", vocab=vocab)  # the staging folder goes beside it
+    save_checkpoint(builder, remote + "/", vocab=vocab)
     assert storage.listdir(storage.dirname(remote)) == ["export"]
-    with pytest.raises(ValueError, match="inside gs://bucket, not its root"):
-        save_checkpoint(builder, "gs://bucket/")  # refused before any request
     save_checkpoint(builder, tmp_path / "export", vocab=vocab)
     ids = np.array([[2, 7, 9, 3, 0]], "int32")
     segments = np.zeros_like(ids)
