@@ -695,6 +695,38 @@ def test_pruning_keeps_intact_checkpoints_when_a_newer_one_is_damaged(checkpoint
     assert not (copy / "ckpt-2.index").exists() and (copy / "ckpt-4.index").exists()
 
 
+def test_stale_staging_of_killed_saves_is_removed_at_start_and_after_a_save(
+        checkpointed_run, tmp_path):
+    """A save killed with kill -9 leaves TensorFlow's ``ckpt-N_temp/`` (and the JAX
+    route's temporary files); the next start and the next save remove them, and
+    nothing of that name that holds anything else."""
+    _, checkpoints, trainer = checkpointed_run
+
+    def killed_saves(folder):
+        staging = folder / "ckpt-8_temp"  # killed while TensorFlow wrote its shard
+        staging.mkdir()
+        (staging / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
+        (staging / "part-00000-of-00001.index.tempstate1234567").write_bytes(b"half")
+        (folder / "ckpt-8.tmp-4242.weights.h5").write_bytes(b"half")
+        (folder / "ckpt-8.optimizer.npz.tmp-0123456789ab").write_bytes(b"half")
+        users = folder / "ckpt-9_temp"  # named alike, but holds a user's file
+        users.mkdir()
+        (users / "notes.txt").write_text("keep me")
+
+    copy = _damaged_copy(checkpoints, tmp_path, killed_saves)
+    trainer.checkpoint_dir = str(copy)
+    assert trainer.restore() == 6
+    names = sorted(os.listdir(copy))
+    assert "ckpt-9_temp" in names and (copy / "ckpt-9_temp" / "notes.txt").exists()
+    assert not [n for n in names if n.startswith("ckpt-8")], names
+    killed_saves_again = copy / "ckpt-10_temp"
+    killed_saves_again.mkdir()
+    (killed_saves_again / "part-00000-of-00001.index").write_bytes(b"half")
+    trainer._checkpoint_folder().prune(6)  # what every save runs after writing
+    assert not killed_saves_again.exists()
+    assert (copy / "ckpt-9_temp" / "notes.txt").exists()
+
+
 def test_no_intact_checkpoint_stops_unless_starting_over(checkpointed_run, tmp_path):
     from bert4x.pretraining.resume import DamagedCheckpointError
     from bert4x.pretraining.trainer import Pretrainer, run_pretraining
