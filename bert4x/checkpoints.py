@@ -299,6 +299,10 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
                 continue
             hint = ("; pass allow_missing_heads=True to start it from its initialiser"
                     if google_name.startswith(_HEADS) else "")
+            if google_name.endswith("embeddings/position_embeddings"):
+                hint = (f"; a checkpoint without a position table is of a family without "
+                        f"one: pass model='nezha' or model='roformer' (this is a "
+                        f"{builder.family!r} model)")
             raise ValueError(f"checkpoint {reader.path} has no variable {google_name!r} "
                              f"(format {reader.format}){hint}")
         reader.check_float(name)
@@ -417,7 +421,9 @@ def save_checkpoint(builder, directory, vocab=None):
         'exported/bert_model.ckpt'
     """
     directory = checkpoint_files.destination(directory)
-    contents = {GOOGLE_CONFIG: json.dumps(builder.config.to_dict(), indent=2)}
+    # The family goes with the config, so that the folder reloads without model=.
+    config = dict(builder.config.to_dict(), family=builder.family)
+    contents = {GOOGLE_CONFIG: json.dumps(config, indent=2)}
     if vocab is not None:
         contents["vocab.txt"] = vocabulary_text(_vocabulary_rows(builder, vocab))
     if storage.exists(directory) and not storage.isdir(directory):

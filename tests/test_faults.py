@@ -400,6 +400,76 @@ def test_save_checkpoint_writes_the_trimmed_vocabulary(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+# ------------------------------------------------------- files: exports say what they are
+FAMILY_CONFIGS = {
+    "bert": {},
+    "roberta": dict(model_type="roberta", pad_token_id=1, type_vocab_size=1),  # fairseq's
+    "albert": dict(embedding_size=16),
+    "albert_unshared": dict(embedding_size=16, num_hidden_groups=2),
+    "electra": dict(embedding_size=16),
+    "roformer": {},
+    "nezha": {},
+}
+
+
+@pytest.fixture(scope="module")
+def family_exports(tmp_path_factory):
+    """``{family: (builder, export folder)}``: a tiny model of each family, saved."""
+    from bert4x.checkpoints import save_checkpoint
+    from bert4x.models import build_transformer_model
+    root = tmp_path_factory.mktemp("family_exports")
+    exports = {}
+    for family, fields in FAMILY_CONFIGS.items():
+        builder = build_transformer_model(**dict(TINY_CONFIG, **fields), model=family,
+                                          with_mlm=True, return_keras_model=False)
+        save_checkpoint(builder, root / family)
+        exports[family] = builder, root / family
+    return exports
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_export_reloads_without_naming_its_family(family_exports, family):
+    from bert4x.models import build_transformer_model
+    builder, folder = family_exports[family]
+    reloaded = build_transformer_model(str(folder), with_mlm=True, return_keras_model=False)
+    assert reloaded.family == family
+    ids = np.array([[2, 7, 9, 3, 5, 0, 0]], "int32")
+    inputs = [ids, np.zeros_like(ids)]
+    for part, expected in zip(reloaded.model(inputs), builder.model(inputs)):
+        np.testing.assert_allclose(np.asarray(part), np.asarray(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("saved, asked", [("nezha", "bert"), ("bert", "roformer"),
+                                          ("electra", "albert")])
+def test_export_built_as_another_family_names_both(family_exports, saved, asked):
+    from bert4x.models import build_transformer_model
+    _, folder = family_exports[saved]
+    with pytest.raises(ValueError, match=f"saved from a '{saved}' model.*as a '{asked}' "
+                                         f"model; pass model='{saved}'"):
+        build_transformer_model(str(folder), model=asked, with_mlm=True)
+
+
+def test_export_of_albert_builds_as_albert_unshared(family_exports):
+    """Families that read one another's weights unchanged are no mismatch."""
+    from bert4x.models import build_transformer_model
+    _, folder = family_exports["albert"]
+    build_transformer_model(str(folder), model="albert_unshared", with_mlm=True)
+
+
+def test_checkpoint_without_position_table_points_to_families_without_one(
+        family_exports, tmp_path):
+    """An export of an earlier version (no family in its config) of a NEZHA model."""
+    from bert4x.models import build_transformer_model
+    _, folder = family_exports["nezha"]
+    config = json.loads((folder / "bert_config.json").read_text())
+    del config["family"]
+    (tmp_path / "bert_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="position_embeddings.*model='nezha' or "
+                                         "model='roformer'"):
+        build_transformer_model(str(tmp_path / "bert_config.json"), str(folder),
+                                with_mlm=True)
+
+
 # ------------------------------------------------- files: loaders read gs:// and ram:// paths
 def test_build_transformer_model_from_ram(two_models, tmp_path):
     import uuid
