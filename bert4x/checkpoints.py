@@ -332,10 +332,28 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
             value = value.T
         if kind == "vocab" and keep_tokens is not None:
             value = value[np.asarray(keep_tokens)]
-        variable.assign(value.astype(variable.dtype))
+        variable.assign(_finite(value, name, reader.path, variable.dtype))
     if missing_heads:
         warnings.warn(f"checkpoint {reader.path} lacks these head variables, which keep "
                       f"their initial values: {missing_heads}", stacklevel=3)
+
+
+def _finite(value, name, path, dtype):
+    """``value`` cast to ``dtype``; NaN or infinity in a weight is an error naming it."""
+    if not np.isfinite(value).all():
+        nan, infinite = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+        raise ValueError(f"checkpoint {path}: variable {name!r} holds {nan} NaN and "
+                         f"{infinite} infinite values (of {value.size}); every output of "
+                         "the model would be NaN: the file is damaged or the training "
+                         "that wrote it diverged")
+    with np.errstate(over="ignore"):  # reported below, with the variable's name
+        cast = value.astype(dtype)
+    if not np.isfinite(cast).all():
+        raise ValueError(f"checkpoint {path}: variable {name!r} holds values up to "
+                         f"{np.abs(value).max():g}, beyond the range of the model's "
+                         f"{np.dtype(dtype).name} (they would become infinite); build the "
+                         "model in a wider dtype")
+    return cast
 
 
 # Hugging Face files may hold a tied copy of the word embeddings (the MLM decoder

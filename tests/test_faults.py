@@ -571,14 +571,9 @@ def test_checkpoint_extra_layers_ignored_on_request(three_layer_checkpoint):
         tensors["bert/encoder/layer_1/attention/self/query/kernel"])
 
 
-def test_checkpoint_extra_layers_refused_in_safetensors(three_layer_checkpoint, tmp_path):
-    """The same rule for Hugging Face names (without the ``bert.`` prefix, as
-    ``BertModel`` saves them, plus its ``position_ids`` buffer and a tied copy of the
-    word embeddings, which are no weights of their own)."""
-    from safetensors.numpy import save_file
-
-    from bert4x.models import build_transformer_model
-    _, tensors = three_layer_checkpoint
+def _hugging_face_tensors(tensors):
+    """The encoder and MLM head of official ``tensors`` under ``BertModel``'s names
+    (without the ``bert.`` prefix), computed here by the naming rule."""
     hf = {"cls.predictions.bias": tensors["cls/predictions/output_bias"],
           "cls.predictions.decoder.weight": tensors["bert/embeddings/word_embeddings"]}
     for name, value in tensors.items():
@@ -591,6 +586,18 @@ def test_checkpoint_extra_layers_refused_in_safetensors(three_layer_checkpoint, 
             elif hf_name.endswith("_embeddings"):
                 hf_name += ".weight"
             hf[hf_name] = np.ascontiguousarray(value)
+    return hf
+
+
+def test_checkpoint_extra_layers_refused_in_safetensors(three_layer_checkpoint, tmp_path):
+    """The same rule for Hugging Face names (without the ``bert.`` prefix, as
+    ``BertModel`` saves them, plus its ``position_ids`` buffer and a tied copy of the
+    word embeddings, which are no weights of their own)."""
+    from safetensors.numpy import save_file
+
+    from bert4x.models import build_transformer_model
+    _, tensors = three_layer_checkpoint
+    hf = _hugging_face_tensors(tensors)
     hf["embeddings.position_ids"] = np.arange(64, dtype=np.int64)[None]
     path = str(tmp_path / "model.safetensors")
     save_file(hf, path)
@@ -626,6 +633,46 @@ def test_checkpoint_non_float_variable_refused(three_layer_checkpoint, tmp_path,
     with pytest.raises(ValueError, match="not a floating-point type") as error:
         build_transformer_model(checkpoint_path=str(tmp_path))
     assert repr(name) in str(error.value)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("file_format", ["tensorflow", "safetensors"])
+def test_checkpoint_nan_or_infinite_weight_named(three_layer_checkpoint, tmp_path, bad,
+                                                 file_format):
+    from safetensors.numpy import save_file
+
+    from bert4x.models import build_transformer_model
+    _, tensors = three_layer_checkpoint
+    name = "bert/encoder/layer_1/attention/self/key/kernel"
+    damaged = tensors[name].copy()
+    damaged[3, 5] = bad
+    if file_format == "tensorflow":
+        path = _write_tf_checkpoint(str(tmp_path), dict(tensors, **{name: damaged}),
+                                    dict(TINY_CONFIG, num_hidden_layers=3))
+        expected_name = name
+    else:
+        path = str(tmp_path / "model.safetensors")
+        save_file(_hugging_face_tensors(dict(tensors, **{name: damaged})), path)
+        expected_name = "encoder.layer.1.attention.self.key.weight"
+    builder = build_transformer_model(**dict(TINY_CONFIG, num_hidden_layers=3),
+                                      return_keras_model=False)
+    with pytest.raises(ValueError, match="NaN and .* infinite values") as error:
+        builder.load_checkpoint(path)
+    assert repr(expected_name) in str(error.value)
+
+
+def test_checkpoint_weight_beyond_the_model_dtype_named(three_layer_checkpoint, tmp_path):
+    """1e6 is finite in the file but infinite in a float16 model."""
+    from bert4x.models import build_transformer_model
+    _, tensors = three_layer_checkpoint
+    name = "bert/encoder/layer_0/output/dense/bias"
+    path = _write_tf_checkpoint(str(tmp_path), dict(tensors, **{name: tensors[name] + 1e6}),
+                                dict(TINY_CONFIG, num_hidden_layers=3))
+    builder = build_transformer_model(**dict(TINY_CONFIG, num_hidden_layers=3),
+                                      dtype="float16", return_keras_model=False)
+    with pytest.raises(ValueError, match=f"'{name}' holds values up to 1e\\+06, beyond "
+                                         "the range of the model's float16"):
+        builder.load_checkpoint(path)
 
 
 # ------------------------------------------------------------- inputs: vocabularies
