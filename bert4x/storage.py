@@ -121,6 +121,22 @@ def isfile(path):
     return exists(path) and not isdir(path)
 
 
+def getsize(path):
+    """The size of the file at ``path`` in bytes."""
+    path = os.fspath(path)
+    if is_local(path):
+        return os.path.getsize(path)
+    return _gfile("stat", path).length
+
+
+def getmtime(path):
+    """When the file at ``path`` last changed, in seconds since the epoch."""
+    path = os.fspath(path)
+    if is_local(path):
+        return os.path.getmtime(path)
+    return _gfile("stat", path).mtime_nsec / 1e9
+
+
 def listdir(path):
     """The sorted names in folder ``path`` (without a trailing ``/`` for folders)."""
     path = os.fspath(path)
@@ -185,11 +201,12 @@ def _transfer(gfile_function, local_function, source, destination, overwrite):
         _gfile(gfile_function, source, destination, overwrite=overwrite)
 
 
-def open(path, mode="r", encoding="utf-8"):  # noqa: A001 - mirrors builtins.open
+def open(path, mode="r", encoding="utf-8", errors=None):  # noqa: A001 - mirrors builtins.open
     """Open a file; ``mode`` is one of ``r rb w wb a ab``.
 
-    Remote files in text mode are decoded with ``encoding`` when read; written
-    remotely, text must be UTF-8.
+    Remote files in text mode are decoded with ``encoding`` (and ``errors``, as
+    the built-in ``open`` takes them) when read; written remotely, text must be
+    UTF-8.
 
     Raises:
         FileNotFoundError: reading a file that does not exist.
@@ -199,13 +216,15 @@ def open(path, mode="r", encoding="utf-8"):  # noqa: A001 - mirrors builtins.ope
         raise ValueError(f"mode must be one of r rb w wb a ab, got {mode!r}")
     binary = "b" in mode
     if is_local(path):
-        return builtins.open(path, mode, encoding=None if binary else encoding)
+        return builtins.open(path, mode, encoding=None if binary else encoding,
+                             errors=None if binary else errors)
     if mode.startswith("r"):
         if not exists(path):  # GFile opens lazily and would fail only at the first read
             raise FileNotFoundError(f"file not found: {path}")
         if not binary:  # universal newlines and any encoding, as a local open gives
-            return io.TextIOWrapper(io.BytesIO(read_bytes(path)), encoding=encoding)
-    elif not binary and encoding.replace("-", "").lower() != "utf8":
+            return io.TextIOWrapper(io.BytesIO(read_bytes(path)), encoding=encoding,
+                                    errors=errors)
+    elif not binary and (encoding or "utf-8").replace("-", "").lower() != "utf8":
         raise ValueError(f"{path}: remote text files are written as UTF-8, not {encoding}")
     return _gfile("GFile", path, mode)
 

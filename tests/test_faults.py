@@ -508,6 +508,32 @@ def test_build_transformer_model_from_ram(two_models, tmp_path):
                                   arrays["bert.embeddings.word_embeddings.weight"])
 
 
+def test_bert4keras_layer_reads_config_and_files_from_ram(two_models, tmp_path):
+    """The bert4keras layer reads through bert4x.storage as the native builder does
+    (it used to open the config with the built-in open())."""
+    import uuid
+
+    from bert4x import storage
+    from bert4x.bert4keras.models import build_transformer_model
+    from bert4x.bert4keras.snippets import open as indexed_open
+    from bert4x.checkpoints import save_checkpoint
+    remote = f"ram://faults-bert4keras-{uuid.uuid4().hex}/export"
+    save_checkpoint(two_models[0][0], remote)
+    save_checkpoint(two_models[0][0], tmp_path / "export")
+    ids = np.array([[2, 7, 9, 3]], "float32")
+    outputs = [np.asarray(build_transformer_model(
+        storage.join(folder, "bert_config.json"), storage.join(folder, "bert_model.ckpt"),
+        with_mlm=True)([ids, np.zeros_like(ids)])) for folder in (str(tmp_path / "export"),
+                                                                  remote)]
+    np.testing.assert_array_equal(outputs[1], outputs[0])
+    lines = storage.join(remote, "lines.txt")
+    storage.atomic_write(lines, "first\nsecond\nthird\n")
+    with indexed_open(lines, encoding="utf-8", indexable=lines + ".offsets") as file:
+        assert (len(file), file[2], file[0]) == (3, "third\n", "first\n")
+    with indexed_open(lines, encoding="utf-8", indexable=lines + ".offsets") as file:
+        assert file[1] == "second\n"  # the offsets read back from ram://
+
+
 # ------------------------------------------------------------- inputs: checkpoints
 def _random_builder(**config):
     """A bert4x builder with every head, whose variables name a full checkpoint."""

@@ -870,6 +870,37 @@ def test_end_to_end_on_tensorflow_ram_filesystem(tmp_path, corpus):
         np.testing.assert_allclose(on_ram, on_disk, atol=1e-6, rtol=0)
 
 
+def test_make_data_reads_corpus_and_vocab_from_ram(corpus, data_dir):
+    """Corpus files (by a glob pattern) and the vocabulary on ram:// (standing in for
+    gs://) give the shards the same files give from local disk; they used to be read
+    with the built-in open(), os.path and glob."""
+    import uuid
+
+    from bert4x import storage
+    from bert4x.pretraining.data import DATASET_FILE
+    root = f"ram://bert4x-make-data-{uuid.uuid4().hex[:8]}"
+    remote_corpus = []
+    for path in corpus:
+        remote_corpus.append(storage.join(root, "corpus", os.path.basename(path)))
+        storage.copy(path, remote_corpus[-1])
+    storage.copy(chinese_vocab_path(), storage.join(root, "vocab.txt"))
+    make_pretraining_data([remote_corpus[0], storage.join(root, "corpus", "docs.j*")],
+                          f"{root}/data",
+                          storage.join(root, "vocab.txt"), seq_length=32,
+                          word_segmenter="jieba", shard_size=7, validation_fraction=0.1,
+                          num_workers=1, progress=True)
+    on_ram = json.loads(storage.read_text(f"{root}/data/{DATASET_FILE}"))
+    on_disk = json.loads(storage.read_text(os.path.join(data_dir, DATASET_FILE)))
+    assert on_ram["inputs"] == remote_corpus
+    for key in ("documents", "tokens", "train_examples", "valid_examples"):
+        assert on_ram[key] == on_disk[key], key
+    for summary, folder in ((on_ram, f"{root}/data"), (on_disk, data_dir)):
+        records = [record.numpy() for record in tf.data.TFRecordDataset(
+            [storage.join(folder, shard) for shard in summary["train_shards"]])]
+        summary["records"] = records
+    assert on_ram["records"] == on_disk["records"]
+
+
 def test_pretraining_modules_import_no_cycle():
     """No module of bert4x.pretraining imports (at the top or inside a function) a
     module that imports it back, directly or through others."""
