@@ -248,8 +248,15 @@ class Transformer:
 
     @property
     def max_positions(self):
-        """How many positions a sequence (source plus generated tokens) may use."""
+        """How many positions a sequence (source plus generated tokens) may use;
+        None for a family without a position table (no limit)."""
+        if not self.absolute_positions:
+            return None
         return self.config.max_position_embeddings
+
+    def position_rule(self):
+        """Where :attr:`max_positions` comes from, for error messages."""
+        return "max_position_embeddings"
 
     def mlm_hidden_act(self):
         """Activation of the MLM head's dense layer."""

@@ -893,6 +893,51 @@ def test_decoder_position_boundary(unilm):
         decoder.greedy([[2] + [5] * 56 + [3]])
 
 
+@pytest.mark.parametrize("family", ["roformer", "nezha"])
+def test_decoder_without_position_table_has_no_length_limit(family):
+    """max_position_embeddings sizes nothing in RoFormer and NEZHA: decoding past it
+    runs (it used to be refused as for BERT)."""
+    from bert4x.decoding import Decoder
+    from bert4x.models import build_transformer_model
+    builder = build_transformer_model(**dict(TINY_CONFIG, max_position_embeddings=8),
+                                      model=family, application="unilm",
+                                      return_keras_model=False)
+    decoder = Decoder(builder, end_id=END, max_length=6, min_length=6)
+    assert len(decoder.greedy([[2] + [5] * 8 + [3]])[0].token_ids) == 6
+
+
+def test_decoder_limit_of_fairseq_roberta_names_its_rule():
+    from bert4x.decoding import Decoder
+    from bert4x.models import build_transformer_model
+    builder = build_transformer_model(
+        **dict(TINY_CONFIG, model_type="roberta", pad_token_id=1, type_vocab_size=1),
+        application="unilm", return_keras_model=False)
+    decoder = Decoder(builder, end_id=END, max_length=4)
+    decoder.greedy([[2] + [5] * 57 + [3]])  # 59 + 3 = 62 positions: the most there are
+    with pytest.raises(ValueError, match=r"needs 63 positions .* has 62 usable positions "
+                                         r"\(max_position_embeddings 64 minus pad_token_id"):
+        decoder.greedy([[2] + [5] * 58 + [3]])
+
+
+@pytest.mark.parametrize("family", ["bert", "albert", "roformer", "nezha"])
+def test_over_long_input_names_the_position_limit(family):
+    """70 tokens into a model of 64 positions: an error naming the limit (it used to
+    be a broadcast error of TensorFlow); families without a position table run."""
+    from bert4x.models import build_transformer_model
+    fields = dict(embedding_size=16) if family == "albert" else {}
+    model = build_transformer_model(**dict(TINY_CONFIG, **fields), model=family)
+    ids = np.full((2, 70), 5, "int32")
+    if family in ("roformer", "nezha"):
+        assert model.predict([ids, np.zeros_like(ids)], verbose=0).shape == (2, 70, 32)
+        return
+    for run in (lambda: model([ids, np.zeros_like(ids)]),
+                lambda: model.predict([ids, np.zeros_like(ids)], verbose=0)):
+        with pytest.raises(ValueError, match="an input of 70 tokens is longer than this "
+                                             "model can take: its position table has 64 "
+                                             "positions"):
+            run()
+
+
 # ------------------------------------------------ files: ensure_pretrained trains once
 _ENSURE_WORKER = r"""
 import json, os, sys, time, types
