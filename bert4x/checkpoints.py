@@ -106,13 +106,21 @@ class _Reader:
     def get(self, name):
         try:
             return np.asarray(self._get(name))
+        except PermissionError:
+            raise
         except Exception as error:  # corrupt data shows up only when read
+            if type(error).__name__ == "PermissionDeniedError":  # TensorFlow's
+                raise PermissionError(f"checkpoint {self.path}: reading {name!r} was "
+                                      f"refused: permission denied ({error})") from error
             raise ValueError(f"checkpoint {self.path} is corrupt: reading {name!r} failed: "
                              f"{error}") from error
 
 
 def _find_weights(path):
     """Resolve a folder or prefix to ``(path, format)``."""
+    if path.endswith(".safetensors"):  # a file by its name, even if a folder is there
+        storage.check_readable(path, "checkpoint file")
+        return path, "safetensors"
     if storage.isdir(path):
         if storage.isfile(storage.join(path, "model.safetensors")):
             return storage.join(path, "model.safetensors"), "safetensors"
@@ -129,16 +137,22 @@ def _find_weights(path):
         raise FileNotFoundError(
             f"no checkpoint in folder {path!r}: expected model.safetensors, a 'checkpoint' "
             f"file, or {GOOGLE_CHECKPOINT}.index")
-    if path.endswith(".safetensors"):
-        if not storage.isfile(path):
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
-        return path, "safetensors"
     if path.endswith(".index"):
         path = path[: -len(".index")]
-    if not storage.isfile(path + ".index"):
+    if not storage.exists(path + ".index"):
         raise FileNotFoundError(
             f"checkpoint not found: {path} (expected {path}.index and its data files)")
     return path, "tensorflow"
+
+
+def _check_checkpoint_files(prefix):
+    """Say which file of a TF checkpoint cannot be read, and why, before TF reads it."""
+    folder = storage.dirname(prefix)
+    base = prefix[len(folder):].lstrip("/" + os.sep)
+    folder = folder or os.curdir
+    data = [name for name in storage.listdir(folder) if name.startswith(base + ".data-")]
+    for name in [base + ".index"] + data:
+        storage.check_readable(storage.join(folder, name), "checkpoint file")
 
 
 def _pointed_checkpoint(folder):
@@ -168,6 +182,7 @@ def open_checkpoint(path):
     path, fmt = _find_weights(str(path))
     if fmt == "safetensors":
         from safetensors import safe_open
+        storage.check_readable(path, "checkpoint file")
         # safetensors maps local files only: a remote one is read from a local copy.
         local = path if storage.is_local(path) else _local_copy(path)
         try:
@@ -192,6 +207,7 @@ def open_checkpoint(path):
             weakref.finalize(reader, os.remove, local)
         return reader
     import tensorflow as tf
+    _check_checkpoint_files(path)
     readable = _without_glob_characters(path)
     try:
         # The path is a resolved prefix: open it as such (tf.train.load_checkpoint
@@ -199,6 +215,9 @@ def open_checkpoint(path):
         reader = tf.compat.v1.train.NewCheckpointReader(readable)
         shapes = reader.get_variable_to_shape_map()
         dtypes = reader.get_variable_to_dtype_map()
+    except tf.errors.PermissionDeniedError as error:
+        raise PermissionError(f"TF checkpoint {path} exists but cannot be read: permission "
+                              f"denied ({error.message})") from error
     except Exception as error:
         raise ValueError(f"cannot read TF checkpoint {path}: {error}") from error
     names = [n for n in shapes if not n.split("/")[-1].startswith(_OPTIMIZER_SUFFIXES)]

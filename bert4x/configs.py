@@ -190,8 +190,7 @@ class BertConfig:
     @classmethod
     def from_json(cls, path):
         """Read a Google ``bert_config.json`` or a Hugging Face ``config.json``."""
-        if not storage.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
+        storage.check_readable(path, "config file")
         try:
             with storage.open(path, encoding="utf-8") as file:
                 values = json.load(file)

@@ -137,6 +137,33 @@ def getmtime(path):
     return _gfile("stat", path).mtime_nsec / 1e9
 
 
+def check_readable(path, what="file"):
+    """Raise an error that says why ``path`` cannot be read as a file, if it cannot.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (``"vocabulary file"``).
+
+    Raises:
+        FileNotFoundError: nothing is at ``path``.
+        IsADirectoryError: ``path`` is a folder.
+        PermissionError: the file is there but this process may not read it.
+
+    Example:
+        >>> check_readable("vocab.txt", "vocabulary file")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not exists(path):
+        raise FileNotFoundError(f"{what} not found: {path!r}")
+    if isdir(path):
+        raise IsADirectoryError(f"{what} {path!r} is a folder, not a file")
+    try:
+        open(path, "rb").close()
+    except PermissionError as error:
+        raise PermissionError(f"{what} {path!r} exists but cannot be read: permission "
+                              f"denied ({error})") from error
+
+
 def listdir(path):
     """The sorted names in folder ``path`` (without a trailing ``/`` for folders)."""
     path = os.fspath(path)

@@ -534,6 +534,79 @@ def test_bert4keras_layer_reads_config_and_files_from_ram(two_models, tmp_path):
         assert file[1] == "second\n"  # the offsets read back from ram://
 
 
+# ------------------------------------------------ files: an unreadable file says why
+@pytest.fixture(scope="module")
+def saved_folder(two_models, tmp_path_factory):
+    """A complete export: config, TF checkpoint, vocab.txt and a safetensors copy."""
+    from safetensors.numpy import save_file
+
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path_factory.mktemp("saved") / "export"
+    save_checkpoint(two_models[0][0], folder, vocab=[f"t{i}" for i in range(100)])
+    save_file({"bert.embeddings.word_embeddings.weight": np.zeros((100, 32), "float32")},
+              str(folder.parent / "model.safetensors"))
+    return folder
+
+
+def _load_each_file(folder):
+    from bert4x.checkpoints import open_checkpoint
+    from bert4x.configs import BertConfig
+    from bert4x.tokenizers import Tokenizer
+    return {"bert_config.json": lambda: BertConfig.from_json(folder / "bert_config.json"),
+            "bert_model.ckpt.index": lambda: open_checkpoint(folder),
+            "bert_model.ckpt.data-00000-of-00001": lambda: open_checkpoint(folder),
+            "vocab.txt": lambda: Tokenizer(str(folder / "vocab.txt")),
+            "model.safetensors": lambda: open_checkpoint(folder.parent / "model.safetensors")}
+
+
+@pytest.mark.parametrize("name", ["bert_config.json", "bert_model.ckpt.index",
+                                  "bert_model.ckpt.data-00000-of-00001", "vocab.txt",
+                                  "model.safetensors"])
+def test_unreadable_file_says_permission_denied(saved_folder, monkeypatch, name):
+    """Tests run as root, where chmod does not stop reads: the file's permission is
+    simulated by a fake bert4x.storage.open that refuses it (PermissionError), as the
+    operating system would. Permission is not "missing" and not "corrupt"."""
+    from bert4x import storage
+    original = storage.open
+
+    def refusing_open(path, mode="r", *args, **kwargs):
+        if os.path.basename(os.fspath(path)) == name:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return original(path, mode, *args, **kwargs)
+    monkeypatch.setattr(storage, "open", refusing_open)
+    with pytest.raises(PermissionError, match=f"{name}' exists but cannot be read: "
+                                              "permission denied"):
+        _load_each_file(saved_folder)[name]()
+
+
+def test_checkpoint_refused_by_tensorflow_says_permission_denied(saved_folder, monkeypatch):
+    """TensorFlow reads TF checkpoints itself: its PermissionDeniedError (raised here
+    by a fake reader, since root reads every file) is a PermissionError, not a
+    "cannot read" ValueError or "corrupt"."""
+    import tensorflow as tf
+
+    from bert4x.checkpoints import open_checkpoint
+
+    def refusing_reader(prefix):
+        raise tf.errors.PermissionDeniedError(None, None, f"{prefix}.index; Permission denied")
+    monkeypatch.setattr(tf.compat.v1.train, "NewCheckpointReader", refusing_reader)
+    with pytest.raises(PermissionError, match="exists but cannot be read: permission denied"):
+        open_checkpoint(saved_folder)
+
+
+@pytest.mark.parametrize("name", ["bert_config.json", "vocab.txt", "model.safetensors"])
+def test_folder_given_for_a_file_says_so(saved_folder, tmp_path, name):
+    """A folder where a file is expected is not "not found"."""
+    import shutil
+    shutil.copytree(saved_folder.parent, tmp_path / "saved")
+    folder = tmp_path / "saved" / "export"
+    path = (folder.parent if name == "model.safetensors" else folder) / name
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(IsADirectoryError, match=f"{name}' is a folder, not a file"):
+        _load_each_file(folder)[name]()
+
+
 # ------------------------------------------------------------- inputs: checkpoints
 def _random_builder(**config):
     """A bert4x builder with every head, whose variables name a full checkpoint."""

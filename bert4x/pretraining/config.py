@@ -98,8 +98,7 @@ class PretrainingConfig:
     @classmethod
     def from_json(cls, path, **overrides):
         """Read a JSON config, then apply ``overrides`` (unknown ones are errors)."""
-        if not storage.isfile(path):
-            raise FileNotFoundError(f"pretraining config not found: {path}")
+        storage.check_readable(path, "pretraining config")
         try:
             values = json.loads(storage.read_text(path))
         except json.JSONDecodeError as error:
