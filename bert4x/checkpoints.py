@@ -147,12 +147,9 @@ def _find_weights(path):
 
 def _check_checkpoint_files(prefix):
     """Say which file of a TF checkpoint cannot be read, and why, before TF reads it."""
-    folder = storage.dirname(prefix)
-    base = prefix[len(folder):].lstrip("/" + os.sep)
-    folder = folder or os.curdir
-    data = [name for name in storage.listdir(folder) if name.startswith(base + ".data-")]
-    for name in [base + ".index"] + data:
-        storage.check_readable(storage.join(folder, name), "checkpoint file")
+    data = [path for path in storage.prefix_files(prefix) if ".data-" in path[len(prefix):]]
+    for path in [prefix + ".index"] + data:
+        storage.check_readable(path, "checkpoint file")
 
 
 def _pointed_checkpoint(folder):
@@ -208,7 +205,7 @@ def open_checkpoint(path):
         return reader
     import tensorflow as tf
     _check_checkpoint_files(path)
-    readable = _without_glob_characters(path)
+    readable = storage.tensorflow_prefix(path)
     try:
         # The path is a resolved prefix: open it as such (tf.train.load_checkpoint
         # would take a prefix for a folder on file systems like ram://).
@@ -226,23 +223,6 @@ def open_checkpoint(path):
     if readable != path:
         weakref.finalize(checkpoint, shutil.rmtree, os.path.dirname(readable), True)
     return checkpoint
-
-
-def _without_glob_characters(prefix):
-    """A prefix TensorFlow can open for ``prefix``.
-
-    TensorFlow's checkpoint reader globs the prefix, so one under a folder named
-    with ``*``, ``?`` or ``[`` never finds its files; such a local checkpoint is
-    read through links to its files from a new temporary folder.
-    """
-    if not storage.is_local(prefix) or not any(char in prefix for char in "*?["):
-        return prefix
-    folder, base = os.path.split(prefix)
-    links = tempfile.mkdtemp(prefix="bert4x-checkpoint-")
-    for name in storage.listdir(folder):
-        if name.startswith(base + "."):
-            os.symlink(os.path.join(folder, name), os.path.join(links, name))
-    return os.path.join(links, base)
 
 
 def _local_copy(path):

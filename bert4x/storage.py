@@ -316,6 +316,38 @@ def atomic_write(path, data, encoding="utf-8"):
         file.write(data)
 
 
+def prefix_files(prefix):
+    """The paths of the files named ``<prefix>.*`` (a TF checkpoint's), sorted.
+
+    Listed, not globbed: a folder named with ``[`` ``]`` ``*`` or ``?`` is no pattern.
+    """
+    prefix = os.fspath(prefix)
+    folder = dirname(prefix)
+    base = prefix[len(folder):].lstrip("/" + os.sep)
+    if not isdir(folder or os.curdir):
+        return []
+    return [join(folder, name) for name in listdir(folder or os.curdir)
+            if name.startswith(base + ".")]
+
+
+def tensorflow_prefix(prefix):
+    """A prefix TensorFlow's checkpoint readers can open for the checkpoint at ``prefix``.
+
+    TensorFlow globs the prefix it reads, so a checkpoint under a folder named with
+    ``*``, ``?`` or ``[`` is never found. Such a local prefix is given as links to
+    its files from a new temporary folder (the caller removes it with
+    ``shutil.rmtree(os.path.dirname(result))`` when the result differs); any other
+    prefix is returned as it is.
+    """
+    prefix = os.fspath(prefix)
+    if not is_local(prefix) or not any(char in prefix for char in "*?["):
+        return prefix
+    links = tempfile.mkdtemp(prefix="bert4x-checkpoint-")
+    for path in prefix_files(prefix):
+        os.symlink(os.path.abspath(path), os.path.join(links, os.path.basename(path)))
+    return os.path.join(links, os.path.basename(prefix))
+
+
 def can_lock(path):
     """True when :func:`file_lock` works for ``path``: a local path on a system with
     ``fcntl`` (Linux, macOS). Object stores (``gs://``) offer no lock."""

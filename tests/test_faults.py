@@ -262,6 +262,21 @@ def test_save_checkpoint_cleans_stale_staging_folders(two_models, tmp_path):
     assert _which_model(folder, two_models[1]) == 1
 
 
+def test_checkpoint_in_a_folder_named_with_glob_characters_loads(two_models, tmp_path):
+    """TensorFlow's checkpoint reader globs the prefix: ``export[1]/`` was never found."""
+    from bert4x.checkpoints import save_checkpoint
+    from bert4x.models import build_transformer_model
+    (builder, _), arrays = two_models
+    folder = tmp_path / "export[1]*?"
+    save_checkpoint(builder, folder)
+    assert _which_model(folder, arrays) == 0
+    model = build_transformer_model(str(folder), with_mlm=True)
+    ids = np.array([[2, 7, 3]], "int32")
+    np.testing.assert_array_equal(np.asarray(model([ids, 0 * ids])[0]),
+                                  np.asarray(builder.model([ids, 0 * ids])[0]))
+    assert not [name for name in os.listdir(tmp_path) if name != folder.name]
+
+
 def test_save_checkpoint_keeps_folders_named_like_staging(two_models, tmp_path):
     """Only a staging folder with bert4x's marker inside is proven to be its own."""
     from bert4x.checkpoints import save_checkpoint

@@ -727,6 +727,18 @@ def test_stale_staging_of_killed_saves_is_removed_at_start_and_after_a_save(
     assert (copy / "ckpt-9_temp" / "notes.txt").exists()
 
 
+def test_resume_in_a_folder_named_with_glob_characters(checkpointed_run, tmp_path):
+    """TensorFlow globs the prefixes it reads: checkpoints under ``run[1]/`` were all
+    reported missing or unreadable ("damaged") although they were intact."""
+    import shutil
+    _, checkpoints, trainer = checkpointed_run
+    copy = tmp_path / "run[1]" / "checkpoints"
+    shutil.copytree(checkpoints, copy)
+    trainer.checkpoint_dir = str(copy)
+    assert trainer.restore() == 6
+    assert int(trainer.examples_seen.numpy()) == 6 * 8
+
+
 def test_no_intact_checkpoint_stops_unless_starting_over(checkpointed_run, tmp_path):
     from bert4x.pretraining.resume import DamagedCheckpointError
     from bert4x.pretraining.trainer import Pretrainer, run_pretraining

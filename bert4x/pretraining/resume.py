@@ -15,9 +15,12 @@ The file format is the backend's (:class:`TensorFlowCheckpointFormat`,
 which step to restore and which files to keep.
 """
 
+import os
 import re
+import shutil
 import time
 import warnings
+import weakref
 
 import numpy as np
 
@@ -227,7 +230,8 @@ class TensorFlowCheckpointFormat:
         name = _basename(prefix)
         if not storage.exists(prefix + ".index"):
             return f"{name}.index is missing"
-        data = storage.glob(prefix + ".data-*")
+        data = [path for path in storage.prefix_files(prefix)
+                if re.fullmatch(r"\.data-\d{5}-of-\d{5}", path[len(prefix):])]
         if not data:
             return f"{name}.data-00000-of-00001 is missing"
         shards = int(data[0].rsplit("-of-", 1)[1])
@@ -237,7 +241,12 @@ class TensorFlowCheckpointFormat:
                 return f"{_basename(path)} is missing"
         try:
             # Not tf.train.load_checkpoint: it takes a ram:// prefix for a folder.
-            reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+            readable = storage.tensorflow_prefix(prefix)
+            try:
+                reader = tf.compat.v1.train.NewCheckpointReader(readable)
+            finally:
+                if readable != prefix:
+                    shutil.rmtree(os.path.dirname(readable), ignore_errors=True)
             shapes = reader.get_variable_to_shape_map()
             dtypes = reader.get_variable_to_dtype_map()
         except Exception as error:  # noqa: BLE001 - TF raises several kinds here
@@ -265,4 +274,7 @@ class TensorFlowCheckpointFormat:
         return None
 
     def restore(self, prefix):
-        self.checkpoint.restore(prefix).assert_existing_objects_matched()
+        readable = storage.tensorflow_prefix(prefix)
+        self.checkpoint.restore(readable).assert_existing_objects_matched()
+        if readable != prefix:  # restorations deferred to later variables read it too
+            weakref.finalize(self.checkpoint, shutil.rmtree, os.path.dirname(readable), True)
