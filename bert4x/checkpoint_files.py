@@ -67,6 +67,9 @@ def read_pointer(directory):
         FileExistsError: the pointer was not written by bert4x.
     """
     path = storage.join(directory, POINTER)
+    if storage.exists(path) and not storage.isfile(path):
+        raise FileExistsError(f"{path} is a folder, not save_checkpoint's pointer file; "
+                              "save into another folder")
     if not storage.isfile(path):
         return None, set()
     text = storage.read_text(path)

@@ -125,11 +125,15 @@ def _find_weights(path):
         if storage.isfile(storage.join(path, "model.safetensors")):
             return storage.join(path, "model.safetensors"), "safetensors"
         latest = _pointed_checkpoint(path)
-        if latest:
+        if latest and storage.isfile(latest + ".index"):
             return latest, "tensorflow"
         prefix = storage.join(path, GOOGLE_CHECKPOINT)
         if storage.isfile(prefix + ".index"):
             return prefix, "tensorflow"
+        if latest:
+            raise FileNotFoundError(
+                f"the checkpoint pointer {storage.join(path, 'checkpoint')} names {latest}, "
+                f"but {latest}.index is not there (were the files moved or deleted?)")
         if storage.isfile(storage.join(path, "pytorch_model.bin")):
             raise NotImplementedError(
                 f"{path}: pytorch_model.bin is not read by bert4x; convert it to "
@@ -153,7 +157,7 @@ def _check_checkpoint_files(prefix):
 
 
 def _pointed_checkpoint(folder):
-    """The prefix the folder's ``checkpoint`` pointer names, if its ``.index`` is there.
+    """The prefix the folder's ``checkpoint`` pointer names (None: no pointer).
 
     Not ``tf.train.latest_checkpoint``: it globs the prefix, so a folder named with
     ``[`` ``]`` or ``*`` never matched its own files.
@@ -171,7 +175,7 @@ def _pointed_checkpoint(folder):
     prefix = state.model_checkpoint_path
     if storage.is_local(prefix) and not os.path.isabs(prefix):
         prefix = storage.join(folder, prefix)
-    return prefix if storage.isfile(prefix + ".index") else None
+    return prefix
 
 
 def open_checkpoint(path):

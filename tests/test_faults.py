@@ -162,6 +162,33 @@ def test_save_checkpoint_refuses_a_foreign_pointer(two_models, tmp_path):
     assert _snapshot(folder) == before
 
 
+def test_save_checkpoint_refuses_a_folder_named_checkpoint(two_models, tmp_path):
+    """It used to fail on a rename into the folder (IsADirectoryError from the OS)."""
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "export"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "checkpoint" / "results.txt").write_text("mine")
+    before = _snapshot(folder)
+    with pytest.raises(FileExistsError, match="checkpoint is a folder"):
+        save_checkpoint(two_models[0][0], folder)
+    assert _snapshot(folder) == before and os.listdir(folder) == ["checkpoint"]
+
+
+def test_pointer_to_moved_weights_names_them(two_models, tmp_path):
+    """A pointer whose weights are gone: the error names the pointer and the prefix
+    (it said the folder had no 'checkpoint' file)."""
+    from bert4x.checkpoints import open_checkpoint, save_checkpoint
+    folder = tmp_path / "export"
+    save_checkpoint(two_models[0][0], folder)
+    save_checkpoint(two_models[0][1], folder)  # now bert_model.ckpt-1
+    for name in os.listdir(folder):
+        if name.startswith("bert_model.ckpt"):
+            (folder / name).rename(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=r"pointer .*checkpoint names .*"
+                                                r"bert_model\.ckpt(-1)?, but .*\.index is not"):
+        open_checkpoint(folder)
+
+
 def test_save_checkpoint_replaces_a_folder_saved_by_earlier_versions(two_models, tmp_path):
     from bert4x.checkpoints import save_checkpoint
     (builder, other), arrays = two_models
