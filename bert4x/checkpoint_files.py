@@ -1,7 +1,7 @@
 """Publish a checkpoint into a folder that may hold the user's files and an older save.
 
 :func:`bert4x.checkpoints.save_checkpoint` writes a complete checkpoint into a
-staging folder beside the destination and calls :func:`publish`, which moves it in
+staging folder inside the destination and calls :func:`publish`, which moves it in
 file by file. The ``checkpoint`` pointer file, which ``tf.train.latest_checkpoint``
 and bert4x's loaders follow, is the one switch: it is replaced last, in one atomic
 rename (one atomic object write on ``gs://``), and it names the weights to load.
@@ -22,15 +22,22 @@ What is guaranteed:
   atomically just before the pointer; a save that *changes* the model's shape
   and is killed in that instant leaves the new config beside the old weights (the
   next save repairs it). Re-saving a model of the same shape has no such window.
-* The staging folder (``<folder>.tmp-<random>``) holds a journal of the names it
-  moved into the folder. The next save removes stale staging folders, the files
-  their journal claims that no pointer refers to, and weights the pointer still
-  lists but no longer uses, so a killed save leaves no litter behind for good.
+* The new checkpoint is staged inside the destination, in a hidden folder
+  ``.bert4x-staging-<random>`` whose first file is a marker (``bert4x-staging``,
+  a fixed text): the parent folder need not be writable (a mounted volume), and a
+  save that fails removes its staging folder and what it moved in. The staging
+  folder holds a journal of the names it moved into the folder. The next save
+  removes stale staging folders (only ones with the marker: nothing else is
+  proven to be bert4x's), the files their journal claims that no pointer refers
+  to, and weights the pointer still lists but no longer uses, so a killed save
+  leaves no litter behind for good. Folders beside the destination are never
+  touched.
 * One save into a folder at a time (a second concurrent save may remove the
   first one's staging folder).
 """
 
 import os
+import re
 import uuid
 
 from bert4x import storage
@@ -39,6 +46,11 @@ POINTER = "checkpoint"
 WEIGHTS_BASE = "bert_model.ckpt"
 _OWNED = "# bert4x-owned: "
 _JOURNAL = "bert4x-claims.txt"
+_STAGING_PREFIX = ".bert4x-staging-"
+_STAGING_NAME = re.compile(r"^\.bert4x-staging-[0-9a-f]{12}$")
+_MARKER = "bert4x-staging"
+_MARKER_TEXT = ("A staging folder of bert4x's save_checkpoint: the next save into the "
+                "folder above removes it.\n")
 # What save_checkpoint wrote before it recorded ownership: these names were its own.
 _LEGACY_POINTER = (f'model_checkpoint_path: "{WEIGHTS_BASE}"\n'
                    f'all_model_checkpoint_paths: "{WEIGHTS_BASE}"\n')
@@ -55,6 +67,9 @@ def read_pointer(directory):
         FileExistsError: the pointer was not written by bert4x.
     """
     path = storage.join(directory, POINTER)
+    if storage.exists(path) and not storage.isfile(path):
+        raise FileExistsError(f"{path} is a folder, not save_checkpoint's pointer file; "
+                              "save into another folder")
     if not storage.isfile(path):
         return None, set()
     text = storage.read_text(path)
@@ -117,36 +132,46 @@ def clean(directory):
 
 
 def _stale_stagings(directory):
-    """The staging folders ``<directory>.tmp-*`` beside ``directory``."""
-    parent = storage.dirname(directory)
-    if not storage.isdir(parent):
+    """The staging folders of earlier saves inside ``directory``: those with the marker."""
+    if not storage.isdir(directory):
         return []
-    start = directory[len(parent):].lstrip("/" + os.sep) + ".tmp-"
-    return [storage.join(parent, name) for name in storage.listdir(parent)
-            if name.startswith(start) and storage.isdir(storage.join(parent, name))]
+    found = []
+    for name in storage.listdir(directory):
+        folder = storage.join(directory, name)
+        # An empty one is of a save killed before its marker: removing it loses nothing.
+        if _STAGING_NAME.match(name) and storage.isdir(folder) and (
+                _is_marked(folder) or not storage.listdir(folder)):
+            found.append(folder)
+    return found
+
+
+def _is_marked(folder):
+    marker = storage.join(folder, _MARKER)
+    try:
+        return storage.isfile(marker) and storage.read_text(marker) == _MARKER_TEXT
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def destination(directory):
-    """``directory`` as save_checkpoint uses it: absolute, without a trailing slash.
-
-    Raises:
-        ValueError: a bucket's root (``gs://bucket``), which has no room beside it
-            for the staging folder.
-    """
+    """``directory`` as save_checkpoint uses it: absolute, without a trailing slash."""
     directory = os.fspath(directory)
     if storage.is_local(directory):
         return os.path.abspath(directory)
-    directory = directory.rstrip("/")
-    if "/" not in directory.split("://", 1)[1]:
-        raise ValueError(f"save into a folder inside {directory}, not its root: the new "
-                         "checkpoint is staged in a folder beside the destination")
-    return directory
+    return directory.rstrip("/")
 
 
 def new_staging(directory):
-    """A new, empty staging folder beside ``directory``."""
-    staging = f"{directory}.tmp-{uuid.uuid4().hex[:12]}"
+    """A new staging folder inside ``directory``, holding only its marker.
+
+    The marker is written first (directly: a temporary file beside it would be
+    litter of its own), so a staging folder a later save finds carries it, and is
+    bert4x's to remove, or is empty.
+    """
+    staging = storage.join(directory, f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     storage.makedirs(staging)
+    with storage.open(storage.join(staging, _MARKER), "w") as marker:
+        marker.write(_MARKER_TEXT)
     return staging
 
 
@@ -161,7 +186,6 @@ def publish(staging, directory, names):
     Returns:
         The published checkpoint prefix.
     """
-    storage.makedirs(directory)
     old_prefix, owned = read_pointer(directory)
     present = storage.listdir(directory)
     prefix = _free_prefix(present)

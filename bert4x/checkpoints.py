@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 import weakref
@@ -105,23 +106,34 @@ class _Reader:
     def get(self, name):
         try:
             return np.asarray(self._get(name))
+        except PermissionError:
+            raise
         except Exception as error:  # corrupt data shows up only when read
+            if type(error).__name__ == "PermissionDeniedError":  # TensorFlow's
+                raise PermissionError(f"checkpoint {self.path}: reading {name!r} was "
+                                      f"refused: permission denied ({error})") from error
             raise ValueError(f"checkpoint {self.path} is corrupt: reading {name!r} failed: "
                              f"{error}") from error
 
 
 def _find_weights(path):
     """Resolve a folder or prefix to ``(path, format)``."""
+    if path.endswith(".safetensors"):  # a file by its name, even if a folder is there
+        storage.check_readable(path, "checkpoint file")
+        return path, "safetensors"
     if storage.isdir(path):
         if storage.isfile(storage.join(path, "model.safetensors")):
             return storage.join(path, "model.safetensors"), "safetensors"
-        import tensorflow as tf
-        latest = tf.train.latest_checkpoint(path)
-        if latest:
+        latest = _pointed_checkpoint(path)
+        if latest and storage.isfile(latest + ".index"):
             return latest, "tensorflow"
         prefix = storage.join(path, GOOGLE_CHECKPOINT)
         if storage.isfile(prefix + ".index"):
             return prefix, "tensorflow"
+        if latest:
+            raise FileNotFoundError(
+                f"the checkpoint pointer {storage.join(path, 'checkpoint')} names {latest}, "
+                f"but {latest}.index is not there (were the files moved or deleted?)")
         if storage.isfile(storage.join(path, "pytorch_model.bin")):
             raise NotImplementedError(
                 f"{path}: pytorch_model.bin is not read by bert4x; convert it to "
@@ -129,16 +141,41 @@ def _find_weights(path):
         raise FileNotFoundError(
             f"no checkpoint in folder {path!r}: expected model.safetensors, a 'checkpoint' "
             f"file, or {GOOGLE_CHECKPOINT}.index")
-    if path.endswith(".safetensors"):
-        if not storage.isfile(path):
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
-        return path, "safetensors"
     if path.endswith(".index"):
         path = path[: -len(".index")]
-    if not storage.isfile(path + ".index"):
+    if not storage.exists(path + ".index"):
         raise FileNotFoundError(
             f"checkpoint not found: {path} (expected {path}.index and its data files)")
     return path, "tensorflow"
+
+
+def _check_checkpoint_files(prefix):
+    """Say which file of a TF checkpoint cannot be read, and why, before TF reads it."""
+    data = [path for path in storage.prefix_files(prefix) if ".data-" in path[len(prefix):]]
+    for path in [prefix + ".index"] + data:
+        storage.check_readable(path, "checkpoint file")
+
+
+def _pointed_checkpoint(folder):
+    """The prefix the folder's ``checkpoint`` pointer names (None: no pointer).
+
+    Not ``tf.train.latest_checkpoint``: it globs the prefix, so a folder named with
+    ``[`` ``]`` or ``*`` never matched its own files.
+    """
+    pointer = storage.join(folder, "checkpoint")
+    if not storage.isfile(pointer):
+        return None
+    import tensorflow as tf
+    try:
+        state = tf.train.get_checkpoint_state(folder)
+    except Exception as error:  # a text-proto parse error, whatever TF calls it
+        raise ValueError(f"the checkpoint pointer {pointer} cannot be read: {error}") from error
+    if state is None or not state.model_checkpoint_path:
+        return None
+    prefix = state.model_checkpoint_path
+    if storage.is_local(prefix) and not os.path.isabs(prefix):
+        prefix = storage.join(folder, prefix)
+    return prefix
 
 
 def open_checkpoint(path):
@@ -146,6 +183,7 @@ def open_checkpoint(path):
     path, fmt = _find_weights(str(path))
     if fmt == "safetensors":
         from safetensors import safe_open
+        storage.check_readable(path, "checkpoint file")
         # safetensors maps local files only: a remote one is read from a local copy.
         local = path if storage.is_local(path) else _local_copy(path)
         try:
@@ -170,17 +208,25 @@ def open_checkpoint(path):
             weakref.finalize(reader, os.remove, local)
         return reader
     import tensorflow as tf
+    _check_checkpoint_files(path)
+    readable = storage.tensorflow_prefix(path)
     try:
         # The path is a resolved prefix: open it as such (tf.train.load_checkpoint
         # would take a prefix for a folder on file systems like ram://).
-        reader = tf.compat.v1.train.NewCheckpointReader(path)
+        reader = tf.compat.v1.train.NewCheckpointReader(readable)
         shapes = reader.get_variable_to_shape_map()
         dtypes = reader.get_variable_to_dtype_map()
+    except tf.errors.PermissionDeniedError as error:
+        raise PermissionError(f"TF checkpoint {path} exists but cannot be read: permission "
+                              f"denied ({error.message})") from error
     except Exception as error:
         raise ValueError(f"cannot read TF checkpoint {path}: {error}") from error
     names = [n for n in shapes if not n.split("/")[-1].startswith(_OPTIMIZER_SUFFIXES)]
-    return _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor,
-                   lambda n: (dtypes[n].name, dtypes[n].is_floating))
+    checkpoint = _Reader(path, fmt, names, lambda n: shapes[n], reader.get_tensor,
+                         lambda n: (dtypes[n].name, dtypes[n].is_floating))
+    if readable != path:
+        weakref.finalize(checkpoint, shutil.rmtree, os.path.dirname(readable), True)
+    return checkpoint
 
 
 def _local_copy(path):
@@ -256,6 +302,10 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
                 continue
             hint = ("; pass allow_missing_heads=True to start it from its initialiser"
                     if google_name.startswith(_HEADS) else "")
+            if google_name.endswith("embeddings/position_embeddings"):
+                hint = (f"; a checkpoint without a position table is of a family without "
+                        f"one: pass model='nezha' or model='roformer' (this is a "
+                        f"{builder.family!r} model)")
             raise ValueError(f"checkpoint {reader.path} has no variable {google_name!r} "
                              f"(format {reader.format}){hint}")
         reader.check_float(name)
@@ -285,10 +335,28 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
             value = value.T
         if kind == "vocab" and keep_tokens is not None:
             value = value[np.asarray(keep_tokens)]
-        variable.assign(value.astype(variable.dtype))
+        variable.assign(_finite(value, name, reader.path, variable.dtype))
     if missing_heads:
         warnings.warn(f"checkpoint {reader.path} lacks these head variables, which keep "
                       f"their initial values: {missing_heads}", stacklevel=3)
+
+
+def _finite(value, name, path, dtype):
+    """``value`` cast to ``dtype``; NaN or infinity in a weight is an error naming it."""
+    if not np.isfinite(value).all():
+        nan, infinite = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+        raise ValueError(f"checkpoint {path}: variable {name!r} holds {nan} NaN and "
+                         f"{infinite} infinite values (of {value.size}); every output of "
+                         "the model would be NaN: the file is damaged or the training "
+                         "that wrote it diverged")
+    with np.errstate(over="ignore"):  # reported below, with the variable's name
+        cast = value.astype(dtype)
+    if not np.isfinite(cast).all():
+        raise ValueError(f"checkpoint {path}: variable {name!r} holds values up to "
+                         f"{np.abs(value).max():g}, beyond the range of the model's "
+                         f"{np.dtype(dtype).name} (they would become infinite); build the "
+                         "model in a wider dtype")
+    return cast
 
 
 # Hugging Face files may hold a tied copy of the word embeddings (the MLM decoder
@@ -338,7 +406,8 @@ def save_checkpoint(builder, directory, vocab=None):
     The folder may hold other files, and an earlier save: save_checkpoint never
     deletes or replaces a file it did not write itself, and a crash at any moment
     leaves the folder loading the old checkpoint or the new one, complete. The new
-    checkpoint is written beside the folder and moved in file by file; the
+    checkpoint is written into a hidden staging folder inside the folder (so its
+    parent may be read-only) and moved in file by file; the
     ``checkpoint`` pointer file, which loaders given the folder follow, switches
     last. The new weights get a prefix no file uses yet (``bert_model.ckpt``, or
     ``bert_model.ckpt-<n>`` while an earlier save's weights are there), so pass
@@ -372,9 +441,10 @@ def save_checkpoint(builder, directory, vocab=None):
         >>> save_checkpoint(builder, "exported/", vocab="vocab.txt")  # doctest: +SKIP
         'exported/bert_model.ckpt'
     """
-    import tensorflow as tf
     directory = checkpoint_files.destination(directory)
-    contents = {GOOGLE_CONFIG: json.dumps(builder.config.to_dict(), indent=2)}
+    # The family goes with the config, so that the folder reloads without model=.
+    config = dict(builder.config.to_dict(), family=builder.family)
+    contents = {GOOGLE_CONFIG: json.dumps(config, indent=2)}
     if vocab is not None:
         contents["vocab.txt"] = vocabulary_text(_vocabulary_rows(builder, vocab))
     if storage.exists(directory) and not storage.isdir(directory):
@@ -389,27 +459,38 @@ def save_checkpoint(builder, directory, vocab=None):
     if unwritten:
         warnings.warn(f"the official checkpoint format has no names for these weights, "
                       f"which are not written to {directory}: {unwritten}", stacklevel=2)
-    staging = checkpoint_files.new_staging(directory)
+    created = not storage.exists(directory)
     try:
-        tensor_names, tensors, written = [], [], {}
-        for google_name, variable, kind in pairs:
-            value = np.asarray(keras_value(variable), dtype=np.float32)
-            value = value.T if kind == "transposed" else value
-            if google_name in written:  # layers sharing one official weight set
-                _check_shared(google_name, written[google_name], value)
-                continue
-            written[google_name] = value
-            tensor_names.append(google_name)
-            tensors.append(tf.constant(value))
-        tf.raw_ops.SaveV2(prefix=storage.join(staging, GOOGLE_CHECKPOINT),
-                          tensor_names=tensor_names,
-                          shape_and_slices=[""] * len(tensor_names), tensors=tensors)
-        for name in names:
-            storage.atomic_write(storage.join(staging, name), contents[name])
+        staging = checkpoint_files.new_staging(directory)
+        return _write_and_publish(builder, pairs, staging, directory, contents, names)
     except BaseException:
+        # Nothing of a failed save stays: its staging folder, what it moved in, and
+        # the destination folder when the save made it.
         with contextlib.suppress(OSError):
-            storage.rmtree(staging)
+            checkpoint_files.clean(directory)
+            if created and not storage.listdir(directory):
+                storage.rmtree(directory)
         raise
+
+
+def _write_and_publish(builder, pairs, staging, directory, contents, names):
+    """Write the checkpoint into ``staging``, then publish it into ``directory``."""
+    import tensorflow as tf
+    tensor_names, tensors, written = [], [], {}
+    for google_name, variable, kind in pairs:
+        value = np.asarray(keras_value(variable), dtype=np.float32)
+        value = value.T if kind == "transposed" else value
+        if google_name in written:  # layers sharing one official weight set
+            _check_shared(google_name, written[google_name], value)
+            continue
+        written[google_name] = value
+        tensor_names.append(google_name)
+        tensors.append(tf.constant(value))
+    tf.raw_ops.SaveV2(prefix=storage.join(staging, GOOGLE_CHECKPOINT),
+                      tensor_names=tensor_names,
+                      shape_and_slices=[""] * len(tensor_names), tensors=tensors)
+    for name in names:
+        storage.atomic_write(storage.join(staging, name), contents[name])
     return checkpoint_files.publish(staging, directory, names)
 
 

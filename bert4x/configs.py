@@ -95,6 +95,9 @@ class BertConfig:
     use_relative_position: bool = None  # NEZHA: true (relative positions, no table)
     max_relative_position: int = None  # NEZHA: K of clip(j - i, -K, K); None = 64
     rotary_value: bool = None  # RoFormer (Hugging Face): rotate values too
+    # The bert4x family (``model=`` name) the config was saved from; save_checkpoint
+    # writes it so that an export reloads without ``model=``.
+    family: str = None
 
     def __post_init__(self):
         for name in _POSITIVE_INTEGERS:
@@ -109,6 +112,9 @@ class BertConfig:
             value = getattr(self, name)
             if value is not None and (not _is_integer(value) or value < 1):
                 raise ValueError(f"config field {name} must be a positive integer, got {value!r}")
+        if self.family is not None and not isinstance(self.family, str):
+            raise ValueError(f"config field family must be a model name such as 'bert', "
+                             f"got {self.family!r}")
         for name in ("use_relative_position", "rotary_value"):
             if not any(getattr(self, name) is value for value in (None, True, False)):
                 raise ValueError(f"config field {name} must be true or false, got "
@@ -169,7 +175,8 @@ class BertConfig:
                 raise NotImplementedError(f"{source}: {key}={neutral!r} is the only value "
                                           "bert4x builds")
         for key in ("embedding_size", "pad_token_id", "model_type", "ln_type",
-                    "use_relative_position", "max_relative_position", "rotary_value"):
+                    "use_relative_position", "max_relative_position", "rotary_value",
+                    "family"):
             if key in values and values[key] is None:
                 del values[key]
         known = set(cls.field_names())
@@ -183,8 +190,7 @@ class BertConfig:
     @classmethod
     def from_json(cls, path):
         """Read a Google ``bert_config.json`` or a Hugging Face ``config.json``."""
-        if not storage.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
+        storage.check_readable(path, "config file")
         try:
             with storage.open(path, encoding="utf-8") as file:
                 values = json.load(file)

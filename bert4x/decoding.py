@@ -340,7 +340,8 @@ class Decoder:
         max_length: default maximum number of generated tokens (end included).
             A source of ``L`` tokens needs ``L + max_length - 1`` positions
             (the last generated token is never fed), at most
-            ``max_position_embeddings``.
+            ``max_position_embeddings`` (fairseq RoBERTa: 2 fewer); families
+            without a position table (RoFormer, NEZHA) have no such limit.
         min_length: default minimum number of tokens before the end token.
         target_segment_id: segment id of generated tokens (default 1 for UniLM,
             0 for LM), below the model's ``type_vocab_size``.
@@ -366,8 +367,8 @@ class Decoder:
                              "(build_transformer_model(..., return_keras_model=False))")
         self.builder = builder
         self.vocab_size = builder.config.vocab_size
-        self.max_positions = getattr(builder, "max_positions",
-                                     builder.config.max_position_embeddings)
+        self.max_positions = builder.max_positions  # None: no position table, no limit
+        self.position_rule = builder.position_rule()
         self.pad_id = builder.config.pad_token_id
         self.end_id = check_end_id(end_id, self.vocab_size)
         if self.end_id == self.pad_id:
@@ -406,11 +407,13 @@ class Decoder:
         longest = max(len(m) for m in members + (negative.members if negative else []))
         # The last generated token is never fed to the model, so it takes no position.
         needed = longest + max_length - 1
-        if needed > self.max_positions:
+        if self.max_positions is not None and needed > self.max_positions:
             raise ValueError(
                 f"a source of {longest} tokens plus max_length {max_length} new tokens "
                 f"needs {needed} positions (the last new token is never fed); the "
-                f"position table has {self.max_positions} (max_position_embeddings)")
+                f"position table has {self.max_positions} usable positions "
+                f"({self.position_rule}; model {self.builder.family!r}); RoFormer "
+                f"and NEZHA have no position table and no such limit")
         compiled = _compiled_models(self.builder, self.jit_compile)
         scorer = _CachedScorer(compiled, members, owner, sizes, copies, max_length,
                                self.target_segment_id, extras, self.vocab_size, negative,

@@ -50,6 +50,13 @@ class RoBERTa(BERT):
         offset = self.config.pad_token_id + 1 if self.fairseq else 0
         return self.config.max_position_embeddings - offset
 
+    def position_rule(self):
+        if not self.fairseq:
+            return super().position_rule()
+        return (f"max_position_embeddings {self.config.max_position_embeddings} minus "
+                f"pad_token_id + 1: fairseq RoBERTa's positions start at "
+                f"{self.config.pad_token_id + 1}")
+
     def mlm_hidden_act(self):
         return "gelu" if self.fairseq else self.config.hidden_act
 

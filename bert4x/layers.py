@@ -238,6 +238,14 @@ class PositionEmbedding(keras.layers.Layer):
         table = ops.cast(self.embeddings, self.compute_dtype)
         if position_ids is None:
             length = ops.shape(inputs)[1]
+            # Known here in eager calls, on JAX and torch, and in TensorFlow's first
+            # trace of a length; the backend's own error would name a broadcast.
+            if isinstance(length, int) and length > self.max_length:
+                raise ValueError(
+                    f"an input of {length} tokens is longer than this model can take: "
+                    f"its position table has {self.max_length} positions "
+                    f"(max_position_embeddings); cut inputs to at most "
+                    f"{self.max_length} tokens (e.g. the tokenizer's maxlen)")
             return ops.broadcast_to(table[None, :length], ops.shape(inputs))
         return ops.take(table, ops.cast(position_ids, "int32"), axis=0)
 

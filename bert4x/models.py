@@ -64,7 +64,8 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
         model: the family, with bert4keras's names: ``"bert"``, ``"roberta"``,
             ``"albert"``, ``"albert_unshared"``, ``"electra"``, ``"roformer"``,
             ``"nezha"`` (see ``MODELS``).
-            None: the config's Hugging Face ``model_type``, else ``"bert"``.
+            None: the config's ``family`` (written by ``save_checkpoint``), else
+            its Hugging Face ``model_type``, else ``"bert"``.
         application: ``"encoder"``, ``"lm"`` or ``"unilm"`` (the last two turn the
             MLM head on and return its output alone).
         with_pool, with_nsp, with_mlm, with_discriminator: heads to add (see
@@ -110,8 +111,12 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
         except TypeError as error:
             raise TypeError(f"without config_path, pass BertConfig fields as keywords: "
                             f"{error}") from error
+    if config.family is not None and config.family not in MODELS:
+        raise ValueError(f"the config's family {config.family!r} is not a family bert4x "
+                         f"builds; available: {sorted(MODELS)}")
     if model is None:
-        model = family_of(config.model_type) if config.model_type else "bert"
+        model = config.family or (family_of(config.model_type) if config.model_type
+                                  else "bert")
         if model not in MODELS:
             raise ValueError(f"the config's model_type {config.model_type!r} is not a "
                              f"family bert4x builds; available: {sorted(MODELS)}")

@@ -40,8 +40,7 @@ class SpTokenizer(TokenizerBase):
         import sentencepiece
 
         model_path = os.fspath(model_path)
-        if not storage.isfile(model_path):
-            raise FileNotFoundError(f"SentencePiece model not found: {model_path!r}")
+        storage.check_readable(model_path, "SentencePiece model")
         # Read as bytes, so gs:// and ram:// paths work too.
         self._model = sentencepiece.SentencePieceProcessor(
             model_proto=storage.read_bytes(model_path))

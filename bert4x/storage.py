@@ -122,6 +122,49 @@ def isfile(path):
     return exists(path) and not isdir(path)
 
 
+def getsize(path):
+    """The size of the file at ``path`` in bytes."""
+    path = os.fspath(path)
+    if is_local(path):
+        return os.path.getsize(path)
+    return _gfile("stat", path).length
+
+
+def getmtime(path):
+    """When the file at ``path`` last changed, in seconds since the epoch."""
+    path = os.fspath(path)
+    if is_local(path):
+        return os.path.getmtime(path)
+    return _gfile("stat", path).mtime_nsec / 1e9
+
+
+def check_readable(path, what="file"):
+    """Raise an error that says why ``path`` cannot be read as a file, if it cannot.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (``"vocabulary file"``).
+
+    Raises:
+        FileNotFoundError: nothing is at ``path``.
+        IsADirectoryError: ``path`` is a folder.
+        PermissionError: the file is there but this process may not read it.
+
+    Example:
+        >>> check_readable("vocab.txt", "vocabulary file")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not exists(path):
+        raise FileNotFoundError(f"{what} not found: {path!r}")
+    if isdir(path):
+        raise IsADirectoryError(f"{what} {path!r} is a folder, not a file")
+    try:
+        open(path, "rb").close()
+    except PermissionError as error:
+        raise PermissionError(f"{what} {path!r} exists but cannot be read: permission "
+                              f"denied ({error})") from error
+
+
 def listdir(path):
     """The sorted names in folder ``path`` (without a trailing ``/`` for folders)."""
     path = os.fspath(path)
@@ -186,11 +229,12 @@ def _transfer(gfile_function, local_function, source, destination, overwrite):
         _gfile(gfile_function, source, destination, overwrite=overwrite)
 
 
-def open(path, mode="r", encoding="utf-8"):  # noqa: A001 - mirrors builtins.open
+def open(path, mode="r", encoding="utf-8", errors=None):  # noqa: A001 - mirrors builtins.open
     """Open a file; ``mode`` is one of ``r rb w wb a ab``.
 
-    Remote files in text mode are decoded with ``encoding`` when read; written
-    remotely, text must be UTF-8.
+    Remote files in text mode are decoded with ``encoding`` (and ``errors``, as
+    the built-in ``open`` takes them) when read; written remotely, text must be
+    UTF-8.
 
     Raises:
         FileNotFoundError: reading a file that does not exist.
@@ -200,13 +244,15 @@ def open(path, mode="r", encoding="utf-8"):  # noqa: A001 - mirrors builtins.ope
         raise ValueError(f"mode must be one of r rb w wb a ab, got {mode!r}")
     binary = "b" in mode
     if is_local(path):
-        return builtins.open(path, mode, encoding=None if binary else encoding)
+        return builtins.open(path, mode, encoding=None if binary else encoding,
+                             errors=None if binary else errors)
     if mode.startswith("r"):
         if not exists(path):  # GFile opens lazily and would fail only at the first read
             raise FileNotFoundError(f"file not found: {path}")
         if not binary:  # universal newlines and any encoding, as a local open gives
-            return io.TextIOWrapper(io.BytesIO(read_bytes(path)), encoding=encoding)
-    elif not binary and encoding.replace("-", "").lower() != "utf8":
+            return io.TextIOWrapper(io.BytesIO(read_bytes(path)), encoding=encoding,
+                                    errors=errors)
+    elif not binary and (encoding or "utf-8").replace("-", "").lower() != "utf8":
         raise ValueError(f"{path}: remote text files are written as UTF-8, not {encoding}")
     return _gfile("GFile", path, mode)
 
@@ -269,6 +315,38 @@ def atomic_write(path, data, encoding="utf-8"):
     """Write ``data`` (``str`` or ``bytes``) to ``path`` with :func:`atomic_open`."""
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w", encoding) as file:
         file.write(data)
+
+
+def prefix_files(prefix):
+    """The paths of the files named ``<prefix>.*`` (a TF checkpoint's), sorted.
+
+    Listed, not globbed: a folder named with ``[`` ``]`` ``*`` or ``?`` is no pattern.
+    """
+    prefix = os.fspath(prefix)
+    folder = dirname(prefix)
+    base = prefix[len(folder):].lstrip("/" + os.sep)
+    if not isdir(folder or os.curdir):
+        return []
+    return [join(folder, name) for name in listdir(folder or os.curdir)
+            if name.startswith(base + ".")]
+
+
+def tensorflow_prefix(prefix):
+    """A prefix TensorFlow's checkpoint readers can open for the checkpoint at ``prefix``.
+
+    TensorFlow globs the prefix it reads, so a checkpoint under a folder named with
+    ``*``, ``?`` or ``[`` is never found. Such a local prefix is given as links to
+    its files from a new temporary folder (the caller removes it with
+    ``shutil.rmtree(os.path.dirname(result))`` when the result differs); any other
+    prefix is returned as it is.
+    """
+    prefix = os.fspath(prefix)
+    if not is_local(prefix) or not any(char in prefix for char in "*?["):
+        return prefix
+    links = tempfile.mkdtemp(prefix="bert4x-checkpoint-")
+    for path in prefix_files(prefix):
+        os.symlink(os.path.abspath(path), os.path.join(links, os.path.basename(path)))
+    return os.path.join(links, os.path.basename(prefix))
 
 
 def can_lock(path):

@@ -40,6 +40,10 @@ from bert4x.layers import (AttentionBias, BiasAdd, Dropout, Embedding, FeedForwa
 
 _MASK_PENALTY = -1e9
 
+# Families that read one another's exports unchanged: HFL's RoBERTa is BERT, and
+# albert_unshared starts from ALBERT's shared weights.
+_SAME_WEIGHTS = ({"bert", "roberta"}, {"albert", "albert_unshared"})
+
 # Official names of a BERT block's weights under its prefix (``bert/encoder/layer_i/``).
 BERT_BLOCK_NAMES = dict(
     query="attention/self/query", key="attention/self/key", value="attention/self/value",
@@ -176,6 +180,12 @@ class Transformer:
             ValueError: a field this family does not honour has a value other
                 than its neutral one, or ``model_type`` names another family.
         """
+        if config.family is not None and config.family != cls.family and not (
+                {config.family, cls.family} in _SAME_WEIGHTS):
+            raise ValueError(
+                f"the config was saved from a {config.family!r} model (its field family), "
+                f"which cannot be built as a {cls.family!r} model; pass "
+                f"model={config.family!r} or leave model= out")
         if config.model_type is not None and config.model_type not in cls.model_types:
             from bert4x.families import family_of  # the families build on this module
 
@@ -238,8 +248,15 @@ class Transformer:
 
     @property
     def max_positions(self):
-        """How many positions a sequence (source plus generated tokens) may use."""
+        """How many positions a sequence (source plus generated tokens) may use;
+        None for a family without a position table (no limit)."""
+        if not self.absolute_positions:
+            return None
         return self.config.max_position_embeddings
+
+    def position_rule(self):
+        """Where :attr:`max_positions` comes from, for error messages."""
+        return "max_position_embeddings"
 
     def mlm_hidden_act(self):
         """Activation of the MLM head's dense layer."""

@@ -51,8 +51,7 @@ def load_vocab(path, encoding="utf-8", simplified=False, startswith=None):
         ...     "vocab.txt", simplified=True)  # doctest: +SKIP
     """
     path = os.fspath(path)
-    if not storage.isfile(path):
-        raise FileNotFoundError(f"vocabulary file not found: {path!r}")
+    storage.check_readable(path, "vocabulary file")
     token_dict = {}
     try:
         with storage.open(path, encoding=encoding) as reader:

@@ -162,6 +162,33 @@ def test_save_checkpoint_refuses_a_foreign_pointer(two_models, tmp_path):
     assert _snapshot(folder) == before
 
 
+def test_save_checkpoint_refuses_a_folder_named_checkpoint(two_models, tmp_path):
+    """It used to fail on a rename into the folder (IsADirectoryError from the OS)."""
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "export"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "checkpoint" / "results.txt").write_text("mine")
+    before = _snapshot(folder)
+    with pytest.raises(FileExistsError, match="checkpoint is a folder"):
+        save_checkpoint(two_models[0][0], folder)
+    assert _snapshot(folder) == before and os.listdir(folder) == ["checkpoint"]
+
+
+def test_pointer_to_moved_weights_names_them(two_models, tmp_path):
+    """A pointer whose weights are gone: the error names the pointer and the prefix
+    (it said the folder had no 'checkpoint' file)."""
+    from bert4x.checkpoints import open_checkpoint, save_checkpoint
+    folder = tmp_path / "export"
+    save_checkpoint(two_models[0][0], folder)
+    save_checkpoint(two_models[0][1], folder)  # now bert_model.ckpt-1
+    for name in os.listdir(folder):
+        if name.startswith("bert_model.ckpt"):
+            (folder / name).rename(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=r"pointer .*checkpoint names .*"
+                                                r"bert_model\.ckpt(-1)?, but .*\.index is not"):
+        open_checkpoint(folder)
+
+
 def test_save_checkpoint_replaces_a_folder_saved_by_earlier_versions(two_models, tmp_path):
     from bert4x.checkpoints import save_checkpoint
     (builder, other), arrays = two_models
@@ -242,21 +269,148 @@ def test_save_checkpoint_killed_at_any_step_leaves_a_loadable_folder(
         assert [n for n in names if not n.startswith("bert_model.ckpt")] == \
             ["bert_config.json", "checkpoint", "vocab.txt"], (step, names)
         assert len([n for n in names if n.startswith("bert_model.ckpt")]) == 2, (step, names)
-        assert not storage.glob(folder + ".tmp-*"), step
+        assert not [name for name in storage.listdir(root)
+                    if ".tmp-" in name or "staging" in name], step
 
 
 def test_save_checkpoint_cleans_stale_staging_folders(two_models, tmp_path):
     from bert4x.checkpoints import save_checkpoint
     folder = tmp_path / "export[1]"  # glob characters in the name change nothing
-    for stale in ("export[1].tmp-1a2b3c4d5e6f", "export[1].tmp-k2j3h4g5"):
-        (tmp_path / stale).mkdir()
-        (tmp_path / stale / "bert_model.ckpt.index").write_bytes(b"half")
-    (tmp_path / "export[1].old-x7y8z9").mkdir()  # may hold a user's only copy: kept
-    (tmp_path / "export1.tmp-abc").mkdir()  # another folder's
     save_checkpoint(two_models[0][0], folder)
+    marked = folder / ".bert4x-staging-1a2b3c4d5e6f"  # a killed save's, with its marker
+    (marked).mkdir()
+    (marked / "bert4x-staging").write_text(
+        "A staging folder of bert4x's save_checkpoint: the next save into the "
+        "folder above removes it.\n")
+    (marked / "bert_model.ckpt.index").write_bytes(b"half")
+    (folder / ".bert4x-staging-0a0b0c0d0e0f").mkdir()  # killed before its marker: empty
     save_checkpoint(two_models[0][1], folder)
-    assert sorted(os.listdir(tmp_path)) == ["export1.tmp-abc", "export[1]",
-                                            "export[1].old-x7y8z9"]
+    assert not [name for name in os.listdir(folder) if "staging" in name]
+    assert _which_model(folder, two_models[1]) == 1
+
+
+def test_checkpoint_in_a_folder_named_with_glob_characters_loads(two_models, tmp_path):
+    """TensorFlow's checkpoint reader globs the prefix: ``export[1]/`` was never found."""
+    from bert4x.checkpoints import save_checkpoint
+    from bert4x.models import build_transformer_model
+    (builder, _), arrays = two_models
+    folder = tmp_path / "export[1]*?"
+    save_checkpoint(builder, folder)
+    assert _which_model(folder, arrays) == 0
+    model = build_transformer_model(str(folder), with_mlm=True)
+    ids = np.array([[2, 7, 3]], "int32")
+    np.testing.assert_array_equal(np.asarray(model([ids, 0 * ids])[0]),
+                                  np.asarray(builder.model([ids, 0 * ids])[0]))
+    assert not [name for name in os.listdir(tmp_path) if name != folder.name]
+
+
+def test_save_checkpoint_keeps_folders_named_like_staging(two_models, tmp_path):
+    """Only a staging folder with bert4x's marker inside is proven to be its own."""
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path / "export"
+    for name in ("export.tmp-backup", "export.tmp-1a2b3c4d5e6f"):  # beside: a user's
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.txt").write_text("my only copy")
+    save_checkpoint(two_models[0][0], folder)
+    unmarked = folder / ".bert4x-staging-1a2b3c4d5e6f"  # inside, named alike, no marker
+    unmarked.mkdir()
+    (unmarked / "results.txt").write_text("my only copy")
+    (unmarked / "bert4x-staging").write_text("not the marker's text")
+    before = _snapshot(tmp_path)
+    save_checkpoint(two_models[0][1], folder)
+    after = _snapshot(tmp_path)
+    assert {name: after[name] for name in before if "results" in name or "unmarked" in name} \
+        == {name: before[name] for name in before if "results" in name}
+    assert sorted(os.listdir(tmp_path)) == ["export", "export.tmp-1a2b3c4d5e6f",
+                                            "export.tmp-backup"]
+    assert (unmarked / "bert4x-staging").read_text() == "not the marker's text"
+
+
+def _deny_writes(monkeypatch, read_only, writable=None):
+    """Make every change of bert4x.storage under ``read_only`` (but not under
+    ``writable``) fail with PermissionError, as a read-only mount does.
+
+    The tests run as root, where chmod does not stop writes; so the read-only
+    folder is simulated by these fake storage operations.
+    """
+    from bert4x import storage
+    read_only, writable = str(read_only), writable and str(writable)
+
+    def inside(path, folder):
+        path = os.fspath(path)
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    def deny(path):
+        if inside(path, read_only) and not (writable and inside(path, writable)):
+            raise PermissionError(13, "Permission denied (read-only file system)",
+                                  os.fspath(path))
+
+    for name, target in (("makedirs", 0), ("remove", 0), ("rmtree", 0), ("rename", 1),
+                         ("copy", 1), ("open", 0)):
+        original = getattr(storage, name)
+
+        def operation(*args, _original=original, _name=name, _target=target, **kwargs):
+            mode = args[1] if len(args) > 1 else kwargs.get("mode", "r")
+            if _name != "open" or mode[0] in "wa":
+                deny(args[_target])
+            if _name == "rename":
+                deny(args[0])
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(storage, name, operation)
+
+
+def test_save_checkpoint_into_a_writable_folder_of_a_read_only_parent(
+        two_models, tmp_path, monkeypatch):
+    """A mounted volume: the destination is writable, the folder above it is not."""
+    from bert4x.checkpoints import save_checkpoint
+    (builder, other), arrays = two_models
+    folder = tmp_path / "volume"
+    folder.mkdir()
+    with monkeypatch.context() as patch:
+        _deny_writes(patch, tmp_path, writable=folder)
+        save_checkpoint(builder, folder)
+        save_checkpoint(other, folder)
+    assert _which_model(folder, arrays) == 1
+    assert os.listdir(tmp_path) == ["volume"]
+
+
+def test_save_checkpoint_into_a_read_only_folder_leaves_nothing(
+        two_models, tmp_path, monkeypatch):
+    """A read-only destination holding a save: PermissionError, and no staging copy."""
+    from bert4x.checkpoints import save_checkpoint
+    (builder, other), arrays = two_models
+    folder = tmp_path / "export"
+    save_checkpoint(builder, folder)
+    before = _snapshot(tmp_path)
+    with monkeypatch.context() as patch:
+        _deny_writes(patch, folder)
+        with pytest.raises(PermissionError, match="export"):
+            save_checkpoint(other, folder)
+    assert _snapshot(tmp_path) == before
+    assert os.listdir(tmp_path) == ["export"]
+    assert _which_model(folder, arrays) == 0
+
+
+def test_save_checkpoint_failing_midway_removes_what_it_wrote(
+        two_models, tmp_path, monkeypatch):
+    """A save that fails (not killed) removes its staging folder and what it moved in."""
+    from bert4x import storage
+    from bert4x.checkpoints import save_checkpoint
+    (builder, other), arrays = two_models
+    folder = tmp_path / "export"
+    save_checkpoint(builder, folder, vocab=[f"t{i}" for i in range(100)])
+    before = _snapshot(tmp_path)
+    original = storage.rename
+
+    def rename(source, destination, overwrite=False):
+        if os.path.basename(destination) == "checkpoint":  # the disk fills up there
+            raise OSError(28, "No space left on device", destination)
+        return original(source, destination, overwrite)
+    monkeypatch.setattr(storage, "rename", rename)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(other, folder, vocab=[f"t{i}" for i in range(100)])
+    assert _snapshot(tmp_path) == before
+    assert _which_model(folder, arrays) == 0
 
 
 def test_save_checkpoint_writes_the_trimmed_vocabulary(tmp_path):
@@ -288,6 +442,76 @@ def test_save_checkpoint_writes_the_trimmed_vocabulary(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+# ------------------------------------------------------- files: exports say what they are
+FAMILY_CONFIGS = {
+    "bert": {},
+    "roberta": dict(model_type="roberta", pad_token_id=1, type_vocab_size=1),  # fairseq's
+    "albert": dict(embedding_size=16),
+    "albert_unshared": dict(embedding_size=16, num_hidden_groups=2),
+    "electra": dict(embedding_size=16),
+    "roformer": {},
+    "nezha": {},
+}
+
+
+@pytest.fixture(scope="module")
+def family_exports(tmp_path_factory):
+    """``{family: (builder, export folder)}``: a tiny model of each family, saved."""
+    from bert4x.checkpoints import save_checkpoint
+    from bert4x.models import build_transformer_model
+    root = tmp_path_factory.mktemp("family_exports")
+    exports = {}
+    for family, fields in FAMILY_CONFIGS.items():
+        builder = build_transformer_model(**dict(TINY_CONFIG, **fields), model=family,
+                                          with_mlm=True, return_keras_model=False)
+        save_checkpoint(builder, root / family)
+        exports[family] = builder, root / family
+    return exports
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_export_reloads_without_naming_its_family(family_exports, family):
+    from bert4x.models import build_transformer_model
+    builder, folder = family_exports[family]
+    reloaded = build_transformer_model(str(folder), with_mlm=True, return_keras_model=False)
+    assert reloaded.family == family
+    ids = np.array([[2, 7, 9, 3, 5, 0, 0]], "int32")
+    inputs = [ids, np.zeros_like(ids)]
+    for part, expected in zip(reloaded.model(inputs), builder.model(inputs)):
+        np.testing.assert_allclose(np.asarray(part), np.asarray(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("saved, asked", [("nezha", "bert"), ("bert", "roformer"),
+                                          ("electra", "albert")])
+def test_export_built_as_another_family_names_both(family_exports, saved, asked):
+    from bert4x.models import build_transformer_model
+    _, folder = family_exports[saved]
+    with pytest.raises(ValueError, match=f"saved from a '{saved}' model.*as a '{asked}' "
+                                         f"model; pass model='{saved}'"):
+        build_transformer_model(str(folder), model=asked, with_mlm=True)
+
+
+def test_export_of_albert_builds_as_albert_unshared(family_exports):
+    """Families that read one another's weights unchanged are no mismatch."""
+    from bert4x.models import build_transformer_model
+    _, folder = family_exports["albert"]
+    build_transformer_model(str(folder), model="albert_unshared", with_mlm=True)
+
+
+def test_checkpoint_without_position_table_points_to_families_without_one(
+        family_exports, tmp_path):
+    """An export of an earlier version (no family in its config) of a NEZHA model."""
+    from bert4x.models import build_transformer_model
+    _, folder = family_exports["nezha"]
+    config = json.loads((folder / "bert_config.json").read_text())
+    del config["family"]
+    (tmp_path / "bert_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="position_embeddings.*model='nezha' or "
+                                         "model='roformer'"):
+        build_transformer_model(str(tmp_path / "bert_config.json"), str(folder),
+                                with_mlm=True)
+
+
 # ------------------------------------------------- files: loaders read gs:// and ram:// paths
 def test_build_transformer_model_from_ram(two_models, tmp_path):
     import uuid
@@ -299,10 +523,8 @@ def test_build_transformer_model_from_ram(two_models, tmp_path):
     builder = two_models[0][0]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
     remote = f"ram://faults-load-{uuid.uuid4().hex}/export"
-    save_checkpoint(builder, remote + "/", vocab=vocab)  # the staging folder goes beside it
+    save_checkpoint(builder, remote + "/", vocab=vocab)
     assert storage.listdir(storage.dirname(remote)) == ["export"]
-    with pytest.raises(ValueError, match="inside gs://bucket, not its root"):
-        save_checkpoint(builder, "gs://bucket/")  # refused before any request
     save_checkpoint(builder, tmp_path / "export", vocab=vocab)
     ids = np.array([[2, 7, 9, 3, 0]], "int32")
     segments = np.zeros_like(ids)
@@ -326,6 +548,105 @@ def test_build_transformer_model_from_ram(two_models, tmp_path):
     assert reader.path.startswith("ram://")
     np.testing.assert_array_equal(reader.get("bert.embeddings.word_embeddings.weight"),
                                   arrays["bert.embeddings.word_embeddings.weight"])
+
+
+def test_bert4keras_layer_reads_config_and_files_from_ram(two_models, tmp_path):
+    """The bert4keras layer reads through bert4x.storage as the native builder does
+    (it used to open the config with the built-in open())."""
+    import uuid
+
+    from bert4x import storage
+    from bert4x.bert4keras.models import build_transformer_model
+    from bert4x.bert4keras.snippets import open as indexed_open
+    from bert4x.checkpoints import save_checkpoint
+    remote = f"ram://faults-bert4keras-{uuid.uuid4().hex}/export"
+    save_checkpoint(two_models[0][0], remote)
+    save_checkpoint(two_models[0][0], tmp_path / "export")
+    ids = np.array([[2, 7, 9, 3]], "float32")
+    outputs = [np.asarray(build_transformer_model(
+        storage.join(folder, "bert_config.json"), storage.join(folder, "bert_model.ckpt"),
+        with_mlm=True)([ids, np.zeros_like(ids)])) for folder in (str(tmp_path / "export"),
+                                                                  remote)]
+    np.testing.assert_array_equal(outputs[1], outputs[0])
+    lines = storage.join(remote, "lines.txt")
+    storage.atomic_write(lines, "first\nsecond\nthird\n")
+    with indexed_open(lines, encoding="utf-8", indexable=lines + ".offsets") as file:
+        assert (len(file), file[2], file[0]) == (3, "third\n", "first\n")
+    with indexed_open(lines, encoding="utf-8", indexable=lines + ".offsets") as file:
+        assert file[1] == "second\n"  # the offsets read back from ram://
+
+
+# ------------------------------------------------ files: an unreadable file says why
+@pytest.fixture(scope="module")
+def saved_folder(two_models, tmp_path_factory):
+    """A complete export: config, TF checkpoint, vocab.txt and a safetensors copy."""
+    from safetensors.numpy import save_file
+
+    from bert4x.checkpoints import save_checkpoint
+    folder = tmp_path_factory.mktemp("saved") / "export"
+    save_checkpoint(two_models[0][0], folder, vocab=[f"t{i}" for i in range(100)])
+    save_file({"bert.embeddings.word_embeddings.weight": np.zeros((100, 32), "float32")},
+              str(folder.parent / "model.safetensors"))
+    return folder
+
+
+def _load_each_file(folder):
+    from bert4x.checkpoints import open_checkpoint
+    from bert4x.configs import BertConfig
+    from bert4x.tokenizers import Tokenizer
+    return {"bert_config.json": lambda: BertConfig.from_json(folder / "bert_config.json"),
+            "bert_model.ckpt.index": lambda: open_checkpoint(folder),
+            "bert_model.ckpt.data-00000-of-00001": lambda: open_checkpoint(folder),
+            "vocab.txt": lambda: Tokenizer(str(folder / "vocab.txt")),
+            "model.safetensors": lambda: open_checkpoint(folder.parent / "model.safetensors")}
+
+
+@pytest.mark.parametrize("name", ["bert_config.json", "bert_model.ckpt.index",
+                                  "bert_model.ckpt.data-00000-of-00001", "vocab.txt",
+                                  "model.safetensors"])
+def test_unreadable_file_says_permission_denied(saved_folder, monkeypatch, name):
+    """Tests run as root, where chmod does not stop reads: the file's permission is
+    simulated by a fake bert4x.storage.open that refuses it (PermissionError), as the
+    operating system would. Permission is not "missing" and not "corrupt"."""
+    from bert4x import storage
+    original = storage.open
+
+    def refusing_open(path, mode="r", *args, **kwargs):
+        if os.path.basename(os.fspath(path)) == name:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return original(path, mode, *args, **kwargs)
+    monkeypatch.setattr(storage, "open", refusing_open)
+    with pytest.raises(PermissionError, match=f"{name}' exists but cannot be read: "
+                                              "permission denied"):
+        _load_each_file(saved_folder)[name]()
+
+
+def test_checkpoint_refused_by_tensorflow_says_permission_denied(saved_folder, monkeypatch):
+    """TensorFlow reads TF checkpoints itself: its PermissionDeniedError (raised here
+    by a fake reader, since root reads every file) is a PermissionError, not a
+    "cannot read" ValueError or "corrupt"."""
+    import tensorflow as tf
+
+    from bert4x.checkpoints import open_checkpoint
+
+    def refusing_reader(prefix):
+        raise tf.errors.PermissionDeniedError(None, None, f"{prefix}.index; Permission denied")
+    monkeypatch.setattr(tf.compat.v1.train, "NewCheckpointReader", refusing_reader)
+    with pytest.raises(PermissionError, match="exists but cannot be read: permission denied"):
+        open_checkpoint(saved_folder)
+
+
+@pytest.mark.parametrize("name", ["bert_config.json", "vocab.txt", "model.safetensors"])
+def test_folder_given_for_a_file_says_so(saved_folder, tmp_path, name):
+    """A folder where a file is expected is not "not found"."""
+    import shutil
+    shutil.copytree(saved_folder.parent, tmp_path / "saved")
+    folder = tmp_path / "saved" / "export"
+    path = (folder.parent if name == "model.safetensors" else folder) / name
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(IsADirectoryError, match=f"{name}' is a folder, not a file"):
+        _load_each_file(folder)[name]()
 
 
 # ------------------------------------------------------------- inputs: checkpoints
@@ -391,14 +712,9 @@ def test_checkpoint_extra_layers_ignored_on_request(three_layer_checkpoint):
         tensors["bert/encoder/layer_1/attention/self/query/kernel"])
 
 
-def test_checkpoint_extra_layers_refused_in_safetensors(three_layer_checkpoint, tmp_path):
-    """The same rule for Hugging Face names (without the ``bert.`` prefix, as
-    ``BertModel`` saves them, plus its ``position_ids`` buffer and a tied copy of the
-    word embeddings, which are no weights of their own)."""
-    from safetensors.numpy import save_file
-
-    from bert4x.models import build_transformer_model
-    _, tensors = three_layer_checkpoint
+def _hugging_face_tensors(tensors):
+    """The encoder and MLM head of official ``tensors`` under ``BertModel``'s names
+    (without the ``bert.`` prefix), computed here by the naming rule."""
     hf = {"cls.predictions.bias": tensors["cls/predictions/output_bias"],
           "cls.predictions.decoder.weight": tensors["bert/embeddings/word_embeddings"]}
     for name, value in tensors.items():
@@ -411,6 +727,18 @@ def test_checkpoint_extra_layers_refused_in_safetensors(three_layer_checkpoint, 
             elif hf_name.endswith("_embeddings"):
                 hf_name += ".weight"
             hf[hf_name] = np.ascontiguousarray(value)
+    return hf
+
+
+def test_checkpoint_extra_layers_refused_in_safetensors(three_layer_checkpoint, tmp_path):
+    """The same rule for Hugging Face names (without the ``bert.`` prefix, as
+    ``BertModel`` saves them, plus its ``position_ids`` buffer and a tied copy of the
+    word embeddings, which are no weights of their own)."""
+    from safetensors.numpy import save_file
+
+    from bert4x.models import build_transformer_model
+    _, tensors = three_layer_checkpoint
+    hf = _hugging_face_tensors(tensors)
     hf["embeddings.position_ids"] = np.arange(64, dtype=np.int64)[None]
     path = str(tmp_path / "model.safetensors")
     save_file(hf, path)
@@ -446,6 +774,46 @@ def test_checkpoint_non_float_variable_refused(three_layer_checkpoint, tmp_path,
     with pytest.raises(ValueError, match="not a floating-point type") as error:
         build_transformer_model(checkpoint_path=str(tmp_path))
     assert repr(name) in str(error.value)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("file_format", ["tensorflow", "safetensors"])
+def test_checkpoint_nan_or_infinite_weight_named(three_layer_checkpoint, tmp_path, bad,
+                                                 file_format):
+    from safetensors.numpy import save_file
+
+    from bert4x.models import build_transformer_model
+    _, tensors = three_layer_checkpoint
+    name = "bert/encoder/layer_1/attention/self/key/kernel"
+    damaged = tensors[name].copy()
+    damaged[3, 5] = bad
+    if file_format == "tensorflow":
+        path = _write_tf_checkpoint(str(tmp_path), dict(tensors, **{name: damaged}),
+                                    dict(TINY_CONFIG, num_hidden_layers=3))
+        expected_name = name
+    else:
+        path = str(tmp_path / "model.safetensors")
+        save_file(_hugging_face_tensors(dict(tensors, **{name: damaged})), path)
+        expected_name = "encoder.layer.1.attention.self.key.weight"
+    builder = build_transformer_model(**dict(TINY_CONFIG, num_hidden_layers=3),
+                                      return_keras_model=False)
+    with pytest.raises(ValueError, match="NaN and .* infinite values") as error:
+        builder.load_checkpoint(path)
+    assert repr(expected_name) in str(error.value)
+
+
+def test_checkpoint_weight_beyond_the_model_dtype_named(three_layer_checkpoint, tmp_path):
+    """1e6 is finite in the file but infinite in a float16 model."""
+    from bert4x.models import build_transformer_model
+    _, tensors = three_layer_checkpoint
+    name = "bert/encoder/layer_0/output/dense/bias"
+    path = _write_tf_checkpoint(str(tmp_path), dict(tensors, **{name: tensors[name] + 1e6}),
+                                dict(TINY_CONFIG, num_hidden_layers=3))
+    builder = build_transformer_model(**dict(TINY_CONFIG, num_hidden_layers=3),
+                                      dtype="float16", return_keras_model=False)
+    with pytest.raises(ValueError, match=f"'{name}' holds values up to 1e\\+06, beyond "
+                                         "the range of the model's float16"):
+        builder.load_checkpoint(path)
 
 
 # ------------------------------------------------------------- inputs: vocabularies
@@ -638,6 +1006,51 @@ def test_decoder_position_boundary(unilm):
     with pytest.raises(ValueError, match="a source of 58 tokens plus max_length 8 new "
                                          r"tokens needs 65 positions .* has 64"):
         decoder.greedy([[2] + [5] * 56 + [3]])
+
+
+@pytest.mark.parametrize("family", ["roformer", "nezha"])
+def test_decoder_without_position_table_has_no_length_limit(family):
+    """max_position_embeddings sizes nothing in RoFormer and NEZHA: decoding past it
+    runs (it used to be refused as for BERT)."""
+    from bert4x.decoding import Decoder
+    from bert4x.models import build_transformer_model
+    builder = build_transformer_model(**dict(TINY_CONFIG, max_position_embeddings=8),
+                                      model=family, application="unilm",
+                                      return_keras_model=False)
+    decoder = Decoder(builder, end_id=END, max_length=6, min_length=6)
+    assert len(decoder.greedy([[2] + [5] * 8 + [3]])[0].token_ids) == 6
+
+
+def test_decoder_limit_of_fairseq_roberta_names_its_rule():
+    from bert4x.decoding import Decoder
+    from bert4x.models import build_transformer_model
+    builder = build_transformer_model(
+        **dict(TINY_CONFIG, model_type="roberta", pad_token_id=1, type_vocab_size=1),
+        application="unilm", return_keras_model=False)
+    decoder = Decoder(builder, end_id=END, max_length=4)
+    decoder.greedy([[2] + [5] * 57 + [3]])  # 59 + 3 = 62 positions: the most there are
+    with pytest.raises(ValueError, match=r"needs 63 positions .* has 62 usable positions "
+                                         r"\(max_position_embeddings 64 minus pad_token_id"):
+        decoder.greedy([[2] + [5] * 58 + [3]])
+
+
+@pytest.mark.parametrize("family", ["bert", "albert", "roformer", "nezha"])
+def test_over_long_input_names_the_position_limit(family):
+    """70 tokens into a model of 64 positions: an error naming the limit (it used to
+    be a broadcast error of TensorFlow); families without a position table run."""
+    from bert4x.models import build_transformer_model
+    fields = dict(embedding_size=16) if family == "albert" else {}
+    model = build_transformer_model(**dict(TINY_CONFIG, **fields), model=family)
+    ids = np.full((2, 70), 5, "int32")
+    if family in ("roformer", "nezha"):
+        assert model.predict([ids, np.zeros_like(ids)], verbose=0).shape == (2, 70, 32)
+        return
+    for run in (lambda: model([ids, np.zeros_like(ids)]),
+                lambda: model.predict([ids, np.zeros_like(ids)], verbose=0)):
+        with pytest.raises(ValueError, match="an input of 70 tokens is longer than this "
+                                             "model can take: its position table has 64 "
+                                             "positions"):
+            run()
 
 
 # ------------------------------------------------ files: ensure_pretrained trains once

@@ -742,6 +742,50 @@ def test_pruning_keeps_intact_checkpoints_when_a_newer_one_is_damaged(checkpoint
     assert not (copy / "ckpt-2.index").exists() and (copy / "ckpt-4.index").exists()
 
 
+def test_stale_staging_of_killed_saves_is_removed_at_start_and_after_a_save(
+        checkpointed_run, tmp_path):
+    """A save killed with kill -9 leaves TensorFlow's ``ckpt-N_temp/`` (and the JAX
+    route's temporary files); the next start and the next save remove them, and
+    nothing of that name that holds anything else."""
+    _, checkpoints, trainer = checkpointed_run
+
+    def killed_saves(folder):
+        staging = folder / "ckpt-8_temp"  # killed while TensorFlow wrote its shard
+        staging.mkdir()
+        (staging / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
+        (staging / "part-00000-of-00001.index.tempstate1234567").write_bytes(b"half")
+        (folder / "ckpt-8.tmp-4242.weights.h5").write_bytes(b"half")
+        (folder / "ckpt-8.optimizer.npz.tmp-0123456789ab").write_bytes(b"half")
+        users = folder / "ckpt-9_temp"  # named alike, but holds a user's file
+        users.mkdir()
+        (users / "notes.txt").write_text("keep me")
+
+    copy = _damaged_copy(checkpoints, tmp_path, killed_saves)
+    trainer.checkpoint_dir = str(copy)
+    assert trainer.restore() == 6
+    names = sorted(os.listdir(copy))
+    assert "ckpt-9_temp" in names and (copy / "ckpt-9_temp" / "notes.txt").exists()
+    assert not [n for n in names if n.startswith("ckpt-8")], names
+    killed_saves_again = copy / "ckpt-10_temp"
+    killed_saves_again.mkdir()
+    (killed_saves_again / "part-00000-of-00001.index").write_bytes(b"half")
+    trainer._checkpoint_folder().prune(6)  # what every save runs after writing
+    assert not killed_saves_again.exists()
+    assert (copy / "ckpt-9_temp" / "notes.txt").exists()
+
+
+def test_resume_in_a_folder_named_with_glob_characters(checkpointed_run, tmp_path):
+    """TensorFlow globs the prefixes it reads: checkpoints under ``run[1]/`` were all
+    reported missing or unreadable ("damaged") although they were intact."""
+    import shutil
+    _, checkpoints, trainer = checkpointed_run
+    copy = tmp_path / "run[1]" / "checkpoints"
+    shutil.copytree(checkpoints, copy)
+    trainer.checkpoint_dir = str(copy)
+    assert trainer.restore() == 6
+    assert int(trainer.examples_seen.numpy()) == 6 * 8
+
+
 def test_no_intact_checkpoint_stops_unless_starting_over(checkpointed_run, tmp_path):
     from bert4x.pretraining.resume import DamagedCheckpointError
     from bert4x.pretraining.trainer import Pretrainer, run_pretraining
@@ -883,6 +927,37 @@ def test_end_to_end_on_tensorflow_ram_filesystem(tmp_path, corpus):
     assert not os.path.exists("ram:")  # nothing went to a local folder named "ram:"
     for on_ram, on_disk in zip(weights["ram"], weights["disk"]):
         np.testing.assert_allclose(on_ram, on_disk, atol=1e-6, rtol=0)
+
+
+def test_make_data_reads_corpus_and_vocab_from_ram(corpus, data_dir):
+    """Corpus files (by a glob pattern) and the vocabulary on ram:// (standing in for
+    gs://) give the shards the same files give from local disk; they used to be read
+    with the built-in open(), os.path and glob."""
+    import uuid
+
+    from bert4x import storage
+    from bert4x.pretraining.data import DATASET_FILE
+    root = f"ram://bert4x-make-data-{uuid.uuid4().hex[:8]}"
+    remote_corpus = []
+    for path in corpus:
+        remote_corpus.append(storage.join(root, "corpus", os.path.basename(path)))
+        storage.copy(path, remote_corpus[-1])
+    storage.copy(chinese_vocab_path(), storage.join(root, "vocab.txt"))
+    make_pretraining_data([remote_corpus[0], storage.join(root, "corpus", "docs.j*")],
+                          f"{root}/data",
+                          storage.join(root, "vocab.txt"), seq_length=32,
+                          word_segmenter="jieba", shard_size=7, validation_fraction=0.1,
+                          num_workers=1, progress=True)
+    on_ram = json.loads(storage.read_text(f"{root}/data/{DATASET_FILE}"))
+    on_disk = json.loads(storage.read_text(os.path.join(data_dir, DATASET_FILE)))
+    assert on_ram["inputs"] == remote_corpus
+    for key in ("documents", "tokens", "train_examples", "valid_examples"):
+        assert on_ram[key] == on_disk[key], key
+    for summary, folder in ((on_ram, f"{root}/data"), (on_disk, data_dir)):
+        records = [record.numpy() for record in tf.data.TFRecordDataset(
+            [storage.join(folder, shard) for shard in summary["train_shards"]])]
+        summary["records"] = records
+    assert on_ram["records"] == on_disk["records"]
 
 
 def test_pretraining_modules_import_no_cycle():

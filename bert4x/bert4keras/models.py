@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from bert4x import models as _native
+from bert4x import storage
 from bert4x.bert4keras.backend import gelu_activation_name, remember_model
 from bert4x.bert4keras.layers import SequenceMask
 from bert4x.configs import BertConfig
@@ -125,10 +126,10 @@ def _config(config_path, overrides):
         fields["hidden_act"] = gelu_activation_name()
     if config_path is None:
         return BertConfig(**fields)
-    config = BertConfig.from_json(config_path)
-    with open(config_path, encoding="utf-8") as file:
-        if json.load(file).get("hidden_act") == "gelu" and "hidden_act" not in fields:
-            fields["hidden_act"] = gelu_activation_name()
+    config = BertConfig.from_json(config_path)  # checks the file, then its raw text:
+    if json.loads(storage.read_text(config_path)).get("hidden_act") == "gelu" \
+            and "hidden_act" not in fields:
+        fields["hidden_act"] = gelu_activation_name()
     return config.replace(**fields)
 
 

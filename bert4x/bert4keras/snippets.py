@@ -7,9 +7,7 @@ as they fed Keras 2); ``truncate_sequences`` works in place as bert4keras's does
 which differ from bert4x's :class:`bert4x.decoding.Decoder`.
 """
 
-import builtins
 import json
-import os
 import re
 import unicodedata
 from collections import defaultdict
@@ -18,6 +16,7 @@ import keras
 import numpy as np
 
 from bert4x import snippets as _native
+from bert4x import storage
 from bert4x.bert4keras.backend import K  # noqa: F401  (bert4keras re-exports it)
 from bert4x.snippets import DataGenerator as _NativeDataGenerator
 from bert4x.snippets import sequence_padding, text_segmentate  # noqa: F401
@@ -72,20 +71,23 @@ def lowercase_and_normalize(text):
 class open:  # noqa: N801  (bert4keras's name, shadowing the built-in on purpose)
     """``open`` with line indexing: ``open(path, indexable=True)[i]`` is line ``i``.
 
+    Files are opened through :mod:`bert4x.storage`, so ``name`` may be a
+    ``gs://`` (or ``ram://``) path too.
+
     Args:
-        name, mode, encoding, errors: as the built-in ``open``.
+        name, mode, encoding, errors: as the built-in ``open`` (``mode`` one of
+            ``r rb w wb a ab``).
         indexable: build the line offsets (``True``), or a path where they are
             cached as JSON (read if it exists, written otherwise).
     """
 
     def __init__(self, name, mode="r", encoding=None, errors="strict", indexable=False):
         self.name = name
-        self.file = builtins.open(name, mode, encoding=encoding, errors=errors)
+        self.file = storage.open(name, mode, encoding=encoding, errors=errors)
         self.offsets = None
         if indexable:
-            if isinstance(indexable, str) and os.path.exists(indexable):
-                with builtins.open(indexable) as cached:
-                    self.offsets = json.load(cached)
+            if isinstance(indexable, str) and storage.exists(indexable):
+                self.offsets = json.loads(storage.read_text(indexable))
             else:
                 self.offsets, offset = [], 0
                 while self.file.readline():
@@ -93,8 +95,7 @@ class open:  # noqa: N801  (bert4keras's name, shadowing the built-in on purpose
                     offset = self.file.tell()
                 self.file.seek(0)
                 if isinstance(indexable, str):
-                    with builtins.open(indexable, "w") as cached:
-                        json.dump(self.offsets, cached)
+                    storage.atomic_write(indexable, json.dumps(self.offsets))
 
     def __getitem__(self, index):
         self.file.seek(self.offsets[index])

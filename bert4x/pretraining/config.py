@@ -2,8 +2,8 @@
 
 import dataclasses
 import json
-import os
 
+from bert4x import storage
 from bert4x.configs import BertConfig
 
 BUILTIN_CORPUS = "builtin:chinese_packages"
@@ -98,13 +98,11 @@ class PretrainingConfig:
     @classmethod
     def from_json(cls, path, **overrides):
         """Read a JSON config, then apply ``overrides`` (unknown ones are errors)."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"pretraining config not found: {path}")
-        with open(path, encoding="utf-8") as file:
-            try:
-                values = json.load(file)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON: {error}") from None
+        storage.check_readable(path, "pretraining config")
+        try:
+            values = json.loads(storage.read_text(path))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a pretraining config must be a JSON object")
         values.update(overrides)
@@ -185,16 +183,16 @@ class PretrainingConfig:
         if self.vocab == "chinese":
             from bert4x.resources import chinese_vocab_path
             return chinese_vocab_path()
-        if not os.path.isfile(self.vocab):
+        if not storage.isfile(self.vocab):
             raise FileNotFoundError(f"vocabulary file not found: {self.vocab!r} "
                                     "(setting 'vocab')")
         return self.vocab
 
     def resolved_output_dir(self):
-        return self.output_dir or os.path.join("runs", self.name)
+        return self.output_dir or storage.join("runs", self.name)
 
     def resolved_data_dir(self):
-        return self.data_dir or os.path.join(self.resolved_output_dir(), "data")
+        return self.data_dir or storage.join(self.resolved_output_dir(), "data")
 
     def export_dir(self):
-        return os.path.join(self.resolved_output_dir(), "export")
+        return storage.join(self.resolved_output_dir(), "export")

@@ -10,6 +10,7 @@ import csv
 import json
 import os
 
+from bert4x import storage
 from bert4x.resources import package_file
 
 
@@ -48,15 +49,12 @@ def write_chinese_package_corpus(directory):
         >>> [os.path.basename(p) for p in paths]  # doctest: +SKIP
         ['idioms.txt', 'reviews.txt', 'sanguo.txt']
     """
-    os.makedirs(directory, exist_ok=True)
+    storage.makedirs(directory)
     names = ("idioms", "reviews", "sanguo")
-    paths = [os.path.join(directory, f"{name}.txt") for name in names]
-    if all(os.path.isfile(path) for path in paths):
+    paths = [storage.join(directory, f"{name}.txt") for name in names]
+    if all(storage.isfile(path) for path in paths):
         return paths
     documents = chinese_package_documents()
     for name, path in zip(names, paths):
-        temporary = f"{path}.tmp-{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.writelines(document + "\n" for document in documents[name])
-        os.replace(temporary, path)
+        storage.atomic_write(path, "".join(document + "\n" for document in documents[name]))
     return paths

@@ -25,7 +25,6 @@ whose marker matches, and rewrites no shard that already exists. ``dataset.json`
 sums up the folder (settings, example counts, token counts for vocabulary trimming).
 """
 
-import glob
 import hashlib
 import json
 import os
@@ -68,7 +67,7 @@ def read_documents(path, input_format="auto"):
     if input_format not in ("text", "jsonl"):
         raise ValueError(f"unknown input_format {input_format!r}; expected 'text', "
                          "'jsonl' or 'auto'")
-    with open(path, encoding="utf-8") as file:
+    with storage.open(path, encoding="utf-8") as file:
         yield from _documents(path, file, input_format)
 
 
@@ -261,8 +260,13 @@ def _file_key(index, path):
 
 
 def _source_fingerprint(path):
-    stat = os.stat(path)
-    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime": stat.st_mtime}
+    return {"path": _absolute(path), "size": storage.getsize(path),
+            "mtime": storage.getmtime(path)}
+
+
+def _absolute(path):
+    """A local path made absolute; a ``gs://`` path as it is."""
+    return os.path.abspath(path) if storage.is_local(path) else path
 
 
 def _process_file(job):
@@ -328,16 +332,17 @@ def _process_file(job):
 def _expand_inputs(inputs):
     paths = []
     for pattern in inputs:
-        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        pattern = os.fspath(pattern)
+        matches = storage.glob(os.path.expanduser(pattern) if storage.is_local(pattern)
+                               else pattern)
         if not matches:
             raise FileNotFoundError(f"corpus input {pattern!r} matches no file")
-        paths.extend(match for match in matches if os.path.isfile(match))
+        paths.extend(match for match in matches if storage.isfile(match))
     return paths
 
 
 def _vocab_digest(path):
-    with open(path, "rb") as file:
-        return hashlib.sha256(file.read()).hexdigest()[:16]
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()[:16]
 
 
 def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_lower_case=True,
@@ -380,7 +385,7 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
         41234
     """
     vocab_path = os.fspath(vocab_path)
-    if not os.path.isfile(vocab_path):
+    if not storage.isfile(vocab_path):
         raise FileNotFoundError(f"vocabulary file not found: {vocab_path!r}")
     if word_segmenter not in WORD_SEGMENTERS:
         raise ValueError(f"unknown word_segmenter {word_segmenter!r}; expected one of "
@@ -394,7 +399,7 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
         raise ValueError(f"no corpus file in {list(inputs)}")
     storage.makedirs(output_dir)
     settings = {
-        "vocab_path": os.path.abspath(vocab_path), "vocab_sha256": _vocab_digest(vocab_path),
+        "vocab_path": _absolute(vocab_path), "vocab_sha256": _vocab_digest(vocab_path),
         "seq_length": int(seq_length), "do_lower_case": bool(do_lower_case),
         "word_segmenter": word_segmenter, "shard_size": int(shard_size),
         "validation_every": round(1 / validation_fraction) if validation_fraction else 0,
@@ -407,7 +412,7 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=sum(os.path.getsize(path) for path in paths), unit="B", unit_scale=True, desc="make_data")
+        bar = tqdm(total=sum(storage.getsize(path) for path in paths), unit="B", unit_scale=True, desc="make_data")
     markers = []
     workers = num_workers or min(len(jobs), os.cpu_count() or 1)
     if storage.scheme(output_dir) == "ram":
@@ -431,7 +436,7 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
             counts[token_id] = counts.get(token_id, 0) + count
     summary = dict(settings)
     summary.update(
-        inputs=[os.path.abspath(path) for path in paths],
+        inputs=[_absolute(path) for path in paths],
         documents=sum(marker["documents"] for marker in markers),
         tokens=sum(marker["tokens"] for marker in markers),
         train_examples=sum(marker["train_examples"] for marker in markers),

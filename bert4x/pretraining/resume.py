@@ -15,13 +15,28 @@ The file format is the backend's (:class:`TensorFlowCheckpointFormat`,
 which step to restore and which files to keep.
 """
 
+import os
 import re
+import shutil
 import time
 import warnings
+import weakref
 
 import numpy as np
 
 from bert4x import storage
+
+
+# What a save killed midway leaves in the checkpoints folder, by the writer's own
+# names: TensorFlow's shard folder ``ckpt-N_temp/`` (files ``part-*`` only, some
+# still under a ``.tempstate<random>`` name), the JAX route's
+# ``ckpt-N.tmp-<pid>.weights.h5`` and storage.atomic_open's ``<name>.tmp-<random>``.
+_TENSORFLOW_STAGING = re.compile(r"^ckpt-\d+_temp$")
+_TENSORFLOW_SHARD = re.compile(
+    r"^part-\d{5}-of-\d{5}\.(?:index|data-\d{5}-of-\d{5})(?:\.tempstate\d+)?$")
+_TEMPORARY_FILE = re.compile(r"^(?:ckpt-\d+\.tmp-\d+\.weights\.h5|"
+                             r"(?:ckpt-\d+\.optimizer\.npz|checkpoint|model_signature\.json)"
+                             r"\.tmp-[0-9a-f]{12})$")
 
 
 class DamagedCheckpointError(ValueError):
@@ -125,7 +140,9 @@ class CheckpointFolder:
         never deleted because a newer one failed; damaged ones older than the
         oldest kept checkpoint go too (they can never be restored). Checkpoints
         newer than ``current_step`` (left by an earlier, longer run) are kept.
+        What killed saves left goes too (:meth:`remove_stale_staging`).
         """
+        self.remove_stale_staging()
         files = self.files()
         intact = [step for step in sorted(files, reverse=True)
                   if step <= current_step and self.format.problem(self.prefix(step)) is None]
@@ -136,6 +153,32 @@ class CheckpointFolder:
             if step < oldest_kept:
                 for name in names:
                     storage.remove(storage.join(self.directory, name))
+
+    def remove_stale_staging(self, log=None):
+        """Remove what saves killed midway left in the folder, and nothing else.
+
+        Only names the checkpoint writers use are removed: a ``ckpt-N_temp``
+        folder holding TensorFlow's shard files (``part-*``) and nothing else, and
+        the temporary files of the JAX route and of atomic writes. A folder of
+        that name holding anything else is kept (it is not proven to be a writer's).
+        Call it only while no save into the folder runs (at start, after a save).
+        """
+        if not storage.isdir(self.directory):
+            return
+        removed = []
+        for name in storage.listdir(self.directory):
+            path = storage.join(self.directory, name)
+            if _TENSORFLOW_STAGING.match(name) and storage.isdir(path):
+                contents = storage.listdir(path)
+                if all(_TENSORFLOW_SHARD.match(item) and storage.isfile(storage.join(path, item))
+                       for item in contents):
+                    storage.rmtree(path)
+                    removed.append(name)
+            elif _TEMPORARY_FILE.match(name) and storage.isfile(path):
+                storage.remove(path)
+                removed.append(name)
+        if removed and log:
+            log(f"removed what killed saves left in {self.directory}: {removed}")
 
     def write_pointer(self, step):
         """TensorFlow's ``checkpoint`` pointer file (read by TensorBoard and
@@ -187,7 +230,8 @@ class TensorFlowCheckpointFormat:
         name = _basename(prefix)
         if not storage.exists(prefix + ".index"):
             return f"{name}.index is missing"
-        data = storage.glob(prefix + ".data-*")
+        data = [path for path in storage.prefix_files(prefix)
+                if re.fullmatch(r"\.data-\d{5}-of-\d{5}", path[len(prefix):])]
         if not data:
             return f"{name}.data-00000-of-00001 is missing"
         shards = int(data[0].rsplit("-of-", 1)[1])
@@ -197,7 +241,12 @@ class TensorFlowCheckpointFormat:
                 return f"{_basename(path)} is missing"
         try:
             # Not tf.train.load_checkpoint: it takes a ram:// prefix for a folder.
-            reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+            readable = storage.tensorflow_prefix(prefix)
+            try:
+                reader = tf.compat.v1.train.NewCheckpointReader(readable)
+            finally:
+                if readable != prefix:
+                    shutil.rmtree(os.path.dirname(readable), ignore_errors=True)
             shapes = reader.get_variable_to_shape_map()
             dtypes = reader.get_variable_to_dtype_map()
         except Exception as error:  # noqa: BLE001 - TF raises several kinds here
@@ -225,4 +274,7 @@ class TensorFlowCheckpointFormat:
         return None
 
     def restore(self, prefix):
-        self.checkpoint.restore(prefix).assert_existing_objects_matched()
+        readable = storage.tensorflow_prefix(prefix)
+        self.checkpoint.restore(readable).assert_existing_objects_matched()
+        if readable != prefix:  # restorations deferred to later variables read it too
+            weakref.finalize(self.checkpoint, shutil.rmtree, os.path.dirname(readable), True)

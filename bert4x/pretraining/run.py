@@ -249,6 +249,8 @@ class PretrainingRun:
             The step of the restored checkpoint, or None.
         """
         self.check_signature(builder, folder.directory)
+        if chief:  # before any save of this run: what is there now is stale
+            folder.remove_stale_staging(log=self.log)
         restored = folder.restore_newest_intact(start_over=start_over, log=self.log)
         if restored is None and self.config.init_checkpoint:
             builder.load_checkpoint(self.config.init_checkpoint, allow_missing_heads=True)
