@@ -22,6 +22,7 @@ MODE:
                mesh data=8 and on data=2,model=4: their exported weights; the
                fine-tuning snippet of the README (a model built under ModelParallel
                from the export) against the same model on one device.
+  jax_one_device (KERAS_BACKEND=jax) the one-device run of jax_mesh alone.
   jax_resume   (KERAS_BACKEND=jax, 8 CPU devices) a data=2,model=4 run stopped after
                its checkpoint of step 6 and resumed on the same mesh, and one resumed
                on data=8, against the uninterrupted run: exported weights.
@@ -163,14 +164,15 @@ def _prefixed(prefix, weights):
     return {f"{prefix}/{name}": value for name, value in weights.items()}
 
 
-def jax_mesh(config):
+def jax_mesh(config, meshes=("one", "data8", "data2_model4"), snippet=True):
     import keras
     from bert4x.pretraining.jax_trainer import JaxPretrainer
     arrays = {}
     quiet = lambda line: None  # noqa: E731
-    for name, mesh, devices in (("one", None, keras.distribution.list_devices()[:1]),
-                                ("data8", "data=8", None),
-                                ("data2_model4", "data=2,model=4", None)):
+    runs = {"one": (None, keras.distribution.list_devices()[:1]), "data8": ("data=8", None),
+            "data2_model4": ("data=2,model=4", None)}
+    for name in meshes:
+        mesh, devices = runs[name]
         trainer = JaxPretrainer(config.replace(mesh=mesh, output_dir=config.output_dir + name),
                                 log=quiet, devices=devices)
         started = time.time()
@@ -188,7 +190,8 @@ def jax_mesh(config):
                 arrays[f"{key}_shape"] = np.array(value.shape)
                 arrays[f"{key}_shards"] = np.array(
                     sorted({tuple(shard.data.shape) for shard in value.addressable_shards}))
-    arrays.update(fine_tuning_snippet(result["export_dir"], config.seq_length))
+    if snippet:
+        arrays.update(fine_tuning_snippet(result["export_dir"], config.seq_length))
     arrays["distribution_left"] = np.array(keras.distribution.distribution() is not None)
     return arrays
 
@@ -340,6 +343,8 @@ def main():
     elif mode in ("jax_mesh", "jax_resume", "jax_process"):
         arrays.update({"jax_mesh": jax_mesh, "jax_resume": jax_resume,
                        "jax_process": jax_process}[mode](config))
+    elif mode == "jax_one_device":
+        arrays.update(jax_mesh(config, meshes=("one",), snippet=False))
         if mode == "jax_process":
             import jax
             result_path = result_path.replace(".npz", f"-{jax.process_index()}.npz")

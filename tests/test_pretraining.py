@@ -497,9 +497,10 @@ def test_jax_steps_per_loop_and_exact_resume(jax_features):
 def _mesh_config(tmp_path, data_dir):
     """Tiny, dropout 0, a total batch of 8 (1 row per device on data=8), 12 updates; the
     whole vocabulary (21128 rows, a multiple of 4, so the model axis splits it)."""
+    model = dict(tiny_config(tmp_path, data_dir).model, num_hidden_layers=1)
     return tiny_config(tmp_path, data_dir, backend="jax", batch_size=8, accumulation_steps=1,
-                       vocab_trim_min_count=0,
-                       train_steps=12, warmup_steps=2, checkpoint_every=6, log_every=6,
+                       vocab_trim_min_count=0, model=model,
+                       train_steps=12, warmup_steps=2, checkpoint_every=12, log_every=12,
                        eval_batches=1, learning_rate=3e-3)
 
 
@@ -551,6 +552,52 @@ def test_jax_meshes_data_8_and_data_2_model_4_give_the_one_device_weights(tmp_pa
     np.testing.assert_allclose(arrays["snippet_outputs"], arrays["snippet_expected"],
                                atol=1e-5)
     assert not arrays["distribution_left"]
+
+
+@pytest.mark.slow
+def test_jax_two_processes_of_four_devices_give_the_one_device_weights(tmp_path, data_dir):
+    """2 processes x 4 CPU devices on 127.0.0.1 (keras.distribution.initialize from the
+    KERAS_DISTRIBUTION_* variables), mesh data=2,model=4 over both: process 0's export
+    equals the one-device run's within 1e-4."""
+    config = _mesh_config(tmp_path, data_dir)
+    reference = _run_mesh_worker("jax_one_device", config.replace(
+        output_dir=str(tmp_path / "reference")), tmp_path)
+    path = tmp_path / "multi.json"
+    path.write_text(json.dumps(config.replace(output_dir=str(tmp_path / "multi")).to_dict()),
+                    encoding="utf-8")
+    port, = _free_ports(1)
+    processes = [subprocess.Popen(
+        [sys.executable, WORKER, "jax_process", str(path), str(tmp_path / "multi.npz")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_subprocess_env(KERAS_BACKEND="jax",
+                            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                            KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+                            KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                            KERAS_DISTRIBUTION_PROCESS_ID=str(index)))
+        for index in range(2)]
+    outputs = [process.communicate(timeout=900) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    # Only process 0 logs.
+    assert "step 12/12" in outputs[0][0] and "step 12/12" not in outputs[1][0]
+    arrays = [dict(np.load(tmp_path / f"multi-{index}.npz")) for index in range(2)]
+    for process in arrays:
+        assert int(process["processes"]) == 2 and int(process["devices"]) == 8
+        assert process["mesh"].tolist() == [2, 4]
+    assert not any(key.startswith("multi/") for key in arrays[1])  # process 0 exports
+    _assert_same_export({**reference, **arrays[0]}, "multi")
+
+
+@pytest.mark.slow
+def test_jax_stopped_model_parallel_run_resumes_exactly_on_any_mesh(tmp_path, data_dir):
+    """A data=2,model=4 run stopped after its checkpoint of step 6 and resumed on the
+    same mesh ends with the uninterrupted run's weights bit for bit; resumed on data=8
+    (same total batch), within 1e-4."""
+    arrays = _run_mesh_worker("jax_resume", _mesh_config(tmp_path, data_dir), tmp_path)
+    for name in ("same", "other"):
+        assert bool(arrays[f"{name}_resumed_at_6"]) and int(arrays[f"{name}_steps_run"]) == 6
+    _assert_same_export(arrays, "same", reference="whole", atol=0)
+    _assert_same_export(arrays, "other", reference="whole")
 
 
 def _free_ports(count):
