@@ -343,11 +343,11 @@ def main():
     elif mode in ("jax_mesh", "jax_resume", "jax_process"):
         arrays.update({"jax_mesh": jax_mesh, "jax_resume": jax_resume,
                        "jax_process": jax_process}[mode](config))
-    elif mode == "jax_one_device":
-        arrays.update(jax_mesh(config, meshes=("one",), snippet=False))
         if mode == "jax_process":
             import jax
             result_path = result_path.replace(".npz", f"-{jax.process_index()}.npz")
+    elif mode == "jax_one_device":
+        arrays.update(jax_mesh(config, meshes=("one",), snippet=False))
     elif mode == "killed":
         import signal
         from bert4x.pretraining.trainer import run_pretraining

@@ -417,13 +417,17 @@ def test_jax_route_rejects_unsupported_settings(tmp_path, data_dir):
     from bert4x.pretraining.jax_trainer import JaxPretrainer
     with pytest.raises(RuntimeError, match="KERAS_BACKEND=jax"):
         JaxPretrainer(tiny_config(tmp_path, data_dir, backend="jax"))
+    with pytest.raises(ValueError, match="mesh .* needs backend 'jax'"):
+        tiny_config(tmp_path, data_dir, mesh="data=1")
+    # --tpu on JAX takes the TPU chips JAX sees; on this CPU it sees none.
     code = ("import sys; from bert4x.pretraining import PretrainingConfig;"
             "from bert4x.pretraining.jax_trainer import JaxPretrainer;"
             "c = PretrainingConfig.from_dict({'tpu': 'local', 'backend': 'jax'});"
             "JaxPretrainer(c)")
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=_subprocess_env(KERAS_BACKEND="jax"), timeout=120)
-    assert "NotImplementedError: tpu='local'" in process.stderr, process.stderr[-2000:]
+    assert "RuntimeError: tpu='local' on the JAX backend trains on the TPU chips JAX sees, " \
+        "and JAX sees none" in process.stderr, process.stderr[-2000:]
 
 
 def _jax_worker(mode, tmp_path_factory, data_dir):

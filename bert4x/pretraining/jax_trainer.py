@@ -389,14 +389,17 @@ class JaxPretrainer:
 
     def _make_distribution(self):
         data, model = self.mesh_shape
+        # Each process feeds its own rows (_dataset), so Keras must not shard the input.
         if model == 1:
-            return keras.distribution.DataParallel(devices=self.devices)
+            return keras.distribution.DataParallel(devices=self.devices,
+                                                   auto_shard_dataset=False)
         from bert4x.distribution import layout_map
         mesh = keras.distribution.DeviceMesh((data, model), ["data", "model"], self.devices)
         # The layout map is read from a build without weights (keras.StatelessScope).
         layouts = layout_map(lambda: self.run.make_models(self.masker, dtype=self.dtype)[0],
                              mesh)
-        return keras.distribution.ModelParallel(layout_map=layouts, batch_dim_name="data")
+        return keras.distribution.ModelParallel(layout_map=layouts, batch_dim_name="data",
+                                                auto_shard_dataset=False)
 
     def _build(self):
         self.global_batch = self.config.batch_size
