@@ -14,6 +14,11 @@ import math
 from bert4x.configs import BertConfig
 from bert4x.pretraining import BUILTIN_CONFIGS, PretrainingConfig, load_config
 
+# The flags of a several-process JAX run and the variables of keras.distribution
+# .initialize that they set.
+PROCESS_FLAGS = (("--job-addresses", "KERAS_DISTRIBUTION_JOB_ADDRESSES", str),
+                 ("--num-processes", "KERAS_DISTRIBUTION_NUM_PROCESSES", int),
+                 ("--process-id", "KERAS_DISTRIBUTION_PROCESS_ID", int))
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -97,6 +102,11 @@ def parse_config(argv=None, description=None, export_only=False):
         parser.add_argument("--start-over", action="store_true",
                             help="train from step 0 although the output folder holds "
                                  "checkpoints (they are moved aside, not deleted)")
+        # Several JAX processes (hosts): keras.distribution.initialize reads these.
+        for flag, variable, kind in PROCESS_FLAGS:
+            parser.add_argument(flag, dest=variable, type=flag_reader(kind), metavar="VALUE",
+                                default=argparse.SUPPRESS,
+                                help=f"JAX, several processes: sets {variable}")
     settings = _flag_fields(PretrainingConfig, skip=("model",))
     setting_names = [name for name, _, _ in settings]
     model_fields = _flag_fields(BertConfig, skip=setting_names)

@@ -4,6 +4,9 @@ Usage:
     python pretraining/pretrain.py --config pretraining/configs/tiny_chinese.json
     python pretraining/pretrain.py --config CONFIG --train-steps 5000 --batch-size 64
     python pretraining/pretrain.py --config CONFIG --tpu grpc://10.0.0.2:8470
+    python pretraining/pretrain.py --config CONFIG --backend jax --mesh data=2,model=4
+    python pretraining/pretrain.py --config CONFIG --backend jax --tpu local \
+        --num-processes 4   # on every host of a TPU pod slice
     python pretraining/pretrain.py --config CONFIG --export-only
     python pretraining/pretrain.py --config CONFIG --start-over
 
@@ -22,13 +25,19 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pretraining.cli import parse_config  # noqa: E402
+from pretraining.cli import PROCESS_FLAGS, parse_config  # noqa: E402
 
 
 def main(argv=None):
     config, extra = parse_config(argv, description=__doc__, export_only=True)
+    for _, variable, _ in PROCESS_FLAGS:
+        if hasattr(extra, variable):
+            if config.backend != "jax" and os.environ.get("KERAS_BACKEND") != "jax":
+                raise ValueError("--job-addresses, --num-processes and --process-id are "
+                                 "for --backend jax (keras.distribution.initialize)")
+            os.environ[variable] = str(getattr(extra, variable))
     if config.backend == "jax" or os.environ.get("KERAS_BACKEND") == "jax":
-        # keras.distribution.DataParallel + model.fit (pretraining/README.md, JAX).
+        # keras.distribution + model.fit (pretraining/README.md, JAX).
         if "keras" not in sys.modules:
             os.environ.setdefault("KERAS_BACKEND", "jax")
         if os.environ.get("KERAS_BACKEND") != "jax":

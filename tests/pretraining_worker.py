@@ -18,6 +18,17 @@ MODE:
                exact resume: a bfloat16 run and its export, a run with
                steps_per_loop 3 against steps_per_loop 1, and a run stopped after a
                checkpoint and resumed against an uninterrupted one.
+  jax_mesh     (KERAS_BACKEND=jax, 8 CPU devices) the same run on one device, on the
+               mesh data=8 and on data=2,model=4: their exported weights; the
+               fine-tuning snippet of the README (a model built under ModelParallel
+               from the export) against the same model on one device.
+  jax_one_device (KERAS_BACKEND=jax) the one-device run of jax_mesh alone.
+  jax_resume   (KERAS_BACKEND=jax, 8 CPU devices) a data=2,model=4 run stopped after
+               its checkpoint of step 6 and resumed on the same mesh, and one resumed
+               on data=8, against the uninterrupted run: exported weights.
+  jax_process  (KERAS_BACKEND=jax, one of 2 processes of 4 CPU devices each; the
+               KERAS_DISTRIBUTION_* variables set) run_pretraining on data=2,model=4
+               over both processes; process 0 saves the exported weights.
   killed       run run_pretraining and SIGKILL this process when it reports step
                KILL_AT (argument 4), before that step's checkpoint is written: a crash
                at a known point.
@@ -26,6 +37,7 @@ MODE:
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -141,6 +153,116 @@ def jax_features(config):
     return arrays
 
 
+def exported_weights(export_dir):
+    """``{official name: array}`` of an exported checkpoint."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(export_dir)
+                                      or os.path.join(export_dir, "bert_model.ckpt"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def _prefixed(prefix, weights):
+    return {f"{prefix}/{name}": value for name, value in weights.items()}
+
+
+def jax_mesh(config, meshes=("one", "data8", "data2_model4"), snippet=True):
+    import keras
+    from bert4x.pretraining.jax_trainer import JaxPretrainer
+    arrays = {}
+    quiet = lambda line: None  # noqa: E731
+    runs = {"one": (None, keras.distribution.list_devices()[:1]), "data8": ("data=8", None),
+            "data2_model4": ("data=2,model=4", None)}
+    for name in meshes:
+        mesh, devices = runs[name]
+        trainer = JaxPretrainer(config.replace(mesh=mesh, output_dir=config.output_dir + name),
+                                log=quiet, devices=devices)
+        started = time.time()
+        result = trainer.train()
+        print(f"{name}: {time.time() - started:.1f} s", file=sys.stderr)
+        arrays.update(_prefixed(name, exported_weights(result["export_dir"])))
+        arrays[f"{name}_devices"] = np.array(result["mesh"])
+        arrays[f"{name}_eval"] = np.array([result["eval"]["loss"], result["eval"]["targets"]])
+        if name == "data2_model4":
+            model = trainer.builder.model
+            for key, value in (
+                    ("kernel", model.get_layer("Transformer-0-FeedForward")
+                     .intermediate_dense.kernel.value),
+                    ("embeddings", model.get_layer("Embedding-Token").embeddings.value)):
+                arrays[f"{key}_shape"] = np.array(value.shape)
+                arrays[f"{key}_shards"] = np.array(
+                    sorted({tuple(shard.data.shape) for shard in value.addressable_shards}))
+    if snippet:
+        arrays.update(fine_tuning_snippet(result["export_dir"], config.seq_length))
+    arrays["distribution_left"] = np.array(keras.distribution.distribution() is not None)
+    return arrays
+
+
+def fine_tuning_snippet(export_dir, seq_length):
+    """The README's fine-tuning example on the export, against one device."""
+    import keras
+    import bert4x.distribution
+    from bert4x.models import build_transformer_model
+    token_ids = np.zeros((8, seq_length), "int32")
+    token_ids[:, :6] = [2, 10, 11, 4, 12, 3]
+    segment_ids = np.zeros_like(token_ids)
+    reference = build_transformer_model(export_dir, export_dir, with_mlm=True)
+    expected = reference.predict([token_ids, segment_ids], verbose=0)[-1]
+    mesh = keras.distribution.DeviceMesh((2, 4), ["data", "model"])
+    layouts = bert4x.distribution.layout_map(
+        lambda: build_transformer_model(export_dir, with_mlm=True), mesh)
+    keras.distribution.set_distribution(
+        keras.distribution.ModelParallel(layout_map=layouts, batch_dim_name="data"))
+    try:
+        model = build_transformer_model(export_dir, export_dir, with_mlm=True)
+        embeddings = model.get_layer("Embedding-Token").embeddings.value
+        shards = len({str(shard.index) for shard in embeddings.addressable_shards})
+        outputs = model.predict([token_ids, segment_ids], verbose=0)[-1]
+    finally:
+        keras.distribution.set_distribution(None)
+    return {"snippet_expected": np.asarray(expected), "snippet_outputs": np.asarray(outputs),
+            "snippet_embedding_shards": np.array(shards)}
+
+
+def jax_resume(config):
+    from bert4x.pretraining.jax_trainer import JaxPretrainer
+    arrays = {}
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_step_6(line):
+        if line.startswith("step 7/"):  # the checkpoint of step 6 is written
+            raise Stop(line)
+
+    config = config.replace(checkpoint_every=6, log_every=1, mesh="data=2,model=4")
+    whole = JaxPretrainer(config.replace(output_dir=config.output_dir + "_whole"),
+                          log=lambda line: None).train()
+    arrays.update(_prefixed("whole", exported_weights(whole["export_dir"])))
+    for name, mesh in (("same", "data=2,model=4"), ("other", "data=8")):
+        stopped = config.replace(output_dir=config.output_dir + "_" + name)
+        try:
+            JaxPretrainer(stopped, log=stop_after_step_6).train()
+            raise SystemExit("the stopped run was not stopped")
+        except Stop:
+            pass
+        lines = []
+        resumed = JaxPretrainer(stopped.replace(mesh=mesh), log=lines.append).train()
+        arrays[f"{name}_resumed_at_6"] = np.array(any("at step 6" in line for line in lines))
+        arrays[f"{name}_steps_run"] = np.array(len(resumed["losses"]))
+        arrays.update(_prefixed(name, exported_weights(resumed["export_dir"])))
+    return arrays
+
+
+def jax_process(config):
+    import jax
+    from bert4x.pretraining.trainer import run_pretraining
+    result = run_pretraining(config.replace(mesh="data=2,model=4"), log=print)
+    arrays = {"processes": np.array(jax.process_count()),
+              "mesh": np.array(result["mesh"]), "devices": np.array(result["devices"])}
+    if jax.process_index() == 0:
+        arrays.update(_prefixed("multi", exported_weights(result["export_dir"])))
+    return arrays
+
+
 def main():
     mode, config_path, result_path = sys.argv[1:4]
     if mode == "mirrored":
@@ -218,6 +340,14 @@ def main():
         arrays.update(jax_accumulation(config))
     elif mode == "jax_features":
         arrays.update(jax_features(config))
+    elif mode in ("jax_mesh", "jax_resume", "jax_process"):
+        arrays.update({"jax_mesh": jax_mesh, "jax_resume": jax_resume,
+                       "jax_process": jax_process}[mode](config))
+        if mode == "jax_process":
+            import jax
+            result_path = result_path.replace(".npz", f"-{jax.process_index()}.npz")
+    elif mode == "jax_one_device":
+        arrays.update(jax_mesh(config, meshes=("one",), snippet=False))
     elif mode == "killed":
         import signal
         from bert4x.pretraining.trainer import run_pretraining

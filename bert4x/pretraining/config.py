@@ -18,6 +18,10 @@ class PretrainingConfig:
     vocabulary when omitted); ``model_config`` may name a ``bert_config.json``
     instead.
 
+    ``mesh`` (``"data=D,model=M"``, JAX only) shapes the device mesh over the devices
+    of all processes: ``model > 1`` splits the weights as
+    :func:`bert4x.distribution.layout_map` says; unset, every device holds a replica.
+
     ``deterministic: true`` asks for bit-identical reruns and resumes: ``pretrain.py``
     then switches on TensorFlow's op determinism
     (``tf.config.experimental.enable_op_determinism()``). Library callers make that
@@ -76,6 +80,7 @@ class PretrainingConfig:
     eval_batches: int = 50
     tpu: str = None
     backend: str = "tensorflow"
+    mesh: str = None
 
     @classmethod
     def field_names(cls):
@@ -133,6 +138,8 @@ class PretrainingConfig:
             (self.objective in ("mlm", "lm", "unilm"), "objective must be 'mlm', 'lm' or 'unilm'"),
             (self.optimizer in ("adamw", "lamb"), "optimizer must be 'adamw' or 'lamb'"),
             (self.backend in ("tensorflow", "jax"), "backend must be 'tensorflow' or 'jax'"),
+            (not self.mesh or self.backend == "jax",
+             "mesh (keras.distribution's device mesh) needs backend 'jax'"),
             (self.seq_length >= 4, "seq_length must be at least 4"),
             (self.batch_size >= 1, "batch_size must be positive"),
             (self.accumulation_steps >= 1, "accumulation_steps must be positive"),

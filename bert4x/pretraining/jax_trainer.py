@@ -1,23 +1,32 @@
-"""Pretraining on the JAX backend: ``model.fit`` under ``keras.distribution.DataParallel``.
+"""Pretraining on the JAX backend: ``model.fit`` under ``keras.distribution``.
 
 The model, vocabulary handling, tf.data masking pipeline and export are those of the
 TensorFlow path (both trainers hold a :class:`bert4x.pretraining.run.PretrainingRun`);
 tf.data serves only as the input pipeline (iterated as NumPy). Differences from the TensorFlow path:
 
-* distribution is ``keras.distribution.DataParallel`` over ``list_devices()`` (all
-  local devices; one device is plain training). Multi-host JAX, TPU addresses and
-  ``tf.distribute`` strategies are not used.
+* distribution is ``keras.distribution`` over a ``DeviceMesh`` of the devices of all
+  processes (``config.mesh``, ``"data=D,model=M"``; by default data parallelism over
+  every device): ``DataParallel`` when ``model`` is 1, else ``ModelParallel`` with
+  :func:`bert4x.distribution.layout_map` (Megatron-style splits). Several processes
+  (hosts) join through ``keras.distribution.initialize`` when
+  ``KERAS_DISTRIBUTION_NUM_PROCESSES`` or ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` is set;
+  each process reads, parses and masks only its own rows of every global batch, and
+  only process 0 logs, writes checkpoints, prunes and exports. ``tpu`` (any value)
+  trains on the TPU chips JAX sees, by the same code path; ``tf.distribute``
+  strategies are not used.
 * one training step is one optimiser update of ``accumulation_steps`` micro-batches
   (:class:`JaxTrainingModel`); its loss is the mean cross-entropy over all target
   tokens of the update, as on TensorFlow. ``mixed_precision`` builds the model with
-  the ``mixed_bfloat16`` policy; ``steps_per_loop`` is ``steps_per_execution``;
-  ``tpu`` raises ``NotImplementedError``.
-* checkpoints are Keras ``.weights.h5`` files of the training model plus the optimiser
-  variables and dropout seed states (``.optimizer.npz``), each written under a
-  temporary name and renamed. A restarted run resumes from the newest intact checkpoint
-  (as on TensorFlow, see :mod:`bert4x.pretraining.resume`) at its step and data
-  position, and ends with the weights of an uninterrupted run bit for bit (tested on
-  CPU; see pretraining/README.md for GPUs).
+  the ``mixed_bfloat16`` policy; ``steps_per_loop`` is ``steps_per_execution``.
+* checkpoints are ``ckpt-N.weights.npz`` (the training model's weights, gathered
+  whole from every device and process) plus ``ckpt-N.optimizer.npz`` (the optimiser
+  variables and dropout seed states), each written under a temporary name and
+  renamed. Being whole arrays, they restore on any mesh. A restarted run resumes
+  from the newest intact checkpoint (as on TensorFlow, see
+  :mod:`bert4x.pretraining.resume`) at its step and data position, and ends with the
+  weights of an uninterrupted run (bit for bit on the same mesh on CPU; see
+  pretraining/README.md for GPUs and other meshes). Checkpoints of earlier releases
+  (``ckpt-N.weights.h5``) are still restored.
 * no TensorBoard logs (progress lines only); ``jit_compile`` is ignored (JAX always
   compiles).
 """
@@ -155,31 +164,139 @@ def seed_states(model):
     return [variable for variable in model.variables if id(variable) not in weights]
 
 
-class JaxCheckpointFormat:
-    """``ckpt-N.weights.h5`` (Keras weights of the training model) plus
-    ``ckpt-N.optimizer.npz`` (the optimiser variables in order, ``v0, v1, ...``, and the
-    dropout seed states, ``seed0, seed1, ...``)."""
+# ------------------------------------------------------------------ processes
+NUM_PROCESSES_VARIABLE = "KERAS_DISTRIBUTION_NUM_PROCESSES"
+JOB_ADDRESSES_VARIABLE = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 
-    pattern = r"^ckpt-(\d+)\.(?:weights\.h5|optimizer\.npz)$"
+
+def initialize_processes(environ=None):
+    """Join the other processes of a several-host run, once, before JAX starts.
+
+    Calls ``keras.distribution.initialize()`` (which reads
+    ``KERAS_DISTRIBUTION_JOB_ADDRESSES``, ``KERAS_DISTRIBUTION_NUM_PROCESSES`` and
+    ``KERAS_DISTRIBUTION_PROCESS_ID``) when the number of processes or the job
+    addresses are set; on a Cloud TPU pod slice JAX finds the coordinator and the
+    process id itself. Returns whether this process is one of several.
+    """
+    import jax
+    environ = os.environ if environ is None else environ
+    wanted = environ.get(NUM_PROCESSES_VARIABLE) or environ.get(JOB_ADDRESSES_VARIABLE)
+    if wanted and not jax.distributed.is_initialized():
+        keras.distribution.initialize()
+    return jax.process_count() > 1
+
+
+def host_array(value):
+    """The whole array of ``value`` as NumPy on this host. An array split over the
+    devices of several processes is gathered: every process must call this, in the
+    same order (it is a collective)."""
+    import jax
+    if isinstance(value, jax.Array) and not (value.is_fully_addressable
+                                             or value.is_fully_replicated):
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(value)
+
+
+def barrier(name):
+    """Wait for every process (nothing to wait for in a single process)."""
+    import jax
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def process_rows(mesh, rows, batch_axis="data"):
+    """``(first, stop)``: the rows of a global batch of ``rows`` that this process's
+    devices hold along ``batch_axis`` of ``mesh`` (a ``keras.distribution.DeviceMesh``).
+    They must be one contiguous block (they are when the mesh lists the devices of
+    each process together, as ``list_devices()`` does)."""
+    import jax
+    by_name = {f"{device.platform}:{device.id}": device for device in jax.devices()}
+    axis = list(mesh.axis_names).index(batch_axis)
+    shards = mesh.shape[axis]
+    if rows % shards:
+        raise ValueError(f"a batch of {rows} rows cannot be split over the {shards} "
+                         f"devices of the {batch_axis!r} axis")
+    devices = np.asarray(mesh.devices)
+    mine = sorted({index[axis] for index in np.ndindex(devices.shape)
+                   if _device(by_name, devices[index]).process_index == jax.process_index()})
+    if mine != list(range(mine[0], mine[-1] + 1)):
+        raise ValueError(f"the devices of process {jax.process_index()} hold rows "
+                         f"{mine} of the {batch_axis!r} axis, not one block")
+    per_shard = rows // shards
+    return mine[0] * per_shard, (mine[-1] + 1) * per_shard
+
+
+def _device(by_name, device):
+    return device if not isinstance(device, str) else by_name[device]
+
+
+# ---------------------------------------------------------------- checkpoints
+class JaxCheckpointFormat:
+    """``ckpt-N.weights.npz`` (the training model's weights in order, ``w0, w1, ...``,
+    and their ``paths``) plus ``ckpt-N.optimizer.npz`` (the optimiser variables in
+    order, ``v0, v1, ...``, and the dropout seed states, ``seed0, seed1, ...``).
+    Arrays are whole (gathered from every device), so a checkpoint restores on any
+    mesh. Checkpoints of earlier releases hold ``ckpt-N.weights.h5`` (Keras weights)
+    instead of ``ckpt-N.weights.npz``; they are checked and restored too."""
+
+    pattern = r"^ckpt-(\d+)\.(?:weights\.npz|weights\.h5|optimizer\.npz)$"
 
     def __init__(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
 
-    def save_state(self, file):
-        """Write the optimiser variables and the seed states to ``file`` (npz)."""
-        arrays = {f"v{i}": np.asarray(v.value) for i, v in enumerate(self.optimizer.variables)}
-        arrays.update({f"seed{i}": np.asarray(v.value)
-                       for i, v in enumerate(seed_states(self.model))})
-        np.savez(file, **arrays)
+    def arrays(self):
+        """``(weights, state)``: the arrays of both files (collective: every process
+        calls it; only process 0 writes them)."""
+        weights = {f"w{i}": host_array(v.value) for i, v in enumerate(self.model.weights)}
+        weights["paths"] = np.array([v.path for v in self.model.weights])
+        state = {f"v{i}": host_array(v.value) for i, v in enumerate(self.optimizer.variables)}
+        state.update({f"seed{i}": host_array(v.value)
+                      for i, v in enumerate(seed_states(self.model))})
+        return weights, state
 
     def problem(self, prefix):
-        import h5py
         name = prefix.rstrip("/").rsplit("/", 1)[-1]
-        for suffix in (".weights.h5", ".optimizer.npz"):
-            if not storage.exists(prefix + suffix):
-                return f"{name}{suffix} is missing"
+        if storage.exists(prefix + ".weights.npz"):
+            problem = self._weights_problem(prefix + ".weights.npz", name)
+        elif storage.exists(prefix + ".weights.h5"):
+            problem = self._legacy_weights_problem(prefix + ".weights.h5", name)
+        else:
+            problem = f"{name}.weights.npz is missing"
+        if problem:
+            return problem
+        if not storage.exists(prefix + ".optimizer.npz"):
+            return f"{name}.optimizer.npz is missing"
         try:
-            with h5py.File(prefix + ".weights.h5", "r") as file:
+            with storage.open(prefix + ".optimizer.npz", "rb") as file, np.load(file) as saved:
+                count = sum(name.startswith("v") for name in saved.files)
+                values = [saved[f"v{i}"].shape for i in range(count)]
+        except Exception as error:  # noqa: BLE001 - zipfile and NumPy raise several kinds
+            return f"{name}.optimizer.npz is unreadable ({error})"
+        wanted = [tuple(v.shape) for v in self.optimizer.variables]
+        if values != wanted:
+            return (f"{name}.optimizer.npz holds {len(values)} arrays, the optimizer has "
+                    f"{len(wanted)} variables (or their shapes differ)")
+        return None
+
+    def _weights_problem(self, path, name):
+        try:
+            with storage.open(path, "rb") as file, np.load(file) as saved:
+                paths = [str(p) for p in saved["paths"]]
+                shapes = [saved[f"w{i}"].shape for i in range(len(paths))]
+        except Exception as error:  # noqa: BLE001 - zipfile and NumPy raise several kinds
+            return f"{name}.weights.npz is unreadable ({error})"
+        expected = [(v.path, tuple(v.shape)) for v in self.model.weights]
+        if list(zip(paths, shapes)) != expected:
+            return (f"{name}.weights.npz holds {len(paths)} weights, the model has "
+                    f"{len(expected)} (or their names or shapes differ)")
+        return None
+
+    def _legacy_weights_problem(self, path, name):
+        import h5py
+        try:
+            with h5py.File(path, "r") as file:
                 shapes = []
                 # The model's arrays (Keras also stores the compiled optimizer's).
                 file.visititems(lambda key, item: shapes.append(tuple(item.shape))
@@ -191,21 +308,17 @@ class JaxCheckpointFormat:
         if sorted(shapes) != expected:
             return (f"{name}.weights.h5 holds {len(shapes)} arrays, the model has "
                     f"{len(expected)} weights (or their shapes differ)")
-        try:
-            with np.load(prefix + ".optimizer.npz") as saved:
-                count = sum(name.startswith("v") for name in saved.files)
-                values = [saved[f"v{i}"].shape for i in range(count)]
-        except Exception as error:  # noqa: BLE001 - zipfile and NumPy raise several kinds
-            return f"{name}.optimizer.npz is unreadable ({error})"
-        wanted = [tuple(v.shape) for v in self.optimizer.variables]
-        if values != wanted:
-            return (f"{name}.optimizer.npz holds {len(values)} arrays, the optimizer has "
-                    f"{len(wanted)} variables (or their shapes differ)")
         return None
 
     def restore(self, prefix):
-        self.model.load_weights(prefix + ".weights.h5")
-        with np.load(prefix + ".optimizer.npz") as saved:
+        # Assigning whole arrays lays them out as each variable's layout says.
+        if storage.exists(prefix + ".weights.npz"):
+            with storage.open(prefix + ".weights.npz", "rb") as file, np.load(file) as saved:
+                for index, variable in enumerate(self.model.weights):
+                    variable.assign(saved[f"w{index}"])
+        else:
+            self.model.load_weights(prefix + ".weights.h5")
+        with storage.open(prefix + ".optimizer.npz", "rb") as file, np.load(file) as saved:
             for index, variable in enumerate(self.optimizer.variables):
                 variable.assign(saved[f"v{index}"])
             # Checkpoints of earlier releases have no seed states: the resume is
@@ -213,6 +326,10 @@ class JaxCheckpointFormat:
             for index, variable in enumerate(seed_states(self.model)):
                 if f"seed{index}" in saved.files:
                     variable.assign(saved[f"seed{index}"])
+
+
+def _quiet(line):
+    """The log of the processes other than process 0."""
 
 
 class JaxPretrainer:
@@ -224,47 +341,69 @@ class JaxPretrainer:
     ``keras.distribution`` training, its checkpoints and its evaluation.
 
     Args:
-        config: a :class:`bert4x.pretraining.PretrainingConfig`.
-        log: a callable taking one progress line.
-        devices: the devices of the data-parallel mesh (default: all,
+        config: a :class:`bert4x.pretraining.PretrainingConfig`; ``config.mesh``
+            (``"data=D,model=M"``) shapes the device mesh, ``config.tpu`` picks the
+            TPU chips.
+        log: a callable taking one progress line (process 0 only).
+        devices: the devices of the mesh (default: all of every process,
             ``keras.distribution.list_devices()``).
+
+    Example:
+        >>> trainer = JaxPretrainer(config.replace(mesh="data=2,model=4"))  # doctest: +SKIP
+        >>> result = trainer.train()  # doctest: +SKIP
     """
 
     def __init__(self, config, log=print, summary=None, devices=None, start_over=False):
-        import keras
+        import jax
         if keras.backend.backend() != "jax":
             raise RuntimeError(
                 "the JAX pretraining path needs the JAX backend: set the environment "
                 f"variable KERAS_BACKEND=jax before Keras is imported (it is "
                 f"{keras.backend.backend()!r})")
-        if config.tpu:
-            raise NotImplementedError(
-                f"tpu={config.tpu!r} is not supported by pretraining on the JAX backend "
-                "(it trains on the local devices of keras.distribution; see "
-                "pretraining/README.md); use KERAS_BACKEND=tensorflow")
+        initialize_processes()
         self.config = config
-        self.log = log
+        self.chief = jax.process_index() == 0
+        self.log = log if self.chief else _quiet
         self.start_over = start_over
-        self.devices = list(devices or keras.distribution.list_devices())
-        if config.batch_size % len(self.devices):
+        self.devices = list(devices or _mesh_devices(config.tpu))
+        from bert4x.distribution import parse_mesh
+        self.mesh_shape = parse_mesh(config.mesh, len(self.devices))
+        data, model = self.mesh_shape
+        if config.batch_size % data:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                             f"{len(self.devices)} devices")
-        # Used as a scope around building, restoring and training, so that the
-        # caller's keras.distribution setting is left as it was.
-        self.distribution = keras.distribution.DataParallel(devices=self.devices)
-        self.strategy_kind = f"DataParallel x{len(self.devices)}"
-        self.chief = True
-        self.run = PretrainingRun(config, summary=summary, log=log)
+                             f"{data} devices of the mesh's data axis")
+        self.run = PretrainingRun(config, summary=summary, log=self.log)
         self.output_dir, self.checkpoint_dir = self.run.output_dir, self.run.checkpoint_dir
         self.summary = self.run.summary
+        self.masker = self.run.make_masker()
+        self.dtype = "mixed_bfloat16" if config.mixed_precision else None
+        # Used as a scope around building, restoring and training, so that the
+        # caller's keras.distribution setting is left as it was.
+        self.distribution = self._make_distribution()
+        processes = jax.process_count()
+        self.strategy_kind = (f"DataParallel x{data}" if model == 1 else
+                              f"ModelParallel data={data} model={model}") + (
+            f" over {processes} processes" if processes > 1 else "")
         with self.distribution.scope():
             self._build()
 
+    def _make_distribution(self):
+        data, model = self.mesh_shape
+        # Each process feeds its own rows (_dataset), so Keras must not shard the input.
+        if model == 1:
+            return keras.distribution.DataParallel(devices=self.devices,
+                                                   auto_shard_dataset=False)
+        from bert4x.distribution import layout_map
+        mesh = keras.distribution.DeviceMesh((data, model), ["data", "model"], self.devices)
+        # The layout map is read from a build without weights (keras.StatelessScope).
+        layouts = layout_map(lambda: self.run.make_models(self.masker, dtype=self.dtype)[0],
+                             mesh)
+        return keras.distribution.ModelParallel(layout_map=layouts, batch_dim_name="data",
+                                                auto_shard_dataset=False)
+
     def _build(self):
-        self.masker = self.run.make_masker()
         self.global_batch = self.config.batch_size
-        self.builder, graph = self.run.make_models(
-            self.masker, dtype="mixed_bfloat16" if self.config.mixed_precision else None)
+        self.builder, graph = self.run.make_models(self.masker, dtype=self.dtype)
         self.train_model = JaxTrainingModel(graph.inputs, graph.outputs, name=graph.name,
                                             accumulation_steps=self.config.accumulation_steps)
         self.optimizer = self.run.make_optimizer()
@@ -289,26 +428,35 @@ class JaxPretrainer:
 
     def _restore(self):
         step = self.run.restore(self.builder, self._checkpoint_folder(),
-                                start_over=self.start_over)
+                                start_over=self.start_over, chief=self.chief)
         if step is not None:
             self.log(f"resumed from {storage.join(self.checkpoint_dir, f'ckpt-{step}')} "
                      f"at step {step}")
         return step or 0
 
     def save(self, step):
-        """Write ``ckpt-STEP.weights.h5`` + ``ckpt-STEP.optimizer.npz`` (each under a
+        """Write ``ckpt-STEP.weights.npz`` + ``ckpt-STEP.optimizer.npz`` (each under a
         temporary name, then renamed), then drop checkpoints beyond the newest
-        ``keep_checkpoints`` intact ones."""
+        ``keep_checkpoints`` intact ones. Every process takes part (the arrays are
+        gathered); process 0 writes."""
         prefix = storage.join(self.checkpoint_dir, f"ckpt-{step}")
-        temporary = f"{prefix}.tmp-{os.getpid()}.weights.h5"
-        self.train_model.save_weights(temporary)
-        storage.rename(temporary, prefix + ".weights.h5", overwrite=True)
-        with storage.atomic_open(prefix + ".optimizer.npz", "wb") as file:
-            JaxCheckpointFormat(self.train_model, self.optimizer).save_state(file)
-        self._checkpoint_folder().prune(step)
-        return prefix + ".weights.h5"
+        checkpoint_format = JaxCheckpointFormat(self.train_model, self.optimizer)
+        weights, state = checkpoint_format.arrays()
+        if self.chief:
+            storage.makedirs(self.checkpoint_dir)
+            with storage.atomic_open(prefix + ".weights.npz", "wb") as file:
+                np.savez(file, **weights)
+            with storage.atomic_open(prefix + ".optimizer.npz", "wb") as file:
+                np.savez(file, **state)
+            self._checkpoint_folder().prune(step)
+        barrier(f"bert4x checkpoint {step}")
+        return prefix + ".weights.npz"
 
     # ------------------------------------------------------------------- train
+    def _rows(self, rows):
+        """This process's block of a global batch of ``rows``."""
+        return process_rows(self.distribution.device_mesh, rows, self.distribution.batch_dim_name)
+
     def _dataset(self, start_example):
         from bert4x.pretraining.pipeline import masked_dataset
         config = self.config
@@ -316,19 +464,21 @@ class JaxPretrainer:
         examples = self.summary["train_examples"]
         if not files or examples <= 0:
             raise ValueError(f"no training example in {config.resolved_data_dir()}")
-        # One batch per update: accumulation_steps micro-batches of batch_size.
-        return masked_dataset(files, config.seq_length, self.masker,
-                              self.global_batch * config.accumulation_steps, examples,
+        # One batch per update: accumulation_steps micro-batches of batch_size, of
+        # which this process reads its own block of rows.
+        per_update = self.global_batch * config.accumulation_steps
+        first, stop = self._rows(per_update)
+        return masked_dataset(files, config.seq_length, self.masker, stop - first, examples,
                               start_example=start_example,
-                              shuffle_buffer=config.shuffle_buffer,
-                              seed=config.seed).map(_to_model_inputs)
+                              shuffle_buffer=config.shuffle_buffer, seed=config.seed,
+                              rows=(first, stop, per_update)).map(_to_model_inputs)
 
     def train(self):
         """Train to ``train_steps`` (resuming), evaluate on held-out data, export.
 
         Returns:
-            A dict like :meth:`Pretrainer.train`'s, plus ``devices`` and ``losses``
-            (the loss of every step run in this call).
+            A dict like :meth:`Pretrainer.train`'s, plus ``devices``, ``mesh``
+            (``(data, model)``) and ``losses`` (the loss of every step run in this call).
         """
         with self.distribution.scope():
             return self._train()
@@ -339,7 +489,7 @@ class JaxPretrainer:
         config = self.config
         step = self.restore()
         result = {"step": step, "loss": None, "mlm_accuracy": None, "tokens_per_second": None,
-                  "devices": len(self.devices), "losses": []}
+                  "devices": len(self.devices), "mesh": list(self.mesh_shape), "losses": []}
         start_time = time.time()
         if step < config.train_steps:
             per_update = self.global_batch * config.accumulation_steps
@@ -383,11 +533,30 @@ class JaxPretrainer:
 
     def export(self, directory=None):
         """Write the official checkpoint of the model now (see
-        :meth:`bert4x.pretraining.run.PretrainingRun.export`); return the folder."""
-        return self.run.export(self.builder, directory)
+        :meth:`bert4x.pretraining.run.PretrainingRun.export`) from process 0; return
+        the folder. Every process takes part (the weights are gathered)."""
+        import jax
+        if jax.process_count() == 1:
+            return self.run.export(self.builder, directory)
+        values = [host_array(v.value) for v in self.builder.model.weights]
+        exported = directory or self.config.export_dir()
+        if self.chief:
+            # A copy of the model on this host's first device, given the whole arrays.
+            local = keras.distribution.DataParallel(devices=[_local_device_name()])
+            with local.scope():
+                builder, _ = self.run.make_models(self.masker, dtype=self.dtype)
+            builder.model.set_weights(values)
+            exported = self.run.export(builder, directory)
+        barrier("bert4x export")
+        return exported
 
     def evaluate(self, max_batches=None):
         """Loss and accuracy on the held-out shards (mask of epoch 0, no dropout)."""
+        with self.distribution.scope():
+            return self._evaluate(max_batches)
+
+    def _evaluate(self, max_batches):
+        import jax
         from bert4x.pretraining.pipeline import evaluation_dataset, numpy_batches
         shards = self.summary.get("valid_shards") or []
         if not shards:
@@ -398,31 +567,78 @@ class JaxPretrainer:
         max_batches = max_batches if max_batches is not None else self.config.eval_batches
         if max_batches:
             dataset = dataset.take(max_batches)
+        first, stop = self._rows(self.global_batch)
+        sharding = self.distribution.get_data_layout((self.global_batch, 1)).backend_layout
+        totals_fn = jax.jit(self._evaluation_totals)
+        trainable = [v.value for v in self.train_model.trainable_variables]
+        non_trainable = [v.value for v in self.train_model.non_trainable_variables]
         totals = np.zeros(3)
         for features in numpy_batches(dataset, files):
-            logits = np.asarray(self.train_model.predict_on_batch(
-                [features["token_ids"], features["segment_ids"], features["positions"]]),
-                np.float64)
-            logits -= logits.max(-1, keepdims=True)
-            log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-            labels, weights = features["labels"], features["weights"]
-            picked = np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
-            totals += [-(picked * weights).sum(), weights.sum(),
-                       ((logits.argmax(-1) == labels) * weights).sum()]
+            # The last batch is padded to the global batch with rows of weight 0.
+            padding = self.global_batch - len(features["labels"])
+            arrays = [np.pad(features[key], [(0, padding)] + [(0, 0)] * (
+                features[key].ndim - 1))[first:stop]
+                for key in ("token_ids", "segment_ids", "positions", "labels", "weights")]
+            arrays = [jax.make_array_from_process_local_data(sharding, array)
+                      for array in arrays]
+            totals += np.asarray(totals_fn(trainable, non_trainable, *arrays), np.float64)
         count = max(totals[1], 1.0)
         return {"loss": float(totals[0] / count), "accuracy": float(totals[2] / count),
                 "targets": int(totals[1])}
 
+    def _evaluation_totals(self, trainable, non_trainable, token_ids, segment_ids, positions,
+                           labels, weights):
+        """Summed cross-entropy, target count and correct targets of one batch."""
+        import jax
+        import jax.numpy as jnp
+        logits, _ = self.train_model.stateless_call(
+            trainable, non_trainable, [token_ids, segment_ids, positions], training=False)
+        log_probs = jax.nn.log_softmax(logits.astype("float32"), axis=-1)
+        picked = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+        correct = (jnp.argmax(log_probs, axis=-1) == labels).astype("float32")
+        return jnp.stack([-jnp.sum(picked * weights), jnp.sum(weights),
+                          jnp.sum(correct * weights)])
+
+
+def _mesh_devices(tpu):
+    """All devices of every process; with ``tpu`` set, the TPU chips JAX sees."""
+    if not tpu:
+        return keras.distribution.list_devices()
+    try:
+        devices = keras.distribution.list_devices("tpu")
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"tpu={tpu!r} on the JAX backend trains on the TPU chips JAX sees, and JAX "
+            f"sees none ({error}). Run on a TPU VM with jax[tpu] (libtpu) installed, "
+            "or leave tpu unset") from None
+    if not devices:
+        raise RuntimeError(f"tpu={tpu!r}: JAX sees no TPU chip")
+    return devices
+
+
+def _local_device_name():
+    import jax
+    device = jax.local_devices()[0]
+    return f"{device.platform}:{device.id}"
+
 
 def train_with_jax(config, export_only=False, prepare=True, log=print, start_over=False):
-    """Prepare the data (if needed), train with JAX data parallelism (resuming), export.
+    """Prepare the data (if needed), train under ``keras.distribution`` (resuming),
+    export.
 
     Needs ``KERAS_BACKEND=jax``. See the module docstring for what differs from the
-    TensorFlow path.
+    TensorFlow path. With several processes, process 0 prepares the data while the
+    others wait for it.
     """
+    import jax
     summary = None
+    several = initialize_processes()
     if prepare and config.inputs and not export_only:
-        summary = prepare_data(config)
+        if jax.process_index() == 0:
+            summary = prepare_data(config)
+        if several:
+            barrier("bert4x data prepared")
+            summary = None  # each process reads dataset.json
     trainer = JaxPretrainer(config, log=log, summary=summary,
                             start_over=start_over and not export_only)
     if export_only:
@@ -434,4 +650,5 @@ def train_with_jax(config, export_only=False, prepare=True, log=print, start_ove
     return trainer.train()
 
 
-__all__ = ["JaxPretrainer", "JaxTrainingModel", "train_with_jax"]
+__all__ = ["JaxCheckpointFormat", "JaxPretrainer", "JaxTrainingModel", "initialize_processes",
+           "process_rows", "train_with_jax"]

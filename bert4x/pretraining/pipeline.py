@@ -194,7 +194,8 @@ def numpy_batches(dataset, files):
 
 
 def masked_dataset(files, seq_length, masker, batch_size, examples_per_epoch, start_example=0,
-                   shuffle_buffer=10000, seed=0, num_shards=1, shard_index=0, repeat=True):
+                   shuffle_buffer=10000, seed=0, num_shards=1, shard_index=0, repeat=True,
+                   rows=None):
     """The training stream: shuffled per epoch, masked, sharded, batched.
 
     Args:
@@ -210,6 +211,12 @@ def masked_dataset(files, seq_length, masker, batch_size, examples_per_epoch, st
         num_shards, shard_index: this pipeline's share of the global stream
             (example ``i`` goes to pipeline ``i % num_shards``).
         repeat: run epochs forever (False: one epoch from ``start_example``).
+        rows: ``(first, stop, period)``: keep only rows ``first .. stop - 1`` of every
+            ``period`` examples of the global stream (one process's contiguous block
+            of each global batch of ``period`` examples, for ``keras.distribution``
+            over several processes); ``batch_size`` is then ``stop - first``. The
+            rows left out are never parsed or masked. ``start_example`` must be a
+            multiple of ``period``.
 
     Returns:
         A ``tf.data.Dataset`` of feature dicts batched to ``batch_size``.
@@ -223,6 +230,14 @@ def masked_dataset(files, seq_length, masker, batch_size, examples_per_epoch, st
     if start_example % num_shards:
         raise ValueError(f"start_example {start_example} is not a multiple of the "
                          f"{num_shards} shards")
+    if rows is not None:
+        first, stop, period = (int(value) for value in rows)
+        if not 0 <= first < stop <= period or num_shards != 1:
+            raise ValueError(f"rows {rows} must be (first, stop, period) with "
+                             "0 <= first < stop <= period, without num_shards")
+        if start_example % period:
+            raise ValueError(f"start_example {start_example} is not a multiple of the "
+                             f"{period} examples of a global batch")
     files = [str(f) for f in files]
     # Each epoch keeps a multiple of num_shards examples, so every pipeline gets
     # the same count and the global batches stay contiguous across epochs.
@@ -255,6 +270,11 @@ def masked_dataset(files, seq_length, masker, batch_size, examples_per_epoch, st
                                         tf.constant(0, tf.int64)))
         if num_shards > 1:
             records = records.shard(num_shards, shard_index)
+        if rows is not None:
+            # The row in its global batch of the example's index in the whole stream.
+            records = records.filter(lambda position, record: tf.logical_and(
+                (epoch * kept_per_epoch + position) % period >= first,
+                (epoch * kept_per_epoch + position) % period < stop))
         return records.map(lambda position, record: (epoch, position, record))
 
     epochs = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max if repeat

@@ -396,7 +396,7 @@ def run_pretraining(config, export_only=False, prepare=True, strategy=None, log=
     if config.backend == "jax" or keras.backend.backend() == "jax":
         if strategy is not None:
             raise NotImplementedError("a tf.distribute strategy cannot be used on the JAX "
-                                      "backend (it uses keras.distribution.DataParallel)")
+                                      "backend (it uses keras.distribution)")
         from bert4x.pretraining.jax_trainer import train_with_jax
         return train_with_jax(config, export_only=export_only, prepare=prepare, log=log,
                               start_over=start_over)
