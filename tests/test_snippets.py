@@ -182,8 +182,24 @@ def test_length_bucketed_order_is_a_permutation_of_similar_length_batches():
         length_bucketed_order(lengths, 32, window=0)
 
 
-def test_generator_bucket_by_draws_batches_of_similar_lengths(samples):
-    many = samples * 20
+def test_length_bucketed_order_keeps_examples_of_one_length_step_mixed():
+    # Two kinds of examples whose lengths differ by one token (a one-token target
+    # against a two-token one, say): sorting by exact length would give batches of
+    # one kind; within one step of 8 tokens they stay mixed.
+    lengths = np.array([41, 42] * 320)
+    mixed = [set(lengths[order[i:i + 32]]) for order in
+             [length_bucketed_order(lengths, 32, np.random.default_rng(0))]
+             for i in range(0, 640, 32)]
+    assert all(kinds == {41, 42} for kinds in mixed)
+    exact = length_bucketed_order(lengths, 32, np.random.default_rng(0), bucket_width=1)
+    assert all(len(set(lengths[exact[i:i + 32]])) == 1 for i in range(0, 640, 32))
+    with pytest.raises(ValueError, match="bucket_width"):
+        length_bucketed_order(lengths, 32, bucket_width=0)
+
+
+def test_generator_bucket_by_draws_batches_of_similar_lengths():
+    rng = np.random.default_rng(0)
+    many = [(list(rng.integers(1, 50, size=rng.integers(1, 60))), 0) for _ in range(200)]
     generator = PaddedBatches(many, batch_size=4, seed=3, bucket_by=lambda s: len(s[0]))
     widths = [batch[0].shape[1] for batch in generator.__iter__(random=True)]
     plain = PaddedBatches(many, batch_size=4, seed=3)
