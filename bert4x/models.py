@@ -34,7 +34,7 @@ def _config_in(folder):
                             "pass config_path")
 
 
-def _resolve_paths(config_path, checkpoint_path):
+def resolve_paths(config_path, checkpoint_path):
     """Accept a folder for either argument; find the config beside the weights."""
     if config_path is None and checkpoint_path is not None:
         folder = checkpoint_path if storage.isdir(checkpoint_path) else storage.dirname(
@@ -111,7 +111,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
     """
     if model is not None and model not in MODELS:
         raise ValueError(f"unknown model {model!r}; available: {sorted(MODELS)}")
-    config_path, checkpoint_path = _resolve_paths(config_path, checkpoint_path)
+    config_path, checkpoint_path = resolve_paths(config_path, checkpoint_path)
     if config_path is not None:
         config = BertConfig.from_json(config_path).replace(**overrides)
     else:

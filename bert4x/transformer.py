@@ -684,9 +684,9 @@ class Transformer:
         if self.position_embedding is not None:
             pairs.append((p + "position_embeddings", self.position_embedding.embeddings,
                           "plain"))
-        pairs += _norm_pairs(p + "LayerNorm", self.embedding_norm)
+        pairs += norm_pairs(p + "LayerNorm", self.embedding_norm)
         if self.embedding_mapping is not None:
-            pairs += _dense_pairs(self.embedding_mapping_name(), self.embedding_mapping)
+            pairs += dense_pairs(self.embedding_mapping_name(), self.embedding_mapping)
         return pairs
 
     def embedding_mapping_name(self):
@@ -702,19 +702,19 @@ class Transformer:
                             ("attention_output", attention.output_dense),
                             ("intermediate", feed_forward.intermediate_dense),
                             ("output", feed_forward.output_dense)):
-            pairs += _dense_pairs(prefix + names[part], dense)
-        pairs += _norm_pairs(prefix + names["attention_norm"], layers["attention_norm"])
-        pairs += _norm_pairs(prefix + names["feed_forward_norm"], layers["feed_forward_norm"])
+            pairs += dense_pairs(prefix + names[part], dense)
+        pairs += norm_pairs(prefix + names["attention_norm"], layers["attention_norm"])
+        pairs += norm_pairs(prefix + names["feed_forward_norm"], layers["feed_forward_norm"])
         return pairs
 
     def _head_variables(self):
         pairs = []
         if self.pooler_dense is not None:
-            pairs += _dense_pairs(f"{self.prefix}/pooler/dense", self.pooler_dense)
+            pairs += dense_pairs(f"{self.prefix}/pooler/dense", self.pooler_dense)
         if self.mlm_dense is not None:
             p = self.mlm_prefix()
-            pairs += _dense_pairs(p + "transform/dense", self.mlm_dense)
-            pairs += _norm_pairs(p + "transform/LayerNorm", self.mlm_norm)
+            pairs += dense_pairs(p + "transform/dense", self.mlm_dense)
+            pairs += norm_pairs(p + "transform/LayerNorm", self.mlm_norm)
             pairs.append((p + "output_bias", self.mlm_bias.bias, "vocab"))
         if self.nsp_dense is not None:
             pairs.append(("cls/seq_relationship/output_weights", self.nsp_dense.kernel,
@@ -732,14 +732,16 @@ class Transformer:
                                               self.hf_special)
 
 
-def _dense_pairs(name, dense):
+def dense_pairs(name, dense):
+    """``(official name, variable, kind)`` of a Dense layer's kernel (and bias)."""
     pairs = [(name + "/kernel", dense.kernel, "plain")]
     if dense.use_bias:
         pairs.append((name + "/bias", dense.bias, "plain"))
     return pairs
 
 
-def _norm_pairs(name, norm):
+def norm_pairs(name, norm):
+    """``(official name, variable, kind)`` of a LayerNorm's gamma and beta."""
     return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
 
 

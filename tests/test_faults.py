@@ -1,4 +1,4 @@
-"""Fault tests (issue 11): damaged files and odd settings get an error that names the
+"""Fault tests: damaged files and odd settings get an error that names the
 culprit, never a silent wrong result.
 
 Each section holds the faults of one area; every fault test here failed before its
