@@ -8,7 +8,7 @@ until ``max_length``, so every run generates all of them).
 * cached: ``bert4x.decoding.Decoder.beam_search`` over the 4 sources at once,
   the key/value cache on the device, the step compiled once (``tf.function``,
   and with ``--xla`` also XLA);
-* re-run (bert4keras's way): an ``AutoRegressiveDecoder`` whose ``predict``
+* re-run (bert4keras's way): a ``RerunDecoder`` whose ``predict``
   concatenates the source and the generated ids and runs the whole model
   (``predict_on_batch``) every step, one source at a time.
 
@@ -43,13 +43,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bert4x.configs import BertConfig  # noqa: E402
-from bert4x.decoding import AutoRegressiveDecoder, Decoder  # noqa: E402
+from bert4x.decoding import Decoder, RerunDecoder  # noqa: E402
 from bert4x.models import BERT  # noqa: E402
 
 CLS, SEP = 101, 102
 
 
-class FullRerun(AutoRegressiveDecoder):
+class FullRerun(RerunDecoder):
     """bert4keras's route: the whole sequence through the model at every step."""
 
     def __init__(self, model, **kwargs):

@@ -10,7 +10,7 @@ from keras import ops
 __all__ = ["GradientAccumulator", "GradientAccumulationModel"]
 
 
-def _densify(gradient):
+def densify(gradient):
     """Turns a TensorFlow `IndexedSlices` gradient into a dense tensor (else unchanged)."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -111,7 +111,7 @@ class GradientAccumulator:
                 # Decided when tracing: a variable without gradient stays untouched.
                 self._missing.add(index)
                 continue
-            gradient = _densify(gradient)
+            gradient = densify(gradient)
             total.assign_add(ops.multiply(gradient, ops.cast(weight, total.dtype)))
         self.total_weight.assign_add(weight)
 

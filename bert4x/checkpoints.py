@@ -17,7 +17,7 @@ import weakref
 import numpy as np
 
 from bert4x import checkpoint_files, storage
-from bert4x.tokenizers import load_vocab, tokens_by_id, vocabulary_text
+from bert4x.vocabularies import load_vocab, tokens_by_id, vocabulary_text
 
 GOOGLE_CONFIG = "bert_config.json"
 GOOGLE_CHECKPOINT = "bert_model.ckpt"

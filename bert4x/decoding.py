@@ -6,9 +6,10 @@ Two routes share one implementation of each search algorithm (:mod:`bert4x.searc
   source is run once (the prefill), then one token per step; the per-step
   function is compiled once (``tf.function`` on TensorFlow, ``jax.jit`` on JAX,
   eager ``torch.no_grad()`` on PyTorch) and the cache stays on the device.
-* :class:`AutoRegressiveDecoder` is bert4keras's route: subclass it and write
-  ``predict(inputs, output_ids, states)`` returning the next-token scores of
-  every row; it re-runs whatever the caller wants each step (no cache).
+* :class:`RerunDecoder` re-runs whatever the caller wants each step (no cache):
+  subclass it and write ``predict(inputs, output_ids, states)`` returning the
+  next-token scores of every row. (bert4keras's own ``AutoRegressiveDecoder``,
+  with bert4keras's search rules, is :mod:`bert4x.bert4keras.snippets`'s.)
 
 The search functions only see a *scorer*: ``first()`` gives the next-token
 log-probabilities ``[units, vocab]`` after the sources, ``next(parents,
@@ -37,7 +38,7 @@ from bert4x.search import (GenerationResult, ancestral, beam_search, check_beam,
                            check_end_id, check_lengths, check_sampling, filter_log_probs,
                            greedy_choice, is_int, logsumexp, sampling_choice, to_log_probs)
 
-__all__ = ["GenerationResult", "Decoder", "AutoRegressiveDecoder", "filter_log_probs"]
+__all__ = ["GenerationResult", "Decoder", "RerunDecoder", "filter_log_probs"]
 
 
 # ---------------------------------------------------------------- sources
@@ -581,7 +582,7 @@ class Decoder:
                           choose)
 
 
-# ------------------------------------------------------------ bert4keras route
+# ---------------------------------------------------------------- re-run route
 class _PredictScorer:
     """Scorer over a user's ``predict``: re-runs it on the whole prefix each step."""
 
@@ -617,8 +618,8 @@ class _PredictScorer:
         return self._predict()
 
 
-class AutoRegressiveDecoder:
-    """bert4keras-style decoder: subclass it and implement :meth:`predict`.
+class RerunDecoder:
+    """A decoder over the caller's scores: subclass it and implement :meth:`predict`.
 
     ``predict(inputs, output_ids, states)`` receives the source inputs repeated
     once per row (``[rows, ...]`` arrays), the generated ids so far
@@ -638,7 +639,7 @@ class AutoRegressiveDecoder:
             starts from ``[rows, 0]``. It is not part of the returned ids.
 
     Example:
-        >>> class Title(AutoRegressiveDecoder):  # doctest: +SKIP
+        >>> class Title(RerunDecoder):  # doctest: +SKIP
         ...     def predict(self, inputs, output_ids, states):
         ...         token_ids, segment_ids = inputs
         ...         token_ids = np.concatenate([token_ids, output_ids], 1)

@@ -8,7 +8,7 @@ from keras import ops
 
 from bert4x import checkpoints
 from bert4x.layers import RelativePositionEncoding, RotaryPositionEncoding, TiedProjection
-from bert4x.transformer import BERT_BLOCK_NAMES, Transformer, _dense_pairs, _norm_pairs
+from bert4x.transformer import BERT_BLOCK_NAMES, Transformer, dense_pairs, norm_pairs
 
 
 class BERT(Transformer):
@@ -244,12 +244,12 @@ class ELECTRA(Transformer):
     def _head_variables(self):
         pairs = []
         if self.mlm_dense is not None:
-            pairs += _dense_pairs("generator_predictions/dense", self.mlm_dense)
-            pairs += _norm_pairs("generator_predictions/LayerNorm", self.mlm_norm)
+            pairs += dense_pairs("generator_predictions/dense", self.mlm_dense)
+            pairs += norm_pairs("generator_predictions/LayerNorm", self.mlm_norm)
             pairs.append(("generator_predictions/output_bias", self.mlm_bias.bias, "vocab"))
         if self.discriminator_dense is not None:
-            pairs += _dense_pairs("discriminator_predictions/dense", self.discriminator_dense)
-            pairs += _dense_pairs("discriminator_predictions/dense_1",
+            pairs += dense_pairs("discriminator_predictions/dense", self.discriminator_dense)
+            pairs += dense_pairs("discriminator_predictions/dense_1",
                                   self.discriminator_output)
         return pairs
 

@@ -34,7 +34,7 @@ def _config_in(folder):
                             "pass config_path")
 
 
-def _resolve_paths(config_path, checkpoint_path):
+def resolve_paths(config_path, checkpoint_path):
     """Accept a folder for either argument; find the config beside the weights."""
     if config_path is None and checkpoint_path is not None:
         folder = checkpoint_path if storage.isdir(checkpoint_path) else storage.dirname(
@@ -48,7 +48,8 @@ def _resolve_paths(config_path, checkpoint_path):
 
 def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
                             application="encoder", with_pool=False, with_nsp=False,
-                            with_mlm=False, keep_tokens=None, return_keras_model=True,
+                            with_mlm=False, mlm_positions=False, keep_tokens=None,
+                            return_keras_model=True,
                             allow_missing_heads=False, ignore_unused_weights=False,
                             layer_norm_cond=None,
                             layer_norm_cond_hidden_size=None, layer_norm_cond_hidden_act=None,
@@ -70,6 +71,10 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
             MLM head on and return its output alone).
         with_pool, with_nsp, with_mlm, with_discriminator: heads to add (see
             :class:`Transformer`; a family refuses heads it does not have).
+        mlm_positions: run the MLM head only at given positions (keras-hub's
+            ``mask_positions``): the model takes ``[token_ids, segment_ids,
+            positions]`` and its MLM output is ``[batch, P, vocab]``, the full
+            head's output gathered at ``positions`` ``[batch, P]``.
         keep_tokens: vocabulary rows to keep (from ``load_vocab(simplified=True)``).
         return_keras_model: ``False`` returns the builder (a :class:`Transformer`),
             which also gives the incremental-decoding graphs.
@@ -88,7 +93,8 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
             the whole config when ``config_path`` is None.
 
     Returns:
-        A ``keras.Model`` whose inputs are ``[token_ids, segment_ids, *additional]``
+        A ``keras.Model`` whose inputs are ``[token_ids, segment_ids, positions?,
+        *additional]``
         and whose outputs are ``[sequence_output, pooled?, nsp_probs?, mlm?,
         discriminator?]`` (a single tensor when there is one), or the builder.
 
@@ -99,10 +105,13 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
         >>> albert = build_transformer_model(  # doctest: +SKIP
         ...     "albert_tiny_zh/albert_config_tiny.json",
         ...     "albert_tiny_zh/albert_model.ckpt", model="albert")
+        >>> masked_lm = build_transformer_model(  # doctest: +SKIP
+        ...     "chinese_L-12_H-768_A-12", with_mlm="linear", mlm_positions=True)
+        >>> logits = masked_lm.predict([token_ids, segment_ids, positions])  # [B, P, V]
     """
     if model is not None and model not in MODELS:
         raise ValueError(f"unknown model {model!r}; available: {sorted(MODELS)}")
-    config_path, checkpoint_path = _resolve_paths(config_path, checkpoint_path)
+    config_path, checkpoint_path = resolve_paths(config_path, checkpoint_path)
     if config_path is not None:
         config = BertConfig.from_json(config_path).replace(**overrides)
     else:
@@ -122,7 +131,8 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
                              f"family bert4x builds; available: {sorted(MODELS)}")
     builder = MODELS[model](
         config, application=application, with_pool=with_pool, with_nsp=with_nsp,
-        with_mlm=with_mlm, keep_tokens=keep_tokens, layer_norm_cond=layer_norm_cond,
+        with_mlm=with_mlm, mlm_positions=mlm_positions, keep_tokens=keep_tokens,
+        layer_norm_cond=layer_norm_cond,
         layer_norm_cond_hidden_size=layer_norm_cond_hidden_size,
         layer_norm_cond_hidden_act=layer_norm_cond_hidden_act,
         additional_input_layers=additional_input_layers, dtype=dtype,

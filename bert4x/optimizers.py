@@ -37,7 +37,7 @@ import keras
 from keras import ops
 
 # Schedules, accumulation and averaging live in their own modules; importable from here.
-from bert4x.accumulation import GradientAccumulationModel, GradientAccumulator, _densify
+from bert4x.accumulation import GradientAccumulationModel, GradientAccumulator, densify
 from bert4x.moving_average import ExponentialMovingAverage
 from bert4x.schedules import PiecewiseLinear, WarmupLinearDecay
 
@@ -68,12 +68,12 @@ FUSED_ADAM_DEVICE_TYPES = ("CPU", "GPU", "TPU")
 FUSED_ADAM_DTYPES = ("float32", "float64")
 
 
-def _variable_path(variable):
+def variable_path(variable):
     """The name used for pattern matching: Keras's `path`, else the plain `name`."""
     return getattr(variable, "path", None) or variable.name
 
 
-def _trust_ratio(weight, update):
+def trust_ratio(weight, update):
     """LAMB's layer-wise trust ratio ``||weight|| / ||update||``, 1 if either norm is 0.
 
     Norms are over the whole variable (Frobenius). `Lamb` scales each variable's step
@@ -179,7 +179,7 @@ class _PerVariableRules:
     def _resolve_rules(self, variables):
         multipliers, decays = [], []
         for variable in variables:
-            path = _variable_path(variable)
+            path = variable_path(variable)
             multiplier = 1.0
             for regex, value in self._multiplier_regexes:
                 if regex.search(path):
@@ -216,7 +216,7 @@ class _PerVariableRules:
         index = self._index_of(variable)
         # Densify IndexedSlices (embedding lookups): Keras's sparse arithmetic applies
         # Adam's non-linear update per repeated row instead of to the summed gradient.
-        gradient = _densify(gradient)
+        gradient = densify(gradient)
         if self.gradient_transform is not None:
             gradient = self.gradient_transform(gradient, self._rules.variables[index])
         multiplier = self._rules.multipliers[index]
@@ -480,7 +480,7 @@ class Lamb(_PerVariableRules, keras.optimizers.Optimizer):
         )
         regexes = _compile_patterns(adaptation_patterns, "exclude_from_layer_adaptation")
         self._rules.adapts = [
-            not any(regex.search(_variable_path(v)) for regex in regexes)
+            not any(regex.search(variable_path(v)) for regex in regexes)
             for v in var_list
         ]
 
@@ -509,7 +509,7 @@ class Lamb(_PerVariableRules, keras.optimizers.Optimizer):
                 update, ops.multiply(ops.cast(self.weight_decay_rate, dtype), variable)
             )
         if self._rules.adapts[index]:
-            lr = ops.multiply(lr, _trust_ratio(variable, update))
+            lr = ops.multiply(lr, trust_ratio(variable, update))
         self.assign_sub(variable, ops.multiply(lr, update))
 
     def get_config(self):
@@ -607,7 +607,7 @@ def layerwise_lr_multipliers(
         )
     layers = {}
     for variable in model.trainable_variables:
-        match = layer_regex.search(_variable_path(variable))
+        match = layer_regex.search(variable_path(variable))
         if match:
             # The matched text (e.g. "Transformer-3-") is the layer's prefix; anchor it
             # at the path start or after a "/" and forbid a following digit so that
@@ -617,7 +617,7 @@ def layerwise_lr_multipliers(
     if not layers:
         raise ValueError(
             f"No trainable variable path matches layer_pattern {layer_pattern!r}; "
-            f"first paths: {[_variable_path(v) for v in model.trainable_variables[:5]]}."
+            f"first paths: {[variable_path(v) for v in model.trainable_variables[:5]]}."
         )
     if num_layers is None:
         num_layers = max(layers) + 1

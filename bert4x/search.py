@@ -515,3 +515,98 @@ def sampling_choice(rng, temperature, top_k, top_p):
                 tokens[row] = ids[min(index, count - 1)]
         return tokens
     return choose
+
+
+# ------------------------------------------------------------- bert4keras's rules
+def _ended_rows(output_ids, end_id, min_ends):
+    """Rows whose last id is the end token, seen at least ``min_ends`` times."""
+    is_end = output_ids[:, -1] == end_id
+    return is_end & ((output_ids == end_id).sum(1) >= min_ends)
+
+
+def topk_beam_search(scorer, topk, max_length, min_length, end_id, first_ids, min_ends=1):
+    """bert4keras's beam search over one source; returns the best id array.
+
+    It keeps the ``topk`` best of all extensions (finished ones included), ranked
+    by raw summed log-probabilities, and stops as soon as the best has ended
+    (``min_ends`` end tokens); finished rows that are not the best leave the beam.
+    The ids returned start with ``first_ids`` and include the end token.
+    ``min_length`` counts ``output_ids`` including ``first_ids``.
+
+    ``scorer.first()`` gives the log-probabilities ``[1, vocab]`` after the
+    source; ``scorer.next(parents, tokens)`` those of the rows continuing
+    ``parents`` with ``tokens``.
+
+    Example:
+        >>> class Table:
+        ...     def first(self):
+        ...         return np.log([[0.2, 0.5, 0.3]])
+        ...     def next(self, parents, tokens):
+        ...         return np.log([[0.1, 0.2, 0.7]] * len(parents))
+        >>> topk_beam_search(Table(), 2, 4, 1, end_id=2, first_ids=[]).tolist()
+        [1, 2]
+    """
+    output_ids = np.asarray(first_ids, dtype=int).reshape(1, -1)
+    output_scores = np.zeros(1)
+    pending = None
+    for _ in range(max_length):
+        scores = scorer.first() if pending is None else scorer.next(*pending)
+        scores = output_scores.reshape((-1, 1)) + scores
+        indices = scores.argpartition(-topk, axis=None)[-topk:]
+        rows, tokens = indices // scores.shape[1], indices % scores.shape[1]
+        output_ids = np.concatenate([output_ids[rows], tokens[:, None]], 1)
+        output_scores = np.take_along_axis(scores, indices, axis=None)
+        finished = _ended_rows(output_ids, end_id, min_ends)
+        if output_ids.shape[1] >= min_length:
+            best = output_scores.argmax()
+            if finished[best]:
+                return output_ids[best]
+            if finished.any():
+                keep = ~finished
+                rows, tokens = rows[keep], tokens[keep]
+                output_ids, output_scores = output_ids[keep], output_scores[keep]
+                topk = int(keep.sum())
+        pending = (rows, tokens)
+    return output_ids[output_scores.argmax()]
+
+
+def sample_until_ended(scorer, n, max_length, min_length, end_id, first_ids, draw,
+                       min_ends=1):
+    """bert4keras's sampling of ``n`` sequences of one source, in the order they end.
+
+    ``draw(scores)`` picks one id per row from the scorer's rows (whatever kind of
+    scores the scorer and ``draw`` agree on); a row leaves when it has ended
+    (``min_ends`` end tokens, ``min_length`` counting ``output_ids`` including
+    ``first_ids``); rows still running at ``max_length`` come last. The scorer is
+    as for :func:`topk_beam_search`, its first rows ``[1, vocab]``.
+
+    Example:
+        >>> class Fixed:
+        ...     def first(self):
+        ...         return np.array([[0.0, 1.0]])
+        ...     next = lambda self, parents, tokens: np.array([[0.0, 1.0]] * len(parents))
+        >>> [ids.tolist() for ids in sample_until_ended(
+        ...     Fixed(), 2, 3, 1, end_id=0, first_ids=[9],
+        ...     draw=lambda scores: scores.argmax(1))]
+        [[9, 1, 1, 1], [9, 1, 1, 1]]
+    """
+    output_ids = np.asarray(first_ids, dtype=int).reshape(1, -1)
+    results, pending = [], None
+    for step in range(max_length):
+        scores = scorer.first() if pending is None else scorer.next(*pending)
+        rows = np.arange(len(scores))
+        if step == 0:
+            scores, rows = np.repeat(scores, n, axis=0), np.zeros(n, dtype=int)
+            output_ids = np.repeat(output_ids, n, axis=0)
+        tokens = np.asarray(draw(scores)).reshape(-1)
+        output_ids = np.concatenate([output_ids, tokens[:, None]], 1)
+        finished = _ended_rows(output_ids, end_id, min_ends)
+        if output_ids.shape[1] >= min_length and finished.any():
+            results.extend(output_ids[finished])
+            keep = ~finished
+            output_ids, rows, tokens = output_ids[keep], rows[keep], tokens[keep]
+            if len(output_ids) == 0:
+                break
+        pending = (rows, tokens)
+    results.extend(output_ids)
+    return results

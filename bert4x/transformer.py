@@ -67,6 +67,11 @@ class Transformer:
         with_nsp: add next-sentence (ALBERT: sentence-order) probabilities
             (implies the pooler); ``"linear"`` for logits.
         with_mlm: ``True`` for MLM probabilities, ``"linear"`` for logits.
+        mlm_positions: run the MLM head only at given positions (keras-hub's
+            ``mask_positions``): the model takes a third input
+            ``Input-MLM-Positions`` ``[batch, P]`` of int positions and its MLM
+            output is ``[batch, P, vocab]``. With a large vocabulary the head on
+            every position costs as much as the encoder. Needs the MLM head.
         with_discriminator: ELECTRA: replaced-token probabilities; ``"linear"``
             for logits.
         keep_tokens: ids of the vocabulary rows to keep (a trimmed vocabulary).
@@ -118,7 +123,7 @@ class Transformer:
 
     def __init__(self, config, application="encoder", with_pool=False, with_nsp=False,
                  with_mlm=False, with_discriminator=False, keep_tokens=None,
-                 layer_norm_cond=None, layer_norm_cond_hidden_size=None,
+                 mlm_positions=False, layer_norm_cond=None, layer_norm_cond_hidden_size=None,
                  layer_norm_cond_hidden_act=None, additional_input_layers=None, dtype=None,
                  name=None):
         if application not in AttentionBias.APPLICATIONS:
@@ -154,6 +159,10 @@ class Transformer:
         self.with_mlm = with_mlm or application in ("lm", "unilm")
         self.with_discriminator = with_discriminator or False
         self._check_heads()
+        if mlm_positions and not self.with_mlm:
+            raise ValueError("mlm_positions needs the MLM head: pass with_mlm=True or "
+                             "'linear' (or application='lm'/'unilm')")
+        self.mlm_positions = bool(mlm_positions)
         self.keep_tokens = keep_tokens
         self.additional_inputs = list(additional_input_layers)
         self.conditional = layer_norm_cond is not None
@@ -466,6 +475,35 @@ class Transformer:
         x = self.token_embedding(x, reverse=True)
         return self.mlm_bias(x)
 
+    def mlm_logits_at(self, x, positions, condition=None):
+        """The MLM head on ``x`` ``[batch, L, width]`` at ``positions`` ``[batch, P]``
+        only: logits ``[batch, P, vocab]``, equal to the full head's gathered there."""
+        gathered = ops.take_along_axis(x, ops.expand_dims(positions, -1), axis=1)
+        return self.mlm_logits(gathered, condition=condition)
+
+    def mlm_positions_model(self, length=None, num_positions=None, name=None):
+        """``[token_ids, segment_ids, positions, *additional] -> MLM logits [batch, P,
+        vocab]`` at the positions, on this builder's layers (training it trains
+        :attr:`model`).
+
+        Args:
+            length, num_positions: fixed sizes of the inputs (None: any).
+            name: the Keras model's name (default: ``<name>_mlm_positions``).
+
+        Example:
+            >>> config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+            ...                     num_attention_heads=2, intermediate_size=48)
+            >>> model = BERT(config, with_mlm="linear").mlm_positions_model(16, 3)
+            >>> model.output.shape
+            (None, 3, 100)
+        """
+        if not self.with_mlm:
+            raise ValueError("mlm_positions_model needs the MLM head: build with "
+                             "with_mlm=True or 'linear'")
+        return self._build_model(positions_only=True, length=length,
+                                 num_positions=num_positions,
+                                 name=name or f"{self.name}_mlm_positions")
+
     def _model_inputs(self):
         """``(inputs, token_ids, segment_ids, position_ids)`` of the full model.
 
@@ -476,8 +514,20 @@ class Transformer:
         token_ids, segment_ids = self._inputs()
         return [token_ids, segment_ids], token_ids, segment_ids, None
 
-    def _build_model(self):
-        inputs, token_ids, segment_ids, position_ids = self._model_inputs()
+    def _build_model(self, positions_only=False, length=None, num_positions=None, name=None):
+        """The model with every requested head (the MLM head at an
+        ``Input-MLM-Positions`` input when ``mlm_positions``), or with
+        ``positions_only`` the MLM logits at those positions alone."""
+        if positions_only:
+            token_ids, segment_ids = self._inputs(length)
+            inputs, position_ids = [token_ids, segment_ids], None
+        else:
+            inputs, token_ids, segment_ids, position_ids = self._model_inputs()
+        mlm_positions = None
+        if positions_only or self.mlm_positions:
+            mlm_positions = keras.Input((num_positions,), dtype="int32",
+                                        name="Input-MLM-Positions")
+            inputs = inputs + [mlm_positions]
         inputs = inputs + self.additional_inputs
         condition = None
         if self.conditional:
@@ -485,6 +535,9 @@ class Transformer:
         x = self.embed(token_ids, segment_ids, position_ids=position_ids, condition=condition)
         bias = self.attention_bias(token_ids, segment_ids)
         x = self.encode(x, bias, condition=condition)
+        if positions_only:
+            return keras.Model(inputs, self.mlm_logits_at(x, mlm_positions, condition),
+                               name=name)
         self.sequence_output = x
         outputs = [x]
         if self.pooler is not None:
@@ -494,7 +547,8 @@ class Transformer:
             if self.with_nsp:
                 outputs.append(self.nsp_dense(pooled))
         if self.with_mlm:
-            logits = self.mlm_logits(x, condition=condition)
+            logits = (self.mlm_logits(x, condition=condition) if mlm_positions is None
+                      else self.mlm_logits_at(x, mlm_positions, condition=condition))
             outputs.append(logits if self.with_mlm == "linear" else self.mlm_activation(logits))
         if self.with_discriminator:
             scores = self.discriminator_output(self.discriminator_dense(x))
@@ -502,7 +556,7 @@ class Transformer:
         if self.application in ("lm", "unilm") and len(outputs) == 2:
             outputs = outputs[1:]  # generators are used for their token distribution
         return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs,
-                           name=self.name)
+                           name=name or self.name)
 
     # ------------------------------------------------------ incremental decoding
     def cache_models(self):
@@ -552,8 +606,8 @@ class Transformer:
         for index in self.schedule:
             x, cache = self.block(index, x, bias, condition=condition, return_cache=True)
             caches.append(cache)
-        last = ops.take_along_axis(x, ops.reshape(last_index, (-1, 1, 1)), axis=1)
-        logits = self.mlm_logits(last, condition=condition)[:, 0]
+        logits = self.mlm_logits_at(x, ops.reshape(last_index, (-1, 1)),
+                                    condition=condition)[:, 0]
         return keras.Model([token_ids, segment_ids, last_index] + extra,
                            [logits, ops.stack(caches, axis=1)], name=f"{self.name}_prefill")
 
@@ -630,9 +684,9 @@ class Transformer:
         if self.position_embedding is not None:
             pairs.append((p + "position_embeddings", self.position_embedding.embeddings,
                           "plain"))
-        pairs += _norm_pairs(p + "LayerNorm", self.embedding_norm)
+        pairs += norm_pairs(p + "LayerNorm", self.embedding_norm)
         if self.embedding_mapping is not None:
-            pairs += _dense_pairs(self.embedding_mapping_name(), self.embedding_mapping)
+            pairs += dense_pairs(self.embedding_mapping_name(), self.embedding_mapping)
         return pairs
 
     def embedding_mapping_name(self):
@@ -648,19 +702,19 @@ class Transformer:
                             ("attention_output", attention.output_dense),
                             ("intermediate", feed_forward.intermediate_dense),
                             ("output", feed_forward.output_dense)):
-            pairs += _dense_pairs(prefix + names[part], dense)
-        pairs += _norm_pairs(prefix + names["attention_norm"], layers["attention_norm"])
-        pairs += _norm_pairs(prefix + names["feed_forward_norm"], layers["feed_forward_norm"])
+            pairs += dense_pairs(prefix + names[part], dense)
+        pairs += norm_pairs(prefix + names["attention_norm"], layers["attention_norm"])
+        pairs += norm_pairs(prefix + names["feed_forward_norm"], layers["feed_forward_norm"])
         return pairs
 
     def _head_variables(self):
         pairs = []
         if self.pooler_dense is not None:
-            pairs += _dense_pairs(f"{self.prefix}/pooler/dense", self.pooler_dense)
+            pairs += dense_pairs(f"{self.prefix}/pooler/dense", self.pooler_dense)
         if self.mlm_dense is not None:
             p = self.mlm_prefix()
-            pairs += _dense_pairs(p + "transform/dense", self.mlm_dense)
-            pairs += _norm_pairs(p + "transform/LayerNorm", self.mlm_norm)
+            pairs += dense_pairs(p + "transform/dense", self.mlm_dense)
+            pairs += norm_pairs(p + "transform/LayerNorm", self.mlm_norm)
             pairs.append((p + "output_bias", self.mlm_bias.bias, "vocab"))
         if self.nsp_dense is not None:
             pairs.append(("cls/seq_relationship/output_weights", self.nsp_dense.kernel,
@@ -678,14 +732,16 @@ class Transformer:
                                               self.hf_special)
 
 
-def _dense_pairs(name, dense):
+def dense_pairs(name, dense):
+    """``(official name, variable, kind)`` of a Dense layer's kernel (and bias)."""
     pairs = [(name + "/kernel", dense.kernel, "plain")]
     if dense.use_bias:
         pairs.append((name + "/bias", dense.bias, "plain"))
     return pairs
 
 
-def _norm_pairs(name, norm):
+def norm_pairs(name, norm):
+    """``(official name, variable, kind)`` of a LayerNorm's gamma and beta."""
     return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
 
 

@@ -299,23 +299,6 @@ class EpochBatches:
 
 
 # --------------------------------------------------------------------- model
-def target_logits_model(builder):
-    """``[token_ids, segment_ids, target_positions] -> logits`` at those positions.
-
-    Runs the UniLM encoder once and applies the (tied) MLM head only where a target
-    is predicted (the inputs of :func:`batch_arrays`); shares ``builder``'s weights.
-    """
-    import keras
-    from keras import ops
-
-    token_ids, segment_ids = builder.model.inputs[:2]
-    positions = keras.Input((None,), dtype="int32", name="Target-Positions")
-    gathered = ops.take_along_axis(builder.sequence_output,
-                                   ops.expand_dims(positions, -1), axis=1)
-    return keras.Model([token_ids, segment_ids, positions], builder.mlm_logits(gathered),
-                       name="unilm_target_logits")
-
-
 def build_models(base, keep_tokens, learning_rate, total_steps):
     """The UniLM model and a training model that computes logits at answer positions.
 
@@ -332,7 +315,8 @@ def build_models(base, keep_tokens, learning_rate, total_steps):
     from bert4x.optimizers import AdamW, WarmupLinearDecay
 
     builder = base.build(keep_tokens, application="unilm", return_keras_model=False)
-    train_model = target_logits_model(builder)
+    # [token_ids, segment_ids, target_positions] -> logits at the targets.
+    train_model = builder.mlm_positions_model(name="unilm_target_logits")
     schedule = WarmupLinearDecay(learning_rate, warmup_steps=max(1, total_steps // 10),
                                  total_steps=max(total_steps, 1))
     train_model.compile(
@@ -376,7 +360,8 @@ class PassageReader:
             raise ValueError(f"question_margin must be >= 0 nats, got {question_margin}")
         self.question_margin = (None if question_margin in (None, float("inf"))
                                 else question_margin)
-        self.scorer = target_logits_model(builder) if self.question_margin is not None else None
+        self.scorer = (builder.mlm_positions_model() if self.question_margin is not None
+                       else None)
         self.encoder = encoder
         self.beam_size = beam_size
         self.length_penalty = length_penalty

@@ -1,4 +1,4 @@
-"""Fault tests (issue 11): damaged files and odd settings get an error that names the
+"""Fault tests: damaged files and odd settings get an error that names the
 culprit, never a silent wrong result.
 
 Each section holds the faults of one area; every fault test here failed before its
@@ -945,11 +945,11 @@ def test_decoder_settings_refused(unilm, settings, message):
     (dict(beam_size=2, num_return=True), "num_return"),
 ])
 def test_beam_settings_refused(unilm, settings, message):
-    from bert4x.decoding import AutoRegressiveDecoder, Decoder
+    from bert4x.decoding import Decoder, RerunDecoder
     with pytest.raises(ValueError, match=message):
         Decoder(unilm, end_id=END, max_length=3).beam_search([[2, 5, 3]], **settings)
     with pytest.raises(ValueError, match=message):  # the bert4keras route too
-        AutoRegressiveDecoder(end_id=END).beam_search([np.array([2])], **settings)
+        RerunDecoder(end_id=END).beam_search([np.array([2])], **settings)
 
 
 def test_decoder_nan_scores_named(nan_unilm):
@@ -962,9 +962,9 @@ def test_decoder_nan_scores_named(nan_unilm):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_predict_route_nan_scores_named(bad):
-    from bert4x.decoding import AutoRegressiveDecoder
+    from bert4x.decoding import RerunDecoder
 
-    class Broken(AutoRegressiveDecoder):
+    class Broken(RerunDecoder):
         rtype = "logits"
 
         def predict(self, inputs, output_ids, states):
@@ -977,7 +977,7 @@ def test_predict_route_nan_scores_named(bad):
 
 
 def test_beam_search_constraint_allowing_nothing(unilm):
-    from bert4x.decoding import AutoRegressiveDecoder, Decoder
+    from bert4x.decoding import Decoder, RerunDecoder
     decoder = Decoder(unilm, end_id=END, max_length=4)
     with pytest.raises(ValueError, match=r"no token is allowed after prefix \[\] of source 0"):
         decoder.beam_search([[2, 5, 3]], beam_size=2, constraint=lambda index, prefix: [])
@@ -986,7 +986,7 @@ def test_beam_search_constraint_allowing_nothing(unilm):
                             constraint=lambda index, prefix: [] if index and prefix
                             else [7, END])
 
-    class Uniform(AutoRegressiveDecoder):
+    class Uniform(RerunDecoder):
         def predict(self, inputs, output_ids, states):
             return np.full((len(output_ids), 6), 1 / 6)
 

@@ -19,9 +19,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _generation_worker as worker  # noqa: E402
 from bert4x import layers  # noqa: E402
-from bert4x.decoding import (AutoRegressiveDecoder, Decoder,  # noqa: E402
-                             GenerationResult, filter_log_probs)
-from bert4x.search import sampling_choice  # noqa: E402
+from bert4x.decoding import (Decoder, GenerationResult, RerunDecoder,  # noqa: E402
+                             filter_log_probs)
+from bert4x.search import (sample_until_ended, sampling_choice,  # noqa: E402
+                           topk_beam_search)
 from bert4x.losses import (GenerationLoss, generation_loss,  # noqa: E402
                            generation_loss_weights, generation_targets)
 from bert4x.models import BERT  # noqa: E402
@@ -302,7 +303,7 @@ def test_batched_beam_search_equals_brute_force_either_stopping(small_unilm, ear
         assert_same_ranking(results, expected, 5)
 
 
-class FixedTable(AutoRegressiveDecoder):
+class FixedTable(RerunDecoder):
     """Crafted scores: a deterministic pseudo-random distribution per prefix."""
 
     rtype = "logits"
@@ -353,7 +354,7 @@ def test_early_stopping_never_changes_the_results(length_penalty, beam_size):
 def test_cached_and_predict_routes_agree(unilm):
     source = [2, 5, 6, 7, 3]
 
-    class FullRerun(AutoRegressiveDecoder):
+    class FullRerun(RerunDecoder):
         rtype = "log_probs"
 
         def predict(self, inputs, output_ids, states):
@@ -367,6 +368,48 @@ def test_cached_and_predict_routes_agree(unilm):
     assert [r.token_ids for r in cached] == [r.token_ids for r in rerun]
     np.testing.assert_allclose([r.score for r in cached], [r.score for r in rerun],
                                atol=1e-4)
+
+
+class PrefixTable:
+    """A scorer of :mod:`bert4x.search` over fixed next-token log-probabilities per
+    prefix (``table[tuple(prefix)]``), recording the prefixes it was asked about."""
+
+    def __init__(self, table):
+        self.table, self.asked, self.prefixes = table, [], [()]
+
+    def _rows(self):
+        self.asked.append(list(self.prefixes))
+        return np.log(np.array([self.table[prefix] for prefix in self.prefixes]))
+
+    def first(self):
+        return self._rows()
+
+    def next(self, parents, tokens):
+        self.prefixes = [self.prefixes[p] + (int(t),) for p, t in zip(parents, tokens)]
+        return self._rows()
+
+
+def test_bert4keras_beam_rule_drops_finished_rows_and_stops_at_the_best():
+    # end id 2. After (): 1 (0.5) and 2 (0.3) are kept; the ended [2] is not the
+    # best, so it leaves; after (1,): 2 wins (0.5 * 0.7), the best and ended.
+    table = PrefixTable({(): [0.2, 0.5, 0.3], (1,): [0.1, 0.2, 0.7]})
+    ids = topk_beam_search(table, 2, 5, 1, end_id=2, first_ids=[7])
+    assert ids.tolist() == [7, 1, 2]
+    assert table.asked == [[()], [(1,)]]
+    # min_length 3 (first id included) keeps ended rows until then.
+    table = PrefixTable({(): [0.2, 0.5, 0.3], (1,): [0.1, 0.2, 0.7],
+                         (2,): [0.1, 0.2, 0.7]})
+    ids = topk_beam_search(table, 2, 2, 3, end_id=2, first_ids=[7])
+    assert ids.tolist() == [7, 1, 2]
+
+
+def test_bert4keras_sampling_rule_returns_rows_in_the_order_they_end():
+    table = PrefixTable({(): [0.5, 0.5], (0,): [0.5, 0.5], (1,): [0.5, 0.5]})
+    draws = iter([np.array([1, 0, 0]), np.array([0, 1])])
+    results = sample_until_ended(table, 3, 2, 1, end_id=1, first_ids=[],
+                                 draw=lambda scores: next(draws))
+    assert [ids.tolist() for ids in results] == [[1], [0, 1], [0, 0]]
+    assert table.asked == [[()], [(0,), (0,)]]
 
 
 # ----------------------------------------------------------------- constraints
@@ -569,7 +612,7 @@ def test_draws_at_the_ends_of_the_unit_interval_pick_kept_tokens():
 def test_sampling_draws_from_the_nucleus_only():
     probs = np.array([0.05, 0.5, 0.15, 0.3])
 
-    class Fixed(AutoRegressiveDecoder):
+    class Fixed(RerunDecoder):
         def predict(self, inputs, output_ids, states):
             return np.tile(probs, (len(output_ids), 1))
 
@@ -778,14 +821,14 @@ def test_bad_settings_raise_clear_errors(unilm):
 
 
 def test_predict_route_checks_its_output():
-    class Wrong(AutoRegressiveDecoder):
+    class Wrong(RerunDecoder):
         def predict(self, inputs, output_ids, states):
             return np.ones((1, 5)) / 5
 
     with pytest.raises(ValueError, match=r"shape \[3, vocab\]"):
         Wrong(end_id=1, max_length=3).beam_search([np.array([1])], beam_size=3)
     with pytest.raises(NotImplementedError):
-        AutoRegressiveDecoder(end_id=1).greedy([np.array([1])])
+        RerunDecoder(end_id=1).greedy([np.array([1])])
     result = GenerationResult([4, 5], -1.0, -2.0, True)
     assert len(result) == 2
 
@@ -807,7 +850,7 @@ def test_cache_and_greedy_on_other_backends(other_backends, backend):
 
 
 def test_start_id_is_what_the_first_predict_sees():
-    class LastTokenPlusOne(AutoRegressiveDecoder):
+    class LastTokenPlusOne(RerunDecoder):
         rtype = "logits"
 
         def predict(self, inputs, output_ids, states):

@@ -199,7 +199,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         model = model.lower()
     if model not in _native.MODELS:
         raise ValueError(f"unknown model {model!r}; bert4x builds {sorted(_native.MODELS)}")
-    config_path, checkpoint_path = _native._resolve_paths(config_path, checkpoint_path)
+    config_path, checkpoint_path = _native.resolve_paths(config_path, checkpoint_path)
     config = _config(config_path, kwargs)
     with_nsp, nsp_activation = _head_activation(with_nsp)
     with_pool, pool_activation = _head_activation(with_pool)

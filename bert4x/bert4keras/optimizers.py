@@ -41,8 +41,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from bert4x.accumulation import _densify
-from bert4x.optimizers import AdamW, PiecewiseLinear, _trust_ratio, _variable_path
+from bert4x.accumulation import densify
+from bert4x.optimizers import AdamW, PiecewiseLinear, trust_ratio, variable_path
 
 __all__ = ["Adam", "AdaFactor", "extend_with_weight_decay", "extend_with_piecewise_linear_lr",
            "extend_with_parameter_wise_lr", "extend_with_gradient_accumulation",
@@ -72,7 +72,7 @@ class _Extensible:
         if self.built:
             return
         super().build(var_list)
-        self._paths = _Untracked([_variable_path(v) for v in var_list])
+        self._paths = _Untracked([variable_path(v) for v in var_list])
 
     @contextlib.contextmanager
     def _hook(self, transform):
@@ -244,7 +244,7 @@ class AdaFactor(_Extensible, keras.optimizers.Optimizer):
         return self.beta2
 
     def update_step(self, gradient, variable, learning_rate):
-        gradient = ops.cast(_densify(gradient), variable.dtype)
+        gradient = ops.cast(densify(gradient), variable.dtype)
         learning_rate = ops.cast(self._decayed_lr(learning_rate), variable.dtype)
         slots = self._slots[self._get_variable_index(variable)]
         beta2 = self._beta2()
@@ -362,7 +362,7 @@ def extend_with_layer_adaptation(BaseOptimizer):  # noqa: N803
 
             def adapt(value):
                 step = value - variable
-                return variable + step * _trust_ratio(variable, step / rate)
+                return variable + step * trust_ratio(variable, step / rate)
 
             with self._hook(_only(variable, adapt)):
                 super().update_step(gradient, variable, learning_rate)
@@ -456,7 +456,7 @@ def extend_with_gradient_accumulation(BaseOptimizer):  # noqa: N803
             accumulated_value = _read(accumulated)
             self._write(accumulated, ops.where(apply, ops.zeros_like(accumulated_value),
                                                accumulated_value))
-            self._write(accumulated, accumulated + ops.cast(_densify(gradient),
+            self._write(accumulated, accumulated + ops.cast(densify(gradient),
                                                             accumulated.dtype))
 
         def get_config(self):
@@ -523,7 +523,7 @@ def extend_with_lazy_optimization(BaseOptimizer):  # noqa: N803
         def update_step(self, gradient, variable, learning_rate):
             if not self._searched(variable, self.include_in_lazy_optimization):
                 return super().update_step(gradient, variable, learning_rate)
-            gradient = _densify(gradient)
+            gradient = densify(gradient)
             rows = ops.cast(ops.any(ops.not_equal(gradient, 0), axis=-1, keepdims=True),
                             variable.dtype)
             with self._hook(_only(variable, lambda value: variable + (value - variable) * rows)):

@@ -19,6 +19,7 @@ from bert4x import snippets as _native
 from bert4x import storage
 from bert4x.bert4keras.backend import K  # noqa: F401  (bert4keras re-exports it)
 from bert4x.snippets import DataGenerator as _NativeDataGenerator
+from bert4x.search import sample_until_ended, topk_beam_search
 from bert4x.snippets import sequence_padding, text_segmentate  # noqa: F401
 
 __all__ = ["to_array", "is_string", "strQ2B", "string_matching", "open", "parallel_apply",
@@ -294,6 +295,32 @@ class _LastToken(keras.layers.Layer):
         return None
 
 
+class _PredictScorer:
+    """The scorer of :mod:`bert4x.search` over a decorated ``predict``: each step
+    gives it the source repeated once per row, the rows' ids and ``states`` (passed
+    along, not reordered, as bert4keras does)."""
+
+    def __init__(self, decoder, inputs, states, temperature, rtype):
+        self.decoder, self.states = decoder, states
+        self.temperature, self.rtype = temperature, rtype
+        self.inputs = [np.array([i]) for i in inputs]
+        self.output_ids = decoder.first_output_ids
+
+    def _predict(self):
+        rows = len(self.output_ids)
+        inputs = [np.repeat(i, rows, axis=0) for i in self.inputs]
+        scores, self.states = self.decoder.predict(inputs, self.output_ids, self.states,
+                                                   self.temperature, self.rtype)
+        return scores
+
+    def first(self):
+        return self._predict()
+
+    def next(self, parents, tokens):
+        self.output_ids = np.concatenate([self.output_ids[parents], tokens[:, None]], 1)
+        return self._predict()
+
+
 class AutoRegressiveDecoder:
     """bert4keras's decoder: subclass it, decorate ``predict`` with ``wraps``.
 
@@ -367,60 +394,24 @@ class AutoRegressiveDecoder:
             f"{type(self).__name__} must implement predict(inputs, output_ids, states), "
             "decorated with AutoRegressiveDecoder.wraps(...)")
 
-    def _ended(self, output_ids, min_ends):
-        is_end = output_ids[:, -1] == self.end_id
-        end_counts = (output_ids == self.end_id).sum(1)
-        return is_end, end_counts, is_end & (end_counts >= min_ends)
+    def _scorer(self, inputs, states, temperature, rtype):
+        return _PredictScorer(self, inputs, states, temperature, rtype)
 
     def beam_search(self, inputs, topk, states=None, temperature=1, min_ends=1):
         """The best sequence by summed log-probability (see the class docstring)."""
-        inputs = [np.array([i]) for i in inputs]
-        output_ids, output_scores = self.first_output_ids, np.zeros(1)
-        for step in range(self.maxlen):
-            scores, states = self.predict(inputs, output_ids, states, temperature, "logits")
-            if step == 0:
-                inputs = [np.repeat(i, topk, axis=0) for i in inputs]
-            scores = output_scores.reshape((-1, 1)) + scores
-            indices = scores.argpartition(-topk, axis=None)[-topk:]
-            rows, tokens = indices // scores.shape[1], indices % scores.shape[1]
-            output_ids = np.concatenate([output_ids[rows], tokens[:, None]], 1)
-            output_scores = np.take_along_axis(scores, indices, axis=None)
-            _, _, finished = self._ended(output_ids, min_ends)
-            if output_ids.shape[1] >= self.minlen:
-                best = output_scores.argmax()
-                if finished[best]:
-                    return output_ids[best]
-                if finished.any():
-                    keep = ~finished
-                    inputs = [i[keep] for i in inputs]
-                    output_ids, output_scores = output_ids[keep], output_scores[keep]
-                    topk = int(keep.sum())
-        return output_ids[output_scores.argmax()]
+        return topk_beam_search(self._scorer(inputs, states, temperature, "logits"), topk,
+                                self.maxlen, self.minlen, self.end_id,
+                                self.first_output_ids[0], min_ends)
 
     def random_sample(self, inputs, n, topk=None, topp=None, states=None, temperature=1,
                       min_ends=1):
         """``n`` sampled sequences (see the class docstring)."""
-        inputs = [np.array([i]) for i in inputs]
-        output_ids, results = self.first_output_ids, []
-        for step in range(self.maxlen):
-            probas, states = self.predict(inputs, output_ids, states, temperature, "probas")
-            probas = probas / probas.sum(axis=1, keepdims=True)
-            if step == 0:
-                probas = np.repeat(probas, n, axis=0)
-                inputs = [np.repeat(i, n, axis=0) for i in inputs]
-                output_ids = np.repeat(output_ids, n, axis=0)
-            sample_ids = self._sample(probas, topk, topp)
-            output_ids = np.concatenate([output_ids, sample_ids], 1)
-            _, _, finished = self._ended(output_ids, min_ends)
-            if output_ids.shape[1] >= self.minlen and finished.any():
-                results.extend(output_ids[finished])
-                keep = ~finished
-                inputs = [i[keep] for i in inputs]
-                output_ids = output_ids[keep]
-                if len(output_ids) == 0:
-                    break
-        results.extend(output_ids)
-        return results
+        def draw(probas):
+            return self._sample(probas / probas.sum(axis=1, keepdims=True), topk, topp)
+
+        return sample_until_ended(self._scorer(inputs, states, temperature, "probas"), n,
+                                  self.maxlen, self.minlen, self.end_id,
+                                  self.first_output_ids[0], draw, min_ends)
 
     @staticmethod
     def _sample(probas, topk, topp):

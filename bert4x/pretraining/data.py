@@ -269,7 +269,7 @@ def _absolute(path):
     return os.path.abspath(path) if storage.is_local(path) else path
 
 
-def _process_file(job):
+def process_file(job):
     """Worker: tokenise, pack and shard one input file. Returns its marker dict."""
     (index, path, output_dir, settings) = job
     key = _file_key(index, path)
@@ -419,7 +419,7 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
         workers = 1  # ram:// lives in this process: worker processes cannot write there
     try:
         if workers <= 1 or len(jobs) == 1:
-            results = map(_process_file, jobs)
+            results = map(process_file, jobs)
         else:
             results = _in_worker_processes(jobs, min(workers, len(jobs)))
         for marker in results:

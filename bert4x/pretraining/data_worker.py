@@ -20,14 +20,14 @@ import traceback
 
 def serve(jobs, replies):
     """Answer each pickled job of the binary stream ``jobs`` on ``replies``."""
-    from bert4x.pretraining.data import _process_file
+    from bert4x.pretraining.data import process_file
     while True:
         try:
             job = pickle.load(jobs)
         except EOFError:
             return
         try:
-            reply = (True, _process_file(job))
+            reply = (True, process_file(job))
         except Exception as error:  # sent back and raised in the parent
             reply = (False, error)
             try:

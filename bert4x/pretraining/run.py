@@ -65,16 +65,7 @@ def build_pretraining_model(builder, seq_length, num_predictions):
         >>> builder = BERT(config, with_mlm="linear")  # doctest: +SKIP
         >>> model = build_pretraining_model(builder, 128, 20)  # doctest: +SKIP
     """
-    import keras
-    token_ids = keras.Input((seq_length,), dtype="int32", name="Input-Token")
-    segment_ids = keras.Input((seq_length,), dtype="int32", name="Input-Segment")
-    positions = keras.Input((num_predictions,), dtype="int32", name="Input-Positions")
-    x = builder.embed(token_ids, segment_ids)
-    bias = builder.attention_bias(token_ids, segment_ids)
-    x = builder.encode(x, bias)
-    gathered = keras.ops.take_along_axis(x, keras.ops.expand_dims(positions, -1), axis=1)
-    logits = builder.mlm_logits(gathered)
-    return keras.Model([token_ids, segment_ids, positions], logits, name="bert_pretraining")
+    return builder.mlm_positions_model(seq_length, num_predictions, name="bert_pretraining")
 
 
 @contextlib.contextmanager
