@@ -19,7 +19,7 @@ regularised step. The step calls the model's own loss, metrics and optimiser
 (``optimizer.apply``), so the optimisers of `bert4x.optimizers` (layer-wise rates,
 weight-decay rules, ``gradient_accumulation_steps``) and the
 `~bert4x.moving_average.ExponentialMovingAverage` callback work unchanged.
-``compile`` again and the model trains plainly again. Save and load the model as
+``compile`` again (a new optimiser) and the model trains plainly again. Save and load the model as
 usual: nothing of the regulariser is saved.
 
 Backends: TensorFlow (also under ``jit_compile`` and a ``tf.distribute`` strategy) and
@@ -233,15 +233,13 @@ def gradient_penalty(model, embedding_name="Embedding-Token", epsilon=1.0):
     so ``epsilon=0.5`` reproduces it): the gradient is taken per *position* (the rows
     of TensorFlow's sparse table gradient, ``.values``), not per vocabulary row, so a
     token repeated in the batch counts once per occurrence. The penalty is
-    differentiated too (a second-order gradient). The compiled loss must be twice
-    differentiable: TensorFlow's fused sparse cross-entropy is not, so compile with
-    ``bert4x.losses`` or a one-hot ``categorical_crossentropy`` form (see the error).
+    differentiated too (a second-order gradient; Keras 3's cross-entropies allow it).
 
     TensorFlow backend only: JAX's gradient of a table lookup is the dense per-row
     sum, which loses the per-position rows (`NotImplementedError` there).
 
     Example:
-        >>> model.compile(Adam(2e-5), loss=one_hot_crossentropy)  # doctest: +SKIP
+        >>> model.compile(Adam(2e-5), "sparse_categorical_crossentropy")  # doctest: +SKIP
         >>> gradient_penalty(model, "Embedding-Token", epsilon=0.5)
     """
     _check_model(model, "gradient_penalty")
@@ -359,7 +357,11 @@ class _TensorFlowEngine:
 
     @classmethod
     def train_step_for(cls, model, regulariser):
+        optimizer = model.optimizer
+
         def train_step(data):
+            if model.optimizer is not optimizer:  # compiled again: the plain step
+                return type(model).train_step(model, data)
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             engine = cls(model, regulariser.table)
             loss, y_metrics, y_pred = regulariser.step(engine, x, y, sample_weight)
@@ -438,12 +440,7 @@ class _TensorFlowEngine:
         """Rows of the sparse gradient of the loss wrt the table: one per looked-up token."""
         import tensorflow as tf
 
-        try:
-            gradient = tape.gradient(loss, self.table)
-        except LookupError as error:
-            raise LookupError(f"{error}; the compiled loss is not twice differentiable on "
-                              "TensorFlow (its fused sparse cross-entropy is not): compile "
-                              "with a one-hot categorical_crossentropy form") from error
+        gradient = tape.gradient(loss, self.table)
         if not isinstance(gradient, tf.IndexedSlices):
             raise ValueError(f"the gradient of the loss with respect to {self.table.path} is "
                              f"{type(gradient).__name__}; gradient_penalty needs a table the "
@@ -490,7 +487,11 @@ class _JaxEngine:
 
     @classmethod
     def train_step_for(cls, model, regulariser):
+        optimizer = model.optimizer
+
         def train_step(state, data):
+            if model.optimizer is not optimizer:  # compiled again: the plain step
+                return type(model).train_step(model, state, data)
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             engine = cls(model, regulariser.table, state)
             loss, y_metrics, y_pred = regulariser.step(engine, x, y, sample_weight)
