@@ -173,8 +173,9 @@ def virtual_adversarial_training(model, embedding_name="Embedding-Token", epsilo
                                  xi=10.0, iters=1, seed=None):
     """Virtual adversarial training (VAT) on the embedding table, after bert4keras's example.
 
-    Labels are not used: feed unlabeled batches (``y`` may be anything of the right
-    batch size, or absent). Compile the model with a divergence as its loss
+    Labels are not used: feed unlabeled batches (``y`` is ignored and may be absent on
+    TensorFlow; on JAX pass any array of the prediction's shape, e.g. zeros as
+    bert4keras's script does, since Keras builds the loss from the first batch). Compile the model with a divergence as its loss
     (``loss="kld"``): the loss compares the model's clean prediction ``p`` (the target)
     with its prediction at the perturbed table. Each step:
 
