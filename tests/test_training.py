@@ -241,6 +241,21 @@ def test_fit_trains_and_compile_again_restores_the_plain_step():
     assert_weights(model, sgd(w, loss_and_grads(w, ce_of)[1]))
 
 
+def test_bert4keras_names_run_the_same_steps():
+    from bert4x.bert4keras.backend import adversarial_training, virtual_adversarial_training
+
+    native, compat = compiled(), compiled()
+    training.adversarial_training(native, "Embedding-Token", epsilon=0.5)
+    adversarial_training(compat, "Embedding-Token", 0.5)
+    for model in (native, compat):
+        model.train_on_batch(X, Y)
+    assert_weights(compat, native.get_weights())
+    vat = compiled(loss="kld")
+    virtual_adversarial_training(vat, "Embedding-Token")
+    zeros = np.zeros((len(X), CLASSES), "float32")  # the script's unlabeled targets
+    assert np.isfinite(vat.train_on_batch(X, zeros))
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match="compile"):
         training.adversarial_training(tiny_classifier())
