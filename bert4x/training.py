@@ -156,7 +156,7 @@ def adversarial_training(model, embedding_name="Embedding-Token", epsilon=1.0,
             x, y, sample_weight, training=add_clean_gradient,
             table_only=not add_clean_gradient)
         table_gradient = clean[engine.table_index] if add_clean_gradient else clean[0]
-        delta = _l2_normalize(engine.densify(table_gradient), epsilon)
+        delta = _l2_normalize(engine.batch_sum(engine.densify(table_gradient)), epsilon)
         loss, y_pred, gradients = engine.loss_and_gradients(
             x, y, sample_weight, training=True, table_offset=delta)
         if add_clean_gradient:
@@ -217,7 +217,7 @@ def virtual_adversarial_training(model, embedding_name="Embedding-Token", epsilo
             _, _, gradients = engine.loss_and_gradients(
                 x, target, sample_weight, training=False, table_offset=probe,
                 table_only=True)
-            probe = engine.densify(gradients[0])
+            probe = engine.batch_sum(engine.densify(gradients[0]))
         delta = _l2_normalize(probe, epsilon)
         loss, y_pred, gradients = engine.loss_and_gradients(
             x, target, sample_weight, training=True, table_offset=delta)
@@ -381,6 +381,21 @@ class _TensorFlowEngine:
         return tf.distribute.get_strategy().num_replicas_in_sync
 
     @staticmethod
+    def batch_sum(tensor):
+        """The sum over the replicas of a gradient of this replica's loss share.
+
+        Under ``tf.distribute`` each replica's loss is its share of the global batch's
+        mean, so the sum is the whole batch's gradient, and every replica perturbs the
+        table alike (as one device would).
+        """
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return tensor
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
+
+    @staticmethod
     def densify(gradient):
         from bert4x.accumulation import _densify
 
@@ -429,8 +444,11 @@ class _TensorFlowEngine:
                         targets[self.table_index] = perturbed
             if penalised:
                 rows = self._position_gradients(inner, loss)
+                # Under tf.distribute the loss is this replica's share of the global
+                # mean, so rows are the global loss's gradients and the penalty of this
+                # replica's positions adds up over the replicas unscaled.
                 loss = loss + ops.cast(position_gradient_penalty, loss.dtype) * ops.sum(
-                    ops.square(rows)) / self.replicas()
+                    ops.square(rows))
             if transform is not None:
                 loss = transform(loss, y_pred)
         if scope is not None:
@@ -446,8 +464,7 @@ class _TensorFlowEngine:
             raise ValueError(f"the gradient of the loss with respect to {self.table.path} is "
                              f"{type(gradient).__name__}; gradient_penalty needs a table the "
                              "model reads by lookups")
-        # Of the unscaled loss: under tf.distribute compute_loss divides by the replicas.
-        return gradient.values * self.replicas()
+        return gradient.values
 
     def _keep_state_updates(self, scope):
         """Writes back what the forward pass assigned in the scope (dropout seeds...)."""
@@ -515,6 +532,10 @@ class _JaxEngine:
     @staticmethod
     def replicas():
         return 1
+
+    @staticmethod
+    def batch_sum(tensor):
+        return tensor
 
     @staticmethod
     def densify(gradient):

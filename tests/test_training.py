@@ -18,29 +18,9 @@ import tensorflow as tf
 from bert4x import training
 from bert4x.optimizers import AdamW
 
+from _tiny_classifier import CLASSES, LR, X, Y, compiled, tiny_classifier
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-VOCAB, WIDTH, CLASSES, LR = 20, 8, 3, 0.5
-X = np.array([[1, 4, 4, 7, 0], [2, 2, 9, 3, 5], [6, 1, 8, 0, 0], [4, 4, 4, 2, 1]], "int32")
-Y = np.array([0, 2, 1, 2], "int32")
-
-
-def tiny_classifier(dropout=0.0, seed=7):
-    """Embedding -> dropout -> mean over positions -> softmax, with fixed weights."""
-    token_ids = keras.Input((None,), dtype="int32")
-    hidden = keras.layers.Embedding(VOCAB, WIDTH, name="Embedding-Token")(token_ids)
-    hidden = keras.layers.Dropout(dropout, seed=3)(hidden)
-    hidden = keras.layers.GlobalAveragePooling1D()(hidden)
-    probs = keras.layers.Dense(CLASSES, activation="softmax", name="Head")(hidden)
-    model = keras.Model(token_ids, probs)
-    rng = np.random.default_rng(seed)
-    model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in model.weights])
-    return model
-
-
-def compiled(loss="sparse_categorical_crossentropy", optimizer=None, jit=False, **kwargs):
-    model = tiny_classifier(**kwargs)
-    model.compile(optimizer or keras.optimizers.SGD(LR), loss, jit_compile=jit)
-    return model
 
 
 def head(weights, embedded):
@@ -267,6 +247,23 @@ def test_clear_errors():
         training.flooding(compiled(), level=-1)
 
 
+@pytest.mark.slow  # 30-60 s: a TensorFlow process with two logical CPUs; `pytest -m slow`
+def test_steps_under_mirrored_strategy_equal_one_device():
+    script = os.path.join(HERE, "training_mirrored_script.py")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    completed = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                               timeout=300, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert set(result["max_diff"]) == {"fgm", "vat", "gradient_penalty", "flooding"}
+    for name, difference in result["max_diff"].items():
+        assert difference < 1e-6, (name, difference)
+    for name, difference in result["loss_diff"].items():
+        assert difference < 1e-5, (name, difference)
+
+
+@pytest.mark.slow  # 30-60 s: a JAX process; run with `pytest -m slow`
 def test_same_steps_on_jax_backend():
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
     completed = subprocess.run([sys.executable, os.path.join(HERE, "_training_worker.py")],
