@@ -236,6 +236,13 @@ def test_bert4keras_names_run_the_same_steps():
     assert np.isfinite(vat.train_on_batch(X, zeros))
 
 
+def test_embedding_table_is_found_inside_a_nested_model():
+    inner = tiny_classifier()
+    token_ids = keras.Input((None,), dtype="int32")
+    outer = keras.Model(token_ids, inner(token_ids))
+    assert training.find_embedding_table(outer) is inner.get_layer("Embedding-Token").embeddings
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match="compile"):
         training.adversarial_training(tiny_classifier())
