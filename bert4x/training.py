@@ -25,6 +25,13 @@ usual: nothing of the regulariser is saved.
 Backends: TensorFlow (also under ``jit_compile`` and a ``tf.distribute`` strategy) and
 JAX (jitted or not). PyTorch raises `NotImplementedError`. The model's optimiser must
 not be a `keras.optimizers.LossScaleOptimizer` (the added terms would not be scaled).
+
+Under ``tf.distribute`` each replica runs the step on its shard: the table gradient
+that sets FGM's and VAT's perturbation is summed over the replicas first, so every
+replica perturbs the table as one device would for the whole batch, and the gradient
+penalty sums over the whole batch's positions (a step on two replicas equals the step
+on one device). R-Drop's KL term is averaged over the replicas' shards; flooding
+applies to each replica's shard loss.
 """
 
 import contextlib
