@@ -108,6 +108,12 @@ def _check_model(model, what):
     if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
         raise NotImplementedError(f"{what}: a LossScaleOptimizer is not supported (the "
                                   "terms the regulariser adds would not be scaled)")
+    if type(model).train_step is not keras.Model.train_step:
+        raise ValueError(
+            f"{what}: {type(model).__name__} defines its own train_step (e.g. "
+            "GradientAccumulationModel), which the regulariser would replace; apply it "
+            "to a plain keras.Model (for accumulation use the optimizer's "
+            "gradient_accumulation_steps)")
     backend = keras.backend.backend()
     if backend not in ("tensorflow", "jax"):
         raise NotImplementedError(f"{what} runs on the TensorFlow and JAX backends, not "

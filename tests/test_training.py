@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 from bert4x import training
-from bert4x.optimizers import AdamW
+from bert4x.moving_average import ExponentialMovingAverage
+from bert4x.optimizers import AdamW, GradientAccumulationModel
 
 from _tiny_classifier import CLASSES, LR, X, Y, compiled, tiny_classifier
 
@@ -209,11 +210,29 @@ def test_adversarial_training_composes_with_bert4x_adamw_rules():
     assert_weights(model, reference.get_weights())
 
 
-def test_fit_trains_and_compile_again_restores_the_plain_step():
+def test_adversarial_training_composes_with_optimizer_accumulation():
+    # Two accumulated micro-steps on the same batch make one update of the mean gradient.
+    model = compiled(optimizer=keras.optimizers.SGD(LR, gradient_accumulation_steps=2))
+    training.adversarial_training(model, epsilon=1.0)
+    model.train_on_batch(X, Y)
+    assert_weights(model, start_weights())
+    model.train_on_batch(X, Y)
+    w = start_weights()
+    _, clean = loss_and_grads(w, ce_of)
+    _, grads = loss_and_grads([w[0] + normalized(clean[0], 1.0)] + w[1:], ce_of)
+    assert_weights(model, sgd(w, grads))
+
+
+def test_fit_with_moving_average_and_compile_again_restores_the_plain_step():
     model = compiled()
     training.adversarial_training(model, epsilon=1.0)
-    history = model.fit(X, Y, epochs=2, batch_size=2, verbose=0).history
+    ema = ExponentialMovingAverage(0.5)
+    history = model.fit(X, Y, epochs=2, batch_size=2, verbose=0, callbacks=[ema]).history
     assert np.isfinite(history["loss"]).all()
+    trained = model.get_weights()
+    with ema.averaged_weights():
+        averaged = model.get_weights()
+    assert not np.allclose(averaged[0], trained[0])
     model.set_weights(tiny_classifier().get_weights())
     model.compile(keras.optimizers.SGD(LR), "sparse_categorical_crossentropy")
     model.train_on_batch(X, Y)
@@ -241,6 +260,16 @@ def test_embedding_table_is_found_inside_a_nested_model():
     token_ids = keras.Input((None,), dtype="int32")
     outer = keras.Model(token_ids, inner(token_ids))
     assert training.find_embedding_table(outer) is inner.get_layer("Embedding-Token").embeddings
+
+
+def test_refuses_models_with_their_own_step_and_torch(monkeypatch):
+    wrapper = GradientAccumulationModel(tiny_classifier(), accumulation_steps=2)
+    wrapper.compile(keras.optimizers.SGD(LR), "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="defines its own train_step"):
+        training.r_drop(wrapper)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(NotImplementedError, match="not 'torch'"):
+        training.flooding(compiled(), level=0.1)
 
 
 def test_clear_errors():
