@@ -207,7 +207,8 @@ def virtual_adversarial_training(model, embedding_name="Embedding-Token", epsilo
         epsilon: the perturbation's norm.
         xi: the norm of the probe in the power iteration.
         iters: power-iteration steps (at least 1).
-        seed: integer seed of the random probes; None draws one now.
+        seed: integer seed of the random probes; None draws one now from Python's
+            `random` (which `keras.utils.set_random_seed` seeds).
 
     Example:
         >>> vat_model = keras.Model(classifier.inputs, classifier.outputs)  # doctest: +SKIP
@@ -220,7 +221,7 @@ def virtual_adversarial_training(model, embedding_name="Embedding-Token", epsilo
     if int(iters) < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     iters, epsilon, xi = int(iters), float(epsilon), float(xi)
-    seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
+    seed = random.randrange(2**31) if seed is None else int(seed)
 
     def step(engine, x, y, sample_weight):
         target = ops.stop_gradient(engine.predict(x))

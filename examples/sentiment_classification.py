@@ -123,11 +123,11 @@ class SentimentClassifier:
         ).repeat()
 
     def fit(self, reviews, epochs=2, batch_size=32, seed=0, description="fine-tuning",
-            regulariser="none"):
+            regulariser="none", epsilon=1.0):
         """Fine-tune on ``(text, label)`` pairs; returns the Keras ``History``.
 
-        ``regulariser``: ``"none"``, ``"adversarial"`` (FGM, epsilon 1) or ``"r_drop"``
-        (alpha 4), from `bert4x.training`.
+        ``regulariser``: ``"none"``, ``"adversarial"`` (FGM with ``epsilon``) or
+        ``"r_drop"`` (alpha 4), from `bert4x.training`.
         """
         import keras
 
@@ -141,7 +141,7 @@ class SentimentClassifier:
                            loss=keras.losses.SparseCategoricalCrossentropy(),
                            metrics=["accuracy"])
         if regulariser == "adversarial":
-            training.adversarial_training(self.model, "Embedding-Token", epsilon=1.0)
+            training.adversarial_training(self.model, "Embedding-Token", epsilon=epsilon)
         elif regulariser == "r_drop":
             training.r_drop(self.model, alpha=4.0)
         elif regulariser != "none":
@@ -183,7 +183,9 @@ def parse_args(argv=None):
     parser.add_argument("--regulariser", choices=("none", "adversarial", "r_drop"),
                         default="none",
                         help="bert4x.training regulariser: FGM adversarial training "
-                             "(epsilon 1) or R-Drop (alpha 4)")
+                             "or R-Drop (alpha 4)")
+    parser.add_argument("--epsilon", type=float, default=1.0,
+                        help="FGM's perturbation norm (over the whole embedding table)")
     add_base_model_arguments(parser)
     return parser.parse_args(argv)
 
@@ -195,7 +197,8 @@ def train_classifier(args, base, splits, tokenizer, keep_tokens):
                                      args.learning_rate)
     history = classifier.fit(reviews, args.epochs, args.batch_size, args.seed,
                              description="classifier",
-                             regulariser=getattr(args, "regulariser", "none"))
+                             regulariser=getattr(args, "regulariser", "none"),
+                             epsilon=getattr(args, "epsilon", 1.0))
     return classifier, history
 
 
