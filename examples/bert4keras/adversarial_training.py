@@ -19,6 +19,9 @@ num_classes = 2
 maxlen = 32
 batch_size = 8
 epochs = int(os.environ.get('EPOCHS', 4))
+# The perturbation's norm over the whole embedding table: bert4keras's examples use
+# 0.5-1 for BERT-base; a tiny model's embedding rows are far shorter, so less here.
+epsilon = float(os.environ.get('EPSILON', 0.05))
 bert_dir = os.environ.get('BERT_DIR', 'chinese_L-12_H-768_A-12')
 data_dir = os.environ.get('DATA_DIR', 'data')
 config_path = os.path.join(bert_dir, 'bert_config.json')
@@ -64,13 +67,13 @@ output = Dense(units=num_classes, activation='softmax')(output)
 # The labeled model: cross-entropy with adversarial training.
 model = keras.models.Model(bert.model.input, output)
 model.compile(loss='kld', optimizer=Adam(1e-3), metrics=['categorical_accuracy'])
-adversarial_training(model, 'Embedding-Token', 0.5)
+adversarial_training(model, 'Embedding-Token', epsilon)
 
 # The same layers trained on unlabeled batches: the KL divergence between the clean
 # prediction and the prediction at the adversarially perturbed table.
 model_vat = keras.models.Model(bert.model.input, output)
 model_vat.compile(loss='kld', optimizer=Adam(5e-4))
-virtual_adversarial_training(model_vat, 'Embedding-Token')
+virtual_adversarial_training(model_vat, 'Embedding-Token', epsilon)
 
 
 class VirtualAdversarialStep(keras.callbacks.Callback):
