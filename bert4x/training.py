@@ -238,7 +238,7 @@ def virtual_adversarial_training(model, embedding_name="Embedding-Token", epsilo
         engine.apply(gradients)
         return loss, target, y_pred
 
-    return _install(model, _Regulariser(table, step, needs_labels=False))
+    return _install(model, _Regulariser(table, step))
 
 
 def gradient_penalty(model, embedding_name="Embedding-Token", epsilon=1.0):
@@ -317,7 +317,7 @@ def r_drop(model, alpha=4.0):
         engine.apply(gradients)
         return loss, y2, y_pred
 
-    return _install(model, _Regulariser(None, step, x_of_metrics=twice))
+    return _install(model, _Regulariser(None, step, batch_for_metrics=twice))
 
 
 def flooding(model, level):
@@ -349,13 +349,16 @@ def flooding(model, level):
 
 
 class _Regulariser:
-    """A step ``step(engine, x, y, sample_weight) -> (loss, y, y_pred)`` and what it needs."""
+    """A step ``step(engine, x, y, sample_weight) -> (loss, y, y_pred)`` and what it needs.
 
-    def __init__(self, table, step, needs_labels=True, x_of_metrics=None):
+    ``batch_for_metrics`` maps the step's ``x`` (and sample weights) to the batch its
+    ``y_pred`` belongs to (R-Drop's doubled batch), for the metrics.
+    """
+
+    def __init__(self, table, step, batch_for_metrics=None):
         self.table = table
         self.step = step
-        self.needs_labels = needs_labels
-        self.x_of_metrics = x_of_metrics or (lambda tree: tree)
+        self.batch_for_metrics = batch_for_metrics or (lambda tree: tree)
 
 
 def _batch_size(x):
@@ -363,7 +366,7 @@ def _batch_size(x):
 
 
 class _TensorFlowEngine:
-    """Runs a regulariser's step on the model's variables (TensorFlow: tapes, assigns)."""
+    """Runs a regulariser's step on the model's variables (TensorFlow: gradient tapes)."""
 
     def __init__(self, model, table):
         self.model = model
@@ -380,10 +383,10 @@ class _TensorFlowEngine:
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             engine = cls(model, regulariser.table)
             loss, y_metrics, y_pred = regulariser.step(engine, x, y, sample_weight)
-            x_metrics = regulariser.x_of_metrics(x)
+            x_metrics = regulariser.batch_for_metrics(x)
             _loss_tracker(model).update_state(
                 loss * engine.replicas(), sample_weight=_batch_size(x_metrics))
-            weight = regulariser.x_of_metrics(sample_weight)
+            weight = regulariser.batch_for_metrics(sample_weight)
             return model.compute_metrics(x_metrics, y_metrics, y_pred, sample_weight=weight)
 
         return train_step
@@ -527,8 +530,8 @@ class _JaxEngine:
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             engine = cls(model, regulariser.table, state)
             loss, y_metrics, y_pred = regulariser.step(engine, x, y, sample_weight)
-            x_metrics = regulariser.x_of_metrics(x)
-            weight = regulariser.x_of_metrics(sample_weight)
+            x_metrics = regulariser.batch_for_metrics(x)
+            weight = regulariser.batch_for_metrics(sample_weight)
             mapping = list(zip(model.metrics_variables, engine.metrics_state))
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 _loss_tracker(model).update_state(loss, sample_weight=_batch_size(x_metrics))
