@@ -122,9 +122,16 @@ class SentimentClassifier:
             batches, output_signature=((matrix, matrix), tf.TensorSpec((None,), tf.int32))
         ).repeat()
 
-    def fit(self, reviews, epochs=2, batch_size=32, seed=0, description="fine-tuning"):
-        """Fine-tune on ``(text, label)`` pairs; returns the Keras ``History``."""
+    def fit(self, reviews, epochs=2, batch_size=32, seed=0, description="fine-tuning",
+            regulariser="none", epsilon=1.0):
+        """Fine-tune on ``(text, label)`` pairs; returns the Keras ``History``.
+
+        ``regulariser``: ``"none"``, ``"adversarial"`` (FGM with ``epsilon``) or
+        ``"r_drop"`` (alpha 4), from `bert4x.training`.
+        """
         import keras
+
+        from bert4x import training
 
         from bert4x.optimizers import AdamW, WarmupLinearDecay
         steps = -(-len(reviews) // batch_size)
@@ -133,6 +140,13 @@ class SentimentClassifier:
         self.model.compile(optimizer=AdamW(learning_rate=schedule, weight_decay=0.01),
                            loss=keras.losses.SparseCategoricalCrossentropy(),
                            metrics=["accuracy"])
+        if regulariser == "adversarial":
+            training.adversarial_training(self.model, "Embedding-Token", epsilon=epsilon)
+        elif regulariser == "r_drop":
+            training.r_drop(self.model, alpha=4.0)
+        elif regulariser != "none":
+            raise ValueError(f"regulariser must be none, adversarial or r_drop, "
+                             f"got {regulariser!r}")
         # The batches are shuffled by _batches itself: Keras cannot shuffle a generator.
         return self.model.fit(self._batches(reviews, batch_size, seed), epochs=epochs,
                               steps_per_epoch=steps, shuffle=False, verbose=0,
@@ -166,6 +180,12 @@ def parse_args(argv=None):
                         help="classifier training reviews used (0: all)")
     parser.add_argument("--max-eval", type=int, default=0,
                         help="test reviews scored (0: all)")
+    parser.add_argument("--regulariser", choices=("none", "adversarial", "r_drop"),
+                        default="none",
+                        help="bert4x.training regulariser: FGM adversarial training "
+                             "or R-Drop (alpha 4)")
+    parser.add_argument("--epsilon", type=float, default=1.0,
+                        help="FGM's perturbation norm (over the whole embedding table)")
     add_base_model_arguments(parser)
     return parser.parse_args(argv)
 
@@ -176,7 +196,9 @@ def train_classifier(args, base, splits, tokenizer, keep_tokens):
     classifier = SentimentClassifier(base, tokenizer, keep_tokens, args.maxlen,
                                      args.learning_rate)
     history = classifier.fit(reviews, args.epochs, args.batch_size, args.seed,
-                             description="classifier")
+                             description="classifier",
+                             regulariser=getattr(args, "regulariser", "none"),
+                             epsilon=getattr(args, "epsilon", 1.0))
     return classifier, history
 
 

@@ -434,6 +434,22 @@ def test_sentiment_smoke_learns(tiny_base):
     assert classifier.accuracy(test) > 0.65
 
 
+@pytest.mark.slow  # 25-40 s each on a busy machine: tracing a BERT's regularised step
+@pytest.mark.parametrize("regulariser", ["adversarial", "r_drop"])
+def test_sentiment_fit_takes_a_regulariser(tiny_base, regulariser):
+    import base_model
+    import sentiment_classification as sentiment
+    base_model.set_seed(0)
+    train = sentiment.load_reviews(seed=0)["classifier"][:64]
+    tokenizer, keep_tokens = tiny_base.tokenizer_for([t for t, _ in train])
+    classifier = sentiment.SentimentClassifier(tiny_base, tokenizer, keep_tokens, maxlen=24)
+    history = classifier.fit(train, epochs=1, batch_size=32, regulariser=regulariser)
+    assert np.isfinite(history.history["loss"]).all()
+    assert "train_step" in vars(classifier.model)
+    with pytest.raises(ValueError, match="regulariser must be"):
+        classifier.fit(train, epochs=1, regulariser="vat")
+
+
 def test_conditional_lm_smoke_learns_the_condition_and_passes_top_p(tiny_base):
     """The CLN LM's loss falls, its label changes which reviews it finds likely,
     and ``top_p`` reaches the sampler (a vanishing nucleus leaves only the

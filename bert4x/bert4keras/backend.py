@@ -19,7 +19,8 @@ from keras import ops
 __all__ = ["keras", "K", "set_gelu", "sequence_masking", "batch_gather",
            "multilabel_categorical_crossentropy",
            "sparse_multilabel_categorical_crossentropy", "piecewise_linear", "search_layer",
-           "symbolic", "recompute_grad", "is_tf_keras"]
+           "symbolic", "recompute_grad", "is_tf_keras", "adversarial_training",
+           "virtual_adversarial_training"]
 
 #: bert4keras scripts test this flag; bert4x always runs on Keras 3.
 is_tf_keras = False
@@ -272,6 +273,33 @@ def _gradients(loss, variables):
     tensors = [v.value if isinstance(v, keras.Variable) else v for v in variables]
     grads = tf.gradients(loss, tensors)
     return grads[0] if single else grads
+
+
+def adversarial_training(model, embedding_name, epsilon=1):
+    """bert4keras's example ``adversarial_training``: FGM on the embedding table.
+
+    The function bert4keras's ``task_iflytek_adversarial_training.py`` defines, on
+    `bert4x.training.adversarial_training` (same semantics: the update uses the
+    gradient at the perturbed table). Call it after ``compile``; ``model.fit`` then
+    trains adversarially.
+    """
+    from bert4x import training
+
+    return training.adversarial_training(model, embedding_name, epsilon=epsilon)
+
+
+def virtual_adversarial_training(model, embedding_name, epsilon=1, xi=10, iters=1):
+    """bert4keras's example ``virtual_adversarial_training`` (VAT on the embedding table).
+
+    The function ``task_sentiment_virtual_adversarial_training.py`` defines, on
+    `bert4x.training.virtual_adversarial_training`: ``model.train_on_batch(x, y)``
+    then ignores ``y`` and trains ``model``'s loss (``"kld"`` there) between its clean
+    and its perturbed prediction.
+    """
+    from bert4x import training
+
+    return training.virtual_adversarial_training(model, embedding_name, epsilon=epsilon,
+                                                 xi=xi, iters=iters)
 
 
 def symbolic(f):
