@@ -159,7 +159,8 @@ def main():
             lambda: iter(batches), output_signature=((matrix, matrix, matrix), matrix))
 
         def run():
-            history = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+            history = model.fit(dataset.repeat(), steps_per_epoch=len(batches), epochs=1,
+                                verbose=0, shuffle=False)
             return history.history["loss"][-1]
 
         return run
