@@ -21,6 +21,8 @@ setup(
     extras_require={
         "test": [
             "pytest",
+            # Two test processes: the suite's work is mostly single-threaded tracing.
+            "pytest-xdist",
             "hypothesis",
             "torch==2.13.0",
             "transformers",

@@ -122,8 +122,61 @@ class Dropout(keras.layers.Dropout):
         return inputs * (ops.cast(keep, inputs.dtype) * scale)
 
 
+def _values_known(tensor):
+    """Whether ``tensor`` holds values now (an eager call), not a traced graph's."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+        return not isinstance(tensor, jax.core.Tracer)
+    if backend == "torch":
+        return tensor.device.type != "meta"  # Keras traces shapes on the meta device
+    return True
+
+
+def check_ids(ids, size, what):
+    """Refuse ids outside ``0..size - 1`` (Keras's lookup wraps -1 to the last row).
+
+    Checked where the values are known: every eager call (PyTorch always;
+    TensorFlow and JAX outside ``tf.function``/``jit``). In a traced graph
+    (``predict``, ``fit``) :class:`Embedding` treats a negative id as one >= size,
+    which the backend's lookup refuses (TensorFlow on the CPU) or turns into NaN (JAX).
+
+    Raises:
+        ValueError: naming the first bad id, its position and the range.
+    """
+    if not _values_known(ids):
+        return
+    values = ops.convert_to_numpy(ids)
+    bad = np.argwhere((values < 0) | (values >= size))
+    if len(bad):
+        where = tuple(int(i) for i in bad[0])
+        raise ValueError(f"{what} id {int(values[where])} at position {where} is outside "
+                         f"0..{size - 1} (the table has {size} rows)")
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ReversibleEmbedding(keras.layers.Embedding):
+class Embedding(keras.layers.Embedding):
+    """Keras's ``Embedding`` that refuses ids outside the table (see :func:`check_ids`)
+    instead of reading the last row for -1.
+
+    Example:
+        >>> Embedding(2, 4)(np.array([[0, 1, -1]]))  # doctest: +SKIP
+        ValueError: Embedding id -1 at position (0, 2) is outside 0..1 ...
+    """
+
+    def call(self, inputs):
+        check_ids(inputs, self.input_dim, self.name)
+        # Traced: a negative id becomes one past the table, which fails as an id >= size
+        # does (TensorFlow's error on the CPU, NaN on JAX) instead of wrapping.
+        inputs = ops.where(inputs < 0, self.input_dim, inputs)
+        return super().call(inputs)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ReversibleEmbedding(Embedding):
     """Token embedding whose matrix also serves as the tied output projection.
 
     Called normally it looks up ids; called with ``reverse=True`` it maps hidden
@@ -135,6 +188,12 @@ class ReversibleEmbedding(keras.layers.Embedding):
         >>> embedding(hidden, reverse=True).shape
         (2, 5, 100)
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Its mask is Embedding's (none unless mask_zero); a mask reaching the tied
+        # output call is dropped without Keras's "does not support masking" warning.
+        self.supports_masking = True
 
     def call(self, inputs, reverse=False):
         if not reverse:
@@ -226,6 +285,9 @@ class LayerNormalization(keras.layers.Layer):
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
         self.conditional = bool(conditional)
+        # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
+        # through, also in a model loaded from .keras.
+        self.supports_masking = True
 
     def build(self, inputs_shape, condition_shape=None):
         dim = inputs_shape[-1]
@@ -491,6 +553,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.head_size = int(head_size)
         self.attention_dropout = float(attention_dropout)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
+        # through, also in a model loaded from .keras.
+        self.supports_masking = True
         if isinstance(position_encoding, dict):
             position_encoding = keras.saving.deserialize_keras_object(position_encoding)
         if position_encoding is not None and not isinstance(position_encoding,
@@ -686,6 +751,9 @@ class FeedForward(keras.layers.Layer):
         self.units = int(units)
         self.activation = activation
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
+        # through, also in a model loaded from .keras.
+        self.supports_masking = True
 
     def build(self, input_shape):
         hidden = input_shape[-1]
@@ -789,6 +857,9 @@ class TiedProjection(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = int(units)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
+        # through, also in a model loaded from .keras.
+        self.supports_masking = True
 
     def build(self, input_shape):
         self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
@@ -813,6 +884,10 @@ class TiedProjection(keras.layers.Layer):
 class FirstToken(keras.layers.Layer):
     """Takes the hidden state of the first position (``[CLS]``) for the pooler."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True  # drops a padding mask quietly (compute_mask)
+
     def call(self, inputs):
         return inputs[:, 0]
 
@@ -826,6 +901,10 @@ class FirstToken(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BiasAdd(keras.layers.Layer):
     """Adds a learned bias vector (BERT's MLM ``output_bias``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True  # position-wise, as the layers above
 
     def build(self, input_shape):
         self.bias = self.add_weight(name="bias", shape=(input_shape[-1],),
@@ -856,6 +935,8 @@ class ReusedLayer(keras.layers.Layer):
                          dtype=layer.dtype_policy)
         self.layer = layer
         self.call_kwargs = call_kwargs
+        # Masks pass as through the wrapped layer (no warning in a bert4keras graph).
+        self.supports_masking = layer.supports_masking
 
     def call(self, *args, **kwargs):
         return self.layer(*args, **kwargs, **self.call_kwargs)

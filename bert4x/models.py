@@ -6,13 +6,15 @@ The graph is built by :class:`bert4x.transformer.Transformer`; the families
 :mod:`bert4x.families` and importable from here too.
 """
 
+import numbers
+
 import keras
 
 from bert4x import storage
 from bert4x.configs import BertConfig
 from bert4x.families import (ALBERT, BERT, MODELS, NEZHA, ALBERTUnshared, ELECTRA, RoBERTa,
                              RoFormer, family_of)
-from bert4x.layers import ReusedLayer
+from bert4x.layers import MultiHeadAttention, ReusedLayer
 from bert4x.transformer import BERT_BLOCK_NAMES, Transformer
 
 # The families and the core are importable from here too.
@@ -134,46 +136,181 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
 def intermediate_model(model, layer_names):
     """A model with the same inputs that returns the outputs of the named layers.
 
+    A layer that runs more than once (ALBERT's shared layers run once per
+    Transformer layer) is named with the call: ``(name, call)``, ``call``
+    counting from 0 (negative counts from the end).
+
     Args:
         model: a functional model from :func:`build_transformer_model` (or loaded
             from ``.keras``).
-        layer_names: a name or a list of names, e.g. ``"Transformer-1-FeedForward-Norm"``.
+        layer_names: a name, a ``(name, call)`` pair, or a list of them, e.g.
+            ``"Transformer-1-FeedForward-Norm"``.
+
+    Raises:
+        ValueError: no such layer, or a shared layer named without its call, or a
+            call it does not make (each named with the number of calls).
 
     Example:
         >>> probe = intermediate_model(model, ["Embedding-Norm",  # doctest: +SKIP
         ...                                    "Transformer-0-FeedForward-Norm"])
         >>> embeddings, first_layer = probe.predict([token_ids, segment_ids])
+        >>> third = intermediate_model(albert, ("Transformer-FeedForward-Norm", 2))  # doctest: +SKIP
     """
-    names = [layer_names] if isinstance(layer_names, str) else list(layer_names)
-    outputs = [_layer(model, name).output for name in names]
+    single = isinstance(layer_names, str) or (
+        isinstance(layer_names, tuple) and len(layer_names) == 2
+        and _is_index(layer_names[1]))
+    names = [layer_names] if single else list(layer_names)
+    if not names:
+        raise ValueError("layer_names is empty: name at least one layer")
+    graph = _Calls(model)
+    outputs = []
+    for item in names:
+        name, call = (item, None) if isinstance(item, str) else item
+        found = graph.outputs(name, graph.call_index(name, call))
+        outputs.append(found[0] if len(found) == 1 else found)
     return keras.Model(model.inputs, outputs[0] if len(outputs) == 1 else outputs)
 
 
 def attention_model(model, layer_indices):
     """A model returning the attention probabilities ``[batch, heads, query, key]``.
 
-    The attention layers of ``model`` are called again on their own inputs with
-    ``return_attention_scores=True``: no weights are copied and nothing is rebuilt
-    by hand. Masked keys get probability 0.
+    The attention layers of ``model`` are called again on the inputs they get in
+    ``model`` with ``return_attention_scores=True``: no weights are copied and
+    nothing is rebuilt by hand. Masked keys get probability 0.
 
     Args:
-        model: a functional BERT model.
-        layer_indices: an int or a list of ints (0 is the first Transformer layer).
+        model: a functional BERT-family model (any family; ALBERT's shared
+            layers included).
+        layer_indices: an int or a list of ints: the attention calls in the order
+            they run (0 is the first Transformer layer's; ALBERT with
+            ``inner_group_num`` > 1 runs that many per layer, as ``transformers``
+            counts them). Negative counts from the end.
+
+    Example:
+        >>> first, last = attention_model(model, [0, -1]).predict(  # doctest: +SKIP
+        ...     [token_ids, segment_ids])
     """
-    indices = [layer_indices] if isinstance(layer_indices, int) else list(layer_indices)
+    indices = [layer_indices] if _is_index(layer_indices) or isinstance(
+        layer_indices, bool) else list(layer_indices)
+    if not indices:
+        raise ValueError("layer_indices is empty: give at least one attention layer")
+    graph = _Calls(model)
+    calls = graph.attention_calls()
     outputs = []
-    # The inputs of layer i's attention: the previous layer's output (the
-    # embeddings for i = 0) and the shared attention bias, read by layer name.
-    bias = _layer(model, "Attention-Bias").output
     for index in indices:
-        attention = _layer(model, f"Transformer-{index}-MultiHeadSelfAttention")
-        previous = ("Embedding-Dropout" if index == 0
-                    else f"Transformer-{index - 1}-FeedForward-Norm")
-        x = _layer(model, previous).output
-        _, probs = ReusedLayer(attention, return_attention_scores=True)(
-            x, attention_bias=bias)
+        if not _is_index(index) or not -len(calls) <= index < len(calls):
+            raise ValueError(f"model {model.name!r} runs {len(calls)} attention layers "
+                             f"(indices 0..{len(calls) - 1}); got {index!r}")
+        name, call = calls[int(index)]
+        args, kwargs = graph.arguments(name, call)
+        _, probs = ReusedLayer(model.get_layer(name), return_attention_scores=True)(
+            *args, **kwargs)
         outputs.append(probs)
     return keras.Model(model.inputs, outputs[0] if len(outputs) == 1 else outputs)
+
+
+class _Calls:
+    """The calls of a functional model's layers, read from its (public) config.
+
+    A layer's first call gives its ``output``; a later call of a shared layer is
+    replayed: the layer is called again on the replayed inputs of that call,
+    which shares its weights and gives the same tensor.
+    """
+
+    def __init__(self, model):
+        config = model.get_config()
+        self.model = model
+        self.nodes = {layer["name"]: layer["inbound_nodes"] for layer in config["layers"]}
+        # Layers and the keras.ops operations of the graph (which get_layer does not find).
+        self.operations = {operation.name: operation for operation in model.operations}
+        self.inputs = {name: tensor for (name, _, _), tensor in
+                       zip(config["input_layers"], model.inputs)}
+        self._outputs = {}
+
+    def call_index(self, name, call):
+        """``call`` checked against the calls of ``name`` (None: its only call)."""
+        _layer(self.model, name)
+        count = len(self.nodes.get(name, ()))
+        if call is None:
+            if count > 1:
+                raise ValueError(
+                    f"layer {name!r} runs {count} times in model {self.model.name!r} (its "
+                    f"weights are shared); name the call: ({name!r}, 0) .. "
+                    f"({name!r}, {count - 1})")
+            return 0
+        if not _is_index(call) or not -count <= call < count:
+            raise ValueError(f"layer {name!r} runs {count} times in model "
+                             f"{self.model.name!r}; there is no call {call!r}")
+        return int(call) % count
+
+    def outputs(self, name, call):
+        """The output tensors (a list) of call ``call`` of layer ``name``."""
+        key = (name, call)
+        if key not in self._outputs:
+            if name in self.inputs:
+                found = self.inputs[name]
+            elif call == 0:
+                found = self.operations[name].output
+            else:
+                args, kwargs = self.arguments(name, call)
+                found = self.operations[name](*args, **kwargs)
+            self._outputs[key] = list(found) if isinstance(found, (list, tuple)) else [found]
+        return self._outputs[key]
+
+    def arguments(self, name, call):
+        """``(args, kwargs)`` of call ``call`` of layer ``name``, as tensors."""
+        node = self.nodes[name][call]
+        return self._tensors(node["args"]), self._tensors(node["kwargs"])
+
+    def _tensors(self, value):
+        if isinstance(value, dict):
+            if value.get("class_name") == "__keras_tensor__":
+                name, call, index = value["config"]["keras_history"]
+                return self.outputs(name, call)[index]
+            return {key: self._tensors(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._tensors(item) for item in value)
+        return value
+
+    def attention_calls(self):
+        """``[(layer name, call)]`` of every bert4x attention call, in running order."""
+        attention = {name for name, operation in self.operations.items()
+                     if isinstance(operation, MultiHeadAttention)}
+        # Attention calls upstream of each call (longest path), depth first with a
+        # stack: a deep model's chain is longer than Python's recursion limit.
+        before = {}
+        calls = [(name, call) for name in attention for call in range(len(self.nodes[name]))]
+        for start in calls:
+            stack = [start]
+            while stack:
+                key = stack[-1]
+                node = {} if key[0] in self.inputs else self.nodes[key[0]][key[1]]
+                parents = _parents(node)
+                waiting = [parent for parent in parents if parent not in before]
+                if waiting:
+                    stack.extend(waiting)
+                    continue
+                before[key] = max((before[parent] + (parent[0] in attention)
+                                   for parent in parents), default=0)
+                stack.pop()
+        return sorted(calls, key=before.__getitem__)
+
+
+def _is_index(value):
+    """An int (NumPy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _parents(value):
+    """``(layer name, call)`` of every tensor a serialised call reads."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            name, call, _ = value["config"]["keras_history"]
+            return [(name, call)]
+        return [parent for item in value.values() for parent in _parents(item)]
+    if isinstance(value, (list, tuple)):
+        return [parent for item in value for parent in _parents(item)]
+    return []
 
 
 def _layer(model, name):

@@ -22,6 +22,7 @@ __all__ = [
     "truncate_sequences",
     "text_segmentate",
     "as_keras_batch",
+    "length_bucketed_order",
     "DataGenerator",
 ]
 
@@ -180,6 +181,48 @@ def text_segmentate(text, maxlen, seps="\n", strips=None):
     return segments
 
 
+def length_bucketed_order(lengths, batch_size, rng=None, window=50):
+    """A random order of examples in which every ``batch_size`` run has similar lengths.
+
+    Padding a batch to its longest example wastes the compute of the padding: on
+    text whose lengths vary (the QA demo's examples run from 34 to 129 tokens
+    around a mean of 55) about half of a randomly drawn batch is padding. This
+    order shuffles the examples, sorts each window of ``window`` batches by length,
+    cuts it into batches and shuffles the batches, so batches stay random in what
+    they hold and in their order while their lengths are nearly uniform (bucketing
+    as in fairseq's and tf.data's ``bucket_by_sequence_length``, without fixed
+    bucket boundaries). The one incomplete batch, if any, comes last.
+
+    Args:
+        lengths: the length of each example.
+        batch_size: examples per batch.
+        rng: a NumPy ``Generator`` (default: a new unseeded one).
+        window: batches sorted together; 1 gives a plain shuffle.
+
+    Returns:
+        An integer array, a permutation of ``range(len(lengths))``.
+
+    Example:
+        >>> order = length_bucketed_order([len(x) for x in token_ids], 32, rng)
+        >>> batches = [order[i:i + 32] for i in range(0, len(order), 32)]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if window < 1:
+        raise ValueError(f"window must be >= 1 batch, got {window}.")
+    rng = np.random.default_rng() if rng is None else rng
+    lengths = np.asarray(lengths)
+    order = rng.permutation(len(lengths))
+    span = batch_size * window
+    for start in range(0, len(order), span):
+        chunk = order[start:start + span]
+        # A stable sort keeps the shuffled order among examples of equal length.
+        order[start:start + span] = chunk[np.argsort(lengths[chunk], kind="stable")]
+    full = len(order) // batch_size
+    batches = order[:full * batch_size].reshape(full, batch_size)[rng.permutation(full)]
+    return np.concatenate([batches.reshape(-1), order[full * batch_size:]])
+
+
 def _specs(types, shapes):
     """`tf.TensorSpec`s from matching structures of dtypes and shapes.
 
@@ -289,6 +332,10 @@ class DataGenerator:
         buffer_size: shuffle buffer for iterables without a length (default
             ``1000 * batch_size``).
         seed: seed of the generator's own random number generator.
+        bucket_by: a function giving a sample's length (e.g. ``lambda s: len(s[0])``):
+            random passes over sized data then draw batches of similar lengths
+            (:func:`length_bucketed_order`), so padding each batch to its longest
+            sample costs little. Batches and their order stay random.
 
     Example:
         >>> class Batches(DataGenerator):
@@ -304,7 +351,7 @@ class DataGenerator:
         >>> model.fit(batches.as_pydataset(workers=4), epochs=3)
     """
 
-    def __init__(self, data, batch_size=32, buffer_size=None, seed=None):
+    def __init__(self, data, batch_size=32, buffer_size=None, seed=None, bucket_by=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.data = data
@@ -316,6 +363,8 @@ class DataGenerator:
         self.buffer_size = buffer_size or batch_size * 1000
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.bucket_by = bucket_by
+        self._lengths = None
 
     def __len__(self):
         if self.steps is None:
@@ -326,11 +375,11 @@ class DataGenerator:
         """Yields ``(is_end, item)`` over the data, `is_end` true for the last item.
 
         Args:
-            random: shuffle (a permutation for sized data, a buffer of
-                `buffer_size` items otherwise).
+            random: shuffle (a permutation for sized data, bucketed by length
+                when `bucket_by` is set; a buffer of `buffer_size` items otherwise).
         """
         if random and self.steps is not None:
-            items = (self.data[i] for i in self.rng.permutation(len(self.data)))
+            items = (self.data[i] for i in self._random_order())
         elif random:
             items = self._buffer_shuffle()
         else:
@@ -343,6 +392,13 @@ class DataGenerator:
             yield False, current
             current = following
         yield True, current
+
+    def _random_order(self):
+        if self.bucket_by is None:
+            return self.rng.permutation(len(self.data))
+        if self._lengths is None or len(self._lengths) != len(self.data):
+            self._lengths = np.array([self.bucket_by(item) for item in self.data])
+        return length_bucketed_order(self._lengths, self.batch_size, self.rng)
 
     def _buffer_shuffle(self):
         buffer = []
@@ -499,7 +555,7 @@ class DataGenerator:
 
             def _draw_order(self):
                 if random:
-                    return generator.rng.permutation(len(generator.data))
+                    return generator._random_order()
                 return np.arange(len(generator.data))
 
             def __len__(self):

@@ -38,6 +38,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import uuid
 
 # Schemes whose objects cannot be renamed atomically, but are published atomically
@@ -358,13 +359,22 @@ def can_lock(path):
     return is_local(path)
 
 
+# Locks this process holds: real path -> [holding thread's id, depth]. A thread that
+# takes a lock it already holds must not wait: flock on a second descriptor of the
+# same file would wait for the first one, that is for itself, forever.
+_HELD_LOCKS = {}
+_HELD_LOCKS_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
 def file_lock(path, on_wait=None):
     """Hold an exclusive lock on the local file ``path`` (created if missing).
 
     Other processes, and other threads, taking the same lock wait until it is
-    released. The operating system releases it when the holder dies, so a killed
-    process never leaves it stuck; the empty lock file stays (it is harmless).
+    released. The thread that holds it may take it again (a nested call returns at
+    once; the lock is released when the outermost one ends). The operating system
+    releases it when the holder dies, so a killed process never leaves it stuck;
+    the empty lock file stays (it is harmless).
 
     Args:
         path: the lock file; see :func:`can_lock` for where locks exist.
@@ -373,6 +383,11 @@ def file_lock(path, on_wait=None):
 
     Raises:
         NotImplementedError: ``path`` is remote, or the system has no ``fcntl``.
+
+    Example:
+        >>> with file_lock("/tmp/run.lock"):  # doctest: +SKIP
+        ...     with file_lock("/tmp/run.lock"):  # the same thread: no wait
+        ...         pass
     """
     path = os.fspath(path)
     if not can_lock(path):
@@ -381,6 +396,19 @@ def file_lock(path, on_wait=None):
     import fcntl
     if os.path.dirname(path):
         makedirs(os.path.dirname(path))
+    key = os.path.realpath(path)
+    with _HELD_LOCKS_GUARD:
+        held = _HELD_LOCKS.get(key)
+        nested = held is not None and held[0] == threading.get_ident()
+        if nested:
+            held[1] += 1
+    if nested:
+        try:
+            yield
+        finally:
+            with _HELD_LOCKS_GUARD:
+                held[1] -= 1
+        return
     with builtins.open(path, "a") as file:
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -388,8 +416,12 @@ def file_lock(path, on_wait=None):
             if on_wait is not None:
                 on_wait()
             fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        with _HELD_LOCKS_GUARD:
+            _HELD_LOCKS[key] = [threading.get_ident(), 1]
         try:
             yield
         finally:
+            with _HELD_LOCKS_GUARD:
+                del _HELD_LOCKS[key]
             fcntl.flock(file.fileno(), fcntl.LOCK_UN)
 

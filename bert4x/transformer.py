@@ -33,9 +33,9 @@ import keras
 from keras import ops
 
 from bert4x import checkpoints
-from bert4x.layers import (AttentionBias, BiasAdd, Dropout, FeedForward, FirstToken,
-                           LayerNormalization, MultiHeadAttention, PositionEmbedding,
-                           ReusedLayer, ReversibleEmbedding, get_activation)
+from bert4x.layers import (AttentionBias, BiasAdd, Dropout, Embedding, FeedForward,
+                           FirstToken, LayerNormalization, MultiHeadAttention,
+                           PositionEmbedding, ReusedLayer, ReversibleEmbedding, get_activation)
 
 
 _MASK_PENALTY = -1e9
@@ -309,7 +309,7 @@ class Transformer:
         self.token_projection = self._token_projection()
         self.segment_embedding = None
         if c.type_vocab_size:  # 0: no segment table (segment ids drive a UniLM mask only)
-            self.segment_embedding = keras.layers.Embedding(
+            self.segment_embedding = Embedding(
                 c.type_vocab_size, width, embeddings_initializer=init(),
                 name="Embedding-Segment", **kw)
         self.position_embedding = None

@@ -77,6 +77,9 @@ def parse_args(argv=None):
                        help="question-generation examples per answering question and "
                        "epoch: the passage is the source and the question the target, "
                        "which teaches the model P(question | passage) (0: none)")
+    train.add_argument("--bucket-window", type=int, default=50,
+                       help="batches whose examples are sorted by length together, so "
+                       "that a batch pads little (1: plain shuffle)")
     train.add_argument("--save-weights", metavar="FILE.weights.h5",
                        help="write the fine-tuned weights here (before decoding)")
     train.add_argument("--load-weights", metavar="FILE.weights.h5",
@@ -251,15 +254,18 @@ class EpochBatches:
         swapped: hard negatives per question and epoch (see :func:`training_examples`).
         question_generation: question-generation pairs per question and epoch (see
             :func:`training_examples`).
+        bucket_window: batches sorted by length together
+            (:func:`bert4x.snippets.length_bucketed_order`); 1 draws batches at random.
     """
 
     def __init__(self, questions, encoder, batch_size, negatives, seed, swapped=0,
-                 question_generation=0):
+                 question_generation=0, bucket_window=50):
         self.encoded = [encoder.training_pairs(question) for question in questions]
         self.batch_size = batch_size
         self.negatives = negatives
         self.swapped = swapped
         self.question_generation = question_generation
+        self.bucket_window = bucket_window
         self.rng = np.random.default_rng(seed)
         # The number of examples is the same at every epoch (only which negatives varies).
         self.examples_per_epoch = len(self.epoch())
@@ -275,10 +281,13 @@ class EpochBatches:
 
     def __iter__(self):
         """Endless batches, epoch after epoch."""
+        from bert4x.snippets import length_bucketed_order
         while True:
             examples = self.epoch()
-            for start in range(0, len(examples), self.batch_size):
-                yield batch_arrays(examples[start:start + self.batch_size])
+            order = length_bucketed_order([len(s) + len(a) for s, a in examples],
+                                          self.batch_size, self.rng, self.bucket_window)
+            for start in range(0, len(order), self.batch_size):
+                yield batch_arrays([examples[i] for i in order[start:start + self.batch_size]])
 
     def dataset(self):
         """The batches as a ``tf.data.Dataset`` whose lengths may vary per batch."""
@@ -715,7 +724,8 @@ def run(args):
     encoder = QAEncoder(tokenizer, args.max_passage_len, args.max_question_len,
                         args.max_answer_len)
     batches = EpochBatches(train, encoder, args.batch_size, args.negatives, args.seed,
-                           args.swapped_negatives, args.question_generation)
+                           args.swapped_negatives, args.question_generation,
+                           args.bucket_window)
     builder, train_model = build_models(base, keep_tokens, args.learning_rate,
                                         len(batches) * args.epochs)
     training_started = time.time()

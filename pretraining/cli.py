@@ -1,19 +1,88 @@
-"""Shared command line: ``--config`` plus one flag per setting, overriding it."""
+"""Shared command line: ``--config`` plus one flag per setting, overriding it.
+
+Each flag's value is read as the type of its setting: a list setting (``--inputs``)
+takes a path or glob, a comma-separated list of them, or a JSON list; numbers and
+booleans (``true``/``false``) are checked, and a value of the wrong type stops with
+an error naming the flag.
+"""
 
 import argparse
 import dataclasses
 import json
+import math
 
 from bert4x.configs import BertConfig
 from bert4x.pretraining import BUILTIN_CONFIGS, PretrainingConfig, load_config
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
-def _parse_value(text):
-    """Flag values are JSON when they parse (numbers, true/false, null, lists)."""
+
+def _read_list(text):
+    """A JSON list, or paths/globs separated by commas: ``'corpus/*.txt'``."""
+    if text.lstrip().startswith("["):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a JSON list "
+                                             f"({error})") from None
+        if not all(isinstance(value, str) for value in values):
+            raise argparse.ArgumentTypeError(f"expected a list of strings, got {text!r}")
+        return values
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a path, a glob or a "
+                                         f"comma-separated list of them, got {text!r}")
+    return values
+
+
+def _read_number(text, kind, optional):
+    if optional and text.lower() in ("null", "none"):
+        return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        value = kind(text)
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def flag_reader(kind, optional=False):
+    """The argparse ``type`` that reads a flag's text as ``kind`` (argparse puts
+    the flag's name in front of the error).
+
+    Example:
+        >>> flag_reader(list)("a.txt,corpus/*.txt")
+        ['a.txt', 'corpus/*.txt']
+        >>> flag_reader(int)("5000")
+        5000
+    """
+    def read(text):
+        if kind is list:
+            return _read_list(text)
+        if kind is bool:
+            if text.lower() not in _BOOLEANS:
+                raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+            return _BOOLEANS[text.lower()]
+        if kind in (int, float):
+            return _read_number(text, kind, optional)
+        if kind is dict:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = None
+            if not isinstance(value, dict):
+                raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+            return value
         return text
+    return read
+
+
+def _flag_fields(config_class, skip=()):
+    """``(name, type, optional)`` of each dataclass field not in ``skip``."""
+    return [(field.name, field.type, field.default is None)
+            for field in dataclasses.fields(config_class) if field.name not in skip]
 
 
 def parse_config(argv=None, description=None, export_only=False):
@@ -28,15 +97,19 @@ def parse_config(argv=None, description=None, export_only=False):
         parser.add_argument("--start-over", action="store_true",
                             help="train from step 0 although the output folder holds "
                                  "checkpoints (they are moved aside, not deleted)")
-    settings = [f.name for f in dataclasses.fields(PretrainingConfig) if f.name != "model"]
-    model_fields = [name for name in BertConfig.field_names() if name not in settings]
-    for name in settings + model_fields:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_parse_value,
+    settings = _flag_fields(PretrainingConfig, skip=("model",))
+    setting_names = [name for name, _, _ in settings]
+    model_fields = _flag_fields(BertConfig, skip=setting_names)
+    for (name, kind, optional), is_model in ([(field, False) for field in settings]
+                                             + [(field, True) for field in model_fields]):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, type=flag_reader(kind, optional),
                             default=argparse.SUPPRESS, metavar="VALUE",
-                            help="model setting" if name in model_fields else None)
+                            help="model setting" if is_model else None)
     args = parser.parse_args(argv)
-    overrides = {name: getattr(args, name) for name in settings if hasattr(args, name)}
-    model_overrides = {name: getattr(args, name) for name in model_fields if hasattr(args, name)}
+    overrides = {name: getattr(args, name) for name in setting_names if hasattr(args, name)}
+    model_overrides = {name: getattr(args, name) for name, _, _ in model_fields
+                       if hasattr(args, name)}
     config = load_config(args.config, **overrides)
     if model_overrides:
         config = config.replace(model={**config.model, **model_overrides})

@@ -218,6 +218,7 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model):
         jobs[f"optimizer_{name}"] = ("optimizer_steps", dict(
             dict(kernel=OPTIMIZER_W[0], bias=OPTIMIZER_W[1], x=OPTIMIZER_X, y=OPTIMIZER_Y,
                  steps=steps, factories=factories, **settings), **(options or [{}])[0]))
+    jobs["keras2_backend"] = ("keras2_backend", dict(cases=KERAS2_CASES))
     running = _oracle.Oracle(jobs)
     yield running
     running.close()
@@ -727,3 +728,43 @@ def test_crf_loss_traces_with_an_unknown_length(oracle):
         tf.TensorSpec((None, None), "int32"), tf.TensorSpec((None, None, 4), "float32")])
     np.testing.assert_allclose(traced(CRF["labels"], output).numpy(),
                                oracle.result("crf")["sparse_loss"], atol=TOL)
+
+
+# ------------------------------------------------------- Keras 2 backend (K)
+# Keras 2 backend functions with their arguments: (name, args, kwargs).
+_X = np.linspace(-2.0, 2.5, 24, dtype=np.float32).reshape(2, 3, 4)
+KERAS2_CASES = [
+    ("permute_dimensions", (_X, (2, 0, 1)), {}), ("pow", (_X, 3), {}),
+    ("gather", (_X, np.array([1, 0, 1])), {}), ("batch_flatten", (_X,), {}),
+    ("flatten", (_X,), {}), ("expand_dims", (_X,), {}), ("expand_dims", (_X, 1), {}),
+    ("repeat", (_X[:, 0], 3), {}), ("repeat_elements", (_X, 2, 1), {}),
+    ("reverse", (_X, 1), {}), ("reverse", (_X, (0, 2)), {}), ("relu", (_X,), {}),
+    ("relu", (_X,), dict(alpha=0.1, max_value=1.5, threshold=0.5)),
+    ("hard_sigmoid", (_X,), {}), ("bias_add", (_X, np.arange(4, dtype=np.float32)), {}),
+    ("temporal_padding", (_X, (1, 2)), {}), ("cumprod", (_X,), {}),
+    ("cumprod", (_X, 2), {}), ("arange", (2, 9, 3), {}), ("dot", (_X, _X[0].T), {}),
+    ("transpose", (_X,), {}), ("sum", (_X, 1), {}), ("mean", (_X,), dict(keepdims=True)),
+    ("max", (_X, -1), {}), ("std", (_X, 0), {}), ("var", (_X,), {}),
+    ("logsumexp", (_X, 1), {}), ("softmax", (_X,), {}), ("elu", (_X, 0.5), {}),
+    ("softplus", (_X,), {}), ("softsign", (_X,), {}), ("square", (_X,), {}),
+    ("sqrt", (np.abs(_X),), {}), ("sign", (_X,), {}), ("round", (_X * 2,), {}),
+    ("tile", (_X, (1, 2, 1)), {}), ("stack", ([_X, _X], 1), {}),
+    ("squeeze", (_X[:, :1], 1), {}), ("maximum", (_X, 0.3), {}),
+    ("l2_normalize", (_X, 1), {}), ("one_hot", (np.array([[0, 2], [1, 1]]), 3), {}),
+    ("in_top_k", (_X[0], np.array([3, 0, 2]), 2), {}), ("cumsum", (_X, 1), {}),
+]
+
+
+def test_K_has_the_keras2_functions(oracle):
+    """``K.permute_dimensions``, ``K.pow``, ``K.gather`` ... (missing or different
+    before: ``K.repeat`` was ``ops.repeat``, ``K.hard_sigmoid`` Keras 3's) equal
+    ``tf.keras.backend``'s."""
+    import keras
+
+    from bert4x.bert4keras.backend import K
+    expected = oracle.result("keras2_backend")
+    for (name, args, kwargs), theirs in zip(KERAS2_CASES, expected):
+        ours = keras.ops.convert_to_numpy(getattr(K, name)(*args, **kwargs))
+        assert ours.shape == theirs.shape, name
+        np.testing.assert_allclose(ours.astype(np.float64), theirs.astype(np.float64),
+                                   atol=1e-5, err_msg=f"K.{name}")

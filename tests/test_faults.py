@@ -1138,6 +1138,72 @@ def test_ensure_pretrained_concurrent_calls_train_once_for_real(tmp_path):
     build_transformer_model(folder, folder, with_mlm=True)
 
 
+# A user's script as users write them: no ``if __name__ == "__main__":`` guard. The
+# trainer is stood in for by one that prepares the data for real (two files, two
+# worker processes) and writes a stand-in export.
+_GUARDLESS_SCRIPT = r"""
+import json, os, sys, types
+shared = sys.argv[1]
+
+
+def run_pretraining(config, log):
+    from bert4x.pretraining.run import prepare_data
+    summary = prepare_data(config, progress=False)
+    export = config.export_dir()
+    os.makedirs(export, exist_ok=True)
+    for file_name in ("bert_config.json", "bert_model.ckpt.index", "vocab.txt"):
+        with open(os.path.join(export, file_name), "w") as file:
+            file.write(str(summary["train_examples"]))
+    return {"export_dir": export}
+
+
+sys.modules["bert4x.pretraining.trainer"] = types.SimpleNamespace(
+    run_pretraining=run_pretraining)
+from bert4x.pretraining import ensure_pretrained
+
+with open(os.path.join(shared, "script_runs"), "a") as file:
+    file.write("run\n")
+config = json.load(open(os.path.join(shared, "config.json")))
+folder = ensure_pretrained(config, output_dir=os.path.join(shared, "run"), log=None)
+print("examples:", open(os.path.join(folder, "vocab.txt")).read())
+"""
+
+
+def test_ensure_pretrained_from_a_script_without_main_guard_returns(tmp_path):
+    """Data preparation's worker processes used to run the script again (spawn), whose
+    ensure_pretrained call then waited forever for the lock its parent held."""
+    import subprocess
+    import sys
+    from bert4x.pretraining import make_pretraining_data
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                               + list("天下大势分久必合长江东逝水。，")) + "\n", encoding="utf-8")
+    inputs = []
+    for index, text in enumerate(["天下大势，分久必合。", "长江东逝水。"]):
+        inputs.append(str(tmp_path / f"part{index}.txt"))
+        with open(inputs[-1], "w", encoding="utf-8") as file:
+            file.write("\n\n".join([text * 3] * 20))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "name": "guardless", "vocab": str(vocab), "inputs": inputs, "num_workers": 2,
+        "seq_length": 16, "shard_size": 8}))
+    script = tmp_path / "user_script.py"
+    script.write_text(_GUARDLESS_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "script_runs").read_text() == "run\n"  # no worker ran the script
+    # The two worker processes wrote the records one process writes.
+    import tensorflow as tf
+    alone = make_pretraining_data(inputs, str(tmp_path / "alone"), str(vocab), seq_length=16,
+                                  shard_size=8, num_workers=1, progress=False)
+    assert result.stdout.strip() == f"examples: {alone['train_examples']}"
+    for shard in alone["train_shards"]:
+        records = [[tf.train.Example.FromString(record.numpy())
+                    for record in tf.data.TFRecordDataset(str(folder / shard))]
+                   for folder in (tmp_path / "run" / "data", tmp_path / "alone")]
+        assert records[0] == records[1] and records[0], shard
+
+
 def test_checkpoint_tied_decoder_copy_is_not_unused(tmp_path):
     """A RoBERTa safetensors file that keeps ``lm_head.decoder.weight`` (the tied
     copy of the word embeddings) loads; a fourth layer in it does not."""
@@ -1161,3 +1227,149 @@ def test_checkpoint_tied_decoder_copy_is_not_unused(tmp_path):
     save_file(hf, path)
     with pytest.raises(ValueError, match=r"\['roberta.encoder.layer.3.output.dense.bias'\]"):
         build_transformer_model(checkpoint_path=path, model="roberta", with_mlm=True)
+
+
+# ------------------------------------------------------------- the bert4keras layer
+B4K_CONFIG = dict(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=16, max_position=16, type_vocab_size=2)
+PADDED_IDS = np.array([[2, 3, 4, 0, 0], [5, 6, 7, 8, 9]])
+
+
+def test_bert4keras_mask_survives_a_keras_reload(tmp_path):
+    """Masked average pooling on a reloaded bert4keras model skips the padding (it used
+    to average it: the reloaded layers no longer passed the mask on)."""
+    import keras
+
+    from bert4x.bert4keras.models import build_transformer_model
+    bert = build_transformer_model(**B4K_CONFIG)
+    path = str(tmp_path / "bert.keras")
+    bert.save(path)
+    loaded = keras.saving.load_model(path)
+    pooled = keras.layers.GlobalAveragePooling1D()(loaded.output)
+    inputs = [PADDED_IDS, np.zeros_like(PADDED_IDS)]
+    found = keras.Model(loaded.inputs, pooled).predict(inputs, verbose=0)
+    sequence = bert.predict(inputs, verbose=0)
+    real = (PADDED_IDS > 0)[..., None]
+    expected = (sequence * real).sum(1) / real.sum(1)  # NumPy masked mean
+    np.testing.assert_allclose(found, expected, atol=1e-5)
+
+
+def _keras_warnings(run):
+    """The warnings and log records ``run()`` emits."""
+    import logging
+    import warnings
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger().addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return [str(w.message) for w in caught] + [record.getMessage() for record in records]
+
+
+def test_bert4keras_lambda_on_masked_output_is_quiet():
+    """bert4keras's ``Lambda`` drops the mask quietly, as in Keras 2 (Keras 3's warned
+    on every run)."""
+    import keras
+
+    from bert4x.bert4keras.layers import Lambda
+    from bert4x.bert4keras.models import build_transformer_model
+    inputs = [PADDED_IDS, np.zeros_like(PADDED_IDS)]
+
+    def run():
+        bert = build_transformer_model(**B4K_CONFIG)
+        first = Lambda(lambda x: x[:, 0], name="CLS-token")(bert.output)
+        model = keras.Model(bert.inputs, first)
+        model(inputs)
+        model.predict(inputs, verbose=0)
+
+    assert _keras_warnings(run) == []
+
+
+def test_native_decoder_on_a_bert4keras_model_is_quiet():
+    from bert4x.bert4keras.models import build_transformer_model
+    from bert4x.decoding import Decoder
+
+    def run():
+        builder = build_transformer_model(application="unilm", return_keras_model=False,
+                                          **B4K_CONFIG)
+        assert len(Decoder(builder, end_id=3, max_length=3).greedy([[2, 5, 3]])) == 1
+
+    assert _keras_warnings(run) == []
+
+
+def test_forfit_feeds_labels_whose_size_one_axis_grows():
+    """Labels ``[batch, n_spans, 2]`` with one span in the first batch and three later
+    train (``fit`` used to die in TensorFlow with a TypeError on the later batch)."""
+    import keras
+
+    from bert4x.bert4keras import snippets
+
+    class Spans(snippets.DataGenerator):
+        def __iter__(self, random=False):
+            for is_end, spans in self.sample(random):
+                yield np.ones((1, 4)), np.full((1, spans, 2), 0.5)
+
+    features = keras.Input((4,))
+    model = keras.Model(features, keras.layers.Dense(2)(features))
+    model.compile(loss=lambda y_true, y_pred: keras.ops.mean(
+        keras.ops.square(keras.ops.mean(y_true, axis=1) - y_pred)), optimizer="sgd")
+    batches = Spans([1, 1, 3], batch_size=1)
+    history = model.fit(batches.forfit(random=False), steps_per_epoch=len(batches),
+                        epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+
+
+# ------------------------------------------------------------------ model inputs
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    from bert4x.models import build_transformer_model
+    return build_transformer_model(**dict(TINY_CONFIG, num_hidden_layers=1))
+
+
+@pytest.mark.parametrize("tokens, segments, message", [
+    ([2, -1, 4], [0, 0, 0], r"Embedding-Token id -1 at position \(0, 1\) is outside 0\.\.99"),
+    ([2, 100, 4], [0, 0, 0], r"Embedding-Token id 100 at position \(0, 1\) is outside 0\.\.99"),
+    ([2, 3, 4], [0, 0, -1], r"Embedding-Segment id -1 at position \(0, 2\) is outside 0\.\.1"),
+    ([2, 3, 4], [0, 2, 0], r"Embedding-Segment id 2 at position \(0, 1\) is outside 0\.\.1"),
+])
+def test_model_refuses_ids_outside_the_tables(tiny_encoder, tokens, segments, message):
+    """-1 used to read the table's last row (Keras's take wraps); a traced predict
+    now fails as for an id past the end instead."""
+    inputs = [np.array([tokens]), np.array([segments])]
+    with pytest.raises(ValueError, match=message):
+        tiny_encoder(inputs)
+    with pytest.raises(Exception, match="not in \\[0, "):  # TensorFlow's traced lookup
+        tiny_encoder.predict(inputs, verbose=0)
+
+
+def test_decoder_refuses_negative_source_ids(unilm):
+    from bert4x.decoding import Decoder
+    with pytest.raises(ValueError, match=r"outside 0\.\.99 .*\[-1\]"):
+        Decoder(unilm, end_id=3).greedy([[2, -1, 3]])
+
+
+def test_bert4keras_K_random_functions_and_refusals():
+    import keras
+
+    from bert4x.bert4keras.backend import K
+    x = np.ones((200, 50), np.float32)
+    dropped = keras.ops.convert_to_numpy(K.dropout(x, 0.5, seed=1))
+    assert set(np.unique(dropped)) <= {0.0, 2.0} and 0.4 < (dropped == 0).mean() < 0.6
+    uniform = keras.ops.convert_to_numpy(K.random_uniform((1000,), -1.0, 3.0, seed=2))
+    assert uniform.min() >= -1 and uniform.max() < 3 and abs(uniform.mean() - 1) < 0.2
+    normal = keras.ops.convert_to_numpy(K.random_normal((1000,), 5.0, 0.5, seed=3))
+    assert abs(normal.mean() - 5) < 0.1 and abs(normal.std() - 0.5) < 0.1
+    bits = keras.ops.convert_to_numpy(K.random_bernoulli((1000,), p=0.3, seed=4))
+    assert set(np.unique(bits)) <= {0.0, 1.0} and 0.25 < bits.mean() < 0.35
+    variable = K.variable(np.zeros(3, np.float32))
+    K.update_add(variable, np.ones(3, np.float32))
+    K.batch_set_value([(variable, K.get_value(variable) * 4)])
+    np.testing.assert_array_equal(K.batch_get_value([variable])[0], [4.0, 4.0, 4.0])
+    with pytest.raises(AttributeError, match="K.learning_phase is not offered .*training="):
+        K.learning_phase()

@@ -609,6 +609,53 @@ def test_builtin_config_matches_json_file():
         load_config(os.path.join(ROOT, "pretraining", "configs", name))
 
 
+def test_trainer_names_are_importable_from_the_package():
+    from bert4x.pretraining import Pretrainer, run_pretraining
+    from bert4x.pretraining import trainer
+    assert (Pretrainer, run_pretraining) == (trainer.Pretrainer, trainer.run_pretraining)
+    code = "import sys, bert4x.pretraining; print('tensorflow' in sys.modules)"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=_subprocess_env(), check=True).stdout
+    assert output.strip() == "False"  # loaded on first use only
+
+
+def test_list_flags_take_a_glob_a_comma_list_or_json():
+    from pretraining.cli import parse_config
+    bert_base = os.path.join(ROOT, "pretraining", "configs", "bert_base.json")
+    for text, expected in [("corpus/*.txt", ["corpus/*.txt"]),
+                           ("a.txt, more/*.jsonl", ["a.txt", "more/*.jsonl"]),
+                           ('["x.txt", "y.txt"]', ["x.txt", "y.txt"])]:
+        config, _ = parse_config(["--config", bert_base, "--inputs", text, "--data-dir", "d"])
+        assert config.inputs == expected and config.data_dir == "d"
+    config, _ = parse_config(["--config", "tiny_chinese", "--clip-norm", "null",
+                              "--mixed-precision", "true", "--learning-rate", "5e-4",
+                              "--hidden-size", "64"])
+    assert (config.clip_norm, config.mixed_precision, config.learning_rate) == (None, True, 5e-4)
+    assert config.model["hidden_size"] == 64
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--train-steps", "many", "expected an integer, got 'many'"),
+    ("--learning-rate", "fast", "expected a number, got 'fast'"),
+    ("--mixed-precision", "maybe", "expected true or false, got 'maybe'"),
+    ("--inputs", "[1, 2]", "expected a list of strings"),
+    ("--inputs", ",", "expected a path, a glob or a comma-separated list"),
+    ("--hidden-size", "wide", "expected an integer, got 'wide'")])
+def test_flag_of_the_wrong_type_is_an_error_naming_the_flag(capsys, flag, value, expected):
+    from pretraining.cli import parse_config
+    with pytest.raises(SystemExit):
+        parse_config(["--config", "tiny_chinese", flag, value])
+    assert f"argument {flag}: {expected}" in capsys.readouterr().err
+
+
+def test_config_setting_of_the_wrong_type_is_named():
+    with pytest.raises(ValueError, match=r"setting 'inputs' must be a list of paths or glob "
+                                         r"patterns, got 'corpus/\*\.txt'"):
+        load_config("tiny_chinese", inputs="corpus/*.txt")
+    with pytest.raises(ValueError, match=r"setting 'train_steps' must be an integer, got '5'"):
+        load_config("tiny_chinese", train_steps="5")
+
+
 # ------------------------------------------------- damaged checkpoints and data (issue 11)
 @pytest.fixture(scope="module")
 def checkpointed_run(data_dir, tmp_path_factory):

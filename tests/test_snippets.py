@@ -7,6 +7,7 @@ import pytest
 
 from bert4x.snippets import (
     DataGenerator,
+    length_bucketed_order,
     sequence_padding,
     text_segmentate,
     truncate_sequences,
@@ -158,6 +159,39 @@ def test_generator_length_and_sampling(samples):
     batches = list(generator)  # __iter__ with random=False
     assert [b[0].shape[0] for b in batches] == [4, 4, 3]
     np.testing.assert_array_equal(batches[2][1][:, 0], [s[1] for s in samples[8:]])
+
+
+def test_length_bucketed_order_is_a_permutation_of_similar_length_batches():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 130, size=1000)
+    order = length_bucketed_order(lengths, 32, np.random.default_rng(1), window=10)
+    assert sorted(order.tolist()) == list(range(1000))
+    batches = [lengths[order[i:i + 32]] for i in range(0, 1000, 32)]
+    padded = sum(len(b) * b.max() for b in batches)
+    shuffled = rng.permutation(lengths)
+    padded_random = sum(len(b) * b.max() for b in (shuffled[i:i + 32]
+                                                  for i in range(0, 1000, 32)))
+    # Sorting windows of 320 examples leaves little padding; a shuffle pads ~1.9x.
+    assert padded < 1.15 * lengths.sum() and padded < 0.65 * padded_random
+    assert len(batches[-1]) == 1000 % 32  # the incomplete batch comes last
+    # The batches are shuffled: their lengths are not in sorted order.
+    assert [b.max() for b in batches[:-1]] != sorted(b.max() for b in batches[:-1])
+    again = length_bucketed_order(lengths, 32, np.random.default_rng(1), window=10)
+    np.testing.assert_array_equal(order, again)
+    with pytest.raises(ValueError, match="window"):
+        length_bucketed_order(lengths, 32, window=0)
+
+
+def test_generator_bucket_by_draws_batches_of_similar_lengths(samples):
+    many = samples * 20
+    generator = PaddedBatches(many, batch_size=4, seed=3, bucket_by=lambda s: len(s[0]))
+    widths = [batch[0].shape[1] for batch in generator.__iter__(random=True)]
+    plain = PaddedBatches(many, batch_size=4, seed=3)
+    plain_widths = [batch[0].shape[1] for batch in plain.__iter__(random=True)]
+    assert sum(widths) < sum(plain_widths)
+    drawn = [item for _, item in generator.sample(random=True)]
+    assert sorted(map(str, drawn)) == sorted(map(str, many))
+    assert [item for _, item in generator.sample()] == many  # random=False: in order
 
 
 def test_generator_on_iterable_without_length(samples):

@@ -152,6 +152,32 @@ def test_file_lock_makes_a_second_holder_wait(tmp_path):
     assert waited == ["second"]
 
 
+def test_file_lock_taken_again_by_its_holder_does_not_wait(tmp_path):
+    import threading
+    lock, events, waited = tmp_path / "run.lock", [], []
+
+    def take_in_other_thread():
+        with storage.file_lock(lock):
+            events.append("other thread got it")
+
+    def nested():
+        with storage.file_lock(lock):
+            with storage.file_lock(str(lock), on_wait=lambda: waited.append("nested")):
+                events.append("inner")
+            events.append("outer still held")
+            other = threading.Thread(target=take_in_other_thread, daemon=True)
+            other.start()
+            other.join(0.3)  # another thread still waits for the holder
+            events.append("other waits" if other.is_alive() else "other did not wait")
+        other.join(5)
+
+    holder = threading.Thread(target=nested, daemon=True)
+    holder.start()
+    holder.join(10)  # a self-deadlock would leave it running
+    assert not holder.is_alive() and waited == []
+    assert events == ["inner", "outer still held", "other waits", "other thread got it"]
+
+
 def test_file_lock_is_refused_on_object_stores():
     assert not storage.can_lock("gs://bucket/run.lock")
     with pytest.raises(NotImplementedError, match="gs://bucket/run.lock"):

@@ -1,9 +1,10 @@
 """bert4keras's ``backend`` module: ``keras``, ``K`` and the tensor helpers scripts call.
 
-``K`` offers the Keras 2 backend functions bert4keras scripts use (``K.sum``,
-``K.sparse_categorical_crossentropy``, ``K.concatenate`` ...) with Keras 2's
-signatures and defaults, on ``keras.ops``; a function it lacks raises an
-``AttributeError`` that names the ``keras.ops`` route.
+``K`` offers the Keras 2 backend functions bert4keras scripts and their users
+call (``K.sum``, ``K.sparse_categorical_crossentropy``, ``K.concatenate``,
+``K.permute_dimensions``, ``K.random_uniform`` ...) with Keras 2's signatures,
+defaults and meaning, on ``keras.ops``; the ones it does not offer
+(``NOT_OFFERED``) raise an ``AttributeError`` that says what to use.
 """
 
 import functools
@@ -414,13 +415,151 @@ class _Backend:
     def count_params(x):
         return int(np.prod(x.shape))
 
+    # Keras 2 functions that keras.ops names differently, or whose defaults or
+    # meaning differ from the keras.ops function of the same name.
+    @staticmethod
+    def permute_dimensions(x, pattern):
+        return ops.transpose(x, pattern)
+
+    @staticmethod
+    def pow(x, a):
+        return ops.power(x, a)
+
+    @staticmethod
+    def gather(reference, indices):
+        return ops.take(reference, indices, axis=0)
+
+    @staticmethod
+    def batch_flatten(x):
+        return ops.reshape(x, (ops.shape(x)[0], -1))
+
+    @staticmethod
+    def flatten(x):
+        return ops.reshape(x, (-1,))
+
+    @staticmethod
+    def expand_dims(x, axis=-1):
+        return ops.expand_dims(x, axis)
+
+    @staticmethod
+    def repeat(x, n):
+        """``[batch, dim]`` -> ``[batch, n, dim]`` (not ``ops.repeat``)."""
+        return ops.repeat(ops.expand_dims(x, 1), n, axis=1)
+
+    @staticmethod
+    def repeat_elements(x, rep, axis):
+        return ops.repeat(x, rep, axis=axis)
+
+    @staticmethod
+    def reverse(x, axes):
+        return ops.flip(x, axis=axes)
+
+    @staticmethod
+    def relu(x, alpha=0.0, max_value=None, threshold=0.0):
+        y = ops.where(x > threshold, x, alpha * (x - threshold))
+        return y if max_value is None else ops.minimum(y, max_value)
+
+    @staticmethod
+    def hard_sigmoid(x):
+        """Keras 2's ``clip(0.2 x + 0.5, 0, 1)`` (``ops.hard_sigmoid`` is x / 6 + 0.5)."""
+        return ops.clip(0.2 * x + 0.5, 0.0, 1.0)
+
+    @staticmethod
+    def bias_add(x, bias):
+        return x + bias
+
+    @staticmethod
+    def temporal_padding(x, padding=(1, 1)):
+        return ops.pad(x, [(0, 0), tuple(padding), (0, 0)])
+
+    @staticmethod
+    def cumprod(x, axis=0):
+        return ops.cumprod(x, axis=axis)
+
+    @staticmethod
+    def arange(start, stop=None, step=1, dtype="int32"):
+        return ops.arange(start, stop, step, dtype=dtype)
+
+    @staticmethod
+    def in_top_k(predictions, targets, k):
+        return ops.in_top_k(targets, predictions, k)
+
+    @staticmethod
+    def dropout(x, level, noise_shape=None, seed=None):
+        return keras.random.dropout(x, level, noise_shape=noise_shape, seed=seed)
+
+    @staticmethod
+    def random_uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
+        return keras.random.uniform(shape, minval, maxval, dtype=dtype, seed=seed)
+
+    @staticmethod
+    def random_normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
+        return keras.random.normal(shape, mean, stddev, dtype=dtype, seed=seed)
+
+    @staticmethod
+    def truncated_normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
+        return keras.random.truncated_normal(shape, mean, stddev, dtype=dtype, seed=seed)
+
+    @staticmethod
+    def random_bernoulli(shape, p=0.0, dtype=None, seed=None):
+        draw = keras.random.uniform(shape, seed=seed)
+        return ops.cast(draw < p, dtype or keras.config.floatx())
+
+    random_binomial = random_bernoulli
+
+    @staticmethod
+    def update(x, new_x):
+        return x.assign(new_x)
+
+    @staticmethod
+    def update_add(x, increment):
+        return x.assign_add(increment)
+
+    @staticmethod
+    def update_sub(x, decrement):
+        return x.assign_sub(decrement)
+
+    @staticmethod
+    def batch_get_value(tensors):
+        return [keras.ops.convert_to_numpy(x) for x in tensors]
+
+    @staticmethod
+    def batch_set_value(tuples):
+        for variable, value in tuples:
+            variable.assign(value)
+
+    is_keras_tensor = staticmethod(keras.backend.is_keras_tensor)
+    clear_session = staticmethod(keras.backend.clear_session)
+    get_uid = staticmethod(keras.backend.get_uid)
+
     def __getattr__(self, name):
+        if name in NOT_OFFERED:
+            raise AttributeError(f"K.{name} is not offered by bert4x.bert4keras: "
+                                 f"{NOT_OFFERED[name]}")
         if not name.startswith("_") and hasattr(ops, name):
             return getattr(ops, name)
         raise AttributeError(f"K.{name} is not provided by bert4x.bert4keras (Keras 3 has "
                              "no Keras 2 backend module); use the keras.ops function "
                              "of the same purpose")
 
+
+#: Keras 2 backend functions ``K`` does not offer, and what to use instead.
+NOT_OFFERED = {
+    **dict.fromkeys(("learning_phase", "set_learning_phase", "in_train_phase",
+                     "in_test_phase"), "Keras 3 has no learning phase; pass training= "
+                    "to layers"),
+    **dict.fromkeys(("function", "placeholder", "get_session", "set_session"),
+                    "Keras 3 runs eagerly or traces models itself; call the model"),
+    **dict.fromkeys(("rnn", "map_fn", "foldl", "foldr"), "use keras.ops.scan / "
+                    "keras.ops.map / keras.ops.fori_loop"),
+    **dict.fromkeys(("conv1d", "conv2d", "conv3d", "separable_conv2d", "pool2d", "pool3d",
+                     "resize_images", "spatial_2d_padding", "spatial_3d_padding",
+                     "batch_normalization", "ctc_batch_cost", "ctc_decode"),
+                    "use keras.ops.conv / keras.ops.max_pool / keras.ops.pad / the layers"),
+    **dict.fromkeys(("print_tensor", "moving_average_update", "random_uniform_variable",
+                     "random_normal_variable", "to_dense", "is_sparse"),
+                    "no Keras 3 equivalent is offered"),
+}
 
 #: The ``keras.backend`` functions bert4keras scripts call, on ``keras.ops``.
 K = _Backend()

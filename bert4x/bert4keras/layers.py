@@ -507,3 +507,23 @@ class LayerNormalization(_native_layers.LayerNormalization):
         return {**super().get_config(), "hidden_units": self.hidden_units,
                 "hidden_activation": self.hidden_activation,
                 "hidden_initializer": keras.initializers.serialize(self.hidden_initializer)}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Lambda(keras.layers.Lambda):
+    """Keras's ``Lambda`` with Keras 2's mask rule, as bert4keras scripts expect.
+
+    Without ``mask=``, a mask on the input is dropped quietly (Keras 2 did so;
+    Keras 3's ``Lambda`` warns each time it meets one, e.g. on the masked
+    sequence output of a model from ``build_transformer_model``). With
+    ``mask=`` (a tensor or ``mask(inputs, mask)``), that mask is the output's.
+
+    Example:
+        >>> first = Lambda(lambda x: x[:, 0], name="CLS-token")  # doctest: +SKIP
+        >>> pooled = first(bert.model.output)  # doctest: +SKIP
+    """
+
+    def __init__(self, function, output_shape=None, mask=None, arguments=None, **kwargs):
+        super().__init__(function, output_shape=output_shape, mask=mask,
+                         arguments=arguments, **kwargs)
+        self.supports_masking = True

@@ -40,17 +40,9 @@ def _masking_builder(family):
         def _create_layers(self):
             super()._create_layers()
             self._sequence_mask = SequenceMask(from_ids=True, name="Embedding-Mask")
+            # bert4x's layers pass masks on (in a reloaded model too); the tied
+            # output layer drops the mask quietly and MLM-Mask restores it.
             self._mlm_mask = SequenceMask(name="MLM-Mask")
-            # The tied output layer drops the mask quietly; MLM-Mask restores it.
-            self.token_embedding.supports_masking = True
-            for block in self.blocks:
-                for layer in block.values():
-                    layer.supports_masking = True
-            for name in ("mlm_dense", "mlm_norm", "mlm_bias", "mlm_activation",
-                         "embedding_mapping"):
-                layer = getattr(self, name, None)
-                if layer is not None:
-                    layer.supports_masking = True
             if self.pooler_dense is not None and self._pool_activation is not None:
                 self.pooler_dense.activation = keras.activations.get(self._pool_activation)
             if self.with_mlm and self._mlm_activation is not None:

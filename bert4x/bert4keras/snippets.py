@@ -214,10 +214,12 @@ class DataGenerator(_NativeDataGenerator):
         """Batches endlessly, epoch after epoch, for ``model.fit``.
 
         On the TensorFlow backend this is a ``tf.data.Dataset`` whose axes
-        are all variable but those of size 1 (e.g. ``[batch, 1]`` labels), as
-        tf.keras 2 read generators: Keras 3 fixes every axis that has one size
-        in the first two batches of a generator, and fails on a later batch
-        padded to another length. On the other backends it is the generator.
+        are all variable, as tf.keras 2 read generators, but for arrays of shape
+        ``[batch, 1]`` in the first batch (one label per row, which Keras 3's
+        losses need to know is 1): Keras 3 fixes every axis that has one size in
+        the first two batches of a generator, and fails on a later batch padded
+        to another length (or with more spans, e.g. labels ``[batch, n_spans,
+        2]``). On the other backends it is the generator.
         """
         if keras.backend.backend() != "tensorflow":
             return super().forfit(random)
@@ -228,7 +230,7 @@ class DataGenerator(_NativeDataGenerator):
         flat = keras.tree.flatten(first)
         types = keras.tree.pack_sequence_as(first, [np.asarray(x).dtype for x in flat])
         shapes = keras.tree.pack_sequence_as(first, [
-            [None] + [1 if size == 1 else None for size in np.shape(x)[1:]] for x in flat])
+            [None, 1] if np.shape(x)[1:] == (1,) else [None] * np.ndim(x) for x in flat])
         return self.to_dataset(types=types, shapes=shapes, random=random)
 
     def fortest(self, random=False):

@@ -91,6 +91,21 @@ def is_exported(directory):
     return storage.isfile(storage.join(directory, (prefix or "bert_model.ckpt") + ".index"))
 
 
+def pretrained_dir(config="tiny_chinese", **overrides):
+    """The run folder :func:`ensure_pretrained` uses by default for these settings:
+    ``<cache>/pretrained/<name>-<digest of the settings>`` (its export is in
+    ``export/``).
+
+    Example:
+        >>> pretrained_dir("tiny_chinese")  # doctest: +SKIP
+        '/home/me/.cache/bert4x/pretrained/tiny_chinese-3f2a9c01d4'
+    """
+    config = load_config(config, **overrides)
+    settings = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    digest = hashlib.sha256(settings.encode("utf-8")).hexdigest()[:10]
+    return os.path.join(default_cache_dir(), "pretrained", f"{config.name}-{digest}")
+
+
 def ensure_pretrained(config="tiny_chinese", output_dir=None, log=print, **overrides):
     """Return a folder with a pretrained BERT, pretraining it first if needed.
 
@@ -126,11 +141,7 @@ def ensure_pretrained(config="tiny_chinese", output_dir=None, log=print, **overr
     """
     log = log or (lambda line: None)
     config = load_config(config, **overrides)
-    if output_dir is None:
-        settings = json.dumps(config.to_dict(), sort_keys=True, default=str)
-        digest = hashlib.sha256(settings.encode("utf-8")).hexdigest()[:10]
-        output_dir = os.path.join(default_cache_dir(), "pretrained", f"{config.name}-{digest}")
-    config = config.replace(output_dir=output_dir)
+    config = config.replace(output_dir=output_dir or pretrained_dir(config))
     published = storage.join(config.resolved_output_dir(), "result.json")
     if storage.exists(published) and is_exported(config.export_dir()):
         return config.export_dir()
@@ -155,7 +166,20 @@ def _run_lock(run_dir, log):
                                   f"(it holds {lock})"))
 
 
-__all__ = ["BUILTIN_CONFIGS", "PretrainingConfig", "TINY_CHINESE", "ensure_pretrained",
+# Names of the TensorFlow trainer, importable from here but loaded on first use (PEP 562),
+# so that ``import bert4x.pretraining`` does not start TensorFlow.
+_TRAINER_NAMES = ("Pretrainer", "run_pretraining")
+
+
+def __getattr__(name):
+    if name in _TRAINER_NAMES:
+        from bert4x.pretraining import trainer
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BUILTIN_CONFIGS", "Pretrainer", "PretrainingConfig", "TINY_CHINESE",
+           "ensure_pretrained", "run_pretraining",
            "is_exported", "load_config", "load_dataset_summary", "make_pretraining_data",
-           "make_strategy", "read_documents", "select_strategy", "strategy_kind",
+           "make_strategy", "pretrained_dir", "read_documents", "select_strategy", "strategy_kind",
            "trimmed_vocabulary"]

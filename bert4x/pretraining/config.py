@@ -121,6 +121,7 @@ class PretrainingConfig:
         Raises:
             ValueError: naming the setting and what was expected.
         """
+        self._check_types(source)
         known_model = BertConfig.field_names()
         if not isinstance(self.model, dict):
             raise ValueError(f"{source}: 'model' must be an object of BertConfig fields")
@@ -147,6 +148,34 @@ class PretrainingConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"{source}: {message}")
+
+    def _check_types(self, source):
+        """Each setting holds its field's type (a number may be given for a float;
+        ``None`` where the default is ``None``); a list holds paths or globs, so
+        ``"inputs": "corpus/*.txt"`` is refused instead of read letter by letter."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None and field.default is None:
+                continue
+            if field.type is list:
+                ok = isinstance(value, list) and all(
+                    isinstance(item, (str, os.PathLike)) for item in value)
+                expected = "a list of paths or glob patterns"
+            elif field.type is bool:
+                ok, expected = isinstance(value, bool), "true or false"
+            elif field.type is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+                expected = "an integer"
+            elif field.type is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                expected = "a number"
+            elif field.type is str:
+                ok, expected = isinstance(value, (str, os.PathLike)), "a string"
+            else:
+                continue
+            if not ok:
+                raise ValueError(f"{source}: setting {field.name!r} must be {expected}, "
+                                 f"got {value!r}")
 
     # ------------------------------------------------------------ resolved paths
     def vocab_path(self):

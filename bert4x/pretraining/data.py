@@ -28,6 +28,11 @@ sums up the folder (settings, example counts, token counts for vocabulary trimmi
 import hashlib
 import json
 import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
 import uuid
 
 import numpy as np
@@ -264,13 +269,6 @@ def _absolute(path):
     return os.path.abspath(path) if storage.is_local(path) else path
 
 
-def _quiet_worker():
-    """Pool initializer: the worker starts TensorFlow (to write TFRecords) without
-    its start-up notices, which would otherwise print once per worker."""
-    from bert4x.quiet import quiet_tensorflow
-    quiet_tensorflow()
-
-
 def _process_file(job):
     """Worker: tokenise, pack and shard one input file. Returns its marker dict."""
     (index, path, output_dir, settings) = job
@@ -354,7 +352,7 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
     """Turn text files into packed TFRecord shards (see the module docstring).
 
     Args:
-        inputs: file paths or glob patterns.
+        inputs: file paths or glob patterns (or one of them).
         output_dir: the shard folder (created; rerunning resumes): local, ``gs://``
             or any file system of ``tf.io.gfile`` (``ram://`` runs in this process,
             without worker processes). The corpus files are read from local disk.
@@ -394,6 +392,8 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
                          f"{WORD_SEGMENTERS}")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]  # one path or glob, not a sequence of letters
     paths = _expand_inputs(list(inputs))
     if not paths:
         raise ValueError(f"no corpus file in {list(inputs)}")
@@ -420,20 +420,12 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
     try:
         if workers <= 1 or len(jobs) == 1:
             results = map(_process_file, jobs)
-            pool = None
         else:
-            import multiprocessing
-            # spawn, not fork: the parent may already run TensorFlow threads.
-            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)),
-                                                             initializer=_quiet_worker)
-            results = pool.imap_unordered(_process_file, jobs)
+            results = _in_worker_processes(jobs, min(workers, len(jobs)))
         for marker in results:
             markers.append(marker)
             if bar is not None:
                 bar.update(marker["source"]["size"])
-        if pool is not None:
-            pool.close()
-            pool.join()
     finally:
         if bar is not None:
             bar.close()
@@ -458,6 +450,77 @@ def make_pretraining_data(inputs, output_dir, vocab_path, seq_length=128, do_low
         raise ValueError(f"the corpus is empty: no non-blank document in {paths}")
     _atomic_write_json(summary_path, summary)
     return summary
+
+
+class _WorkerProcess:
+    """One ``python -m bert4x.pretraining.data_worker`` process (see that module for
+    why the workers are not ``multiprocessing``'s: they never run the caller's script)."""
+
+    def __init__(self):
+        # The worker imports the bert4x this process runs, wherever it came from.
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+            __file__))))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [package_root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bert4x.pretraining.data_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+
+    def run(self, job):
+        pickle.dump(job, self.process.stdin)
+        self.process.stdin.flush()
+        try:
+            ok, value = pickle.load(self.process.stdout)
+        except EOFError:
+            raise RuntimeError(f"the data-preparation worker for {job[1]} died (exit code "
+                               f"{self.process.wait()}; its error is printed above)") from None
+        if not ok:
+            raise value
+        return value
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+        self.process.stdout.close()
+
+
+def _in_worker_processes(jobs, workers):
+    """Yield the markers of ``jobs`` (in the order they finish), each processed by
+    one of ``workers`` worker processes; the first error is raised here."""
+    pending, finished = queue.Queue(), queue.Queue()
+    for job in jobs:
+        pending.put(job)
+
+    def serve():
+        worker = None
+        try:
+            worker = _WorkerProcess()
+            while True:
+                try:
+                    job = pending.get_nowait()
+                except queue.Empty:
+                    return
+                finished.put((True, worker.run(job)))
+        except BaseException as error:  # handed to the caller's thread
+            finished.put((False, error))
+        finally:
+            if worker is not None:
+                worker.close()
+
+    threads = [threading.Thread(target=serve, daemon=True) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in jobs:
+            ok, value = finished.get()
+            if not ok:
+                raise value
+            yield value
+    finally:
+        while not pending.empty():  # on an error, the other workers stop after their job
+            pending.get_nowait()
+        for thread in threads:
+            thread.join()
 
 
 def _check_existing_settings(output_dir, settings):

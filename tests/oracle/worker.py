@@ -227,6 +227,24 @@ def sparse_multilabel_losses(y_true, y_pred):
             for mask_zero in (False, True)]
 
 
+def keras2_backend(cases):
+    """Keras 2's backend (tf-keras's, with the functions its public API no longer
+    lists, such as ``logsumexp``) on each ``(function, args, kwargs)`` case."""
+    import tensorflow as tf
+    from tf_keras.src import backend
+
+    def tensor(value):
+        if isinstance(value, list):
+            return [tensor(item) for item in value]
+        return tf.constant(value) if isinstance(value, np.ndarray) else value
+
+    results = []
+    for name, args, kwargs in cases:
+        value = getattr(backend, name)(*[tensor(arg) for arg in args], **kwargs)
+        results.append(np.asarray(value))
+    return results
+
+
 def square(x):
     return x * x
 
