@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 from bert4x import storage
 from bert4x.configs import BertConfig
