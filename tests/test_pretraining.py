@@ -1096,3 +1096,21 @@ def test_pretraining_modules_import_no_cycle():
     cycles = sorted(module for module in graph if module != "bert4x.pretraining"
                     and reaches(module, module, {module}))
     assert not cycles, cycles
+
+
+def test_cache_folder_depends_only_on_settings_that_differ_from_the_defaults(monkeypatch):
+    """A setting added to PretrainingConfig later (at its default) must not move the
+    cache folder: the tiny base pretrained by an earlier version is found again."""
+    from bert4x.pretraining import PretrainingConfig, pretrained_dir
+    monkeypatch.setenv("BERT4X_CACHE", "/cache")
+    plain = pretrained_dir("tiny_chinese")
+    # A later version's config: one more setting, at its default.
+    to_dict = PretrainingConfig.to_dict
+    monkeypatch.setattr(PretrainingConfig, "to_dict",
+                        lambda self: {**to_dict(self), "a_later_setting": None})
+    assert pretrained_dir("tiny_chinese") == plain
+    default_loop = PretrainingConfig().steps_per_loop
+    assert pretrained_dir("tiny_chinese", steps_per_loop=default_loop) == plain
+    assert pretrained_dir("tiny_chinese", steps_per_loop=default_loop + 1) != plain
+    assert pretrained_dir("tiny_chinese", train_steps=999) != plain
+    assert plain.startswith("/cache") and "tiny_chinese-" in plain

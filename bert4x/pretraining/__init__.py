@@ -101,7 +101,11 @@ def pretrained_dir(config="tiny_chinese", **overrides):
         '/home/me/.cache/bert4x/pretrained/tiny_chinese-3f2a9c01d4'
     """
     config = load_config(config, **overrides)
-    settings = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    # Only the settings that differ from the defaults: a setting added in a later
+    # version (at its default) leaves the folder, and the pretrained model in it, as is.
+    defaults = PretrainingConfig().to_dict()
+    settings = json.dumps({key: value for key, value in config.to_dict().items()
+                           if value != defaults.get(key)}, sort_keys=True, default=str)
     digest = hashlib.sha256(settings.encode("utf-8")).hexdigest()[:10]
     return os.path.join(default_cache_dir(), "pretrained", f"{config.name}-{digest}")
 
