@@ -414,9 +414,9 @@ class _TensorFlowEngine:
 
     @staticmethod
     def densify(gradient):
-        from bert4x.accumulation import _densify
+        from bert4x.accumulation import densify
 
-        return _densify(gradient)
+        return densify(gradient)
 
     def _forward(self, x, y, sample_weight, training):
         y_pred = self.model(x, training=training)
