@@ -1114,3 +1114,16 @@ def test_cache_folder_depends_only_on_settings_that_differ_from_the_defaults(mon
     assert pretrained_dir("tiny_chinese", steps_per_loop=default_loop + 1) != plain
     assert pretrained_dir("tiny_chinese", train_steps=999) != plain
     assert plain.startswith("/cache") and "tiny_chinese-" in plain
+
+
+def test_data_worker_whose_parent_is_gone_exits_quietly():
+    """A killed run leaves its data workers behind: the reply pipe is closed, and the
+    worker must end without printing a BrokenPipeError traceback into the user's log."""
+    import io
+    import pickle
+
+    from bert4x.pretraining import data_worker
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "wb", buffering=0) as replies:  # as the worker opens it
+        data_worker.serve(io.BytesIO(pickle.dumps("not a job")), replies)

@@ -19,7 +19,9 @@ import traceback
 
 
 def serve(jobs, replies):
-    """Answer each pickled job of the binary stream ``jobs`` on ``replies``."""
+    """Answer each pickled job of the binary stream ``jobs`` on ``replies``, an
+    unbuffered binary file (a buffered reply would fail again at exit once the
+    parent is gone)."""
     from bert4x.pretraining.data import process_file
     while True:
         try:
@@ -34,12 +36,16 @@ def serve(jobs, replies):
                 pickle.dumps(error)
             except Exception:
                 reply = (False, RuntimeError(traceback.format_exc()))
-        pickle.dump(reply, replies)
-        replies.flush()
+        data = memoryview(pickle.dumps(reply))
+        try:
+            while data:  # an unbuffered write may take only part of it
+                data = data[replies.write(data):]
+        except BrokenPipeError:  # the parent is gone (killed): nobody waits for the reply
+            return
 
 
 def main():
-    replies = os.fdopen(os.dup(1), "wb")
+    replies = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # what libraries print goes to standard error, not into the replies
     from bert4x.quiet import quiet_tensorflow
     quiet_tensorflow()  # TFRecord writing starts TensorFlow, once per worker: no notices
