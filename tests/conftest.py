@@ -14,6 +14,7 @@ import os
 LONGEST_FIRST = (
     "test_generation.py",
     "test_pretraining.py",
+    "test_pretraining_jax.py",
     "test_models.py",
     "test_families.py",
     "test_examples.py",
