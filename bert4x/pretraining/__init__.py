@@ -25,7 +25,7 @@ from bert4x.pretraining.distribute import make_strategy, select_strategy, strate
 
 # The small real config (also written out as pretraining/configs/tiny_chinese.json;
 # a test keeps the two equal). A 4-layer, hidden-128 Chinese BERT trained for about
-# 5 minutes on 2 CPU cores over the Chinese text of PyPI packages: at this budget the
+# 10-16 minutes on 2 CPU cores over the Chinese text of PyPI packages: at this budget the
 # smaller width learns as much per step as hidden 256 (held-out MLM accuracy 12.6% vs
 # 12.9% after 1000 steps) at a third of the cost, and its fine-tuning is cheaper too.
 TINY_CHINESE = {
@@ -113,7 +113,7 @@ def pretrained_dir(config="tiny_chinese", **overrides):
 def ensure_pretrained(config="tiny_chinese", output_dir=None, log=print, **overrides):
     """Return a folder with a pretrained BERT, pretraining it first if needed.
 
-    The first call prepares the data and trains (about 4 minutes on 2 CPU cores for
+    The first call prepares the data and trains (about 10 minutes on 2 CPU cores for
     ``"tiny_chinese"``); a killed run resumes from its last checkpoint; later calls
     return at once. Runs on the TensorFlow backend.
 
