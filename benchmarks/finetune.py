@@ -173,14 +173,14 @@ def main():
         check = bert4x_contender(random_batches[:1], False, folder)
         ours = check()
         reference = torch_contender(
-            transformers.BertForMaskedLM.from_pretrained(folder), random_batches[:1],
+            transformers.BertForMaskedLM.from_pretrained(folder, local_files_only=True), random_batches[:1],
             args.threads)()
         print(f"first-batch loss: bert4x {ours:.5f}, PyTorch {reference:.5f}")
         if abs(ours - reference) > 1e-3:
             raise SystemExit("bert4x and PyTorch disagree on the first batch's loss")
         for name, batches in (("random", random_batches), ("bucketed", bucketed_batches)):
             contenders[f"PyTorch, {name} batches"] = torch_contender(
-                transformers.BertForMaskedLM.from_pretrained(folder), batches, args.threads)
+                transformers.BertForMaskedLM.from_pretrained(folder, local_files_only=True), batches, args.threads)
             contenders[f"bert4x, {name} batches"] = bert4x_contender(batches, False, folder)
             if not args.no_xla:
                 contenders[f"bert4x jit_compile, {name} batches"] = bert4x_contender(

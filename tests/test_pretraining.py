@@ -480,7 +480,7 @@ def test_config_setting_of_the_wrong_type_is_named():
         load_config("tiny_chinese", train_steps="5")
 
 
-# ------------------------------------------------- damaged checkpoints and data (issue 11)
+# ------------------------------------------------- damaged checkpoints and data
 @pytest.fixture(scope="module")
 def checkpointed_run(data_dir, tmp_path_factory):
     """A run with checkpoints at steps 2, 4 and 6, and one trainer of its model that
