@@ -168,19 +168,20 @@ def main():
     contenders = {}
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
+
+        def reloaded():
+            return transformers.BertForMaskedLM.from_pretrained(folder, local_files_only=True)
+
         # The first batch's losses agree: both compute the same step on the same weights
         # (fit reports the mean loss of its batches).
-        check = bert4x_contender(random_batches[:1], False, folder)
-        ours = check()
-        reference = torch_contender(
-            transformers.BertForMaskedLM.from_pretrained(folder, local_files_only=True), random_batches[:1],
-            args.threads)()
+        ours = bert4x_contender(random_batches[:1], False, folder)()
+        reference = torch_contender(reloaded(), random_batches[:1], args.threads)()
         print(f"first-batch loss: bert4x {ours:.5f}, PyTorch {reference:.5f}")
         if abs(ours - reference) > 1e-3:
             raise SystemExit("bert4x and PyTorch disagree on the first batch's loss")
         for name, batches in (("random", random_batches), ("bucketed", bucketed_batches)):
-            contenders[f"PyTorch, {name} batches"] = torch_contender(
-                transformers.BertForMaskedLM.from_pretrained(folder, local_files_only=True), batches, args.threads)
+            contenders[f"PyTorch, {name} batches"] = torch_contender(reloaded(), batches,
+                                                                     args.threads)
             contenders[f"bert4x, {name} batches"] = bert4x_contender(batches, False, folder)
             if not args.no_xla:
                 contenders[f"bert4x jit_compile, {name} batches"] = bert4x_contender(
