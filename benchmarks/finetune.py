@@ -52,9 +52,10 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 DEMO_UPDATES = 5 * 1011  # the demo's default fine-tuning: 5 epochs of 1,011 updates
 
 
-def demo_batches(steps, bucket_window, seed=0):
-    """The first ``steps`` batches of one epoch of the QA demo's default data, and the
-    size of its trimmed vocabulary."""
+def demo_batches(steps, bucket_windows, seed=0):
+    """For each of ``bucket_windows``, the first ``steps`` batches of one epoch of the QA
+    demo's default data drawn with that window; and the size of its trimmed vocabulary.
+    The data and the vocabulary are built once."""
     sys.path.insert(0, EXAMPLES)
     import reading_comprehension_seq2seq as demo
     from base_model import BaseModel
@@ -68,11 +69,13 @@ def demo_batches(steps, bucket_window, seed=0):
     tokenizer, keep_tokens = base.tokenizer_for(demo.corpus_texts(train + dev))
     encoder = demo.QAEncoder(tokenizer, args.max_passage_len, args.max_question_len,
                              args.max_answer_len)
-    batches = demo.EpochBatches(train, encoder, args.batch_size, args.negatives, seed,
-                                args.swapped_negatives, args.question_generation,
-                                bucket_window)
-    stream = iter(batches)
-    return [next(stream) for _ in range(steps)], len(keep_tokens)
+    drawn = []
+    for window in bucket_windows:
+        stream = iter(demo.EpochBatches(train, encoder, args.batch_size, args.negatives,
+                                        seed, args.swapped_negatives,
+                                        args.question_generation, window))
+        drawn.append([next(stream) for _ in range(steps)])
+    return drawn, len(keep_tokens)
 
 
 def torch_contender(hf, batches, threads):
@@ -125,8 +128,7 @@ def main():
     import torch
     import transformers
 
-    random_batches, vocab_size = demo_batches(args.steps, bucket_window=1)
-    bucketed_batches, _ = demo_batches(args.steps, bucket_window=50)
+    (random_batches, bucketed_batches), vocab_size = demo_batches(args.steps, (1, 50))
     for name, batches in (("random", random_batches), ("bucketed", bucketed_batches)):
         real = sum(int((b[0][0] != 0).sum()) for b in batches)
         padded = sum(b[0][0].size for b in batches)
