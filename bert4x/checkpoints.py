@@ -1,8 +1,11 @@
-"""Read and write BERT weights by name: Google TF checkpoints and Hugging Face safetensors.
+"""Read and write weights by name: Google TF checkpoints and Hugging Face safetensors.
 
 Every Keras variable is paired with its official (Google TF) name, which the model
 family declares (``Transformer.variable_map``; BERT's table is in ``docs/model.md``);
-Hugging Face names are derived from it. Nothing is matched by position.
+Hugging Face names are derived from it by the family's rules
+(``Transformer.hugging_face_names``). Nothing is matched by position, and nothing
+here knows a family: the builder says which weights are heads, which names a file
+may hold without them being weights, and what to suggest when one is missing.
 """
 
 import contextlib
@@ -23,12 +26,6 @@ GOOGLE_CONFIG = "bert_config.json"
 GOOGLE_CHECKPOINT = "bert_model.ckpt"
 _OPTIMIZER_SUFFIXES = ("adam_m", "adam_v", "global_step", "Momentum", "lamb_m", "lamb_v")
 
-# Head variables a checkpoint may lack (allow_missing_heads): the families'
-# poolers and their MLM, NSP/SOP and discriminator heads.
-_HEADS = ("bert/pooler/", "cls/", "electra/pooler/", "generator_predictions/",
-          "discriminator_predictions/")
-_MODEL_PREFIXES = ("bert", "roberta", "albert", "electra", "roformer", "nezha")
-
 
 def variable_map(builder):
     """List ``(official_name, keras_variable, kind)`` for every weight of a builder.
@@ -40,26 +37,30 @@ def variable_map(builder):
     return builder.variable_map()
 
 
-def hugging_face_names(official_name, renames=(), special=None):
+def hugging_face_names(official_name, renames=(), special=None, base_prefix=None):
     """Candidate Hugging Face names of an official name, and whether to transpose.
 
     Args:
         official_name: a Google TF name such as ``bert/encoder/layer_0/output/dense/kernel``.
-        renames: ``(regex, replacement)`` pairs a family applies first (ALBERT's
-            ``albert_layer_groups``, RoBERTa's ``lm_head``, ...).
+        renames: ``(regex, replacement)`` pairs a family applies first (its
+            ``hf_renames``).
         special: official name -> complete Hugging Face names, for names the
-            rules do not give (output biases, NSP/SOP weights).
+            rules do not give (a family's ``hf_special``: output biases, NSP weights).
+        base_prefix: the first part of the names of the base model (a family's
+            ``hf_prefix``); files saved from the base model lack it.
 
     Then ``layer_i`` becomes ``layer.i``, ``/`` becomes ``.``, kernels become
     ``weight`` (transposed: PyTorch stores ``[out, in]``), LayerNorm ``gamma``/``beta``
-    become ``weight``/``bias`` (old files keep ``gamma``/``beta``), and files saved
-    from the base model without its prefix (``bert.``) are matched too.
+    become ``weight``/``bias`` (old files keep ``gamma``/``beta``), and names under
+    ``base_prefix`` are matched without it too.
+
+    Example:
+        >>> names, transpose = hugging_face_names(
+        ...     "bert/encoder/layer_0/output/dense/kernel", base_prefix="bert")
+        >>> names[0], names[1], transpose
+        ('bert.encoder.layer.0.output.dense.weight', 'encoder.layer.0.output.dense.weight', True)
     """
-    special = {"cls/predictions/output_bias": ["cls.predictions.bias",
-                                               "cls.predictions.decoder.bias"],
-               "cls/seq_relationship/output_weights": ["cls.seq_relationship.weight"],
-               "cls/seq_relationship/output_bias": ["cls.seq_relationship.bias"]} \
-        if special is None else special
+    special = special or {}
     if official_name in special:
         return list(special[official_name]), False
     name = official_name
@@ -75,9 +76,8 @@ def hugging_face_names(official_name, renames=(), special=None):
     if name.endswith(".gamma") or name.endswith(".beta"):
         modern = name.replace(".gamma", ".weight").replace(".beta", ".bias")
         candidates = [modern, name]
-    base = name.split(".")[0]
-    if base in _MODEL_PREFIXES:
-        candidates += [candidate[len(base) + 1:] for candidate in candidates]
+    if base_prefix is not None and name.split(".")[0] == base_prefix:
+        candidates += [candidate[len(base_prefix) + 1:] for candidate in candidates]
     return candidates, transpose
 
 
@@ -269,15 +269,16 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
     ``bert/encoder/layer_2/...`` of a 3-layer checkpoint loaded with
     ``num_hidden_layers: 2``) mean the config does not describe the checkpoint,
     so they are an error. The model's own scope is every group of names it
-    reads from: ``bert/embeddings/``, ``bert/encoder/``, and the ``bert/pooler/``,
-    ``cls/predictions/`` and ``cls/seq_relationship/`` heads only when the model
-    has them (the same groups spelled the Hugging Face way in safetensors).
+    reads from (for BERT: ``bert/embeddings/``, ``bert/encoder/``, and the
+    ``bert/pooler/``, ``cls/predictions/`` and ``cls/seq_relationship/`` heads
+    only when the model has them; the same groups spelled the Hugging Face way in
+    safetensors).
     Variables outside it are left alone: heads the model did not ask for (an
     encoder loaded from a pretraining checkpoint), optimizer slots, a fine-tuned
     classifier's own layers.
 
     Args:
-        builder: a :class:`bert4x.models.BERT`.
+        builder: a family's builder (:class:`bert4x.transformer.Transformer`).
         path: checkpoint prefix, ``.safetensors`` file, or a folder holding one.
         allow_missing_heads: let a head the checkpoint lacks keep its initial values.
         ignore_unused_weights: warn about, instead of refusing, unconsumed
@@ -293,21 +294,17 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
     reader = open_checkpoint(path)
     keep_tokens = builder.keep_tokens
     pairs = variable_map(builder)
+    heads = builder.head_weight_names()
     missing_heads, assignments = [], []
     for google_name, variable, kind in pairs:
         name, transpose = _lookup(reader, builder, google_name)
         if name is None:
-            if allow_missing_heads and google_name.startswith(_HEADS):
+            if allow_missing_heads and google_name in heads:
                 missing_heads.append(google_name)
                 continue
-            hint = ("; pass allow_missing_heads=True to start it from its initialiser"
-                    if google_name.startswith(_HEADS) else "")
-            if google_name.endswith("embeddings/position_embeddings"):
-                hint = (f"; a checkpoint without a position table is of a family without "
-                        f"one: pass model='nezha' or model='roformer' (this is a "
-                        f"{builder.family!r} model)")
             raise ValueError(f"checkpoint {reader.path} has no variable {google_name!r} "
-                             f"(format {reader.format}){hint}")
+                             f"(format {reader.format})"
+                             f"{builder.missing_weight_hint(google_name)}")
         reader.check_float(name)
         shape = reader.shape(name)
         if transpose or kind == "transposed":
@@ -359,19 +356,13 @@ def _finite(value, name, path, dtype):
     return cast
 
 
-# Hugging Face files may hold a tied copy of the word embeddings (the MLM decoder
-# of BERT, ALBERT, RoBERTa, ELECTRA's generator), buffers of position or segment
-# ids and RoFormer's frozen sinusoid table (recomputed, never loaded); none is a
-# weight of its own.
-_HUGGING_FACE_EXTRAS = ("predictions.decoder.weight", "lm_head.decoder.weight",
-                        "generator_lm_head.weight", "embeddings.position_ids",
-                        "embeddings.token_type_ids", "encoder.embed_positions.weight")
-
-
 def _check_unused(reader, builder, pairs, consumed, ignore):
     """Refuse (or with ``ignore``, warn about) unconsumed names in the model's scope."""
     groups = {"/".join(google_name.split("/")[:2]) + "/" for google_name, _, _ in pairs}
-    accounted = set(consumed)
+    # Weights the model leaves out on purpose (say the segment table of a model
+    # built without one) are no sign of a wrong config.
+    dropped = builder.dropped_weight_names()
+    accounted, ignored = set(consumed) | set(dropped), ()
     if reader.format == "safetensors":
         # The family's Hugging Face names, with aliases such as the two MLM bias
         # spellings and the names without the base model's prefix.
@@ -379,12 +370,13 @@ def _check_unused(reader, builder, pairs, consumed, ignore):
                       for name in builder.hugging_face_names(google_name)[0]}
         groups = {".".join(name.split(".")[:2]) + "." for name in candidates}
         accounted.update(candidates)
-    # A model built without segment embeddings (type_vocab_size 0) drops them on purpose.
-    dropped = (("token_type_embeddings", "token_type_embeddings.weight")
-               if builder.segment_embedding is None else ())
+        accounted.update(name for google_name in dropped
+                         for name in builder.hugging_face_names(google_name)[0])
+        # Buffers and tied copies of the word embeddings: no weights of their own.
+        ignored = tuple(builder.hf_ignored)
     unused = sorted(name for name in reader.names
                     if name.startswith(tuple(groups)) and name not in accounted
-                    and not name.endswith(_HUGGING_FACE_EXTRAS + dropped))
+                    and not name.endswith(ignored))
     if not unused:
         return
     message = (f"checkpoint {reader.path} holds {len(unused)} variables in the model's "
@@ -416,7 +408,7 @@ def save_checkpoint(builder, directory, vocab=None):
     exact guarantees, and :mod:`bert4x.storage` for what each file system allows).
 
     Args:
-        builder: a :class:`bert4x.models.BERT` (``return_keras_model=False``).
+        builder: a family's builder (``return_keras_model=False``).
         directory: destination folder (created if missing).
         vocab: optional vocabulary to write as ``vocab.txt`` so the folder is
             complete: a ``vocab.txt`` path, a ``{token: id}`` dict, a token list or
@@ -522,8 +514,8 @@ def _check_shared(name, first, value):
     if not np.array_equal(first, value):
         raise ValueError(
             f"several layers map to the official variable {name!r} but hold different "
-            "values (an albert_unshared model after training?); the official format "
-            "stores one weight set per ALBERT group")
+            "values (layers loaded from one shared weight set, then trained apart?); the "
+            "official format stores one weight set for all of them")
 
 
 def keras_value(variable):

@@ -3,7 +3,8 @@
 The graph is built by :class:`bert4x.transformer.Transformer`; the families
 (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
 :class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`) are in
-:mod:`bert4x.families` and importable from here too.
+:mod:`bert4x.families` (one module each) and importable from here too; importing
+this module registers them in :data:`bert4x.registry.MODELS`.
 """
 
 import numbers
@@ -12,15 +13,16 @@ import keras
 
 from bert4x import storage
 from bert4x.configs import BertConfig
-from bert4x.families import (ALBERT, BERT, MODELS, NEZHA, ALBERTUnshared, ELECTRA, RoBERTa,
-                             RoFormer, family_of)
+from bert4x.families import (ALBERT, BERT, BERT_BLOCK_NAMES, NEZHA, ALBERTUnshared, ELECTRA,
+                             RoBERTa, RoFormer)
 from bert4x.layers import MultiHeadAttention, ReusedLayer
-from bert4x.transformer import BERT_BLOCK_NAMES, Transformer
+from bert4x.registry import MODELS, family_of
+from bert4x.transformer import Transformer
 
 # The families and the core are importable from here too.
 __all__ = ["build_transformer_model", "intermediate_model", "attention_model", "MODELS",
            "Transformer", "BERT", "RoBERTa", "ALBERT", "ALBERTUnshared", "ELECTRA",
-           "RoFormer", "NEZHA", "BERT_BLOCK_NAMES"]
+           "RoFormer", "NEZHA", "BERT_BLOCK_NAMES", "family_of"]
 
 _CONFIG_NAMES = ("bert_config.json", "config.json")
 

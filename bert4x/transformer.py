@@ -10,10 +10,14 @@ layers, hence the same weights:
 * the step model (runs one new token against the cached keys and values).
 
 A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
-:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`) is a small subclass that declares
-what differs:
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, one module each in
+:mod:`bert4x.families`) is a small subclass that registers itself in
+:mod:`bert4x.registry` when it is defined, and declares what differs:
 
-* the config fields it honours (:meth:`Transformer.check_config` refuses the others);
+* the config fields it owns (``config_fields``, each with its neutral value):
+  :meth:`Transformer.check_config` refuses a field another family owns unless it
+  is neutral, naming its owners, and the family refuses values it cannot build;
+* the families whose weights it reads unchanged (``same_weights_as``);
 * how it embeds: ``factorised`` (embeddings of width ``embedding_size`` then an
   ``Embedding-Mapping`` Dense to ``hidden_size``), ``absolute_positions`` (a
   learned position table or none) and :meth:`Transformer.position_ids`;
@@ -25,14 +29,20 @@ what differs:
   attention derives them itself;
 * whether layers are shared: :meth:`Transformer.layer_blocks` lists the blocks
   (weight sets) each layer runs, so ALBERT runs one block many times;
-* its heads (``heads``) and its official checkpoint names (:meth:`variable_map`,
-  :meth:`hugging_face_names`).
+* its heads (``heads``) and its checkpoint names: the official ones
+  (:meth:`variable_map`, ``block_names``) and the Hugging Face ones
+  (:meth:`hugging_face_names` from ``hf_renames``, ``hf_special``, ``hf_prefix``;
+  ``hf_ignored`` for the buffers and tied copies Hugging Face files hold).
+
+The core never imports the families: what it needs to know about the others
+(who owns a field, which family a ``model_type`` names) it asks the registry.
 """
 
 import keras
 from keras import ops
 
-from bert4x import checkpoints
+from bert4x import checkpoints, registry
+from bert4x.configs import BertConfig
 from bert4x.layers import (AttentionBias, BiasAdd, Dropout, Embedding, FeedForward,
                            FirstToken, LayerNormalization, MultiHeadAttention,
                            PositionEmbedding, ReusedLayer, ReversibleEmbedding, get_activation)
@@ -40,16 +50,10 @@ from bert4x.layers import (AttentionBias, BiasAdd, Dropout, Embedding, FeedForwa
 
 _MASK_PENALTY = -1e9
 
-# Families that read one another's exports unchanged: HFL's RoBERTa is BERT, and
-# albert_unshared starts from ALBERT's shared weights.
-_SAME_WEIGHTS = ({"bert", "roberta"}, {"albert", "albert_unshared"})
-
-# Official names of a BERT block's weights under its prefix (``bert/encoder/layer_i/``).
-BERT_BLOCK_NAMES = dict(
-    query="attention/self/query", key="attention/self/key", value="attention/self/value",
-    attention_output="attention/output/dense", attention_norm="attention/output/LayerNorm",
-    intermediate="intermediate/dense", output="output/dense",
-    feed_forward_norm="output/LayerNorm")
+#: The declaration of ``embedding_size`` a factorised family owns: neutral when
+#: unset or equal to ``hidden_size`` (nothing to factorise).
+EMBEDDING_SIZE = registry.ConfigField(neutral=(None,), same_as="hidden_size",
+                                      meaning="the width of factorised embeddings")
 
 
 class Transformer:
@@ -96,10 +100,17 @@ class Transformer:
         >>> prefill_model, step_model = ALBERT(config, application="unilm").cache_models()
     """
 
-    #: The ``model=`` name of the family.
+    #: The ``model=`` name of the family; a subclass that sets it is registered.
     family = None
-    #: Hugging Face ``model_type`` values whose configs this family builds.
+    #: Hugging Face ``model_type`` values whose configs this family builds (the
+    #: first is the one :func:`bert4x.registry.family_of` maps to this family).
     model_types = ()
+    #: Config fields the family owns beyond BERT's: ``{field: ConfigField}``. The
+    #: other families refuse them at a value other than the neutral one.
+    config_fields = {}
+    #: Families that read this family's weights unchanged, and whose weights it
+    #: reads (an export of one builds as the other).
+    same_weights_as = ()
     #: Heads the family has: among "pool", "nsp", "mlm", "discriminator".
     heads = ("pool", "nsp", "mlm")
     #: Embeddings of width ``embedding_size`` mapped to ``hidden_size``.
@@ -108,18 +119,24 @@ class Transformer:
     absolute_positions = True
     #: The only ``position_embedding_type`` the family builds.
     position_embedding_type = "absolute"
-    #: Whether layers share weights (ALBERT); ``False`` refuses ALBERT's group fields.
-    shared_layers = False
     #: Official name prefix of the embeddings and encoder (``bert/embeddings/...``).
     prefix = "bert"
-    #: Official names of a block's weights, relative to :meth:`block_name_prefix`.
-    block_names = BERT_BLOCK_NAMES
+    #: Official names of a block's weights, relative to :meth:`block_name_prefix`:
+    #: ``{part: name}`` for the parts query, key, value, attention_output,
+    #: attention_norm, intermediate, output, feed_forward_norm.
+    block_names = None
     #: ``(pattern, replacement)`` rewrites of official names before the generic
     #: Hugging Face rule (``/`` to ``.``, kernels transposed to ``weight``).
     hf_renames = ()
     #: Official names whose Hugging Face names the generic rule does not give
-    #: (None: BERT's output bias and NSP names).
-    hf_special = None
+    #: (output biases, NSP/SOP weights): ``{official: [Hugging Face names]}``.
+    hf_special = {}
+    #: The Hugging Face base model's prefix (``bert``): files saved from the base
+    #: model lack it, so names without it are matched too.
+    hf_prefix = None
+    #: Endings of Hugging Face names that are no weights of their own (buffers,
+    #: tied copies of the word embeddings): never "unused".
+    hf_ignored = ()
 
     def __init__(self, config, application="encoder", with_pool=False, with_nsp=False,
                  with_mlm=False, with_discriminator=False, keep_tokens=None,
@@ -181,49 +198,74 @@ class Transformer:
         self._cache_models = None
 
     # ------------------------------------------------------ family declaration
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("family") is not None:  # a family, not a variant of one
+            cls._check_declaration()
+            registry.register(cls)
+
+    @classmethod
+    def _check_declaration(cls):
+        """Refuse a family whose declaration cannot work, when its class is defined."""
+        unknown = sorted(set(cls.config_fields) - set(BertConfig.field_names()))
+        if unknown:
+            raise TypeError(f"{cls.__qualname__}.config_fields names {unknown}, which are "
+                            f"not BertConfig fields; known fields: {BertConfig.field_names()}")
+        if cls.factorised != ("embedding_size" in cls.config_fields):
+            raise TypeError(f"{cls.__qualname__}: a factorised family owns embedding_size "
+                            "(config_fields = {'embedding_size': EMBEDDING_SIZE, ...}), and "
+                            "only a factorised family does")
+        if cls.block_names is None:
+            raise TypeError(f"{cls.__qualname__} declares no block_names (the official "
+                            "names of a block's weights)")
+
     @classmethod
     def check_config(cls, config):
         """Refuse config values that would change the architecture of this family.
 
         Raises:
-            ValueError: a field this family does not honour has a value other
-                than its neutral one, or ``model_type`` names another family.
+            ValueError: a field another family owns has a value other than its
+                neutral one (the error names the families that own it), the
+                config was saved from a family whose weights this one does not
+                read, or ``model_type`` names another family.
         """
-        if config.family is not None and config.family != cls.family and not (
-                {config.family, cls.family} in _SAME_WEIGHTS):
+        if config.family is not None and not registry.read_same_weights(config.family,
+                                                                         cls.family):
             raise ValueError(
                 f"the config was saved from a {config.family!r} model (its field family), "
                 f"which cannot be built as a {cls.family!r} model; pass "
                 f"model={config.family!r} or leave model= out")
         if config.model_type is not None and config.model_type not in cls.model_types:
-            from bert4x.families import family_of  # the families build on this module
-
             raise ValueError(
                 f"the config's model_type {config.model_type!r} is not a {cls.family!r} "
-                f"model; pass model={family_of(config.model_type)!r}")
-        if not cls.factorised and config.embedding_size not in (None, config.hidden_size):
-            raise ValueError(
-                f"embedding_size {config.embedding_size} != hidden_size "
-                f"{config.hidden_size} needs a factorised embedding: model='albert' or "
-                f"'electra', not {cls.family!r}")
-        if cls.shared_layers is False and (config.num_hidden_groups, config.inner_group_num) \
-                != (1, 1):
-            raise ValueError(f"num_hidden_groups/inner_group_num (ALBERT's shared layers) "
-                             f"are not 1: pass model='albert', not {cls.family!r}")
-        if config.ln_type is not None and cls.family != "albert":
-            raise ValueError(f"ln_type {config.ln_type!r} is a field of brightmart's "
-                             f"albert_zh: pass model='albert', not {cls.family!r}")
-        if config.use_relative_position and cls.family != "nezha":
-            raise ValueError(f"use_relative_position (NEZHA's relative positions) is set: "
-                             f"pass model='nezha', not {cls.family!r}")
-        if config.rotary_value and cls.family != "roformer":
-            raise ValueError(f"rotary_value is a field of RoFormer: pass model='roformer', "
-                             f"not {cls.family!r}")
+                f"model; pass model={registry.family_of(config.model_type)!r}")
+        for field in BertConfig.field_names():
+            cls._check_foreign_field(config, field)
         if config.position_embedding_type != cls.position_embedding_type:
             raise NotImplementedError(
                 f"position_embedding_type={config.position_embedding_type!r} is not "
                 f"supported by {cls.family!r} (it uses "
                 f"{cls.position_embedding_type!r})")
+
+    @classmethod
+    def _check_foreign_field(cls, config, field):
+        """Refuse a field other families own, at a value other than its neutral one."""
+        owners = registry.owners(field)
+        if not owners or field in cls.config_fields:
+            return
+        declared = registry.MODELS[owners[0]].config_fields[field]  # the owners agree
+        value = getattr(config, field)
+        if declared.is_neutral(value, config):
+            return
+        shown = f"{field}={value!r}"
+        if declared.same_as is not None:
+            shown = f"{field} {value!r} != {declared.same_as} " \
+                    f"{getattr(config, declared.same_as)!r}"
+        meaning = f" ({declared.meaning})" if declared.meaning else ""
+        raise ValueError(f"config field {shown}{meaning} belongs to "
+                         f"{_listing(map(repr, owners), 'and')}: pass "
+                         f"{_listing((f'model={name!r}' for name in owners), 'or')}, not "
+                         f"{cls.family!r}")
 
     def layer_blocks(self, layer):
         """The blocks (indices into ``self.blocks``) that layer ``layer`` runs in order."""
@@ -729,7 +771,32 @@ class Transformer:
     def hugging_face_names(self, official_name):
         """Candidate Hugging Face names of an official name, and whether to transpose."""
         return checkpoints.hugging_face_names(official_name, self.hf_renames,
-                                              self.hf_special)
+                                              self.hf_special, self.hf_prefix)
+
+    def head_weight_names(self):
+        """Official names of the heads' weights (a checkpoint may lack them:
+        ``allow_missing_heads``)."""
+        return {name for name, _, _ in self._head_variables()}
+
+    def dropped_weight_names(self):
+        """Official names of weights a checkpoint may hold that this model leaves out
+        on purpose (the segment table, with ``type_vocab_size`` 0)."""
+        if self.segment_embedding is not None:
+            return []
+        return [f"{self.prefix}/embeddings/token_type_embeddings"]
+
+    def missing_weight_hint(self, official_name):
+        """What to do when a checkpoint lacks ``official_name`` ("" when nothing helps),
+        to end an error message."""
+        if official_name in self.head_weight_names():
+            return "; pass allow_missing_heads=True to start it from its initialiser"
+        if self.position_embedding is not None and official_name.endswith(
+                "embeddings/position_embeddings"):
+            choices = _listing((f"model={name!r}"
+                                for name in registry.families_without_position_table()), "or")
+            return (f"; a checkpoint without a position table is of a family without one: "
+                    f"pass {choices} (this is a {self.family!r} model)")
+        return ""
 
 
 def dense_pairs(name, dense):
@@ -743,6 +810,14 @@ def dense_pairs(name, dense):
 def norm_pairs(name, norm):
     """``(official name, variable, kind)`` of a LayerNorm's gamma and beta."""
     return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
+
+
+def _listing(words, conjunction):
+    """``a``, ``a or b``, ``a, b or c``: words for a message."""
+    words = list(words)
+    if len(words) < 2:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
 
 
 def _mask_bias(key_mask):

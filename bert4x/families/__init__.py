@@ -1,0 +1,25 @@
+"""The model families bert4x ships, one module each; importing this package registers them.
+
+Each family is a small subclass of :class:`bert4x.transformer.Transformer` that
+declares what it changes in the core (see ``docs/model.md``, "Model families");
+defining the class adds it to :data:`bert4x.registry.MODELS`, which maps the
+``model=`` names of ``build_transformer_model`` to the classes. A new family is
+one module here (and its tests) plus its import line below.
+
+Example:
+    >>> from bert4x.families import MODELS, NEZHA
+    >>> MODELS["nezha"] is NEZHA
+    True
+"""
+
+from bert4x.families.bert import BERT, BERT_BLOCK_NAMES, BERT_HF_SPECIAL, HF_EMBEDDING_BUFFERS
+from bert4x.families.roberta import RoBERTa
+from bert4x.families.albert import ALBERT, ALBERTUnshared
+from bert4x.families.electra import ELECTRA
+from bert4x.families.roformer import RoFormer
+from bert4x.families.nezha import NEZHA
+from bert4x.registry import MODELS, family_of
+
+__all__ = ["BERT", "RoBERTa", "ALBERT", "ALBERTUnshared", "ELECTRA", "RoFormer", "NEZHA",
+           "MODELS", "family_of", "BERT_BLOCK_NAMES", "BERT_HF_SPECIAL",
+           "HF_EMBEDDING_BUFFERS"]
