@@ -19,6 +19,8 @@ How a block is treated:
   training (``test_pretraining.py`` and ``test_examples.py`` train). Any other
   command fails the test, so a new kind of command needs a rule here.
 - ```` ```text ````: output shown to the reader, not run.
+- A section that defines a family (``docs/model.md``, "Add a family") registers it for
+  that section only: the registry is restored after each section.
 - A block that is only an illustration (code that needs something the test cannot
   have, such as bert4keras's own Keras 2 imports) is marked by the line
   ``<!-- illustration: why -->`` right before its fence, and skipped by that mark.
@@ -213,10 +215,17 @@ def stand_ins(tmp_path_factory):
 def test_python_blocks_run(section, stand_ins, monkeypatch):
     monkeypatch.chdir(stand_ins)
     monkeypatch.setenv("BERT4X_CACHE", str(stand_ins / "cache"))
+    from bert4x.registry import MODELS
     document = section.split(":")[0]
     namespace = {"__name__": "__docs__"}
-    for line, code in PYTHON_SECTIONS[section]:
-        exec(compile(code, f"{document}, block at line {line}", "exec"), namespace)
+    # A section may define a family, which registers itself: it goes with the section.
+    registered = dict(MODELS)
+    try:
+        for line, code in PYTHON_SECTIONS[section]:
+            exec(compile(code, f"{document}, block at line {line}", "exec"), namespace)
+    finally:
+        MODELS.clear()
+        MODELS.update(registered)
 
 
 # ------------------------------------------------------------------- shell blocks
