@@ -790,10 +790,9 @@ class Transformer:
         to end an error message."""
         if official_name in self.head_weight_names():
             return "; pass allow_missing_heads=True to start it from its initialiser"
-        if self.position_embedding is not None and official_name.endswith(
-                "embeddings/position_embeddings"):
-            choices = _listing((f"model={name!r}"
-                                for name in registry.families_without_position_table()), "or")
+        without_table = registry.families_without_position_table()
+        if without_table and official_name == f"{self.prefix}/embeddings/position_embeddings":
+            choices = _listing((f"model={name!r}" for name in without_table), "or")
             return (f"; a checkpoint without a position table is of a family without one: "
                     f"pass {choices} (this is a {self.family!r} model)")
         return ""

@@ -125,7 +125,7 @@ class ALBERTUnshared(ALBERT):
     the layers of a group to be equal."""
 
     family = "albert_unshared"
-    # brightmart's albert_zh (ln_type) has a single shared block: nothing to unshare.
+    # brightmart's albert_zh layout (ln_type) builds as ALBERT only.
     config_fields = {"embedding_size": EMBEDDING_SIZE, **SHARED_LAYERS}
     same_weights_as = ("albert",)
 
