@@ -1,7 +1,7 @@
 """Model configuration: read Google ``bert_config.json`` or Hugging Face ``config.json``.
 
 One dataclass holds the fields of every family (BERT, RoBERTa, ALBERT, ELECTRA,
-...); the family (:mod:`bert4x.models`) checks the fields that change its
+...); the family (:mod:`bert4x.families`) checks the fields that change its
 architecture and refuses values it cannot honour.
 """
 
@@ -83,8 +83,9 @@ class BertConfig:
     type_vocab_size: int = 2
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
-    # Fields of the other families; each family checks the ones it honours
-    # (``bert4x.models``) and refuses a value it cannot build.
+    # Fields of the other families: the family that owns one declares it
+    # (``config_fields`` in ``bert4x.families``) and refuses values it cannot build;
+    # the other families refuse it unless it is neutral.
     embedding_size: int = None  # ALBERT, ELECTRA: None means hidden_size
     pad_token_id: int = 0  # RoBERTa (fairseq): 1
     model_type: str = None  # Hugging Face family name ("bert", "roberta", ...)
