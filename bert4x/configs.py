@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import numbers
+import typing
 import warnings
 
 from bert4x import storage
@@ -70,6 +71,11 @@ class BertConfig:
         >>> config.head_size
         16
     """
+
+    #: Other names of fields in config files (e.g. Hugging Face's ``n_embd`` for
+    #: ``hidden_size``): ``{"name in the file": "field"}``. A family whose configs have
+    #: other names or fields of their own declares a subclass (its ``config_class``).
+    aliases: typing.ClassVar[dict] = {}
 
     vocab_size: int
     hidden_size: int = 768
@@ -170,7 +176,7 @@ class BertConfig:
             ValueError: for a field bert4x cannot honour (e.g. a relative
                 position scheme) or a missing ``vocab_size``.
         """
-        values = dict(values)
+        values = cls.apply_aliases(values, source)
         for key, neutral in _NEUTRAL_VALUES.items():
             if values.pop(key, neutral) != neutral:
                 raise NotImplementedError(f"{source}: {key}={neutral!r} is the only value "
@@ -189,20 +195,27 @@ class BertConfig:
         return cls(**{key: values[key] for key in known if key in values})
 
     @classmethod
+    def apply_aliases(cls, values, source="config"):
+        """A copy of ``values`` with the names of :attr:`aliases` renamed to fields.
+
+        Raises:
+            ValueError: the values hold a field under both names, with two values.
+        """
+        values = dict(values)
+        for alias, field in cls.aliases.items():
+            if alias not in values:
+                continue
+            value = values.pop(alias)
+            if field in values and values[field] != value:
+                raise ValueError(f"{source}: {alias}={value!r} and {field}={values[field]!r} "
+                                 f"name the same field with two values")
+            values[field] = value
+        return values
+
+    @classmethod
     def from_json(cls, path):
         """Read a Google ``bert_config.json`` or a Hugging Face ``config.json``."""
-        storage.check_readable(path, "config file")
-        try:
-            with storage.open(path, encoding="utf-8") as file:
-                values = json.load(file)
-        except UnicodeDecodeError as error:
-            raise ValueError(f"config file {path} is not UTF-8 text (is it the JSON config? "
-                             f"{error})") from error
-        except json.JSONDecodeError as error:
-            raise ValueError(f"config file {path} is not valid JSON: {error}") from error
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {path} must hold a JSON object")
-        return cls.from_dict(values, source=path)
+        return cls.from_dict(read_config_file(path), source=path)
 
     def replace(self, **overrides):
         """A copy with some fields changed; an unknown field is an error."""
@@ -216,3 +229,24 @@ class BertConfig:
         """The fields as a dict, leaving out family fields that are unset."""
         return {key: value for key, value in dataclasses.asdict(self).items()
                 if value is not None}
+
+
+def read_config_file(path):
+    """The JSON object of a config file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not UTF-8 text, not JSON, or not a JSON object.
+    """
+    storage.check_readable(path, "config file")
+    try:
+        with storage.open(path, encoding="utf-8") as file:
+            values = json.load(file)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config file {path} is not UTF-8 text (is it the JSON config? "
+                         f"{error})") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config file {path} is not valid JSON: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a JSON object")
+    return values

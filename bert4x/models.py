@@ -12,7 +12,7 @@ import numbers
 import keras
 
 from bert4x import storage
-from bert4x.configs import BertConfig
+from bert4x.configs import read_config_file
 from bert4x.families import (ALBERT, BERT, BERT_BLOCK_NAMES, NEZHA, ALBERTUnshared, ELECTRA,
                              RoBERTa, RoFormer)
 from bert4x.layers import MultiHeadAttention, ReusedLayer
@@ -114,23 +114,17 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
     if model is not None and model not in MODELS:
         raise ValueError(f"unknown model {model!r}; available: {sorted(MODELS)}")
     config_path, checkpoint_path = resolve_paths(config_path, checkpoint_path)
+    values = read_config_file(config_path) if config_path is not None else overrides
+    model = model or _family_named_by(values)
+    config_class = MODELS[model].config_class
     if config_path is not None:
-        config = BertConfig.from_json(config_path).replace(**overrides)
+        config = config_class.from_dict(values, source=config_path).replace(**overrides)
     else:
         try:
-            config = BertConfig(**overrides)
+            config = config_class(**overrides)
         except TypeError as error:
-            raise TypeError(f"without config_path, pass BertConfig fields as keywords: "
-                            f"{error}") from error
-    if config.family is not None and config.family not in MODELS:
-        raise ValueError(f"the config's family {config.family!r} is not a family bert4x "
-                         f"builds; available: {sorted(MODELS)}")
-    if model is None:
-        model = config.family or (family_of(config.model_type) if config.model_type
-                                  else "bert")
-        if model not in MODELS:
-            raise ValueError(f"the config's model_type {config.model_type!r} is not a "
-                             f"family bert4x builds; available: {sorted(MODELS)}")
+            raise TypeError(f"without config_path, pass {config_class.__name__} fields as "
+                            f"keywords: {error}") from error
     builder = MODELS[model](
         config, application=application, with_pool=with_pool, with_nsp=with_nsp,
         with_mlm=with_mlm, mlm_positions=mlm_positions, keep_tokens=keep_tokens,
@@ -143,6 +137,24 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
         builder.load_checkpoint(checkpoint_path, allow_missing_heads=allow_missing_heads,
                                 ignore_unused_weights=ignore_unused_weights)
     return builder.model if return_keras_model else builder
+
+
+def _family_named_by(values):
+    """The family a config's values name: its ``family`` (written by
+    ``save_checkpoint``), else its Hugging Face ``model_type``, else ``"bert"``."""
+    family = values.get("family")
+    if family is not None:
+        if family not in MODELS:
+            raise ValueError(f"the config's family {family!r} is not a family bert4x "
+                             f"builds; available: {sorted(MODELS)}")
+        return family
+    model_type = values.get("model_type")
+    if model_type is None:
+        return "bert"
+    if family_of(model_type) not in MODELS:
+        raise ValueError(f"the config's model_type {model_type!r} is not a family bert4x "
+                         f"builds; available: {sorted(MODELS)}")
+    return family_of(model_type)
 
 
 def intermediate_model(model, layer_names):

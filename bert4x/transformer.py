@@ -108,6 +108,9 @@ class Transformer:
     #: Config fields the family owns beyond BERT's: ``{field: ConfigField}``. The
     #: other families refuse them at a value other than the neutral one.
     config_fields = {}
+    #: The config dataclass of the family: :class:`BertConfig`, or a subclass with
+    #: the family's own fields and file names (``aliases``).
+    config_class = BertConfig
     #: Families that read this family's weights unchanged, and whose weights it
     #: reads (an export of one builds as the other).
     same_weights_as = ()
@@ -207,10 +210,16 @@ class Transformer:
     @classmethod
     def _check_declaration(cls):
         """Refuse a family whose declaration cannot work, when its class is defined."""
-        unknown = sorted(set(cls.config_fields) - set(BertConfig.field_names()))
+        if not (isinstance(cls.config_class, type) and issubclass(cls.config_class,
+                                                                   BertConfig)):
+            raise TypeError(f"{cls.__qualname__}.config_class must be BertConfig or a "
+                            f"subclass of it, got {cls.config_class!r}")
+        known = cls.config_class.field_names()
+        unknown = sorted(set(cls.config_fields) - set(known))
         if unknown:
             raise TypeError(f"{cls.__qualname__}.config_fields names {unknown}, which are "
-                            f"not BertConfig fields; known fields: {BertConfig.field_names()}")
+                            f"not fields of {cls.config_class.__name__}; known fields: "
+                            f"{known}")
         if cls.factorised != ("embedding_size" in cls.config_fields):
             raise TypeError(f"{cls.__qualname__}: a factorised family owns embedding_size "
                             "(config_fields = {'embedding_size': EMBEDDING_SIZE, ...}), and "
@@ -229,6 +238,11 @@ class Transformer:
                 config was saved from a family whose weights this one does not
                 read, or ``model_type`` names another family.
         """
+        if not isinstance(config, cls.config_class):
+            raise TypeError(
+                f"a {cls.family!r} model needs a {cls.config_class.__name__}, got a "
+                f"{type(config).__name__}: read its config file with model={cls.family!r} "
+                f"or build {cls.config_class.__name__}(...)")
         if config.family is not None and not registry.read_same_weights(config.family,
                                                                          cls.family):
             raise ValueError(
@@ -239,7 +253,7 @@ class Transformer:
             raise ValueError(
                 f"the config's model_type {config.model_type!r} is not a {cls.family!r} "
                 f"model; pass model={registry.family_of(config.model_type)!r}")
-        for field in BertConfig.field_names():
+        for field in config.field_names():
             cls._check_foreign_field(config, field)
         if config.position_embedding_type != cls.position_embedding_type:
             raise NotImplementedError(

@@ -269,3 +269,42 @@ def test_missing_position_table_names_the_registered_families_without_one(toy, t
                                          "model='rotary_toy' \\(this is a 'toy' model\\)"):
         build_transformer_model(checkpoint_path=str(tmp_path / "nezha"), model="toy",
                                 family=None, **TINY)
+
+
+# ------------------------------------------------------- a family's own config class
+def test_a_family_with_its_own_config_class_reads_its_fields_and_file_names(tmp_path):
+    """A family declares a BertConfig subclass: its fields, and other names for fields
+    in its config files (aliases); build_transformer_model reads the file with it."""
+    import dataclasses
+    import typing
+
+    @dataclasses.dataclass
+    class WideConfig(BertConfig):
+        aliases: typing.ClassVar[dict] = {"n_embd": "hidden_size"}
+        extra_width: int = 0
+
+    class Wide(BERT):
+        family = "wide_test"
+        model_types = ("wide_test",)
+        config_class = WideConfig
+
+    path = tmp_path / "config.json"
+    fields = {key: value for key, value in TINY.items() if key != "hidden_size"}
+    path.write_text(json.dumps(dict(fields, model_type="wide_test", n_embd=24,
+                                    extra_width=3)))
+    model = build_transformer_model(str(path), return_keras_model=False)
+    assert type(model) is Wide
+    assert model.config.hidden_size == 24 and model.config.extra_width == 3
+    path.write_text(json.dumps(dict(fields, model_type="wide_test", n_embd=24,
+                                    hidden_size=32)))
+    with pytest.raises(ValueError, match="n_embd=24 and hidden_size=32"):
+        build_transformer_model(str(path))
+    with pytest.raises(TypeError, match="needs a WideConfig, got a BertConfig"):
+        Wide(BertConfig(**TINY))
+
+
+def test_a_config_class_that_is_not_a_bert_config_is_refused():
+    with pytest.raises(TypeError, match="config_class must be BertConfig or a subclass"):
+        class Odd(BERT):  # noqa: F841
+            family = "odd_test"
+            config_class = dict

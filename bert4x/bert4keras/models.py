@@ -9,16 +9,14 @@ carry no mask.
 """
 
 import functools
-import json
 
 import keras
 import numpy as np
 
 from bert4x import models as _native
-from bert4x import storage
 from bert4x.bert4keras.backend import gelu_activation_name, remember_model
 from bert4x.bert4keras.layers import SequenceMask
-from bert4x.configs import BertConfig
+from bert4x.configs import read_config_file
 
 __all__ = ["build_transformer_model"]
 
@@ -120,17 +118,16 @@ def _prefix_layer_names(builder, prefix):
         visit(value)
 
 
-def _config(config_path, overrides):
+def _config(config_path, overrides, config_class):
     fields = {_RENAMED.get(key, key): value for key, value in overrides.items()}
     if fields.get("hidden_act") == "gelu":
         fields["hidden_act"] = gelu_activation_name()
     if config_path is None:
-        return BertConfig(**fields)
-    config = BertConfig.from_json(config_path)  # checks the file, then its raw text:
-    if json.loads(storage.read_text(config_path)).get("hidden_act") == "gelu" \
-            and "hidden_act" not in fields:
+        return config_class(**fields)
+    values = read_config_file(config_path)
+    if values.get("hidden_act") == "gelu" and "hidden_act" not in fields:
         fields["hidden_act"] = gelu_activation_name()
-    return config.replace(**fields)
+    return config_class.from_dict(values, source=config_path).replace(**fields)
 
 
 def _head_activation(value):
@@ -200,7 +197,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     if model not in _native.MODELS:
         raise ValueError(f"unknown model {model!r}; bert4x builds {sorted(_native.MODELS)}")
     config_path, checkpoint_path = _native.resolve_paths(config_path, checkpoint_path)
-    config = _config(config_path, kwargs)
+    config = _config(config_path, kwargs, _native.MODELS[model].config_class)
     with_nsp, nsp_activation = _head_activation(with_nsp)
     with_pool, pool_activation = _head_activation(with_pool)
     with_mlm, mlm_activation = _head_activation(with_mlm)
