@@ -615,28 +615,28 @@ class Transformer:
             self._cache_models = (self._build_prefill_model(), self._build_step_model())
         return self._cache_models
 
-    def _extra_inputs(self, prefix, taken):
+    def _extra_inputs(self, taken):
         """``({name: input}, condition)``: inputs of a decoding graph standing for the
-        additional inputs, keyed by their names, and the condition computed from them."""
+        additional inputs, named as they are, and the condition computed from them."""
         extra = {}
-        for index, tensor in enumerate(self.additional_inputs):
+        for tensor in self.additional_inputs:
             if tensor.name in taken or tensor.name in extra:
                 raise ValueError(
                     f"the additional input named {tensor.name!r} clashes with another input "
                     f"of the decoding graphs ({sorted(taken | set(extra))}): give it "
                     f"another name (keras.Input(..., name=...))")
             extra[tensor.name] = keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
-                                             name=f"{prefix}-{index}")
+                                             name=tensor.name)
         condition = None
         if self.conditional:
             condition = self._condition(self.condition_model(list(extra.values())))
         return extra, condition
 
     def _build_prefill_model(self):
-        token_ids, segment_ids = self._inputs(prefix="Prefill")
-        inputs = dict(token_ids=token_ids, segment_ids=segment_ids,
-                      last_index=keras.Input((), dtype="int32", name="Prefill-LastIndex"))
-        extra, condition = self._extra_inputs("Prefill-Extra", set(inputs))
+        inputs = _named_inputs(token_ids=((None,), "int32"), segment_ids=((None,), "int32"),
+                               last_index=((), "int32"))
+        extra, condition = self._extra_inputs(set(inputs))
+        token_ids, segment_ids = inputs["token_ids"], inputs["segment_ids"]
         x = self.embed(token_ids, segment_ids, condition=condition)
         bias = self.attention_bias(token_ids, segment_ids)
         caches = []
@@ -651,18 +651,15 @@ class Transformer:
 
     def _build_step_model(self):
         c = self.config
-        token_ids, segment_ids = self._inputs(length=1, prefix="Step")
-        cache_shape = (len(self.schedule), 2, c.num_attention_heads, None, c.head_size)
-        dtype = self.model.compute_dtype
-        inputs = dict(
-            token_ids=token_ids, segment_ids=segment_ids,
-            position_ids=keras.Input((1,), dtype="int32", name="Step-Position"),
-            source_cache=keras.Input(cache_shape, name="Step-SourceCache", dtype=dtype),
-            source_key_mask=keras.Input((None,), name="Step-SourceKeyMask"),
-            cache=keras.Input(cache_shape, name="Step-Cache", dtype=dtype),
-            key_mask=keras.Input((None,), name="Step-KeyMask"),
-            write_mask=keras.Input((None,), name="Step-WriteMask"))
-        extra, condition = self._extra_inputs("Step-Extra", set(inputs))
+        cache = ((len(self.schedule), 2, c.num_attention_heads, None, c.head_size),
+                 self.model.compute_dtype)
+        inputs = _named_inputs(
+            token_ids=((1,), "int32"), segment_ids=((1,), "int32"),
+            position_ids=((1,), "int32"), source_cache=cache,
+            source_key_mask=((None,), "float32"), cache=cache,
+            key_mask=((None,), "float32"), write_mask=((None,), "float32"))
+        extra, condition = self._extra_inputs(set(inputs))
+        token_ids, segment_ids = inputs["token_ids"], inputs["segment_ids"]
         position_ids, key_mask = inputs["position_ids"], inputs["key_mask"]
         source_key_mask = inputs["source_key_mask"]
         x = self.embed(token_ids, segment_ids, position_ids=position_ids, condition=condition)
@@ -782,6 +779,12 @@ def dense_pairs(name, dense):
 def norm_pairs(name, norm):
     """``(official name, variable, kind)`` of a LayerNorm's gamma and beta."""
     return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
+
+
+def _named_inputs(**specs):
+    """``{name: keras.Input named so}`` from ``{name: (shape, dtype)}``."""
+    return {name: keras.Input(shape, dtype=dtype, name=name)
+            for name, (shape, dtype) in specs.items()}
 
 
 def _mask_bias(key_mask):

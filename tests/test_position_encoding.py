@@ -19,8 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-from bert4x.layers import (CachedAttention, MultiHeadAttention,  # noqa: E402
-                           RelativePositionEncoding, RotaryPositionEncoding)
+from bert4x.layers import (AttentionProbabilities, CachedAttention,  # noqa: E402
+                           MultiHeadAttention, RelativePositionEncoding,
+                           RotaryPositionEncoding)
 
 HEADS, HEAD_SIZE, HIDDEN = 3, 6, 10
 TOL = 1e-5
@@ -275,6 +276,44 @@ def test_keras_file_round_trip(kind, tmp_path):
     x, _ = padded_inputs()
     np.testing.assert_allclose(ops.convert_to_numpy(restored(x)),
                                ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
+def test_each_attention_layer_has_one_output_structure(tmp_path):
+    """The attention returns its output; the cached attention on the same weights
+    returns {output, cache} in the prefill and in a step alike; the probabilities are
+    a layer of their own. All three live in one graph and in a .keras file."""
+    layer, _ = attention_layer("rotary")
+    cached = CachedAttention(layer)
+    x, allowed = padded_inputs()
+    prefill = cached(x, attention_bias=bias_of(allowed))
+    assert set(prefill) == {"output", "cache"}
+    plain = layer(x, attention_bias=bias_of(allowed))
+    np.testing.assert_allclose(ops.convert_to_numpy(prefill["output"]),
+                               ops.convert_to_numpy(plain), atol=1e-6)
+    write = np.eye(7, dtype="float32")[[0, 0]]
+    step = cached(x[:, :1], cache=prefill["cache"], write_mask=write,
+                  query_positions=np.zeros((2, 1), "int32"))
+    assert set(step) == {"output", "cache"}
+    assert tuple(step["cache"].shape) == tuple(prefill["cache"].shape)
+
+    inputs = keras.Input((None, HIDDEN))
+    read = AttentionProbabilities(layer)(inputs)
+    model = keras.Model(inputs, [layer(inputs), cached(inputs)["cache"], read])
+    assert [operation.name for operation in model.layers[1:]] == [
+        layer.name, f"{layer.name}-Cached", f"{layer.name}-Probabilities"]
+    path = str(tmp_path / "three_uses.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    attention, *wrappers = restored.layers[1:]
+    assert all(wrapper.layer is attention for wrapper in wrappers)  # still one set of weights
+    for ours, theirs in zip(restored(x), model(x)):
+        np.testing.assert_allclose(ops.convert_to_numpy(ours), ops.convert_to_numpy(theirs),
+                                   atol=1e-6)
+    for wrapper in (cached, AttentionProbabilities(layer, name="probabilities")):
+        clone = type(wrapper).from_config(wrapper.get_config())
+        assert clone.name == wrapper.name and clone.layer.get_config() == layer.get_config()
+    with pytest.raises(TypeError, match="MultiHeadAttention"):
+        CachedAttention(keras.layers.Dense(4))
 
 
 def test_attention_without_encoding_has_no_position_term():
