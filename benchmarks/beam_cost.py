@@ -104,15 +104,14 @@ def step_parts(builder, source_slots, new_slots, jit, repeats):
 
     @tf.function(jit_compile=jit)
     def full(inputs, parents):
-        inputs = list(inputs)
-        inputs[5] = tf.gather(inputs[5], parents)
-        logits, cache = step_model(inputs, training=False)
-        return tf.nn.log_softmax(logits), cache
+        inputs = dict(inputs, cache=tf.gather(inputs["cache"], parents))
+        outputs = step_model(inputs, training=False)
+        return tf.nn.log_softmax(outputs["logits"]), outputs["cache"]
 
     @tf.function(jit_compile=jit)
     def no_reorder(inputs):
-        logits, cache = step_model(list(inputs), training=False)
-        return tf.nn.log_softmax(logits), cache
+        outputs = step_model(dict(inputs), training=False)
+        return tf.nn.log_softmax(outputs["logits"]), outputs["cache"]
 
     @tf.function(jit_compile=jit)
     def reorder(cache, parents):
@@ -130,16 +129,18 @@ def step_parts(builder, source_slots, new_slots, jit, repeats):
         write_mask = np.zeros((rows, new_slots), "float32")
         write_mask[:, new_slots - 1] = 1
         cache = rng.normal(size=(rows, layers, 2, heads, new_slots, head_size))
-        inputs = [tf.constant(value) for value in (
-            np.full((rows, 1), 200, "int32"), np.ones((rows, 1), "int32"),
-            np.full((rows, 1), source_slots + new_slots - 1, "int32"),
-            source_cache.astype("float32"), np.ones((sources, source_slots), "float32"),
-            cache.astype("float32"), np.ones((rows, new_slots), "float32"), write_mask)]
+        inputs = {name: tf.constant(value) for name, value in dict(
+            token_ids=np.full((rows, 1), 200, "int32"), segment_ids=np.ones((rows, 1), "int32"),
+            position_ids=np.full((rows, 1), source_slots + new_slots - 1, "int32"),
+            source_cache=source_cache.astype("float32"),
+            source_key_mask=np.ones((sources, source_slots), "float32"),
+            cache=cache.astype("float32"), key_mask=np.ones((rows, new_slots), "float32"),
+            write_mask=write_mask).items()}
         parents = tf.constant(rng.permutation(rows).astype("int32"))
         hidden = tf.constant(rng.normal(size=(rows, embeddings.shape[1])).astype("float32"))
         parts = {"step": lambda: full(inputs, parents)[0].numpy(),
                  "step without reordering": lambda: no_reorder(inputs)[0].numpy(),
-                 "reordering alone": lambda: reorder(inputs[5], parents)[0].numpy(),
+                 "reordering alone": lambda: reorder(inputs["cache"], parents)[0].numpy(),
                  "projection + log-softmax": lambda: projection(hidden)[0].numpy()}
         figures[rows] = {name: best_cpu_ms(part, repeats) for name, part in parts.items()}
     return figures

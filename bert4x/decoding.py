@@ -97,7 +97,7 @@ class _Negative:
     members: list
     owner: np.ndarray
     group_sizes: list
-    extras: list
+    extras: dict  # {additional input name: array}
     scale: float
 
 
@@ -150,16 +150,19 @@ class _CompiledModels:
     # traces them, which is what the no-retracing test checks.
     def _prefill_body(self, call, inputs):
         self.prefill_traces += 1
-        logits, cache = call(self.prefill_model, list(inputs))
-        return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), cache
+        return self._log_probs(call(self.prefill_model, dict(inputs)))
 
     def _step_body(self, call, inputs, parents):
         self.step_traces += 1
-        inputs = list(inputs)
         # Reorder the beams' generated slots on the device (the source slots are shared).
-        inputs[5] = ops.take(inputs[5], parents, axis=0)
-        logits, cache = call(self.step_model, inputs)
-        return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), cache
+        inputs = dict(inputs, cache=ops.take(inputs["cache"], parents, axis=0))
+        return self._log_probs(call(self.step_model, inputs))
+
+    @staticmethod
+    def _log_probs(outputs):
+        """``{"log_probs", "cache"}`` of a graph's ``{"logits", "cache"}``."""
+        return {"log_probs": ops.log_softmax(ops.cast(outputs["logits"], "float32"), axis=-1),
+                "cache": outputs["cache"]}
 
     @staticmethod
     def _keras_call(model, inputs):
@@ -169,7 +172,8 @@ class _CompiledModels:
         import tensorflow as tf
 
         def specs(model):
-            return [tf.TensorSpec(tensor.shape, tensor.dtype) for tensor in model.inputs]
+            return {name: tf.TensorSpec(tensor.shape, tensor.dtype)
+                    for name, tensor in model.input.items()}
 
         prefill = tf.function(
             lambda inputs: self._prefill_body(self._keras_call, inputs),
@@ -218,7 +222,7 @@ class _CompiledModels:
 
     @staticmethod
     def _tensors(inputs):
-        return [ops.convert_to_tensor(value) for value in inputs]
+        return {name: ops.convert_to_tensor(value) for name, value in inputs.items()}
 
     def step_function(self):
         """The step callable for one decode (JAX binds the current weights once)."""
@@ -240,15 +244,18 @@ class _CachedScorer:
         self.group_sizes = group_sizes
         self.copies = copies
         self.vocab_size = vocab_size
-        member_extras = [np.take(extra, owner, axis=0) for extra in extras]
+        member_extras = {name: np.take(extra, owner, axis=0)
+                         for name, extra in extras.items()}
         # Guidance runs the negative members as extra rows after the positive ones.
         self.negative = negative
         self.positive_rows = len(members) * copies
         if negative is not None:
             members = members + negative.members
             owner = np.concatenate([owner, negative.owner])
-            member_extras = [np.concatenate([ours, np.take(theirs, negative.owner, axis=0)])
-                             for ours, theirs in zip(member_extras, negative.extras)]
+            member_extras = {
+                name: np.concatenate([ours, np.take(negative.extras[name], negative.owner,
+                                                    axis=0)])
+                for name, ours in member_extras.items()}
         count = len(members)
         self.source_length = max(len(m) for m in members)
         self.token_ids = np.full((count, self.source_length), pad_id, dtype=np.int32)
@@ -268,8 +275,8 @@ class _CachedScorer:
         self.key_mask = np.zeros((self.rows, self.new_slots), dtype=np.float32)
         self.row_positions = np.repeat(self.lengths, copies)
         self.segment = np.full((self.rows, 1), target_segment_id, dtype=np.int32)
-        self.row_extras = [np.take(extra, self.member_of_row, axis=0)
-                           for extra in self.member_extras]
+        self.row_extras = {name: np.take(extra, self.member_of_row, axis=0)
+                           for name, extra in self.member_extras.items()}
         self.step = 0
         self.source_cache = self.cache = None
         # The padding id is masked as a key in a full run, so a generated one
@@ -278,13 +285,15 @@ class _CachedScorer:
         self.step_function = compiled.step_function()
 
     def first(self):
-        inputs = [self.token_ids, np.zeros_like(self.token_ids), self.lengths - 1]
-        log_probs, self.source_cache = self.compiled.prefill(inputs + self.member_extras)
+        outputs = self.compiled.prefill(dict(
+            token_ids=self.token_ids, segment_ids=np.zeros_like(self.token_ids),
+            last_index=self.lengths - 1, **self.member_extras))
+        self.source_cache = outputs["cache"]
         shape = list(ops.shape(self.source_cache))
         shape[0], shape[4] = self.rows, self.new_slots
         self.cache = ops.zeros(shape, dtype=self.source_cache.dtype)
-        rows = np.repeat(ops.convert_to_numpy(log_probs).astype(np.float64), self.copies,
-                         axis=0)
+        rows = np.repeat(ops.convert_to_numpy(outputs["log_probs"]).astype(np.float64),
+                         self.copies, axis=0)
         return self._units(rows)
 
     def next(self, parents, tokens):
@@ -296,12 +305,14 @@ class _CachedScorer:
         write_mask = np.zeros((self.rows, self.new_slots), dtype=np.float32)
         write_mask[:, self.step] = 1.0
         positions = (self.row_positions + self.step).astype(np.int32)[:, None]
-        inputs = [row_tokens, self.segment, positions, self.source_cache,
-                  self.source_key_mask, self.cache, self.key_mask.copy(),
-                  write_mask] + self.row_extras
-        log_probs, self.cache = self.step_function(inputs, row_parents)
+        inputs = dict(token_ids=row_tokens, segment_ids=self.segment, position_ids=positions,
+                      source_cache=self.source_cache, source_key_mask=self.source_key_mask,
+                      cache=self.cache, key_mask=self.key_mask.copy(), write_mask=write_mask,
+                      **self.row_extras)
+        outputs = self.step_function(inputs, row_parents)
+        self.cache = outputs["cache"]
         self.step += 1
-        rows = ops.convert_to_numpy(log_probs).astype(np.float64)
+        rows = ops.convert_to_numpy(outputs["log_probs"]).astype(np.float64)
         return self._units(rows)
 
     def _units(self, rows):
@@ -455,13 +466,13 @@ class Decoder:
             raise ValueError(f"the model takes {len(expected)} additional inputs {names}; "
                              f"got {len(given)} (pass additional_inputs=[one array per "
                              "input, one row per source])")
-        arrays = []
+        arrays = {}  # keyed as the cache models name them: by the input's name
         for tensor, value in zip(expected, given):
             value = np.asarray(value, dtype=tensor.dtype)
             if value.shape[:1] != (num_sources,):
                 raise ValueError(f"additional input {tensor.name} has {value.shape[:1]} "
                                  f"rows; expected one per source ({num_sources})")
-            arrays.append(value)
+            arrays[tensor.name] = value
         return arrays
 
     def _defaults(self, max_length, min_length):

@@ -500,42 +500,29 @@ class RelativePositionEncoding(PositionEncoding):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MultiHeadAttention(keras.layers.Layer):
-    """Multi-head self-attention with an additive mask and an optional key/value cache.
+    """Multi-head self-attention with an additive mask.
 
     Scores are ``q k^T / sqrt(head_size) + attention_bias``, softmaxed in float32.
+    ``layer(x, attention_bias)`` returns the output ``[batch, length, hidden]``, one
+    tensor whatever it is given.
 
-    Three ways to call it:
+    The same weights serve two other uses, each a layer of its own with a fixed
+    output (a Keras graph records a layer's output structure at its first call,
+    so one layer cannot return one tensor here and a pair there):
 
-    * ``layer(x, attention_bias)``: ordinary self-attention; with
-      ``return_attention_scores=True`` it also returns the probabilities
+    * :class:`CachedAttention` (``CachedAttention(layer)``) runs them with a
+      key/value cache for incremental decoding and returns ``{"output",
+      "cache"}``;
+    * :class:`AttentionProbabilities` returns the attention probabilities
       ``[batch, heads, query, key]``.
-    * ``layer(x, attention_bias, return_cache=True)``: also returns this call's
-      keys and values stacked as ``[batch, 2, heads, length, head_size]`` (the
-      prefill of incremental decoding).
-    * ``layer(x, attention_bias, cache=c, write_mask=w)``: incremental decoding
-      of one new position; ``c`` is ``[batch, 2, heads, M, head_size]``, ``w`` a
-      one-hot ``[batch, M]`` of the slot the new key/value is written to, and
-      ``attention_bias`` covers the M cached keys. Returns the output and the
-      updated cache. The blend with a one-hot keeps every shape static, so a
-      compiled step never retraces.
-    * the same with ``source_cache=s, source_bias=b``: the keys and values of
-      the sources, ``[sources, 2, heads, S, head_size]``, stored once per
-      source and attended by every row of that source (the rows are grouped
-      by source: ``batch // sources`` consecutive rows each, e.g. the beams
-      of a beam search), before the rows' own ``cache`` of generated slots;
-      ``b`` ``[sources, 1, 1, S]`` is their additive mask. Only the generated
-      slots are per row, so reordering beams copies those alone, and a step
-      reads each source's keys once however many rows share them.
+
+    Both build on two public methods, :meth:`project` (per-head queries, keys
+    and values) and :meth:`attend` (attention of queries over keys).
 
     Positions: with ``position_encoding=None`` (BERT, whose positions are in
     the embeddings) attention ignores them. With a :class:`PositionEncoding`,
-    ``query_positions`` ``[batch, length]`` are the absolute positions of this
-    call's tokens and ``key_positions`` ``[batch, M]`` those of every cache slot;
-    both default to ``0..length-1`` without a cache. A cached step passes
-    ``query_positions`` (the new token's position, which its rotated key is
-    stored at) and, for encodings with ``needs_key_positions``, ``key_positions``
-    (any value in slots the bias masks), and ``source_key_positions``
-    ``[sources, S]`` with a source cache.
+    queries and keys are encoded at positions ``0..length-1`` here; a cached
+    step gives absolute positions (see :class:`CachedAttention`).
 
     Args:
         num_heads: number of heads.
@@ -544,6 +531,11 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_initializer: initializer of the four projections.
         position_encoding: None, or a :class:`PositionEncoding`
             (:class:`RotaryPositionEncoding`, :class:`RelativePositionEncoding`).
+
+    Example:
+        >>> attention = MultiHeadAttention(num_heads=2, head_size=8)
+        >>> attention(keras.ops.ones((1, 5, 16))).shape
+        (1, 5, 16)
     """
 
     def __init__(self, num_heads, head_size, attention_dropout=0.0,
@@ -587,38 +579,70 @@ class MultiHeadAttention(keras.layers.Layer):
         x = ops.reshape(x, (batch, length, self.num_heads, self.head_size))
         return ops.transpose(x, (0, 2, 1, 3))
 
-    def call(self, inputs, attention_bias=None, cache=None, write_mask=None,
-             query_positions=None, key_positions=None, return_attention_scores=False,
-             return_cache=False, source_cache=None, source_bias=None,
-             source_key_positions=None, training=None):
+    def call(self, inputs, attention_bias=None, training=None):
+        query, key, value = self.project(inputs)
+        output, _ = self.attend(query, key, value, attention_bias, training=training)
+        return output
+
+    def project(self, inputs, positions=None):
+        """Per-head ``(query, key, value)``, each ``[batch, heads, length, head_size]``.
+
+        Queries and keys are position-encoded (a :class:`PositionEncoding`'s
+        :meth:`~PositionEncoding.encode`) at ``positions`` ``[batch, length]``,
+        None meaning ``0..length-1``.
+
+        Example:
+            >>> attention = MultiHeadAttention(num_heads=2, head_size=8)
+            >>> attention.build((None, None, 16))
+            >>> query, key, value = attention.project(keras.ops.ones((1, 5, 16)))
+            >>> tuple(key.shape)
+            (1, 2, 5, 8)
+        """
         query = self._split_heads(self.query_dense(inputs))
         key = self._split_heads(self.key_dense(inputs))
         value = self._split_heads(self.value_dense(inputs))
-        encoding = self.position_encoding
-        if encoding is not None:
-            query, key = encoding.encode(query, key, query_positions)
-        if cache is not None:
-            if write_mask is None:
-                raise ValueError(f"{self.name}: a cache needs write_mask=<one-hot [batch, M]>")
-            slot = ops.cast(write_mask, key.dtype)[:, None, :, None]
-            key = cache[:, 0] * (1 - slot) + key * slot
-            value = cache[:, 1] * (1 - slot) + value * slot
-        elif source_cache is not None:
-            raise ValueError(f"{self.name}: source_cache is for cached steps: pass the rows' "
-                             "cache and write_mask too")
-        if encoding is not None and cache is not None and encoding.needs_key_positions and (
-                query_positions is None or key_positions is None
-                or (source_cache is not None and source_key_positions is None)):
-            raise ValueError(f"{self.name}: {type(encoding).__name__} needs "
-                             "query_positions and key_positions with a cache (and "
-                             "source_key_positions with a source cache)")
+        if self.position_encoding is not None:
+            query, key = self.position_encoding.encode(query, key, positions)
+        return query, key, value
+
+    def attend(self, query, key, value, attention_bias=None, query_positions=None,
+               key_positions=None, source=None, training=None):
+        """``(output, probabilities)`` of per-head queries over per-head keys and values.
+
+        Args:
+            query: ``[batch, heads, length, head_size]`` (from :meth:`project`).
+            key, value: ``[batch, heads, M, head_size]``.
+            attention_bias: additive mask broadcastable to ``[batch, heads,
+                length, M]``.
+            query_positions, key_positions: absolute positions ``[batch,
+                length]`` and ``[batch, M]`` for a relative encoding (None:
+                ``0..length-1`` and ``0..M-1``).
+            source: None, or keys shared by groups of rows, attended before
+                ``key``: a dict with ``cache`` ``[sources, 2, heads, S,
+                head_size]``, ``bias`` ``[sources, 1, 1, S]`` and
+                ``key_positions`` ``[sources, S]`` (or None); the rows are
+                ``batch // sources`` consecutive ones per source.
+
+        Returns:
+            The output ``[batch, length, hidden]`` and the probabilities
+            ``[batch, heads, length, S + M]`` (float32, before dropout).
+
+        Example:
+            >>> attention = MultiHeadAttention(num_heads=2, head_size=8)
+            >>> attention.build((None, None, 16))
+            >>> output, probabilities = attention.attend(
+            ...     *attention.project(keras.ops.ones((1, 5, 16))))
+            >>> tuple(probabilities.shape)
+            (1, 2, 5, 5)
+        """
         query32 = ops.cast(query, "float32")
         parts = [self._keys(query32, key, value, attention_bias, query_positions,
                             key_positions)]
-        if source_cache is not None:
+        if source is not None:
+            source_cache = source["cache"]
             parts.insert(0, self._keys(query32, source_cache[:, 0], source_cache[:, 1],
-                                       source_bias, query_positions, source_key_positions,
-                                       shared=True))
+                                       source["bias"], query_positions,
+                                       source.get("key_positions"), shared=True))
         if len(parts) == 1:
             scores = parts[0]["scores"]
         else:
@@ -634,12 +658,7 @@ class MultiHeadAttention(keras.layers.Layer):
         context = ops.transpose(context, (0, 2, 1, 3))
         batch, length = ops.shape(context)[0], ops.shape(context)[1]
         context = ops.reshape(context, (batch, length, self.num_heads * self.head_size))
-        outputs = [self.output_dense(context)]
-        if return_attention_scores:
-            outputs.append(probs)
-        if cache is not None or return_cache:
-            outputs.append(ops.stack([key, value], axis=1))
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        return self.output_dense(context), probs
 
     def _keys(self, query32, key, value, bias, query_positions, key_positions, shared=False):
         """Scaled scores of ``query32`` against one set of keys, and what the context
@@ -683,25 +702,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 probs, ops.cast(part["relative"], self.compute_dtype), "context")
         return context
 
-    def compute_output_spec(self, inputs, attention_bias=None, cache=None, write_mask=None,
-                            query_positions=None, key_positions=None,
-                            return_attention_scores=False, return_cache=False,
-                            source_cache=None, source_bias=None, source_key_positions=None,
-                            training=None):
-        batch, length, hidden = inputs.shape
-        outputs = [keras.KerasTensor(inputs.shape, self.compute_dtype)]
-        keys = cache.shape[3] if cache is not None else length
-        if return_attention_scores:
-            attended = keys
-            if source_cache is not None:
-                attended = (None if keys is None or source_cache.shape[3] is None
-                            else keys + source_cache.shape[3])
-            outputs.append(keras.KerasTensor((batch, self.num_heads, length, attended),
-                                             "float32"))
-        if cache is not None or return_cache:
-            outputs.append(keras.KerasTensor(
-                (batch, 2, self.num_heads, keys, self.head_size), self.compute_dtype))
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+    def compute_output_spec(self, inputs, attention_bias=None, training=None):
+        return keras.KerasTensor(inputs.shape, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -711,6 +713,147 @@ class MultiHeadAttention(keras.layers.Layer):
                       position_encoding=None if self.position_encoding is None else
                       keras.saving.serialize_keras_object(self.position_encoding))
         return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CachedAttention(keras.layers.Wrapper):
+    """A :class:`MultiHeadAttention`'s weights run with a key/value cache.
+
+    Every call returns ``{"output": [batch, length, hidden], "cache": [batch, 2,
+    heads, M, head_size]}``, the keys and values stacked. The weights are those
+    of ``layer`` (not copied), so checkpoints and layer names stay the
+    attention's own.
+
+    * ``cached(x, attention_bias)``: the prefill of incremental decoding; the
+      cache holds this call's keys and values (``M = length``).
+    * ``cached(x, attention_bias, cache=c, write_mask=w)``: one new position
+      per row; ``c`` is ``[batch, 2, heads, M, head_size]``, ``w`` a one-hot
+      ``[batch, M]`` of the slot the new key/value is written to, and
+      ``attention_bias`` covers the M cached keys. The cache comes back with the
+      slot written. The blend with a one-hot keeps every shape static, so a
+      compiled step never retraces.
+    * the same with ``source_cache=s, source_bias=b``: the keys and values of
+      the sources, ``[sources, 2, heads, S, head_size]``, stored once per
+      source and attended by every row of that source (the rows are grouped
+      by source: ``batch // sources`` consecutive rows each, e.g. the beams
+      of a beam search), before the rows' own ``cache`` of generated slots;
+      ``b`` ``[sources, 1, 1, S]`` is their additive mask. Only the generated
+      slots are per row, so reordering beams copies those alone, and a step
+      reads each source's keys once however many rows share them.
+
+    Positions, for a layer with a :class:`PositionEncoding`: ``query_positions``
+    ``[batch, length]`` are the absolute positions of this call's tokens (their
+    keys are cached encoded at them) and ``key_positions`` ``[batch, M]`` those
+    of every cache slot; both default to ``0..length-1``. A cached step passes
+    ``query_positions`` and, for encodings with ``needs_key_positions``,
+    ``key_positions`` (any value in slots the bias masks), and
+    ``source_key_positions`` ``[sources, S]`` with a source cache.
+
+    Args:
+        layer: the :class:`MultiHeadAttention` whose weights this runs.
+        name: default ``<layer name>-Cached``.
+
+    Example:
+        >>> attention = MultiHeadAttention(num_heads=2, head_size=8)
+        >>> cached = CachedAttention(attention)
+        >>> prefill = cached(keras.ops.ones((1, 5, 16)))
+        >>> tuple(prefill["cache"].shape)
+        (1, 2, 2, 5, 8)
+    """
+
+    def __init__(self, layer, **kwargs):
+        if not isinstance(layer, MultiHeadAttention):
+            raise TypeError(f"CachedAttention runs a bert4x MultiHeadAttention, got "
+                            f"{type(layer).__name__}")
+        kwargs.setdefault("name", f"{layer.name}-Cached")
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(layer, **kwargs)
+        # The mask of the input stays on the output (see compute_mask).
+        self.supports_masking = layer.supports_masking
+
+    def call(self, inputs, attention_bias=None, cache=None, write_mask=None,
+             query_positions=None, key_positions=None, source_cache=None, source_bias=None,
+             source_key_positions=None, training=None):
+        attention = self.layer
+        query, key, value = attention.project(inputs, query_positions)
+        if cache is not None:
+            if write_mask is None:
+                raise ValueError(f"{self.name}: a cache needs write_mask=<one-hot [batch, M]>")
+            slot = ops.cast(write_mask, key.dtype)[:, None, :, None]
+            key = cache[:, 0] * (1 - slot) + key * slot
+            value = cache[:, 1] * (1 - slot) + value * slot
+        elif source_cache is not None:
+            raise ValueError(f"{self.name}: source_cache is for cached steps: pass the rows' "
+                             "cache and write_mask too")
+        encoding = attention.position_encoding
+        if encoding is not None and cache is not None and encoding.needs_key_positions and (
+                query_positions is None or key_positions is None
+                or (source_cache is not None and source_key_positions is None)):
+            raise ValueError(f"{self.name}: {type(encoding).__name__} needs "
+                             "query_positions and key_positions with a cache (and "
+                             "source_key_positions with a source cache)")
+        source = None
+        if source_cache is not None:
+            source = dict(cache=source_cache, bias=source_bias,
+                          key_positions=source_key_positions)
+        output, _ = attention.attend(query, key, value, attention_bias, query_positions,
+                                     key_positions, source=source, training=training)
+        return {"output": output, "cache": ops.stack([key, value], axis=1)}
+
+    def compute_output_spec(self, inputs, attention_bias=None, cache=None, **kwargs):
+        attention = self.layer
+        batch, length = inputs.shape[0], inputs.shape[1]
+        keys = cache.shape[3] if cache is not None else length
+        return {"output": keras.KerasTensor(inputs.shape, self.compute_dtype),
+                "cache": keras.KerasTensor(
+                    (batch, 2, attention.num_heads, keys, attention.head_size),
+                    self.compute_dtype)}
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return {"output": previous_mask, "cache": None}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class AttentionProbabilities(keras.layers.Wrapper):
+    """The attention probabilities ``[batch, heads, query, key]`` of a
+    :class:`MultiHeadAttention` called as ``layer(x, attention_bias)``.
+
+    Float32, before dropout; masked keys get probability 0. The weights are
+    those of ``layer`` (not copied). :func:`bert4x.models.attention_model` reads
+    a model's attention this way.
+
+    Args:
+        layer: the :class:`MultiHeadAttention` whose weights this runs.
+        name: default ``<layer name>-Probabilities``.
+
+    Example:
+        >>> attention = MultiHeadAttention(num_heads=2, head_size=8)
+        >>> AttentionProbabilities(attention)(keras.ops.ones((1, 5, 16))).shape
+        (1, 2, 5, 5)
+    """
+
+    def __init__(self, layer, **kwargs):
+        if not isinstance(layer, MultiHeadAttention):
+            raise TypeError(f"AttentionProbabilities reads a bert4x MultiHeadAttention, "
+                            f"got {type(layer).__name__}")
+        kwargs.setdefault("name", f"{layer.name}-Probabilities")
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(layer, **kwargs)
+        # A padding mask is dropped quietly (compute_mask): the axes are not the input's.
+        self.supports_masking = True
+
+    def call(self, inputs, attention_bias=None, training=None):
+        attention = self.layer
+        _, probabilities = attention.attend(*attention.project(inputs), attention_bias,
+                                            training=training)
+        return probabilities
+
+    def compute_output_spec(self, inputs, attention_bias=None, training=None):
+        batch, length = inputs.shape[0], inputs.shape[1]
+        return keras.KerasTensor((batch, self.layer.num_heads, length, length), "float32")
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None
 
 
 def _by_source(rows, sources):
@@ -916,30 +1059,3 @@ class BiasAdd(keras.layers.Layer):
     def compute_output_spec(self, inputs):
         return keras.KerasTensor(inputs.shape, inputs.dtype)
 
-
-class ReusedLayer(keras.layers.Layer):
-    """Calls an existing layer with fixed keyword arguments, sharing its weights.
-
-    Keras checks a functional graph against the output structure of a layer's
-    *first* call, so one layer cannot return one tensor in the training graph
-    and ``(output, cache)`` in a decoding graph. Wrapping each extra use gives it
-    its own consistent structure while the weights stay those of ``layer``.
-    Used for graphs built on the fly (decoding, attention probabilities), which
-    are not meant to be saved.
-    """
-
-    def __init__(self, layer, **call_kwargs):
-        name = f"{layer.name}-{'-'.join(sorted(call_kwargs))}"
-        uses = keras.backend.get_uid(name)  # a shared (ALBERT) layer is reused per layer
-        super().__init__(name=name if uses == 1 else f"{name}-{uses}",
-                         dtype=layer.dtype_policy)
-        self.layer = layer
-        self.call_kwargs = call_kwargs
-        # Masks pass as through the wrapped layer (no warning in a bert4keras graph).
-        self.supports_masking = layer.supports_masking
-
-    def call(self, *args, **kwargs):
-        return self.layer(*args, **kwargs, **self.call_kwargs)
-
-    def compute_output_spec(self, *args, **kwargs):
-        return self.layer.compute_output_spec(*args, **kwargs, **self.call_kwargs)

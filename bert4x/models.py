@@ -15,7 +15,7 @@ from bert4x import storage
 from bert4x.configs import read_config_file
 from bert4x.families import (ALBERT, BERT, BERT_BLOCK_NAMES, NEZHA, ALBERTUnshared, ELECTRA,
                              RoBERTa, RoFormer)
-from bert4x.layers import MultiHeadAttention, ReusedLayer
+from bert4x.layers import AttentionProbabilities, MultiHeadAttention
 from bert4x.registry import MODELS, family_of
 from bert4x.transformer import Transformer
 
@@ -198,9 +198,9 @@ def intermediate_model(model, layer_names):
 def attention_model(model, layer_indices):
     """A model returning the attention probabilities ``[batch, heads, query, key]``.
 
-    The attention layers of ``model`` are called again on the inputs they get in
-    ``model`` with ``return_attention_scores=True``: no weights are copied and
-    nothing is rebuilt by hand. Masked keys get probability 0.
+    The attention layers of ``model`` are read again on the inputs they get in
+    ``model`` through :class:`~bert4x.layers.AttentionProbabilities`: no weights
+    are copied and nothing is rebuilt by hand. Masked keys get probability 0.
 
     Args:
         model: a functional BERT-family model (any family; ALBERT's shared
@@ -220,16 +220,16 @@ def attention_model(model, layer_indices):
         raise ValueError("layer_indices is empty: give at least one attention layer")
     graph = _Calls(model)
     calls = graph.attention_calls()
-    outputs = []
+    outputs, readers = [], {}
     for index in indices:
         if not _is_index(index) or not -len(calls) <= index < len(calls):
             raise ValueError(f"model {model.name!r} runs {len(calls)} attention layers "
                              f"(indices 0..{len(calls) - 1}); got {index!r}")
         name, call = calls[int(index)]
         args, kwargs = graph.arguments(name, call)
-        _, probs = ReusedLayer(model.get_layer(name), return_attention_scores=True)(
-            *args, **kwargs)
-        outputs.append(probs)
+        if name not in readers:  # one per layer: a shared (ALBERT) layer's calls share it
+            readers[name] = AttentionProbabilities(model.get_layer(name))
+        outputs.append(readers[name](*args, **kwargs))
     return keras.Model(model.inputs, outputs[0] if len(outputs) == 1 else outputs)
 
 

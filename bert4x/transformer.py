@@ -43,9 +43,9 @@ from keras import ops
 
 from bert4x import checkpoints, registry
 from bert4x.configs import BertConfig
-from bert4x.layers import (AttentionBias, BiasAdd, Dropout, Embedding, FeedForward,
-                           FirstToken, LayerNormalization, MultiHeadAttention,
-                           PositionEmbedding, ReusedLayer, ReversibleEmbedding, get_activation)
+from bert4x.layers import (AttentionBias, BiasAdd, CachedAttention, Dropout, Embedding,
+                           FeedForward, FirstToken, LayerNormalization, MultiHeadAttention,
+                           PositionEmbedding, ReversibleEmbedding, get_activation)
 
 
 _MASK_PENALTY = -1e9
@@ -199,6 +199,7 @@ class Transformer:
         self._create_layers()
         self.model = self._build_model()
         self._cache_models = None
+        self._cached_attentions = {}
 
     # ------------------------------------------------------ family declaration
     def __init_subclass__(cls, **kwargs):
@@ -487,34 +488,43 @@ class Transformer:
             x = self.embedding_mapping(x)
         return x
 
-    def block(self, index, x, attention_bias, condition=None, cache=None, write_mask=None,
-              return_cache=False, query_positions=None, key_positions=None, source=None,
-              training=None):
-        """Post-norm Transformer block ``index`` (of ``self.blocks``); returns ``x`` or
-        ``(x, cache)``. ``source`` holds a cached step's shared source keyword arguments
-        (see :class:`~bert4x.layers.MultiHeadAttention`)."""
+    def block(self, index, x, attention_bias, condition=None, training=None):
+        """Post-norm Transformer block ``index`` (of ``self.blocks``) on ``x``; returns
+        the block's output."""
         layers = self.blocks[index]
-        attention, kwargs = layers["attention"], dict(source or {})
-        if query_positions is not None:
-            kwargs.update(query_positions=query_positions, key_positions=key_positions)
-        new_cache = None
-        if cache is not None:
-            attended, new_cache = ReusedLayer(attention)(
-                x, attention_bias=attention_bias, cache=cache, write_mask=write_mask,
-                **kwargs)
-        elif return_cache:
-            attended, new_cache = ReusedLayer(attention, return_cache=True)(
-                x, attention_bias=attention_bias)
-        else:
-            attended = attention(x, attention_bias=attention_bias, training=training)
+        attended = layers["attention"](x, attention_bias=attention_bias, training=training)
+        return self._after_attention(layers, x, attended, condition, training)
+
+    def cached_block(self, index, x, attention_bias, condition=None, **cache_inputs):
+        """Block ``index`` of a decoding graph: returns ``(x, cache)``, the block's
+        output and the keys and values of its attention.
+
+        ``cache_inputs`` are :class:`~bert4x.layers.CachedAttention`'s keyword
+        arguments: none in the prefill (the cache is this call's keys and values);
+        ``cache`` and ``write_mask`` (and positions, a source cache) in a step.
+        """
+        layers = self.blocks[index]
+        attended = self._cached_attention(index)(x, attention_bias=attention_bias,
+                                                 **cache_inputs)
+        x = self._after_attention(layers, x, attended["output"], condition, None)
+        return x, attended["cache"]
+
+    def _cached_attention(self, index):
+        """The one :class:`CachedAttention` of block ``index`` (made on first use; an
+        ALBERT block runs it once per application)."""
+        if index not in self._cached_attentions:
+            self._cached_attentions[index] = CachedAttention(self.blocks[index]["attention"])
+        return self._cached_attentions[index]
+
+    def _after_attention(self, layers, x, attended, condition, training):
+        """The rest of a post-norm block after its attention output ``attended``."""
         attended = layers["attention_dropout"](attended, training=training)
         x = layers["attention_add"]([x, attended])
         x = layers["attention_norm"](x, condition=condition)
         transformed = layers["feed_forward"](x)
         transformed = layers["feed_forward_dropout"](transformed, training=training)
         x = layers["feed_forward_add"]([x, transformed])
-        x = layers["feed_forward_norm"](x, condition=condition)
-        return (x, new_cache) if new_cache is not None else x
+        return layers["feed_forward_norm"](x, condition=condition)
 
     def encode(self, x, attention_bias, condition=None, training=None):
         """Run every layer (``self.schedule``) on the embeddings ``x``."""
@@ -618,25 +628,42 @@ class Transformer:
     def cache_models(self):
         """Return ``(prefill_model, step_model)`` for incremental decoding.
 
-        ``prefill_model([token_ids, segment_ids, last_index, *extra])`` runs the
-        padded sources once and returns the MLM logits ``[batch, vocab]`` at
-        ``last_index`` and the cache ``[batch, applications, 2, heads, length,
-        head_size]``, one entry per layer application (ALBERT's shared layers
-        have one per application, not per shared block).
+        Both take a dict of named inputs and return ``{"logits", "cache"}``. The
+        inputs of the extra condition (``additional_input_layers``) are named
+        as their tensors are (``tensor.name``, e.g. the ``name`` of their
+        ``keras.Input``), one row per row of ``token_ids``.
 
-        ``step_model([token_ids, segment_ids, position_ids, source_cache,
-        source_key_mask, cache, key_mask, write_mask, *extra])`` runs one token
-        per row (all ``[batch, 1]``) at absolute position ``position_ids``.
-        It attends to two caches: ``source_cache`` ``[sources, applications, 2,
-        heads, S, head_size]`` (the prefill's cache, stored once per source,
-        ``source_key_mask`` ``[sources, S]`` marking its real tokens, which hold
-        positions ``0, 1, ...`` in slot order), shared by ``batch // sources``
-        consecutive rows per source (the beams of a source), and the rows'
-        own ``cache`` ``[batch, applications, 2, heads, M, head_size]`` of
-        generated tokens, ``key_mask`` ``[batch, M]`` marking its valid slots
-        including the one written now, which ``write_mask`` one-hot marks
-        (generated slot ``j`` holds position ``source length + j``). Returns
-        the logits ``[batch, vocab]`` and the updated rows' cache.
+        ``prefill_model({"token_ids", "segment_ids", "last_index", **extra})``
+        runs the padded sources ``[sources, S]`` once and returns the MLM
+        ``logits`` ``[sources, vocab]`` at ``last_index`` ``[sources]`` and the
+        ``cache`` ``[sources, applications, 2, heads, S, head_size]``, one entry
+        per layer application (ALBERT's shared layers have one per
+        application, not per shared block).
+
+        ``step_model({"token_ids", "segment_ids", "position_ids",
+        "source_cache", "source_key_mask", "cache", "key_mask", "write_mask",
+        **extra})`` runs one token per row (ids and positions ``[batch, 1]``) at
+        absolute position ``position_ids``. It attends to two caches:
+        ``source_cache`` ``[sources, applications, 2, heads, S, head_size]``
+        (the prefill's cache, stored once per source, ``source_key_mask``
+        ``[sources, S]`` marking its real tokens, which hold positions ``0, 1,
+        ...`` in slot order), shared by ``batch // sources`` consecutive rows
+        per source (the beams of a source), and the rows' own ``cache``
+        ``[batch, applications, 2, heads, M, head_size]`` of generated tokens,
+        ``key_mask`` ``[batch, M]`` marking its valid slots including the one
+        written now, which ``write_mask`` one-hot marks (generated slot ``j``
+        holds position ``source length + j``). Returns the ``logits``
+        ``[batch, vocab]`` and the rows' updated ``cache``.
+
+        Example:
+            >>> config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+            ...                     num_attention_heads=2, intermediate_size=48)
+            >>> prefill_model, step_model = BERT(config, application="lm").cache_models()
+            >>> outputs = prefill_model({"token_ids": np.array([[2, 7, 9]]),
+            ...                          "segment_ids": np.zeros((1, 3), "int32"),
+            ...                          "last_index": np.array([2])})
+            >>> tuple(outputs["cache"].shape)  # [sources, layers, 2, heads, S, head_size]
+            (1, 2, 2, 2, 3, 16)
         """
         if self.application == "encoder":
             raise ValueError("incremental decoding needs application='lm' or 'unilm'")
@@ -644,65 +671,74 @@ class Transformer:
             self._cache_models = (self._build_prefill_model(), self._build_step_model())
         return self._cache_models
 
-    def _extra_inputs(self, prefix):
-        extra = [keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
-                             name=f"{prefix}-{i}") for i, tensor in enumerate(self.additional_inputs)]
+    def _extra_inputs(self, taken):
+        """``({name: input}, condition)``: inputs of a decoding graph standing for the
+        additional inputs, named as they are, and the condition computed from them."""
+        extra = {}
+        for tensor in self.additional_inputs:
+            if tensor.name in taken or tensor.name in extra:
+                raise ValueError(
+                    f"the additional input named {tensor.name!r} clashes with another input "
+                    f"of the decoding graphs ({sorted(taken | set(extra))}): give it "
+                    f"another name (keras.Input(..., name=...))")
+            extra[tensor.name] = keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
+                                             name=tensor.name)
         condition = None
         if self.conditional:
-            condition = self._condition(self.condition_model(extra))
+            condition = self._condition(self.condition_model(list(extra.values())))
         return extra, condition
 
     def _build_prefill_model(self):
-        token_ids, segment_ids = self._inputs(prefix="Prefill")
-        last_index = keras.Input((), dtype="int32", name="Prefill-LastIndex")
-        extra, condition = self._extra_inputs("Prefill-Extra")
+        inputs = _named_inputs(token_ids=((None,), "int32"), segment_ids=((None,), "int32"),
+                               last_index=((), "int32"))
+        extra, condition = self._extra_inputs(set(inputs))
+        token_ids, segment_ids = inputs["token_ids"], inputs["segment_ids"]
         x = self.embed(token_ids, segment_ids, condition=condition)
         bias = self.attention_bias(token_ids, segment_ids)
         caches = []
         for index in self.schedule:
-            x, cache = self.block(index, x, bias, condition=condition, return_cache=True)
+            x, cache = self.cached_block(index, x, bias, condition=condition)
             caches.append(cache)
-        logits = self.mlm_logits_at(x, ops.reshape(last_index, (-1, 1)),
+        logits = self.mlm_logits_at(x, ops.reshape(inputs["last_index"], (-1, 1)),
                                     condition=condition)[:, 0]
-        return keras.Model([token_ids, segment_ids, last_index] + extra,
-                           [logits, ops.stack(caches, axis=1)], name=f"{self.name}_prefill")
+        return keras.Model({**inputs, **extra},
+                           {"logits": logits, "cache": ops.stack(caches, axis=1)},
+                           name=f"{self.name}_prefill")
 
     def _build_step_model(self):
         c = self.config
-        token_ids, segment_ids = self._inputs(length=1, prefix="Step")
-        position_ids = keras.Input((1,), dtype="int32", name="Step-Position")
-        cache_shape = (len(self.schedule), 2, c.num_attention_heads, None, c.head_size)
-        dtype = self.model.compute_dtype
-        source_cache = keras.Input(cache_shape, name="Step-SourceCache", dtype=dtype)
-        source_key_mask = keras.Input((None,), name="Step-SourceKeyMask")
-        cache = keras.Input(cache_shape, name="Step-Cache", dtype=dtype)
-        key_mask = keras.Input((None,), name="Step-KeyMask")
-        write_mask = keras.Input((None,), name="Step-WriteMask")
-        extra, condition = self._extra_inputs("Step-Extra")
+        cache = ((len(self.schedule), 2, c.num_attention_heads, None, c.head_size),
+                 self.model.compute_dtype)
+        inputs = _named_inputs(
+            token_ids=((1,), "int32"), segment_ids=((1,), "int32"),
+            position_ids=((1,), "int32"), source_cache=cache,
+            source_key_mask=((None,), "float32"), cache=cache,
+            key_mask=((None,), "float32"), write_mask=((None,), "float32"))
+        extra, condition = self._extra_inputs(set(inputs))
+        token_ids, segment_ids = inputs["token_ids"], inputs["segment_ids"]
+        position_ids, key_mask = inputs["position_ids"], inputs["key_mask"]
+        source_key_mask = inputs["source_key_mask"]
         x = self.embed(token_ids, segment_ids, position_ids=position_ids, condition=condition)
-        source = {"source_bias": _mask_bias(source_key_mask)}
-        positions = {}
+        step = dict(write_mask=inputs["write_mask"], source_bias=_mask_bias(source_key_mask))
         if self.position_encoding() is not None:
-            source["source_key_positions"] = _slot_positions(source_key_mask)
             # Generated slot j holds position (source length + j). The [batch, 1] term
             # comes first: Keras 3.15's functional replay broadcasts `[b, M] + [b, 1]`
             # wrongly (as if the second were [M]) while `[b, 1] + [b, M]` is right.
             start = position_ids + 1 - ops.cast(ops.sum(key_mask, axis=1, keepdims=True),
                                                 "int32")
-            generated = start + _slot_positions(key_mask)
-            positions = dict(query_positions=position_ids, key_positions=generated)
+            step.update(source_key_positions=_slot_positions(source_key_mask),
+                        query_positions=position_ids,
+                        key_positions=start + _slot_positions(key_mask))
         bias, caches = _mask_bias(key_mask), []
         for application, index in enumerate(self.schedule):
-            source["source_cache"] = source_cache[:, application]
-            x, layer_cache = self.block(index, x, bias, condition=condition,
-                                        cache=cache[:, application], write_mask=write_mask,
-                                        source=source, **positions)
+            x, layer_cache = self.cached_block(
+                index, x, bias, condition=condition, cache=inputs["cache"][:, application],
+                source_cache=inputs["source_cache"][:, application], **step)
             caches.append(layer_cache)
         logits = self.mlm_logits(x, condition=condition)[:, 0]
-        return keras.Model(
-            [token_ids, segment_ids, position_ids, source_cache, source_key_mask, cache,
-             key_mask, write_mask] + extra,
-            [logits, ops.stack(caches, axis=1)], name=f"{self.name}_step")
+        return keras.Model({**inputs, **extra},
+                           {"logits": logits, "cache": ops.stack(caches, axis=1)},
+                           name=f"{self.name}_step")
 
     # -------------------------------------------------------------- checkpoints
     def load_checkpoint(self, path, allow_missing_heads=False, ignore_unused_weights=False):
@@ -831,6 +867,12 @@ def _listing(words, conjunction):
     if len(words) < 2:
         return "".join(words)
     return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
+
+
+def _named_inputs(**specs):
+    """``{name: keras.Input named so}`` from ``{name: (shape, dtype)}``."""
+    return {name: keras.Input(shape, dtype=dtype, name=name)
+            for name, (shape, dtype) in specs.items()}
 
 
 def _mask_bias(key_mask):

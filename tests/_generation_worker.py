@@ -141,10 +141,13 @@ def check_cache(builder, rows_per_source=2):
         token_ids[index, :len(source)] = source
     lengths = np.array([len(source) for source in SOURCES], "int32")
     row_lengths = lengths[row_sources]
-    extra = [CLASSES] if conditional else []
-    row_extra = [CLASSES[row_sources]] if conditional else []
-    inputs = [token_ids, np.zeros_like(token_ids), lengths - 1] + extra
-    logits, source_cache = prefill([keras.ops.convert_to_tensor(x) for x in inputs])
+    # The decoding graphs name the condition's input as its keras.Input is named.
+    extra = {"class_id": CLASSES} if conditional else {}
+    row_extra = {"class_id": CLASSES[row_sources]} if conditional else {}
+    inputs = dict(token_ids=token_ids, segment_ids=np.zeros_like(token_ids),
+                  last_index=lengths - 1, **extra)
+    outputs = prefill({key: keras.ops.convert_to_tensor(x) for key, x in inputs.items()})
+    logits, source_cache = outputs["logits"], outputs["cache"]
     source_key_mask = (token_ids != pad).astype("float32")
     new_slots = steps - 1
     shape = list(keras.ops.shape(source_cache))
@@ -158,9 +161,12 @@ def check_cache(builder, rows_per_source=2):
         key_mask = key_mask + write_mask
         tokens = np.array([[target[t]] for target in row_targets], "int32")
         segments = np.full((batch, 1), target_segment(application), "int32")
-        inputs = [tokens, segments, (row_lengths + t)[:, None], source_cache,
-                  source_key_mask, cache, key_mask, write_mask]
-        logits, cache = step([keras.ops.convert_to_tensor(x) for x in inputs + row_extra])
+        inputs = dict(token_ids=tokens, segment_ids=segments,
+                      position_ids=(row_lengths + t)[:, None], source_cache=source_cache,
+                      source_key_mask=source_key_mask, cache=cache, key_mask=key_mask,
+                      write_mask=write_mask, **row_extra)
+        outputs = step({key: keras.ops.convert_to_tensor(x) for key, x in inputs.items()})
+        logits, cache = outputs["logits"], outputs["cache"]
         cached.append(keras.ops.convert_to_numpy(logits))
     worst = 0.0
     for row, source in enumerate(row_sources):

@@ -303,6 +303,17 @@ def test_model_arguments_shape_the_inputs_and_names_as_in_bert4keras(checkpoint)
     np.testing.assert_allclose(one, two, atol=1e-6)
 
 
+def test_model_takes_its_inputs_by_name_too(checkpoint):
+    """Besides bert4keras's list, a dict keyed by the inputs' names (a prefix included)."""
+    config_path, prefix = checkpoint
+    model = models.build_transformer_model(config_path, prefix, with_mlm=True,
+                                           prefix="named-")
+    by_position = model.predict([TOKENS, SEGMENTS], verbose=0)
+    by_name = model.predict({"named-Input-Token": TOKENS, "named-Input-Segment": SEGMENTS},
+                            verbose=0)
+    np.testing.assert_array_equal(by_name, by_position)
+
+
 def test_unsupported_arguments_raise(checkpoint):
     config_path, prefix = checkpoint
     with pytest.raises(NotImplementedError, match="residual_attention_scores"):

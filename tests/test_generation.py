@@ -235,6 +235,31 @@ def test_families_with_cln_and_lm(family):
     assert worker.check_cache(worker.build_family(family, application="lm")) < 1e-4
 
 
+def test_cache_models_take_and_return_named_tensors(builders):
+    """The prefill and step graphs are addressed by name; the condition's input keeps
+    the name of its keras.Input (``class_id``)."""
+    prefill, step = builders("unilm", conditional=True).cache_models()
+    assert set(prefill.input) == {"token_ids", "segment_ids", "last_index", "class_id"}
+    assert set(step.input) == {"token_ids", "segment_ids", "position_ids", "source_cache",
+                               "source_key_mask", "cache", "key_mask", "write_mask",
+                               "class_id"}
+    assert set(prefill.output) == set(step.output) == {"logits", "cache"}
+    outputs = prefill({"token_ids": np.array([[2, 7, 9, 3]]),
+                       "segment_ids": np.zeros((1, 4), "int32"),
+                       "last_index": np.array([3]), "class_id": np.array([[1]])})
+    assert keras.ops.shape(outputs["logits"]) == (1, builders("unilm").config.vocab_size)
+    assert keras.ops.shape(outputs["cache"])[4] == 4  # the source's 4 slots
+
+
+def test_an_additional_input_named_like_a_decoding_input_is_refused():
+    cache = keras.Input((1,), dtype="int32", name="cache")
+    condition = keras.layers.Flatten()(keras.layers.Embedding(2, 4)(cache))
+    builder = BERT(worker.tiny_config(), application="unilm", layer_norm_cond=condition,
+                   additional_input_layers=[cache])
+    with pytest.raises(ValueError, match="'cache' clashes with another input"):
+        builder.cache_models()
+
+
 def test_next_token_log_probs_are_the_full_runs_log_softmax(unilm):
     """One prefill gives each source's first-token distribution; a group of sources
     gets the mean of its members' probabilities."""

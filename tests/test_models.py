@@ -766,6 +766,27 @@ def test_single_additional_input_tensor():
     assert output.shape == (1, 3, TINY["hidden_size"])
 
 
+def test_model_takes_its_inputs_by_name_too():
+    """The list bert4keras scripts pass, or a dict keyed by the inputs' names."""
+    label = keras.Input((), dtype="int32", name="Input-Label")
+    condition = keras.layers.Embedding(3, 8, name="Label-Embedding")(label)
+    model = build_transformer_model(
+        **dict(TINY, num_hidden_layers=1), with_mlm=True, mlm_positions=True,
+        layer_norm_cond=condition, additional_input_layers=label)
+    names = ["Input-Token", "Input-Segment", "Input-MLM-Positions", "Input-Label"]
+    assert [tensor.name for tensor in model.inputs] == names
+    arrays = [np.array([[2, 5, 3, 7]]), np.array([[0, 0, 1, 1]]), np.array([[1, 3]]),
+              np.array([2])]
+    by_position = model.predict(arrays, verbose=0)
+    by_name = model.predict(dict(zip(names, arrays)), verbose=0)
+    assert len(by_position) == len(by_name) == 2  # sequence output, MLM at the positions
+    for first, second in zip(by_position, by_name):
+        np.testing.assert_array_equal(first, second)
+    called = model(dict(zip(names, arrays)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(called[1]), by_position[1],
+                               atol=1e-6)
+
+
 def test_no_segment_embeddings(workdir, tmp_path):
     # type_vocab_size 0: no segment table; the checkpoint's one is left unused. The
     # reference is Hugging Face's BERT with that table zeroed.

@@ -19,7 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-from bert4x.layers import (MultiHeadAttention, RelativePositionEncoding,  # noqa: E402
+from bert4x.layers import (AttentionProbabilities, CachedAttention,  # noqa: E402
+                           MultiHeadAttention, RelativePositionEncoding,
                            RotaryPositionEncoding)
 
 HEADS, HEAD_SIZE, HIDDEN = 3, 6, 10
@@ -183,7 +184,7 @@ def test_cached_steps_equal_the_full_run(kind, k):
         prefill_x[b, :n] = sequences[b][:n]
         key_valid[b, :n] = True
     allowed = np.broadcast_to(key_valid[:, None, :source], (2, source, source))
-    _, cache = layer(prefill_x, attention_bias=bias_of(allowed), return_cache=True)
+    cache = CachedAttention(layer)(prefill_x, attention_bias=bias_of(allowed))["cache"]
     cache = ops.pad(cache, [[0, 0], [0, 0], [0, 0], [0, steps], [0, 0]])
     key_positions = np.zeros((2, source + steps), dtype="int32")
     key_positions[:, :source] = np.arange(source)
@@ -194,10 +195,11 @@ def test_cached_steps_equal_the_full_run(kind, k):
         write = np.zeros((2, source + steps), dtype="float32")
         write[:, slot] = 1.0
         step_x = np.stack([sequences[b][n + t] for b, n in enumerate(lengths)])[:, None]
-        out, cache = layer(step_x, attention_bias=bias_of(key_valid[:, None]), cache=cache,
-                           write_mask=write,
-                           query_positions=(lengths + t)[:, None].astype("int32"),
-                           key_positions=key_positions)
+        step = CachedAttention(layer)(
+            step_x, attention_bias=bias_of(key_valid[:, None]), cache=cache,
+            write_mask=write, query_positions=(lengths + t)[:, None].astype("int32"),
+            key_positions=key_positions)
+        out, cache = step["output"], step["cache"]
         for b, n in enumerate(lengths):
             full = sequences[b][:n + t + 1].astype(np.float64)
             causal = np.ones((n + t + 1, n + t + 1), dtype=bool)  # source sees all of itself
@@ -225,20 +227,22 @@ def test_shared_source_cache_equals_the_full_run(kind, k):
         prefill_x[b, :n] = sources[b]
         source_valid[b, :n] = True
     allowed = np.broadcast_to(source_valid[:, None], (2, source, source))
-    _, source_cache = layer(prefill_x, attention_bias=bias_of(allowed), return_cache=True)
+    cached = CachedAttention(layer)
+    source_cache = cached(prefill_x, attention_bias=bias_of(allowed))["cache"]
     row_lengths = np.repeat(lengths, copies)
     cache = ops.zeros((4, 2, HEADS, steps, HEAD_SIZE))
     key_valid = np.zeros((4, steps), dtype=bool)
     for t in range(steps):
         key_valid[:, t] = True
         write = np.eye(steps, dtype="float32")[[t] * 4]
-        out, cache = layer(
+        step = cached(
             np.stack([g[t] for g in generated])[:, None], attention_bias=bias_of(key_valid[:, None]),
             cache=cache, write_mask=write,
             query_positions=(row_lengths + t)[:, None].astype("int32"),
             key_positions=(row_lengths[:, None] + np.arange(steps)).astype("int32"),
             source_cache=source_cache, source_bias=bias_of(source_valid[:, None]),
             source_key_positions=np.broadcast_to(np.arange(source), (2, source)).astype("int32"))
+        out, cache = step["output"], step["cache"]
         for row, n in enumerate(row_lengths):
             full = np.concatenate([sources[row // copies], generated[row][:t + 1]])
             causal = np.tril(np.ones((n + t + 1, n + t + 1), dtype=bool))
@@ -254,8 +258,8 @@ def test_relative_cache_step_needs_key_positions():
     cache = ops.zeros((1, 2, HEADS, 4, HEAD_SIZE))
     write = np.eye(4, dtype="float32")[None, 3]
     with pytest.raises(ValueError, match="key_positions"):
-        layer(np.ones((1, 1, HIDDEN), "float32"), cache=cache, write_mask=write,
-              query_positions=np.array([[3]], "int32"))
+        CachedAttention(layer)(np.ones((1, 1, HIDDEN), "float32"), cache=cache,
+                               write_mask=write, query_positions=np.array([[3]], "int32"))
 
 
 @pytest.mark.parametrize("kind", ["rotary", "relative"])
@@ -272,6 +276,44 @@ def test_keras_file_round_trip(kind, tmp_path):
     x, _ = padded_inputs()
     np.testing.assert_allclose(ops.convert_to_numpy(restored(x)),
                                ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
+def test_each_attention_layer_has_one_output_structure(tmp_path):
+    """The attention returns its output; the cached attention on the same weights
+    returns {output, cache} in the prefill and in a step alike; the probabilities are
+    a layer of their own. All three live in one graph and in a .keras file."""
+    layer, _ = attention_layer("rotary")
+    cached = CachedAttention(layer)
+    x, allowed = padded_inputs()
+    prefill = cached(x, attention_bias=bias_of(allowed))
+    assert set(prefill) == {"output", "cache"}
+    plain = layer(x, attention_bias=bias_of(allowed))
+    np.testing.assert_allclose(ops.convert_to_numpy(prefill["output"]),
+                               ops.convert_to_numpy(plain), atol=1e-6)
+    write = np.eye(7, dtype="float32")[[0, 0]]
+    step = cached(x[:, :1], cache=prefill["cache"], write_mask=write,
+                  query_positions=np.zeros((2, 1), "int32"))
+    assert set(step) == {"output", "cache"}
+    assert tuple(step["cache"].shape) == tuple(prefill["cache"].shape)
+
+    inputs = keras.Input((None, HIDDEN))
+    read = AttentionProbabilities(layer)(inputs)
+    model = keras.Model(inputs, [layer(inputs), cached(inputs)["cache"], read])
+    assert [operation.name for operation in model.layers[1:]] == [
+        layer.name, f"{layer.name}-Cached", f"{layer.name}-Probabilities"]
+    path = str(tmp_path / "three_uses.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    attention, *wrappers = restored.layers[1:]
+    assert all(wrapper.layer is attention for wrapper in wrappers)  # still one set of weights
+    for ours, theirs in zip(restored(x), model(x)):
+        np.testing.assert_allclose(ops.convert_to_numpy(ours), ops.convert_to_numpy(theirs),
+                                   atol=1e-6)
+    for wrapper in (cached, AttentionProbabilities(layer, name="probabilities")):
+        clone = type(wrapper).from_config(wrapper.get_config())
+        assert clone.name == wrapper.name and clone.layer.get_config() == layer.get_config()
+    with pytest.raises(TypeError, match="MultiHeadAttention"):
+        CachedAttention(keras.layers.Dense(4))
 
 
 def test_attention_without_encoding_has_no_position_term():
