@@ -283,6 +283,7 @@ def evaluate(reader, questions, batch_size=16, progress=True):
     return predictions, qa_report.scores_by_kind(questions, predictions, passage_indices)
 
 
+# ---------------------------------------------------------------------- main
 def run(args):
     """Train, decode and score; returns the scores of :func:`evaluate` and the losses."""
     quiet_tensorflow()

@@ -243,7 +243,8 @@ def test_seq2seq_batch_predicts_each_target_from_the_position_before():
     assert positions[1, :1].tolist() == [4] and targets[1, :1].tolist() == [3]
     for row in range(2):
         count = int((targets[row] != 0).sum())
-        assert token_ids[row, positions[row, :count] + 1].tolist() == targets[row, :count].tolist()
+        predicted = token_ids[row, positions[row, :count] + 1]
+        assert predicted.tolist() == targets[row, :count].tolist()
 
 
 def test_epoch_batches_draw_new_pairs_each_epoch():
