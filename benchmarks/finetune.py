@@ -58,22 +58,27 @@ def demo_batches(steps, bucket_windows, seed=0):
     The data and the vocabulary are built once."""
     sys.path.insert(0, EXAMPLES)
     import reading_comprehension_seq2seq as demo
-    from base_model import BaseModel
 
+    from bert4x.demos import idiom_qa
+    from bert4x.demos.base_model import BaseModel
+    from bert4x.demos.seq2seq_batches import EpochBatches
     from bert4x.resources import chinese_vocab_path
     args = demo.parse_args([])
-    train, dev = demo.load_data(args)
-    train, _ = demo.development_split(train, args.dev_questions, args.seed)
+    train, dev = idiom_qa.load_qa_sets(seed=args.seed)
+    train, _ = idiom_qa.development_split(train, args.dev_questions, args.seed)
     train = train[:args.max_train]
     base = BaseModel(None, None, chinese_vocab_path(), {}, "benchmark")
-    tokenizer, keep_tokens = base.tokenizer_for(demo.corpus_texts(train + dev))
-    encoder = demo.QAEncoder(tokenizer, args.max_passage_len, args.max_question_len,
-                             args.max_answer_len)
+    tokenizer, keep_tokens = base.tokenizer_for(idiom_qa.question_texts(train + dev))
+    encoder = demo.QAEncoder(tokenizer, demo.MAX_PASSAGE_LEN, demo.MAX_QUESTION_LEN,
+                             demo.MAX_ANSWER_LEN)
+    encoded = [encoder.training_pairs(question) for question in train]
     drawn = []
     for window in bucket_windows:
-        stream = iter(demo.EpochBatches(train, encoder, args.batch_size, args.negatives,
-                                        seed, args.swapped_negatives,
-                                        args.question_generation, window))
+        stream = iter(EpochBatches(
+            lambda rng: demo.training_examples(encoded, args.negatives, rng,
+                                               args.swapped_negatives,
+                                               args.question_generation),
+            args.batch_size, seed, window))
         drawn.append([next(stream) for _ in range(steps)])
     return drawn, len(keep_tokens)
 

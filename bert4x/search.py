@@ -4,14 +4,16 @@ The functions here see only a *scorer* (see :mod:`bert4x.decoding`): ``first()``
 gives the next-token log-probabilities ``[units, vocab]`` after the sources,
 ``next(parents, tokens)`` reorders the units, appends ``tokens`` and gives the
 following ones. They also hold the checks of the decoding settings and the
-top-k / top-p filtering (:func:`filter_log_probs`).
+top-k / top-p filtering (:func:`filter_log_probs`), and a ready-made constraint for
+the decoders' ``constraint`` hook: :class:`NgramCopyConstraint`, which keeps the
+output a contiguous piece of given token sequences (extractive answers).
 """
 
 import dataclasses
 
 import numpy as np
 
-__all__ = ["GenerationResult", "filter_log_probs"]
+__all__ = ["GenerationResult", "filter_log_probs", "NgramCopyConstraint"]
 
 
 @dataclasses.dataclass
@@ -353,6 +355,63 @@ class _StepRules:
                                  f"(0..{self.vocab_size - 1}): {bad[:10].tolist()}")
             mask[ids] = True
         return mask
+
+
+class NgramCopyConstraint:
+    """Allow only the tokens that keep the output a contiguous n-gram of given sequences.
+
+    A generated prefix may grow by token ``t`` when ``prefix + [t]`` occurs
+    contiguously in at least one of the sequences; the end token is always allowed
+    (it closes the output). Decoding an answer under it copies a span of one of the
+    passages. The occurrences of each prefix are found from those of the prefix one
+    shorter and memoised, so a step costs time in the number of occurrences, not in
+    the sequences' length.
+
+    Use one per source with a decoder's ``constraint`` hook, which passes the source
+    index and the prefix: ``constraint=lambda index, prefix:
+    constraints[index].allowed(prefix)``.
+
+    Args:
+        sequences: token-id sequences to copy from (e.g. passages, without special
+            tokens).
+        end_id: the id that ends the output.
+
+    Example:
+        >>> constraint = NgramCopyConstraint([[5, 6, 7], [6, 8]], end_id=2)
+        >>> sorted(constraint.allowed([6]))
+        [2, 7, 8]
+        >>> sorted(constraint.allowed([5, 6, 7]))  # nothing follows: only the end
+        [2]
+    """
+
+    def __init__(self, sequences, end_id):
+        self.sequences = [tuple(int(t) for t in sequence) for sequence in sequences]
+        self.end_id = int(end_id)
+        # prefix -> [(sequence index, start)] of its occurrences.
+        self._occurrences = {(): [(p, s) for p, sequence in enumerate(self.sequences)
+                                  for s in range(len(sequence))]}
+
+    def occurrences(self, prefix):
+        """``[(sequence index, start)]`` of every place where ``prefix`` occurs."""
+        prefix = tuple(int(t) for t in prefix)
+        known = self._occurrences.get(prefix)
+        if known is not None:
+            return known
+        shorter = self.occurrences(prefix[:-1])
+        offset, last = len(prefix) - 1, prefix[-1]
+        found = [(p, s) for p, s in shorter if s + offset < len(self.sequences[p])
+                 and self.sequences[p][s + offset] == last]
+        self._occurrences[prefix] = found
+        return found
+
+    def allowed(self, prefix):
+        """The set of token ids allowed after ``prefix`` (the end id included)."""
+        prefix = tuple(int(t) for t in prefix)
+        length = len(prefix)
+        allowed = {self.sequences[p][s + length] for p, s in self.occurrences(prefix)
+                   if s + length < len(self.sequences[p])}
+        allowed.add(self.end_id)
+        return allowed
 
 
 # ----------------------------------------------------------------- algorithms

@@ -68,11 +68,11 @@ from bert4x.characters import (CJK, DROP, SPACE, character_tables, is_cjk_charac
                                is_punctuation, lower_and_strip_accents, wordpiece_stem)
 from bert4x.sp_tokenizer import SpTokenizer
 from bert4x.tokenizer_base import TokenizerBase
-from bert4x.vocabularies import (SPECIAL_TOKENS, load_vocab, save_vocab, tokens_by_id,
-                                 vocabulary_text)
+from bert4x.vocabularies import (SPECIAL_TOKENS, load_vocab, save_vocab, subset_vocabulary,
+                                 tokens_by_id, vocabulary_text)
 
 __all__ = ["load_vocab", "save_vocab", "tokens_by_id", "vocabulary_text", "Tokenizer",
-           "SpTokenizer", "SPECIAL_TOKENS"]
+           "SpTokenizer", "SPECIAL_TOKENS", "corpus_vocabulary"]
 
 
 class _OccurrenceSearch:
@@ -543,3 +543,38 @@ class Tokenizer(TokenizerBase):
                 parts.append(token)
             previous = token
         return "".join(parts)
+
+
+def corpus_vocabulary(tokenizer, texts):
+    """The vocabulary trimmed to the tokens ``tokenizer`` produces for ``texts``.
+
+    The special tokens come first, then every token the texts use, in the order of
+    the full vocabulary (:func:`bert4x.vocabularies.subset_vocabulary`). A
+    :class:`Tokenizer` over the trimmed vocabulary, with the same settings,
+    tokenises these texts exactly as the full one does: WordPiece's greedy longest
+    match only ever picks pieces that the texts produce, and those are all kept.
+    Building the model with the returned ``keep_tokens`` makes its output softmax
+    as small as the corpus allows, several times cheaper on a CPU for a Chinese BERT.
+
+    Args:
+        tokenizer: a :class:`Tokenizer` over the full vocabulary (its start and
+            end tokens count as used).
+        texts: the strings the model will read.
+
+    Returns:
+        ``(tokens, keep_tokens)``: the trimmed vocabulary in id order and each
+        token's id in the full vocabulary, for ``build_transformer_model(...,
+        keep_tokens=keep_tokens)``.
+
+    Example:
+        >>> full = Tokenizer("vocab.txt", do_lower_case=True)  # doctest: +SKIP
+        >>> tokens, keep_tokens = corpus_vocabulary(full, ["今天天气很好"])  # doctest: +SKIP
+        >>> trimmed = Tokenizer({t: i for i, t in enumerate(tokens)},
+        ...                     do_lower_case=True)  # doctest: +SKIP
+        >>> model = build_transformer_model(config, checkpoint,
+        ...                                 keep_tokens=keep_tokens)  # doctest: +SKIP
+    """
+    used = set()
+    for text in texts:
+        used.update(tokenizer.tokenize(text))
+    return subset_vocabulary(tokenizer.token_dict, tokenizer.tokens_to_ids(sorted(used)))

