@@ -534,7 +534,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     Example:
         >>> attention = MultiHeadAttention(num_heads=2, head_size=8)
-        >>> attention(keras.ops.ones((1, 5, 16))).shape
+        >>> tuple(attention(keras.ops.ones((1, 5, 16))).shape)
         (1, 5, 16)
     """
 
@@ -828,7 +828,7 @@ class AttentionProbabilities(keras.layers.Wrapper):
 
     Example:
         >>> attention = MultiHeadAttention(num_heads=2, head_size=8)
-        >>> AttentionProbabilities(attention)(keras.ops.ones((1, 5, 16))).shape
+        >>> tuple(AttentionProbabilities(attention)(keras.ops.ones((1, 5, 16))).shape)
         (1, 2, 5, 5)
     """
 

@@ -429,7 +429,8 @@ class Transformer:
         self.pooler = self.pooler_dense = self.nsp_dense = None
         if self.with_pool or self.with_nsp:
             self.pooler = FirstToken(name="Pooler")
-            self.pooler_dense = self._dense(c.hidden_size, "Pooler-Dense", "tanh")
+            self.pooler_dense = self._dense(c.hidden_size, "Pooler-Dense",
+                                            self.pooler_activation())
         if self.with_nsp:
             self.nsp_dense = self._dense(
                 2, "NSP-Proba", None if self.with_nsp == "linear" else "softmax",
@@ -440,7 +441,7 @@ class Transformer:
             self.mlm_norm = self._norm("MLM-Norm")
             self.mlm_bias = BiasAdd(name="MLM-Bias", dtype="float32")
             self.mlm_activation = keras.layers.Activation(
-                "softmax", name="MLM-Activation", dtype="float32")
+                self.mlm_output_activation(), name="MLM-Activation", dtype="float32")
         self.discriminator_dense = self.discriminator_output = None
         if self.with_discriminator:
             self.discriminator_dense = self._dense(c.hidden_size, "Discriminator-Dense",
@@ -448,6 +449,15 @@ class Transformer:
             self.discriminator_output = self._dense(
                 1, "Discriminator-Prediction",
                 None if self.with_discriminator == "linear" else "sigmoid", dtype="float32")
+
+    def pooler_activation(self):
+        """Activation of the pooler's Dense: a name or a callable (BERT: tanh)."""
+        return "tanh"
+
+    def mlm_output_activation(self):
+        """What ``with_mlm=True`` applies to the MLM logits: a name or a callable
+        (softmax, for probabilities)."""
+        return "softmax"
 
     # ------------------------------------------------------------------ graph
     def _inputs(self, length=None, prefix="Input"):

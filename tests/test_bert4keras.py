@@ -314,6 +314,21 @@ def test_model_takes_its_inputs_by_name_too(checkpoint):
     np.testing.assert_array_equal(by_name, by_position)
 
 
+def test_builders_of_one_family_share_a_class_and_keep_their_own_options(checkpoint):
+    """bert4keras's options are the builder's own arguments, not attributes of a class
+    made per call: a second builder neither changes nor inherits the first one's."""
+    config_path, prefix = checkpoint
+    first = models.build_transformer_model(config_path, prefix, with_pool="linear",
+                                           prefix="first-", return_keras_model=False)
+    second = models.build_transformer_model(config_path, prefix, with_pool=True,
+                                            return_keras_model=False)
+    assert type(first) is type(second)
+    assert first.pooler_dense.activation is keras.activations.linear
+    assert second.pooler_dense.activation is keras.activations.tanh
+    assert first.pooler_dense.name == "first-Pooler-Dense"
+    assert second.pooler_dense.name == "Pooler-Dense"
+
+
 def test_unsupported_arguments_raise(checkpoint):
     config_path, prefix = checkpoint
     with pytest.raises(NotImplementedError, match="residual_attention_scores"):

@@ -31,70 +31,102 @@ _UNSUPPORTED = ("residual_attention_scores", "autoresize_weights",
                 "layers", "embedding_size_override")
 
 
-def _masking_builder(family):
-    """A subclass of the family's builder whose graph carries Keras masks."""
+class _Bert4kerasGraph:
+    """bert4keras's graph on a family's builder (put before the family in the bases).
 
-    class Masked(family):
-        def _create_layers(self):
-            super()._create_layers()
-            self._sequence_mask = SequenceMask(from_ids=True, name="Embedding-Mask")
-            # bert4x's layers pass masks on (in a reloaded model too); the tied
-            # output layer drops the mask quietly and MLM-Mask restores it.
-            self._mlm_mask = SequenceMask(name="MLM-Mask")
-            if self.pooler_dense is not None and self._pool_activation is not None:
-                self.pooler_dense.activation = keras.activations.get(self._pool_activation)
-            if self.with_mlm and self._mlm_activation is not None:
-                self.mlm_activation.activation = keras.activations.get(self._mlm_activation)
-            if self._name_prefix:
-                _prefix_layer_names(self, self._name_prefix)
+    It customises the family through the core's hooks only: float32 inputs named
+    as bert4keras names them (``_inputs``, ``_model_inputs``), Keras masks after
+    the embeddings and the MLM head (``embed``, ``mlm_logits``), custom positions
+    (``position_ids``) and the heads' activations (``pooler_activation``,
+    ``mlm_output_activation``). Its options are arguments, kept on the
+    instance before the family builds its graph.
 
-        def _inputs(self, length=None, prefix="Input"):
-            if prefix != "Input":
-                return super()._inputs(length, prefix)
-            # Keras 2's Input default, float32, as bert4keras scripts expect (they
-            # multiply losses by segment ids); the embedding layers cast to int.
-            name = self._name_prefix + prefix
-            return (keras.Input((length,), name=f"{name}-Token"),
-                    keras.Input((length,), name=f"{name}-Segment"))
+    Args:
+        pool_activation, mlm_activation: the activation of the pooler's Dense and
+            of the MLM output (None: the family's).
+        name_prefix: put before the name of every layer and input.
+        custom_position_ids: an ``Input-Position`` input indexes the position table.
+        sequence_length: a fixed length of the inputs (None: any).
+        **kwargs: the family's arguments.
+    """
 
-        def _model_inputs(self):
-            token_ids, segment_ids = self._inputs(self._sequence_length)
-            inputs = [token_ids, segment_ids]
-            if self.config.type_vocab_size == 0:
-                # bert4keras's segment_vocab_size=0: the model takes token ids only.
-                inputs, segment_ids = [token_ids], keras.ops.zeros_like(token_ids)
-            position_ids = None
-            if self._custom_position_ids:
-                position_ids = keras.Input((self._sequence_length,),
-                                           name=f"{self._name_prefix}Input-Position")
-                inputs.append(position_ids)
-            return inputs, token_ids, segment_ids, position_ids
+    def __init__(self, config, pool_activation=None, mlm_activation=None, name_prefix="",
+                 custom_position_ids=False, sequence_length=None, **kwargs):
+        self._pool_activation = pool_activation
+        self._mlm_activation = mlm_activation
+        self._name_prefix = name_prefix
+        self._custom_position_ids = bool(custom_position_ids)
+        self._sequence_length = sequence_length
+        super().__init__(config, **kwargs)
 
-        def position_ids(self, token_ids, positions=None):
-            if self._custom_position_ids and positions is not None:
-                # bert4keras's custom positions index the position table as given.
-                return keras.ops.cast(positions, "int32")
-            return super().position_ids(token_ids, positions)
+    def _create_layers(self):
+        super()._create_layers()
+        self._sequence_mask = SequenceMask(from_ids=True, name="Embedding-Mask")
+        # bert4x's layers pass masks on (in a reloaded model too); the tied
+        # output layer drops the mask quietly and MLM-Mask restores it.
+        self._mlm_mask = SequenceMask(name="MLM-Mask")
+        if self._name_prefix:
+            _prefix_layer_names(self, self._name_prefix)
 
-        def embed(self, token_ids, segment_ids, *args, **kwargs):
-            x = super().embed(token_ids, segment_ids, *args, **kwargs)
-            return self._sequence_mask([x, token_ids])
+    def pooler_activation(self):
+        if self._pool_activation is None:
+            return super().pooler_activation()
+        return keras.activations.get(self._pool_activation)
 
-        def mlm_logits(self, x, condition=None):
-            return self._mlm_mask([super().mlm_logits(x, condition=condition), x])
+    def mlm_output_activation(self):
+        if self._mlm_activation is None:
+            return super().mlm_output_activation()
+        return keras.activations.get(self._mlm_activation)
 
-        @property
-        def initializer(self):
-            """bert4keras's ``transformer.initializer``: truncated normal, stddev 0.02."""
-            return keras.initializers.TruncatedNormal(stddev=0.02)
+    def _inputs(self, length=None, prefix="Input"):
+        if prefix != "Input":
+            return super()._inputs(length, prefix)
+        # Keras 2's Input default, float32, as bert4keras scripts expect (they
+        # multiply losses by segment ids); the embedding layers cast to int.
+        name = self._name_prefix + prefix
+        return (keras.Input((length,), name=f"{name}-Token"),
+                keras.Input((length,), name=f"{name}-Segment"))
 
-        @property
-        def layers(self):
-            """bert4keras's ``transformer.layers``: ``{name: layer}`` of the model."""
-            return {layer.name: layer for layer in self.model.layers}
+    def _model_inputs(self):
+        token_ids, segment_ids = self._inputs(self._sequence_length)
+        inputs = [token_ids, segment_ids]
+        if self.config.type_vocab_size == 0:
+            # bert4keras's segment_vocab_size=0: the model takes token ids only.
+            inputs, segment_ids = [token_ids], keras.ops.zeros_like(token_ids)
+        position_ids = None
+        if self._custom_position_ids:
+            position_ids = keras.Input((self._sequence_length,),
+                                       name=f"{self._name_prefix}Input-Position")
+            inputs.append(position_ids)
+        return inputs, token_ids, segment_ids, position_ids
 
-    Masked.__name__ = Masked.__qualname__ = f"Masked{family.__name__}"
-    return Masked
+    def position_ids(self, token_ids, positions=None):
+        if self._custom_position_ids and positions is not None:
+            # bert4keras's custom positions index the position table as given.
+            return keras.ops.cast(positions, "int32")
+        return super().position_ids(token_ids, positions)
+
+    def embed(self, token_ids, segment_ids, *args, **kwargs):
+        x = super().embed(token_ids, segment_ids, *args, **kwargs)
+        return self._sequence_mask([x, token_ids])
+
+    def mlm_logits(self, x, condition=None):
+        return self._mlm_mask([super().mlm_logits(x, condition=condition), x])
+
+    @property
+    def initializer(self):
+        """bert4keras's ``transformer.initializer``: truncated normal, stddev 0.02."""
+        return keras.initializers.TruncatedNormal(stddev=0.02)
+
+    @property
+    def layers(self):
+        """bert4keras's ``transformer.layers``: ``{name: layer}`` of the model."""
+        return {layer.name: layer for layer in self.model.layers}
+
+
+# One bert4keras builder per family, made once: bert4keras's graph before the family's.
+_BUILDERS = {model: type(f"Bert4keras{family.__name__}", (_Bert4kerasGraph, family), {})
+             for model, family in _native.MODELS.items()}
 
 
 def _prefix_layer_names(builder, prefix):
@@ -203,22 +235,19 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     with_mlm, mlm_activation = _head_activation(with_mlm)
     if nsp_activation is not None:
         raise ValueError(f"with_nsp must be True or False, got {nsp_activation!r}")
-    builder_class = _masking_builder(_native.MODELS[model])
     if custom_position_ids and not _native.MODELS[model].absolute_positions:
         raise ValueError(f"custom_position_ids=True needs a learned position table; "
                          f"{model!r} encodes positions in its attention")
-    builder_class._pool_activation = pool_activation
-    builder_class._mlm_activation = mlm_activation
-    builder_class._name_prefix = prefix or ""
-    builder_class._custom_position_ids = bool(custom_position_ids)
-    builder_class._sequence_length = sequence_length
     kept = None
     if compound_tokens:
         # Placeholder rows for the compounds, averaged once the checkpoint is in.
         kept = list(range(config.vocab_size)) if keep_tokens is None else list(keep_tokens)
         keep_tokens = kept + [kept[0]] * len(compound_tokens)
-    builder = builder_class(
-        config, application=application, with_pool=with_pool or with_nsp,
+    builder = _BUILDERS[model](
+        config, pool_activation=pool_activation, mlm_activation=mlm_activation,
+        name_prefix=prefix or "", custom_position_ids=custom_position_ids,
+        sequence_length=sequence_length, application=application,
+        with_pool=with_pool or with_nsp,
         with_nsp=with_nsp, with_mlm=with_mlm, keep_tokens=keep_tokens,
         layer_norm_cond=layer_norm_cond,
         layer_norm_cond_hidden_size=layer_norm_cond_hidden_size,
