@@ -5,6 +5,7 @@ the oracle's computations run in one batch in a tf-keras subprocess started when
 the module starts, so it overlaps the bert4x side.
 """
 
+import logging
 import os
 import sys
 
@@ -18,6 +19,7 @@ import _oracle  # noqa: E402
 from _sentencepiece import train_sentencepiece  # noqa: E402
 from oracle.shared import table_logits, two_character_words  # noqa: E402
 from bert4x import checkpoints  # noqa: E402
+from bert4x import tokenizers as native_tokenizers  # noqa: E402
 from bert4x.bert4keras import backend, layers, models, optimizers, snippets, tokenizers  # noqa: E402
 from bert4x.models import build_transformer_model as native_build  # noqa: E402
 from bert4x.resources import chinese_vocab_path  # noqa: E402
@@ -87,6 +89,15 @@ DECODER = dict(vocab_size=7, start_id=0, end_id=3, maxlen=6, minlen=2,
                         dict(n=2, topp=1.5, seed=5)])
 TEXTS = ["你好，世界！BERT 模型很 good。", "Héllo wörld, it's 2.5 o'clock (ok)?",
          "数字123和 english-words 混合"]
+# T5-PEGASUS's tokenizer: jieba words of its vocabulary stay whole; jieba reads
+# the lower-cased, accent-stripped text ("C语言" and "c语言", "Café" and "cafe" cut
+# differently; "ΟΔΟΣ" ends with a final sigma).
+JIEBA_TEXTS = ["我在学习C语言和Python3.8，还买了一件T恤。", "Café au lait 是一种 CAFÉ 饮品",
+               "北京大学的学生们在公园散步！", "ΟΔΟΣ 是希腊语，İstanbul ŞEHİR",
+               "iPhone13和iPad都卖了1999元  多个\t空格", "naïve résumé 的国庆节"]
+# Words the Chinese vocabulary lacks ("cafe", "iphone" and "ipad" it has).
+JIEBA_WORDS = ["语言", "学习", "一件", "北京大学", "学生", "一种", "饮品", "希腊语", "国庆节",
+               "公园", "散步", "istanbul", "résumé", "resume"]
 PAIRS = [("今天天气很好，我们去公园散步吧", "好的"), ("短", "这是一个比较长的第二句话用来截断")]
 SNIPPETS = dict(
     pairs=[(6, -1, ([1, 2, 3, 4, 5], [6, 7, 8])), (4, [-2, 0], ([1, 2, 3, 4], [5, 6, 7])),
@@ -180,7 +191,18 @@ def sentencepiece_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def oracle(checkpoint, family_checkpoints, sentencepiece_model):
+def jieba_vocab(tmp_path_factory):
+    """Google's Chinese vocabulary plus some jieba words (T5-PEGASUS's kind)."""
+    with open(chinese_vocab_path(), encoding="utf-8", newline="") as file:
+        text = file.read()  # one token a line ("\x85" is one of them: no splitlines)
+    path = tmp_path_factory.mktemp("jieba_vocab") / "vocab.txt"
+    with open(path, "w", encoding="utf-8", newline="") as file:
+        file.write(text.rstrip("\n") + "\n" + "\n".join(JIEBA_WORDS) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def oracle(checkpoint, family_checkpoints, sentencepiece_model, jieba_vocab):
     config_path, prefix = checkpoint
     inputs = [TOKENS, SEGMENTS]
     jobs = {f"model_{name}": ("model_outputs", dict(
@@ -210,6 +232,8 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model):
         model_path=sentencepiece_model, texts=SP_TEXTS,
         pairs=list(zip(SP_TEXTS, SP_TEXTS[1:])), maxlen=12))
     jobs["snippets"] = ("snippets_results", dict(SNIPPETS, square="square"))
+    jobs["jieba_tokenizer"] = ("jieba_tokenizer", dict(vocab_path=jieba_vocab,
+                                                       texts=JIEBA_TEXTS))
     for lower in (False, True):
         jobs[f"tokenizer_{lower}"] = ("tokenizer", dict(
             vocab_path=chinese_vocab_path(), texts=TEXTS, pairs=PAIRS, do_lower_case=lower,
@@ -496,6 +520,27 @@ def test_tokenizer_ids_rematch_decode_equal_bert4keras(oracle, lower):
         assert ours == [list(pair) for pair in theirs["pairs"][index]]
     assert tok._token_start_id == tok.token_to_id("[CLS]")
     assert tok._token_mask_id == tok.token_to_id("[MASK]")
+
+
+@pytest.mark.parametrize("module", ["bert4x", "bert4keras"])
+def test_jieba_pre_tokenized_tokenizer_equals_bert4keras(oracle, jieba_vocab, module):
+    """T5-PEGASUS's ``Tokenizer(dict_path, do_lower_case=True, pre_tokenize=lambda s:
+    jieba.cut(s, HMM=False))``: the same tokens and ids, from bert4x's tokenizer and
+    from bert4x.bert4keras's."""
+    jieba = pytest.importorskip("jieba")
+    jieba.setLogLevel(logging.WARNING)
+    chosen = native_tokenizers if module == "bert4x" else tokenizers
+    tok = chosen.Tokenizer(jieba_vocab, do_lower_case=True,
+                           pre_tokenize=lambda text: jieba.cut(text, HMM=False))
+    theirs = oracle.result("jieba_tokenizer")
+    vocabulary = tok.token_dict
+    for index, text in enumerate(JIEBA_TEXTS):
+        # bert4keras leaves an unknown word as it is; its id is [UNK] all the same.
+        assert tok.tokenize(text) == [t if t in vocabulary else "[UNK]"
+                                      for t in theirs["tokens"][index]], text
+        assert tok.encode(text)[0] == theirs["ids"][index], text
+    words = {token for tokens in theirs["tokens"] for token in tokens}
+    assert {"语言", "cafe", "北京大学", "resume", "istanbul", "ς"} <= words
 
 
 def test_sentencepiece_tokenizer_equals_bert4keras(oracle, sentencepiece_model):

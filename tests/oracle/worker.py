@@ -157,6 +157,20 @@ def tokenizer(vocab_path, texts, pairs, do_lower_case, maxlen):
     return result
 
 
+def jieba_tokenizer(vocab_path, texts):
+    """T5-PEGASUS's tokenizer: a BERT vocabulary, jieba words first."""
+    import logging
+
+    import jieba
+    from bert4keras.tokenizers import Tokenizer
+
+    jieba.setLogLevel(logging.WARNING)
+    tok = Tokenizer(vocab_path, do_lower_case=True,
+                    pre_tokenize=lambda text: jieba.cut(text, HMM=False))
+    return dict(tokens=[tok.tokenize(text) for text in texts],
+                ids=[tok.encode(text)[0] for text in texts])
+
+
 def snippets_results(pairs, texts, square):
     from bert4keras import snippets
 
