@@ -10,7 +10,7 @@ layers, hence the same weights:
 * the step model (runs one new token against the cached keys and values).
 
 A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
-:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, one module each in
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, :class:`RoFormerV2`, one module each in
 :mod:`bert4x.families`) is a small subclass that registers itself in
 :mod:`bert4x.registry` when it is defined, and declares what differs:
 
