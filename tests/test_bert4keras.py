@@ -254,9 +254,9 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model, jieba_vocab,
             config_path=family_config, checkpoint_path=family_prefix, inputs=inputs,
             model=family, **FAMILY_CASES[family][1]))
     for case, (key, kwargs) in ROFORMER_V2_CASES.items():
-        config_path, prefix = roformer_v2_checkpoints[key]
+        v2_config, v2_prefix = roformer_v2_checkpoints[key]
         jobs[f"roformer_v2_{case}"] = ("roformer_v2_outputs", dict(
-            config_path=config_path, checkpoint_path=prefix,
+            config_path=v2_config, checkpoint_path=v2_prefix,
             inputs=[ROFORMER_V2_TOKENS, ROFORMER_V2_SEGMENTS], **kwargs))
     jobs["masked_loss"] = ("masked_loss", dict(config_path=config_path, checkpoint_path=prefix,
                                                inputs=inputs, application="unilm"))
