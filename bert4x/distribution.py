@@ -10,7 +10,8 @@
   ``[H, I]`` are split by columns (heads, hidden units), the attention output and the
   second feed-forward kernel by rows, so each block needs one reduction per half;
 * everything else is replicated: norms, biases, the segment and position tables,
-  the small heads (pooler, NSP, MLM transform, ELECTRA's discriminator), ALBERT's
+  the small heads (pooler, NSP, MLM transform, ELECTRA's discriminator,
+  RoFormer-V2's output mapping), ALBERT's
   and ELECTRA's embedding mapping, the Conditional Layer Normalization weights and
   the dropout seed states.
 
@@ -56,8 +57,8 @@ LAYOUT_RULES = (
     ("embedding mapping (replicated)",
      r"(?:Embedding-Mapping/(?:kernel|bias)|Embedding-Token-Projection/kernel)", None),
     ("heads (replicated)",
-     r"(?:MLM-Dense|Pooler-Dense|NSP-Proba|Discriminator-Dense|Discriminator-Prediction)"
-     r"/(?:kernel|bias)", None),
+     r"(?:MLM-Dense|Pooler-Dense|NSP-Proba|Discriminator-Dense|Discriminator-Prediction"
+     r"|Output-Mapping)/(?:kernel|bias)", None),
     ("dropout seed states (replicated)", r"seed_generator(?:_\d+)?/seed_generator_state", None),
 )
 

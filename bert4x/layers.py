@@ -265,75 +265,114 @@ class PositionEmbedding(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LayerNormalization(keras.layers.Layer):
-    """Layer normalisation, optionally conditioned on a vector (CLN).
+    """Layer normalisation and its variants (RMS norm, no scale, no offset), optionally
+    conditioned on a vector (CLN).
 
     ``y = (x - mean) / sqrt(var + eps) * (gamma + W_g c) + (beta + W_b c)``.
-    ``W_g`` and ``W_b`` are bias-free and start at zero, so a conditional norm
-    computes exactly what the pretrained one does until training moves them.
-    Statistics are computed in float32 even under mixed precision.
+    Without ``zero_mean`` the mean is not subtracted and ``var`` is the mean of
+    ``x^2`` (RMS norm: T5, RoFormer-V2); without ``scale`` there is no ``gamma``
+    (1), without ``offset`` no ``beta`` (0). ``W_g`` and ``W_b`` are bias-free and
+    start at zero, so a conditional norm computes exactly what the pretrained one
+    does until training moves them; as in bert4keras, a conditional norm
+    conditions the parts it has (``W_g`` with ``scale``, ``W_b`` with ``offset``),
+    so it needs one of them. Statistics are computed in float32 even under mixed
+    precision.
 
     Args:
         epsilon: added to the variance.
         conditional: whether ``call`` takes a ``condition`` tensor.
+        zero_mean: subtract the mean (False: RMS norm).
+        scale: a learned ``gamma``.
+        offset: a learned ``beta``.
 
     Example:
         >>> norm = LayerNormalization(conditional=True)
         >>> y = norm(ops.ones((2, 3, 8)), condition=ops.ones((2, 4)))
+        >>> rms = LayerNormalization(zero_mean=False, offset=False)  # T5's norm
+        >>> y = rms(ops.ones((2, 3, 8)))
+        >>> [weight.name for weight in rms.weights]
+        ['gamma']
     """
 
-    def __init__(self, epsilon=1e-12, conditional=False, **kwargs):
+    def __init__(self, epsilon=1e-12, conditional=False, zero_mean=True, scale=True,
+                 offset=True, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
         self.conditional = bool(conditional)
+        self.zero_mean = bool(zero_mean)
+        self.scale = bool(scale)
+        self.offset = bool(offset)
+        if self.conditional and not (self.scale or self.offset):
+            raise ValueError(f"{self.name}: a conditional LayerNormalization conditions its "
+                             "gamma (scale=True) or its beta (offset=True); this one has "
+                             "neither")
         # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
         # through, also in a model loaded from .keras.
         self.supports_masking = True
 
     def build(self, inputs_shape, condition_shape=None):
         dim = inputs_shape[-1]
-        self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+        self.gamma = self.beta = None
+        if self.scale:
+            self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
+        if self.offset:
+            self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+        self.gamma_dense = self.beta_dense = None
         if self.conditional:
-            self.gamma_dense = keras.layers.Dense(
-                dim, use_bias=False, kernel_initializer="zeros", name="gamma_dense",
-                dtype=self.dtype_policy)
-            self.beta_dense = keras.layers.Dense(
-                dim, use_bias=False, kernel_initializer="zeros", name="beta_dense",
-                dtype=self.dtype_policy)
             cond_dim = condition_shape[-1] if condition_shape is not None else None
             if cond_dim is None:
                 raise ValueError(
                     f"{self.name}: a conditional LayerNormalization needs a condition "
                     "with a known last dimension")
-            self.gamma_dense.build((None, cond_dim))
-            self.beta_dense.build((None, cond_dim))
+            if self.scale:
+                self.gamma_dense = self._condition_dense("gamma_dense", dim, cond_dim)
+            if self.offset:
+                self.beta_dense = self._condition_dense("beta_dense", dim, cond_dim)
+
+    def _condition_dense(self, name, dim, cond_dim):
+        dense = keras.layers.Dense(dim, use_bias=False, kernel_initializer="zeros", name=name,
+                                   dtype=self.dtype_policy)
+        dense.build((None, cond_dim))
+        return dense
 
     def call(self, inputs, condition=None):
         if self.conditional and condition is None:
             raise ValueError(f"{self.name} is conditional: pass condition=<tensor [batch, c]>")
         x = ops.cast(inputs, "float32")
-        mean, variance = ops.moments(x, axes=[-1], keepdims=True)
-        x = (x - mean) * ops.rsqrt(variance + self.epsilon)
-        gamma = ops.cast(self.gamma, "float32")
-        beta = ops.cast(self.beta, "float32")
-        if self.conditional:
-            # [batch, c] -> [batch, 1, ..., dim] so it broadcasts over positions.
-            extra_axes = len(inputs.shape) - 2
-            delta_gamma = ops.cast(self.gamma_dense(condition), "float32")
-            delta_beta = ops.cast(self.beta_dense(condition), "float32")
-            for _ in range(extra_axes):
-                delta_gamma = ops.expand_dims(delta_gamma, 1)
-                delta_beta = ops.expand_dims(delta_beta, 1)
-            gamma = gamma + delta_gamma
-            beta = beta + delta_beta
-        return ops.cast(x * gamma + beta, self.compute_dtype)
+        if self.zero_mean:
+            mean, variance = ops.moments(x, axes=[-1], keepdims=True)
+            x = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        else:
+            mean_square = ops.mean(ops.square(x), axis=-1, keepdims=True)
+            x = x * ops.rsqrt(mean_square + self.epsilon)
+        gamma = None if self.gamma is None else ops.cast(self.gamma, "float32")
+        beta = None if self.beta is None else ops.cast(self.beta, "float32")
+        if self.gamma_dense is not None:
+            gamma = gamma + self._delta(self.gamma_dense, condition, inputs)
+        if self.beta_dense is not None:
+            beta = beta + self._delta(self.beta_dense, condition, inputs)
+        if gamma is not None:
+            x = x * gamma
+        if beta is not None:
+            x = x + beta
+        return ops.cast(x, self.compute_dtype)
+
+    @staticmethod
+    def _delta(dense, condition, inputs):
+        """``dense(condition)`` ``[batch, c]`` in float32, as ``[batch, 1, ..., dim]`` so
+        that it broadcasts over the positions of ``inputs``."""
+        delta = ops.cast(dense(condition), "float32")
+        for _ in range(len(inputs.shape) - 2):
+            delta = ops.expand_dims(delta, 1)
+        return delta
 
     def compute_output_spec(self, inputs, condition=None):
         return keras.KerasTensor(inputs.shape, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
-        config.update(epsilon=self.epsilon, conditional=self.conditional)
+        config.update(epsilon=self.epsilon, conditional=self.conditional,
+                      zero_mean=self.zero_mean, scale=self.scale, offset=self.offset)
         return config
 
 
@@ -531,6 +570,7 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_initializer: initializer of the four projections.
         position_encoding: None, or a :class:`PositionEncoding`
             (:class:`RotaryPositionEncoding`, :class:`RelativePositionEncoding`).
+        use_bias: whether the four projections have biases (RoFormer-V2's have none).
 
     Example:
         >>> attention = MultiHeadAttention(num_heads=2, head_size=8)
@@ -539,12 +579,14 @@ class MultiHeadAttention(keras.layers.Layer):
     """
 
     def __init__(self, num_heads, head_size, attention_dropout=0.0,
-                 kernel_initializer="glorot_uniform", position_encoding=None, **kwargs):
+                 kernel_initializer="glorot_uniform", position_encoding=None, use_bias=True,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.head_size = int(head_size)
         self.attention_dropout = float(attention_dropout)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.use_bias = bool(use_bias)
         # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
         # through, also in a model loaded from .keras.
         self.supports_masking = True
@@ -565,7 +607,7 @@ class MultiHeadAttention(keras.layers.Layer):
             layer = keras.layers.Dense(
                 units, kernel_initializer=keras.initializers.get(
                     keras.initializers.serialize(self.kernel_initializer)),
-                name=name, dtype=self.dtype_policy)
+                use_bias=self.use_bias, name=name, dtype=self.dtype_policy)
             layer.build((None, in_dim))
             return layer
 
@@ -711,7 +753,8 @@ class MultiHeadAttention(keras.layers.Layer):
                       attention_dropout=self.attention_dropout,
                       kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
                       position_encoding=None if self.position_encoding is None else
-                      keras.saving.serialize_keras_object(self.position_encoding))
+                      keras.saving.serialize_keras_object(self.position_encoding),
+                      use_bias=self.use_bias)
         return config
 
 
@@ -886,14 +929,16 @@ class FeedForward(keras.layers.Layer):
         units: the intermediate size.
         activation: a name understood by :func:`get_activation`.
         kernel_initializer: initializer of both kernels.
+        use_bias: whether both Dense layers have biases (RoFormer-V2's have none).
     """
 
     def __init__(self, units, activation="gelu", kernel_initializer="glorot_uniform",
-                 **kwargs):
+                 use_bias=True, **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
         self.activation = activation
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.use_bias = bool(use_bias)
         # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
         # through, also in a model loaded from .keras.
         self.supports_masking = True
@@ -903,11 +948,12 @@ class FeedForward(keras.layers.Layer):
         init = keras.initializers.serialize(self.kernel_initializer)
         self.intermediate_dense = keras.layers.Dense(
             self.units, activation=get_activation(self.activation), name="intermediate",
-            kernel_initializer=keras.initializers.get(init), dtype=self.dtype_policy)
+            kernel_initializer=keras.initializers.get(init), use_bias=self.use_bias,
+            dtype=self.dtype_policy)
         self.intermediate_dense.build((None, hidden))
         self.output_dense = keras.layers.Dense(
             hidden, name="output", kernel_initializer=keras.initializers.get(init),
-            dtype=self.dtype_policy)
+            use_bias=self.use_bias, dtype=self.dtype_policy)
         self.output_dense.build((None, self.units))
 
     def call(self, inputs):
@@ -919,7 +965,8 @@ class FeedForward(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(units=self.units, activation=self.activation,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                      use_bias=self.use_bias)
         return config
 
 
@@ -1059,3 +1106,40 @@ class BiasAdd(keras.layers.Layer):
     def compute_output_spec(self, inputs):
         return keras.KerasTensor(inputs.shape, inputs.dtype)
 
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FanTruncatedNormal(keras.initializers.TruncatedNormal):
+    """Truncated normal whose values have standard deviation ``gain / sqrt(fan)``
+    (RoFormer-V2's initializer, as bert4keras draws it).
+
+    The normal is cut at two standard deviations, which leaves 0.8796 of its
+    spread, so it is drawn ``1.13684723`` times wider. ``fan`` is the first
+    dimension of the shape, except for tables whose first dimension is above
+    10000 or below 10 (a vocabulary, the segment table): their second.
+
+    Args:
+        gain: RoFormer-V2 uses ``num_hidden_layers ** -0.5``.
+        seed: as Keras's initializers take it (None: a new seed per instance).
+
+    Example:
+        >>> initializer = FanTruncatedNormal(gain=0.5, seed=1)
+        >>> tuple(initializer((64, 32)).shape)
+        (64, 32)
+    """
+
+    _WIDENING = 1.13684723
+
+    def __init__(self, gain=1.0, seed=None):
+        super().__init__(mean=0.0, stddev=1.0, seed=seed)
+        self.gain = float(gain)
+
+    def __call__(self, shape, dtype=None):
+        if len(shape) != 2:
+            raise ValueError(f"FanTruncatedNormal initialises matrices, got shape {shape}")
+        fan = shape[1] if shape[0] > 10000 or shape[0] < 10 else shape[0]
+        stddev = self._WIDENING * self.gain / math.sqrt(fan)
+        return keras.random.truncated_normal(shape, stddev=stddev, dtype=dtype,
+                                             seed=self.seed)
+
+    def get_config(self):
+        return {"gain": self.gain, "seed": super().get_config()["seed"]}

@@ -2,7 +2,7 @@
 
 The graph is built by :class:`bert4x.transformer.Transformer`; the families
 (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
-:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`) are in
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, :class:`RoFormerV2`) are in
 :mod:`bert4x.families` (one module each) and importable from here too; importing
 this module registers them in :data:`bert4x.registry.MODELS`.
 """
@@ -14,7 +14,7 @@ import keras
 from bert4x import storage
 from bert4x.configs import read_config_file
 from bert4x.families import (ALBERT, BERT, BERT_BLOCK_NAMES, NEZHA, ALBERTUnshared, ELECTRA,
-                             RoBERTa, RoFormer)
+                             RoBERTa, RoFormer, RoFormerV2)
 from bert4x.layers import AttentionProbabilities, MultiHeadAttention
 from bert4x.registry import MODELS, family_of
 from bert4x.transformer import Transformer
@@ -22,7 +22,7 @@ from bert4x.transformer import Transformer
 # The families and the core are importable from here too.
 __all__ = ["build_transformer_model", "intermediate_model", "attention_model", "MODELS",
            "Transformer", "BERT", "RoBERTa", "ALBERT", "ALBERTUnshared", "ELECTRA",
-           "RoFormer", "NEZHA", "BERT_BLOCK_NAMES", "family_of"]
+           "RoFormer", "NEZHA", "RoFormerV2", "BERT_BLOCK_NAMES", "family_of"]
 
 _CONFIG_NAMES = ("bert_config.json", "config.json")
 
@@ -66,7 +66,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
             Hugging Face ``model.safetensors``, or a folder holding either.
         model: the family, with bert4keras's names: ``"bert"``, ``"roberta"``,
             ``"albert"``, ``"albert_unshared"``, ``"electra"``, ``"roformer"``,
-            ``"nezha"`` (see ``MODELS``).
+            ``"nezha"``, ``"roformer_v2"`` (see ``MODELS``).
             None: the config's ``family`` (written by ``save_checkpoint``), else
             its Hugging Face ``model_type``, else ``"bert"``.
         application: ``"encoder"``, ``"lm"`` or ``"unilm"`` (the last two turn the

@@ -107,10 +107,11 @@ class Tokenizer(TokenizerBase):
         token_dict_or_path: ``{token: id}`` or the path of a ``vocab.txt``.
         do_lower_case: lower-case and strip accents (uncased models).
         pre_tokenize: optional callable splitting a text into words, e.g.
-            ``lambda text: jieba.cut(text, HMM=False)``; it must return
-            substrings of the text, in order. Words found in the vocabulary (after
-            lower-casing when ``do_lower_case``) become one token; the rest go
-            through the normal rules.
+            ``lambda text: jieba.cut(text, HMM=False)`` (T5-PEGASUS, WoBERT); it
+            must return substrings of the text it is given, in order. With
+            ``do_lower_case`` it is given the text lower-cased and stripped of
+            accents, as bert4keras gives it. Words found in the vocabulary become
+            one token; the rest go through the normal rules.
         token_start: token put first by ``tokenize``/``encode`` (``None``: none).
         token_end: token put after each text (``None``: none).
         max_word_chars: longer words become ``[UNK]``.
@@ -219,9 +220,14 @@ class Tokenizer(TokenizerBase):
                        if char not in nonspacing)
 
     def _segments(self, text):
-        """Yield ``(segment, start, token)``: ``token`` is set for a segment that
+        """Yield ``(segment, origin, token)``: ``token`` is set for a segment that
         is one token as a whole (a special token, or a pre-tokenized word found
-        in the vocabulary), ``None`` for text that goes through the rules."""
+        in the vocabulary), ``None`` for text that goes through the rules.
+
+        ``origin`` places the segment in ``text``: an int when the segment is
+        ``text[origin:origin + len(segment)]``, else (a segment of the
+        normalised text that ``pre_tokenize`` read) the ``(start, end)`` span of
+        ``text`` behind each of its characters."""
         position = 0
         if self._special_pattern is not None and "[" in text:
             for match in self._special_pattern.finditer(text):
@@ -238,25 +244,30 @@ class Tokenizer(TokenizerBase):
         if self._pre_tokenize is None:
             yield text, offset, None
             return
+        # pre_tokenize reads the text lower-cased and accent-stripped, as bert4keras
+        # gives it (jieba cuts "C语言" and "c语言", "Café" and "cafe" differently).
+        read, origin = text, offset
+        if self.do_lower_case and self._normalize_word(text) != text:
+            read, origin = self._normalized_chars(
+                list(text), [(offset + index, offset + index + 1) for index in range(len(text))])
         position = 0
-        for word in self._pre_tokenize(text):
+        for word in self._pre_tokenize(read):
             if not word:
                 continue
-            found = text.find(word, position)
+            found = read.find(word, position)
             if found < 0:
                 raise ValueError(
                     f"pre_tokenize returned {word!r}, which is not the next part of "
-                    f"{text!r}; it must return substrings of the text, in order")
+                    f"{read!r}; it must return substrings of the text it is given "
+                    f"(lower-cased and accent-stripped with do_lower_case), in order")
             if found > position:
-                yield text[position:found], offset + position, None
-            key = self._normalize_word(word)
-            if key in self._token_dict and key.strip():
-                yield word, offset + found, key
-            else:
-                yield word, offset + found, None
-            position = found + len(word)
-        if position < len(text):
-            yield text[position:], offset + position, None
+                yield read[position:found], _part(origin, position, found), None
+            end = found + len(word)
+            known = word in self._token_dict and word.strip()
+            yield word, _part(origin, found, end), word if known else None
+            position = end
+        if position < len(read):
+            yield read[position:], _part(origin, position, len(read)), None
 
     def _basic_words(self, text):
         """Google's basic tokenizer: the words and punctuation of ``text``."""
@@ -319,24 +330,25 @@ class Tokenizer(TokenizerBase):
 
     # -- offsets ----------------------------------------------------------
 
-    def _normalized_chars(self, chars, starts):
+    def _normalized_chars(self, chars, char_spans):
         """Normalise one whitespace-delimited word, keeping for every output
-        character the ``(start, end)`` span of the input it came from."""
+        character the ``(start, end)`` span of the input it came from
+        (``char_spans``: those of ``chars``)."""
         if len(chars) == 1:
             # Most words of CJK text are one ideograph: skip the alignment.
             normalized = self._normalize_word(chars[0])
-            return normalized, [(starts[0], starts[0] + 1)] * len(normalized)
+            return normalized, [char_spans[0]] * len(normalized)
         word = "".join(chars)
         if not self.do_lower_case:
-            return word, [(start, start + 1) for start in starts]
+            return word, list(char_spans)
         lowered = word.lower()
         if lowered.isascii() and len(lowered) == len(word):
-            return lowered, [(start, start + 1) for start in starts]
+            return lowered, list(char_spans)
         expected = self._normalize_word(word)
         nonspacing = self._tables.nonspacing
         out_chars, spans = [], []
         position = 0
-        for char, start in zip(chars, starts):
+        for char, span in zip(chars, char_spans):
             # Lower-casing maps each character to len(char.lower()) characters
             # (the word-level call only differs in choosing final sigma).
             width = len(char.lower())
@@ -344,44 +356,49 @@ class Tokenizer(TokenizerBase):
                 for piece in (low if low.isascii() else unicodedata.normalize("NFD", low)):
                     if piece not in nonspacing:
                         out_chars.append(piece)
-                        spans.append((start, start + 1))
+                        spans.append(span)
             position += width
         normalized = "".join(out_chars)
         if normalized != expected:
             # Canonical reordering moved marks across characters: keep the exact
             # text and give each character the whole word's span.
-            whole = (starts[0], starts[-1] + 1)
+            whole = (char_spans[0][0], char_spans[-1][1])
             return expected, [whole] * len(expected)
         return normalized, spans
 
-    def _basic_with_spans(self, text, offset, tokens, spans):
+    def _basic_with_spans(self, text, origin, tokens, spans):
+        """The rules on segment ``text``, placed in the original by ``origin`` (see
+        :meth:`_segments`): its tokens and their spans appended."""
         char_class = self._tables.char_class
-        chars, starts = [], []
+        chars, char_spans = [], []
         for index, char in enumerate(text):
             kind = char_class.get(char)
             if kind is None and char.isspace():
                 kind = SPACE
+            if kind == DROP:
+                continue
+            span = (origin + index, origin + index + 1) if isinstance(origin, int) \
+                else origin[index]
             if kind is None:
                 chars.append(char)
-                starts.append(offset + index)
-            elif kind != DROP:
+                char_spans.append(span)
+            else:
                 if chars:
-                    self._word_with_spans(chars, starts, tokens, spans)
-                    chars, starts = [], []
+                    self._word_with_spans(chars, char_spans, tokens, spans)
+                    chars, char_spans = [], []
                 if kind == CJK:
                     # An ideograph is a word of its own and never punctuation.
                     word = lower_and_strip_accents(char) if self.do_lower_case else char
-                    span = (offset + index, offset + index + 1)
                     for piece in self._wordpiece(word):
                         tokens.append(piece)
                         spans.append(span)
         if chars:
-            self._word_with_spans(chars, starts, tokens, spans)
+            self._word_with_spans(chars, char_spans, tokens, spans)
 
-    def _word_with_spans(self, chars, starts, tokens, spans):
+    def _word_with_spans(self, chars, char_spans, tokens, spans):
         """Punctuation split and WordPiece of one whitespace-delimited word."""
         punctuation = self._tables.punctuation
-        normalized, char_spans = self._normalized_chars(chars, starts)
+        normalized, char_spans = self._normalized_chars(chars, char_spans)
         piece_start = 0
         for index, char in enumerate(normalized):
             if char not in punctuation:
@@ -411,12 +428,15 @@ class Tokenizer(TokenizerBase):
 
     def _tokens_and_spans(self, text):
         tokens, spans = [], []
-        for segment, start, token in self._segments(text):
-            if token is not None:
+        for segment, origin, token in self._segments(text):
+            if token is None:
+                self._basic_with_spans(segment, origin, tokens, spans)
+            elif isinstance(origin, int):
                 tokens.append(token)
-                spans.append((start, start + len(segment)))
+                spans.append((origin, origin + len(segment)))
             else:
-                self._basic_with_spans(segment, start, tokens, spans)
+                tokens.append(token)
+                spans.append((origin[0][0], origin[-1][1]))
         return tokens, spans
 
     def tokenize_with_spans(self, text, maxlen=None):
@@ -543,6 +563,14 @@ class Tokenizer(TokenizerBase):
                 parts.append(token)
             previous = token
         return "".join(parts)
+
+
+def _part(origin, start, end):
+    """The ``origin`` (see ``Tokenizer._segments``) of characters ``start:end`` of a
+    segment placed by ``origin``."""
+    if isinstance(origin, int):
+        return origin + start
+    return origin[start:end]
 
 
 def corpus_vocabulary(tokenizer, texts):

@@ -10,7 +10,7 @@ layers, hence the same weights:
 * the step model (runs one new token against the cached keys and values).
 
 A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
-:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, one module each in
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, :class:`RoFormerV2`, one module each in
 :mod:`bert4x.families`) is a small subclass that registers itself in
 :mod:`bert4x.registry` when it is defined, and declares what differs:
 
@@ -29,6 +29,9 @@ A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshar
   attention derives them itself;
 * whether layers are shared: :meth:`Transformer.layer_blocks` lists the blocks
   (weight sets) each layer runs, so ALBERT runs one block many times;
+* the parts of its layers: ``dense_bias`` (whether the encoder's Dense layers
+  have biases), ``norm_options`` (the ``bert4x.layers.LayerNormalization``
+  variant: RMS norm, no gamma, no beta) and ``embedding_dropout_before_norm``;
 * its heads (``heads``) and its checkpoint names: the official ones
   (:meth:`variable_map`, ``block_names``) and the Hugging Face ones
   (:meth:`hugging_face_names` from ``hf_renames``, ``hf_special``, ``hf_prefix``;
@@ -120,6 +123,14 @@ class Transformer:
     factorised = False
     #: A learned absolute position table in the embeddings.
     absolute_positions = True
+    #: Whether the encoder's Dense layers (attention projections, feed-forward,
+    #: embedding mapping) have biases.
+    dense_bias = True
+    #: Options of every LayerNormalization of the family (``zero_mean``, ``scale``,
+    #: ``offset``; see :class:`bert4x.layers.LayerNormalization`); empty: BERT's.
+    norm_options = {}
+    #: Embeddings summed, then dropout, then the norm (BERT: the norm, then dropout).
+    embedding_dropout_before_norm = False
     #: The only ``position_embedding_type`` the family builds.
     position_embedding_type = "absolute"
     #: Official name prefix of the embeddings and encoder (``bert/embeddings/...``).
@@ -168,6 +179,10 @@ class Transformer:
         if layer_norm_cond is not None and not additional_input_layers:
             raise ValueError("layer_norm_cond must be computed from additional_input_layers "
                              "(pass the keras.Input tensors it depends on)")
+        if layer_norm_cond is not None and not (self.norm_options.get("scale", True)
+                                                or self.norm_options.get("offset", True)):
+            raise ValueError(f"layer_norm_cond conditions the gamma and beta of the norms; "
+                             f"the norms of {self.family!r} have neither")
         self.config = config
         self.application = application
         for flag, value in (("with_nsp", with_nsp), ("with_discriminator", with_discriminator)):
@@ -347,7 +362,7 @@ class Transformer:
 
     def _norm(self, name):
         return LayerNormalization(self.config.layer_norm_eps, conditional=self.conditional,
-                                  name=name, dtype=self.dtype)
+                                  name=name, dtype=self.dtype, **self.norm_options)
 
     def _dense(self, units, name, activation=None, **kwargs):
         return keras.layers.Dense(units, activation=get_activation(activation),
@@ -388,7 +403,8 @@ class Transformer:
         self.embedding_dropout = Dropout(c.hidden_dropout_prob, name="Embedding-Dropout", **kw)
         self.embedding_mapping = None
         if self.factorised and self.needs_embedding_mapping():
-            self.embedding_mapping = self._dense(c.hidden_size, "Embedding-Mapping")
+            self.embedding_mapping = self._dense(c.hidden_size, "Embedding-Mapping",
+                                                 use_bias=self.dense_bias)
 
     def embedding_layers_width(self):
         """Width of the segment and position tables and of the embedding norm."""
@@ -410,14 +426,14 @@ class Transformer:
             attention=MultiHeadAttention(
                 c.num_attention_heads, c.head_size, c.attention_probs_dropout_prob,
                 kernel_initializer=init(), name=prefix + "MultiHeadSelfAttention",
-                **attention_kw, **kw),
+                use_bias=self.dense_bias, **attention_kw, **kw),
             attention_dropout=Dropout(
                 c.hidden_dropout_prob, name=prefix + "MultiHeadSelfAttention-Dropout", **kw),
             attention_add=keras.layers.Add(name=prefix + "MultiHeadSelfAttention-Add", **kw),
             attention_norm=self._norm(prefix + "MultiHeadSelfAttention-Norm"),
             feed_forward=FeedForward(c.intermediate_size, c.hidden_act,
                                      kernel_initializer=init(), name=prefix + "FeedForward",
-                                     **kw),
+                                     use_bias=self.dense_bias, **kw),
             feed_forward_dropout=Dropout(
                 c.hidden_dropout_prob, name=prefix + "FeedForward-Dropout", **kw),
             feed_forward_add=keras.layers.Add(name=prefix + "FeedForward-Add", **kw),
@@ -437,11 +453,7 @@ class Transformer:
                 dtype="float32")
         self.mlm_dense = self.mlm_norm = self.mlm_bias = None
         if self.with_mlm:
-            self.mlm_dense = self._dense(self.mlm_width(), "MLM-Dense", self.mlm_hidden_act())
-            self.mlm_norm = self._norm("MLM-Norm")
-            self.mlm_bias = BiasAdd(name="MLM-Bias", dtype="float32")
-            self.mlm_activation = keras.layers.Activation(
-                self.mlm_output_activation(), name="MLM-Activation", dtype="float32")
+            self._create_mlm_head()
         self.discriminator_dense = self.discriminator_output = None
         if self.with_discriminator:
             self.discriminator_dense = self._dense(c.hidden_size, "Discriminator-Dense",
@@ -458,6 +470,15 @@ class Transformer:
         """What ``with_mlm=True`` applies to the MLM logits: a name or a callable
         (softmax, for probabilities)."""
         return "softmax"
+
+    def _create_mlm_head(self):
+        """The MLM head's layers (:meth:`mlm_logits` runs them) and ``mlm_activation``,
+        the softmax of the model's MLM output."""
+        self.mlm_dense = self._dense(self.mlm_width(), "MLM-Dense", self.mlm_hidden_act())
+        self.mlm_norm = self._norm("MLM-Norm")
+        self.mlm_bias = BiasAdd(name="MLM-Bias", dtype="float32")
+        self.mlm_activation = keras.layers.Activation(
+            self.mlm_output_activation(), name="MLM-Activation", dtype="float32")
 
     # ------------------------------------------------------------------ graph
     def _inputs(self, length=None, prefix="Input"):
@@ -492,8 +513,12 @@ class Transformer:
             parts.append(self.position_embedding(
                 x, position_ids=self.position_ids(token_ids, position_ids)))
         x = self.embedding_add(parts)
-        x = self.embedding_norm(x, condition=condition)
-        x = self.embedding_dropout(x, training=training)
+        if self.embedding_dropout_before_norm:
+            x = self.embedding_dropout(x, training=training)
+            x = self.embedding_norm(x, condition=condition)
+        else:
+            x = self.embedding_norm(x, condition=condition)
+            x = self.embedding_dropout(x, training=training)
         if self.embedding_mapping is not None:
             x = self.embedding_mapping(x)
         return x
@@ -867,8 +892,13 @@ def dense_pairs(name, dense):
 
 
 def norm_pairs(name, norm):
-    """``(official name, variable, kind)`` of a LayerNorm's gamma and beta."""
-    return [(name + "/gamma", norm.gamma, "plain"), (name + "/beta", norm.beta, "plain")]
+    """``(official name, variable, kind)`` of a LayerNorm's gamma and beta (those it has)."""
+    pairs = []
+    if norm.gamma is not None:
+        pairs.append((name + "/gamma", norm.gamma, "plain"))
+    if norm.beta is not None:
+        pairs.append((name + "/beta", norm.beta, "plain"))
+    return pairs
 
 
 def _listing(words, conjunction):

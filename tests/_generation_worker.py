@@ -65,7 +65,8 @@ def build(application, conditional, seed=0, randomise_conditions=True, model="be
 
 # Tiny configs of the other families: odd head counts, factorised embeddings,
 # shared layers, fairseq RoBERTa's padding id 1 and offset positions, RoFormer's
-# rotary and NEZHA's relative positions (K = 3 clips within these sequences).
+# rotary and NEZHA's relative positions (K = 3 clips within these sequences),
+# RoFormer-V2's bias-free, scale-free layers.
 FAMILY_CONFIGS = {
     "roberta": dict(model_type="roberta", pad_token_id=1, type_vocab_size=1,
                     hidden_size=30, num_attention_heads=3, max_position_embeddings=42,
@@ -76,6 +77,8 @@ FAMILY_CONFIGS = {
     "electra": dict(embedding_size=12, hidden_size=30, num_attention_heads=3),
     "roformer": dict(embedding_size=12, hidden_size=30, num_attention_heads=3),
     "nezha": dict(hidden_size=30, num_attention_heads=3, max_relative_position=3),
+    # No biases, RMS norms without gamma or beta, the output mapping back to E.
+    "roformer_v2": dict(embedding_size=12, hidden_size=30, num_attention_heads=3),
 }
 
 

@@ -5,6 +5,7 @@ the oracle's computations run in one batch in a tf-keras subprocess started when
 the module starts, so it overlaps the bert4x side.
 """
 
+import logging
 import os
 import sys
 
@@ -18,6 +19,8 @@ import _oracle  # noqa: E402
 from _sentencepiece import train_sentencepiece  # noqa: E402
 from oracle.shared import table_logits, two_character_words  # noqa: E402
 from bert4x import checkpoints  # noqa: E402
+from bert4x import layers as native_layers  # noqa: E402
+from bert4x import tokenizers as native_tokenizers  # noqa: E402
 from bert4x.bert4keras import backend, layers, models, optimizers, snippets, tokenizers  # noqa: E402
 from bert4x.models import build_transformer_model as native_build  # noqa: E402
 from bert4x.resources import chinese_vocab_path  # noqa: E402
@@ -51,6 +54,20 @@ MODEL_INPUTS = {"no_segments": [TOKENS], "custom_positions": [TOKENS, SEGMENTS, 
 FAMILY_CASES = {"roberta": ({}, dict(with_mlm=True)),
                 "albert": (dict(embedding_size=8), dict(with_mlm=True)),
                 "electra": (dict(embedding_size=8), dict())}
+# RoFormer-V2 (bert4keras's RoFormerV2): 18 wide in 3 heads of 6, 22 inner units, relu;
+# with E != H its embedding and output mappings too. A padded batch of odd lengths.
+ROFORMER_V2 = dict(CONFIG, vocab_size=43, hidden_size=18, num_attention_heads=3,
+                   intermediate_size=22, hidden_act="relu")
+ROFORMER_V2_CHECKPOINTS = {"plain": {}, "factorised": dict(embedding_size=10)}
+ROFORMER_V2_CASES = {"encoder": ("plain", dict()),
+                     "mlm": ("plain", dict(with_mlm=True)),
+                     "factorised_unilm": ("factorised", dict(application="unilm")),
+                     "factorised_lm_linear": ("factorised", dict(application="lm",
+                                                                 with_mlm="linear"))}
+ROFORMER_V2_TOKENS = np.array([[2, 7, 9, 11, 3, 0, 0, 0, 0], [2, 5, 3, 8, 12, 30, 41, 19, 3],
+                               [2, 40, 3, 0, 0, 0, 0, 0, 0]])
+ROFORMER_V2_SEGMENTS = np.array([[0, 0, 0, 1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1, 1, 1],
+                                 [0, 0, 1, 0, 0, 0, 0, 0, 0]])
 RNG = np.random.default_rng(0)
 SPARSE_MULTILABEL = dict(  # [batch, heads, positives] indices into [batch, heads, classes]
     y_true=np.array([[[1, 3, 0], [2, 0, 0]], [[4, 5, 2], [0, 0, 0]]], "int32"),
@@ -80,6 +97,11 @@ NORM = dict(x=RNG.normal(size=(2, 3, 6)).astype("float32"),
                          hidden=RNG.normal(size=(4, 5)), gamma_dense=RNG.normal(size=(5, 6)),
                          beta_dense=RNG.normal(size=(5, 6))),
             hidden_units=5, hidden_activation="tanh")
+NORM_C_DENSE = RNG.normal(size=(4, 6)).astype("float32")  # a condition [batch, 4] to [.., 6]
+# (zero_mean, scale, offset, conditional): RMS norms (RoFormer-V2's, T5's), no gamma, no beta.
+NORM_VARIANTS = [(False, False, False, False), (False, True, False, False),
+                 (True, False, True, False), (False, True, True, False),
+                 (True, True, False, False), (False, True, False, True)]
 DECODER = dict(vocab_size=7, start_id=0, end_id=3, maxlen=6, minlen=2,
                beams=[dict(topk=1), dict(topk=3), dict(topk=4, min_ends=2)],
                samples=[dict(n=4, seed=1), dict(n=3, topk=3, seed=2),
@@ -87,6 +109,15 @@ DECODER = dict(vocab_size=7, start_id=0, end_id=3, maxlen=6, minlen=2,
                         dict(n=2, topp=1.5, seed=5)])
 TEXTS = ["你好，世界！BERT 模型很 good。", "Héllo wörld, it's 2.5 o'clock (ok)?",
          "数字123和 english-words 混合"]
+# T5-PEGASUS's tokenizer: jieba words of its vocabulary stay whole; jieba reads
+# the lower-cased, accent-stripped text ("C语言" and "c语言", "Café" and "cafe" cut
+# differently; "ΟΔΟΣ" ends with a final sigma).
+JIEBA_TEXTS = ["我在学习C语言和Python3.8，还买了一件T恤。", "Café au lait 是一种 CAFÉ 饮品",
+               "北京大学的学生们在公园散步！", "ΟΔΟΣ 是希腊语，İstanbul ŞEHİR",
+               "iPhone13和iPad都卖了1999元  多个\t空格", "naïve résumé 的国庆节"]
+# Words the Chinese vocabulary lacks ("cafe", "iphone" and "ipad" it has).
+JIEBA_WORDS = ["语言", "学习", "一件", "北京大学", "学生", "一种", "饮品", "希腊语", "国庆节",
+               "公园", "散步", "istanbul", "résumé", "resume"]
 PAIRS = [("今天天气很好，我们去公园散步吧", "好的"), ("短", "这是一个比较长的第二句话用来截断")]
 SNIPPETS = dict(
     pairs=[(6, -1, ([1, 2, 3, 4, 5], [6, 7, 8])), (4, [-2, 0], ([1, 2, 3, 4], [5, 6, 7])),
@@ -180,7 +211,38 @@ def sentencepiece_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def oracle(checkpoint, family_checkpoints, sentencepiece_model):
+def roformer_v2_checkpoints(tmp_path_factory):
+    """Small RoFormer-V2 models with random weights large enough to matter, with and
+    without factorised embeddings, in the official checkpoint format."""
+    found = {}
+    for key, fields in ROFORMER_V2_CHECKPOINTS.items():
+        keras.utils.set_random_seed(4)
+        builder = native_build(model="roformer_v2", **ROFORMER_V2, **fields, with_mlm=True,
+                               return_keras_model=False)
+        rng = np.random.default_rng(4)
+        for name, variable, _ in builder.variable_map():
+            scale = 0.5 if "embeddings" in name else 0.3
+            variable.assign(rng.normal(0, scale, variable.shape).astype("float32"))
+        folder = str(tmp_path_factory.mktemp(f"roformer_v2_{key}") / "model")
+        found[key] = (os.path.join(folder, "bert_config.json"),
+                      checkpoints.save_checkpoint(builder, folder))
+    return found
+
+
+@pytest.fixture(scope="module")
+def jieba_vocab(tmp_path_factory):
+    """Google's Chinese vocabulary plus some jieba words (T5-PEGASUS's kind)."""
+    with open(chinese_vocab_path(), encoding="utf-8", newline="") as file:
+        text = file.read()  # one token a line ("\x85" is one of them: no splitlines)
+    path = tmp_path_factory.mktemp("jieba_vocab") / "vocab.txt"
+    with open(path, "w", encoding="utf-8", newline="") as file:
+        file.write(text.rstrip("\n") + "\n" + "\n".join(JIEBA_WORDS) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def oracle(checkpoint, family_checkpoints, sentencepiece_model, jieba_vocab,
+           roformer_v2_checkpoints):
     config_path, prefix = checkpoint
     inputs = [TOKENS, SEGMENTS]
     jobs = {f"model_{name}": ("model_outputs", dict(
@@ -191,6 +253,11 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model):
         jobs[f"family_{family}"] = ("model_outputs", dict(
             config_path=family_config, checkpoint_path=family_prefix, inputs=inputs,
             model=family, **FAMILY_CASES[family][1]))
+    for case, (key, kwargs) in ROFORMER_V2_CASES.items():
+        v2_config, v2_prefix = roformer_v2_checkpoints[key]
+        jobs[f"roformer_v2_{case}"] = ("roformer_v2_outputs", dict(
+            config_path=v2_config, checkpoint_path=v2_prefix,
+            inputs=[ROFORMER_V2_TOKENS, ROFORMER_V2_SEGMENTS], **kwargs))
     jobs["masked_loss"] = ("masked_loss", dict(config_path=config_path, checkpoint_path=prefix,
                                                inputs=inputs, application="unilm"))
     jobs["crf"] = ("crf", CRF)
@@ -206,10 +273,16 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model):
     jobs["decoder"] = ("decoder_ids", DECODER)
     jobs["sparse_multilabel"] = ("sparse_multilabel_losses", SPARSE_MULTILABEL)
     jobs["layer_norm"] = ("layer_norm", NORM)
+    jobs["layer_norm_variants"] = ("layer_norm_variants", dict(
+        x=NORM["x"], c=NORM["c"], weights=dict(NORM["weights"], gamma_dense=NORM_C_DENSE,
+                                               beta_dense=NORM_C_DENSE[::-1]),
+        cases=NORM_VARIANTS, epsilon=1e-6))
     jobs["sp_tokenizer"] = ("sp_tokenizer", dict(
         model_path=sentencepiece_model, texts=SP_TEXTS,
         pairs=list(zip(SP_TEXTS, SP_TEXTS[1:])), maxlen=12))
     jobs["snippets"] = ("snippets_results", dict(SNIPPETS, square="square"))
+    jobs["jieba_tokenizer"] = ("jieba_tokenizer", dict(vocab_path=jieba_vocab,
+                                                       texts=JIEBA_TEXTS))
     for lower in (False, True):
         jobs[f"tokenizer_{lower}"] = ("tokenizer", dict(
             vocab_path=chinese_vocab_path(), texts=TEXTS, pairs=PAIRS, do_lower_case=lower,
@@ -249,6 +322,27 @@ def test_other_families_equal_bert4keras(family_checkpoints, oracle, family):
     assert [a.shape for a in ours] == [b.shape for b in theirs]
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=TOL)
+
+
+@pytest.mark.parametrize("case", sorted(ROFORMER_V2_CASES))
+def test_roformer_v2_equals_bert4keras(roformer_v2_checkpoints, oracle, case):
+    """bert4keras's RoFormerV2 (rotary attention, no biases, RMS norms without gamma or
+    beta, its bare MLM head) within 1e-4, through bert4x.bert4keras and bert4x's own
+    build_transformer_model alike."""
+    key, kwargs = ROFORMER_V2_CASES[case]
+    config_path, prefix = roformer_v2_checkpoints[key]
+    inputs = [ROFORMER_V2_TOKENS, ROFORMER_V2_SEGMENTS]
+    theirs = oracle.result(f"roformer_v2_{case}")
+    model = models.build_transformer_model(config_path, prefix, model="roformer_v2", **kwargs)
+    ours = model.predict(inputs, verbose=0)
+    ours = ours if isinstance(ours, list) else [ours]
+    assert [a.shape for a in ours] == [b.shape for b in theirs] == [
+        ROFORMER_V2_TOKENS.shape + ((18,) if case == "encoder" else (43,))]
+    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-4)
+    native = native_build(config_path, prefix, model="roformer_v2", **kwargs).predict(
+        inputs, verbose=0)
+    native = native[-1] if isinstance(native, list) else native  # after the sequence output
+    np.testing.assert_allclose(native, theirs[0], atol=1e-4)
 
 
 def test_masks_reach_a_loss_layer_as_in_bert4keras(checkpoint, oracle):
@@ -439,6 +533,41 @@ def test_conditional_layer_norm_equals_bert4keras(oracle):
     np.testing.assert_allclose(output, oracle.result("layer_norm"), atol=TOL)
 
 
+def test_layer_norm_variants_equal_bert4keras(oracle):
+    """RMS norms, norms without gamma or beta, and a conditional RMS norm with gamma
+    only (T5's kind), in bert4x's layer and bert4x.bert4keras's."""
+    w = NORM["weights"]
+    theirs = oracle.result("layer_norm_variants")
+    for (zero_mean, scale, offset, conditional), expected in zip(NORM_VARIANTS, theirs):
+        options = dict(zero_mean=zero_mean, scale=scale, offset=offset,
+                       conditional=conditional)
+        for layer in (native_layers.LayerNormalization(1e-6, **options),
+                      layers.LayerNormalization(epsilon=1e-6, **options)):
+            inputs = [NORM["x"], NORM["c"]]
+            native = not isinstance(layer, layers.LayerNormalization)
+            call = ((lambda: layer(inputs[0], condition=inputs[1])) if native and conditional
+                    else (lambda: layer(inputs if conditional else inputs[0])))
+            call()
+            assert [v.name for v in layer.weights] == [
+                name for name, used in (("gamma", scale), ("beta", offset),
+                                        ("kernel", conditional and scale),
+                                        ("kernel", conditional and offset)) if used]
+            if scale:
+                layer.gamma.assign(w["gamma"])
+                if conditional:
+                    layer.gamma_dense.set_weights([NORM_C_DENSE])
+            if offset:
+                layer.beta.assign(w["beta"])
+                if conditional:
+                    layer.beta_dense.set_weights([NORM_C_DENSE[::-1]])
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(call()), expected,
+                                       atol=TOL, err_msg=str(options))
+            restored = type(layer).from_config(layer.get_config())
+            assert restored.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="neither"):
+        native_layers.LayerNormalization(conditional=True, scale=False, offset=False)
+
+
 # ------------------------------------------------------------------ decoding
 def test_decoder_beam_and_sampling_ids_equal_bert4keras(oracle):
     vocab_size = DECODER["vocab_size"]
@@ -511,6 +640,27 @@ def test_tokenizer_ids_rematch_decode_equal_bert4keras(oracle, lower):
         assert ours == [list(pair) for pair in theirs["pairs"][index]]
     assert tok._token_start_id == tok.token_to_id("[CLS]")
     assert tok._token_mask_id == tok.token_to_id("[MASK]")
+
+
+@pytest.mark.parametrize("module", ["bert4x", "bert4keras"])
+def test_jieba_pre_tokenized_tokenizer_equals_bert4keras(oracle, jieba_vocab, module):
+    """T5-PEGASUS's ``Tokenizer(dict_path, do_lower_case=True, pre_tokenize=lambda s:
+    jieba.cut(s, HMM=False))``: the same tokens and ids, from bert4x's tokenizer and
+    from bert4x.bert4keras's."""
+    jieba = pytest.importorskip("jieba")
+    jieba.setLogLevel(logging.WARNING)
+    chosen = native_tokenizers if module == "bert4x" else tokenizers
+    tok = chosen.Tokenizer(jieba_vocab, do_lower_case=True,
+                           pre_tokenize=lambda text: jieba.cut(text, HMM=False))
+    theirs = oracle.result("jieba_tokenizer")
+    vocabulary = tok.token_dict
+    for index, text in enumerate(JIEBA_TEXTS):
+        # bert4keras leaves an unknown word as it is; its id is [UNK] all the same.
+        assert tok.tokenize(text) == [t if t in vocabulary else "[UNK]"
+                                      for t in theirs["tokens"][index]], text
+        assert tok.encode(text)[0] == theirs["ids"][index], text
+    words = {token for tokens in theirs["tokens"] for token in tokens}
+    assert {"语言", "cafe", "北京大学", "resume", "istanbul", "ς"} <= words
 
 
 def test_sentencepiece_tokenizer_equals_bert4keras(oracle, sentencepiece_model):

@@ -34,6 +34,7 @@ VARIANTS = [
     ("electra", dict(embedding_size=4), dict(with_discriminator=True)),
     ("roformer", dict(embedding_size=4), dict(with_pool=True, with_nsp=True, with_mlm=True)),
     ("nezha", {}, dict(with_pool=True, with_nsp=True, with_mlm=True)),
+    ("roformer_v2", dict(embedding_size=4), dict(with_mlm=True)),  # no biases, no gamma/beta
 ]
 SPLIT = {
     "Embedding-Token/embeddings": ("model", None),

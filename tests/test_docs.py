@@ -183,6 +183,7 @@ def stand_ins(tmp_path_factory):
     _official(folder / "albert_tiny_zh", model="albert", prefix="albert_model.ckpt",
               config_name="albert_config_tiny.json", embedding_size=8)
     _official(folder / "chinese_roformer_L-12_H-768_A-12", model="roformer")
+    _official(folder / "chinese_roformer-v2-char_L-12_H-768_A-12", model="roformer_v2")
     _official(folder / "nezha_base", model="nezha", prefix="model.ckpt")
     _electra(folder / "electra_small")
     _hugging_face(folder / "all-MiniLM-L6-v2", "bert", "bert")

@@ -1,11 +1,14 @@
 """Acceptance tests of the model families on the one Transformer core:
 RoBERTa (HFL and fairseq), ALBERT (Google and brightmart layouts, shared and
 unshared), ELECTRA (discriminator and generator), RoFormer (with and without
-``embeddings_project``) and NEZHA.
+``embeddings_project``), NEZHA and RoFormer-V2 (with and without factorised
+embeddings).
 
 References are Hugging Face ``transformers`` models on PyTorch with random weights;
 for NEZHA, which transformers 5 no longer has, :func:`numpy_nezha` below, the
-paper's formulas written out in NumPy.
+paper's formulas written out in NumPy; for RoFormer-V2, which it never had,
+:func:`numpy_roformer_v2` (its parity with bert4keras itself is in
+``test_bert4keras.py``).
 Their weights are written in the official TF layout through this file's own
 Hugging Face -> official name rules (``tf.raw_ops.SaveV2``) and as Hugging Face
 folders (``save_pretrained``). Shapes are odd on purpose: 3 heads, intermediate
@@ -35,7 +38,7 @@ from bert4x.models import MODELS, build_transformer_model  # noqa: E402
 from _oracle import import_oracle  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_position_encoding import numpy_nezha_table  # noqa: E402
+from test_position_encoding import numpy_nezha_table, numpy_rotate  # noqa: E402
 
 torch = import_oracle("torch")
 transformers = import_oracle("transformers")
@@ -226,6 +229,77 @@ def numpy_nezha(config, weights, ids, segments):
     return [x, head @ w["bert/embeddings/word_embeddings"].T + w["cls/predictions/output_bias"]]
 
 
+def random_roformer_v2_weights(config, seed):
+    """Random RoFormer-V2 weights under bert4keras's official names: BERT's without
+    biases, LayerNorms and positions; with E != H the embedding mapping, and bert4x's
+    name for the MLM head's output mapping."""
+    rng = np.random.default_rng(seed)
+    V, H, I = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
+    E = config.get("embedding_size") or H
+
+    def normal(*shape, scale=0.3):
+        return rng.normal(0.0, scale, shape).astype(np.float32)
+
+    weights = {"bert/embeddings/word_embeddings": normal(V, E, scale=0.5),
+               "bert/embeddings/token_type_embeddings": normal(2, E, scale=0.5)}
+    if E != H:
+        weights["bert/encoder/embedding_hidden_mapping_in/kernel"] = normal(E, H)
+        weights["cls/predictions/output_mapping/kernel"] = normal(H, E)
+    for i in range(config["num_hidden_layers"]):
+        p = f"bert/encoder/layer_{i}/"
+        for part in ("self/query", "self/key", "self/value", "output/dense"):
+            weights[p + "attention/" + part + "/kernel"] = normal(H, H)
+        weights[p + "intermediate/dense/kernel"] = normal(H, I)
+        weights[p + "output/dense/kernel"] = normal(I, H)
+    return weights
+
+
+def numpy_roformer_v2(config, weights, ids, segments):
+    """RoFormer-V2 with its MLM head in float64 NumPy: ``[sequence_output, mlm_logits]``.
+
+    ``rms(x) = x / sqrt(mean(x^2) + eps)`` (no gamma, no beta); ``h = rms(E_tok[x] +
+    E_seg[s])`` (then ``h W_map``); per layer, with rotary queries and keys (no
+    biases), ``h = rms(h + attention(h))``, ``h = rms(h + act(h W_1) W_2)``; logits
+    ``(h W_out) E_tok^T`` (``W_out`` when E != H), no output bias.
+    """
+    w = {name: value.astype(np.float64) for name, value in weights.items()}
+    heads = config["num_attention_heads"]
+    d = config["hidden_size"] // heads
+    act = {"relu": lambda x: np.maximum(x, 0.0),
+           "gelu": lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))}[
+        config["hidden_act"]]
+
+    def rms(x, eps=1e-12):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+
+    def split(t):
+        return t.reshape(t.shape[0], t.shape[1], heads, d).transpose(0, 2, 1, 3)
+
+    def rotated(t):  # [batch, heads, length, d] at positions 0..length-1
+        positions = range(t.shape[2])
+        return np.stack([np.stack([numpy_rotate(row, positions) for row in per_head])
+                         for per_head in t])
+
+    x = rms(w["bert/embeddings/word_embeddings"][ids]
+            + w["bert/embeddings/token_type_embeddings"][segments])
+    if "bert/encoder/embedding_hidden_mapping_in/kernel" in w:
+        x = x @ w["bert/encoder/embedding_hidden_mapping_in/kernel"]
+    mask = np.where(ids != 0, 0.0, -np.inf)[:, None, None, :]
+    for layer in range(config["num_hidden_layers"]):
+        p = f"bert/encoder/layer_{layer}/"
+        q, k, v = (split(x @ w[p + f"attention/self/{part}/kernel"])
+                   for part in ("query", "key", "value"))
+        scores = rotated(q) @ rotated(k).transpose(0, 1, 3, 2) / math.sqrt(d) + mask
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        context = (probs @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+        x = rms(x + context @ w[p + "attention/output/dense/kernel"])
+        x = rms(x + act(x @ w[p + "intermediate/dense/kernel"]) @ w[p + "output/dense/kernel"])
+    head = x @ w["cls/predictions/output_mapping/kernel"] \
+        if "cls/predictions/output_mapping/kernel" in w else x
+    return [x, head @ w["bert/embeddings/word_embeddings"].T]
+
+
 # ------------------------------------------------------------------------ the cases
 def inputs_for(pad, two_segments=True, seed=0):
     rng = np.random.default_rng(seed)
@@ -340,6 +414,17 @@ def cases(tmp_path_factory):
         save_hf=False, weights=random_official_weights(config, seed=10, positions=False),
         reference=lambda weights, ids, segments: numpy_nezha(config, weights, ids, segments))
 
+    # RoFormer-V2: no biases, RMS norms without gamma or beta, its bare MLM head; relu
+    # (its checkpoints' activation), then gelu with E != H (both mappings).
+    for key, extra, seed in (("roformer_v2", dict(hidden_act="relu"), 11),
+                             ("roformer_v2_projected", dict(hidden_act="gelu",
+                                                            embedding_size=20), 12)):
+        config = dict(BASE, **extra)
+        add(key, None, None, (), "roformer_v2", 0, config, dict(with_mlm="linear"),
+            save_hf=False, weights=random_roformer_v2_weights(config, seed),
+            reference=lambda weights, ids, segments, config=config: numpy_roformer_v2(
+                config, weights, ids, segments))
+
     jobs = []
     for key, case in cases.items():
         inputs = [f"{key}/ids", f"{key}/segments"]
@@ -411,7 +496,7 @@ def test_parity_with_transformers(backend_results, cases, backend):
     results = backend_results[backend]
     if isinstance(results, str):
         pytest.fail(f"the {backend} worker failed:\n{results}")
-    assert len(cases["jobs"]) == 18
+    assert len(cases["jobs"]) == 20
     for job in cases["jobs"]:
         key = job["key"]
         expected = cases["cases"][key.split("/")[0]]["expected"]
@@ -446,7 +531,8 @@ def test_families_are_told_apart(cases):
 # ----------------------------------------------------------------- written back exactly
 @pytest.mark.parametrize("key", ["roberta_hfl", "roberta", "albert", "albert_groups",
                                  "albert_zh", "electra", "electra_generator", "roformer",
-                                 "roformer_projected", "nezha"])
+                                 "roformer_projected", "nezha", "roformer_v2",
+                                 "roformer_v2_projected"])
 def test_official_format_round_trip(cases, key, tmp_path):
     """save_checkpoint writes the family's official names, values bit for bit."""
     case = cases["cases"][key]
@@ -476,7 +562,8 @@ def test_official_format_round_trip(cases, key, tmp_path):
 
 
 def test_keras_file_round_trip(cases, tmp_path):
-    for key in ("roberta", "albert", "albert_zh", "electra", "roformer", "nezha"):
+    for key in ("roberta", "albert", "albert_zh", "electra", "roformer", "nezha",
+                "roformer_v2_projected"):
         case = cases["cases"][key]
         model = build_transformer_model(checkpoint_path=os.path.dirname(case["prefix"]),
                                         model=case["family"], **case["build"])
@@ -491,7 +578,7 @@ def test_keep_tokens(cases):
     """keep_tokens trims the embedding rows and the output bias of every family."""
     keep = [0, 1, 5, 3, 17, 60, 42, 9]
     for key in ("roberta", "albert", "albert_zh", "electra_generator", "roformer_projected",
-                "nezha"):
+                "nezha", "roformer_v2_projected"):
         case = cases["cases"][key]
         pad = case["config"].get("pad_token_id", 0)
         model = build_transformer_model(checkpoint_path=os.path.dirname(case["prefix"]),
@@ -546,8 +633,8 @@ def test_albert_unshared(cases, tmp_path):
 
 
 def test_family_registry():
-    assert sorted(MODELS) >= ["albert", "albert_unshared", "bert", "electra", "nezha",
-                              "roberta", "roformer"]
+    assert set(MODELS) >= {"albert", "albert_unshared", "bert", "electra", "nezha",
+                           "roberta", "roformer", "roformer_v2"}
 
 
 def test_nezha_reference_clips(cases):

@@ -506,8 +506,8 @@ def test_checkpoint_without_position_table_points_to_families_without_one(
     config = json.loads((folder / "bert_config.json").read_text())
     del config["family"]
     (tmp_path / "bert_config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="position_embeddings.*model='nezha' or "
-                                         "model='roformer'"):
+    with pytest.raises(ValueError, match="position_embeddings.*model='nezha', "
+                                         "model='roformer' or model='roformer_v2'"):
         build_transformer_model(str(tmp_path / "bert_config.json"), str(folder),
                                 with_mlm=True)
 

@@ -27,7 +27,8 @@ from bert4x.transformer import EMBEDDING_SIZE, Transformer  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=32, max_position_embeddings=32)
-BUILT_IN = ["bert", "roberta", "albert", "albert_unshared", "electra", "roformer", "nezha"]
+BUILT_IN = ["bert", "roberta", "albert", "albert_unshared", "electra", "roformer", "nezha",
+            "roformer_v2"]
 
 # A family as a new module of bert4x would write it: BERT's math, its own
 # Hugging Face names (``toy.*``), BERT's official checkpoints.
@@ -143,9 +144,9 @@ def _choices(owners):
     ("electra", dict(embedding_size=8, use_relative_position=True),
      "use_relative_position=True", ["nezha"]),
     ("bert", dict(max_relative_position=3), "max_relative_position=3", ["nezha"]),
-    ("nezha", dict(rotary_value=True), "rotary_value=True", ["roformer"]),
+    ("nezha", dict(rotary_value=True), "rotary_value=True", ["roformer", "roformer_v2"]),
     ("nezha", dict(embedding_size=8), "embedding_size 8 != hidden_size 16",
-     ["albert", "albert_unshared", "electra", "roformer"]),
+     ["albert", "albert_unshared", "electra", "roformer", "roformer_v2"]),
 ])
 def test_a_field_of_other_families_is_refused_naming_its_owners(family, fields, shown,
                                                                  owners):
@@ -172,7 +173,7 @@ def test_a_family_declares_the_fields_it_owns():
     assert set(NEZHA.config_fields) == {"use_relative_position", "max_relative_position"}
     assert "ln_type" in ALBERT.config_fields and "ln_type" not in ALBERTUnshared.config_fields
     assert registry.owners("embedding_size") == ["albert", "albert_unshared", "electra",
-                                                 "roformer"]
+                                                 "roformer", "roformer_v2"]
     assert BERT.config_fields == {}
     for family in MODELS.values():
         assert set(family.config_fields) <= set(BertConfig.field_names())
@@ -265,8 +266,9 @@ def test_missing_position_table_names_the_registered_families_without_one(toy, t
 
     nezha = build_transformer_model(model="nezha", return_keras_model=False, **TINY)
     save_checkpoint(nezha, str(tmp_path / "nezha"))
-    with pytest.raises(ValueError, match="pass model='nezha', model='roformer' or "
-                                         "model='rotary_toy' \\(this is a 'toy' model\\)"):
+    with pytest.raises(ValueError, match="pass model='nezha', model='roformer', "
+                                         "model='roformer_v2' or model='rotary_toy' "
+                                         "\\(this is a 'toy' model\\)"):
         build_transformer_model(checkpoint_path=str(tmp_path / "nezha"), model="toy",
                                 family=None, **TINY)
 

@@ -466,6 +466,33 @@ def test_pre_tokenize_keeps_vocabulary_words(chinese_vocab):
         Tokenizer(token_dict, pre_tokenize=lambda text: ["zz"]).tokenize("abc")
 
 
+def test_pre_tokenize_reads_the_lower_cased_text_as_bert4keras_does():
+    """T5-PEGASUS's tokenizer (bert4keras ``Tokenizer(..., do_lower_case=True,
+    pre_tokenize=jieba.cut(HMM=False))``) lower-cases and strips accents before jieba
+    cuts: jieba keeps "C语言" whole but cuts "c语言" into "c" and "语言", cuts "Café"
+    into "Caf", "é" but keeps "cafe" whole, and a whole-text lower case ends "ΟΔΟΣ"
+    with a final sigma. Checked by hand on a tiny vocabulary; spans point at the
+    original text."""
+    jieba = pytest.importorskip("jieba")
+    jieba.setLogLevel(logging.WARNING)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "我", "在", "学习", "c",
+             "语言", "和", "cafe", "ca", "##f", "e", "ς", "σ", "ο", "δ", "是"]
+    token_dict = {token: index for index, token in enumerate(vocab)}
+    tokenizer = Tokenizer(token_dict, do_lower_case=True,
+                          pre_tokenize=lambda text: jieba.cut(text, HMM=False))
+    text = "我在学习C语言和Café，ΟΔΟΣ是"
+    tokens, spans = tokenizer.tokenize_with_spans(text)
+    assert tokens == ["[CLS]", "我", "在", "学习", "c", "语言", "和", "cafe", "[UNK]",
+                      "ο", "δ", "ο", "ς", "是", "[SEP]"]
+    assert tokenizer.tokenize(text) == tokens
+    assert [text[s:e] for s, e in spans[4:9]] == ["C", "语言", "和", "Café", "，"]
+    assert tokenizer.rematch(text, tokens) == spans
+    # Cased, jieba reads the text as it is and "C语言" is no vocabulary word.
+    cased = Tokenizer(dict(token_dict, C=len(token_dict)),
+                      pre_tokenize=lambda text: jieba.cut(text, HMM=False))
+    assert cased.tokenize("学习C语言")[2:-1] == ["C", "[UNK]", "[UNK]"]
+
+
 # -- vocabulary tools ----------------------------------------------------------
 
 def test_load_vocab_simplified(chinese_vocab, chinese, reviews):

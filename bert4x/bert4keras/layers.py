@@ -449,8 +449,10 @@ class LayerNormalization(_native_layers.LayerNormalization):
     zero, so the layer starts as a plain layer normalisation.
 
     Args:
-        zero_mean, unit_variance, scale, offset: must be True (bert4x's layer
-            always centres, scales and has both gamma and beta).
+        zero_mean: subtract the mean (False: RMS norm, as T5 and RoFormer-V2).
+        unit_variance: must be True (bert4x's layer always divides by the RMS).
+        scale, offset: a learned gamma, a learned beta (True or False; bert4keras's
+            constant values are not supported).
         epsilon: added to the variance (default ``keras.config.epsilon()``, as
             bert4keras; its models use 1e-12).
         conditional: take ``[x, c]``.
@@ -460,11 +462,15 @@ class LayerNormalization(_native_layers.LayerNormalization):
     def __init__(self, zero_mean=True, unit_variance=True, epsilon=None, scale=True,
                  offset=True, conditional=False, hidden_units=None,
                  hidden_activation="linear", hidden_initializer="glorot_uniform", **kwargs):
-        if not all(flag is True for flag in (zero_mean, unit_variance, scale, offset)):
-            raise NotImplementedError("LayerNormalization without zero_mean, unit_variance, "
-                                      "scale or offset is not supported by bert4x.bert4keras")
+        if unit_variance is not True:
+            raise NotImplementedError("LayerNormalization without unit_variance is not "
+                                      "supported by bert4x.bert4keras")
+        for name, flag in (("zero_mean", zero_mean), ("scale", scale), ("offset", offset)):
+            if not isinstance(flag, bool):
+                raise NotImplementedError(f"LayerNormalization({name}={flag!r}): bert4x.bert4keras "
+                                          f"takes True or False")
         super().__init__(epsilon=epsilon or keras.config.epsilon(), conditional=conditional,
-                         **kwargs)
+                         zero_mean=zero_mean, scale=scale, offset=offset, **kwargs)
         self.hidden_units = hidden_units
         self.hidden_activation = hidden_activation
         self.hidden_initializer = keras.initializers.get(hidden_initializer)

@@ -18,8 +18,9 @@ from bert4x.families.albert import ALBERT, ALBERTUnshared
 from bert4x.families.electra import ELECTRA
 from bert4x.families.roformer import RoFormer
 from bert4x.families.nezha import NEZHA
+from bert4x.families.roformer_v2 import RoFormerV2
 from bert4x.registry import MODELS, family_of
 
 __all__ = ["BERT", "RoBERTa", "ALBERT", "ALBERTUnshared", "ELECTRA", "RoFormer", "NEZHA",
-           "MODELS", "family_of", "BERT_BLOCK_NAMES", "BERT_HF_SPECIAL",
+           "RoFormerV2", "MODELS", "family_of", "BERT_BLOCK_NAMES", "BERT_HF_SPECIAL",
            "HF_EMBEDDING_BUFFERS"]

@@ -26,6 +26,23 @@ def model_outputs(config_path, checkpoint_path, inputs, **kwargs):
     return outputs if isinstance(outputs, list) else [outputs]
 
 
+def roformer_v2_outputs(config_path, checkpoint_path, inputs, **kwargs):
+    """bert4keras's RoFormerV2; its ``Output-Mapping`` (E != H), which bert4keras
+    neither loads nor saves, set from the checkpoint's ``cls/predictions/output_mapping``
+    (bert4x's name for it)."""
+    import tensorflow as tf
+    from bert4keras.models import build_transformer_model
+
+    model = build_transformer_model(config_path, checkpoint_path, model="roformer_v2",
+                                    **kwargs)
+    reader = tf.train.load_checkpoint(checkpoint_path)
+    name = "cls/predictions/output_mapping/kernel"
+    if reader.has_tensor(name):
+        model.get_layer("Output-Mapping").set_weights([reader.get_tensor(name)])
+    outputs = model.predict(inputs, verbose=0)
+    return outputs if isinstance(outputs, list) else [outputs]
+
+
 def masked_loss(config_path, checkpoint_path, inputs, **kwargs):
     """A Loss layer reading the Keras mask of the MLM output, as seq2seq scripts do."""
     from bert4keras.backend import K, keras
@@ -121,6 +138,26 @@ def layer_norm(x, c, weights, **kwargs):
     return layer([x, c]).numpy()
 
 
+def layer_norm_variants(x, c, weights, cases, epsilon):
+    """bert4keras's LayerNormalization for each ``(zero_mean, scale, offset, conditional)``
+    of ``cases`` (a conditional one takes ``[x, c]``)."""
+    from bert4keras.layers import LayerNormalization
+
+    outputs = []
+    for zero_mean, scale, offset, conditional in cases:
+        layer = LayerNormalization(zero_mean=zero_mean, scale=scale, offset=offset,
+                                   conditional=conditional, epsilon=epsilon)
+        inputs = [x, c] if conditional else x
+        layer(inputs)
+        for part, used in (("gamma", scale), ("beta", offset)):
+            if used:
+                getattr(layer, part).assign(weights[part])
+                if conditional:
+                    getattr(layer, f"{part}_dense").set_weights([weights[f"{part}_dense"]])
+        outputs.append(layer(inputs).numpy())
+    return outputs
+
+
 def decoder_ids(vocab_size, start_id, end_id, maxlen, minlen, beams, samples):
     from bert4keras.snippets import AutoRegressiveDecoder
 
@@ -155,6 +192,20 @@ def tokenizer(vocab_path, texts, pairs, do_lower_case, maxlen):
                                 tok.encode(first, second, maxlen=maxlen, pattern="S*ES*E",
                                            truncate_from="left")])
     return result
+
+
+def jieba_tokenizer(vocab_path, texts):
+    """T5-PEGASUS's tokenizer: a BERT vocabulary, jieba words first."""
+    import logging
+
+    import jieba
+    from bert4keras.tokenizers import Tokenizer
+
+    jieba.setLogLevel(logging.WARNING)
+    tok = Tokenizer(vocab_path, do_lower_case=True,
+                    pre_tokenize=lambda text: jieba.cut(text, HMM=False))
+    return dict(tokens=[tok.tokenize(text) for text in texts],
+                ids=[tok.encode(text)[0] for text in texts])
 
 
 def snippets_results(pairs, texts, square):
