@@ -273,8 +273,9 @@ def split_fused(reader, fused):
     for name in reader.names:
         for whole, parts in fused.items():
             marker = f".{whole}."
-            if marker not in f".{name}.":
-                continue
+            if marker not in f".{name}." or any(f".{whole}.{part}." in f".{name}."
+                                                for part in parts):
+                continue  # not fused, or a part already stored on its own
             width = reader.shape(name)[-1]
             if width % len(parts):
                 raise ValueError(f"checkpoint {reader.path}: {name!r} holds {len(parts)} "
@@ -599,6 +600,38 @@ def _vocabulary_rows(builder, vocab):
                                    "keep_tokens" if keep_tokens is not None else "")
     raise ValueError(f"vocab has {len(tokens)} tokens but the model has {rows} embedding "
                      f"rows: expected {expected}")
+
+
+def hugging_face_tensors(builder):
+    """The builder's weights as a Hugging Face file of its family holds them.
+
+    Each weight goes under its first Hugging Face name (``hugging_face_names``,
+    base prefix included), transposed where the family's files store kernels
+    ``[out, in]``, and the parts of a fused tensor (the family's ``hf_fused``, as
+    GPT-2's ``attn.c_attn``) are joined into it (:func:`fuse_parts`); tied copies
+    and buffers are not written. Values are float32.
+
+    Returns:
+        ``{name: array}``, for ``safetensors.numpy.save_file(tensors, path)``.
+
+    Raises:
+        ValueError: layers that share one weight set hold different values.
+
+    Example:
+        >>> from safetensors.numpy import save_file  # doctest: +SKIP
+        >>> save_file(hugging_face_tensors(builder), "gpt2_tuned/model.safetensors")
+    """
+    tensors = {}
+    for google_name, variable, kind in variable_map(builder):
+        value = np.asarray(keras_value(variable), dtype=np.float32)
+        value = value.T if kind == "transposed" else value
+        names, transpose = builder.hugging_face_names(google_name)
+        value = np.ascontiguousarray(value.T if transpose else value)
+        if names[0] in tensors:  # layers sharing one weight set (ALBERT)
+            _check_shared(google_name, tensors[names[0]], value)
+            continue
+        tensors[names[0]] = value
+    return fuse_parts(tensors, builder.hf_fused)
 
 
 def _check_shared(name, first, value):

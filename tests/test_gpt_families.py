@@ -241,6 +241,31 @@ def test_official_names_hold_the_split_hugging_face_weights(cases, tmp_path):
         assert ("gpt/output/LayerNorm/gamma" in names) == (key == "gpt2")
 
 
+def test_hugging_face_tensors_fuse_the_parts_back(cases, tmp_path):
+    """Written the Hugging Face way, the weights are the file's tensors bit for bit:
+    c_attn joined again from the query, key and value, Conv1D kernels [in, out]."""
+    from safetensors.numpy import load_file, save_file
+    for key in ("gpt2", "openai-gpt"):
+        folder = cases[key]["folder"]
+        builder = build_transformer_model(checkpoint_path=folder, return_keras_model=False)
+        tensors = checkpoints.hugging_face_tensors(builder)
+        stored = load_file(os.path.join(folder, "model.safetensors"))
+        assert sorted(tensors) == sorted(stored)
+        for name, value in stored.items():
+            np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+        # ... and a folder of them reads back (a part stored alone is not split again).
+        save_file(tensors, str(tmp_path / "model.safetensors"))
+        with open(os.path.join(folder, "config.json")) as source, \
+                open(tmp_path / "config.json", "w") as target:
+            target.write(source.read())
+        again = build_transformer_model(checkpoint_path=str(tmp_path), with_mlm="linear")
+        assert_close(predict(again, padded_ids()), cases[key]["expected"], key)
+    broken = dict(stored, **{"transformer.h.0.attn.c_attn.bias": np.zeros(44, np.float32)})
+    save_file(broken, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not split into 3 equal parts"):
+        build_transformer_model(checkpoint_path=str(tmp_path))
+
+
 @pytest.mark.parametrize("key", ["gpt2", "openai-gpt", "gpt2_ml"])
 def test_official_format_round_trip(cases, key, tmp_path):
     """The official format reads and writes back bit for bit, to the same logits."""
