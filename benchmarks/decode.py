@@ -31,7 +31,7 @@ force them), each route timed in turn in every round.
 
 Usage:
     python benchmarks/decode.py [--new-tokens 32 128] [--repeats 2] [--xla]
-    python benchmarks/decode.py --gpt2 [--new-tokens 32] [--source-length 32]
+    python benchmarks/decode.py --gpt2 [--new-tokens 32] [--threads 1]
 """
 
 import os
@@ -119,6 +119,15 @@ def gpt2_against_transformers(args):
     import torch
     import transformers
 
+    if args.threads:
+        # Both libraries on the same number of threads (set before TensorFlow starts): on
+        # a busy machine PyTorch's spinning OpenMP threads lose most when they outnumber
+        # the free cores.
+        torch.set_num_threads(args.threads)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     torch.manual_seed(0)
     hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         **GPT2_SIZES, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
@@ -177,6 +186,8 @@ def main():
     parser.add_argument("--xla", action="store_true", help="also time the XLA-compiled step")
     parser.add_argument("--gpt2", action="store_true",
                         help="time GPT-2 against transformers' generate instead")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="with --gpt2: threads of both libraries (0: their defaults)")
     args = parser.parse_args()
     if args.gpt2:
         gpt2_against_transformers(args)

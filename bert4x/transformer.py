@@ -10,9 +10,9 @@ layers, hence the same weights:
 * the step model (runs one new token against the cached keys and values).
 
 A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
-:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, one module each in
-:mod:`bert4x.families`) is a small subclass that registers itself in
-:mod:`bert4x.registry` when it is defined, and declares what differs:
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, :class:`GPT`, :class:`GPT2`,
+:class:`GPT2ML`, one module each in :mod:`bert4x.families`) is a small subclass that
+registers itself in :mod:`bert4x.registry` when it is defined, and declares what differs:
 
 * the config fields it owns (``config_fields``, each with its neutral value):
   :meth:`Transformer.check_config` refuses a field another family owns unless it
@@ -29,10 +29,18 @@ A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshar
   attention derives them itself;
 * whether layers are shared: :meth:`Transformer.layer_blocks` lists the blocks
   (weight sets) each layer runs, so ALBERT runs one block many times;
+* where a block normalises (``block_norms``: after each residual sum, BERT's
+  post-norm; on each sub-block's input, GPT-2's pre-norm; or both) and whether a
+  final norm follows the last block (``final_norm``) or one precedes the first
+  (``norm_embeddings``);
+* the applications it builds (``applications``: the GPTs are language models),
+  whether it takes segment ids, and whether its MLM head transforms the hidden
+  states or is the tied output alone (``mlm_transform``);
 * its heads (``heads``) and its checkpoint names: the official ones
   (:meth:`variable_map`, ``block_names``) and the Hugging Face ones
   (:meth:`hugging_face_names` from ``hf_renames``, ``hf_special``, ``hf_prefix``;
-  ``hf_ignored`` for the buffers and tied copies Hugging Face files hold).
+  ``hf_ignored`` for the buffers and tied copies Hugging Face files hold;
+  ``hf_transposed_kernels`` and ``hf_fused`` for GPT's ``Conv1D`` files).
 
 The core never imports the families: what it needs to know about the others
 (who owns a field, which family a ``model_type`` names) it asks the registry.
@@ -72,7 +80,8 @@ class Transformer:
 
     Args:
         config: a :class:`BertConfig`.
-        application: ``"encoder"``, ``"lm"`` (left to right) or ``"unilm"`` (seq2seq).
+        application: ``"encoder"``, ``"lm"`` (left to right) or ``"unilm"`` (seq2seq),
+            among the family's ``applications``; None: its natural one (the first).
         with_pool: add the pooler output (tanh Dense on ``[CLS]``).
         with_nsp: add next-sentence (ALBERT: sentence-order) probabilities
             (implies the pooler); ``"linear"`` for logits.
@@ -128,7 +137,7 @@ class Transformer:
     #: A segment (token type) table may be configured (``type_vocab_size`` > 0).
     segment_embeddings = True
     #: A LayerNorm over the summed embeddings (``Embedding-Norm``).
-    embedding_norm = True
+    norm_embeddings = True
     #: The norms of a block, among :data:`BLOCK_NORMS`: ``attention_norm`` and
     #: ``feed_forward_norm`` (after each residual sum: BERT's post-norm block),
     #: ``attention_input_norm`` and ``feed_forward_input_norm`` (on each
@@ -179,7 +188,7 @@ class Transformer:
                  mlm_positions=False, layer_norm_cond=None, layer_norm_cond_hidden_size=None,
                  layer_norm_cond_hidden_act=None, additional_input_layers=None, dtype=None,
                  name=None):
-        application = self._check_application(application, config)
+        application = self._check_application(application)
         self.check_config(config)
         if keep_tokens is not None:
             keep_tokens = [int(token) for token in keep_tokens]
@@ -278,7 +287,7 @@ class Transformer:
                             f"{AttentionBias.APPLICATIONS}, got {cls.applications!r}")
 
     @classmethod
-    def _check_application(cls, application, config):
+    def _check_application(cls, application):
         """The application to build: ``application``, or the family's natural one."""
         if application is None:
             return cls.applications[0]
@@ -451,9 +460,7 @@ class Transformer:
                 c.max_position_embeddings, width, embeddings_initializer=init(),
                 name="Embedding-Position", **kw)
         self.embedding_add = keras.layers.Add(name="Embedding-Add", **kw)
-        self.embedding_norm = None
-        if type(self).embedding_norm:  # the class's declaration; this is the layer
-            self.embedding_norm = self._norm("Embedding-Norm")
+        self.embedding_norm = self._norm("Embedding-Norm") if self.norm_embeddings else None
         self.embedding_dropout = Dropout(c.hidden_dropout_prob, name="Embedding-Dropout", **kw)
         self.embedding_mapping = None
         if self.factorised and self.needs_embedding_mapping():
@@ -570,8 +577,8 @@ class Transformer:
         return x
 
     def block(self, index, x, attention_bias, condition=None, training=None):
-        """Post-norm Transformer block ``index`` (of ``self.blocks``) on ``x``; returns
-        the block's output."""
+        """Transformer block ``index`` (of ``self.blocks``) on ``x``, its norms where the
+        family declares them; returns the block's output."""
         layers = self.blocks[index]
         attended = layers["attention"](self._attention_input(layers, x, condition),
                                        attention_bias=attention_bias, training=training)

@@ -19,15 +19,17 @@ HF_GPT_ALIASES = {
     "layer_norm_epsilon": "layer_norm_eps", "resid_pdrop": "hidden_dropout_prob",
     "embd_pdrop": "hidden_dropout_prob", "attn_pdrop": "attention_probs_dropout_prob"}
 
-#: The Hugging Face names of a GPT block's attention and feed-forward, from the
-#: official ones (``gpt/transformer/layer_i/...``): the query, key and value are the
-#: parts of the fused ``attn.c_attn`` (see ``hf_fused``).
-HF_GPT_BLOCK_RENAMES = (
+#: The Hugging Face names of a GPT block's attention, from the official ones
+#: (``gpt/transformer/layer_i/...``): the query, key and value are the parts of the
+#: fused ``attn.c_attn`` (see ``hf_fused``).
+HF_GPT_ATTENTION_RENAMES = (
     (r"^gpt/transformer/layer_(\d+)/", r"transformer/h/\1/"),
     (r"/attention/self/(query|key|value)/", r"/attn/c_attn/\1/"),
-    (r"/attention/output/dense/", "/attn/c_proj/"),
-    (r"/intermediate/dense/", "/mlp/c_fc/"),
-    (r"/output/dense/", "/mlp/c_proj/"))
+    (r"/attention/output/dense/", "/attn/c_proj/"))
+#: ... and of its feed-forward (after the attention's: ``/output/dense/`` would also
+#: match the attention's output).
+HF_GPT_FEED_FORWARD_RENAMES = ((r"/intermediate/dense/", "/mlp/c_fc/"),
+                               (r"/output/dense/", "/mlp/c_proj/"))
 
 #: ``attn.c_attn`` ``[H, 3H]`` holds the query, key and value kernels side by side.
 HF_GPT_FUSED = {"attn.c_attn": ("query", "key", "value")}
@@ -110,13 +112,13 @@ class GPT(Transformer):
     config_class = GPTConfig
     applications = ("lm", "unilm")
     heads = ("mlm",)
-    embedding_norm = False
+    norm_embeddings = False
     mlm_transform = False
     prefix = "gpt"
     block_names = BERT_BLOCK_NAMES
-    hf_renames = HF_GPT_BLOCK_RENAMES[:3] + (
-        (r"/attention/output/LayerNorm/", "/ln_1/"),) + HF_GPT_BLOCK_RENAMES[3:] + (
-        (r"/output/LayerNorm/", "/ln_2/"),)
+    # Post-norm: ln_1 after the attention's sum, ln_2 after the feed-forward's.
+    hf_renames = (HF_GPT_ATTENTION_RENAMES + ((r"/attention/output/LayerNorm/", "/ln_1/"),)
+                  + HF_GPT_FEED_FORWARD_RENAMES + ((r"/output/LayerNorm/", "/ln_2/"),))
     hf_special = {
         "gpt/embeddings/word_embeddings": ["transformer.tokens_embed.weight",
                                            "tokens_embed.weight"],

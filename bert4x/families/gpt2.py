@@ -4,8 +4,9 @@ import dataclasses
 import typing
 
 from bert4x.configs import BertConfig
-from bert4x.families.gpt import (GPT, HF_GPT_ALIASES, HF_GPT_BLOCK_RENAMES, HF_GPT_FUSED,
-                                 HF_GPT_IGNORED, hugging_face_gpt_values)
+from bert4x.families.gpt import (GPT, HF_GPT_ALIASES, HF_GPT_ATTENTION_RENAMES,
+                                 HF_GPT_FEED_FORWARD_RENAMES, HF_GPT_FUSED, HF_GPT_IGNORED,
+                                 hugging_face_gpt_values)
 
 #: Official names of a GPT-2 block's weights (bert4keras's ``gpt2``): BERT's, with
 #: the two norms, which read the sub-blocks' inputs, named ``.../input/LayerNorm``.
@@ -77,9 +78,11 @@ class GPT2(GPT):
     block_names = GPT2_BLOCK_NAMES
     block_norms = ("attention_input_norm", "feed_forward_input_norm")
     final_norm = True
-    hf_renames = HF_GPT_BLOCK_RENAMES[:3] + (
-        (r"/attention/input/LayerNorm/", "/ln_1/"), (r"/input/LayerNorm/", "/ln_2/"),
-        (r"^gpt/output/LayerNorm/", "transformer/ln_f/")) + HF_GPT_BLOCK_RENAMES[3:]
+    # Pre-norm: ln_1 on the attention's input, ln_2 on the feed-forward's; ln_f last.
+    hf_renames = (HF_GPT_ATTENTION_RENAMES + HF_GPT_FEED_FORWARD_RENAMES
+                  + ((r"/attention/input/LayerNorm/", "/ln_1/"),
+                     (r"/input/LayerNorm/", "/ln_2/"),
+                     (r"^gpt/output/LayerNorm/", "transformer/ln_f/")))
     hf_special = {
         "gpt/embeddings/word_embeddings": ["transformer.wte.weight", "wte.weight"],
         "gpt/embeddings/position_embeddings": ["transformer.wpe.weight", "wpe.weight"]}
