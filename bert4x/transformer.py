@@ -663,7 +663,7 @@ class Transformer:
     def mlm_positions_model(self, length=None, num_positions=None, name=None):
         """``[token_ids, segment_ids, positions, *additional] -> MLM logits [batch, P,
         vocab]`` at the positions, on this builder's layers (training it trains
-        :attr:`model`).
+        :attr:`model`); without segment ids for a model that takes none (GPT-2).
 
         Args:
             length, num_positions: fixed sizes of the inputs (None: any).
@@ -707,6 +707,8 @@ class Transformer:
         if positions_only:
             token_ids, segment_ids = self._inputs(length)
             inputs, position_ids = [token_ids, segment_ids], None
+            if not self.takes_segment_ids():
+                inputs, segment_ids = [token_ids], ops.zeros_like(token_ids)
         else:
             inputs, token_ids, segment_ids, position_ids = self._model_inputs()
         mlm_positions = None

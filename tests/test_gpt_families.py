@@ -438,3 +438,17 @@ def test_gpt2_ml_and_gpt2_declare_their_block_norms():
     assert {"Transformer-0-FeedForward-Norm-0", "Transformer-0-FeedForward-Norm-1",
             "Embedding-Norm"} <= names
     assert "Transformer-0-MultiHeadSelfAttention-Norm" not in names
+
+
+def test_lm_head_at_given_positions(cases):
+    """mlm_positions (the head at some positions only) equals the full head there."""
+    case = cases["gpt2"]
+    builder = build_transformer_model(checkpoint_path=case["folder"], with_mlm="linear",
+                                      return_keras_model=False)
+    positions = np.array([[0, 8], [5, 1], [2, 2]], np.int32)
+    model = builder.mlm_positions_model()
+    assert len(model.inputs) == 2  # token ids and positions: a GPT-2 takes no segments
+    at = keras.ops.convert_to_numpy(model([padded_ids(), positions], training=False))
+    full = predict(builder.model, padded_ids())
+    np.testing.assert_allclose(at, np.take_along_axis(full, positions[..., None], axis=1),
+                               atol=1e-5)
