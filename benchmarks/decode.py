@@ -22,8 +22,16 @@ decoded on its own by the re-run route, so its per-source cost is measured on
 ``--rerun-sources`` sources (all 4 by default; fewer keeps the 128-token run
 short without changing the per-source figure).
 
+With ``--gpt2`` it times a GPT-2 instead (4 layers, hidden 256, 4 heads, GPT-2's
+50257-token vocabulary; random weights in a Hugging Face folder that both read):
+``Decoder.greedy`` and ``Decoder.beam_search`` (beam 4) against transformers'
+``GPT2LMHeadModel.generate`` with its key/value cache (greedy, and ``num_beams=4``), the
+same sources, the same number of new tokens (``min_new_tokens`` and ``min_length``
+force them), each route timed in turn in every round.
+
 Usage:
     python benchmarks/decode.py [--new-tokens 32 128] [--repeats 2] [--xla]
+    python benchmarks/decode.py --gpt2 [--new-tokens 32] [--threads 1]
 """
 
 import os
@@ -44,7 +52,7 @@ import numpy as np  # noqa: E402
 
 from bert4x.configs import BertConfig  # noqa: E402
 from bert4x.decoding import Decoder, RerunDecoder  # noqa: E402
-from bert4x.models import BERT  # noqa: E402
+from bert4x.models import BERT, build_transformer_model  # noqa: E402
 
 CLS, SEP = 101, 102
 
@@ -99,6 +107,73 @@ def timed(function, repeats):
     return best
 
 
+GPT2_SIZES = dict(vocab_size=50257, n_embd=256, n_layer=4, n_head=4, n_positions=1024)
+GPT2_END = 50256  # <|endoftext|>
+
+
+def gpt2_against_transformers(args):
+    """Seconds per generated token per source: bert4x's cached Decoder and
+    transformers' cached generate on the same GPT-2 weights."""
+    import tempfile
+
+    import torch
+    import transformers
+
+    if args.threads:
+        # Both libraries on the same number of threads (set before TensorFlow starts): on
+        # a busy machine PyTorch's spinning OpenMP threads lose most when they outnumber
+        # the free cores.
+        torch.set_num_threads(args.threads)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    torch.manual_seed(0)
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        **GPT2_SIZES, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        hf_model.save_pretrained(folder)
+        builder = build_transformer_model(folder, return_keras_model=False)
+    rng = np.random.default_rng(0)
+    # Equal lengths: no padding, so transformers needs no attention mask.
+    sources = rng.integers(1, GPT2_END, (args.batch, args.source_length)).tolist()
+    input_ids = torch.tensor(sources)
+    print(f"backend {keras.backend.backend()}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs; GPT-2 "
+          f"{GPT2_SIZES['n_layer']}x{GPT2_SIZES['n_embd']}, vocab {GPT2_SIZES['vocab_size']}, "
+          f"{args.batch} sources x {args.source_length} tokens, beam {args.beam}")
+    for new_tokens in args.new_tokens:
+        decoder = Decoder(builder, end_id=GPT2_END, max_length=new_tokens,
+                          min_length=new_tokens)
+
+        def generate(beams):
+            with torch.no_grad():
+                return hf_model.generate(
+                    input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                    num_beams=beams, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                    pad_token_id=GPT2_END, use_cache=True)
+
+        functions = {
+            "bert4x greedy": lambda: decoder.greedy(sources),
+            "transformers greedy": lambda: generate(1),
+            f"bert4x beam {args.beam}": lambda: decoder.beam_search(sources,
+                                                                   beam_size=args.beam),
+            f"transformers beam {args.beam}": lambda: generate(args.beam),
+        }
+        found = functions["bert4x greedy"]()
+        assert all(len(result.token_ids) == new_tokens for result in found)
+        assert generate(1).shape[1] == args.source_length + new_tokens
+        for function in functions.values():
+            function()  # traces and warms up
+        figures = interleaved(functions, args.repeats, new_tokens * args.batch)
+        print(f"\n{new_tokens} new tokens:")
+        for label, seconds in figures.items():
+            print(f"  {label:<22s} {seconds:.5f} s per generated token per source")
+        for route in ("greedy", f"beam {args.beam}"):
+            print(f"  ratio transformers / bert4x, {route}: "
+                  f"{figures['transformers ' + route] / figures['bert4x ' + route]:.2f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--new-tokens", type=int, nargs="+", default=[32, 128])
@@ -109,7 +184,14 @@ def main():
     parser.add_argument("--rerun-sources", type=int, nargs="+", default=[4, 1],
                         help="sources decoded by the re-run route, per --new-tokens entry")
     parser.add_argument("--xla", action="store_true", help="also time the XLA-compiled step")
+    parser.add_argument("--gpt2", action="store_true",
+                        help="time GPT-2 against transformers' generate instead")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="with --gpt2: threads of both libraries (0: their defaults)")
     args = parser.parse_args()
+    if args.gpt2:
+        gpt2_against_transformers(args)
+        return
 
     builder = build(args)
     sources = make_sources(args)

@@ -37,7 +37,8 @@ def variable_map(builder):
     return builder.variable_map()
 
 
-def hugging_face_names(official_name, renames=(), special=None, base_prefix=None):
+def hugging_face_names(official_name, renames=(), special=None, base_prefix=None,
+                       transposed_kernels=True):
     """Candidate Hugging Face names of an official name, and whether to transpose.
 
     Args:
@@ -48,6 +49,8 @@ def hugging_face_names(official_name, renames=(), special=None, base_prefix=None
             rules do not give (a family's ``hf_special``: output biases, NSP weights).
         base_prefix: the first part of the names of the base model (a family's
             ``hf_prefix``); files saved from the base model lack it.
+        transposed_kernels: whether the files store kernels ``[out, in]`` (PyTorch
+            ``Linear``; False for GPT's ``Conv1D``, which keeps ``[in, out]``).
 
     Then ``layer_i`` becomes ``layer.i``, ``/`` becomes ``.``, kernels become
     ``weight`` (transposed: PyTorch stores ``[out, in]``), LayerNorm ``gamma``/``beta``
@@ -69,7 +72,7 @@ def hugging_face_names(official_name, renames=(), special=None, base_prefix=None
     name = re.sub(r"/layer_(\d+)/", r"/layer.\1/", name).replace("/", ".")
     transpose = False
     if name.endswith(".kernel"):
-        name, transpose = name[: -len(".kernel")] + ".weight", True
+        name, transpose = name[: -len(".kernel")] + ".weight", transposed_kernels
     elif name.endswith("_embeddings") or name.endswith("_embeddings_2"):
         name += ".weight"
     candidates = [name]
@@ -251,6 +254,93 @@ def _read_bfloat16(path, name):
     return bits.view(np.float32).reshape(info["shape"])
 
 
+def split_fused(reader, fused):
+    """The reader with every fused tensor read as its parts.
+
+    ``fused`` is a family's ``hf_fused``, ``{whole: parts}``: a tensor named
+    ``<a>.<whole>.<b>`` holds, side by side on its last axis, equal parts named
+    ``<a>.<whole>.<part>.<b>``; the returned reader lists the parts instead of the
+    whole (GPT-2's ``h.0.attn.c_attn.weight`` ``[H, 3H]`` becomes
+    ``h.0.attn.c_attn.query.weight`` ``[H, H]``, ``...key...`` and ``...value...``).
+    :func:`fuse_parts` is the inverse.
+
+    Raises:
+        ValueError: a fused tensor whose last axis does not split into equal parts.
+    """
+    if not fused:
+        return reader
+    sources = {}  # part name -> (whole name, index, count)
+    for name in reader.names:
+        for whole, parts in fused.items():
+            marker = f".{whole}."
+            if marker not in f".{name}." or any(f".{whole}.{part}." in f".{name}."
+                                                for part in parts):
+                continue  # not fused, or a part already stored on its own
+            width = reader.shape(name)[-1]
+            if width % len(parts):
+                raise ValueError(f"checkpoint {reader.path}: {name!r} holds {len(parts)} "
+                                 f"weights side by side, but its last axis ({width}) does "
+                                 f"not split into {len(parts)} equal parts")
+            for index, part in enumerate(parts):
+                part_name = f".{name}.".replace(marker, f".{whole}.{part}.", 1)[1:-1]
+                sources[part_name] = (name, index, len(parts))
+            break
+    if not sources:
+        return reader
+    wholes = {whole for whole, _, _ in sources.values()}
+
+    def shape(name):
+        if name not in sources:
+            return reader.shape(name)
+        whole, _, count = sources[name]
+        full = reader.shape(whole)
+        return full[:-1] + (full[-1] // count,)
+
+    def get(name):
+        if name not in sources:
+            return reader.get(name)
+        whole, index, count = sources[name]
+        return np.split(reader.get(whole), count, axis=-1)[index]
+
+    def dtype(name):
+        return reader._dtype(sources[name][0] if name in sources else name)
+
+    names = (reader.names - wholes) | set(sources)
+    return _Reader(reader.path, reader.format, names, shape, get, dtype)
+
+
+def fuse_parts(tensors, fused):
+    """``{name: array}`` with the parts of every fused tensor joined into it: the
+    inverse of :func:`split_fused` (each whole's parts must all be there).
+
+    Example:
+        >>> joined = fuse_parts({"h.0.attn.c_attn.query.bias": np.zeros(2),
+        ...                      "h.0.attn.c_attn.key.bias": np.ones(2),
+        ...                      "h.0.attn.c_attn.value.bias": np.ones(2)},
+        ...                     {"attn.c_attn": ("query", "key", "value")})
+        >>> joined["h.0.attn.c_attn.bias"].tolist()
+        [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    result, groups = {}, {}
+    for name, value in tensors.items():
+        for whole, parts in fused.items():
+            found = [part for part in parts if f".{whole}.{part}." in f".{name}."]
+            if found:
+                whole_name = f".{name}.".replace(f".{whole}.{found[0]}.", f".{whole}.",
+                                                 1)[1:-1]
+                groups.setdefault(whole_name, (parts, {}))[1][found[0]] = value
+                break
+        else:
+            result[name] = value
+    for whole_name, (parts, values) in groups.items():
+        missing = [part for part in parts if part not in values]
+        if missing:
+            raise ValueError(f"{whole_name!r} joins {list(parts)}, but {missing} are "
+                             "missing")
+        result[whole_name] = np.concatenate([values[part] for part in parts], axis=-1)
+    return result
+
+
 def _lookup(reader, builder, google_name):
     """Return ``(name_in_file, transpose)`` or ``(None, False)``."""
     if reader.format == "tensorflow":
@@ -292,6 +382,8 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
             corrupt file.
     """
     reader = open_checkpoint(path)
+    if reader.format == "safetensors":
+        reader = split_fused(reader, builder.hf_fused)
     keep_tokens = builder.keep_tokens
     pairs = variable_map(builder)
     heads = builder.head_weight_names()
@@ -508,6 +600,38 @@ def _vocabulary_rows(builder, vocab):
                                    "keep_tokens" if keep_tokens is not None else "")
     raise ValueError(f"vocab has {len(tokens)} tokens but the model has {rows} embedding "
                      f"rows: expected {expected}")
+
+
+def hugging_face_tensors(builder):
+    """The builder's weights as a Hugging Face file of its family holds them.
+
+    Each weight goes under its first Hugging Face name (``hugging_face_names``,
+    base prefix included), transposed where the family's files store kernels
+    ``[out, in]``, and the parts of a fused tensor (the family's ``hf_fused``, as
+    GPT-2's ``attn.c_attn``) are joined into it (:func:`fuse_parts`); tied copies
+    and buffers are not written. Values are float32.
+
+    Returns:
+        ``{name: array}``, for ``safetensors.numpy.save_file(tensors, path)``.
+
+    Raises:
+        ValueError: layers that share one weight set hold different values.
+
+    Example:
+        >>> from safetensors.numpy import save_file  # doctest: +SKIP
+        >>> save_file(hugging_face_tensors(builder), "gpt2_tuned/model.safetensors")
+    """
+    tensors = {}
+    for google_name, variable, kind in variable_map(builder):
+        value = np.asarray(keras_value(variable), dtype=np.float32)
+        value = value.T if kind == "transposed" else value
+        names, transpose = builder.hugging_face_names(google_name)
+        value = np.ascontiguousarray(value.T if transpose else value)
+        if names[0] in tensors:  # layers sharing one weight set (ALBERT)
+            _check_shared(google_name, tensors[names[0]], value)
+            continue
+        tensors[names[0]] = value
+    return fuse_parts(tensors, builder.hf_fused)
 
 
 def _check_shared(name, first, value):

@@ -26,9 +26,9 @@ _INFORMATIONAL_KEYS = {
     "_name_or_path", "problem_type", "output_attentions", "output_hidden_states",
     "return_dict", "finetuning_task", "tokenizer_class", "prefix", "task_specific_params",
     "num_labels", "torchscript", "use_bfloat16", "pruned_heads",
-    # Hugging Face ALBERT/ELECTRA heads bert4x does not build (sequence summaries).
+    # Hugging Face ALBERT/ELECTRA/GPT heads bert4x does not build (sequence summaries).
     "classifier_dropout_prob", "summary_type", "summary_use_proj", "summary_activation",
-    "summary_last_dropout",
+    "summary_last_dropout", "summary_proj_to_labels", "summary_first_dropout",
 }
 
 # Fields of Google's ALBERT configs that would change the model if they left
@@ -76,6 +76,12 @@ class BertConfig:
     #: ``hidden_size``): ``{"name in the file": "field"}``. A family whose configs have
     #: other names or fields of their own declares a subclass (its ``config_class``).
     aliases: typing.ClassVar[dict] = {}
+    #: Keys of the family's config files that bert4x builds at one value only
+    #: (``{"scale_attn_weights": True}``): another value is refused, the key dropped.
+    fixed_values: typing.ClassVar[dict] = {}
+    #: Keys of the family's config files that change nothing bert4x builds (heads it
+    #: does not build, numerics it always uses): dropped without a warning.
+    ignored_keys: typing.ClassVar[frozenset] = frozenset()
 
     vocab_size: int
     hidden_size: int = 768
@@ -177,7 +183,7 @@ class BertConfig:
                 position scheme) or a missing ``vocab_size``.
         """
         values = cls.apply_aliases(values, source)
-        for key, neutral in _NEUTRAL_VALUES.items():
+        for key, neutral in {**_NEUTRAL_VALUES, **cls.fixed_values}.items():
             if values.pop(key, neutral) != neutral:
                 raise NotImplementedError(f"{source}: {key}={neutral!r} is the only value "
                                           "bert4x builds")
@@ -187,7 +193,7 @@ class BertConfig:
             if key in values and values[key] is None:
                 del values[key]
         known = set(cls.field_names())
-        unknown = sorted(set(values) - known - _INFORMATIONAL_KEYS)
+        unknown = sorted(set(values) - known - _INFORMATIONAL_KEYS - cls.ignored_keys)
         if unknown:
             warnings.warn(f"{source}: ignoring unknown config fields {unknown}", stacklevel=3)
         if "vocab_size" not in values:

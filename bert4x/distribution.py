@@ -49,9 +49,10 @@ LAYOUT_RULES = (
     ("block biases (replicated)",
      _BLOCK + r"(?:MultiHeadSelfAttention/(?:query|key|value|output)"
      r"|FeedForward/(?:intermediate|output))/bias", None),
-    ("norms (replicated)", r"[\w.-]+-Norm/(?:gamma|beta)", None),
+    # "-Norm-0", "-Norm-1": a sub-block normalised before and after (GPT2-ML).
+    ("norms (replicated)", r"[\w.-]+-Norm(?:-\d)?/(?:gamma|beta)", None),
     ("conditional norm weights (replicated)",
-     r"(?:[\w.-]+-Norm/(?:gamma|beta)_dense|LayerNorm-Condition)/kernel", None),
+     r"(?:[\w.-]+-Norm(?:-\d)?/(?:gamma|beta)_dense|LayerNorm-Condition)/kernel", None),
     ("segment and position tables (replicated)",
      r"Embedding-(?:Segment|Position)/embeddings", None),
     ("embedding mapping (replicated)",

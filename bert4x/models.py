@@ -2,7 +2,8 @@
 
 The graph is built by :class:`bert4x.transformer.Transformer`; the families
 (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
-:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, :class:`RoFormerV2`) are in
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, :class:`RoFormerV2`, :class:`GPT`,
+:class:`GPT2`, :class:`GPT2ML`) are in
 :mod:`bert4x.families` (one module each) and importable from here too; importing
 this module registers them in :data:`bert4x.registry.MODELS`.
 """
@@ -13,8 +14,8 @@ import keras
 
 from bert4x import storage
 from bert4x.configs import read_config_file
-from bert4x.families import (ALBERT, BERT, BERT_BLOCK_NAMES, NEZHA, ALBERTUnshared, ELECTRA,
-                             RoBERTa, RoFormer, RoFormerV2)
+from bert4x.families import (ALBERT, BERT, BERT_BLOCK_NAMES, GPT, GPT2, NEZHA, ALBERTUnshared,
+                             ELECTRA, GPT2ML, RoBERTa, RoFormer, RoFormerV2)
 from bert4x.layers import AttentionProbabilities, MultiHeadAttention
 from bert4x.registry import MODELS, family_of
 from bert4x.transformer import Transformer
@@ -22,7 +23,8 @@ from bert4x.transformer import Transformer
 # The families and the core are importable from here too.
 __all__ = ["build_transformer_model", "intermediate_model", "attention_model", "MODELS",
            "Transformer", "BERT", "RoBERTa", "ALBERT", "ALBERTUnshared", "ELECTRA",
-           "RoFormer", "NEZHA", "RoFormerV2", "BERT_BLOCK_NAMES", "family_of"]
+           "RoFormer", "NEZHA", "RoFormerV2", "GPT", "GPT2", "GPT2ML", "BERT_BLOCK_NAMES",
+           "family_of"]
 
 _CONFIG_NAMES = ("bert_config.json", "config.json")
 
@@ -49,7 +51,7 @@ def resolve_paths(config_path, checkpoint_path):
 
 
 def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
-                            application="encoder", with_pool=False, with_nsp=False,
+                            application=None, with_pool=False, with_nsp=False,
                             with_mlm=False, mlm_positions=False, keep_tokens=None,
                             return_keras_model=True,
                             allow_missing_heads=False, ignore_unused_weights=False,
@@ -66,11 +68,14 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
             Hugging Face ``model.safetensors``, or a folder holding either.
         model: the family, with bert4keras's names: ``"bert"``, ``"roberta"``,
             ``"albert"``, ``"albert_unshared"``, ``"electra"``, ``"roformer"``,
-            ``"nezha"``, ``"roformer_v2"`` (see ``MODELS``).
+            ``"nezha"``, ``"roformer_v2"``, ``"gpt"``, ``"gpt2"``, ``"gpt2_ml"`` (see
+            ``MODELS``).
             None: the config's ``family`` (written by ``save_checkpoint``), else
             its Hugging Face ``model_type``, else ``"bert"``.
         application: ``"encoder"``, ``"lm"`` or ``"unilm"`` (the last two turn the
-            MLM head on and return its output alone).
+            MLM head on and return its output alone); None: the family's natural
+            one, ``"encoder"`` for the BERT family, ``"lm"`` for the GPTs (which
+            build ``"lm"``, and ``gpt`` also ``"unilm"``, only).
         with_pool, with_nsp, with_mlm, with_discriminator: heads to add (see
             :class:`Transformer`; a family refuses heads it does not have).
         mlm_positions: run the MLM head only at given positions (keras-hub's
@@ -96,7 +101,8 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
 
     Returns:
         A ``keras.Model`` whose inputs are ``[token_ids, segment_ids, positions?,
-        *additional]``
+        *additional]`` (token ids alone for ``gpt2``, ``gpt2_ml`` and a ``gpt``
+        without a segment table)
         and whose outputs are ``[sequence_output, pooled?, nsp_probs?, mlm?,
         discriminator?]`` (a single tensor when there is one), or the builder.
 

@@ -415,6 +415,39 @@ class NgramCopyConstraint:
 
 
 # ----------------------------------------------------------------- algorithms
+_BLOCK = 256  # candidates per block whose maximum top_candidates compares
+
+
+def top_candidates(candidates, width):
+    """Column indices ``[rows, width]`` of each row's ``width`` best candidates,
+    by score, ties by index (so results are deterministic).
+
+    A long row (beams times a large vocabulary: 4 x 50257 for GPT-2) is not
+    sorted whole: with ``t`` the ``width``-th largest of its blocks' maxima, at
+    least ``width`` candidates are ``>= t``, so its best ones are among those,
+    which are few. A short row, or one with fewer than ``width`` finite blocks,
+    is sorted whole.
+
+    Example:
+        >>> top_candidates(np.array([[0.1, 0.7, 0.2, 0.7]]), 2).tolist()
+        [[1, 3]]
+    """
+    rows, size = candidates.shape
+    starts = np.arange(0, size, _BLOCK)
+    thresholds = np.full(rows, -np.inf)
+    if len(starts) >= 4 * width:
+        maxima = np.maximum.reduceat(candidates, starts, axis=1)
+        thresholds = np.partition(maxima, len(starts) - width, axis=1)[:, len(starts) - width]
+    top = np.empty((rows, width), dtype=np.int64)
+    for row in range(rows):
+        if np.isfinite(thresholds[row]):
+            kept = np.flatnonzero(candidates[row] >= thresholds[row])
+        else:
+            kept = np.arange(size)
+        top[row] = kept[np.lexsort((kept, -candidates[row, kept]))[:width]]
+    return top
+
+
 def beam_search(scorer, num_sources, beam_size, max_length, min_length, end_id,
                  length_penalty, num_return, constraint, early_stopping):
     """Beam search over ``scorer``; returns ``num_return`` results per source.
@@ -456,12 +489,7 @@ def beam_search(scorer, num_sources, beam_size, max_length, min_length, end_id,
         vocab = log_probs.shape[1]
         candidates = (sums.reshape(units, 1) + log_probs).reshape(N, K * vocab)
         candidates[done] = -np.inf
-        width = min(2 * K, K * vocab)
-        top = np.argpartition(-candidates, width - 1, axis=1)[:, :width]
-        top_scores = np.take_along_axis(candidates, top, axis=1)
-        # Sort by score, ties by candidate index, so results are deterministic.
-        order = np.lexsort((top, -top_scores), axis=1)
-        top = np.take_along_axis(top, order, axis=1)
+        top = top_candidates(candidates, min(2 * K, K * vocab))
         last_step = step == max_length - 1
         new_sums = np.full((N, K), -np.inf)
         parents = np.repeat(np.arange(N) * K, K)

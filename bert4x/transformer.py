@@ -10,9 +10,10 @@ layers, hence the same weights:
 * the step model (runs one new token against the cached keys and values).
 
 A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshared`,
-:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, :class:`RoFormerV2`, one module each in
-:mod:`bert4x.families`) is a small subclass that registers itself in
-:mod:`bert4x.registry` when it is defined, and declares what differs:
+:class:`ELECTRA`, :class:`RoFormer`, :class:`NEZHA`, :class:`RoFormerV2`, :class:`GPT`,
+:class:`GPT2`, :class:`GPT2ML`, one module each in :mod:`bert4x.families`) is a small
+subclass that registers itself in :mod:`bert4x.registry` when it is defined, and declares
+what differs:
 
 * the config fields it owns (``config_fields``, each with its neutral value):
   :meth:`Transformer.check_config` refuses a field another family owns unless it
@@ -32,10 +33,18 @@ A family (:class:`BERT`, :class:`RoBERTa`, :class:`ALBERT`, :class:`ALBERTUnshar
 * the parts of its layers: ``dense_bias`` (whether the encoder's Dense layers
   have biases), ``norm_options`` (the ``bert4x.layers.LayerNormalization``
   variant: RMS norm, no gamma, no beta) and ``embedding_dropout_before_norm``;
+* where a block normalises (``block_norms``: after each residual sum, BERT's
+  post-norm; on each sub-block's input, GPT-2's pre-norm; or both) and whether a
+  final norm follows the last block (``final_norm``) or one precedes the first
+  (``norm_embeddings``);
+* the applications it builds (``applications``: the GPTs are language models),
+  whether it takes segment ids, and whether its MLM head transforms the hidden
+  states or is the tied output alone (``mlm_transform``);
 * its heads (``heads``) and its checkpoint names: the official ones
   (:meth:`variable_map`, ``block_names``) and the Hugging Face ones
   (:meth:`hugging_face_names` from ``hf_renames``, ``hf_special``, ``hf_prefix``;
-  ``hf_ignored`` for the buffers and tied copies Hugging Face files hold).
+  ``hf_ignored`` for the buffers and tied copies Hugging Face files hold;
+  ``hf_transposed_kernels`` and ``hf_fused`` for GPT's ``Conv1D`` files).
 
 The core never imports the families: what it needs to know about the others
 (who owns a field, which family a ``model_type`` names) it asks the registry.
@@ -58,6 +67,12 @@ _MASK_PENALTY = -1e9
 EMBEDDING_SIZE = registry.ConfigField(neutral=(None,), same_as="hidden_size",
                                       meaning="the width of factorised embeddings")
 
+#: The norms a block may have (``Transformer.block_norms``), in the order they run:
+#: on the attention's input, after the attention's residual sum, on the
+#: feed-forward's input, after its residual sum.
+BLOCK_NORMS = ("attention_input_norm", "attention_norm", "feed_forward_input_norm",
+               "feed_forward_norm")
+
 
 class Transformer:
     """The Transformer core: a builder of a model and of its incremental-decoding graphs.
@@ -69,7 +84,8 @@ class Transformer:
 
     Args:
         config: a :class:`BertConfig`.
-        application: ``"encoder"``, ``"lm"`` (left to right) or ``"unilm"`` (seq2seq).
+        application: ``"encoder"``, ``"lm"`` (left to right) or ``"unilm"`` (seq2seq),
+            among the family's ``applications``; None: its natural one (the first).
         with_pool: add the pooler output (tanh Dense on ``[CLS]``).
         with_nsp: add next-sentence (ALBERT: sentence-order) probabilities
             (implies the pooler); ``"linear"`` for logits.
@@ -119,6 +135,24 @@ class Transformer:
     same_weights_as = ()
     #: Heads the family has: among "pool", "nsp", "mlm", "discriminator".
     heads = ("pool", "nsp", "mlm")
+    #: Applications (attention patterns) the family builds; the first is its natural
+    #: one, which ``application=None`` picks (left-to-right GPTs: ``("lm", ...)``).
+    applications = AttentionBias.APPLICATIONS
+    #: A segment (token type) table may be configured (``type_vocab_size`` > 0).
+    segment_embeddings = True
+    #: A LayerNorm over the summed embeddings (``Embedding-Norm``).
+    norm_embeddings = True
+    #: The norms of a block, among :data:`BLOCK_NORMS`: ``attention_norm`` and
+    #: ``feed_forward_norm`` (after each residual sum: BERT's post-norm block),
+    #: ``attention_input_norm`` and ``feed_forward_input_norm`` (on each
+    #: sub-block's input, the residual left unnormalised: a pre-norm block).
+    block_norms = ("attention_norm", "feed_forward_norm")
+    #: A LayerNorm after the last block (``Output-Norm``; pre-norm families).
+    final_norm = False
+    #: The MLM head transforms the hidden states (Dense, activation, LayerNorm) and
+    #: adds an output bias around the tied output; False: the logits are the hidden
+    #: states times the token embeddings transposed, nothing else (GPT's LM head).
+    mlm_transform = True
     #: Embeddings of width ``embedding_size`` mapped to ``hidden_size``.
     factorised = False
     #: A learned absolute position table in the embeddings.
@@ -151,15 +185,22 @@ class Transformer:
     #: Endings of Hugging Face names that are no weights of their own (buffers,
     #: tied copies of the word embeddings): never "unused".
     hf_ignored = ()
+    #: Hugging Face files store kernels ``[out, in]`` (PyTorch ``Linear``): False for
+    #: files that keep them ``[in, out]`` (GPT's ``Conv1D``).
+    hf_transposed_kernels = True
+    #: Tensors of Hugging Face files that hold several weights side by side on their
+    #: last axis: ``{whole: parts}``; a file's ``<a>.<whole>.<b>`` is read as
+    #: ``<a>.<whole>.<part>.<b>`` for each part (GPT-2's fused ``attn.c_attn``:
+    #: ``{"attn.c_attn": ("query", "key", "value")}``). See
+    #: :func:`bert4x.checkpoints.split_fused`.
+    hf_fused = {}
 
-    def __init__(self, config, application="encoder", with_pool=False, with_nsp=False,
+    def __init__(self, config, application=None, with_pool=False, with_nsp=False,
                  with_mlm=False, with_discriminator=False, keep_tokens=None,
                  mlm_positions=False, layer_norm_cond=None, layer_norm_cond_hidden_size=None,
                  layer_norm_cond_hidden_act=None, additional_input_layers=None, dtype=None,
                  name=None):
-        if application not in AttentionBias.APPLICATIONS:
-            raise ValueError(f"unknown application {application!r}; expected one of "
-                             f"{AttentionBias.APPLICATIONS}")
+        application = self._check_application(application)
         self.check_config(config)
         if keep_tokens is not None:
             keep_tokens = [int(token) for token in keep_tokens]
@@ -185,6 +226,9 @@ class Transformer:
                              f"the norms of {self.family!r} have neither")
         self.config = config
         self.application = application
+        if application == "unilm" and not self.takes_segment_ids():
+            raise ValueError(f"application='unilm' needs segment ids, which this "
+                             f"{self.family!r} model does not take (no segment table)")
         for flag, value in (("with_nsp", with_nsp), ("with_discriminator", with_discriminator)):
             if value not in (False, True, "linear", None):
                 raise ValueError(f"{flag} must be True, False or 'linear', got {value!r}")
@@ -243,6 +287,35 @@ class Transformer:
         if cls.block_names is None:
             raise TypeError(f"{cls.__qualname__} declares no block_names (the official "
                             "names of a block's weights)")
+        unknown = sorted(set(cls.block_norms) - set(BLOCK_NORMS))
+        if unknown:
+            raise TypeError(f"{cls.__qualname__}.block_norms names {unknown}; a block's "
+                            f"norms are among {BLOCK_NORMS}")
+        # A family may give its names per instance (a property, as ALBERT's layouts).
+        names = cls.block_names if isinstance(cls.block_names, dict) else None
+        unnamed = [norm for norm in cls.block_norms if names is not None and norm not in names]
+        if unnamed:
+            raise TypeError(f"{cls.__qualname__}.block_names has no official name for the "
+                            f"block norms {unnamed}")
+        if not cls.applications or not set(cls.applications) <= set(
+                AttentionBias.APPLICATIONS):
+            raise TypeError(f"{cls.__qualname__}.applications must be some of "
+                            f"{AttentionBias.APPLICATIONS}, got {cls.applications!r}")
+
+    @classmethod
+    def _check_application(cls, application):
+        """The application to build: ``application``, or the family's natural one."""
+        if application is None:
+            return cls.applications[0]
+        if application not in AttentionBias.APPLICATIONS:
+            raise ValueError(f"unknown application {application!r}; expected one of "
+                             f"{AttentionBias.APPLICATIONS}")
+        if application not in cls.applications:
+            raise ValueError(f"a {cls.family!r} model builds application "
+                             f"{_listing(map(repr, cls.applications), 'or')}, not "
+                             f"{application!r} (leave application out for "
+                             f"{cls.applications[0]!r})")
+        return application
 
     @classmethod
     def check_config(cls, config):
@@ -271,6 +344,9 @@ class Transformer:
                 f"model; pass model={registry.family_of(config.model_type)!r}")
         for field in config.field_names():
             cls._check_foreign_field(config, field)
+        if config.type_vocab_size and not cls.segment_embeddings:
+            raise ValueError(f"a {cls.family!r} model has no segment embeddings: "
+                             f"type_vocab_size must be 0, got {config.type_vocab_size}")
         if config.position_embedding_type != cls.position_embedding_type:
             raise NotImplementedError(
                 f"position_embedding_type={config.position_embedding_type!r} is not "
@@ -379,6 +455,7 @@ class Transformer:
                                           self.cond_hidden_act, use_bias=False)
         self.blocks = [self._create_block(self.block_layer_prefix(index))
                        for index in range(self.num_blocks)]
+        self.output_norm = self._norm("Output-Norm") if self.final_norm else None
         self._create_heads()
 
     def _create_embeddings(self):
@@ -399,7 +476,7 @@ class Transformer:
                 c.max_position_embeddings, width, embeddings_initializer=init(),
                 name="Embedding-Position", **kw)
         self.embedding_add = keras.layers.Add(name="Embedding-Add", **kw)
-        self.embedding_norm = self._norm("Embedding-Norm")
+        self.embedding_norm = self._norm("Embedding-Norm") if self.norm_embeddings else None
         self.embedding_dropout = Dropout(c.hidden_dropout_prob, name="Embedding-Dropout", **kw)
         self.embedding_mapping = None
         if self.factorised and self.needs_embedding_mapping():
@@ -422,7 +499,7 @@ class Transformer:
         c, init, kw = self.config, self._initializer, dict(dtype=self.dtype)
         encoding = self.position_encoding()
         attention_kw = {} if encoding is None else dict(position_encoding=encoding)
-        return dict(
+        block = dict(
             attention=MultiHeadAttention(
                 c.num_attention_heads, c.head_size, c.attention_probs_dropout_prob,
                 kernel_initializer=init(), name=prefix + "MultiHeadSelfAttention",
@@ -430,15 +507,24 @@ class Transformer:
             attention_dropout=Dropout(
                 c.hidden_dropout_prob, name=prefix + "MultiHeadSelfAttention-Dropout", **kw),
             attention_add=keras.layers.Add(name=prefix + "MultiHeadSelfAttention-Add", **kw),
-            attention_norm=self._norm(prefix + "MultiHeadSelfAttention-Norm"),
             feed_forward=FeedForward(c.intermediate_size, c.hidden_act,
                                      kernel_initializer=init(), name=prefix + "FeedForward",
                                      use_bias=self.dense_bias, **kw),
             feed_forward_dropout=Dropout(
                 c.hidden_dropout_prob, name=prefix + "FeedForward-Dropout", **kw),
             feed_forward_add=keras.layers.Add(name=prefix + "FeedForward-Add", **kw),
-            feed_forward_norm=self._norm(prefix + "FeedForward-Norm"),
         )
+        for part, layer_name in (("attention", "MultiHeadSelfAttention"),
+                                 ("feed_forward", "FeedForward")):
+            # bert4keras's names: "<sub-block>-Norm", or "-Norm-0" (input) and
+            # "-Norm-1" (after the sum) when the sub-block has both.
+            both = (f"{part}_input_norm", f"{part}_norm")
+            norms = [norm for norm in both if norm in self.block_norms]
+            block.update(dict.fromkeys(both))
+            for number, norm in enumerate(norms):
+                suffix = "-Norm" if len(norms) == 1 else f"-Norm-{number}"
+                block[norm] = self._norm(prefix + layer_name + suffix)
+        return block
 
     def _create_heads(self):
         c = self.config
@@ -474,9 +560,10 @@ class Transformer:
     def _create_mlm_head(self):
         """The MLM head's layers (:meth:`mlm_logits` runs them) and ``mlm_activation``,
         the softmax of the model's MLM output."""
-        self.mlm_dense = self._dense(self.mlm_width(), "MLM-Dense", self.mlm_hidden_act())
-        self.mlm_norm = self._norm("MLM-Norm")
-        self.mlm_bias = BiasAdd(name="MLM-Bias", dtype="float32")
+        if self.mlm_transform:
+            self.mlm_dense = self._dense(self.mlm_width(), "MLM-Dense", self.mlm_hidden_act())
+            self.mlm_norm = self._norm("MLM-Norm")
+            self.mlm_bias = BiasAdd(name="MLM-Bias", dtype="float32")
         self.mlm_activation = keras.layers.Activation(
             self.mlm_output_activation(), name="MLM-Activation", dtype="float32")
 
@@ -515,19 +602,22 @@ class Transformer:
         x = self.embedding_add(parts)
         if self.embedding_dropout_before_norm:
             x = self.embedding_dropout(x, training=training)
-            x = self.embedding_norm(x, condition=condition)
+            if self.embedding_norm is not None:
+                x = self.embedding_norm(x, condition=condition)
         else:
-            x = self.embedding_norm(x, condition=condition)
+            if self.embedding_norm is not None:
+                x = self.embedding_norm(x, condition=condition)
             x = self.embedding_dropout(x, training=training)
         if self.embedding_mapping is not None:
             x = self.embedding_mapping(x)
         return x
 
     def block(self, index, x, attention_bias, condition=None, training=None):
-        """Post-norm Transformer block ``index`` (of ``self.blocks``) on ``x``; returns
-        the block's output."""
+        """Transformer block ``index`` (of ``self.blocks``) on ``x``, its norms where the
+        family declares them; returns the block's output."""
         layers = self.blocks[index]
-        attended = layers["attention"](x, attention_bias=attention_bias, training=training)
+        attended = layers["attention"](self._attention_input(layers, x, condition),
+                                       attention_bias=attention_bias, training=training)
         return self._after_attention(layers, x, attended, condition, training)
 
     def cached_block(self, index, x, attention_bias, condition=None, **cache_inputs):
@@ -539,7 +629,8 @@ class Transformer:
         ``cache`` and ``write_mask`` (and positions, a source cache) in a step.
         """
         layers = self.blocks[index]
-        attended = self._cached_attention(index)(x, attention_bias=attention_bias,
+        attended = self._cached_attention(index)(self._attention_input(layers, x, condition),
+                                                 attention_bias=attention_bias,
                                                  **cache_inputs)
         x = self._after_attention(layers, x, attended["output"], condition, None)
         return x, attended["cache"]
@@ -551,30 +642,53 @@ class Transformer:
             self._cached_attentions[index] = CachedAttention(self.blocks[index]["attention"])
         return self._cached_attentions[index]
 
+    @staticmethod
+    def _attention_input(layers, x, condition):
+        """What a block's attention reads: ``x``, normalised in a pre-norm block."""
+        norm = layers["attention_input_norm"]
+        return x if norm is None else norm(x, condition=condition)
+
     def _after_attention(self, layers, x, attended, condition, training):
-        """The rest of a post-norm block after its attention output ``attended``."""
+        """The rest of a block after its attention output ``attended``: the residual
+        sums, the feed-forward and the norms the family declares (``block_norms``)."""
         attended = layers["attention_dropout"](attended, training=training)
         x = layers["attention_add"]([x, attended])
-        x = layers["attention_norm"](x, condition=condition)
-        transformed = layers["feed_forward"](x)
+        if layers["attention_norm"] is not None:
+            x = layers["attention_norm"](x, condition=condition)
+        transformed = x
+        if layers["feed_forward_input_norm"] is not None:
+            transformed = layers["feed_forward_input_norm"](x, condition=condition)
+        transformed = layers["feed_forward"](transformed)
         transformed = layers["feed_forward_dropout"](transformed, training=training)
         x = layers["feed_forward_add"]([x, transformed])
-        return layers["feed_forward_norm"](x, condition=condition)
-
-    def encode(self, x, attention_bias, condition=None, training=None):
-        """Run every layer (``self.schedule``) on the embeddings ``x``."""
-        for index in self.schedule:
-            x = self.block(index, x, attention_bias, condition=condition, training=training)
+        if layers["feed_forward_norm"] is not None:
+            x = layers["feed_forward_norm"](x, condition=condition)
         return x
 
+    def encode(self, x, attention_bias, condition=None, training=None):
+        """Run every layer (``self.schedule``) on the embeddings ``x``, then the final
+        norm of a pre-norm family."""
+        for index in self.schedule:
+            x = self.block(index, x, attention_bias, condition=condition, training=training)
+        return self.finish(x, condition)
+
+    def finish(self, x, condition=None):
+        """The hidden states after the last block: ``Output-Norm`` of a family with a
+        final norm, else ``x`` itself."""
+        if self.output_norm is None:
+            return x
+        return self.output_norm(x, condition=condition)
+
     def mlm_logits(self, x, condition=None):
-        """The MLM head: Dense, activation, (conditional) LayerNorm, tied output, bias."""
-        x = self.mlm_dense(x)
-        x = self.mlm_norm(x, condition=condition)
+        """The MLM head: Dense, activation, (conditional) LayerNorm, tied output, bias
+        (without ``mlm_transform``: the tied output alone)."""
+        if self.mlm_dense is not None:
+            x = self.mlm_dense(x)
+            x = self.mlm_norm(x, condition=condition)
         if self.token_projection is not None:
             x = self.token_projection(x, reverse=True)
         x = self.token_embedding(x, reverse=True)
-        return self.mlm_bias(x)
+        return x if self.mlm_bias is None else self.mlm_bias(x)
 
     def mlm_logits_at(self, x, positions, condition=None):
         """The MLM head on ``x`` ``[batch, L, width]`` at ``positions`` ``[batch, P]``
@@ -585,7 +699,7 @@ class Transformer:
     def mlm_positions_model(self, length=None, num_positions=None, name=None):
         """``[token_ids, segment_ids, positions, *additional] -> MLM logits [batch, P,
         vocab]`` at the positions, on this builder's layers (training it trains
-        :attr:`model`).
+        :attr:`model`); without segment ids for a model that takes none (GPT-2).
 
         Args:
             length, num_positions: fixed sizes of the inputs (None: any).
@@ -613,7 +727,14 @@ class Transformer:
         means ``0..L-1``.
         """
         token_ids, segment_ids = self._inputs()
+        if not self.takes_segment_ids():
+            return [token_ids], token_ids, ops.zeros_like(token_ids), None
         return [token_ids, segment_ids], token_ids, segment_ids, None
+
+    def takes_segment_ids(self):
+        """Whether the model takes segment ids after the token ids (its decoding
+        graphs always do, and ignore them without a segment table)."""
+        return self.segment_embeddings
 
     def _build_model(self, positions_only=False, length=None, num_positions=None, name=None):
         """The model with every requested head (the MLM head at an
@@ -622,6 +743,8 @@ class Transformer:
         if positions_only:
             token_ids, segment_ids = self._inputs(length)
             inputs, position_ids = [token_ids, segment_ids], None
+            if not self.takes_segment_ids():
+                inputs, segment_ids = [token_ids], ops.zeros_like(token_ids)
         else:
             inputs, token_ids, segment_ids, position_ids = self._model_inputs()
         mlm_positions = None
@@ -734,6 +857,7 @@ class Transformer:
         for index in self.schedule:
             x, cache = self.cached_block(index, x, bias, condition=condition)
             caches.append(cache)
+        x = self.finish(x, condition)
         logits = self.mlm_logits_at(x, ops.reshape(inputs["last_index"], (-1, 1)),
                                     condition=condition)[:, 0]
         return keras.Model({**inputs, **extra},
@@ -770,6 +894,7 @@ class Transformer:
                 index, x, bias, condition=condition, cache=inputs["cache"][:, application],
                 source_cache=inputs["source_cache"][:, application], **step)
             caches.append(layer_cache)
+        x = self.finish(x, condition)
         logits = self.mlm_logits(x, condition=condition)[:, 0]
         return keras.Model({**inputs, **extra},
                            {"logits": logits, "cache": ops.stack(caches, axis=1)},
@@ -800,7 +925,13 @@ class Transformer:
         pairs = self._embedding_variables()
         for index, layers in enumerate(self.blocks):
             pairs += self._block_variables(self.block_name_prefix(index), layers)
+        if self.output_norm is not None:
+            pairs += norm_pairs(self.final_norm_name(), self.output_norm)
         return pairs + self._head_variables()
+
+    def final_norm_name(self):
+        """Official name of the final norm (``Output-Norm``) of a pre-norm family."""
+        raise NotImplementedError(f"{self.family!r} has no final norm")
 
     def _embedding_variables(self):
         p = f"{self.prefix}/embeddings/"
@@ -811,7 +942,8 @@ class Transformer:
         if self.position_embedding is not None:
             pairs.append((p + "position_embeddings", self.position_embedding.embeddings,
                           "plain"))
-        pairs += norm_pairs(p + "LayerNorm", self.embedding_norm)
+        if self.embedding_norm is not None:
+            pairs += norm_pairs(p + "LayerNorm", self.embedding_norm)
         if self.embedding_mapping is not None:
             pairs += dense_pairs(self.embedding_mapping_name(), self.embedding_mapping)
         return pairs
@@ -830,8 +962,9 @@ class Transformer:
                             ("intermediate", feed_forward.intermediate_dense),
                             ("output", feed_forward.output_dense)):
             pairs += dense_pairs(prefix + names[part], dense)
-        pairs += norm_pairs(prefix + names["attention_norm"], layers["attention_norm"])
-        pairs += norm_pairs(prefix + names["feed_forward_norm"], layers["feed_forward_norm"])
+        for norm in BLOCK_NORMS:
+            if layers[norm] is not None:
+                pairs += norm_pairs(prefix + names[norm], layers[norm])
         return pairs
 
     def _head_variables(self):
@@ -856,7 +989,8 @@ class Transformer:
     def hugging_face_names(self, official_name):
         """Candidate Hugging Face names of an official name, and whether to transpose."""
         return checkpoints.hugging_face_names(official_name, self.hf_renames,
-                                              self.hf_special, self.hf_prefix)
+                                              self.hf_special, self.hf_prefix,
+                                              self.hf_transposed_kernels)
 
     def head_weight_names(self):
         """Official names of the heads' weights (a checkpoint may lack them:

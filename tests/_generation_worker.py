@@ -27,13 +27,13 @@ TARGETS = [[13, 14, 15, 16], [17, 18, 19, 20], [21, 22, 23, 24]]
 CLASSES = np.array([[0], [1], [1]], dtype="int32")
 
 
-def tiny_config(**overrides):
+def tiny_config(config_class=BertConfig, **overrides):
     values = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                   num_attention_heads=2, intermediate_size=40, max_position_embeddings=40,
                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                   initializer_range=0.3)
     values.update(overrides)
-    return BertConfig(**values)
+    return config_class(**values)
 
 
 def class_condition():
@@ -53,8 +53,8 @@ def build(application, conditional, seed=0, randomise_conditions=True, model="be
         class_id, condition = class_condition()
         kwargs = dict(layer_norm_cond=condition, additional_input_layers=[class_id],
                       layer_norm_cond_hidden_size=16, layer_norm_cond_hidden_act="tanh")
-    builder = MODELS[model](tiny_config(**config), application=application,
-                            with_mlm="linear", **kwargs)
+    builder = MODELS[model](tiny_config(MODELS[model].config_class, **config),
+                            application=application, with_mlm="linear", **kwargs)
     if conditional and randomise_conditions:
         rng = np.random.default_rng(seed)
         for variable in builder.model.weights:
@@ -119,9 +119,15 @@ def full_logits(builder, source, generated, extra=()):
     segment_ids = np.zeros((1, REFERENCE_LENGTH), "int32")
     token_ids[0, :len(sequence)] = sequence
     segment_ids[0, :len(sequence)] = segments
-    inputs = [token_ids, segment_ids] + [np.asarray(value)[None] for value in extra]
+    inputs = model_inputs(builder, token_ids, segment_ids) + [
+        np.asarray(value)[None] for value in extra]
     logits = builder.model.predict_on_batch(inputs)
     return np.asarray(logits)[0, len(source) - 1:len(sequence)]
+
+
+def model_inputs(builder, token_ids, segment_ids):
+    """The model's id inputs: token and segment ids, or token ids alone (GPT-2)."""
+    return [token_ids, segment_ids] if builder.takes_segment_ids() else [token_ids]
 
 
 def check_cache(builder, rows_per_source=2):

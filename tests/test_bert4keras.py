@@ -50,10 +50,18 @@ POSITIONS = np.array([[0, 1, 2, 3, 4, 5, 6], [3, 1, 4, 1, 5, 9, 2]])
 MODEL_INPUTS = {"no_segments": [TOKENS], "custom_positions": [TOKENS, SEGMENTS, POSITIONS],
                 "compound_tokens": [np.where(TOKENS == 9, 41, np.where(TOKENS == 8, 42, TOKENS)),
                                     SEGMENTS]}
-# Other families: (extra config fields, build_transformer_model arguments).
+# Other families: (extra config fields, build_transformer_model arguments); a key
+# "family:variant" is another case of that family.
 FAMILY_CASES = {"roberta": ({}, dict(with_mlm=True)),
                 "albert": (dict(embedding_size=8), dict(with_mlm=True)),
-                "electra": (dict(embedding_size=8), dict())}
+                "electra": (dict(embedding_size=8), dict()),
+                # bert4keras's GPTs are language models whatever the application.
+                "gpt": ({}, dict()),
+                "gpt:unilm": ({}, dict(application="unilm")),
+                "gpt2": (dict(type_vocab_size=0), dict()),
+                "gpt2_ml": (dict(type_vocab_size=0), dict())}
+# What each family case takes (default: token and segment ids).
+FAMILY_INPUTS = {"gpt2": [TOKENS], "gpt2_ml": [TOKENS]}
 # RoFormer-V2 (bert4keras's RoFormerV2): 18 wide in 3 heads of 6, 22 inner units, relu;
 # with E != H its embedding and output mappings too. A padded batch of odd lengths.
 ROFORMER_V2 = dict(CONFIG, vocab_size=43, hidden_size=18, num_attention_heads=3,
@@ -189,14 +197,24 @@ def checkpoint(tmp_path_factory):
 def family_checkpoints(tmp_path_factory):
     """Small random models of the other families, in their official checkpoint format."""
     found = {}
-    for family, (fields, arguments) in FAMILY_CASES.items():
+    for case, (fields, arguments) in FAMILY_CASES.items():
         keras.utils.set_random_seed(2)
-        builder = native_build(model=family, **CONFIG, **fields, return_keras_model=False,
-                               **arguments)
-        folder = str(tmp_path_factory.mktemp(family) / "model")
-        found[family] = (os.path.join(folder, "bert_config.json"),
-                         checkpoints.save_checkpoint(builder, folder))
+        builder = native_build(model=case.split(":")[0], **dict(CONFIG, **fields),
+                               return_keras_model=False, **arguments)
+        if case.startswith("gpt"):
+            _randomise_norms(builder, seed=3)  # at 1 and 0 they would check nothing
+        folder = str(tmp_path_factory.mktemp(case.replace(":", "_")) / "model")
+        found[case] = (os.path.join(folder, "bert_config.json"),
+                       checkpoints.save_checkpoint(builder, folder))
     return found
+
+
+def _randomise_norms(builder, seed):
+    rng = np.random.default_rng(seed)
+    for variable in builder.model.weights:
+        if variable.path.endswith(("/gamma", "/beta")):
+            base = 1.0 if variable.path.endswith("/gamma") else 0.0
+            variable.assign(base + rng.normal(0, 0.3, variable.shape).astype("float32"))
 
 
 SP_TEXTS = ["the quick brown fox jumps over the lazy dog", "a lazy dog sleeps all day long",
@@ -249,10 +267,11 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model, jieba_vocab,
         config_path=config_path, checkpoint_path=prefix,
         inputs=MODEL_INPUTS.get(name, inputs), **kwargs))
             for name, kwargs in MODEL_CASES.items()}
-    for family, (family_config, family_prefix) in family_checkpoints.items():
-        jobs[f"family_{family}"] = ("model_outputs", dict(
-            config_path=family_config, checkpoint_path=family_prefix, inputs=inputs,
-            model=family, **FAMILY_CASES[family][1]))
+    for case, (family_config, family_prefix) in family_checkpoints.items():
+        jobs[f"family_{case}"] = ("model_outputs", dict(
+            config_path=family_config, checkpoint_path=family_prefix,
+            inputs=FAMILY_INPUTS.get(case, inputs), model=case.split(":")[0],
+            **FAMILY_CASES[case][1]))
     for case, (key, kwargs) in ROFORMER_V2_CASES.items():
         v2_config, v2_prefix = roformer_v2_checkpoints[key]
         jobs[f"roformer_v2_{case}"] = ("roformer_v2_outputs", dict(
@@ -311,14 +330,16 @@ def test_model_outputs_equal_bert4keras(checkpoint, oracle, case):
         np.testing.assert_allclose(a, b, atol=TOL)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
-def test_other_families_equal_bert4keras(family_checkpoints, oracle, family):
-    config_path, prefix = family_checkpoints[family]
-    model = models.build_transformer_model(config_path, prefix, model=family,
-                                           **FAMILY_CASES[family][1])
-    ours = model.predict([TOKENS, SEGMENTS], verbose=0)
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
+def test_other_families_equal_bert4keras(family_checkpoints, oracle, case):
+    """Outputs on a checkpoint bert4x wrote in the family's official names, which
+    bert4keras reads by its own name map."""
+    config_path, prefix = family_checkpoints[case]
+    model = models.build_transformer_model(config_path, prefix, model=case.split(":")[0],
+                                           **FAMILY_CASES[case][1])
+    ours = model.predict(FAMILY_INPUTS.get(case, [TOKENS, SEGMENTS]), verbose=0)
     ours = ours if isinstance(ours, list) else [ours]
-    theirs = oracle.result(f"family_{family}")
+    theirs = oracle.result(f"family_{case}")
     assert [a.shape for a in ours] == [b.shape for b in theirs]
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=TOL)

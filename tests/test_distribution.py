@@ -35,6 +35,9 @@ VARIANTS = [
     ("roformer", dict(embedding_size=4), dict(with_pool=True, with_nsp=True, with_mlm=True)),
     ("nezha", {}, dict(with_pool=True, with_nsp=True, with_mlm=True)),
     ("roformer_v2", dict(embedding_size=4), dict(with_mlm=True)),  # no biases, no gamma/beta
+    ("gpt", {}, {}),  # language models: the tied LM head alone
+    ("gpt2", dict(type_vocab_size=0), {}),  # pre-norm blocks, Output-Norm
+    ("gpt2_ml", dict(type_vocab_size=0), {}),
 ]
 SPLIT = {
     "Embedding-Token/embeddings": ("model", None),

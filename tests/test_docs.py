@@ -33,7 +33,6 @@ import shlex
 import shutil
 import sys
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -134,19 +133,13 @@ def _official(folder, model="bert", prefix="bert_model.ckpt", config_name="bert_
 def _hugging_face(folder, model, model_type, heads=(), **fields):
     """A tiny random Hugging Face folder: config.json, model.safetensors, vocab.txt."""
     from safetensors.numpy import save_file
-    from bert4x.checkpoints import keras_value
+    from bert4x.checkpoints import hugging_face_tensors
     from bert4x.models import build_transformer_model
     config = {**TINY, "model_type": model_type, **fields}
     builder = build_transformer_model(model=model, return_keras_model=False,
                                       **dict.fromkeys(heads, True), **config)
-    tensors = {}
-    for name, variable, kind in builder.variable_map():
-        value = np.asarray(keras_value(variable), np.float32)
-        value = value.T if kind == "transposed" else value
-        candidates, transpose = builder.hugging_face_names(name)
-        tensors[candidates[0]] = np.ascontiguousarray(value.T if transpose else value)
     folder.mkdir()
-    save_file(tensors, str(folder / "model.safetensors"))
+    save_file(hugging_face_tensors(builder), str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
 
@@ -189,6 +182,7 @@ def stand_ins(tmp_path_factory):
     _hugging_face(folder / "all-MiniLM-L6-v2", "bert", "bert")
     _hugging_face(folder / "roberta-base", "roberta", "roberta", heads=["with_mlm"],
                   pad_token_id=1, type_vocab_size=1)
+    _hugging_face(folder / "gpt2", "gpt2", "gpt2")
     # The cache ensure_pretrained("tiny_chinese") reads, already filled.
     from bert4x.pretraining import pretrained_dir
     os.environ["BERT4X_CACHE"], saved = str(folder / "cache"), os.environ.get("BERT4X_CACHE")

@@ -633,8 +633,9 @@ def test_albert_unshared(cases, tmp_path):
 
 
 def test_family_registry():
+    # A superset of these (compared as sets: as lists, "gpt" sorts before "nezha").
     assert set(MODELS) >= {"albert", "albert_unshared", "bert", "electra", "nezha",
-                           "roberta", "roformer", "roformer_v2"}
+                           "roberta", "roformer", "roformer_v2", "gpt", "gpt2", "gpt2_ml"}
 
 
 def test_nezha_reference_clips(cases):

@@ -91,7 +91,8 @@ def rerun_log_probs(builder, source, prefixes, additional_inputs=()):
         segment_ids[row, len(source):len(sequence)] = worker.target_segment(
             builder.application)
     extras = [np.repeat(np.asarray(extra), rows, axis=0) for extra in additional_inputs]
-    logits = np.asarray(builder.model.predict_on_batch([token_ids, segment_ids] + extras))
+    logits = np.asarray(builder.model.predict_on_batch(
+        worker.model_inputs(builder, token_ids, segment_ids) + extras))
     last = np.array([len(source) + len(p) - 1 for p in prefixes])
     return log_softmax(logits[np.arange(rows), last])
 

@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=32, max_position_embeddings=32)
 BUILT_IN = ["bert", "roberta", "albert", "albert_unshared", "electra", "roformer", "nezha",
-            "roformer_v2"]
+            "roformer_v2", "gpt", "gpt2", "gpt2_ml"]
 
 # A family as a new module of bert4x would write it: BERT's math, its own
 # Hugging Face names (``toy.*``), BERT's official checkpoints.
@@ -248,7 +248,8 @@ def test_checkpoints_knows_no_family():
     texts = [node.value for node in ast.walk(tree)
              if isinstance(node, ast.Constant) and isinstance(node.value, str)
              and id(node) not in docstrings]
-    words = {name for family in MODELS.values() for name in (family.family, family.hf_prefix)}
+    words = {name for family in MODELS.values() for name in (family.family, family.hf_prefix)
+             if name is not None}  # a family without Hugging Face files has no hf_prefix
     pattern = re.compile(r"(?<!\w)(" + "|".join(sorted(words)) + r"|cls)(?!\w)",
                          re.IGNORECASE)
     found = sorted({match.group(0) for text in texts for match in pattern.finditer(text)})

@@ -1,11 +1,12 @@
 """``bert4x.search.NgramCopyConstraint``: its allowed sets against brute force, by hand,
-and through the beam search of ``bert4x.search`` (every result copies a span)."""
+and through the beam search of ``bert4x.search`` (every result copies a span); the beam
+search's candidate selection (``top_candidates``) against a full sort."""
 
 import random
 
 import numpy as np
 
-from bert4x.search import NgramCopyConstraint, beam_search
+from bert4x.search import NgramCopyConstraint, beam_search, top_candidates
 
 
 def _brute_force_allowed(passages, prefix, end_id):
@@ -89,3 +90,18 @@ def test_beam_search_under_the_constraint_copies_a_span():
             for result in found:
                 tokens = [t for t in result.token_ids if t != end_id]
                 assert _contiguous_in(tokens, sequences), (tokens, sequences)
+
+
+def test_top_candidates_equal_a_full_sort():
+    """Long rows (found through block maxima) and short ones (sorted whole) give a
+    full sort's best, ties by index; ties, -inf and rows of few finite values included."""
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        rows, width = int(rng.integers(1, 4)), int(rng.integers(1, 9))
+        size = int(rng.choice([rng.integers(width, 600), rng.integers(9000, 30000)]))
+        candidates = np.round(rng.normal(size=(rows, size)), int(rng.integers(0, 3)))
+        candidates[rng.random(candidates.shape) < rng.choice([0.3, 0.999])] = -np.inf
+        found = top_candidates(candidates, width)
+        for row in range(rows):
+            expected = sorted(range(size), key=lambda i: (-candidates[row, i], i))[:width]
+            assert found[row].tolist() == expected, trial

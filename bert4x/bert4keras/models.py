@@ -90,8 +90,8 @@ class _Bert4kerasGraph:
     def _model_inputs(self):
         token_ids, segment_ids = self._inputs(self._sequence_length)
         inputs = [token_ids, segment_ids]
-        if self.config.type_vocab_size == 0:
-            # bert4keras's segment_vocab_size=0: the model takes token ids only.
+        if self.config.type_vocab_size == 0 or not self.takes_segment_ids():
+            # bert4keras's segment_vocab_size=0 (and its GPT-2s): token ids only.
             inputs, segment_ids = [token_ids], keras.ops.zeros_like(token_ids)
         position_ids = None
         if self._custom_position_ids:
@@ -150,8 +150,11 @@ def _prefix_layer_names(builder, prefix):
         visit(value)
 
 
-def _config(config_path, overrides, config_class):
+def _config(config_path, overrides, family):
+    config_class = family.config_class
     fields = {_RENAMED.get(key, key): value for key, value in overrides.items()}
+    if not family.segment_embeddings:
+        fields["type_vocab_size"] = 0  # bert4keras's GPT-2s never read a segment table
     if fields.get("hidden_act") == "gelu":
         fields["hidden_act"] = gelu_activation_name()
     if config_path is None:
@@ -176,7 +179,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
                             layer_norm_cond=None, layer_norm_cond_hidden_size=None,
                             layer_norm_cond_hidden_act=None, additional_input_layers=None,
                             custom_position_ids=False, sequence_length=None, prefix=None,
-                            compound_tokens=None, **kwargs):
+                            compound_tokens=None, final_activation=None, **kwargs):
     """Build a model as bert4keras 0.11.5 does, on bert4x's builder.
 
     Outputs follow bert4keras: the sequence output when no head is asked;
@@ -188,6 +191,12 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
 
     ``segment_vocab_size=0`` builds a model without segment embeddings that
     takes token ids only (its checkpoint's segment table is left unused).
+
+    The GPT families (``gpt``, ``gpt2``, ``gpt2_ml``) are language models whatever
+    ``application`` says (``"encoder"``, the default, builds their ``"lm"``; ``gpt``
+    also builds ``"unilm"``) and return the LM probabilities, or with
+    ``final_activation`` (bert4keras's GPT argument, e.g. ``"linear"``) that
+    activation of the logits. ``gpt2`` and ``gpt2_ml`` take token ids only.
 
     The token and segment inputs are float32 (Keras 2's default, which
     bert4keras scripts rely on, e.g. ``loss * segment_ids``); the embedding
@@ -214,6 +223,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         sequence_length: a fixed length for the inputs (None: variable).
         prefix: put before the name of every layer and input, so that two
             models can live in one graph.
+        final_activation: the GPT families' output activation (default softmax).
         **kwargs: config fields, with bert4keras's names (``dropout_rate``,
             ``max_position``, ``segment_vocab_size``, ``hidden_act``, ...).
 
@@ -229,13 +239,22 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     if model not in _native.MODELS:
         raise ValueError(f"unknown model {model!r}; bert4x builds {sorted(_native.MODELS)}")
     config_path, checkpoint_path = _native.resolve_paths(config_path, checkpoint_path)
-    config = _config(config_path, kwargs, _native.MODELS[model].config_class)
+    family = _native.MODELS[model]
+    config = _config(config_path, kwargs, family)
     with_nsp, nsp_activation = _head_activation(with_nsp)
     with_pool, pool_activation = _head_activation(with_pool)
     with_mlm, mlm_activation = _head_activation(with_mlm)
+    if "encoder" not in family.applications:
+        # bert4keras's GPTs are causal language models in every application.
+        application = family.applications[0] if application == "encoder" else application
+        if final_activation is not None:
+            mlm_activation = final_activation
+    elif final_activation is not None:
+        raise ValueError(f"final_activation is an argument of the GPT families, not of "
+                         f"{model!r}")
     if nsp_activation is not None:
         raise ValueError(f"with_nsp must be True or False, got {nsp_activation!r}")
-    if custom_position_ids and not _native.MODELS[model].absolute_positions:
+    if custom_position_ids and not family.absolute_positions:
         raise ValueError(f"custom_position_ids=True needs a learned position table; "
                          f"{model!r} encodes positions in its attention")
     kept = None

@@ -19,8 +19,12 @@ from bert4x.families.electra import ELECTRA
 from bert4x.families.roformer import RoFormer
 from bert4x.families.nezha import NEZHA
 from bert4x.families.roformer_v2 import RoFormerV2
+from bert4x.families.gpt import GPT
+from bert4x.families.gpt2 import GPT2
+from bert4x.families.gpt2_ml import GPT2ML
 from bert4x.registry import MODELS, family_of
 
 __all__ = ["BERT", "RoBERTa", "ALBERT", "ALBERTUnshared", "ELECTRA", "RoFormer", "NEZHA",
-           "RoFormerV2", "MODELS", "family_of", "BERT_BLOCK_NAMES", "BERT_HF_SPECIAL",
+           "RoFormerV2", "GPT", "GPT2", "GPT2ML", "MODELS", "family_of", "BERT_BLOCK_NAMES",
+           "BERT_HF_SPECIAL",
            "HF_EMBEDDING_BUFFERS"]
