@@ -452,3 +452,21 @@ def test_lm_head_at_given_positions(cases):
     full = predict(builder.model, padded_ids())
     np.testing.assert_allclose(at, np.take_along_axis(full, positions[..., None], axis=1),
                                atol=1e-5)
+
+
+def test_bert4keras_layer_builds_language_models_as_bert4keras(cases):
+    """bert4x.bert4keras: a GPT is a language model in bert4keras's default application
+    ("encoder"), returns probabilities, and final_activation="linear" the logits."""
+    from bert4x.bert4keras.models import build_transformer_model as bert4keras_build
+    case = cases["gpt2"]
+    logits = bert4keras_build(checkpoint_path=case["folder"], model="gpt2",
+                              final_activation="linear")
+    assert [t.name for t in logits.inputs] == ["Input-Token"]
+    assert_close(logits.predict(padded_ids(), verbose=0), case["expected"], "gpt2 logits")
+    probabilities = bert4keras_build(checkpoint_path=case["folder"], model="gpt2")
+    np.testing.assert_allclose(probabilities.predict(padded_ids(), verbose=0).sum(-1), 1.0,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="final_activation is an argument of the GPT"):
+        bert4keras_build(model="bert", final_activation="linear", vocab_size=10,
+                         hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=8)
