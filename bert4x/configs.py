@@ -76,6 +76,9 @@ class BertConfig:
     #: ``hidden_size``): ``{"name in the file": "field"}``. A family whose configs have
     #: other names or fields of their own declares a subclass (its ``config_class``).
     aliases: typing.ClassVar[dict] = {}
+    #: Fields of a family's config files that do not change the model bert4x builds
+    #: (ignored silently, as Hugging Face's bookkeeping fields are).
+    informational: typing.ClassVar[frozenset] = frozenset()
 
     vocab_size: int
     hidden_size: int = 768
@@ -140,6 +143,10 @@ class BertConfig:
                 raise ValueError(f"config field {name} must be a finite number > 0, "
                                  f"got {value!r}")
         self._check_activation()
+        self._check_head_size()
+
+    def _check_head_size(self):
+        """The head size is ``hidden_size / num_attention_heads``: it must divide."""
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by "
@@ -187,7 +194,7 @@ class BertConfig:
             if key in values and values[key] is None:
                 del values[key]
         known = set(cls.field_names())
-        unknown = sorted(set(values) - known - _INFORMATIONAL_KEYS)
+        unknown = sorted(set(values) - known - _INFORMATIONAL_KEYS - cls.informational)
         if unknown:
             warnings.warn(f"{source}: ignoring unknown config fields {unknown}", stacklevel=3)
         if "vocab_size" not in values:

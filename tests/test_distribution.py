@@ -34,7 +34,8 @@ VARIANTS = [
     ("electra", dict(embedding_size=4), dict(with_discriminator=True)),
     ("roformer", dict(embedding_size=4), dict(with_pool=True, with_nsp=True, with_mlm=True)),
     ("nezha", {}, dict(with_pool=True, with_nsp=True, with_mlm=True)),
-]
+] + [(name + part, {}, {})  # T5: encoder-decoders without heads (1.1: gated, untied)
+     for name in ("t5", "t5.1.0", "t5.1.1", "mt5.1.1") for part in ("", "_encoder", "_decoder")]
 SPLIT = {
     "Embedding-Token/embeddings": ("model", None),
     "MLM-Bias/bias": ("model",),
@@ -44,6 +45,12 @@ SPLIT = {
     "MultiHeadSelfAttention/output/kernel": ("model", None),
     "FeedForward/intermediate/kernel": (None, "model"),
     "FeedForward/output/kernel": ("model", None),
+    "MultiHeadCrossAttention/query/kernel": (None, "model"),
+    "MultiHeadCrossAttention/key/kernel": (None, "model"),
+    "MultiHeadCrossAttention/value/kernel": (None, "model"),
+    "MultiHeadCrossAttention/output/kernel": ("model", None),
+    "FeedForward/intermediate_1/kernel": (None, "model"),
+    "Decoder-Output-LM/kernel": (None, "model"),
 }
 
 

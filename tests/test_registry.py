@@ -247,7 +247,8 @@ def test_checkpoints_knows_no_family():
     texts = [node.value for node in ast.walk(tree)
              if isinstance(node, ast.Constant) and isinstance(node.value, str)
              and id(node) not in docstrings]
-    words = {name for family in MODELS.values() for name in (family.family, family.hf_prefix)}
+    words = {name for family in MODELS.values() for name in (family.family, family.hf_prefix)
+             if name is not None}  # T5's Hugging Face names have no base prefix
     pattern = re.compile(r"(?<!\w)(" + "|".join(sorted(words)) + r"|cls)(?!\w)",
                          re.IGNORECASE)
     found = sorted({match.group(0) for text in texts for match in pattern.finditer(text)})

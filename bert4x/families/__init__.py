@@ -18,8 +18,10 @@ from bert4x.families.albert import ALBERT, ALBERTUnshared
 from bert4x.families.electra import ELECTRA
 from bert4x.families.roformer import RoFormer
 from bert4x.families.nezha import NEZHA
+from bert4x.families.t5 import MT5_1_1, T5, T5_1_0, T5_1_1, T5Config
 from bert4x.registry import MODELS, family_of
 
 __all__ = ["BERT", "RoBERTa", "ALBERT", "ALBERTUnshared", "ELECTRA", "RoFormer", "NEZHA",
+           "T5", "T5_1_0", "T5_1_1", "MT5_1_1", "T5Config",
            "MODELS", "family_of", "BERT_BLOCK_NAMES", "BERT_HF_SPECIAL",
            "HF_EMBEDDING_BUFFERS"]

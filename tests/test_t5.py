@@ -1,0 +1,178 @@
+"""T5 and mT5: configs, the bert4keras interface, checkpoints in both formats, cached
+decoding. Parity with transformers on every backend is in ``test_families.py``; here the
+TensorFlow backend is compared on log-probabilities, the tighter check.
+
+References are tiny random transformers models (``_t5_cases.py``): T5.1.0 (ReLU,
+tied, scaled output), T5.1.1 (gated GELU, untied) and mT5, saved as Hugging Face
+folders and under the official names by the test's own rules.
+"""
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from bert4x.families import T5Config  # noqa: E402
+from bert4x.models import MODELS, build_transformer_model  # noqa: E402
+from _oracle import import_oracle  # noqa: E402
+import _t5_cases  # noqa: E402
+
+torch = import_oracle("torch")
+transformers = import_oracle("transformers")
+
+TOL = 1e-4
+TINY = dict(vocab_size=30, hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=16)
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """``{version: dict(hf=folder, official=prefix, model=transformers model, ...)}``."""
+    root = tmp_path_factory.mktemp("t5")
+    encoder_ids, decoder_ids = _t5_cases.inputs()
+    found = {}
+    for version in _t5_cases.VERSIONS:
+        hf_folder = str(root / version / "hf")
+        model = _t5_cases.hf_model(version, hf_folder, seed=3)
+        weights = _t5_cases.official_weights(model, version)
+        prefix = _t5_cases.write_official(str(root / version / "official"), weights,
+                                          _t5_cases.bert4keras_config(version))
+        probabilities, encoded = _t5_cases.hf_outputs(model, encoder_ids, decoder_ids)
+        found[version] = dict(hf=hf_folder, official=prefix, model=model, weights=weights,
+                              probabilities=probabilities, encoded=encoded)
+    return found
+
+
+def log_probabilities(probabilities, decoder_ids):
+    """Log-probabilities at the decoder's real positions."""
+    return np.log(np.asarray(probabilities, np.float64))[_t5_cases.decoder_positions(
+        decoder_ids)]
+
+
+def assert_matches(builder, reference, what):
+    encoder_ids, decoder_ids = _t5_cases.inputs()
+    probabilities = builder.model.predict([encoder_ids, decoder_ids], verbose=0)
+    error = np.abs(log_probabilities(probabilities, decoder_ids)
+                   - log_probabilities(reference["probabilities"], decoder_ids)).max()
+    assert error < TOL, f"{what}: log-probabilities differ by {error:.3g}"
+    encoded = builder.encoder.predict(encoder_ids, verbose=0)
+    real = encoder_ids != 0
+    assert np.abs(encoded - reference["encoded"])[real].max() < TOL, what
+    assert not encoded[~real].any(), "the encoder's output is zero at the padding"
+
+
+# ---------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("version, family, gated, tied", [
+    ("t5.1.0", "t5", False, True), ("t5.1.1", "t5", True, False),
+    ("mt5.1.1", "mt5.1.1", True, False)])
+def test_hugging_face_folders_build_their_family(references, version, family, gated, tied):
+    """config.json's model_type picks the family and the config the architecture
+    (transformers 5 writes tie_word_embeddings: true for all: its
+    scale_decoder_outputs tells T5.1.0 apart; mT5 is never tied)."""
+    builder = build_transformer_model(checkpoint_path=references[version]["hf"],
+                                      return_keras_model=False)
+    assert builder.family == family and builder.gated == gated and builder.tied == tied
+    assert builder.config.scale_decoder_outputs == tied
+    assert_matches(builder, references[version], version)
+
+
+@pytest.mark.parametrize("version", list(_t5_cases.VERSIONS))
+def test_official_checkpoints_with_bert4keras_configs(references, version):
+    builder = build_transformer_model(
+        os.path.join(os.path.dirname(references[version]["official"]), "config.json"),
+        references[version]["official"], model=version, return_keras_model=False)
+    assert_matches(builder, references[version], version)
+
+
+def test_the_version_names_and_their_defaults():
+    assert {"t5", "t5.1.0", "t5.1.1", "mt5.1.1", "t5_encoder", "t5.1.0_decoder",
+            "t5.1.1_encoder", "mt5.1.1_decoder"} <= set(MODELS)
+    built = {name: build_transformer_model(model=name, return_keras_model=False, **TINY)
+             for name in ("t5", "t5.1.0", "t5.1.1", "mt5.1.1")}
+    assert built["t5"].config.hidden_act == "relu" and built["t5"].tied
+    assert built["t5.1.0"].config.scale_decoder_outputs
+    assert built["t5.1.1"].config.hidden_act == ["gelu", "linear"]
+    assert not built["mt5.1.1"].tied and not built["mt5.1.1"].config.scale_decoder_outputs
+    names = {name for name, _, _ in built["mt5.1.1"].variable_map()}
+    assert "encoder/block_000/layer_000/rms_norm/scale" in names
+    assert "decoder/rms_norm/scale" in names and "decoder/logits/kernel" in names
+    assert "decoder/block_000/layer_001/EncDecAttention/q" in names
+    assert "decoder/block_000/layer_002/DenseReluDense/wi_1/kernel" in names
+    names = {name for name, _, _ in built["t5.1.0"].variable_map()}
+    assert "encoder/final_layer_norm/scale" in names and "decoder/logits/kernel" not in names
+    assert "encoder/block_000/layer_001/DenseReluDense/wi/kernel" in names
+    # The decoder's position table is in its first block only.
+    assert "decoder/block_000/layer_000/SelfAttention/relative_attention_bias" in names
+    assert not any("block_001" in name and "relative" in name for name in names)
+
+
+def test_config_fields_of_both_dialects():
+    hf = T5Config.from_dict(dict(vocab_size=50, d_model=16, d_kv=5, d_ff=24, num_layers=2,
+                                 num_heads=3, dropout_rate=0.2, layer_norm_epsilon=1e-5,
+                                 feed_forward_proj="gated-gelu", model_type="t5",
+                                 tie_word_embeddings=False, is_gated_act=True,
+                                 dense_act_fn="gelu_new", initializer_factor=1.0))
+    assert (hf.hidden_size, hf.head_size, hf.intermediate_size, hf.decoder_layers) == \
+        (16, 5, 24, 2)
+    assert hf.hidden_act == ["gelu_new", "linear"]  # Hugging Face's gated-gelu: tanh
+    assert hf.attention_probs_dropout_prob == 0.2 and hf.layer_norm_eps == 1e-5
+    assert T5Config.from_dict(dict(vocab_size=9, model_type="t5",
+                                   feed_forward_proj="gelu")).hidden_act == "gelu_erf"
+    assert T5Config.from_dict(dict(vocab_size=9, model_type="t5")).hidden_act == "relu"
+    transformers5 = T5Config.from_dict(dict(vocab_size=9, model_type="t5",
+                                            tie_word_embeddings=True,
+                                            scale_decoder_outputs=False))
+    assert transformers5.tie_word_embeddings is False
+    mt5 = T5Config.from_dict(dict(vocab_size=9, model_type="mt5", tie_word_embeddings=True))
+    assert (mt5.tie_word_embeddings, mt5.scale_decoder_outputs) == (False, False)
+    bert4keras = T5Config.from_dict(dict(vocab_size=9, hidden_size=512, num_attention_heads=6,
+                                         attention_head_size=64, num_hidden_layers=8,
+                                         intermediate_size=1024, hidden_act=["gelu", "linear"],
+                                         hidden_dropout_prob=0.1, initializer_range=0.02))
+    assert bert4keras.head_size == 64  # 6 heads of 64 on a width of 512
+    with pytest.raises(ValueError, match="d_model=16 and hidden_size=32"):
+        T5Config.from_dict(dict(vocab_size=9, d_model=16, hidden_size=32))
+    with pytest.raises(ValueError, match="not 'ACT' or 'gated-ACT'"):
+        T5Config.from_dict(dict(vocab_size=9, model_type="t5", feed_forward_proj="fancy-gelu"))
+    with pytest.raises(ValueError, match="relative_attention_num_buckets"):
+        T5Config(vocab_size=9, relative_attention_num_buckets=2)
+    with pytest.raises(ValueError, match="not divisible"):
+        T5Config(vocab_size=9, hidden_size=10, num_attention_heads=3)
+    with pytest.raises(ValueError, match="hidden_act"):
+        T5Config(vocab_size=9, hidden_act=["gelu", 3])
+    with pytest.warns(UserWarning, match="unknown config fields \\['flavour'\\]"):
+        T5Config.from_dict(dict(vocab_size=9, flavour="lemon"))
+
+
+def test_t5_gelu_is_the_tanh_form():
+    """In a T5 config "gelu" is Mesh TensorFlow's GELU, the tanh approximation
+    (bert4keras's configs write it so); "gelu_erf" is the exact one."""
+    def feed_forward(activation):
+        builder = build_transformer_model(model="t5.1.1", return_keras_model=False,
+                                          **dict(TINY, hidden_act=[activation, "linear"]))
+        return builder.encoder_layers["blocks"][0]["FeedForward"]["layer"].activations
+
+    assert feed_forward("gelu") == ["gelu_new", "linear"]
+    assert feed_forward("gelu_erf") == ["gelu_erf", "linear"]
+
+
+def test_bert_options_and_foreign_fields_are_refused():
+    with pytest.raises(ValueError, match=r"\['with_mlm'\] cannot be set"):
+        build_transformer_model(model="t5", with_mlm=True, **TINY)
+    with pytest.raises(ValueError, match=r"\['application'\] cannot be set"):
+        build_transformer_model(model="mt5.1.1", application="lm", **TINY)
+    with pytest.raises(ValueError, match="belongs to 'nezha'"):
+        build_transformer_model(model="t5", use_relative_position=True, **TINY)
+    with pytest.raises(ValueError, match="keep the decoder's start id"):
+        build_transformer_model(model="t5", keep_tokens=[0, 1, 2], decoder_start_token_id=3,
+                                **TINY)
+    with pytest.raises(TypeError, match="needs a T5Config"):
+        MODELS["t5"](build_transformer_model(return_keras_model=False, **TINY).config)
+    with pytest.raises(ValueError, match="model_type 't5' is not a 'bert' model"):
+        build_transformer_model(model="bert", model_type="t5", **TINY)
