@@ -176,3 +176,139 @@ def test_bert_options_and_foreign_fields_are_refused():
         MODELS["t5"](build_transformer_model(return_keras_model=False, **TINY).config)
     with pytest.raises(ValueError, match="model_type 't5' is not a 'bert' model"):
         build_transformer_model(model="bert", model_type="t5", **TINY)
+
+
+# ------------------------------------------------------------------------- interface
+def test_encoder_decoder_and_model_share_their_weights(references):
+    """``decoder([encoder(ids), decoder ids])`` is ``model([ids, decoder ids])`` on a
+    padded batch: the encoder's output is zero at the padding, which the decoder
+    reads as padding (bert4keras's T5 decoder takes the context so)."""
+    builder = build_transformer_model(checkpoint_path=references["mt5.1.1"]["hf"],
+                                      return_keras_model=False, name="T5")
+    assert (builder.model.name, builder.encoder.name, builder.decoder.name) == \
+        ("T5", "T5_Encoder", "T5_Decoder")
+    assert [tensor.name for tensor in builder.decoder.inputs] == ["Input-Context",
+                                                                 "Decoder-Input-Token"]
+    encoder_ids, decoder_ids = _t5_cases.inputs()
+    joined = builder.model.predict([encoder_ids, decoder_ids], verbose=0)
+    apart = builder.decoder.predict([builder.encoder.predict(encoder_ids, verbose=0),
+                                     decoder_ids], verbose=0)
+    np.testing.assert_allclose(apart, joined, atol=1e-6)
+    for part in ("encoder", "decoder"):
+        alone = build_transformer_model(checkpoint_path=references["mt5.1.1"]["hf"],
+                                        model=f"mt5.1.1_{part}", return_keras_model=False)
+        assert alone.model is getattr(alone, part) and alone.model.name == f"mt5.1.1_{part}"
+        assert getattr(alone, "decoder" if part == "encoder" else "encoder") is None
+        assert len(alone.model.weights) < len(builder.model.weights)
+    encoder = build_transformer_model(checkpoint_path=references["mt5.1.1"]["hf"],
+                                      model="mt5.1.1_encoder")
+    np.testing.assert_array_equal(encoder.predict(encoder_ids, verbose=0),
+                                  builder.encoder.predict(encoder_ids, verbose=0))
+
+
+def test_through_the_bert4keras_interface(references):
+    """bert4keras's ``build_transformer_model(model="mt5.1.1")`` and its seq2seq loss:
+    float32 inputs, the decoder's mask on the output with the start id kept, and
+    bert4keras's math (cross-attention position bias, scaled output)."""
+    from bert4x.bert4keras.backend import K, set_gelu
+    from bert4x.bert4keras.layers import Loss
+    from bert4x.bert4keras.models import build_transformer_model as bert4keras_build
+
+    class CrossEntropy(Loss):
+        def compute_loss(self, inputs, mask=None):
+            y_true, y_pred = inputs
+            y_mask = K.cast(mask[1], K.floatx())[:, 1:]
+            loss = K.sparse_categorical_crossentropy(y_true[:, 1:], y_pred[:, :-1])
+            return K.sum(loss * y_mask) / K.sum(y_mask)
+
+    official = references["mt5.1.1"]["official"]
+    config_path = os.path.join(os.path.dirname(official), "config.json")
+    t5 = bert4keras_build(config_path, official, model="mt5.1.1", return_keras_model=False,
+                          name="T5")
+    assert t5.config.cross_position_bias and t5.config.scale_decoder_outputs
+    assert t5.config.hidden_act == ["gelu_erf", "linear"]  # bert4keras's default gelu
+    assert [tensor.dtype for tensor in t5.model.inputs] == ["float32", "float32"]
+    encoder_ids, decoder_ids = _t5_cases.inputs()
+    mask = t5.model(list(map(keras.ops.convert_to_tensor, (encoder_ids, decoder_ids))))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask._keras_mask),
+                                  _t5_cases.decoder_positions(decoder_ids))
+    native = build_transformer_model(config_path, official, model="mt5.1.1",
+                                     cross_position_bias=True, scale_decoder_outputs=True,
+                                     hidden_act=["gelu_erf", "linear"])
+    np.testing.assert_array_equal(t5.model.predict([encoder_ids, decoder_ids], verbose=0),
+                                  native.predict([encoder_ids, decoder_ids], verbose=0))
+    output = CrossEntropy(1)([t5.model.inputs[1], t5.model.outputs[0]])
+    train = keras.Model(t5.model.inputs, output)
+    train.compile(optimizer="adam")
+    assert np.isfinite(train.train_on_batch([encoder_ids, decoder_ids], None))
+    set_gelu("tanh")
+    try:
+        tanh = bert4keras_build(config_path, model="mt5.1.1", return_keras_model=False,
+                                cross_position_bias=False)
+    finally:
+        set_gelu("erf")
+    assert tanh.config.hidden_act == ["gelu_tanh", "linear"]
+    assert not tanh.config.cross_position_bias
+    with pytest.raises(ValueError, match="can not be used as 'lm' application"):
+        bert4keras_build(config_path, model="t5.1.1", application="lm")
+    with pytest.raises(NotImplementedError, match="with_mlm"):
+        bert4keras_build(config_path, model="t5.1.1", with_mlm=True)
+
+
+# --------------------------------------------------------------------------- formats
+@pytest.mark.parametrize("version", list(_t5_cases.VERSIONS))
+def test_official_format_round_trip(references, version, tmp_path):
+    """From the Hugging Face folder, save_checkpoint writes Mesh TensorFlow's names,
+    values bit for bit, and the export reloads without model= (and as the other
+    names of its weights)."""
+    import tensorflow as tf
+    from bert4x.checkpoints import save_checkpoint
+
+    builder = build_transformer_model(checkpoint_path=references[version]["hf"], model=version,
+                                      return_keras_model=False)
+    prefix = save_checkpoint(builder, str(tmp_path / "written"))
+    written = tf.train.load_checkpoint(prefix)
+    names = set(written.get_variable_to_shape_map())
+    assert names == set(references[version]["weights"])
+    for name in names:
+        np.testing.assert_array_equal(written.get_tensor(name),
+                                      references[version]["weights"][name], err_msg=name)
+    encoder_ids, decoder_ids = _t5_cases.inputs()
+    again = build_transformer_model(checkpoint_path=str(tmp_path / "written"),
+                                    return_keras_model=False)
+    assert again.family == version
+    np.testing.assert_array_equal(again.model.predict([encoder_ids, decoder_ids], verbose=0),
+                                  builder.model.predict([encoder_ids, decoder_ids], verbose=0))
+    with open(tmp_path / "written" / "bert_config.json") as file:
+        assert json.load(file)["family"] == version
+
+
+def test_keras_file_keep_tokens_and_mismatches(references, tmp_path):
+    hf = references["t5.1.1"]["hf"]
+    builder = build_transformer_model(checkpoint_path=hf, return_keras_model=False)
+    encoder_ids, decoder_ids = _t5_cases.inputs()
+    expected = builder.model.predict([encoder_ids, decoder_ids], verbose=0)
+    builder.model.save(str(tmp_path / "t5.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "t5.keras"))
+    np.testing.assert_array_equal(loaded.predict([encoder_ids, decoder_ids], verbose=0),
+                                  expected)
+    # keep_tokens trims the embedding and the untied output kernel's columns alike.
+    keep = [0, 1, 5, 3, 17, 60, 42, 9]
+    kept = build_transformer_model(checkpoint_path=hf, keep_tokens=keep)
+    new_encoder, new_decoder = np.array([[2, 4, 3, 7, 6, 5, 0]]), np.array([[0, 3, 2, 6]])
+    full = builder.model.predict([np.asarray(keep)[new_encoder], np.asarray(keep)[new_decoder]],
+                                 verbose=0)[..., keep]
+    got = kept.predict([new_encoder, new_decoder], verbose=0)
+    np.testing.assert_allclose(got, full / full.sum(-1, keepdims=True), atol=1e-6)
+    # A checkpoint of another version does not fit silently.
+    with pytest.raises(ValueError, match="decoder/logits/kernel"):  # unused when tied
+        build_transformer_model(checkpoint_path=references["t5.1.1"]["official"],
+                                model="t5.1.0", tie_word_embeddings=True)
+    with pytest.raises(ValueError, match="rms_norm"):
+        build_transformer_model(checkpoint_path=references["t5.1.1"]["official"],
+                                model="mt5.1.1")
+    with pytest.raises(ValueError, match="block.2"):
+        build_transformer_model(checkpoint_path=hf, num_decoder_layers=2)
+    with pytest.warns(UserWarning, match="decoder/logits/kernel"):
+        build_transformer_model(checkpoint_path=references["t5.1.0"]["official"],
+                                model="t5.1.1", allow_missing_heads=True, hidden_act="relu")

@@ -163,8 +163,8 @@ class T5Config(BertConfig):
         tied), and an mT5 is never tied nor scaled.
         """
         values = dict(values)
-        if values.get("model_type") in ("t5", "mt5"):
-            values.pop("hidden_act", None)  # none in Hugging Face files; feed_forward_proj is
+        # A Hugging Face file (bert4x's exports name their family and say what they mean).
+        if values.get("model_type") in ("t5", "mt5") and "family" not in values:
             values["hidden_act"] = _projection_activation(
                 values.pop("feed_forward_proj", "relu"), source)
             if values["model_type"] == "mt5":
@@ -728,7 +728,8 @@ class T5(Transformer):
     def checkpoint_groups(self, names, separator="/"):
         """A stack is one group (``encoder/``, ``decoder/``; ``encoder.``, ...): blocks
         beyond the config's are unused variables of the model's own scope."""
-        return {name.split(separator)[0] + separator for name in names}
+        return {name.split(separator)[0] + separator for name in names
+                if name not in self.hf_copies}  # a stack's copy is the shared embedding
 
 
 def _key_bias(key_mask):
