@@ -678,7 +678,9 @@ class MultiHeadAttention(keras.layers.Layer):
             scores = parts[0]["scores"]
         else:
             scores = ops.concatenate([part["scores"] for part in parts], axis=-1)
-        probs = ops.softmax(scores, axis=-1)
+        # One key (T5's start id alone): its probability is 1, and Keras warns about
+        # a softmax over one element.
+        probs = ops.ones_like(scores) if scores.shape[-1] == 1 else ops.softmax(scores, axis=-1)
         dropped = self.dropout(ops.cast(probs, self.compute_dtype), training=training)
         if len(parts) == 1:
             context = self._context(dropped, parts[0])

@@ -18,10 +18,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
+from bert4x.decoding import Decoder  # noqa: E402
 from bert4x.families import T5Config  # noqa: E402
 from bert4x.models import MODELS, build_transformer_model  # noqa: E402
 from _oracle import import_oracle  # noqa: E402
+import _generation_worker  # noqa: E402
 import _t5_cases  # noqa: E402
+from test_generation import assert_same_ranking, enumerate_sequences, rank  # noqa: E402
 
 torch = import_oracle("torch")
 transformers = import_oracle("transformers")
@@ -312,3 +315,92 @@ def test_keras_file_keep_tokens_and_mismatches(references, tmp_path):
     with pytest.warns(UserWarning, match="decoder/logits/kernel"):
         build_transformer_model(checkpoint_path=references["t5.1.0"]["official"],
                                 model="t5.1.1", allow_missing_heads=True, hidden_act="relu")
+
+
+# ------------------------------------------------------------------- cached decoding
+SMALL_VOCAB, END = 8, 1
+
+
+@pytest.fixture(scope="module")
+def small_t5():
+    """An mT5 on 8 tokens (the padding/start id 0, the end id 1): small enough to
+    enumerate every sequence of 3 tokens."""
+    return _generation_worker.build_t5("mt5.1.1", seed=5, vocab_size=SMALL_VOCAB)
+
+
+def rerun_log_probs(builder, source, prefixes):
+    """Next-token log-probabilities after each prefix, by full re-runs."""
+    return np.stack([_generation_worker.t5_full_log_probs(builder, source, prefix)[-1]
+                     for prefix in prefixes])
+
+
+@pytest.mark.parametrize("version", sorted(_generation_worker.T5_CONFIGS))
+def test_cached_decoding_equals_full_reruns(version):
+    """The encoder runs once per source, the cross-attention keys once per source and
+    layer, the decoder one token per step: every step's log-probabilities are those
+    of a full re-run (JAX and PyTorch: test_generation.py's backend workers)."""
+    builder = _generation_worker.build_t5(version)
+    assert _generation_worker.check_t5_cache(builder) < TOL
+    assert _generation_worker.check_t5_greedy(builder)
+    prefill, step = builder.cache_models()
+    assert set(prefill.input) == {"token_ids"}
+    assert set(prefill.output) == {"logits", "cache", "cross_cache"}
+    assert set(step.input) == {"token_ids", "source_cache", "source_key_mask", "cache",
+                               "key_mask", "write_mask", "cross_cache"}
+    assert set(step.output) == {"logits", "cache"}
+
+
+@pytest.mark.parametrize("length_penalty, min_length", [(1.0, 0), (0.0, 1), (-0.5, 2)])
+def test_beam_search_equals_brute_force(small_t5, length_penalty, min_length):
+    """Sources of three lengths in one batch, a beam wide enough for every prefix: each
+    source's best sequences are its brute-force ranking over full re-runs."""
+    sources = [[5, 6, 7, 2, 3], [4, 2], [3, 3, 6, 7, 2, 5, 4]]
+    max_length = 3
+    decoder = Decoder(small_t5, end_id=END, max_length=max_length, min_length=min_length)
+    found = decoder.beam_search(sources, beam_size=(SMALL_VOCAB - 2) ** 2, num_return=4,
+                                length_penalty=length_penalty)
+    for source, results in zip(sources, found):
+        expected = rank(enumerate_sequences(
+            lambda prefixes: rerun_log_probs(small_t5, source, prefixes), SMALL_VOCAB,
+            max_length, END, min_length), length_penalty)
+        assert_same_ranking(results, expected, 4)
+
+
+def test_constraints_sampling_and_joint_scoring(small_t5):
+    sources = [[5, 6, 7, 2, 3], [4, 2]]
+    decoder = Decoder(small_t5, end_id=END, max_length=4)
+
+    def constraint(source_index, prefix):
+        passage = [{4, 5, 6, END}, {2, 5, 7, END}][source_index]
+        return sorted(passage - set(prefix[-1:]))
+
+    found = decoder.beam_search(sources, beam_size=27, num_return=3, constraint=constraint)
+    for index, (source, results) in enumerate(zip(sources, found)):
+        expected = rank(enumerate_sequences(
+            lambda prefixes: rerun_log_probs(small_t5, source, prefixes), SMALL_VOCAB, 4, END,
+            allowed=lambda prefix: constraint(index, prefix)), 1.0)
+        assert_same_ranking(results, expected, 3)
+    greedy = decoder.greedy(sources)
+    sampled = decoder.sample(sources, n=2, top_k=1, seed=0)
+    assert [[r.token_ids for r in rows] for rows in sampled] == \
+        [[r.token_ids] * 2 for r in greedy]
+    first = [[r.token_ids for r in rows] for rows in decoder.sample(sources, n=3, seed=7)]
+    assert first == [[r.token_ids for r in rows] for rows in decoder.sample(sources, n=3, seed=7)]
+    for rows, source in zip(decoder.sample(sources, n=3, seed=7), sources):
+        for result in rows:
+            tokens = result.token_ids + ([END] if result.ended else [])
+            log_probs = rerun_log_probs(small_t5, source, [tokens[:i] for i in
+                                                          range(len(tokens))])
+            np.testing.assert_allclose(result.log_prob, sum(
+                row[token] for row, token in zip(log_probs, tokens)), atol=1e-4)
+    joint = decoder.next_token_log_probs([sources])[0]
+    members = np.stack([rerun_log_probs(small_t5, source, [[]])[0] for source in sources])
+    np.testing.assert_allclose(joint, np.log(np.exp(members).mean(0)), atol=TOL)
+
+
+def test_decoding_needs_the_whole_encoder_decoder():
+    encoder = build_transformer_model(model="t5_encoder", return_keras_model=False, **TINY)
+    with pytest.raises(ValueError, match="Decoder needs the builder of a generator"):
+        Decoder(encoder, end_id=1)
+    with pytest.raises(ValueError, match="has its encoder only"):
+        encoder.cache_models()
