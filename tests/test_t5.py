@@ -128,6 +128,8 @@ def test_config_fields_of_both_dialects():
     assert T5Config.from_dict(dict(vocab_size=9, model_type="t5",
                                    feed_forward_proj="gelu")).hidden_act == "gelu_erf"
     assert T5Config.from_dict(dict(vocab_size=9, model_type="t5")).hidden_act == "relu"
+    assert T5Config.from_dict(dict(vocab_size=9, model_type="mt5")).hidden_act == \
+        ["gelu_new", "linear"]  # MT5Config's default
     transformers5 = T5Config.from_dict(dict(vocab_size=9, model_type="t5",
                                             tie_word_embeddings=True,
                                             scale_decoder_outputs=False))

@@ -165,8 +165,9 @@ class T5Config(BertConfig):
         values = dict(values)
         # A Hugging Face file (bert4x's exports name their family and say what they mean).
         if values.get("model_type") in ("t5", "mt5") and "family" not in values:
+            default = "gated-gelu" if values["model_type"] == "mt5" else "relu"  # theirs
             values["hidden_act"] = _projection_activation(
-                values.pop("feed_forward_proj", "relu"), source)
+                values.pop("feed_forward_proj", default), source)
             if values["model_type"] == "mt5":
                 values.update(tie_word_embeddings=False, scale_decoder_outputs=False)
             elif "scale_decoder_outputs" in values:

@@ -47,8 +47,9 @@ class data_generator(DataGenerator):
             c_token_ids, _ = tokenizer.encode(content, maxlen=max_c_len)
             t_token_ids, _ = tokenizer.encode(title, maxlen=max_t_len)
             batch_c_token_ids.append(c_token_ids)
-            # The decoder starts with id 0 (T5's start id is its padding id).
-            batch_t_token_ids.append([0] + t_token_ids[1:])
+            # T5-PEGASUS's decoder reads [CLS] title [SEP] ([CLS] is its start id;
+            # Google's mT5 starts with 0, the padding id).
+            batch_t_token_ids.append(t_token_ids)
             if len(batch_c_token_ids) == self.batch_size or is_end:
                 batch_c_token_ids = sequence_padding(batch_c_token_ids)
                 batch_t_token_ids = sequence_padding(batch_t_token_ids)
@@ -88,7 +89,8 @@ class AutoTitle(AutoRegressiveDecoder):
         return tokenizer.decode([int(i) for i in output_ids])
 
 
-autotitle = AutoTitle(start_id=0, end_id=tokenizer._token_end_id, maxlen=max_t_len)
+autotitle = AutoTitle(start_id=tokenizer._token_start_id, end_id=tokenizer._token_end_id,
+                      maxlen=max_t_len)
 train_generator = data_generator(train_data, batch_size)
 history = model.fit(train_generator.forfit(), steps_per_epoch=len(train_generator),
                     epochs=epochs, verbose=0)
