@@ -872,7 +872,8 @@ class CachedAttention(keras.layers.Wrapper):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class AttentionProbabilities(keras.layers.Wrapper):
     """The attention probabilities ``[batch, heads, query, key]`` of a
-    :class:`MultiHeadAttention` called as ``layer(x, attention_bias)``.
+    :class:`MultiHeadAttention` called as ``layer(x, attention_bias)`` (or with
+    ``context=``: cross-attention's, over the context's keys).
 
     Float32, before dropout; masked keys get probability 0. The weights are
     those of ``layer`` (not copied). :func:`bert4x.models.attention_model` reads
@@ -898,15 +899,16 @@ class AttentionProbabilities(keras.layers.Wrapper):
         # A padding mask is dropped quietly (compute_mask): the axes are not the input's.
         self.supports_masking = True
 
-    def call(self, inputs, attention_bias=None, training=None):
+    def call(self, inputs, attention_bias=None, context=None, training=None):
         attention = self.layer
-        _, probabilities = attention.attend(*attention.project(inputs), attention_bias,
-                                            training=training)
+        _, probabilities = attention.attend(*attention.project(inputs, context=context),
+                                            attention_bias, training=training)
         return probabilities
 
-    def compute_output_spec(self, inputs, attention_bias=None, training=None):
+    def compute_output_spec(self, inputs, attention_bias=None, context=None, training=None):
         batch, length = inputs.shape[0], inputs.shape[1]
-        return keras.KerasTensor((batch, self.layer.num_heads, length, length), "float32")
+        keys = length if context is None else context.shape[1]
+        return keras.KerasTensor((batch, self.layer.num_heads, length, keys), "float32")
 
     def compute_mask(self, inputs, previous_mask=None):
         return None

@@ -731,7 +731,7 @@ class Transformer:
     def _build_step_model(self):
         c = self.config
         cache = ((len(self.schedule), 2, c.num_attention_heads, None, c.head_size),
-                 self.model.compute_dtype)
+                 self.token_embedding.compute_dtype)  # the layers' (mixed precision: bf16)
         inputs = _named_inputs(
             token_ids=((1,), "int32"), segment_ids=((1,), "int32"),
             position_ids=((1,), "int32"), source_cache=cache,

@@ -406,3 +406,19 @@ def test_decoding_needs_the_whole_encoder_decoder():
         Decoder(encoder, end_id=1)
     with pytest.raises(ValueError, match="has its encoder only"):
         encoder.cache_models()
+
+
+def test_probes_and_mixed_precision():
+    """attention_model reads the decoder's self- and cross-attention of the joined
+    model; a mixed_bfloat16 model decodes (its caches are bfloat16)."""
+    from bert4x.models import attention_model
+
+    builder = build_transformer_model(model="mt5.1.1", return_keras_model=False, **TINY)
+    encoder_ids, decoder_ids = np.array([[5, 6, 7, 0]]), np.array([[0, 8, 9]])
+    shapes = [probabilities.shape for probabilities in attention_model(
+        builder.model, [0, 1, 2]).predict([encoder_ids, decoder_ids], verbose=0)]
+    assert sorted(shapes) == [(1, 2, 3, 3), (1, 2, 3, 4), (1, 2, 4, 4)]
+    mixed = build_transformer_model(model="mt5.1.1", return_keras_model=False,
+                                    dtype="mixed_bfloat16", **TINY)
+    found = Decoder(mixed, end_id=1, max_length=4).beam_search([[5, 6, 7]], beam_size=2)
+    assert len(found[0][0].token_ids) <= 4

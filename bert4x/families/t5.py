@@ -491,15 +491,17 @@ class T5(Transformer):
         if self.encoder_layers is not None:
             encoded = self.encoder_output(encoder_ids)
             encoder = keras.Model(encoder_ids, encoded, name=self._model_name("encoder"))
+        # The joined model first: its calls are the layers' first, which
+        # bert4x.models.intermediate_model and attention_model read.
+        if encoder is not None and self.decoder_layers is not None:
+            probabilities = self.lm_activation(self.decoder_logits(encoded, decoder_ids))
+            model = keras.Model([encoder_ids, decoder_ids],
+                                self.decoder_output(probabilities, decoder_ids), name=self.name)
         if self.decoder_layers is not None:
             probabilities = self.lm_activation(self.decoder_logits(context, decoder_ids))
             decoder = keras.Model([context, decoder_ids],
                                   self.decoder_output(probabilities, decoder_ids),
                                   name=self._model_name("decoder"))
-        if encoder is not None and decoder is not None:
-            probabilities = self.lm_activation(self.decoder_logits(encoded, decoder_ids))
-            model = keras.Model([encoder_ids, decoder_ids],
-                                self.decoder_output(probabilities, decoder_ids), name=self.name)
         return encoder, decoder, model or encoder or decoder
 
     def _model_name(self, part):
@@ -597,7 +599,7 @@ class T5(Transformer):
     def _build_step_model(self):
         c = self.config
         cache = ((c.decoder_layers, 2, c.num_attention_heads, None, c.head_size),
-                 self.model.compute_dtype)
+                 self.token_embedding.compute_dtype)  # the layers' (mixed precision: bf16)
         inputs = {name: keras.Input(shape, dtype=dtype, name=name) for name, (shape, dtype) in
                   dict(token_ids=((1,), "int32"), source_cache=cache,
                        source_key_mask=((None,), "float32"), cache=cache,
