@@ -29,9 +29,18 @@ With ``--gpt2`` it times a GPT-2 instead (4 layers, hidden 256, 4 heads, GPT-2's
 same sources, the same number of new tokens (``min_new_tokens`` and ``min_length``
 force them), each route timed in turn in every round.
 
+``--models t5`` times an mT5 instead (4 encoder and 4 decoder blocks, hidden 256, 4
+heads of 64, gated feed-forward 1024, the same vocabulary; random weights made by
+``transformers`` and read by bert4x from its folder, so both run the same weights):
+bert4x's ``Decoder`` greedy and beam 4 (the encoder and the cross-attention keys once
+per source, the decoder's self-attention cached) against ``transformers``'
+``MT5ForConditionalGeneration.generate`` with its key/value cache, both batched over
+the 4 sources, timed in turn in the same run.
+
 Usage:
     python benchmarks/decode.py [--new-tokens 32 128] [--repeats 2] [--xla]
     python benchmarks/decode.py --gpt2 [--new-tokens 32] [--threads 1]
+    python benchmarks/decode.py --models t5 --new-tokens 32 [--repeats 3]
 """
 
 import os
@@ -172,6 +181,77 @@ def gpt2_against_transformers(args):
         for route in ("greedy", f"beam {args.beam}"):
             print(f"  ratio transformers / bert4x, {route}: "
                   f"{figures['transformers ' + route] / figures['bert4x ' + route]:.2f}x")
+def build_t5(folder):
+    """A random mT5 saved by transformers in ``folder`` (untied output, as mT5's), and
+    bert4x's builder of the same weights."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    from bert4x.models import build_transformer_model
+
+    torch.manual_seed(0)
+    config = transformers.MT5Config(
+        vocab_size=21128, d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4,
+        feed_forward_proj="gated-gelu", dropout_rate=0.0, decoder_start_token_id=0,
+        pad_token_id=0, eos_token_id=SEP)
+    transformers.MT5ForConditionalGeneration(config).save_pretrained(folder)
+    path = os.path.join(folder, "model.safetensors")
+    state = load_file(path)
+    state["lm_head.weight"] = torch.randn(state["shared.weight"].shape) * 0.05
+    save_file(state, path, metadata={"format": "pt"})
+    reference = transformers.MT5ForConditionalGeneration.from_pretrained(folder).eval()
+    return reference, build_transformer_model(checkpoint_path=folder,
+                                              return_keras_model=False)
+
+
+def t5_rows(args, sources):
+    """bert4x's cached decoding of an mT5 against transformers' generate."""
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        reference, builder = build_t5(folder)
+    print(f"\nbackend {keras.backend.backend()}, torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads; mT5 4+4x256, vocab 21128, {args.batch} "
+          f"sources x {args.source_length} tokens")
+    ids = torch.tensor(np.asarray(sources))
+    mask = torch.ones_like(ids)
+    for new_tokens in args.new_tokens:
+        settings = dict(max_length=new_tokens, min_length=new_tokens)
+        decoder = Decoder(builder, end_id=SEP)
+
+        def generate(beams):
+            with torch.no_grad():
+                return reference.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens, num_beams=beams, do_sample=False,
+                    use_cache=True, early_stopping=False)
+
+        functions = {
+            "bert4x greedy": lambda: decoder.greedy(sources, **settings),
+            "transformers greedy": lambda: generate(1),
+            f"bert4x beam {args.beam}": lambda: decoder.beam_search(
+                sources, beam_size=args.beam, **settings),
+            f"transformers beam {args.beam}": lambda: generate(args.beam),
+        }
+        found = functions["bert4x greedy"]()  # compiles
+        assert all(len(result.token_ids) == new_tokens for result in found)
+        produced = functions["transformers greedy"]()
+        # The same weights: the same greedy tokens (up to float ties on random weights).
+        same = np.mean([list(row[1:]) == result.token_ids
+                        for row, result in zip(produced.numpy(), found)])
+        for name, function in functions.items():
+            if "beam" in name:
+                function()  # warms up
+        figures = interleaved(functions, args.repeats, new_tokens * args.batch)
+        print(f"\n{new_tokens} new tokens ({same:.0%} of greedy sequences equal):")
+        for label, seconds in figures.items():
+            print(f"  {label:<24s} {seconds:.5f} s per generated token per source")
+        for search in ("greedy", f"beam {args.beam}"):
+            print(f"  ratio transformers / bert4x, {search}: "
+                  f"{figures['transformers ' + search] / figures['bert4x ' + search]:.2f}x")
 
 
 def main():
@@ -188,13 +268,19 @@ def main():
                         help="time GPT-2 against transformers' generate instead")
     parser.add_argument("--threads", type=int, default=0,
                         help="with --gpt2: threads of both libraries (0: their defaults)")
+    parser.add_argument("--models", nargs="+", choices=("unilm", "t5"), default=["unilm"],
+                        help="UniLM against re-runs, and/or mT5 against transformers")
     args = parser.parse_args()
     if args.gpt2:
         gpt2_against_transformers(args)
         return
 
-    builder = build(args)
     sources = make_sources(args)
+    if "t5" in args.models:
+        t5_rows(args, sources)
+    if "unilm" not in args.models:
+        return
+    builder = build(args)
     print(f"backend {keras.backend.backend()}, {os.cpu_count()} CPUs; UniLM 4x256, vocab "
           f"21128, {args.batch} sources x {args.source_length} tokens, beam {args.beam}")
     rerun_counts = (args.rerun_sources + args.rerun_sources[-1:] * len(args.new_tokens))

@@ -31,8 +31,9 @@ def variable_map(builder):
     """List ``(official_name, keras_variable, kind)`` for every weight of a builder.
 
     The family declares its names (``builder.variable_map()``); ``kind`` is
-    "plain" (same shape), "vocab" (rows follow keep_tokens) or "transposed"
-    ([out, in] in the official file, as BERT's NSP output_weights).
+    "plain" (same shape), "vocab" (rows follow keep_tokens), "vocab_columns"
+    (columns follow keep_tokens: an output kernel ``[hidden, vocab]``) or
+    "transposed" ([out, in] in the official file, as BERT's NSP output_weights).
     """
     return builder.variable_map()
 
@@ -401,17 +402,18 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
         shape = reader.shape(name)
         if transpose or kind == "transposed":
             shape = shape[::-1]
-        if kind == "vocab" and keep_tokens is not None:
-            if max(keep_tokens) >= shape[0]:
+        axis = vocabulary_axis(kind)
+        if axis is not None and keep_tokens is not None:
+            if max(keep_tokens) >= shape[axis]:
                 raise ValueError(
                     f"keep_tokens refers to row {max(keep_tokens)} but {name!r} in "
-                    f"{reader.path} has only {shape[0]} rows")
-            shape = (len(keep_tokens),) + shape[1:]
+                    f"{reader.path} has only {shape[axis]} rows")
+            shape = _resized(shape, axis, len(keep_tokens))
         expected = tuple(variable.shape)
-        if kind == "vocab" and shape[:1] != expected[:1]:
+        if axis is not None and shape[axis] != expected[axis]:
             raise ValueError(
                 f"vocabulary size mismatch: {name!r} in {reader.path} has "
-                f"{shape[0]} rows but the config's vocab_size gives {expected[0]}")
+                f"{shape[axis]} rows but the config's vocab_size gives {expected[axis]}")
         if shape != expected:
             raise ValueError(f"shape mismatch for {name!r} in {reader.path}: checkpoint "
                              f"{shape}, model variable {variable.path} expects {expected}")
@@ -422,12 +424,25 @@ def load_weights(builder, path, allow_missing_heads=False, ignore_unused_weights
         value = reader.get(name)
         if transpose or kind == "transposed":
             value = value.T
-        if kind == "vocab" and keep_tokens is not None:
-            value = value[np.asarray(keep_tokens)]
+        if vocabulary_axis(kind) is not None and keep_tokens is not None:
+            value = np.take(value, np.asarray(keep_tokens), axis=vocabulary_axis(kind))
         variable.assign(_finite(value, name, reader.path, variable.dtype))
     if missing_heads:
         warnings.warn(f"checkpoint {reader.path} lacks these head variables, which keep "
                       f"their initial values: {missing_heads}", stacklevel=3)
+
+
+def vocabulary_axis(kind):
+    """The axis of a variable of ``kind`` that runs over the vocabulary (its rows follow
+    ``keep_tokens``): 0 for "vocab", the last for "vocab_columns" (an output kernel
+    ``[hidden, vocab]``), None for the others."""
+    return {"vocab": 0, "vocab_columns": -1}.get(kind)
+
+
+def _resized(shape, axis, size):
+    shape = list(shape)
+    shape[axis] = size
+    return tuple(shape)
 
 
 def _finite(value, name, path, dtype):
@@ -450,7 +465,7 @@ def _finite(value, name, path, dtype):
 
 def _check_unused(reader, builder, pairs, consumed, ignore):
     """Refuse (or with ``ignore``, warn about) unconsumed names in the model's scope."""
-    groups = {"/".join(google_name.split("/")[:2]) + "/" for google_name, _, _ in pairs}
+    groups = builder.checkpoint_groups([google_name for google_name, _, _ in pairs])
     # Weights the model leaves out on purpose (say the segment table of a model
     # built without one) are no sign of a wrong config.
     dropped = builder.dropped_weight_names()
@@ -460,7 +475,7 @@ def _check_unused(reader, builder, pairs, consumed, ignore):
         # spellings and the names without the base model's prefix.
         candidates = {name for google_name, _, _ in pairs
                       for name in builder.hugging_face_names(google_name)[0]}
-        groups = {".".join(name.split(".")[:2]) + "." for name in candidates}
+        groups = builder.checkpoint_groups(candidates, ".")
         accounted.update(candidates)
         accounted.update(name for google_name in dropped
                          for name in builder.hugging_face_names(google_name)[0])

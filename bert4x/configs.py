@@ -82,6 +82,9 @@ class BertConfig:
     #: Keys of the family's config files that change nothing bert4x builds (heads it
     #: does not build, numerics it always uses): dropped without a warning.
     ignored_keys: typing.ClassVar[frozenset] = frozenset()
+    #: Fields of a family's config files that do not change the model bert4x builds
+    #: (ignored silently, as Hugging Face's bookkeeping fields are).
+    informational: typing.ClassVar[frozenset] = frozenset()
 
     vocab_size: int
     hidden_size: int = 768
@@ -146,6 +149,10 @@ class BertConfig:
                 raise ValueError(f"config field {name} must be a finite number > 0, "
                                  f"got {value!r}")
         self._check_activation()
+        self._check_head_size()
+
+    def _check_head_size(self):
+        """The head size is ``hidden_size / num_attention_heads``: it must divide."""
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by "
@@ -193,7 +200,8 @@ class BertConfig:
             if key in values and values[key] is None:
                 del values[key]
         known = set(cls.field_names())
-        unknown = sorted(set(values) - known - _INFORMATIONAL_KEYS - cls.ignored_keys)
+        unknown = sorted(set(values) - known - _INFORMATIONAL_KEYS - cls.ignored_keys
+                         - cls.informational)
         if unknown:
             warnings.warn(f"{source}: ignoring unknown config fields {unknown}", stacklevel=3)
         if "vocab_size" not in values:

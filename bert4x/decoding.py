@@ -152,6 +152,16 @@ class _CompiledModels:
         self.prefill_traces += 1
         return self._log_probs(call(self.prefill_model, dict(inputs)))
 
+    @staticmethod
+    def _taken(model, inputs):
+        """The named inputs ``model`` takes, of those the scorer offers (an
+        encoder-decoder's graphs take neither segments nor positions)."""
+        missing = sorted(set(model.input) - set(inputs))
+        if missing:
+            raise ValueError(f"the decoding graph {model.name!r} takes inputs {missing} that "
+                             f"the decoder does not give (it gives {sorted(inputs)})")
+        return {name: inputs[name] for name in model.input}
+
     def _step_body(self, call, inputs, parents):
         self.step_traces += 1
         # Reorder the beams' generated slots on the device (the source slots are shared).
@@ -160,9 +170,10 @@ class _CompiledModels:
 
     @staticmethod
     def _log_probs(outputs):
-        """``{"log_probs", "cache"}`` of a graph's ``{"logits", "cache"}``."""
-        return {"log_probs": ops.log_softmax(ops.cast(outputs["logits"], "float32"), axis=-1),
-                "cache": outputs["cache"]}
+        """A graph's outputs with ``"log_probs"`` in place of ``"logits"``."""
+        found = {name: value for name, value in outputs.items() if name != "logits"}
+        found["log_probs"] = ops.log_softmax(ops.cast(outputs["logits"], "float32"), axis=-1)
+        return found
 
     @staticmethod
     def _keras_call(model, inputs):
@@ -227,12 +238,16 @@ class _CompiledModels:
     def step_function(self):
         """The step callable for one decode (JAX binds the current weights once)."""
         if self.backend != "jax":
-            return self._step
-        weights = self._variables(self.step_model)
-        return lambda inputs, parents: self._step_jit(weights, inputs, parents)
+            step = self._step
+        else:
+            weights = self._variables(self.step_model)
+
+            def step(inputs, parents):
+                return self._step_jit(weights, inputs, parents)
+        return lambda inputs, parents: step(self._taken(self.step_model, inputs), parents)
 
     def prefill(self, inputs):
-        return self._prefill(inputs)
+        return self._prefill(self._taken(self.prefill_model, inputs))
 
 
 class _CachedScorer:
@@ -279,6 +294,9 @@ class _CachedScorer:
                            for name, extra in self.member_extras.items()}
         self.step = 0
         self.source_cache = self.cache = None
+        # What else the prefill returns (an encoder-decoder's cross-attention keys and
+        # values), one row per member, given to every step as it is.
+        self.shared = {}
         # The padding id is masked as a key in a full run, so a generated one
         # would not mean what it means in the cache: never emit it.
         self.banned_ids = (pad_id,)
@@ -289,6 +307,8 @@ class _CachedScorer:
             token_ids=self.token_ids, segment_ids=np.zeros_like(self.token_ids),
             last_index=self.lengths - 1, **self.member_extras))
         self.source_cache = outputs["cache"]
+        self.shared = {name: value for name, value in outputs.items()
+                       if name not in ("log_probs", "cache")}
         shape = list(ops.shape(self.source_cache))
         shape[0], shape[4] = self.rows, self.new_slots
         self.cache = ops.zeros(shape, dtype=self.source_cache.dtype)
@@ -308,7 +328,7 @@ class _CachedScorer:
         inputs = dict(token_ids=row_tokens, segment_ids=self.segment, position_ids=positions,
                       source_cache=self.source_cache, source_key_mask=self.source_key_mask,
                       cache=self.cache, key_mask=self.key_mask.copy(), write_mask=write_mask,
-                      **self.row_extras)
+                      **self.shared, **self.row_extras)
         outputs = self.step_function(inputs, row_parents)
         self.cache = outputs["cache"]
         self.step += 1
@@ -336,7 +356,7 @@ def _guidance_arguments(arguments):
 
 
 class Decoder:
-    """Cached, batched decoding for a ``unilm`` or ``lm`` model.
+    """Cached, batched decoding for a ``unilm`` or ``lm`` model, or an encoder-decoder.
 
     Each source (a list of token ids, e.g. ``[CLS] ... [SEP]`` of a UniLM
     source) is run once; generation then feeds one token per step at position
@@ -344,8 +364,13 @@ class Decoder:
     list of several token-id lists: these inputs are scored jointly, the next
     token's distribution being the mean of their distributions.
 
+    An encoder-decoder (T5, mT5) runs its encoder once per source, computes each
+    decoder layer's cross-attention keys and values of it once, and generates
+    from the decoder's start id (which is not part of the results); its decoder
+    caches its own keys and values as a UniLM does.
+
     Args:
-        builder: the :class:`bert4x.models.BERT` builder
+        builder: the model's builder
             (``build_transformer_model(..., return_keras_model=False)``).
         end_id: the token that ends a sequence (``[SEP]`` for UniLM), or None.
             Not 0: id 0 is padding, which the decoder never generates.
@@ -374,8 +399,9 @@ class Decoder:
 
     def __init__(self, builder, end_id=None, max_length=32, min_length=0,
                  target_segment_id=None, jit_compile=False):
-        if getattr(builder, "application", None) not in ("unilm", "lm"):
-            raise ValueError("Decoder needs a builder with application='unilm' or 'lm' "
+        if not getattr(builder, "generates", False):
+            raise ValueError("Decoder needs the builder of a generator: application='unilm' "
+                             "or 'lm', or an encoder-decoder such as T5 "
                              "(build_transformer_model(..., return_keras_model=False))")
         self.builder = builder
         self.vocab_size = builder.config.vocab_size

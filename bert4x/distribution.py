@@ -3,13 +3,16 @@
 :func:`layout_map` gives the ``keras.distribution.LayoutMap`` of a model on a
 ``DeviceMesh`` with a ``"model"`` axis (and usually a ``"data"`` axis):
 
-* the token embedding ``[V, E]`` and the MLM output bias ``[V]`` are split on the
-  vocabulary (the MLM logits reuse the token embedding, so the output layer is split
-  on the vocabulary too);
+* the token embedding ``[V, E]``, the MLM output bias ``[V]`` and T5's untied output
+  kernel ``[H, V]`` are split on the vocabulary (the MLM logits reuse the token
+  embedding, so the output layer is split on the vocabulary too);
 * the query, key and value kernels ``[H, H]`` and the first feed-forward kernel
   ``[H, I]`` are split by columns (heads, hidden units), the attention output and the
-  second feed-forward kernel by rows, so each block needs one reduction per half;
-* everything else is replicated: norms, biases, the segment and position tables,
+  second feed-forward kernel by rows, so each block needs one reduction per half
+  (T5's cross-attention as its self-attention, its gated feed-forward's first
+  kernels alike);
+* everything else is replicated: norms, biases, the segment and position tables
+  (T5's relative position biases too),
   the small heads (pooler, NSP, MLM transform, ELECTRA's discriminator,
   RoFormer-V2's output mapping), ALBERT's
   and ELECTRA's embedding mapping, the Conditional Layer Normalization weights and
@@ -38,23 +41,27 @@ MODEL = "model"
 # (rule name, pattern fully matching a variable path, axes with MODEL where it is split).
 # The patterns are mutually exclusive: LayoutMap refuses a path that two keys match.
 _BLOCK = r"(?:[\w.-]+-)?"  # "Transformer-3-", "Transformer-" (shared ALBERT block) or none
+_ATTENTION = r"MultiHead(?:Self|Cross)Attention"  # T5's decoder attends to the encoder too
 LAYOUT_RULES = (
     ("token embedding (vocabulary)", r"Embedding-Token/embeddings", (MODEL, None)),
     ("MLM output bias (vocabulary)", r"MLM-Bias/bias", (MODEL,)),
+    ("LM output kernel (vocabulary)", r"Decoder-Output-LM/kernel", (None, MODEL)),
     ("attention query/key/value (columns)",
-     _BLOCK + r"MultiHeadSelfAttention/(?:query|key|value)/kernel", (None, MODEL)),
-    ("attention output (rows)", _BLOCK + r"MultiHeadSelfAttention/output/kernel", (MODEL, None)),
-    ("feed-forward in (columns)", _BLOCK + r"FeedForward/intermediate/kernel", (None, MODEL)),
+     _BLOCK + _ATTENTION + r"/(?:query|key|value)/kernel", (None, MODEL)),
+    ("attention output (rows)", _BLOCK + _ATTENTION + r"/output/kernel", (MODEL, None)),
+    ("feed-forward in (columns)", _BLOCK + r"FeedForward/intermediate(?:_\d+)?/kernel",
+     (None, MODEL)),
     ("feed-forward out (rows)", _BLOCK + r"FeedForward/output/kernel", (MODEL, None)),
     ("block biases (replicated)",
      _BLOCK + r"(?:MultiHeadSelfAttention/(?:query|key|value|output)"
      r"|FeedForward/(?:intermediate|output))/bias", None),
     # "-Norm-0", "-Norm-1": a sub-block normalised before and after (GPT2-ML).
-    ("norms (replicated)", r"[\w.-]+-Norm(?:-\d)?/(?:gamma|beta)", None),
+    ("norms (replicated)", r"[\w.-]+-Norm(?:-\d)?/(?:gamma|beta|scale)", None),
     ("conditional norm weights (replicated)",
      r"(?:[\w.-]+-Norm(?:-\d)?/(?:gamma|beta)_dense|LayerNorm-Condition)/kernel", None),
     ("segment and position tables (replicated)",
-     r"Embedding-(?:Segment|Position)/embeddings", None),
+     r"(?:Encoder-|Decoder-)?Embedding-(?:Segment|Position|Relative-Position)/embeddings",
+     None),
     ("embedding mapping (replicated)",
      r"(?:Embedding-Mapping/(?:kernel|bias)|Embedding-Token-Projection/kernel)", None),
     ("heads (replicated)",

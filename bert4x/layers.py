@@ -56,6 +56,7 @@ def _gelu_tanh(x):
 
 _ACTIVATIONS = {
     "gelu": _gelu_erf,
+    "gelu_erf": _gelu_erf,
     "gelu_tanh": _gelu_tanh,
     "gelu_new": _gelu_tanh,
     "gelu_fast": _gelu_tanh,
@@ -66,8 +67,9 @@ _ACTIVATIONS = {
 def get_activation(name):
     """Resolve an activation name as BERT configs spell it.
 
-    ``"gelu"`` is the exact erf form (Hugging Face, bert4keras); ``"gelu_new"``
-    and ``"gelu_tanh"`` are the tanh approximation of Google's original code.
+    ``"gelu"`` (or ``"gelu_erf"``, bert4keras's explicit name) is the exact erf
+    form (Hugging Face, bert4keras); ``"gelu_new"`` and ``"gelu_tanh"`` are the
+    tanh approximation of Google's original code.
     Other names go to ``keras.activations.get`` (``"relu"``, ``"tanh"``, ...).
     """
     if name is None or callable(name):
@@ -539,11 +541,15 @@ class RelativePositionEncoding(PositionEncoding):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MultiHeadAttention(keras.layers.Layer):
-    """Multi-head self-attention with an additive mask.
+    """Multi-head attention with an additive mask: self-attention, or cross-attention
+    over a ``context``.
 
-    Scores are ``q k^T / sqrt(head_size) + attention_bias``, softmaxed in float32.
-    ``layer(x, attention_bias)`` returns the output ``[batch, length, hidden]``, one
-    tensor whatever it is given.
+    Scores are ``q k^T / sqrt(head_size) + attention_bias`` (without the
+    ``1 / sqrt(head_size)`` when ``attention_scale=False``, as T5, which folds it
+    into its initialisation), softmaxed in float32. ``layer(x, attention_bias)``
+    returns the output ``[batch, length, hidden]``, one tensor whatever it is
+    given; ``layer(x, attention_bias, context=c)`` takes the keys and values from
+    ``c`` ``[batch, M, hidden]`` (an encoder's output) instead of ``x``.
 
     The same weights serve two other uses, each a layer of its own with a fixed
     output (a Keras graph records a layer's output structure at its first call,
@@ -570,23 +576,27 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_initializer: initializer of the four projections.
         position_encoding: None, or a :class:`PositionEncoding`
             (:class:`RotaryPositionEncoding`, :class:`RelativePositionEncoding`).
-        use_bias: whether the four projections have biases (RoFormer-V2's have none).
+        use_bias: biases in the four projections (T5 has none).
+        attention_scale: divide the scores by ``sqrt(head_size)``.
 
     Example:
         >>> attention = MultiHeadAttention(num_heads=2, head_size=8)
         >>> tuple(attention(keras.ops.ones((1, 5, 16))).shape)
         (1, 5, 16)
+        >>> attention(keras.ops.ones((1, 5, 16)), context=keras.ops.ones((1, 7, 16))).shape
+        (1, 5, 16)
     """
 
     def __init__(self, num_heads, head_size, attention_dropout=0.0,
                  kernel_initializer="glorot_uniform", position_encoding=None, use_bias=True,
-                 **kwargs):
+                 attention_scale=True, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.head_size = int(head_size)
         self.attention_dropout = float(attention_dropout)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.use_bias = bool(use_bias)
+        self.attention_scale = bool(attention_scale)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
         # through, also in a model loaded from .keras.
         self.supports_masking = True
@@ -621,17 +631,18 @@ class MultiHeadAttention(keras.layers.Layer):
         x = ops.reshape(x, (batch, length, self.num_heads, self.head_size))
         return ops.transpose(x, (0, 2, 1, 3))
 
-    def call(self, inputs, attention_bias=None, training=None):
-        query, key, value = self.project(inputs)
+    def call(self, inputs, attention_bias=None, context=None, training=None):
+        query, key, value = self.project(inputs, context=context)
         output, _ = self.attend(query, key, value, attention_bias, training=training)
         return output
 
-    def project(self, inputs, positions=None):
+    def project(self, inputs, positions=None, context=None):
         """Per-head ``(query, key, value)``, each ``[batch, heads, length, head_size]``.
 
         Queries and keys are position-encoded (a :class:`PositionEncoding`'s
         :meth:`~PositionEncoding.encode`) at ``positions`` ``[batch, length]``,
-        None meaning ``0..length-1``.
+        None meaning ``0..length-1``. With ``context`` ``[batch, M, hidden]``
+        (cross-attention) the keys and values are the context's, ``M`` long.
 
         Example:
             >>> attention = MultiHeadAttention(num_heads=2, head_size=8)
@@ -640,12 +651,23 @@ class MultiHeadAttention(keras.layers.Layer):
             >>> tuple(key.shape)
             (1, 2, 5, 8)
         """
-        query = self._split_heads(self.query_dense(inputs))
-        key = self._split_heads(self.key_dense(inputs))
-        value = self._split_heads(self.value_dense(inputs))
+        query = self.project_query(inputs)
+        source = inputs
+        if context is not None:
+            if self.position_encoding is not None:
+                raise ValueError(f"{self.name}: cross-attention (context=) takes no "
+                                 "position encoding: the keys are another sequence's")
+            source = context
+        key = self._split_heads(self.key_dense(source))
+        value = self._split_heads(self.value_dense(source))
         if self.position_encoding is not None:
             query, key = self.position_encoding.encode(query, key, positions)
         return query, key, value
+
+    def project_query(self, inputs):
+        """Per-head queries ``[batch, heads, length, head_size]``, not position-encoded
+        (cross-attention's, whose keys are cached already)."""
+        return self._split_heads(self.query_dense(inputs))
 
     def attend(self, query, key, value, attention_bias=None, query_positions=None,
                key_positions=None, source=None, training=None):
@@ -653,7 +675,9 @@ class MultiHeadAttention(keras.layers.Layer):
 
         Args:
             query: ``[batch, heads, length, head_size]`` (from :meth:`project`).
-            key, value: ``[batch, heads, M, head_size]``.
+            key, value: ``[batch, heads, M, head_size]``; None with a ``source``
+                (the rows attend to the source's keys alone: cross-attention
+                over cached keys and values).
             attention_bias: additive mask broadcastable to ``[batch, heads,
                 length, M]``.
             query_positions, key_positions: absolute positions ``[batch,
@@ -678,8 +702,12 @@ class MultiHeadAttention(keras.layers.Layer):
             (1, 2, 5, 5)
         """
         query32 = ops.cast(query, "float32")
-        parts = [self._keys(query32, key, value, attention_bias, query_positions,
-                            key_positions)]
+        parts = []
+        if key is not None:
+            parts.append(self._keys(query32, key, value, attention_bias, query_positions,
+                                    key_positions))
+        elif source is None:
+            raise ValueError(f"{self.name}: nothing to attend to: pass keys, or a source")
         if source is not None:
             source_cache = source["cache"]
             parts.insert(0, self._keys(query32, source_cache[:, 0], source_cache[:, 1],
@@ -689,7 +717,9 @@ class MultiHeadAttention(keras.layers.Layer):
             scores = parts[0]["scores"]
         else:
             scores = ops.concatenate([part["scores"] for part in parts], axis=-1)
-        probs = ops.softmax(scores, axis=-1)
+        # One key (T5's start id alone): its probability is 1, and Keras warns about
+        # a softmax over one element.
+        probs = ops.ones_like(scores) if scores.shape[-1] == 1 else ops.softmax(scores, axis=-1)
         dropped = self.dropout(ops.cast(probs, self.compute_dtype), training=training)
         if len(parts) == 1:
             context = self._context(dropped, parts[0])
@@ -706,13 +736,11 @@ class MultiHeadAttention(keras.layers.Layer):
         """Scaled scores of ``query32`` against one set of keys, and what the context
         needs of them. ``shared`` keys are ``[sources, heads, K, d]``, each attended by
         its group of ``batch // sources`` consecutive query rows."""
+        sources = ops.shape(key)[0]
         if shared:
-            grouped = _by_source(query32, ops.shape(key)[0])
-            scores = ops.einsum("schqd,shkd->schqk", grouped, ops.cast(key, "float32"))
-            if bias is not None:
-                # a large negative bias still masks after the scaling below
-                scores = scores + ops.cast(bias, "float32")[:, None]
-            scores = _by_row(scores)
+            grouped = _by_source(query32, sources)
+            scores = _by_row(ops.einsum("schqd,shkd->schqk", grouped,
+                                        ops.cast(key, "float32")))
             if key_positions is not None and query_positions is not None:
                 # every row of a source sees that source's key positions
                 key_positions = _by_row(ops.broadcast_to(
@@ -726,8 +754,11 @@ class MultiHeadAttention(keras.layers.Layer):
                 self.head_size)
         if relative is not None:
             scores = scores + _with_relative(query32, relative, "scores")
-        scores = scores / math.sqrt(self.head_size)
-        if bias is not None and not shared:
+        if self.attention_scale:
+            scores = scores / math.sqrt(self.head_size)
+        if bias is not None and shared:  # one bias per source, for its group of rows
+            scores = _by_row(_by_source(scores, sources) + ops.cast(bias, "float32")[:, None])
+        elif bias is not None:
             scores = scores + ops.cast(bias, "float32")
         return {"scores": scores, "value": value, "relative": relative, "shared": shared}
 
@@ -744,17 +775,17 @@ class MultiHeadAttention(keras.layers.Layer):
                 probs, ops.cast(part["relative"], self.compute_dtype), "context")
         return context
 
-    def compute_output_spec(self, inputs, attention_bias=None, training=None):
+    def compute_output_spec(self, inputs, attention_bias=None, context=None, training=None):
         return keras.KerasTensor(inputs.shape, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
         config.update(num_heads=self.num_heads, head_size=self.head_size,
-                      attention_dropout=self.attention_dropout,
+                      attention_dropout=self.attention_dropout, use_bias=self.use_bias,
+                      attention_scale=self.attention_scale,
                       kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
                       position_encoding=None if self.position_encoding is None else
-                      keras.saving.serialize_keras_object(self.position_encoding),
-                      use_bias=self.use_bias)
+                      keras.saving.serialize_keras_object(self.position_encoding))
         return config
 
 
@@ -775,7 +806,12 @@ class CachedAttention(keras.layers.Wrapper):
       ``attention_bias`` covers the M cached keys. The cache comes back with the
       slot written. The blend with a one-hot keeps every shape static, so a
       compiled step never retraces.
-    * the same with ``source_cache=s, source_bias=b``: the keys and values of
+    * ``cached(x, attention_bias, context=c)``: cross-attention over ``c``
+      ``[batch, M, hidden]``; the cache holds the context's keys and values.
+    * ``cached(x, source_cache=s, source_bias=b)`` without ``cache``: the rows
+      attend to the source's keys and values alone (cross-attention over a
+      context cached once per source; see below); the cache comes back as ``s``.
+    * ``cache`` and ``write_mask`` with ``source_cache=s, source_bias=b``: the keys and values of
       the sources, ``[sources, 2, heads, S, head_size]``, stored once per
       source and attended by every row of that source (the rows are grouped
       by source: ``batch // sources`` consecutive rows each, e.g. the beams
@@ -816,18 +852,17 @@ class CachedAttention(keras.layers.Wrapper):
 
     def call(self, inputs, attention_bias=None, cache=None, write_mask=None,
              query_positions=None, key_positions=None, source_cache=None, source_bias=None,
-             source_key_positions=None, training=None):
+             source_key_positions=None, context=None, training=None):
         attention = self.layer
-        query, key, value = attention.project(inputs, query_positions)
+        if cache is None and source_cache is not None:
+            return self._attend_source(inputs, source_cache, source_bias, training)
+        query, key, value = attention.project(inputs, query_positions, context=context)
         if cache is not None:
             if write_mask is None:
                 raise ValueError(f"{self.name}: a cache needs write_mask=<one-hot [batch, M]>")
             slot = ops.cast(write_mask, key.dtype)[:, None, :, None]
             key = cache[:, 0] * (1 - slot) + key * slot
             value = cache[:, 1] * (1 - slot) + value * slot
-        elif source_cache is not None:
-            raise ValueError(f"{self.name}: source_cache is for cached steps: pass the rows' "
-                             "cache and write_mask too")
         encoding = attention.position_encoding
         if encoding is not None and cache is not None and encoding.needs_key_positions and (
                 query_positions is None or key_positions is None
@@ -843,10 +878,27 @@ class CachedAttention(keras.layers.Wrapper):
                                      key_positions, source=source, training=training)
         return {"output": output, "cache": ops.stack([key, value], axis=1)}
 
-    def compute_output_spec(self, inputs, attention_bias=None, cache=None, **kwargs):
+    def _attend_source(self, inputs, source_cache, source_bias, training):
+        """The rows' queries over the source's cached keys and values alone."""
+        attention = self.layer
+        if attention.position_encoding is not None:
+            raise ValueError(f"{self.name}: attending to a source alone is cross-attention, "
+                             "which takes no position encoding")
+        output, _ = attention.attend(attention.project_query(inputs), None, None,
+                                     source=dict(cache=source_cache, bias=source_bias),
+                                     training=training)
+        return {"output": output, "cache": source_cache}
+
+    def compute_output_spec(self, inputs, attention_bias=None, cache=None, source_cache=None,
+                            context=None, **kwargs):
         attention = self.layer
         batch, length = inputs.shape[0], inputs.shape[1]
+        if cache is None and source_cache is not None:
+            return {"output": keras.KerasTensor(inputs.shape, self.compute_dtype),
+                    "cache": keras.KerasTensor(source_cache.shape, self.compute_dtype)}
         keys = cache.shape[3] if cache is not None else length
+        if cache is None and context is not None:
+            keys = context.shape[1]
         return {"output": keras.KerasTensor(inputs.shape, self.compute_dtype),
                 "cache": keras.KerasTensor(
                     (batch, 2, attention.num_heads, keys, attention.head_size),
@@ -859,7 +911,8 @@ class CachedAttention(keras.layers.Wrapper):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class AttentionProbabilities(keras.layers.Wrapper):
     """The attention probabilities ``[batch, heads, query, key]`` of a
-    :class:`MultiHeadAttention` called as ``layer(x, attention_bias)``.
+    :class:`MultiHeadAttention` called as ``layer(x, attention_bias)`` (or with
+    ``context=``: cross-attention's, over the context's keys).
 
     Float32, before dropout; masked keys get probability 0. The weights are
     those of ``layer`` (not copied). :func:`bert4x.models.attention_model` reads
@@ -885,15 +938,16 @@ class AttentionProbabilities(keras.layers.Wrapper):
         # A padding mask is dropped quietly (compute_mask): the axes are not the input's.
         self.supports_masking = True
 
-    def call(self, inputs, attention_bias=None, training=None):
+    def call(self, inputs, attention_bias=None, context=None, training=None):
         attention = self.layer
-        _, probabilities = attention.attend(*attention.project(inputs), attention_bias,
-                                            training=training)
+        _, probabilities = attention.attend(*attention.project(inputs, context=context),
+                                            attention_bias, training=training)
         return probabilities
 
-    def compute_output_spec(self, inputs, attention_bias=None, training=None):
+    def compute_output_spec(self, inputs, attention_bias=None, context=None, training=None):
         batch, length = inputs.shape[0], inputs.shape[1]
-        return keras.KerasTensor((batch, self.layer.num_heads, length, length), "float32")
+        keys = length if context is None else context.shape[1]
+        return keras.KerasTensor((batch, self.layer.num_heads, length, keys), "float32")
 
     def compute_mask(self, inputs, previous_mask=None):
         return None
@@ -925,48 +979,76 @@ def _with_relative(per_head, relative, term):
 class FeedForward(keras.layers.Layer):
     """Position-wise feed-forward: ``Dense(units, activation)`` then back to the input size.
 
+    With a list of activations it is gated (T5.1.1's ``gated-gelu``): one
+    intermediate Dense per activation, their outputs multiplied, e.g.
+    ``["gelu_new", "linear"]`` gives ``gelu(x W_0) * (x W_1)`` before the output
+    Dense. The first intermediate Dense is named ``intermediate``, the others
+    ``intermediate_1``, ``intermediate_2``, ...
+
     Args:
         units: the intermediate size.
-        activation: a name understood by :func:`get_activation`.
-        kernel_initializer: initializer of both kernels.
-        use_bias: whether both Dense layers have biases (RoFormer-V2's have none).
+        activation: a name understood by :func:`get_activation`, or a list of them.
+        kernel_initializer: initializer of the kernels.
+        use_bias: biases in the Dense layers (T5 has none).
+
+    Example:
+        >>> gated = FeedForward(8, ["gelu_new", "linear"], use_bias=False)
+        >>> gated(keras.ops.ones((2, 3, 4))).shape
+        (2, 3, 4)
     """
 
     def __init__(self, units, activation="gelu", kernel_initializer="glorot_uniform",
                  use_bias=True, **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
+        if isinstance(activation, (list, tuple)):
+            if not activation:
+                raise ValueError("FeedForward needs at least one activation, got []")
+            activation = list(activation)
         self.activation = activation
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         # Position-wise: a Keras padding mask (bert4x.bert4keras models carry one) passes
         # through, also in a model loaded from .keras.
         self.supports_masking = True
 
+    @property
+    def activations(self):
+        """The activation names, one per intermediate Dense."""
+        return self.activation if isinstance(self.activation, list) else [self.activation]
+
     def build(self, input_shape):
         hidden = input_shape[-1]
         init = keras.initializers.serialize(self.kernel_initializer)
-        self.intermediate_dense = keras.layers.Dense(
-            self.units, activation=get_activation(self.activation), name="intermediate",
-            kernel_initializer=keras.initializers.get(init), use_bias=self.use_bias,
-            dtype=self.dtype_policy)
-        self.intermediate_dense.build((None, hidden))
-        self.output_dense = keras.layers.Dense(
-            hidden, name="output", kernel_initializer=keras.initializers.get(init),
-            use_bias=self.use_bias, dtype=self.dtype_policy)
-        self.output_dense.build((None, self.units))
+
+        def dense(units, name, in_dim, activation=None):
+            layer = keras.layers.Dense(
+                units, activation=get_activation(activation), name=name,
+                use_bias=self.use_bias, kernel_initializer=keras.initializers.get(init),
+                dtype=self.dtype_policy)
+            layer.build((None, in_dim))
+            return layer
+
+        self.intermediate_denses = [
+            dense(self.units, "intermediate" + (f"_{index}" if index else ""), hidden,
+                  activation)
+            for index, activation in enumerate(self.activations)]
+        self.intermediate_dense = self.intermediate_denses[0]
+        self.output_dense = dense(hidden, "output", self.units)
 
     def call(self, inputs):
-        return self.output_dense(self.intermediate_dense(inputs))
+        hidden = self.intermediate_denses[0](inputs)
+        for gate in self.intermediate_denses[1:]:
+            hidden = hidden * gate(inputs)
+        return self.output_dense(hidden)
 
     def compute_output_spec(self, inputs):
         return keras.KerasTensor(inputs.shape, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
-        config.update(units=self.units, activation=self.activation,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-                      use_bias=self.use_bias)
+        config.update(units=self.units, activation=self.activation, use_bias=self.use_bias,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
         return config
 
 
@@ -974,7 +1056,9 @@ class FeedForward(keras.layers.Layer):
 class AttentionBias(keras.layers.Layer):
     """Additive attention bias ``[batch, 1, query, key]`` from token and segment ids.
 
-    Keys holding ``pad_id`` (0 for BERT, 1 for fairseq RoBERTa) are masked.
+    Keys holding ``pad_id`` (0 for BERT, 1 for fairseq RoBERTa) are masked
+    (``pad_id=None``: none is, as in T5's decoder, whose first token is the pad
+    id and whose causal mask keeps real tokens from the padding after them).
     ``application`` picks the pattern:
 
     * ``"encoder"``: every position sees every non-padding key;
@@ -991,7 +1075,7 @@ class AttentionBias(keras.layers.Layer):
             raise ValueError(
                 f"unknown application {application!r}; expected one of {self.APPLICATIONS}")
         self.application = application
-        self.pad_id = int(pad_id)
+        self.pad_id = None if pad_id is None else int(pad_id)
 
     def call(self, token_ids, segment_ids=None):
         allowed = attention_mask(token_ids, segment_ids, self.application, self.pad_id)
@@ -1009,7 +1093,10 @@ class AttentionBias(keras.layers.Layer):
 
 def attention_mask(token_ids, segment_ids=None, application="encoder", pad_id=0):
     """Boolean mask ``[batch, query, key]`` (True = may attend); see :class:`AttentionBias`."""
-    key_valid = ops.not_equal(token_ids, pad_id)[:, None, :]
+    if pad_id is None:
+        key_valid = ops.ones_like(token_ids, dtype="bool")[:, None, :]
+    else:
+        key_valid = ops.not_equal(token_ids, pad_id)[:, None, :]
     length = ops.shape(token_ids)[1]
     if application == "encoder":
         return ops.broadcast_to(key_valid, (ops.shape(token_ids)[0], length, length))
@@ -1022,6 +1109,186 @@ def attention_mask(token_ids, segment_ids=None, application="encoder", pad_id=0)
     cumulative = ops.cumsum(ops.cast(segment_ids, "int32"), axis=1)
     seq2seq = cumulative[:, None, :] <= cumulative[:, :, None]
     return ops.logical_and(seq2seq, key_valid)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PaddingBias(keras.layers.Layer):
+    """Additive bias ``[batch, 1, 1, keys]`` masking padded keys: 0 where a key may be
+    attended, -1e9 where it is padding.
+
+    Called on ids ``[batch, keys]``, the keys holding ``pad_id`` are padding; called
+    on vectors ``[batch, keys, width]`` (an encoder's output given to a decoder,
+    as bert4keras's T5 decoder takes it), the all-zero vectors are.
+
+    Args:
+        pad_id: the padding id (for ids).
+
+    Example:
+        >>> keras.ops.convert_to_numpy(PaddingBias()(np.array([[5, 6, 0]])))[0, 0, 0].tolist()
+        [0.0, 0.0, -1000000000.0]
+    """
+
+    def __init__(self, pad_id=0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_id = int(pad_id)
+
+    def call(self, inputs):
+        if len(inputs.shape) == 3:
+            valid = ops.any(ops.not_equal(inputs, 0), axis=-1)
+        else:
+            valid = ops.not_equal(inputs, self.pad_id)
+        return ops.where(valid, 0.0, _MASK_PENALTY)[:, None, None, :]
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor((inputs.shape[0], 1, 1, inputs.shape[1]), "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(pad_id=self.pad_id)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RMSNormalization(keras.layers.Layer):
+    """Root-mean-square normalisation (T5's ``layer_norm``): no centring, no offset.
+
+    ``y = x / sqrt(mean(x^2) + epsilon) * scale``, computed in float32.
+
+    Args:
+        epsilon: added to the mean square (1e-6 in T5).
+
+    Example:
+        >>> RMSNormalization()(keras.ops.ones((2, 3, 8))).shape
+        (2, 3, 8)
+    """
+
+    def __init__(self, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+        self.supports_masking = True  # position-wise: a padding mask passes through
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],),
+                                     initializer="ones")
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        x = x * ops.rsqrt(ops.mean(ops.square(x), axis=-1, keepdims=True) + self.epsilon)
+        return ops.cast(x * ops.cast(self.scale, "float32"), self.compute_dtype)
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(inputs.shape, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon)
+        return config
+
+
+def t5_relative_buckets(relative, bidirectional=True, num_buckets=32, max_distance=128):
+    """T5's bucket of each relative position ``key - query`` (int ``[...]``).
+
+    Distances below ``num_buckets / 2`` (bidirectional: per direction, half the
+    buckets each) get a bucket of their own, longer ones share logarithmically
+    wider buckets up to ``max_distance``, beyond which all share the last.
+    A causal (not bidirectional) stack puts every key after the query in bucket 0.
+    The logarithm is taken in float32, as Mesh TensorFlow and Hugging Face do, so
+    the buckets are theirs at every boundary.
+
+    Example:
+        >>> buckets = t5_relative_buckets(np.array([-200, -20, -1, 0, 1, 20]))
+        >>> keras.ops.convert_to_numpy(buckets).tolist()
+        [15, 10, 1, 0, 17, 26]
+    """
+    relative = ops.convert_to_tensor(relative, "int32")
+    buckets = ops.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + ops.cast(relative > 0, "int32") * num_buckets
+        distance = ops.abs(relative)
+    else:
+        distance = -ops.minimum(relative, 0)
+    exact = num_buckets // 2
+    # log(0) is never used (those distances are exact); 1 keeps it finite.
+    scaled = ops.log(ops.cast(ops.maximum(distance, 1), "float32") / exact)
+    scaled = scaled / math.log(max_distance / exact) * (num_buckets - exact)
+    large = ops.minimum(exact + ops.cast(scaled, "int32"), num_buckets - 1)
+    return buckets + ops.where(distance < exact, distance, large)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RelativePositionBias(keras.layers.Layer):
+    """T5's learned relative position bias ``[batch or 1, heads, query, key]``.
+
+    One scalar per head and bucket of ``key position - query position`` (see
+    :func:`t5_relative_buckets`), added to the attention scores. T5 computes it
+    once per stack (in its first layer) and every layer of the stack adds it.
+    The table ``embeddings`` is ``[heads, num_buckets]``, as Mesh TensorFlow
+    stores it.
+
+    ``layer(queries, keys)`` on hidden states ``[batch, q, width]`` and ``[batch,
+    k, width]`` takes their positions ``0..q-1`` and ``0..k-1`` and returns ``[1,
+    heads, q, k]``; on int positions ``[batch, q]`` and ``[batch, k]`` (absolute:
+    a decoding step) it returns ``[batch, heads, q, k]``. The bias is float32,
+    as the scores it is added to.
+
+    Args:
+        num_heads: heads.
+        num_buckets: buckets (32 in T5).
+        max_distance: the distance from which all share the last bucket (128).
+        bidirectional: an encoder's (True) or a causal decoder's buckets.
+        embeddings_initializer: initializer of the table.
+
+    Example:
+        >>> bias = RelativePositionBias(num_heads=2)
+        >>> bias(keras.ops.ones((1, 5, 8)), keras.ops.ones((1, 7, 8))).shape
+        (1, 2, 5, 7)
+    """
+
+    def __init__(self, num_heads, num_buckets=32, max_distance=128, bidirectional=True,
+                 embeddings_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.num_buckets = int(num_buckets)
+        self.max_distance = int(max_distance)
+        self.bidirectional = bool(bidirectional)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        least = 4 if self.bidirectional else 2  # each direction needs an exact bucket
+        if self.num_buckets < least or self.max_distance < 1:
+            raise ValueError(f"{self.name}: num_buckets must be >= {least} and max_distance "
+                             f">= 1, got {num_buckets} and {max_distance}")
+
+    def build(self, *shapes, **kwargs):
+        self.embeddings = self.add_weight(
+            name="embeddings", shape=(self.num_heads, self.num_buckets),
+            initializer=self.embeddings_initializer)
+
+    def call(self, queries, keys):
+        if len(queries.shape) != len(keys.shape):
+            raise ValueError(f"{self.name}: pass two hidden states [batch, length, width] "
+                             f"or two position tensors [batch, length], got ranks "
+                             f"{len(queries.shape)} and {len(keys.shape)}")
+        if len(queries.shape) == 3:
+            queries = ops.arange(ops.shape(queries)[1], dtype="int32")[None]
+            keys = ops.arange(ops.shape(keys)[1], dtype="int32")[None]
+        relative = ops.cast(keys, "int32")[:, None, :] - ops.cast(queries, "int32")[:, :, None]
+        buckets = t5_relative_buckets(relative, self.bidirectional, self.num_buckets,
+                                      self.max_distance)
+        table = ops.cast(self.embeddings, "float32")
+        return ops.transpose(ops.take(table, buckets, axis=1), (1, 0, 2, 3))
+
+    def compute_output_spec(self, queries, keys):
+        batch = 1 if len(queries.shape) == 3 else queries.shape[0]
+        return keras.KerasTensor((batch, self.num_heads, queries.shape[1], keys.shape[1]),
+                                 "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_heads=self.num_heads, num_buckets=self.num_buckets,
+                      max_distance=self.max_distance, bidirectional=self.bidirectional,
+                      embeddings_initializer=keras.initializers.serialize(
+                          self.embeddings_initializer))
+        return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -58,7 +58,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
                             layer_norm_cond=None,
                             layer_norm_cond_hidden_size=None, layer_norm_cond_hidden_act=None,
                             additional_input_layers=None, dtype=None,
-                            with_discriminator=False, **overrides):
+                            with_discriminator=False, name=None, **overrides):
     """Build a Keras model of the BERT family, optionally loading pretrained weights.
 
     Args:
@@ -96,6 +96,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
             additional_input_layers: Conditional Layer Normalization (see
             :class:`Transformer`).
         dtype: a Keras dtype policy name such as ``"mixed_bfloat16"``.
+        name: the name of the Keras model (default: the family's).
         **overrides: config fields to override (e.g. ``hidden_dropout_prob=0``), or
             the whole config when ``config_path`` is None.
 
@@ -138,7 +139,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
         layer_norm_cond_hidden_size=layer_norm_cond_hidden_size,
         layer_norm_cond_hidden_act=layer_norm_cond_hidden_act,
         additional_input_layers=additional_input_layers, dtype=dtype,
-        with_discriminator=with_discriminator)
+        with_discriminator=with_discriminator, name=name)
     if checkpoint_path is not None:
         builder.load_checkpoint(checkpoint_path, allow_missing_heads=allow_missing_heads,
                                 ignore_unused_weights=ignore_unused_weights)

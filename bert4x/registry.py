@@ -111,9 +111,11 @@ def read_same_weights(first, second):
     return first == second or declares(first, second) or declares(second, first)
 
 
-def families_without_position_table():
-    """Names of the registered families that have no learned position table."""
-    return sorted(name for name, family in MODELS.items() if not family.absolute_positions)
+def families_without_position_table(prefix=None):
+    """Names of the registered families that have no learned position table (of those
+    whose official names start with ``prefix``, e.g. ``bert``, when given)."""
+    return sorted(name for name, family in MODELS.items() if not family.absolute_positions
+                  and prefix in (None, family.prefix))
 
 
 def _path(family):

@@ -194,6 +194,12 @@ class Transformer:
     #: ``{"attn.c_attn": ("query", "key", "value")}``). See
     #: :func:`bert4x.checkpoints.split_fused`.
     hf_fused = {}
+    #: An encoder-decoder (T5): its ``model`` takes ``[encoder ids, decoder ids]``
+    #: and its builder has ``encoder`` and ``decoder`` models.
+    encoder_decoder = False
+    #: Config values bert4x.bert4keras builds this family with unless told
+    #: otherwise: what bert4keras computes differently from the original model.
+    bert4keras_config = {}
 
     def __init__(self, config, application=None, with_pool=False, with_nsp=False,
                  with_mlm=False, with_discriminator=False, keep_tokens=None,
@@ -202,17 +208,7 @@ class Transformer:
                  name=None):
         application = self._check_application(application)
         self.check_config(config)
-        if keep_tokens is not None:
-            keep_tokens = [int(token) for token in keep_tokens]
-            out_of_range = [t for t in keep_tokens if not 0 <= t < config.vocab_size]
-            if out_of_range:
-                raise ValueError(f"keep_tokens has ids outside the vocabulary of "
-                                 f"{config.vocab_size}: {out_of_range[:10]}")
-            if config.pad_token_id not in keep_tokens:
-                raise ValueError(f"keep_tokens must keep the padding id "
-                                 f"{config.pad_token_id}")
-            config = config.replace(vocab_size=len(keep_tokens),
-                                    pad_token_id=keep_tokens.index(config.pad_token_id))
+        keep_tokens, config = self.kept_vocabulary(config, keep_tokens)
         if additional_input_layers is None:
             additional_input_layers = []
         elif not isinstance(additional_input_layers, (list, tuple)):
@@ -372,6 +368,33 @@ class Transformer:
                          f"{_listing(map(repr, owners), 'and')}: pass "
                          f"{_listing((f'model={name!r}' for name in owners), 'or')}, not "
                          f"{cls.family!r}")
+
+    @classmethod
+    def kept_vocabulary(cls, config, keep_tokens):
+        """``(keep_tokens, config)`` of a model keeping only ``keep_tokens`` rows of its
+        vocabulary: the ids as a list (None: all) and the config with the trimmed
+        ``vocab_size`` and the special ids renumbered.
+
+        Raises:
+            ValueError: an id outside the vocabulary, or the padding id left out.
+        """
+        if keep_tokens is None:
+            return None, config
+        keep_tokens = [int(token) for token in keep_tokens]
+        out_of_range = [t for t in keep_tokens if not 0 <= t < config.vocab_size]
+        if out_of_range:
+            raise ValueError(f"keep_tokens has ids outside the vocabulary of "
+                             f"{config.vocab_size}: {out_of_range[:10]}")
+        if config.pad_token_id not in keep_tokens:
+            raise ValueError(f"keep_tokens must keep the padding id {config.pad_token_id}")
+        return keep_tokens, config.replace(vocab_size=len(keep_tokens),
+                                           pad_token_id=keep_tokens.index(config.pad_token_id))
+
+    @property
+    def generates(self):
+        """Whether the model predicts next tokens, so that ``bert4x.decoding.Decoder``
+        decodes with it (``application`` ``"lm"`` or ``"unilm"``)."""
+        return self.application in ("lm", "unilm")
 
     def layer_blocks(self, layer):
         """The blocks (indices into ``self.blocks``) that layer ``layer`` runs in order."""
@@ -867,7 +890,7 @@ class Transformer:
     def _build_step_model(self):
         c = self.config
         cache = ((len(self.schedule), 2, c.num_attention_heads, None, c.head_size),
-                 self.model.compute_dtype)
+                 self.token_embedding.compute_dtype)  # the layers' (mixed precision: bf16)
         inputs = _named_inputs(
             token_ids=((1,), "int32"), segment_ids=((1,), "int32"),
             position_ids=((1,), "int32"), source_cache=cache,
@@ -920,7 +943,8 @@ class Transformer:
         """``[(official_name, keras_variable, kind)]`` for every mapped weight.
 
         ``kind`` says how the official array relates to the variable: "plain"
-        (same shape), "vocab" (rows follow ``keep_tokens``) or "transposed".
+        (same shape), "vocab" (rows follow ``keep_tokens``), "vocab_columns"
+        (columns follow them) or "transposed".
         """
         pairs = self._embedding_variables()
         for index, layers in enumerate(self.blocks):
@@ -997,6 +1021,14 @@ class Transformer:
         ``allow_missing_heads``)."""
         return {name for name, _, _ in self._head_variables()}
 
+    def checkpoint_groups(self, names, separator="/"):
+        """The name groups of the model's own scope in a checkpoint (see
+        ``bert4x.checkpoints.load_weights``): the first two parts of each of its
+        ``names`` (``bert/encoder/``; Hugging Face's ``bert.encoder.``), split at
+        ``separator``. A variable of the checkpoint in one of these groups that the
+        model does not use is an error."""
+        return {separator.join(name.split(separator)[:2]) + separator for name in names}
+
     def dropped_weight_names(self):
         """Official names of weights a checkpoint may hold that this model leaves out
         on purpose (the segment table, with ``type_vocab_size`` 0)."""
@@ -1009,7 +1041,7 @@ class Transformer:
         to end an error message."""
         if official_name in self.head_weight_names():
             return "; pass allow_missing_heads=True to start it from its initialiser"
-        without_table = registry.families_without_position_table()
+        without_table = registry.families_without_position_table(self.prefix)
         if without_table and official_name == f"{self.prefix}/embeddings/position_embeddings":
             choices = _listing((f"model={name!r}" for name in without_table), "or")
             return (f"; a checkpoint without a position table is of a family without one: "

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bert4x.configs import BertConfig  # noqa: E402
 from bert4x.decoding import Decoder  # noqa: E402
+from bert4x.families import T5Config  # noqa: E402
 from bert4x.models import MODELS  # noqa: E402
 
 VOCAB = 30
@@ -213,6 +214,96 @@ def check_greedy(builder, max_length=6):
     return True
 
 
+# Encoder-decoders: T5.1.0 (ReLU, tied, scaled output) and mT5 with bert4keras's
+# cross-attention position bias; 3 heads of 7 on 30, 3 decoder blocks, 8 buckets.
+T5_CONFIGS = {"t5.1.0": {}, "mt5.1.1": dict(cross_position_bias=True)}
+
+
+def build_t5(version, seed=0, **overrides):
+    """A tiny random T5 builder of ``version`` (``T5_CONFIGS``)."""
+    keras.utils.set_random_seed(seed)
+    values = dict(vocab_size=VOCAB, hidden_size=30, num_hidden_layers=2, num_decoder_layers=3,
+                  num_attention_heads=3, attention_head_size=7, intermediate_size=40,
+                  relative_attention_num_buckets=8, relative_attention_max_distance=10,
+                  hidden_dropout_prob=0.0, initializer_range=0.3)
+    values.update(T5_CONFIGS[version], **overrides)
+    return MODELS[version](T5Config(**values))
+
+
+def t5_full_log_probs(builder, source, generated):
+    """Log-probabilities ``[len(generated) + 1, vocab]`` of a full re-run of the
+    encoder-decoder on ``source`` and ``[start] + generated`` (padded to fixed
+    lengths, which change nothing at the real positions)."""
+    encoder_ids = np.zeros((1, REFERENCE_LENGTH), "int32")
+    decoder_ids = np.zeros((1, REFERENCE_LENGTH), "int32")
+    encoder_ids[0, :len(source)] = source
+    decoder_ids[0, 1:len(generated) + 1] = generated
+    probabilities = np.asarray(builder.model.predict_on_batch([encoder_ids, decoder_ids]))
+    return np.log(probabilities[0, :len(generated) + 1].astype(np.float64))
+
+
+def log_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+
+
+def check_t5_cache(builder, rows_per_source=2, steps=4):
+    """Max |cached step log-probs - full re-run log-probs| over every step and row of an
+    encoder-decoder; each source is continued by ``rows_per_source`` rows with
+    targets of their own (they share its cross-attention keys and start id)."""
+    prefill, step = builder.cache_models()
+    sources, source_length = len(SOURCES), max(map(len, SOURCES))
+    batch = sources * rows_per_source
+    row_sources = [row // rows_per_source for row in range(batch)]
+    row_targets = [TARGETS[(source + row) % sources] for row, source in enumerate(row_sources)]
+    token_ids = np.zeros((sources, source_length), "int32")
+    for index, source in enumerate(SOURCES):
+        token_ids[index, :len(source)] = source
+    outputs = prefill({"token_ids": keras.ops.convert_to_tensor(token_ids)})
+    shared = dict(source_cache=outputs["cache"], cross_cache=outputs["cross_cache"],
+                  source_key_mask=(token_ids != 0).astype("float32"))
+    shape = list(keras.ops.shape(outputs["cache"]))
+    shape[0], shape[4] = batch, steps - 1
+    cache = keras.ops.zeros(shape, dtype=outputs["cache"].dtype)
+    key_mask = np.zeros((batch, steps - 1), "float32")
+    cached = [log_softmax(keras.ops.convert_to_numpy(outputs["logits"]))[row_sources]]
+    for t in range(steps - 1):
+        write_mask = np.zeros((batch, steps - 1), "float32")
+        write_mask[:, t] = 1
+        key_mask = key_mask + write_mask
+        tokens = np.array([[target[t]] for target in row_targets], "int32")
+        inputs = dict(shared, token_ids=tokens, cache=cache, key_mask=key_mask,
+                      write_mask=write_mask)
+        outputs = step({key: keras.ops.convert_to_tensor(x) for key, x in inputs.items()})
+        cache = outputs["cache"]
+        cached.append(log_softmax(keras.ops.convert_to_numpy(outputs["logits"])))
+    worst = 0.0
+    for row, source in enumerate(row_sources):
+        reference = t5_full_log_probs(builder, SOURCES[source], row_targets[row][:steps - 1])
+        stepped = np.stack([log_probs[row] for log_probs in cached])
+        worst = max(worst, float(np.abs(reference - stepped).max()))
+    return worst
+
+
+def check_t5_greedy(builder, max_length=6):
+    """Whether the cached greedy decoder of an encoder-decoder matches argmax over full
+    re-runs (the padding id, which is the start id, is never emitted)."""
+    found = Decoder(builder, end_id=END_ID, max_length=max_length).greedy(SOURCES)
+    for row, source in enumerate(SOURCES):
+        generated = []
+        for _ in range(max_length):
+            log_probs = t5_full_log_probs(builder, source, generated)[-1]
+            log_probs[0] = -np.inf
+            token = int(np.argmax(log_probs))
+            if token == END_ID:
+                break
+            generated.append(token)
+        if found[row].token_ids != generated:
+            return False
+    return True
+
+
 def run_all():
     results = {"backend": keras.backend.backend()}
     for application in ("unilm", "lm"):
@@ -225,6 +316,10 @@ def run_all():
         builder = build_family(family)
         results[f"cache:{family}"] = check_cache(builder)
         results[f"greedy:{family}"] = check_greedy(builder)
+    for version in T5_CONFIGS:
+        builder = build_t5(version)
+        results[f"cache:{version}"] = check_t5_cache(builder)
+        results[f"greedy:{version}"] = check_t5_greedy(builder)
     return results
 
 

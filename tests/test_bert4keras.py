@@ -5,6 +5,7 @@ the oracle's computations run in one batch in a tf-keras subprocess started when
 the module starts, so it overlaps the bert4x side.
 """
 
+import json
 import logging
 import os
 import sys
@@ -76,6 +77,14 @@ ROFORMER_V2_TOKENS = np.array([[2, 7, 9, 11, 3, 0, 0, 0, 0], [2, 5, 3, 8, 12, 30
                                [2, 40, 3, 0, 0, 0, 0, 0, 0]])
 ROFORMER_V2_SEGMENTS = np.array([[0, 0, 0, 1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1, 1, 1],
                                  [0, 0, 1, 0, 0, 0, 0, 0, 0]])
+# T5 / mT5 as bert4keras builds them (32 buckets up to 128, as many decoder as
+# encoder blocks); 3 heads of 7 on a width of 20.
+T5_CONFIG = dict(vocab_size=40, hidden_size=20, num_hidden_layers=2, num_attention_heads=3,
+                 attention_head_size=7, intermediate_size=26, hidden_dropout_prob=0.0)
+T5_VERSIONS = {"t5.1.0": "relu", "t5.1.1": ["gelu_erf", "linear"],
+               "mt5.1.1": ["gelu_erf", "linear"]}  # bert4keras's gelu is the exact one
+T5_ENCODER = np.array([[5, 9, 3, 12, 7, 30, 2, 4, 11, 1, 6], [6, 8, 39, 0, 0, 0, 0, 0, 0, 0, 0]])
+T5_DECODER = np.array([[0, 4, 5, 6, 9], [0, 7, 2, 0, 0]])
 RNG = np.random.default_rng(0)
 SPARSE_MULTILABEL = dict(  # [batch, heads, positives] indices into [batch, heads, classes]
     y_true=np.array([[[1, 3, 0], [2, 0, 0]], [[4, 5, 2], [0, 0, 0]]], "int32"),
@@ -215,6 +224,26 @@ def _randomise_norms(builder, seed):
         if variable.path.endswith(("/gamma", "/beta")):
             base = 1.0 if variable.path.endswith("/gamma") else 0.0
             variable.assign(base + rng.normal(0, 0.3, variable.shape).astype("float32"))
+@pytest.fixture(scope="module")
+def t5_checkpoints(tmp_path_factory):
+    """Random T5 / mT5 written by bert4x's save_checkpoint (Mesh TensorFlow's names),
+    with a config file as bert4keras's (no bert4x fields), ``{version: (config_path,
+    prefix)}``."""
+    rng = np.random.default_rng(4)
+    found = {}
+    for version, hidden_act in T5_VERSIONS.items():
+        builder = native_build(model=version, hidden_act=hidden_act, return_keras_model=False,
+                               **T5_CONFIG)
+        for variable in builder.model.weights:
+            noise = rng.normal(size=variable.shape).astype("float32")
+            variable.assign(1 + 0.1 * noise if "Norm" in variable.path else 0.4 * noise)
+        folder = str(tmp_path_factory.mktemp(version) / "model")
+        prefix = checkpoints.save_checkpoint(builder, folder)
+        config_path = os.path.join(folder, "t5_config.json")
+        with open(config_path, "w") as file:
+            json.dump(dict(T5_CONFIG, hidden_act=hidden_act), file)
+        found[version] = (config_path, prefix)
+    return found
 
 
 SP_TEXTS = ["the quick brown fox jumps over the lazy dog", "a lazy dog sleeps all day long",
@@ -260,7 +289,7 @@ def jieba_vocab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def oracle(checkpoint, family_checkpoints, sentencepiece_model, jieba_vocab,
-           roformer_v2_checkpoints):
+           roformer_v2_checkpoints, t5_checkpoints):
     config_path, prefix = checkpoint
     inputs = [TOKENS, SEGMENTS]
     jobs = {f"model_{name}": ("model_outputs", dict(
@@ -277,6 +306,11 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model, jieba_vocab,
         jobs[f"roformer_v2_{case}"] = ("roformer_v2_outputs", dict(
             config_path=v2_config, checkpoint_path=v2_prefix,
             inputs=[ROFORMER_V2_TOKENS, ROFORMER_V2_SEGMENTS], **kwargs))
+    for version, (t5_config, t5_prefix) in t5_checkpoints.items():
+        for cross in (True, False):  # bert4keras's default, and Google's T5
+            jobs[f"t5_{version}_{cross}"] = ("model_outputs", dict(
+                config_path=t5_config, checkpoint_path=t5_prefix, model=version,
+                inputs=[T5_ENCODER, T5_DECODER], cross_position_bias=cross))
     jobs["masked_loss"] = ("masked_loss", dict(config_path=config_path, checkpoint_path=prefix,
                                                inputs=inputs, application="unilm"))
     jobs["crf"] = ("crf", CRF)
@@ -388,6 +422,30 @@ def test_masks_reach_a_loss_layer_as_in_bert4keras(checkpoint, oracle):
     loss = train.evaluate([TOKENS, SEGMENTS], verbose=0)
     assert seen["mask"][0] is None and seen["mask"][1] is not None
     assert abs(loss - oracle.result("masked_loss")) < TOL
+
+
+@pytest.mark.parametrize("version", sorted(T5_VERSIONS))
+def test_t5_equals_bert4keras(t5_checkpoints, oracle, version):
+    """bert4keras reads the official names bert4x writes, and computes what bert4x
+    computes: through bert4x.bert4keras with bert4keras's defaults (the decoder's
+    position bias in cross-attention, the output scaled), and through bert4x with
+    Google's cross-attention; T5.1.0 then is bert4x's default T5."""
+    config_path, prefix = t5_checkpoints[version]
+    real = T5_DECODER != 0
+    real[:, 0] = True
+    ours = models.build_transformer_model(config_path, prefix, model=version).predict(
+        [T5_ENCODER, T5_DECODER], verbose=0)
+    theirs = oracle.result(f"t5_{version}_True")[0]
+    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4)
+    google = native_build(config_path, prefix, model=version, scale_decoder_outputs=True)
+    ours = google.predict([T5_ENCODER, T5_DECODER], verbose=0)
+    theirs_google = oracle.result(f"t5_{version}_False")[0]
+    np.testing.assert_allclose(ours[real], theirs_google[real], atol=1e-4)
+    assert np.abs(theirs - theirs_google)[real].max() > 1e-3  # the two differ
+    if version == "t5.1.0":
+        default = native_build(config_path, prefix, model="t5").predict(
+            [T5_ENCODER, T5_DECODER], verbose=0)
+        np.testing.assert_array_equal(default, ours)
 
 
 def test_intermediate_layers_carry_the_padding_mask(checkpoint):

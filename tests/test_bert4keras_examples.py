@@ -92,15 +92,20 @@ def folders(tmp_path_factory):
         type_vocab_size=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         with_pool=True, with_mlm=True, return_keras_model=False)
     bert_dir = str(tmp_path_factory.mktemp("bert") / "tiny")
-    checkpoints.save_checkpoint(builder, bert_dir)
-    with open(os.path.join(bert_dir, "vocab.txt"), "w", encoding="utf-8") as f:
-        f.writelines(token + "\n" for token in vocab)
+    checkpoints.save_checkpoint(builder, bert_dir, vocab=vocab)
+    # A tiny random mT5 on the same vocabulary, as T5-PEGASUS is an mT5 on BERT's.
+    t5 = build_transformer_model(
+        model="mt5.1.1", vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=48, hidden_dropout_prob=0.0,
+        return_keras_model=False)
+    checkpoints.save_checkpoint(t5, bert_dir + "_t5", vocab=vocab)
     return bert_dir, data_dir
 
 
 def _run(script, folders):
     bert_dir, data_dir = folders
-    env = dict(os.environ, BERT_DIR=bert_dir, DATA_DIR=data_dir, TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, BERT_DIR=bert_dir, DATA_DIR=data_dir, T5_DIR=bert_dir + "_t5",
+               TF_CPP_MIN_LOG_LEVEL="2")
     completed = subprocess.run([sys.executable, os.path.join(EXAMPLES, script)], env=env,
                                capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]

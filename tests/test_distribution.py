@@ -38,7 +38,8 @@ VARIANTS = [
     ("gpt", {}, {}),  # language models: the tied LM head alone
     ("gpt2", dict(type_vocab_size=0), {}),  # pre-norm blocks, Output-Norm
     ("gpt2_ml", dict(type_vocab_size=0), {}),
-]
+] + [(name + part, {}, {})  # T5: encoder-decoders without heads (1.1: gated, untied)
+     for name in ("t5", "t5.1.0", "t5.1.1", "mt5.1.1") for part in ("", "_encoder", "_decoder")]
 SPLIT = {
     "Embedding-Token/embeddings": ("model", None),
     "MLM-Bias/bias": ("model",),
@@ -48,6 +49,12 @@ SPLIT = {
     "MultiHeadSelfAttention/output/kernel": ("model", None),
     "FeedForward/intermediate/kernel": (None, "model"),
     "FeedForward/output/kernel": ("model", None),
+    "MultiHeadCrossAttention/query/kernel": (None, "model"),
+    "MultiHeadCrossAttention/key/kernel": (None, "model"),
+    "MultiHeadCrossAttention/value/kernel": (None, "model"),
+    "MultiHeadCrossAttention/output/kernel": ("model", None),
+    "FeedForward/intermediate_1/kernel": (None, "model"),
+    "Decoder-Output-LM/kernel": (None, "model"),
 }
 
 

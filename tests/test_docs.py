@@ -183,6 +183,9 @@ def stand_ins(tmp_path_factory):
     _hugging_face(folder / "roberta-base", "roberta", "roberta", heads=["with_mlm"],
                   pad_token_id=1, type_vocab_size=1)
     _hugging_face(folder / "gpt2", "gpt2", "gpt2")
+    _hugging_face(folder / "mt5-small", "mt5.1.1", "mt5")
+    _official(folder / "chinese_t5_pegasus_base", model="mt5.1.1", prefix="model.ckpt",
+              config_name="config.json", heads={}, hidden_act=["gelu", "linear"])
     # The cache ensure_pretrained("tiny_chinese") reads, already filled.
     from bert4x.pretraining import pretrained_dir
     os.environ["BERT4X_CACHE"], saved = str(folder / "cache"), os.environ.get("BERT4X_CACHE")

@@ -1,8 +1,9 @@
 """Acceptance tests of the model families on the one Transformer core:
 RoBERTa (HFL and fairseq), ALBERT (Google and brightmart layouts, shared and
 unshared), ELECTRA (discriminator and generator), RoFormer (with and without
-``embeddings_project``), NEZHA and RoFormer-V2 (with and without factorised
-embeddings).
+``embeddings_project``), NEZHA, RoFormer-V2 (with and without factorised
+embeddings), and the parity of T5 / mT5 on every backend (the rest of T5's tests are
+in ``test_t5.py``).
 
 References are Hugging Face ``transformers`` models on PyTorch with random weights;
 for NEZHA, which transformers 5 no longer has, :func:`numpy_nezha` below, the
@@ -39,6 +40,7 @@ from _oracle import import_oracle  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_position_encoding import numpy_nezha_table, numpy_rotate  # noqa: E402
+import _t5_cases  # noqa: E402
 
 torch = import_oracle("torch")
 transformers = import_oracle("transformers")
@@ -425,9 +427,25 @@ def cases(tmp_path_factory):
             reference=lambda weights, ids, segments, config=config: numpy_roformer_v2(
                 config, weights, ids, segments))
 
+    # T5 and mT5 (encoder-decoders): the model's inputs are the encoder's and the
+    # decoder's ids, its output the decoder's probabilities.
+    encoder_ids, decoder_ids = _t5_cases.inputs()
+    for version, (_, _, _, family) in _t5_cases.VERSIONS.items():
+        key = version.replace(".", "_")
+        folder = os.path.join(root, key)
+        hf = _t5_cases.hf_model(version, os.path.join(folder, "hf"), seed=11)
+        weights = _t5_cases.official_weights(hf, version)
+        prefix = _t5_cases.write_official(os.path.join(folder, "official"), weights,
+                                          _t5_cases.bert4keras_config(version))
+        arrays[f"{key}/encoder_ids"], arrays[f"{key}/decoder_ids"] = encoder_ids, decoder_ids
+        cases[key] = dict(family=family, prefix=prefix, hf=os.path.join(folder, "hf"),
+                          build={}, weights=weights, config=None,
+                          inputs=[f"{key}/encoder_ids", f"{key}/decoder_ids"],
+                          expected=_t5_cases.hf_outputs(hf, encoder_ids, decoder_ids)[:1])
+
     jobs = []
     for key, case in cases.items():
-        inputs = [f"{key}/ids", f"{key}/segments"]
+        inputs = case.get("inputs", [f"{key}/ids", f"{key}/segments"])
         jobs.append(dict(key=f"{key}/official", inputs=inputs, kwargs=dict(
             case["build"], config_path=os.path.join(os.path.dirname(case["prefix"]),
                                                     "config.json"),
@@ -496,13 +514,15 @@ def test_parity_with_transformers(backend_results, cases, backend):
     results = backend_results[backend]
     if isinstance(results, str):
         pytest.fail(f"the {backend} worker failed:\n{results}")
-    assert len(cases["jobs"]) == 20
+    assert len(cases["jobs"]) == 26
     for job in cases["jobs"]:
         key = job["key"]
         expected = cases["cases"][key.split("/")[0]]["expected"]
         for index, reference in enumerate(expected):
             assert_close(results[f"{key}/{index}"], reference, f"{backend} {key} output {index}")
         assert f"{key}/{len(expected)}" not in results
+    for version in _t5_cases.VERSIONS:  # the decoder's probabilities, peaked enough to tell
+        assert cases["cases"][version.replace(".", "_")]["expected"][0].max() > 0.5
 
 
 def test_families_are_told_apart(cases):

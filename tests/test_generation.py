@@ -872,7 +872,7 @@ def test_cache_and_greedy_on_other_backends(other_backends, backend):
             assert value < 1e-4, (key, value)
         elif key.startswith("greedy:"):
             assert value is True, key
-    assert len(results) == 9 + 2 * len(worker.FAMILY_CONFIGS)
+    assert len(results) == 9 + 2 * len(worker.FAMILY_CONFIGS) + 2 * len(worker.T5_CONFIGS)
 
 
 def test_start_id_is_what_the_first_predict_sees():

@@ -249,7 +249,8 @@ def test_checkpoints_knows_no_family():
              if isinstance(node, ast.Constant) and isinstance(node.value, str)
              and id(node) not in docstrings]
     words = {name for family in MODELS.values() for name in (family.family, family.hf_prefix)
-             if name is not None}  # a family without Hugging Face files has no hf_prefix
+             if name is not None}  # a family without Hugging Face files (or T5, whose names
+             # have no base prefix) has no hf_prefix
     pattern = re.compile(r"(?<!\w)(" + "|".join(sorted(words)) + r"|cls)(?!\w)",
                          re.IGNORECASE)
     found = sorted({match.group(0) for text in texts for match in pattern.finditer(text)})

@@ -37,11 +37,14 @@ class SequenceMask(keras.layers.Layer):
 
     Args:
         from_ids: take the mask from token ids instead of the second input's mask.
+        keep_first: never mask the first position (bert4keras's T5 decoder, whose
+            ids start with the padding id 0).
     """
 
-    def __init__(self, from_ids=False, **kwargs):
+    def __init__(self, from_ids=False, keep_first=False, **kwargs):
         super().__init__(**kwargs)
         self.from_ids = bool(from_ids)
+        self.keep_first = bool(keep_first)
         self.supports_masking = True
 
     def call(self, inputs):
@@ -49,11 +52,16 @@ class SequenceMask(keras.layers.Layer):
 
     def compute_mask(self, inputs, mask=None):
         if self.from_ids:
-            return ops.not_equal(inputs[1], 0)
-        return None if mask is None else mask[1]
+            found = ops.not_equal(inputs[1], 0)
+        else:
+            found = None if mask is None else mask[1]
+        if found is not None and self.keep_first:
+            found = ops.concatenate([ops.ones_like(found[:, :1]), found[:, 1:]], axis=1)
+        return found
 
     def get_config(self):
-        return {**super().get_config(), "from_ids": self.from_ids}
+        return {**super().get_config(), "from_ids": self.from_ids,
+                "keep_first": self.keep_first}
 
     def compute_output_spec(self, inputs):
         return keras.KerasTensor(inputs[0].shape, inputs[0].dtype)

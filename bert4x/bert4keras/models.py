@@ -16,6 +16,7 @@ import numpy as np
 from bert4x import models as _native
 from bert4x.bert4keras.backend import gelu_activation_name, remember_model
 from bert4x.bert4keras.layers import SequenceMask
+from bert4x.checkpoints import vocabulary_axis
 from bert4x.configs import read_config_file
 
 __all__ = ["build_transformer_model"]
@@ -151,18 +152,32 @@ def _prefix_layer_names(builder, prefix):
 
 
 def _config(config_path, overrides, family):
-    config_class = family.config_class
     fields = {_RENAMED.get(key, key): value for key, value in overrides.items()}
     if not family.segment_embeddings:
         fields["type_vocab_size"] = 0  # bert4keras's GPT-2s never read a segment table
-    if fields.get("hidden_act") == "gelu":
-        fields["hidden_act"] = gelu_activation_name()
+    values = read_config_file(config_path) if config_path is not None else {}
+    if "hidden_act" not in fields and "hidden_act" in values:
+        fields["hidden_act"] = values["hidden_act"]
+    if "hidden_act" in fields:
+        fields["hidden_act"] = _bert4keras_gelu(fields["hidden_act"])
+    for field, value in family.bert4keras_config.items():
+        if field not in fields and values.get(field) is None:
+            fields[field] = value
     if config_path is None:
-        return config_class(**fields)
-    values = read_config_file(config_path)
-    if values.get("hidden_act") == "gelu" and "hidden_act" not in fields:
-        fields["hidden_act"] = gelu_activation_name()
-    return config_class.from_dict(values, source=config_path).replace(**fields)
+        return family.config_class(**fields)
+    return family.config_class.from_dict(values, source=config_path).replace(**fields)
+
+
+def _bert4keras_gelu(hidden_act):
+    """``hidden_act`` with bert4keras's ``gelu`` (see ``set_gelu``) in bert4x's names;
+    in a list (T5's gated feed-forward) by its explicit name, since a T5 config's
+    own ``gelu`` is the tanh form."""
+    if hidden_act == "gelu":
+        return gelu_activation_name()
+    if isinstance(hidden_act, list):
+        explicit = "gelu_erf" if gelu_activation_name() == "gelu" else "gelu_tanh"
+        return [explicit if name == "gelu" else name for name in hidden_act]
+    return hidden_act
 
 
 def _head_activation(value):
@@ -179,7 +194,8 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
                             layer_norm_cond=None, layer_norm_cond_hidden_size=None,
                             layer_norm_cond_hidden_act=None, additional_input_layers=None,
                             custom_position_ids=False, sequence_length=None, prefix=None,
-                            compound_tokens=None, final_activation=None, **kwargs):
+                            compound_tokens=None, final_activation=None, name=None,
+                            **kwargs):
     """Build a model as bert4keras 0.11.5 does, on bert4x's builder.
 
     Outputs follow bert4keras: the sequence output when no head is asked;
@@ -224,16 +240,27 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         prefix: put before the name of every layer and input, so that two
             models can live in one graph.
         final_activation: the GPT families' output activation (default softmax).
+        name: the name of the Keras model.
         **kwargs: config fields, with bert4keras's names (``dropout_rate``,
             ``max_position``, ``segment_vocab_size``, ``hidden_act``, ...).
+
+    T5 and mT5 (``model="t5"``, ``"t5.1.0"``, ``"t5.1.1"``, ``"mt5.1.1"``, and
+    their ``*_encoder`` / ``*_decoder``) are built as bert4keras builds them:
+    with ``return_keras_model=False`` the builder has ``encoder`` (encoder ids
+    to its output), ``decoder`` (``[that output, decoder ids]`` to next-token
+    probabilities) and ``model`` (``[encoder ids, decoder ids]`` to the same),
+    and, as in bert4keras, the decoder's position bias in cross-attention
+    (``cross_position_bias``) and its output scaled by ``hidden_size ** -0.5``
+    for T5.1.1 too (``scale_decoder_outputs``), unless a keyword says
+    otherwise; bert4keras's ``gelu`` is the exact one unless ``set_gelu("tanh")``.
 
     Example:
         >>> model = build_transformer_model(config_path, checkpoint_path,  # doctest: +SKIP
         ...                                 application="unilm", keep_tokens=keep_tokens)
     """
-    for name in _UNSUPPORTED:
-        if kwargs.get(name):
-            raise NotImplementedError(f"{name}= is not supported by bert4x.bert4keras")
+    for option in _UNSUPPORTED:
+        if kwargs.get(option):
+            raise NotImplementedError(f"{option}= is not supported by bert4x.bert4keras")
     if isinstance(model, str):
         model = model.lower()
     if model not in _native.MODELS:
@@ -241,6 +268,16 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     config_path, checkpoint_path = _native.resolve_paths(config_path, checkpoint_path)
     family = _native.MODELS[model]
     config = _config(config_path, kwargs, family)
+    if family.encoder_decoder:
+        builder = _encoder_decoder(
+            family, config, checkpoint_path, application=application,
+            keep_tokens=keep_tokens, compound_tokens=compound_tokens, name=name,
+            allow_missing_heads=ignore_invalid_weights, refused=dict(
+                with_pool=with_pool, with_nsp=with_nsp, with_mlm=with_mlm,
+                layer_norm_cond=layer_norm_cond, additional_input_layers=additional_input_layers,
+                custom_position_ids=custom_position_ids, sequence_length=sequence_length,
+                prefix=prefix))
+        return builder.model if return_keras_model else builder
     with_nsp, nsp_activation = _head_activation(with_nsp)
     with_pool, pool_activation = _head_activation(with_pool)
     with_mlm, mlm_activation = _head_activation(with_mlm)
@@ -271,29 +308,95 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
         layer_norm_cond=layer_norm_cond,
         layer_norm_cond_hidden_size=layer_norm_cond_hidden_size,
         layer_norm_cond_hidden_act=layer_norm_cond_hidden_act,
-        additional_input_layers=additional_input_layers)
+        additional_input_layers=additional_input_layers, name=name)
     if checkpoint_path is not None:
         builder.load_checkpoint(checkpoint_path, allow_missing_heads=ignore_invalid_weights)
         if compound_tokens:
             _average_compound_rows(builder, compound_tokens, len(kept))
     builder.model = _bert4keras_outputs(builder, bool(with_pool or with_nsp), with_nsp,
                                         bool(with_mlm))
-    remember_model(builder.model)
-    for layer in builder.model.layers:
-        _add_node_accessors(layer)
+    _finish(builder.model)
     return builder.model if return_keras_model else builder
+
+
+def _finish(*models):
+    """Remember the models (for ``K.learning_phase``-style helpers) and give their
+    layers Keras 2's node accessors."""
+    for model in models:
+        if model is None:
+            continue
+        remember_model(model)
+        for layer in model.layers:
+            _add_node_accessors(layer)
+
+
+def _encoder_decoder(family, config, checkpoint_path, application, keep_tokens,
+                     compound_tokens, name, allow_missing_heads, refused):
+    """bert4keras's T5: the builder with ``encoder``, ``decoder`` and ``model``."""
+    if application != "encoder":
+        raise ValueError(f"{family.family!r} model can not be used as {application!r} "
+                         "application (bert4keras refuses it too)")
+    given = sorted(option for option, value in refused.items() if value)
+    if given:
+        raise NotImplementedError(f"{given} are not offered for {family.family!r} by "
+                                  "bert4x.bert4keras")
+    kept = None
+    if compound_tokens:
+        kept = list(range(config.vocab_size)) if keep_tokens is None else list(keep_tokens)
+        keep_tokens = kept + [kept[0]] * len(compound_tokens)
+    builder = _keras2_encoder_decoder(family)(config, keep_tokens=keep_tokens, name=name)
+    if checkpoint_path is not None:
+        builder.load_checkpoint(checkpoint_path, allow_missing_heads=allow_missing_heads)
+        if compound_tokens:
+            _average_compound_rows(builder, compound_tokens, len(kept))
+    _finish(builder.encoder, builder.decoder, builder.model)
+    return builder
+
+
+def _keras2_encoder_decoder(family):
+    """An encoder-decoder's builder with bert4keras's interface: float32 inputs (Keras
+    2's default) and the decoder's padding mask on its output, the first position
+    (the start id 0) kept, so that a ``Loss`` layer reads it as ``mask[1]``."""
+
+    class Keras2(family):
+        def model_input(self, name, shape, dtype="int32"):
+            return keras.Input(shape, name=name)
+
+        def decoder_output(self, probabilities, decoder_ids):
+            return self._decoder_mask([probabilities, decoder_ids])
+
+        def _create_layers(self):
+            super()._create_layers()
+            self._decoder_mask = SequenceMask(from_ids=True, keep_first=True,
+                                              name="Decoder-Output-Mask")
+
+        @property
+        def initializer(self):
+            """bert4keras's ``transformer.initializer``: truncated normal, stddev 0.02."""
+            return keras.initializers.TruncatedNormal(stddev=0.02)
+
+        @property
+        def layers(self):
+            """bert4keras's ``transformer.layers``: ``{name: layer}`` of the models."""
+            models = [self.encoder, self.decoder, self.model]
+            return {layer.name: layer for model in models if model is not None
+                    for layer in model.layers}
+
+    Keras2.__name__ = Keras2.__qualname__ = f"Keras2{family.__name__}"
+    return Keras2
 
 
 def _average_compound_rows(builder, compound_tokens, first_row):
     """Set each compound token's rows (embedding, MLM bias) to its tokens' average."""
     for _, variable, kind in builder.variable_map():
-        if kind != "vocab":
+        axis = vocabulary_axis(kind)
+        if axis is None:
             continue
-        value = keras.ops.convert_to_numpy(variable).copy()
+        value = np.moveaxis(keras.ops.convert_to_numpy(variable), axis, 0).copy()
         for row, item in enumerate(compound_tokens, start=first_row):
             ids, weights = (item, None) if isinstance(item, list) else item
             value[row] = np.average(value[list(ids)], axis=0, weights=weights)
-        variable.assign(value)
+        variable.assign(np.moveaxis(value, 0, axis))
 
 
 def _add_node_accessors(layer):

@@ -22,9 +22,11 @@ from bert4x.families.roformer_v2 import RoFormerV2
 from bert4x.families.gpt import GPT
 from bert4x.families.gpt2 import GPT2
 from bert4x.families.gpt2_ml import GPT2ML
+from bert4x.families.t5 import MT5_1_1, T5, T5_1_0, T5_1_1, T5Config
 from bert4x.registry import MODELS, family_of
 
 __all__ = ["BERT", "RoBERTa", "ALBERT", "ALBERTUnshared", "ELECTRA", "RoFormer", "NEZHA",
-           "RoFormerV2", "GPT", "GPT2", "GPT2ML", "MODELS", "family_of", "BERT_BLOCK_NAMES",
+           "RoFormerV2", "GPT", "GPT2", "GPT2ML", "T5", "T5_1_0", "T5_1_1",
+           "MT5_1_1", "T5Config", "MODELS", "family_of", "BERT_BLOCK_NAMES",
            "BERT_HF_SPECIAL",
            "HF_EMBEDDING_BUFFERS"]
