@@ -509,8 +509,8 @@ def test_unsupported_arguments_raise(checkpoint):
     with pytest.raises(ValueError, match="custom_position_ids=True needs a learned"):
         models.build_transformer_model(config_path, model="roformer",
                                        custom_position_ids=True)
-    with pytest.raises(ValueError, match="unknown model 't5'"):
-        models.build_transformer_model(config_path, model="t5")
+    with pytest.raises(ValueError, match="unknown model 't9'"):
+        models.build_transformer_model(config_path, model="t9")
 
 
 # ------------------------------------------------------------------ layers

@@ -242,6 +242,8 @@ class T5(Transformer):
     #: No BERT-style name layout (``bert/embeddings/...``): see :meth:`variable_map`.
     prefix = None
     block_names = T5_BLOCK_NAMES
+    #: None of the core's block norms: T5's pre-norm sublayers are its own (_sublayer).
+    block_norms = ()
     #: What the builder's ``model`` is: "model" (encoder and decoder), "encoder"
     #: or "decoder" (bert4keras's ``*_encoder`` and ``*_decoder``).
     part = "model"
