@@ -9,7 +9,6 @@ folders and under the official names by the test's own rules.
 
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest

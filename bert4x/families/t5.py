@@ -2,7 +2,7 @@
 
 One builder makes the encoder, the decoder and the model joining them
 (bert4keras's ``t5.encoder``, ``t5.decoder``, ``t5.model``), and the two graphs
-of cached decoding. The math (see ``docs/model.md``, "T5"):
+of cached decoding. The math (see ``docs/model.md``, "T5 and mT5"):
 
 * no biases anywhere, RMS norms (``x / sqrt(mean(x^2) + eps) * scale``), pre-norm
   blocks ``x + Dropout(sublayer(norm(x)))``, a final norm and dropout per stack;
@@ -20,7 +20,6 @@ The decoder's token ids start with the start id (0, the padding id).
 """
 
 import dataclasses
-import math
 import re
 import typing
 
@@ -301,7 +300,10 @@ class T5(Transformer):
 
     def _completed(self, config):
         """The config with the family's values for the fields it leaves None."""
-        hidden_act = self.default_hidden_act if config.hidden_act is None else config.hidden_act
+        hidden_act = config.hidden_act
+        if hidden_act is None:  # a copy: the config's list is its own
+            hidden_act = list(self.default_hidden_act) if self.gated_by_default else \
+                self.default_hidden_act
         tied = self.default_tied if config.tie_word_embeddings is None \
             else config.tie_word_embeddings
         scaled = tied if config.scale_decoder_outputs is None else config.scale_decoder_outputs
@@ -326,12 +328,18 @@ class T5(Transformer):
         return self.part == "model"
 
     @property
+    def gated_by_default(self):
+        """Whether the version's feed-forward is gated when its config says nothing."""
+        return isinstance(self.default_hidden_act, list)
+
+    @property
     def tied(self):
         """Whether the logits use the token embedding (T5.1.0)."""
         return self.config.tie_word_embeddings
 
     @property
     def gated(self):
+        """Whether the feed-forward is gated (T5.1.1, mT5)."""
         return isinstance(self.config.hidden_act, list)
 
     # ----------------------------------------------------------------- layers
