@@ -260,6 +260,15 @@ def test_epoch_batches_draw_new_pairs_each_epoch():
     seen = [next(stream) for _ in range(6)]  # two epochs
     assert len(draws) == 3
     assert sum(len(targets) for _, targets in seen[:3]) == 10
+    # The dataset is one epoch per pass, the same batches as the stream's epochs.
+    twin = EpochBatches(draw_epoch, batch_size=4, seed=0, bucket_window=1)
+    dataset = twin.dataset()
+    passes = [list(dataset.as_numpy_iterator()) for _ in range(2)]
+    assert [len(batches) for batches in passes] == [3, 3]
+    for ours, theirs in zip(passes[0] + passes[1], seen):
+        np.testing.assert_array_equal(ours[1], theirs[1])
+        for a, b in zip(ours[0], theirs[0]):
+            np.testing.assert_array_equal(a, b)
 
 
 # ------------------------------------------------------------- review demos
@@ -366,8 +375,15 @@ def test_qa_smoke_learns_to_answer(qa_sets, tiny_base):
     epochs = 12
     builder, train_model = rc.build_models(tiny_base, keep_tokens, 1e-2,
                                            len(batches) * epochs)
-    history = train_model.fit(batches.dataset(), steps_per_epoch=len(batches),
-                              epochs=epochs, shuffle=False, verbose=0)
+    # The demo's fit: one dataset pass per epoch, STEPS_PER_EXECUTION updates per call
+    # (96 questions give epochs that it does not divide: the last call of an epoch
+    # runs only the updates left), the progress bar counting updates.
+    assert len(batches) % rc.STEPS_PER_EXECUTION != 0
+    progress = console.training_progress(len(batches) * epochs, "smoke")
+    history = train_model.fit(batches.dataset(), epochs=epochs, shuffle=False, verbose=0,
+                              callbacks=[progress])
+    assert int(train_model.optimizer.iterations) == len(batches) * epochs
+    assert progress.bar.n == len(batches) * epochs
     losses = history.history["loss"]
     assert losses[-1] < 0.5 * losses[0]
     reader = rc.PassageReader(builder, encoder, beam_size=2, question_margin=5.0)

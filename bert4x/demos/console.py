@@ -29,7 +29,9 @@ def training_progress(total_steps, description="training"):
     """A Keras callback showing all epochs of a ``fit`` as one bar with the loss.
 
     Use with ``fit(..., verbose=0)``; the bar's estimate covers the whole phase,
-    not one epoch.
+    not one epoch. It counts the optimizer's updates, so it stays right when
+    ``compile(steps_per_execution=N)`` reports batches only every ``N`` updates
+    (and fewer at the end of an epoch).
     """
     import keras
 
@@ -37,10 +39,16 @@ def training_progress(total_steps, description="training"):
         def on_train_begin(self, logs=None):
             self.bar = phase_bar(total_steps, description)
             self.epoch_losses = []
+            self.first_update = self._updates()
+
+        def _updates(self):
+            return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
         def on_train_batch_end(self, batch, logs=None):
-            self.bar.update(1)
-            if logs and "loss" in logs and batch % 20 == 0:
+            done = self._updates() - self.first_update
+            reported = self.bar.n
+            self.bar.update(done - reported)
+            if logs and "loss" in logs and done // 20 > reported // 20:
                 self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}", refresh=False)
 
         def on_epoch_end(self, epoch, logs=None):

@@ -45,7 +45,7 @@ def seq2seq_batch(pairs):
 
 
 class EpochBatches:
-    """Endless :func:`seq2seq_batch` batches for ``fit``, new pairs drawn at every epoch.
+    """:func:`seq2seq_batch` batches for ``fit``, new pairs drawn at every epoch.
 
     Each epoch calls ``draw_epoch(rng)`` for its pairs (e.g. new negatives, shuffled)
     and orders them with :func:`bert4x.snippets.length_bucketed_order`, so that a
@@ -59,8 +59,8 @@ class EpochBatches:
 
     Example:
         >>> batches = EpochBatches(lambda rng: pairs, 32, seed=0)  # doctest: +SKIP
-        >>> model.fit(batches.dataset(), steps_per_epoch=len(batches),
-        ...           epochs=3)  # doctest: +SKIP
+        >>> model.compile(..., steps_per_execution=16)  # doctest: +SKIP
+        >>> model.fit(batches.dataset(), epochs=3)  # doctest: +SKIP
     """
 
     def __init__(self, draw_epoch, batch_size, seed, bucket_window=50):
@@ -77,18 +77,27 @@ class EpochBatches:
     def __len__(self):
         return self.steps
 
+    def epoch_batches(self):
+        """One epoch's batches: a new draw, ordered by length, cut into batches."""
+        pairs = self.epoch()
+        order = length_bucketed_order([len(s) + len(t) for s, t in pairs],
+                                      self.batch_size, self.rng, self.bucket_window)
+        for start in range(0, len(order), self.batch_size):
+            yield seq2seq_batch([pairs[i] for i in order[start:start + self.batch_size]])
+
     def __iter__(self):
         """Endless batches, epoch after epoch."""
         while True:
-            pairs = self.epoch()
-            order = length_bucketed_order([len(s) + len(t) for s, t in pairs],
-                                          self.batch_size, self.rng, self.bucket_window)
-            for start in range(0, len(order), self.batch_size):
-                yield seq2seq_batch([pairs[i] for i in order[start:start + self.batch_size]])
+            yield from self.epoch_batches()
 
     def dataset(self):
-        """The batches as a ``tf.data.Dataset`` whose lengths may vary per batch."""
+        """The batches as a ``tf.data.Dataset`` of one epoch per pass (lengths vary per
+        batch): with ``fit``, each epoch is one pass, and the last
+        ``steps_per_execution`` call of an epoch runs only the updates left."""
         import tensorflow as tf
         matrix = tf.TensorSpec((None, None), tf.int32)
-        return tf.data.Dataset.from_generator(
-            self.__iter__, output_signature=((matrix, matrix, matrix), matrix)).prefetch(2)
+        dataset = tf.data.Dataset.from_generator(
+            self.epoch_batches, output_signature=((matrix, matrix, matrix), matrix))
+        # A known length: Keras then ends each epoch at its last batch without warning
+        # that the input "ran out of data".
+        return dataset.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(2)
