@@ -350,102 +350,19 @@ def oracle(checkpoint, family_checkpoints, sentencepiece_model, jieba_vocab,
     running.close()
 
 
-# ------------------------------------------------------------------ models
-@pytest.mark.parametrize("case", sorted(MODEL_CASES))
-def test_model_outputs_equal_bert4keras(checkpoint, oracle, case):
-    config_path, prefix = checkpoint
-    model = models.build_transformer_model(config_path, prefix, **MODEL_CASES[case])
-    ours = model.predict(MODEL_INPUTS.get(case, [TOKENS, SEGMENTS]), verbose=0)
-    ours = ours if isinstance(ours, list) else [ours]
-    theirs = oracle.result(f"model_{case}")
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, atol=TOL)
+def outputs_of(model, inputs):
+    """A model's outputs on one small batch as a list of NumPy arrays, by an eager call:
+    what ``predict`` gives, without tracing a ``tf.function`` for each model."""
+    outputs = model(inputs)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [keras.ops.convert_to_numpy(output) for output in outputs]
 
 
-@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
-def test_other_families_equal_bert4keras(family_checkpoints, oracle, case):
-    """Outputs on a checkpoint bert4x wrote in the family's official names, which
-    bert4keras reads by its own name map."""
-    config_path, prefix = family_checkpoints[case]
-    model = models.build_transformer_model(config_path, prefix, model=case.split(":")[0],
-                                           **FAMILY_CASES[case][1])
-    ours = model.predict(FAMILY_INPUTS.get(case, [TOKENS, SEGMENTS]), verbose=0)
-    ours = ours if isinstance(ours, list) else [ours]
-    theirs = oracle.result(f"family_{case}")
-    assert [a.shape for a in ours] == [b.shape for b in theirs]
-    for a, b in zip(ours, theirs):
-        np.testing.assert_allclose(a, b, atol=TOL)
-
-
-@pytest.mark.parametrize("case", sorted(ROFORMER_V2_CASES))
-def test_roformer_v2_equals_bert4keras(roformer_v2_checkpoints, oracle, case):
-    """bert4keras's RoFormerV2 (rotary attention, no biases, RMS norms without gamma or
-    beta, its bare MLM head) within 1e-4, through bert4x.bert4keras and bert4x's own
-    build_transformer_model alike."""
-    key, kwargs = ROFORMER_V2_CASES[case]
-    config_path, prefix = roformer_v2_checkpoints[key]
-    inputs = [ROFORMER_V2_TOKENS, ROFORMER_V2_SEGMENTS]
-    theirs = oracle.result(f"roformer_v2_{case}")
-    model = models.build_transformer_model(config_path, prefix, model="roformer_v2", **kwargs)
-    ours = model.predict(inputs, verbose=0)
-    ours = ours if isinstance(ours, list) else [ours]
-    assert [a.shape for a in ours] == [b.shape for b in theirs] == [
-        ROFORMER_V2_TOKENS.shape + ((18,) if case == "encoder" else (43,))]
-    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-4)
-    native = native_build(config_path, prefix, model="roformer_v2", **kwargs).predict(
-        inputs, verbose=0)
-    native = native[-1] if isinstance(native, list) else native  # after the sequence output
-    np.testing.assert_allclose(native, theirs[0], atol=1e-4)
-
-
-def test_masks_reach_a_loss_layer_as_in_bert4keras(checkpoint, oracle):
-    config_path, prefix = checkpoint
-    seen = {}
-
-    class MaskedCrossEntropy(layers.Loss):
-        def compute_loss(self, inputs, mask=None):
-            K = backend.K
-            token_ids, y_pred = inputs
-            seen["mask"] = mask
-            y_mask = K.cast(mask[1][:, 1:], K.floatx())
-            loss = K.sparse_categorical_crossentropy(token_ids[:, 1:], y_pred[:, :-1])
-            return K.sum(loss * y_mask) / K.sum(y_mask)
-
-    model = models.build_transformer_model(config_path, prefix, application="unilm")
-    # Inputs are float32 as in Keras 2, so `loss * segment_ids` works in scripts.
-    assert [t.dtype for t in model.inputs] == ["float32", "float32"]
-    output = MaskedCrossEntropy(1)([model.inputs[0], model.outputs[0]])
-    train = keras.Model(model.inputs, output)
-    train.compile(optimizer="adam")
-    loss = train.evaluate([TOKENS, SEGMENTS], verbose=0)
-    assert seen["mask"][0] is None and seen["mask"][1] is not None
-    assert abs(loss - oracle.result("masked_loss")) < TOL
-
-
-@pytest.mark.parametrize("version", sorted(T5_VERSIONS))
-def test_t5_equals_bert4keras(t5_checkpoints, oracle, version):
-    """bert4keras reads the official names bert4x writes, and computes what bert4x
-    computes: through bert4x.bert4keras with bert4keras's defaults (the decoder's
-    position bias in cross-attention, the output scaled), and through bert4x with
-    Google's cross-attention; T5.1.0 then is bert4x's default T5."""
-    config_path, prefix = t5_checkpoints[version]
-    real = T5_DECODER != 0
-    real[:, 0] = True
-    ours = models.build_transformer_model(config_path, prefix, model=version).predict(
-        [T5_ENCODER, T5_DECODER], verbose=0)
-    theirs = oracle.result(f"t5_{version}_True")[0]
-    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4)
-    google = native_build(config_path, prefix, model=version, scale_decoder_outputs=True)
-    ours = google.predict([T5_ENCODER, T5_DECODER], verbose=0)
-    theirs_google = oracle.result(f"t5_{version}_False")[0]
-    np.testing.assert_allclose(ours[real], theirs_google[real], atol=1e-4)
-    assert np.abs(theirs - theirs_google)[real].max() > 1e-3  # the two differ
-    if version == "t5.1.0":
-        default = native_build(config_path, prefix, model="t5").predict(
-            [T5_ENCODER, T5_DECODER], verbose=0)
-        np.testing.assert_array_equal(default, ours)
+# ------------------------------------------------ without the oracle (first)
+# These run while the oracle's batch computes (pytest keeps the file's order).
+@pytest.fixture(scope="module", autouse=True)
+def _oracle_started_first(oracle):
+    """Starts the oracle's batch before the module's first test."""
 
 
 def test_intermediate_layers_carry_the_padding_mask(checkpoint):
@@ -472,7 +389,7 @@ def test_model_arguments_shape_the_inputs_and_names_as_in_bert4keras(checkpoint)
     assert all(name.startswith(("first-", "second-")) for name in names)
     assert len(set(names)) == len(names)
     joined = keras.Model(first.inputs + second.inputs, [first.output, second.output])
-    one, two = joined.predict([TOKENS, SEGMENTS, TOKENS, SEGMENTS], verbose=0)
+    one, two = outputs_of(joined, [TOKENS, SEGMENTS, TOKENS, SEGMENTS])
     np.testing.assert_allclose(one, two, atol=1e-6)
 
 
@@ -481,9 +398,8 @@ def test_model_takes_its_inputs_by_name_too(checkpoint):
     config_path, prefix = checkpoint
     model = models.build_transformer_model(config_path, prefix, with_mlm=True,
                                            prefix="named-")
-    by_position = model.predict([TOKENS, SEGMENTS], verbose=0)
-    by_name = model.predict({"named-Input-Token": TOKENS, "named-Input-Segment": SEGMENTS},
-                            verbose=0)
+    by_position = outputs_of(model, [TOKENS, SEGMENTS])
+    by_name = outputs_of(model, {"named-Input-Token": TOKENS, "named-Input-Segment": SEGMENTS})
     np.testing.assert_array_equal(by_name, by_position)
 
 
@@ -511,281 +427,6 @@ def test_unsupported_arguments_raise(checkpoint):
                                        custom_position_ids=True)
     with pytest.raises(ValueError, match="unknown model 't9'"):
         models.build_transformer_model(config_path, model="t9")
-
-
-# ------------------------------------------------------------------ layers
-def assert_scores_equal(ours, theirs):
-    """Equal within TOL, with ``-inf`` at the same (padded) places."""
-    ours = keras.ops.convert_to_numpy(ours)
-    np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
-    np.testing.assert_allclose(np.where(np.isinf(ours), 0, ours),
-                               np.where(np.isinf(theirs), 0, theirs), atol=TOL)
-
-
-def test_crf_output_loss_and_accuracy_equal_bert4keras(oracle):
-    crf = layers.ConditionalRandomField(lr_multiplier=CRF["lr_multiplier"])
-    crf.build(CRF["emissions"].shape)
-    crf.set_weights([CRF["trans"] / CRF["lr_multiplier"]])
-    output = crf(CRF["emissions"], mask=CRF["mask"])
-    theirs = oracle.result("crf")
-    assert_scores_equal(output, theirs["output"])
-    np.testing.assert_allclose(crf.sparse_loss(CRF["labels"], output), theirs["sparse_loss"],
-                               atol=TOL)
-    assert abs(float(crf.sparse_accuracy(CRF["labels"], output))
-               - theirs["sparse_accuracy"]) < TOL
-
-
-@pytest.mark.parametrize("hidden_dim", list(MEMM_CASES), ids=str)
-def test_memm_output_losses_accuracies_and_paths_equal_bert4keras(oracle, hidden_dim):
-    multiplier = CRF["lr_multiplier"]
-    memm = layers.MaximumEntropyMarkovModel(lr_multiplier=multiplier, hidden_dim=hidden_dim)
-    memm.build(CRF["emissions"].shape)
-    memm.set_weights([w / multiplier for w in MEMM_CASES[hidden_dim]])
-    output = memm(CRF["emissions"], mask=CRF["mask"])
-    labels, one_hot = CRF["labels"], np.eye(4, dtype="float32")[CRF["labels"]]
-    theirs = oracle.result(f"memm_{hidden_dim}")
-    assert_scores_equal(output, theirs["output"])
-    for name, y_true in (("sparse", labels), ("dense", one_hot)):
-        for kind in ("loss", "accuracy"):
-            ours = float(getattr(memm, f"{name}_{kind}")(y_true, output))
-            assert abs(ours - theirs[f"{name}_{kind}"]) < TOL, (name, kind)
-    weights = MEMM_CASES[hidden_dim]
-    trans = backend.K.eval(memm.trans)  # low rank: l_trans @ r_trans.T, checked by NumPy
-    np.testing.assert_allclose(trans, weights[0] if len(weights) == 1
-                               else weights[0] @ weights[1].T, atol=TOL)
-    if hidden_dim is None:
-        decoder = snippets.ViterbiDecoder(trans)
-        for emissions, mask, path in zip(CRF["emissions"], CRF["mask"], theirs["paths"]):
-            np.testing.assert_array_equal(decoder.decode(emissions[mask > 0].copy()), path)
-
-
-def test_memm_config_round_trip():
-    memm = layers.MaximumEntropyMarkovModel(lr_multiplier=5, hidden_dim=2, name="memm")
-    inputs = keras.Input((None, 4))
-    model = keras.Model(inputs, memm(inputs))
-    clone = keras.Model.from_config(model.get_config())
-    restored = clone.get_layer("memm")
-    assert (restored.lr_multiplier, restored.hidden_dim) == (5, 2)
-    clone.set_weights(model.get_weights())
-    np.testing.assert_allclose(backend.K.eval(restored.trans), backend.K.eval(memm.trans),
-                               atol=1e-6)
-
-
-def test_viterbi_paths_equal_bert4keras(oracle):
-    decoder = snippets.ViterbiDecoder(VITERBI["trans"], VITERBI["starts"], VITERBI["ends"])
-    ours = [decoder.decode(nodes.copy()) for nodes in VITERBI["nodes"]]
-    for a, b in zip(ours, oracle.result("viterbi")):
-        np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("efficient", [False, True])
-def test_global_pointer_scores_and_loss_equal_bert4keras(oracle, efficient):
-    cls = layers.EfficientGlobalPointer if efficient else layers.GlobalPointer
-    layer = cls(**POINTER_SETTINGS)
-    layer.build(POINTER_X.shape)
-    dense = [layer.p_dense, layer.q_dense] if efficient else [layer.dense]
-    for d, (kernel, bias) in zip(dense, POINTER_WEIGHTS[efficient]):
-        d.set_weights([kernel, bias])
-    output = keras.ops.convert_to_numpy(layer(POINTER_X, mask=POINTER_MASK))
-    theirs = oracle.result(f"pointer_{efficient}")
-    np.testing.assert_array_equal(np.isinf(output), np.isinf(theirs["output"]))
-    finite = np.isfinite(output)
-    np.testing.assert_allclose(output[finite], theirs["output"][finite], atol=TOL)
-    loss = backend.multilabel_categorical_crossentropy(
-        POINTER_TRUE.reshape(6, -1), output.reshape(6, -1))
-    np.testing.assert_allclose(loss, theirs["loss"], atol=TOL)
-    restored = cls.from_config(layer.get_config())
-    assert restored.get_config() == layer.get_config()
-
-
-def test_conditional_layer_norm_equals_bert4keras(oracle):
-    layer = layers.LayerNormalization(conditional=True, hidden_units=NORM["hidden_units"],
-                                      hidden_activation=NORM["hidden_activation"])
-    layer([NORM["x"], NORM["c"]])
-    w = NORM["weights"]
-    layer.gamma.assign(w["gamma"])
-    layer.beta.assign(w["beta"])
-    layer.hidden_dense.set_weights([w["hidden"]])
-    layer.gamma_dense.set_weights([w["gamma_dense"]])
-    layer.beta_dense.set_weights([w["beta_dense"]])
-    output = keras.ops.convert_to_numpy(layer([NORM["x"], NORM["c"]]))
-    np.testing.assert_allclose(output, oracle.result("layer_norm"), atol=TOL)
-
-
-def test_layer_norm_variants_equal_bert4keras(oracle):
-    """RMS norms, norms without gamma or beta, and a conditional RMS norm with gamma
-    only (T5's kind), in bert4x's layer and bert4x.bert4keras's."""
-    w = NORM["weights"]
-    theirs = oracle.result("layer_norm_variants")
-    for (zero_mean, scale, offset, conditional), expected in zip(NORM_VARIANTS, theirs):
-        options = dict(zero_mean=zero_mean, scale=scale, offset=offset,
-                       conditional=conditional)
-        for layer in (native_layers.LayerNormalization(1e-6, **options),
-                      layers.LayerNormalization(epsilon=1e-6, **options)):
-            inputs = [NORM["x"], NORM["c"]]
-            native = not isinstance(layer, layers.LayerNormalization)
-            call = ((lambda: layer(inputs[0], condition=inputs[1])) if native and conditional
-                    else (lambda: layer(inputs if conditional else inputs[0])))
-            call()
-            assert [v.name for v in layer.weights] == [
-                name for name, used in (("gamma", scale), ("beta", offset),
-                                        ("kernel", conditional and scale),
-                                        ("kernel", conditional and offset)) if used]
-            if scale:
-                layer.gamma.assign(w["gamma"])
-                if conditional:
-                    layer.gamma_dense.set_weights([NORM_C_DENSE])
-            if offset:
-                layer.beta.assign(w["beta"])
-                if conditional:
-                    layer.beta_dense.set_weights([NORM_C_DENSE[::-1]])
-            np.testing.assert_allclose(keras.ops.convert_to_numpy(call()), expected,
-                                       atol=TOL, err_msg=str(options))
-            restored = type(layer).from_config(layer.get_config())
-            assert restored.get_config() == layer.get_config()
-    with pytest.raises(ValueError, match="neither"):
-        native_layers.LayerNormalization(conditional=True, scale=False, offset=False)
-
-
-# ------------------------------------------------------------------ decoding
-def test_decoder_beam_and_sampling_ids_equal_bert4keras(oracle):
-    vocab_size = DECODER["vocab_size"]
-
-    class Table(snippets.AutoRegressiveDecoder):
-        @snippets.AutoRegressiveDecoder.wraps(default_rtype="logits")
-        def predict(self, inputs, output_ids, states):
-            return table_logits(output_ids, vocab_size)
-
-    decoder = Table(start_id=DECODER["start_id"], end_id=DECODER["end_id"],
-                    maxlen=DECODER["maxlen"], minlen=DECODER["minlen"])
-    theirs = oracle.result("decoder")
-    beams = [decoder.beam_search([np.array([1])], **b).tolist() for b in DECODER["beams"]]
-    assert beams == theirs["beam"]
-    sampled = []
-    for settings in DECODER["samples"]:
-        settings = dict(settings)
-        np.random.seed(settings.pop("seed"))
-        sampled.append([ids.tolist() for ids in
-                        decoder.random_sample([np.array([1])], **settings)])
-    assert sampled == theirs["sample"]
-
-
-def test_snippets_equal_bert4keras(oracle):
-    theirs = oracle.result("snippets")
-    for (maxlen, index, sequences), (returned, modified) in zip(SNIPPETS["pairs"],
-                                                                  theirs["truncated"]):
-        sequences = [list(x) if x is not None else None for x in sequences]
-        assert snippets.truncate_sequences(maxlen, index, *sequences) == returned
-        assert sequences == modified  # shortened in place, as bert4keras does
-    texts = SNIPPETS["texts"]
-    assert [snippets.text_segmentate(t, 8, "\n。，", "。") for t in texts] == theirs["segmented"]
-    assert [snippets.longest_common_substring(a, b)
-            for a, b in zip(texts, texts[1:])] == theirs["substring"]
-    assert [snippets.longest_common_subsequence(a, b)
-            for a, b in zip(texts, texts[1:])] == theirs["subsequence"]
-    assert snippets.parallel_apply(lambda x: x * x, list(range(20)), 3, 4, dummy=True,
-                                   unordered=False) == theirs["applied"]
-    # bert4keras 0.11.5's strQ2B calls Python 2's unichr and fails on Python 3.
-    assert snippets.strQ2B("ＡＢＣ１２３！　？ｘ") == "ABC123! ?x"
-
-
-def test_fortest_yields_the_inputs():
-    class Batches(snippets.DataGenerator):
-        def __iter__(self, random=False):
-            for _, item in self.sample(random):
-                yield [np.array([[item]]), np.array([[0]])], np.array([[1]])
-
-    first = next(Batches([5, 6], batch_size=1).fortest())
-    assert len(first) == 2 and first[0].tolist() == [[5]]
-
-
-# ------------------------------------------------------------------ tokenizer
-@pytest.mark.parametrize("lower", [False, True])
-def test_tokenizer_ids_rematch_decode_equal_bert4keras(oracle, lower):
-    tok = tokenizers.Tokenizer(chinese_vocab_path(), do_lower_case=lower)
-    theirs = oracle.result(f"tokenizer_{lower}")
-    for index, text in enumerate(TEXTS):
-        tokens = tok.tokenize(text)
-        # bert4keras leaves an unknown word as it is; its id is [UNK] all the same.
-        assert tokens == [t if t in tok._token_dict else "[UNK]"
-                          for t in theirs["tokens"][index]]
-        assert tok.encode(text)[0] == theirs["ids"][index]
-        assert tok.rematch(text, tokens) == theirs["rematch"][index]
-        assert tok.decode(tok.encode(text)[0]) == theirs["decode"][index]
-    for index, (first, second) in enumerate(PAIRS):
-        ours = [list(tok.encode(first, second, maxlen=12)),
-                list(tok.encode(first, second, maxlen=12, pattern="S*ES*E",
-                                truncate_from="left"))]
-        assert ours == [list(pair) for pair in theirs["pairs"][index]]
-    assert tok._token_start_id == tok.token_to_id("[CLS]")
-    assert tok._token_mask_id == tok.token_to_id("[MASK]")
-
-
-@pytest.mark.parametrize("module", ["bert4x", "bert4keras"])
-def test_jieba_pre_tokenized_tokenizer_equals_bert4keras(oracle, jieba_vocab, module):
-    """T5-PEGASUS's ``Tokenizer(dict_path, do_lower_case=True, pre_tokenize=lambda s:
-    jieba.cut(s, HMM=False))``: the same tokens and ids, from bert4x's tokenizer and
-    from bert4x.bert4keras's."""
-    jieba = pytest.importorskip("jieba")
-    jieba.setLogLevel(logging.WARNING)
-    chosen = native_tokenizers if module == "bert4x" else tokenizers
-    tok = chosen.Tokenizer(jieba_vocab, do_lower_case=True,
-                           pre_tokenize=lambda text: jieba.cut(text, HMM=False))
-    theirs = oracle.result("jieba_tokenizer")
-    vocabulary = tok.token_dict
-    for index, text in enumerate(JIEBA_TEXTS):
-        # bert4keras leaves an unknown word as it is; its id is [UNK] all the same.
-        assert tok.tokenize(text) == [t if t in vocabulary else "[UNK]"
-                                      for t in theirs["tokens"][index]], text
-        assert tok.encode(text)[0] == theirs["ids"][index], text
-    words = {token for tokens in theirs["tokens"] for token in tokens}
-    assert {"语言", "cafe", "北京大学", "resume", "istanbul", "ς"} <= words
-
-
-def test_sentencepiece_tokenizer_equals_bert4keras(oracle, sentencepiece_model):
-    tok = tokenizers.SpTokenizer(sentencepiece_model)
-    theirs = oracle.result("sp_tokenizer")
-    assert [list(tok.encode(text)) for text in SP_TEXTS] == [list(p) for p in theirs["ids"]]
-    assert [list(tok.encode(a, b, maxlen=12)) for a, b in zip(SP_TEXTS, SP_TEXTS[1:])] == \
-        [list(p) for p in theirs["pairs"]]
-    assert [tok.decode(tok.encode(t)[0][1:-1]) for t in SP_TEXTS] == theirs["decoded"]
-    split = tokenizers.SpTokenizer(sentencepiece_model, pre_tokenize=two_character_words)
-    ours = [list(split.encode(text)) for text in SP_TEXTS]
-    assert ours == [list(p) for p in theirs["pre_tokenized"]]
-    assert ours != [list(p) for p in theirs["ids"]]  # the words did change the pieces
-
-
-# ------------------------------------------------------------------ optimizers
-@pytest.mark.parametrize("case", sorted(OPTIMIZER_CASES))
-def test_optimizer_updates_equal_bert4keras(oracle, case):
-    import tensorflow as tf
-
-    factories, settings, steps, *options = OPTIMIZER_CASES[case]
-    options = (options or [{}])[0]
-    optimizer_class = getattr(optimizers, options.get("base", "Adam"))
-    for name in factories:
-        optimizer_class = getattr(optimizers, name)(optimizer_class)
-    optimizer = optimizer_class(**settings)
-    dense = keras.layers.Dense(2, name="Transformer-0-FeedForward")
-    dense.build((None, 3))
-    dense.set_weights(list(OPTIMIZER_W))
-    for x in options.get("x", [OPTIMIZER_X] * steps):
-        with tf.GradientTape() as tape:
-            loss = keras.ops.mean(keras.ops.square(dense(x) - OPTIMIZER_Y))
-        grads = tape.gradient(loss, dense.trainable_weights)
-        optimizer.apply_gradients(zip(grads, dense.trainable_weights))
-    snapshots = [dense.get_weights()]
-    if options.get("ema"):
-        for bias_correction in (True, False):
-            optimizer.apply_ema_weights(bias_correction=bias_correction)
-            snapshots.append(dense.get_weights())
-            optimizer.reset_old_weights()
-        snapshots.append(dense.get_weights())
-    theirs = oracle.result(f"optimizer_{case}")
-    assert len(snapshots) == len(theirs)
-    for our_weights, their_weights in zip(snapshots, theirs):
-        for ours, expected in zip(our_weights, their_weights):
-            np.testing.assert_allclose(ours, expected, atol=TOL)
 
 
 def test_extended_optimizers_keep_bert4keras_hyperparameters_in_their_config():
@@ -952,6 +593,375 @@ def test_layers_give_their_output_at_each_call_as_in_keras_2(family_checkpoints)
         "Transformer-FeedForward-Add").get_output_at(0)
     with pytest.raises(ValueError, match="called 2 times"):
         norm.get_output_at(2)
+
+
+def test_memm_config_round_trip():
+    memm = layers.MaximumEntropyMarkovModel(lr_multiplier=5, hidden_dim=2, name="memm")
+    inputs = keras.Input((None, 4))
+    model = keras.Model(inputs, memm(inputs))
+    clone = keras.Model.from_config(model.get_config())
+    restored = clone.get_layer("memm")
+    assert (restored.lr_multiplier, restored.hidden_dim) == (5, 2)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(backend.K.eval(restored.trans), backend.K.eval(memm.trans),
+                               atol=1e-6)
+
+
+def test_fortest_yields_the_inputs():
+    class Batches(snippets.DataGenerator):
+        def __iter__(self, random=False):
+            for _, item in self.sample(random):
+                yield [np.array([[item]]), np.array([[0]])], np.array([[1]])
+
+    first = next(Batches([5, 6], batch_size=1).fortest())
+    assert len(first) == 2 and first[0].tolist() == [[5]]
+
+
+# ------------------------------------------------------------------ models
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_model_outputs_equal_bert4keras(checkpoint, oracle, case):
+    config_path, prefix = checkpoint
+    model = models.build_transformer_model(config_path, prefix, **MODEL_CASES[case])
+    ours = outputs_of(model, MODEL_INPUTS.get(case, [TOKENS, SEGMENTS]))
+    theirs = oracle.result(f"model_{case}")
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=TOL)
+
+
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
+def test_other_families_equal_bert4keras(family_checkpoints, oracle, case):
+    """Outputs on a checkpoint bert4x wrote in the family's official names, which
+    bert4keras reads by its own name map."""
+    config_path, prefix = family_checkpoints[case]
+    model = models.build_transformer_model(config_path, prefix, model=case.split(":")[0],
+                                           **FAMILY_CASES[case][1])
+    ours = outputs_of(model, FAMILY_INPUTS.get(case, [TOKENS, SEGMENTS]))
+    theirs = oracle.result(f"family_{case}")
+    assert [a.shape for a in ours] == [b.shape for b in theirs]
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=TOL)
+
+
+@pytest.mark.parametrize("case", sorted(ROFORMER_V2_CASES))
+def test_roformer_v2_equals_bert4keras(roformer_v2_checkpoints, oracle, case):
+    """bert4keras's RoFormerV2 (rotary attention, no biases, RMS norms without gamma or
+    beta, its bare MLM head) within 1e-4, through bert4x.bert4keras and bert4x's own
+    build_transformer_model alike."""
+    key, kwargs = ROFORMER_V2_CASES[case]
+    config_path, prefix = roformer_v2_checkpoints[key]
+    inputs = [ROFORMER_V2_TOKENS, ROFORMER_V2_SEGMENTS]
+    theirs = oracle.result(f"roformer_v2_{case}")
+    model = models.build_transformer_model(config_path, prefix, model="roformer_v2", **kwargs)
+    ours = outputs_of(model, inputs)
+    assert [a.shape for a in ours] == [b.shape for b in theirs] == [
+        ROFORMER_V2_TOKENS.shape + ((18,) if case == "encoder" else (43,))]
+    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-4)
+    native = outputs_of(native_build(config_path, prefix, model="roformer_v2", **kwargs),
+                        inputs)[-1]  # after the sequence output, if any
+    np.testing.assert_allclose(native, theirs[0], atol=1e-4)
+
+
+def test_masks_reach_a_loss_layer_as_in_bert4keras(checkpoint, oracle):
+    config_path, prefix = checkpoint
+    seen = {}
+
+    class MaskedCrossEntropy(layers.Loss):
+        def compute_loss(self, inputs, mask=None):
+            K = backend.K
+            token_ids, y_pred = inputs
+            seen["mask"] = mask
+            y_mask = K.cast(mask[1][:, 1:], K.floatx())
+            loss = K.sparse_categorical_crossentropy(token_ids[:, 1:], y_pred[:, :-1])
+            return K.sum(loss * y_mask) / K.sum(y_mask)
+
+    model = models.build_transformer_model(config_path, prefix, application="unilm")
+    # Inputs are float32 as in Keras 2, so `loss * segment_ids` works in scripts.
+    assert [t.dtype for t in model.inputs] == ["float32", "float32"]
+    output = MaskedCrossEntropy(1)([model.inputs[0], model.outputs[0]])
+    train = keras.Model(model.inputs, output)
+    train.compile(optimizer="adam")
+    loss = train.evaluate([TOKENS, SEGMENTS], verbose=0)
+    assert seen["mask"][0] is None and seen["mask"][1] is not None
+    assert abs(loss - oracle.result("masked_loss")) < TOL
+
+
+@pytest.mark.parametrize("version", sorted(T5_VERSIONS))
+def test_t5_equals_bert4keras(t5_checkpoints, oracle, version):
+    """bert4keras reads the official names bert4x writes, and computes what bert4x
+    computes: through bert4x.bert4keras with bert4keras's defaults (the decoder's
+    position bias in cross-attention, the output scaled), and through bert4x with
+    Google's cross-attention; T5.1.0 then is bert4x's default T5."""
+    config_path, prefix = t5_checkpoints[version]
+    real = T5_DECODER != 0
+    real[:, 0] = True
+    ours, = outputs_of(models.build_transformer_model(config_path, prefix, model=version),
+                       [T5_ENCODER, T5_DECODER])
+    theirs = oracle.result(f"t5_{version}_True")[0]
+    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4)
+    google = native_build(config_path, prefix, model=version, scale_decoder_outputs=True)
+    ours, = outputs_of(google, [T5_ENCODER, T5_DECODER])
+    theirs_google = oracle.result(f"t5_{version}_False")[0]
+    np.testing.assert_allclose(ours[real], theirs_google[real], atol=1e-4)
+    assert np.abs(theirs - theirs_google)[real].max() > 1e-3  # the two differ
+    if version == "t5.1.0":
+        default, = outputs_of(native_build(config_path, prefix, model="t5"),
+                              [T5_ENCODER, T5_DECODER])
+        np.testing.assert_array_equal(default, ours)
+
+
+# ------------------------------------------------------------------ layers
+def assert_scores_equal(ours, theirs):
+    """Equal within TOL, with ``-inf`` at the same (padded) places."""
+    ours = keras.ops.convert_to_numpy(ours)
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+    np.testing.assert_allclose(np.where(np.isinf(ours), 0, ours),
+                               np.where(np.isinf(theirs), 0, theirs), atol=TOL)
+
+
+def test_crf_output_loss_and_accuracy_equal_bert4keras(oracle):
+    crf = layers.ConditionalRandomField(lr_multiplier=CRF["lr_multiplier"])
+    crf.build(CRF["emissions"].shape)
+    crf.set_weights([CRF["trans"] / CRF["lr_multiplier"]])
+    output = crf(CRF["emissions"], mask=CRF["mask"])
+    theirs = oracle.result("crf")
+    assert_scores_equal(output, theirs["output"])
+    np.testing.assert_allclose(crf.sparse_loss(CRF["labels"], output), theirs["sparse_loss"],
+                               atol=TOL)
+    assert abs(float(crf.sparse_accuracy(CRF["labels"], output))
+               - theirs["sparse_accuracy"]) < TOL
+
+
+@pytest.mark.parametrize("hidden_dim", list(MEMM_CASES), ids=str)
+def test_memm_output_losses_accuracies_and_paths_equal_bert4keras(oracle, hidden_dim):
+    multiplier = CRF["lr_multiplier"]
+    memm = layers.MaximumEntropyMarkovModel(lr_multiplier=multiplier, hidden_dim=hidden_dim)
+    memm.build(CRF["emissions"].shape)
+    memm.set_weights([w / multiplier for w in MEMM_CASES[hidden_dim]])
+    output = memm(CRF["emissions"], mask=CRF["mask"])
+    labels, one_hot = CRF["labels"], np.eye(4, dtype="float32")[CRF["labels"]]
+    theirs = oracle.result(f"memm_{hidden_dim}")
+    assert_scores_equal(output, theirs["output"])
+    for name, y_true in (("sparse", labels), ("dense", one_hot)):
+        for kind in ("loss", "accuracy"):
+            ours = float(getattr(memm, f"{name}_{kind}")(y_true, output))
+            assert abs(ours - theirs[f"{name}_{kind}"]) < TOL, (name, kind)
+    weights = MEMM_CASES[hidden_dim]
+    trans = backend.K.eval(memm.trans)  # low rank: l_trans @ r_trans.T, checked by NumPy
+    np.testing.assert_allclose(trans, weights[0] if len(weights) == 1
+                               else weights[0] @ weights[1].T, atol=TOL)
+    if hidden_dim is None:
+        decoder = snippets.ViterbiDecoder(trans)
+        for emissions, mask, path in zip(CRF["emissions"], CRF["mask"], theirs["paths"]):
+            np.testing.assert_array_equal(decoder.decode(emissions[mask > 0].copy()), path)
+
+
+def test_viterbi_paths_equal_bert4keras(oracle):
+    decoder = snippets.ViterbiDecoder(VITERBI["trans"], VITERBI["starts"], VITERBI["ends"])
+    ours = [decoder.decode(nodes.copy()) for nodes in VITERBI["nodes"]]
+    for a, b in zip(ours, oracle.result("viterbi")):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("efficient", [False, True])
+def test_global_pointer_scores_and_loss_equal_bert4keras(oracle, efficient):
+    cls = layers.EfficientGlobalPointer if efficient else layers.GlobalPointer
+    layer = cls(**POINTER_SETTINGS)
+    layer.build(POINTER_X.shape)
+    dense = [layer.p_dense, layer.q_dense] if efficient else [layer.dense]
+    for d, (kernel, bias) in zip(dense, POINTER_WEIGHTS[efficient]):
+        d.set_weights([kernel, bias])
+    output = keras.ops.convert_to_numpy(layer(POINTER_X, mask=POINTER_MASK))
+    theirs = oracle.result(f"pointer_{efficient}")
+    np.testing.assert_array_equal(np.isinf(output), np.isinf(theirs["output"]))
+    finite = np.isfinite(output)
+    np.testing.assert_allclose(output[finite], theirs["output"][finite], atol=TOL)
+    loss = backend.multilabel_categorical_crossentropy(
+        POINTER_TRUE.reshape(6, -1), output.reshape(6, -1))
+    np.testing.assert_allclose(loss, theirs["loss"], atol=TOL)
+    restored = cls.from_config(layer.get_config())
+    assert restored.get_config() == layer.get_config()
+
+
+def test_conditional_layer_norm_equals_bert4keras(oracle):
+    layer = layers.LayerNormalization(conditional=True, hidden_units=NORM["hidden_units"],
+                                      hidden_activation=NORM["hidden_activation"])
+    layer([NORM["x"], NORM["c"]])
+    w = NORM["weights"]
+    layer.gamma.assign(w["gamma"])
+    layer.beta.assign(w["beta"])
+    layer.hidden_dense.set_weights([w["hidden"]])
+    layer.gamma_dense.set_weights([w["gamma_dense"]])
+    layer.beta_dense.set_weights([w["beta_dense"]])
+    output = keras.ops.convert_to_numpy(layer([NORM["x"], NORM["c"]]))
+    np.testing.assert_allclose(output, oracle.result("layer_norm"), atol=TOL)
+
+
+def test_layer_norm_variants_equal_bert4keras(oracle):
+    """RMS norms, norms without gamma or beta, and a conditional RMS norm with gamma
+    only (T5's kind), in bert4x's layer and bert4x.bert4keras's."""
+    w = NORM["weights"]
+    theirs = oracle.result("layer_norm_variants")
+    for (zero_mean, scale, offset, conditional), expected in zip(NORM_VARIANTS, theirs):
+        options = dict(zero_mean=zero_mean, scale=scale, offset=offset,
+                       conditional=conditional)
+        for layer in (native_layers.LayerNormalization(1e-6, **options),
+                      layers.LayerNormalization(epsilon=1e-6, **options)):
+            inputs = [NORM["x"], NORM["c"]]
+            native = not isinstance(layer, layers.LayerNormalization)
+            call = ((lambda: layer(inputs[0], condition=inputs[1])) if native and conditional
+                    else (lambda: layer(inputs if conditional else inputs[0])))
+            call()
+            assert [v.name for v in layer.weights] == [
+                name for name, used in (("gamma", scale), ("beta", offset),
+                                        ("kernel", conditional and scale),
+                                        ("kernel", conditional and offset)) if used]
+            if scale:
+                layer.gamma.assign(w["gamma"])
+                if conditional:
+                    layer.gamma_dense.set_weights([NORM_C_DENSE])
+            if offset:
+                layer.beta.assign(w["beta"])
+                if conditional:
+                    layer.beta_dense.set_weights([NORM_C_DENSE[::-1]])
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(call()), expected,
+                                       atol=TOL, err_msg=str(options))
+            restored = type(layer).from_config(layer.get_config())
+            assert restored.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="neither"):
+        native_layers.LayerNormalization(conditional=True, scale=False, offset=False)
+
+
+# ------------------------------------------------------------------ decoding
+def test_decoder_beam_and_sampling_ids_equal_bert4keras(oracle):
+    vocab_size = DECODER["vocab_size"]
+
+    class Table(snippets.AutoRegressiveDecoder):
+        @snippets.AutoRegressiveDecoder.wraps(default_rtype="logits")
+        def predict(self, inputs, output_ids, states):
+            return table_logits(output_ids, vocab_size)
+
+    decoder = Table(start_id=DECODER["start_id"], end_id=DECODER["end_id"],
+                    maxlen=DECODER["maxlen"], minlen=DECODER["minlen"])
+    theirs = oracle.result("decoder")
+    beams = [decoder.beam_search([np.array([1])], **b).tolist() for b in DECODER["beams"]]
+    assert beams == theirs["beam"]
+    sampled = []
+    for settings in DECODER["samples"]:
+        settings = dict(settings)
+        np.random.seed(settings.pop("seed"))
+        sampled.append([ids.tolist() for ids in
+                        decoder.random_sample([np.array([1])], **settings)])
+    assert sampled == theirs["sample"]
+
+
+def test_snippets_equal_bert4keras(oracle):
+    theirs = oracle.result("snippets")
+    for (maxlen, index, sequences), (returned, modified) in zip(SNIPPETS["pairs"],
+                                                                  theirs["truncated"]):
+        sequences = [list(x) if x is not None else None for x in sequences]
+        assert snippets.truncate_sequences(maxlen, index, *sequences) == returned
+        assert sequences == modified  # shortened in place, as bert4keras does
+    texts = SNIPPETS["texts"]
+    assert [snippets.text_segmentate(t, 8, "\n。，", "。") for t in texts] == theirs["segmented"]
+    assert [snippets.longest_common_substring(a, b)
+            for a, b in zip(texts, texts[1:])] == theirs["substring"]
+    assert [snippets.longest_common_subsequence(a, b)
+            for a, b in zip(texts, texts[1:])] == theirs["subsequence"]
+    assert snippets.parallel_apply(lambda x: x * x, list(range(20)), 3, 4, dummy=True,
+                                   unordered=False) == theirs["applied"]
+    # bert4keras 0.11.5's strQ2B calls Python 2's unichr and fails on Python 3.
+    assert snippets.strQ2B("ＡＢＣ１２３！　？ｘ") == "ABC123! ?x"
+
+
+# ------------------------------------------------------------------ tokenizer
+@pytest.mark.parametrize("lower", [False, True])
+def test_tokenizer_ids_rematch_decode_equal_bert4keras(oracle, lower):
+    tok = tokenizers.Tokenizer(chinese_vocab_path(), do_lower_case=lower)
+    theirs = oracle.result(f"tokenizer_{lower}")
+    for index, text in enumerate(TEXTS):
+        tokens = tok.tokenize(text)
+        # bert4keras leaves an unknown word as it is; its id is [UNK] all the same.
+        assert tokens == [t if t in tok._token_dict else "[UNK]"
+                          for t in theirs["tokens"][index]]
+        assert tok.encode(text)[0] == theirs["ids"][index]
+        assert tok.rematch(text, tokens) == theirs["rematch"][index]
+        assert tok.decode(tok.encode(text)[0]) == theirs["decode"][index]
+    for index, (first, second) in enumerate(PAIRS):
+        ours = [list(tok.encode(first, second, maxlen=12)),
+                list(tok.encode(first, second, maxlen=12, pattern="S*ES*E",
+                                truncate_from="left"))]
+        assert ours == [list(pair) for pair in theirs["pairs"][index]]
+    assert tok._token_start_id == tok.token_to_id("[CLS]")
+    assert tok._token_mask_id == tok.token_to_id("[MASK]")
+
+
+@pytest.mark.parametrize("module", ["bert4x", "bert4keras"])
+def test_jieba_pre_tokenized_tokenizer_equals_bert4keras(oracle, jieba_vocab, module):
+    """T5-PEGASUS's ``Tokenizer(dict_path, do_lower_case=True, pre_tokenize=lambda s:
+    jieba.cut(s, HMM=False))``: the same tokens and ids, from bert4x's tokenizer and
+    from bert4x.bert4keras's."""
+    jieba = pytest.importorskip("jieba")
+    jieba.setLogLevel(logging.WARNING)
+    chosen = native_tokenizers if module == "bert4x" else tokenizers
+    tok = chosen.Tokenizer(jieba_vocab, do_lower_case=True,
+                           pre_tokenize=lambda text: jieba.cut(text, HMM=False))
+    theirs = oracle.result("jieba_tokenizer")
+    vocabulary = tok.token_dict
+    for index, text in enumerate(JIEBA_TEXTS):
+        # bert4keras leaves an unknown word as it is; its id is [UNK] all the same.
+        assert tok.tokenize(text) == [t if t in vocabulary else "[UNK]"
+                                      for t in theirs["tokens"][index]], text
+        assert tok.encode(text)[0] == theirs["ids"][index], text
+    words = {token for tokens in theirs["tokens"] for token in tokens}
+    assert {"语言", "cafe", "北京大学", "resume", "istanbul", "ς"} <= words
+
+
+def test_sentencepiece_tokenizer_equals_bert4keras(oracle, sentencepiece_model):
+    tok = tokenizers.SpTokenizer(sentencepiece_model)
+    theirs = oracle.result("sp_tokenizer")
+    assert [list(tok.encode(text)) for text in SP_TEXTS] == [list(p) for p in theirs["ids"]]
+    assert [list(tok.encode(a, b, maxlen=12)) for a, b in zip(SP_TEXTS, SP_TEXTS[1:])] == \
+        [list(p) for p in theirs["pairs"]]
+    assert [tok.decode(tok.encode(t)[0][1:-1]) for t in SP_TEXTS] == theirs["decoded"]
+    split = tokenizers.SpTokenizer(sentencepiece_model, pre_tokenize=two_character_words)
+    ours = [list(split.encode(text)) for text in SP_TEXTS]
+    assert ours == [list(p) for p in theirs["pre_tokenized"]]
+    assert ours != [list(p) for p in theirs["ids"]]  # the words did change the pieces
+
+
+# ------------------------------------------------------------------ optimizers
+@pytest.mark.parametrize("case", sorted(OPTIMIZER_CASES))
+def test_optimizer_updates_equal_bert4keras(oracle, case):
+    import tensorflow as tf
+
+    factories, settings, steps, *options = OPTIMIZER_CASES[case]
+    options = (options or [{}])[0]
+    optimizer_class = getattr(optimizers, options.get("base", "Adam"))
+    for name in factories:
+        optimizer_class = getattr(optimizers, name)(optimizer_class)
+    optimizer = optimizer_class(**settings)
+    dense = keras.layers.Dense(2, name="Transformer-0-FeedForward")
+    dense.build((None, 3))
+    dense.set_weights(list(OPTIMIZER_W))
+    for x in options.get("x", [OPTIMIZER_X] * steps):
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean(keras.ops.square(dense(x) - OPTIMIZER_Y))
+        grads = tape.gradient(loss, dense.trainable_weights)
+        optimizer.apply_gradients(zip(grads, dense.trainable_weights))
+    snapshots = [dense.get_weights()]
+    if options.get("ema"):
+        for bias_correction in (True, False):
+            optimizer.apply_ema_weights(bias_correction=bias_correction)
+            snapshots.append(dense.get_weights())
+            optimizer.reset_old_weights()
+        snapshots.append(dense.get_weights())
+    theirs = oracle.result(f"optimizer_{case}")
+    assert len(snapshots) == len(theirs)
+    for our_weights, their_weights in zip(snapshots, theirs):
+        for ours, expected in zip(our_weights, their_weights):
+            np.testing.assert_allclose(ours, expected, atol=TOL)
 
 
 def test_sparse_multilabel_loss_equals_bert4keras(oracle):

@@ -93,27 +93,90 @@ def folders(tmp_path_factory):
         with_pool=True, with_mlm=True, return_keras_model=False)
     bert_dir = str(tmp_path_factory.mktemp("bert") / "tiny")
     checkpoints.save_checkpoint(builder, bert_dir, vocab=vocab)
-    # A tiny random mT5 on the same vocabulary, as T5-PEGASUS is an mT5 on BERT's.
-    t5 = build_transformer_model(
-        model="mt5.1.1", vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=48, hidden_dropout_prob=0.0,
-        return_keras_model=False)
-    checkpoints.save_checkpoint(t5, bert_dir + "_t5", vocab=vocab)
     return bert_dir, data_dir
 
 
-def _run(script, folders):
+def _t5_dir(folders):
+    """A tiny random mT5 on the BERT's vocabulary (T5-PEGASUS is an mT5 on BERT's),
+    written beside it when a script first needs it (no default script does)."""
+    bert_dir, _ = folders
+    t5_dir = bert_dir + "_t5"
+    if not os.path.exists(t5_dir):
+        with open(os.path.join(bert_dir, "vocab.txt"), encoding="utf-8") as f:
+            vocab = [token for token in f.read().split("\n") if token]
+        t5 = build_transformer_model(
+            model="mt5.1.1", vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=2, intermediate_size=48, hidden_dropout_prob=0.0,
+            return_keras_model=False)
+        checkpoints.save_checkpoint(t5, t5_dir, vocab=vocab)
+    return t5_dir
+
+
+def _env(folders, script):
     bert_dir, data_dir = folders
-    env = dict(os.environ, BERT_DIR=bert_dir, DATA_DIR=data_dir, T5_DIR=bert_dir + "_t5",
-               TF_CPP_MIN_LOG_LEVEL="2")
-    completed = subprocess.run([sys.executable, os.path.join(EXAMPLES, script)], env=env,
-                               capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    found = re.findall(r"loss: ([\d.]+) -> ([\d.]+)", completed.stdout)
-    assert found, completed.stdout[-2000:]
+    env = dict(os.environ, BERT_DIR=bert_dir, DATA_DIR=data_dir, TF_CPP_MIN_LOG_LEVEL="2")
+    with open(os.path.join(EXAMPLES, script), encoding="utf-8") as f:
+        if "T5_DIR" in f.read():
+            env["T5_DIR"] = _t5_dir(folders)
+    return env
+
+
+def _check(returncode, stdout, stderr):
+    """The script ran and printed ``loss: first -> last`` with the loss fallen."""
+    assert returncode == 0, stderr[-3000:]
+    found = re.findall(r"loss: ([\d.]+) -> ([\d.]+)", stdout)
+    assert found, stdout[-2000:]
     first, last = map(float, found[-1])
-    assert last < first, completed.stdout[-2000:]
-    return completed.stdout
+    assert last < first, stdout[-2000:]
+    return stdout
+
+
+def _run(script, folders):
+    completed = subprocess.run([sys.executable, os.path.join(EXAMPLES, script)],
+                               env=_env(folders, script), capture_output=True, text=True,
+                               timeout=900)
+    return _check(completed.returncode, completed.stdout, completed.stderr)
+
+
+# Runs scripts one after another in one Python process (one TensorFlow start for
+# all): ``python -c RUN_IN_TURN results.json script...``; each script's stdout and
+# its traceback, if it failed, go to results.json.
+RUN_IN_TURN = """
+import contextlib, io, json, runpy, sys, traceback
+results = {}
+for script in sys.argv[2:]:
+    stdout, error = io.StringIO(), ""
+    try:
+        with contextlib.redirect_stdout(stdout):
+            runpy.run_path(script, run_name="__main__")
+    except BaseException:
+        error = traceback.format_exc()
+    results[script] = dict(stdout=stdout.getvalue(), error=error)
+with open(sys.argv[1], "w") as file:
+    json.dump(results, file)
+"""
+
+
+@pytest.fixture(scope="module")
+def default_runs(folders, tmp_path_factory):
+    """``{script: (returncode, stdout, stderr)}`` of the default scripts, run in turn by
+    one subprocess."""
+    scripts = sorted(DEFAULT)
+    results_path = str(tmp_path_factory.mktemp("runs") / "results.json")
+    env = {}
+    for script in scripts:
+        env.update(_env(folders, script))
+    completed = subprocess.run(
+        [sys.executable, "-c", RUN_IN_TURN, results_path]
+        + [os.path.join(EXAMPLES, script) for script in scripts],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0 and os.path.exists(results_path), \
+        completed.stderr[-3000:]
+    with open(results_path, encoding="utf-8") as file:
+        results = json.load(file)
+    return {script: (1 if found["error"] else 0, found["stdout"],
+                     completed.stderr + found["error"])
+            for script, found in ((s, results[os.path.join(EXAMPLES, s)]) for s in scripts)}
 
 
 def _scripts():
@@ -121,8 +184,8 @@ def _scripts():
 
 
 @pytest.mark.parametrize("script", sorted(DEFAULT))
-def test_default_examples_learn(folders, script):
-    _run(script, folders)
+def test_default_examples_learn(default_runs, script):
+    _check(*default_runs[script])
 
 
 @pytest.mark.slow

@@ -18,12 +18,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from shared import table_logits, two_character_words  # noqa: E402
 
 
+def outputs_of(model, inputs):
+    """The model's outputs on one small batch, as a list of arrays: an eager call (what
+    ``predict`` computes, without tracing a graph for a single batch)."""
+    outputs = model([np.asarray(x) for x in inputs])
+    return [output.numpy() for output in (outputs if isinstance(outputs, list) else [outputs])]
+
+
 def model_outputs(config_path, checkpoint_path, inputs, **kwargs):
     from bert4keras.models import build_transformer_model
 
     model = build_transformer_model(config_path, checkpoint_path, **kwargs)
-    outputs = model.predict(inputs, verbose=0)
-    return outputs if isinstance(outputs, list) else [outputs]
+    return outputs_of(model, inputs)
 
 
 def roformer_v2_outputs(config_path, checkpoint_path, inputs, **kwargs):
@@ -39,8 +45,7 @@ def roformer_v2_outputs(config_path, checkpoint_path, inputs, **kwargs):
     name = "cls/predictions/output_mapping/kernel"
     if reader.has_tensor(name):
         model.get_layer("Output-Mapping").set_weights([reader.get_tensor(name)])
-    outputs = model.predict(inputs, verbose=0)
-    return outputs if isinstance(outputs, list) else [outputs]
+    return outputs_of(model, inputs)
 
 
 def masked_loss(config_path, checkpoint_path, inputs, **kwargs):
