@@ -105,25 +105,47 @@ def target_segment(application):
 
 
 REFERENCE_LENGTH = 24
+# Every re-run batch has this many rows (the cache check's), so that JAX, which
+# compiles each operation run eagerly per shape, compiles it once for all the
+# re-runs of models of one size.
+REFERENCE_ROWS = 6
+
+
+def padded_rows(rows):
+    """``rows`` followed by copies of its first row, to ``REFERENCE_ROWS`` rows."""
+    return list(rows) + [rows[0]] * (REFERENCE_ROWS - len(rows))
+
+
+def full_logits_rows(builder, rows):
+    """Logits of full re-runs of several sequences at once: ``rows`` holds ``(source,
+    generated, extra)``; answer ``i`` is ``[len(generated) + 1, vocab]``, from the last
+    source token of row ``i``.
+
+    The rows are right-padded to a fixed length (padding keys are masked, so real
+    positions are unaffected) and run by one direct call of the model: a check
+    re-runs each model once or twice, where ``predict`` would first trace (or, on
+    JAX, compile) a function of its own for it.
+    """
+    application = builder.application
+    batch = padded_rows(rows)
+    token_ids = np.full((len(batch), REFERENCE_LENGTH), builder.config.pad_token_id, "int32")
+    segment_ids = np.zeros_like(token_ids)
+    for index, (source, generated, _) in enumerate(batch):
+        end = len(source) + len(generated)
+        token_ids[index, :end] = list(source) + list(generated)
+        segment_ids[index, len(source):end] = target_segment(application)
+    extras = [np.stack([np.asarray(row[2][k]) for row in batch])
+              for k in range(len(rows[0][2]))]
+    logits = keras.ops.convert_to_numpy(builder.model(
+        model_inputs(builder, token_ids, segment_ids) + extras, training=False))
+    return [logits[index, len(source) - 1:len(source) + len(generated)]
+            for index, (source, generated, _) in enumerate(rows)]
 
 
 def full_logits(builder, source, generated, extra=()):
-    """Logits ``[len(generated) + 1, vocab]`` of a full re-run, from the last source token.
-
-    The sequence is right-padded to a fixed length (padding keys are masked, so
-    earlier positions are unaffected) so that compiled backends compile once.
-    """
-    application = builder.application
-    sequence = list(source) + list(generated)
-    segments = [0] * len(source) + [target_segment(application)] * len(generated)
-    token_ids = np.full((1, REFERENCE_LENGTH), builder.config.pad_token_id, "int32")
-    segment_ids = np.zeros((1, REFERENCE_LENGTH), "int32")
-    token_ids[0, :len(sequence)] = sequence
-    segment_ids[0, :len(sequence)] = segments
-    inputs = model_inputs(builder, token_ids, segment_ids) + [
-        np.asarray(value)[None] for value in extra]
-    logits = builder.model.predict_on_batch(inputs)
-    return np.asarray(logits)[0, len(source) - 1:len(sequence)]
+    """Logits ``[len(generated) + 1, vocab]`` of a full re-run, from the last source
+    token (:func:`full_logits_rows` of one row)."""
+    return full_logits_rows(builder, [(source, generated, extra)])[0]
 
 
 def model_inputs(builder, token_ids, segment_ids):
@@ -178,25 +200,37 @@ def check_cache(builder, rows_per_source=2):
         outputs = step({key: keras.ops.convert_to_tensor(x) for key, x in inputs.items()})
         logits, cache = outputs["logits"], outputs["cache"]
         cached.append(keras.ops.convert_to_numpy(logits))
+    references = full_logits_rows(builder, [
+        (SOURCES[source], row_targets[row][:steps - 1],
+         [CLASSES[source]] if conditional else []) for row, source in enumerate(row_sources)])
     worst = 0.0
-    for row, source in enumerate(row_sources):
-        reference = full_logits(builder, SOURCES[source], row_targets[row][:steps - 1],
-                                [CLASSES[source]] if conditional else [])
+    for row, reference in enumerate(references):
         stepped = np.stack([logits[row] for logits in cached])
         worst = max(worst, float(np.abs(reference - stepped).max()))
     return worst
 
 
-def reference_greedy(builder, source, max_length, extra=()):
+def greedy_confirmed(scores, found, max_length, pad_id):
+    """The greedy continuation that re-run ``scores`` confirm of ``found``.
+
+    ``scores[t]`` are the next-token scores after ``found[:t]``, from one full re-run
+    of the source and ``found`` (each position sees only the tokens before it, which
+    ``check_cache`` checks against separate re-runs). Walking ``t`` up: the argmax
+    (never the padding id) is the greedy token after ``found[:t]`` while ``found``
+    agrees so far; the walk stops at the end token, at ``max_length`` tokens, or
+    after the first token where ``found`` disagrees. So the answer equals ``found``
+    exactly when greedy decoding by separate re-runs of every prefix gives ``found``.
+    """
     generated = []
-    for _ in range(max_length):
-        # The padding id is never emitted by the decoder.
-        logits = full_logits(builder, source, generated, extra)[-1]
-        logits[builder.config.pad_token_id] = -np.inf
-        token = int(np.argmax(logits))
+    for t in range(min(len(found) + 1, max_length)):
+        row = np.array(scores[t], np.float64)
+        row[pad_id] = -np.inf
+        token = int(np.argmax(row))
         if token == END_ID:
             break
         generated.append(token)
+        if t == len(found) or token != found[t]:
+            break
     return generated
 
 
@@ -205,13 +239,13 @@ def check_greedy(builder, max_length=6):
     conditional = builder.conditional
     decoder = Decoder(builder, end_id=END_ID, max_length=max_length)
     extra = [CLASSES] if conditional else None
-    found = decoder.greedy(SOURCES, additional_inputs=extra)
-    for row, source in enumerate(SOURCES):
-        expected = reference_greedy(builder, source, max_length,
-                                    [CLASSES[row]] if conditional else [])
-        if found[row].token_ids != expected:
-            return False
-    return True
+    found = [result.token_ids for result in
+             decoder.greedy(SOURCES, additional_inputs=extra)]
+    scores = full_logits_rows(builder, [
+        (source, tokens, [CLASSES[row]] if conditional else [])
+        for row, (source, tokens) in enumerate(zip(SOURCES, found))])
+    return all(greedy_confirmed(rows, tokens, max_length, builder.config.pad_token_id)
+               == tokens for rows, tokens in zip(scores, found))
 
 
 # Encoder-decoders: T5.1.0 (ReLU, tied, scaled output) and mT5 with bert4keras's
@@ -240,6 +274,21 @@ def t5_full_log_probs(builder, source, generated):
     decoder_ids[0, 1:len(generated) + 1] = generated
     probabilities = np.asarray(builder.model.predict_on_batch([encoder_ids, decoder_ids]))
     return np.log(probabilities[0, :len(generated) + 1].astype(np.float64))
+
+
+def t5_full_log_probs_rows(builder, rows):
+    """:func:`t5_full_log_probs` of several ``(source, generated)`` rows at once, by
+    one direct call of the model (no ``predict`` function traced for a check that
+    re-runs the model once or twice)."""
+    encoder_ids = np.zeros((REFERENCE_ROWS, REFERENCE_LENGTH), "int32")
+    decoder_ids = np.zeros((REFERENCE_ROWS, REFERENCE_LENGTH), "int32")
+    for index, (source, generated) in enumerate(padded_rows(rows)):
+        encoder_ids[index, :len(source)] = source
+        decoder_ids[index, 1:len(generated) + 1] = generated
+    probabilities = keras.ops.convert_to_numpy(
+        builder.model([encoder_ids, decoder_ids], training=False))
+    return [np.log(probabilities[index, :len(generated) + 1].astype(np.float64))
+            for index, (_, generated) in enumerate(rows)]
 
 
 def log_softmax(logits):
@@ -278,9 +327,11 @@ def check_t5_cache(builder, rows_per_source=2, steps=4):
         outputs = step({key: keras.ops.convert_to_tensor(x) for key, x in inputs.items()})
         cache = outputs["cache"]
         cached.append(log_softmax(keras.ops.convert_to_numpy(outputs["logits"])))
+    references = t5_full_log_probs_rows(builder, [
+        (SOURCES[source], row_targets[row][:steps - 1])
+        for row, source in enumerate(row_sources)])
     worst = 0.0
-    for row, source in enumerate(row_sources):
-        reference = t5_full_log_probs(builder, SOURCES[source], row_targets[row][:steps - 1])
+    for row, reference in enumerate(references):
         stepped = np.stack([log_probs[row] for log_probs in cached])
         worst = max(worst, float(np.abs(reference - stepped).max()))
     return worst
@@ -288,20 +339,13 @@ def check_t5_cache(builder, rows_per_source=2, steps=4):
 
 def check_t5_greedy(builder, max_length=6):
     """Whether the cached greedy decoder of an encoder-decoder matches argmax over full
-    re-runs (the padding id, which is the start id, is never emitted)."""
-    found = Decoder(builder, end_id=END_ID, max_length=max_length).greedy(SOURCES)
-    for row, source in enumerate(SOURCES):
-        generated = []
-        for _ in range(max_length):
-            log_probs = t5_full_log_probs(builder, source, generated)[-1]
-            log_probs[0] = -np.inf
-            token = int(np.argmax(log_probs))
-            if token == END_ID:
-                break
-            generated.append(token)
-        if found[row].token_ids != generated:
-            return False
-    return True
+    re-runs (the padding id, which is the start id, is never emitted; see
+    :func:`greedy_confirmed`)."""
+    found = [result.token_ids for result in
+             Decoder(builder, end_id=END_ID, max_length=max_length).greedy(SOURCES)]
+    scores = t5_full_log_probs_rows(builder, list(zip(SOURCES, found)))
+    return all(greedy_confirmed(rows, tokens, max_length, 0) == tokens
+               for rows, tokens in zip(scores, found))
 
 
 def run_all():

@@ -462,9 +462,9 @@ def test_bert4keras_layer_builds_language_models_as_bert4keras(cases):
     logits = bert4keras_build(checkpoint_path=case["folder"], model="gpt2",
                               final_activation="linear")
     assert [t.name for t in logits.inputs] == ["Input-Token"]
-    assert_close(logits.predict(padded_ids(), verbose=0), case["expected"], "gpt2 logits")
+    assert_close(predict(logits, padded_ids()), case["expected"], "gpt2 logits")
     probabilities = bert4keras_build(checkpoint_path=case["folder"], model="gpt2")
-    np.testing.assert_allclose(probabilities.predict(padded_ids(), verbose=0).sum(-1), 1.0,
+    np.testing.assert_allclose(predict(probabilities, padded_ids()).sum(-1), 1.0,
                                atol=1e-5)
     with pytest.raises(ValueError, match="final_activation is an argument of the GPT"):
         bert4keras_build(model="bert", final_activation="linear", vocab_size=10,
