@@ -61,10 +61,11 @@ def jax_jobs(tmp_path_factory, data_dir):
                                 accumulation_steps=1, train_steps=30, warmup_steps=3,
                                 learning_rate=3e-3, batch_size=8, checkpoint_every=10,
                                 log_every=10, eval_batches=2)
+    accumulation = _worker_config(tmp_path / "accumulation", data_dir)
+    accumulation = accumulation.replace(model=dict(accumulation.model, num_hidden_layers=1))
     return _run_jobs([("mesh", "jax_mesh", _mesh_config(tmp_path / "mesh", data_dir), None),
                       ("data_parallel", "jax", data_parallel, 2),
-                      ("accumulation", "jax_accumulation",
-                       _worker_config(tmp_path / "accumulation", data_dir), 1),
+                      ("accumulation", "jax_accumulation", accumulation, 1),
                       ("tpu", "jax_refuses_tpu", None, None)], tmp_path, device_count=8)
 
 
