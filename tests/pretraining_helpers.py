@@ -61,7 +61,7 @@ def data_dir(corpus, tmp_path_factory):
 def tiny_config(tmp_path, data_dir, **overrides):
     values = {
         "name": "tiny", "vocab": "chinese", "vocab_trim_min_count": 1,
-        "model": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "model": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                   "intermediate_size": 64, "max_position_embeddings": 64,
                   "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
         "data_dir": data_dir, "output_dir": str(tmp_path / "run"), "seq_length": 32,

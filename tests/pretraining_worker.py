@@ -1,6 +1,6 @@
 """Run a tiny pretraining in its own process for tests/test_pretraining.py.
 
-Usage: python tests/pretraining_worker.py MODE CONFIG_JSON RESULT_NPZ
+Usage: python tests/pretraining_worker.py MODE CONFIG_JSON RESULT_NPZ [ARGUMENT]
 
 MODE:
   mirrored     configure 2 logical CPU devices (before TensorFlow starts), train once on
@@ -32,8 +32,16 @@ MODE:
   killed       run run_pretraining and SIGKILL this process when it reports step
                KILL_AT (argument 4), before that step's checkpoint is written: a crash
                at a known point.
+  pretrain_then_uninterrupted  pretraining/pretrain.py's main on CONFIG_JSON (the
+               command; it prints its log), then, in this same process, run the config
+               REFERENCE_JSON (argument 4) to its end: the uninterrupted run to compare
+               with (one TensorFlow start for both; second, since the variable paths
+               of a run's checkpoints depend on the runs before it in the process).
+  jax_jobs     (KERAS_BACKEND=jax) several of the JAX modes in this one process:
+               CONFIG_JSON is [[name, mode, config, device count], ...] (see jax_jobs).
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -150,6 +158,96 @@ def jax_features(config):
     for name in ("one", "loop", "resumed"):
         arrays[f"{name}_weights"] = np.concatenate([np.ravel(w) for w in weights[name]])
     arrays["distribution_left"] = np.array(keras.distribution.distribution() is not None)
+    return arrays
+
+
+def jax_route(config):
+    """run_pretraining's JAX route: train, truncate the newest checkpoint, resume (from
+    the one before) for 6 more steps; the export's MLM outputs against the model's."""
+    import warnings
+    import keras
+    from bert4x.models import build_transformer_model
+    from bert4x.pretraining.jax_trainer import JaxPretrainer
+    from bert4x.pretraining.trainer import run_pretraining
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    first = run_pretraining(config, log=lambda line: None)
+    newest = os.path.join(config.output_dir, "checkpoints",
+                          f"ckpt-{config.train_steps}.optimizer.npz")
+    with open(newest, "r+b") as file:
+        file.truncate(os.path.getsize(newest) // 2)
+    lines = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = run_pretraining(config.replace(train_steps=config.train_steps + 6),
+                                  log=lines.append)
+    previous = config.train_steps - config.checkpoint_every
+    assert any(f"at step {previous}" in line for line in lines), lines
+    assert any(f"ckpt-{config.train_steps}.optimizer.npz is unreadable" in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
+    export = resumed["export_dir"]
+    model = build_transformer_model(export, export, with_mlm=True)
+    token_ids = np.zeros((2, config.seq_length), "int32")
+    token_ids[:, :6] = [2, 10, 11, 4, 12, 3]
+    outputs = model.predict([token_ids, np.zeros_like(token_ids)], verbose=0)[-1]
+    trainer = JaxPretrainer(config.replace(train_steps=config.train_steps + 6),
+                            log=lambda line: None)
+    trainer.restore()
+    trained = trainer.builder.model.predict([token_ids, np.zeros_like(token_ids)],
+                                            verbose=0)[-1]
+    return dict(losses=np.array(first["losses"]), resumed=np.array(resumed["losses"]),
+                devices=np.array(first["devices"]),
+                mesh=np.array(len(trainer.distribution.device_mesh.devices.ravel())),
+                distribution_left=np.array(keras.distribution.distribution() is not None),
+                exported=np.asarray(outputs), trained=np.asarray(trained),
+                eval_targets=np.array(resumed["eval"]["targets"]))
+
+
+def jax_refuses_tpu(config):
+    """``tpu='local'`` on the JAX backend where JAX sees no TPU: the error, as
+    ``Type: message``."""
+    from bert4x.pretraining import PretrainingConfig
+    from bert4x.pretraining.jax_trainer import JaxPretrainer
+    try:
+        JaxPretrainer(PretrainingConfig.from_dict({"tpu": "local", "backend": "jax"}))
+    except Exception as error:  # noqa: BLE001 - the test reads which error it was
+        return {"refusal": np.array(f"{type(error).__name__}: {error}")}
+    return {"refusal": np.array("")}
+
+
+@contextlib.contextmanager
+def host_of(device_count):
+    """Within: ``keras.distribution.list_devices()`` (where the trainers find their
+    devices by default) lists the first ``device_count`` CPU devices only, as on a host
+    that has that many; XLA_FLAGS sets one device count for the whole process."""
+    import keras
+    list_devices = keras.distribution.list_devices
+    devices = list_devices()[:device_count]
+    keras.distribution.list_devices = lambda device_type=None: list(devices)
+    try:
+        yield
+    finally:
+        keras.distribution.list_devices = list_devices
+
+
+def jax_jobs(jobs):
+    """Several JAX checks in this one process (one JAX and TensorFlow start instead of
+    one per check): ``jobs`` is ``[[name, mode, config dict, device count], ...]`` (a
+    device count of None: every device of the process); each job's arrays come back
+    as ``name:key``, a failed job's traceback as ``name:error``."""
+    import traceback
+    from bert4x.pretraining import PretrainingConfig
+    modes = {"jax": jax_route, "jax_accumulation": jax_accumulation,
+             "jax_refuses_tpu": jax_refuses_tpu, "jax_mesh": jax_mesh}
+    arrays = {}
+    for name, mode, values, device_count in jobs:
+        config = PretrainingConfig.from_dict(values) if values else None
+        try:
+            with host_of(device_count) if device_count else contextlib.nullcontext():
+                result = modes[mode](config)
+        except Exception:  # noqa: BLE001 - reported to the test of that job
+            result = {"error": np.array(traceback.format_exc())}
+            print(f"{name}: {result['error']}", file=sys.stderr)
+        arrays.update({f"{name}:{key}": value for key, value in result.items()})
     return arrays
 
 
@@ -273,6 +371,9 @@ def main():
     from bert4x.pretraining.trainer import Pretrainer
     with open(config_path, encoding="utf-8") as file:
         values = json.load(file)
+    if mode == "jax_jobs":
+        np.savez(result_path, **jax_jobs(values))
+        return
     config = PretrainingConfig.from_dict(values)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -300,42 +401,7 @@ def main():
             arrays[f"w_{index}"] = value
         arrays["steps"] = np.array(int(trainer.optimizer.iterations.numpy()))
     elif mode == "jax":
-        import keras
-        from bert4x.models import build_transformer_model
-        from bert4x.pretraining.trainer import run_pretraining
-        assert keras.backend.backend() == "jax", keras.backend.backend()
-        import warnings
-        first = run_pretraining(config, log=lambda line: None)
-        newest = os.path.join(config.output_dir, "checkpoints",
-                              f"ckpt-{config.train_steps}.optimizer.npz")
-        with open(newest, "r+b") as file:
-            file.truncate(os.path.getsize(newest) // 2)
-        lines = []
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            resumed = run_pretraining(config.replace(train_steps=config.train_steps + 6),
-                                      log=lines.append)
-        previous = config.train_steps - config.checkpoint_every
-        assert any(f"at step {previous}" in line for line in lines), lines
-        assert any(f"ckpt-{config.train_steps}.optimizer.npz is unreadable" in str(w.message)
-                   for w in caught), [str(w.message) for w in caught]
-        export = resumed["export_dir"]
-        model = build_transformer_model(export, export, with_mlm=True)
-        token_ids = np.zeros((2, config.seq_length), "int32")
-        token_ids[:, :6] = [2, 10, 11, 4, 12, 3]
-        outputs = model.predict([token_ids, np.zeros_like(token_ids)], verbose=0)[-1]
-        from bert4x.pretraining.jax_trainer import JaxPretrainer
-        trainer = JaxPretrainer(config.replace(train_steps=config.train_steps + 6),
-                                log=lambda line: None)
-        trainer.restore()
-        trained = trainer.builder.model.predict([token_ids, np.zeros_like(token_ids)],
-                                                verbose=0)[-1]
-        arrays.update(losses=np.array(first["losses"]), resumed=np.array(resumed["losses"]),
-                      devices=np.array(first["devices"]),
-                      mesh=np.array(len(trainer.distribution.device_mesh.devices.ravel())),
-                      distribution_left=np.array(keras.distribution.distribution() is not None),
-                      exported=np.asarray(outputs), trained=np.asarray(trained),
-                      eval_targets=np.array(resumed["eval"]["targets"]))
+        arrays.update(jax_route(config))
     elif mode == "jax_accumulation":
         arrays.update(jax_accumulation(config))
     elif mode == "jax_features":
@@ -360,6 +426,12 @@ def main():
 
         run_pretraining(config, log=log)
         raise SystemExit(f"the run finished without reporting {kill_at}")
+    elif mode == "pretrain_then_uninterrupted":
+        from pretraining.pretrain import main as pretrain
+        from bert4x.pretraining.trainer import run_pretraining
+        pretrain(["--config", config_path])
+        with open(sys.argv[4], encoding="utf-8") as file:
+            run_pretraining(PretrainingConfig.from_dict(json.load(file)), log=lambda line: None)
     else:
         raise SystemExit(f"unknown mode {mode}")
     np.savez(result_path, **arrays)

@@ -1,7 +1,7 @@
 """Acceptance tests of the pretraining pipeline on TensorFlow (the JAX route is in
 test_pretraining_jax.py).
 
-Tiny models (2 layers, hidden 32, seq 32) on tiny corpora; the distributed and
+Tiny models (1 layer, hidden 32, seq 32) on tiny corpora; the distributed and
 crash-resume tests run in subprocesses (tests/pretraining_worker.py, pretrain.py).
 """
 
@@ -26,7 +26,7 @@ from bert4x.pretraining.pipeline import Masker, masked_dataset, parse_features  
 from bert4x.resources import chinese_vocab_path  # noqa: E402
 from bert4x.tokenizers import Tokenizer  # noqa: E402
 
-from pretraining_helpers import (DOCUMENTS, PRETRAIN, ROOT, WORKER, corpus,  # noqa: E402,F401
+from pretraining_helpers import (DOCUMENTS, ROOT, WORKER, corpus,  # noqa: E402,F401
                                  data_dir, free_ports, subprocess_env, tiny_config)
 
 
@@ -139,10 +139,17 @@ def _synthetic_examples(count, length=64, seed=0):
 
 
 def _mask_all(masker, examples, epoch):
+    # One traced graph for every example, as in the input pipeline (the draws are
+    # stateless: the numbers eager calls give, for far less than 600 eager runs of
+    # the masker's few dozen ops).
+    length = len(examples[0][0])
+    mask = tf.function(masker, input_signature=[
+        tf.TensorSpec([length], tf.int32), tf.TensorSpec([length], tf.int32),
+        tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
     outputs = []
     for position, (ids, words) in enumerate(examples):
-        features = masker(tf.constant(ids), tf.constant(words), tf.constant(epoch, tf.int64),
-                          tf.constant(position, tf.int64))
+        features = mask(tf.constant(ids), tf.constant(words), tf.constant(epoch, tf.int64),
+                        tf.constant(position, tf.int64))
         outputs.append({k: v.numpy() for k, v in features.items()})
     return outputs
 
@@ -272,12 +279,13 @@ def test_train_and_export_round_trip(tmp_path, data_dir):
     token_ids = np.zeros((1, 32), "int32")
     token_ids[0, :6] = [2, 10, 11, 4, 12, 3]
     segment_ids = np.zeros_like(token_ids)
-    exported = model.predict([token_ids, segment_ids], verbose=0)[-1]
-    trained = trainer.builder.model.predict([token_ids, segment_ids], verbose=0)[-1]
+    # Direct calls (inference: dropout off): predict would trace a function per model.
+    exported = np.asarray(model([token_ids, segment_ids])[-1])
+    trained = np.asarray(trainer.builder.model([token_ids, segment_ids])[-1])
     np.testing.assert_allclose(exported, tf.nn.softmax(trained).numpy(), atol=1e-6)
     # The training model (MLM head at gathered positions) agrees with the full one.
     positions = np.array([[1, 3, 4, 30] * 3], "int32")
-    gathered = trainer.train_model.predict([token_ids, segment_ids, positions], verbose=0)
+    gathered = np.asarray(trainer.train_model([token_ids, segment_ids, positions]))
     np.testing.assert_allclose(gathered, trained[:, positions[0]], atol=1e-5)
 
 
@@ -360,9 +368,11 @@ def _exported_weights(folder):
 
 
 def test_crash_resume_matches_uninterrupted_run(tmp_path, data_dir):
-    common = dict(train_steps=60, checkpoint_every=10, log_every=10, deterministic=True,
+    # 12 updates of 8 examples: the resume (at step 4) is inside the first epoch of the
+    # 58 training examples and runs past its end.
+    common = dict(train_steps=12, checkpoint_every=2, log_every=2, deterministic=True,
                   accumulation_steps=2, eval_batches=1,
-                  model={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  model={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                          "intermediate_size": 64, "max_position_embeddings": 64,
                          "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1})
     paths = {}
@@ -371,23 +381,25 @@ def test_crash_resume_matches_uninterrupted_run(tmp_path, data_dir):
         paths[name] = tmp_path / f"{name}.json"
         paths[name].write_text(json.dumps(config.to_dict()))
     env = subprocess_env()
-    subprocess.run([sys.executable, PRETRAIN, "--config", str(paths["straight"])], check=True,
-                   env=env, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Killed (SIGKILL, by itself) when it reports step 30, before that step's checkpoint.
+    # Killed (SIGKILL, by itself) when it reports step 6, before that step's checkpoint.
     killed = subprocess.run([sys.executable, WORKER, "killed", str(paths["crashed"]),
-                             str(tmp_path / "unused.npz"), "30"],
+                             str(tmp_path / "unused.npz"), "6"],
                             env=env, timeout=300, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert killed.stdout.splitlines()[-1].startswith("step 30/60")
+    assert killed.stdout.splitlines()[-1].startswith("step 6/12")
     assert not (tmp_path / "crashed" / "export").exists()
     checkpoints = tmp_path / "crashed" / "checkpoints"
     assert sorted(n for n in os.listdir(checkpoints) if n.endswith(".index")) == [
-        "ckpt-10.index", "ckpt-20.index"]
+        "ckpt-2.index", "ckpt-4.index"]
 
-    resumed = subprocess.run([sys.executable, PRETRAIN, "--config", str(paths["crashed"])],
+    # pretrain.py's main resumes it; then the same process (one TensorFlow start for
+    # both) runs the uninterrupted run.
+    resumed = subprocess.run([sys.executable, WORKER, "pretrain_then_uninterrupted",
+                              str(paths["crashed"]), str(tmp_path / "unused.npz"),
+                              str(paths["straight"])],
                              env=env, timeout=300, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert re.search(r"resumed from .*ckpt-20 at step 20", resumed.stdout), resumed.stdout
+    assert re.search(r"resumed from .*ckpt-4 at step 4", resumed.stdout), resumed.stdout
     straight = _exported_weights(tmp_path / "straight" / "export")
     crashed = _exported_weights(tmp_path / "crashed" / "export")
     assert sorted(straight) == sorted(crashed)

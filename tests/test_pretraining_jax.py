@@ -1,7 +1,8 @@
 """The JAX route of pretraining: keras.distribution over CPU devices (data and model
 parallel meshes), gradient accumulation, and the settings it refuses.
 
-The runs happen in subprocesses with ``KERAS_BACKEND=jax`` (tests/pretraining_worker.py).
+The runs happen in subprocesses with ``KERAS_BACKEND=jax`` (tests/pretraining_worker.py);
+the default run's four checks share one (the ``jax_jobs`` fixture).
 """
 
 import json
@@ -20,20 +21,57 @@ from pretraining_helpers import (WORKER, corpus, data_dir, free_ports,  # noqa: 
                                  subprocess_env, tiny_config)
 
 
-def test_jax_data_parallel_two_devices(tmp_path, data_dir):
-    """JAX backend: model.fit under keras.distribution.DataParallel on 2 CPU devices."""
-    config = tiny_config(tmp_path, data_dir, backend="jax", accumulation_steps=1,
-                         train_steps=30, warmup_steps=3, learning_rate=3e-3, batch_size=8,
-                         checkpoint_every=10, log_every=10, eval_batches=2)
-    path = tmp_path / "jax.json"
-    path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
-    result = tmp_path / "jax.npz"
-    env = subprocess_env(KERAS_BACKEND="jax",
-                          XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    process = subprocess.run([sys.executable, WORKER, "jax", str(path), str(result)],
-                             env=env, capture_output=True, text=True, timeout=240)
+def _run_jobs(jobs, tmp_path, device_count):
+    """The worker's ``jax_jobs`` mode: ``jobs`` (``[(name, mode, config or None, device
+    count or None)]``) in one JAX process of ``device_count`` CPU devices;
+    ``{name: {key: array}}``."""
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps([[name, mode, config and config.to_dict(), devices]
+                                for name, mode, config, devices in jobs]), encoding="utf-8")
+    result = tmp_path / "jobs.npz"
+    process = subprocess.run(
+        [sys.executable, WORKER, "jax_jobs", str(path), str(result)], capture_output=True,
+        text=True, timeout=900,
+        env=subprocess_env(KERAS_BACKEND="jax",
+                           XLA_FLAGS=f"--xla_force_host_platform_device_count={device_count}"))
     assert process.returncode == 0, process.stderr[-3000:]
-    arrays = np.load(result)
+    arrays = {job[0]: {} for job in jobs}
+    with np.load(result) as stored:
+        for key in stored:
+            name, _, field = key.partition(":")
+            arrays[name][field] = stored[key]
+    return arrays
+
+
+def _job(arrays, name):
+    """The arrays of one job; its traceback as the failure when it failed."""
+    job = arrays[name]
+    assert "error" not in job, str(job["error"])
+    return job
+
+
+@pytest.fixture(scope="module")
+def jax_jobs(tmp_path_factory, data_dir):
+    """The default run's JAX checks in one JAX process of 8 CPU devices (one JAX and
+    TensorFlow start instead of four): the meshes (8 devices), run_pretraining's data
+    parallel route (a host of 2 devices), the accumulated update (a host of 1) and
+    the refused TPU setting."""
+    tmp_path = tmp_path_factory.mktemp("jax_jobs")
+    data_parallel = tiny_config(tmp_path / "data_parallel", data_dir, backend="jax",
+                                accumulation_steps=1, train_steps=30, warmup_steps=3,
+                                learning_rate=3e-3, batch_size=8, checkpoint_every=10,
+                                log_every=10, eval_batches=2)
+    accumulation = _worker_config(tmp_path / "accumulation", data_dir)
+    accumulation = accumulation.replace(model=dict(accumulation.model, num_hidden_layers=1))
+    return _run_jobs([("mesh", "jax_mesh", _mesh_config(tmp_path / "mesh", data_dir), None),
+                      ("data_parallel", "jax", data_parallel, 2),
+                      ("accumulation", "jax_accumulation", accumulation, 1),
+                      ("tpu", "jax_refuses_tpu", None, None)], tmp_path, device_count=8)
+
+
+def test_jax_data_parallel_two_devices(jax_jobs):
+    """JAX backend: model.fit under keras.distribution.DataParallel on 2 CPU devices."""
+    arrays = _job(jax_jobs, "data_parallel")
     assert int(arrays["devices"]) == 2 and int(arrays["mesh"]) == 2
     assert not arrays["distribution_left"]  # the caller's keras.distribution is untouched
     losses = arrays["losses"]
@@ -50,33 +88,33 @@ def test_jax_data_parallel_two_devices(tmp_path, data_dir):
     np.testing.assert_allclose(exported, tf.nn.softmax(trained).numpy(), atol=1e-5)
 
 
-def test_jax_route_rejects_unsupported_settings(tmp_path, data_dir):
+def test_jax_route_rejects_unsupported_settings(tmp_path, data_dir, jax_jobs):
     from bert4x.pretraining.jax_trainer import JaxPretrainer
     with pytest.raises(RuntimeError, match="KERAS_BACKEND=jax"):
         JaxPretrainer(tiny_config(tmp_path, data_dir, backend="jax"))
     with pytest.raises(ValueError, match="mesh .* needs backend 'jax'"):
         tiny_config(tmp_path, data_dir, mesh="data=1")
     # --tpu on JAX takes the TPU chips JAX sees; on this CPU it sees none.
-    code = ("import sys; from bert4x.pretraining import PretrainingConfig;"
-            "from bert4x.pretraining.jax_trainer import JaxPretrainer;"
-            "c = PretrainingConfig.from_dict({'tpu': 'local', 'backend': 'jax'});"
-            "JaxPretrainer(c)")
-    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env=subprocess_env(KERAS_BACKEND="jax"), timeout=120)
-    assert "RuntimeError: tpu='local' on the JAX backend trains on the TPU chips JAX sees, " \
-        "and JAX sees none" in process.stderr, process.stderr[-2000:]
+    error = str(_job(jax_jobs, "tpu")["refusal"])
+    assert error.startswith("RuntimeError: tpu='local' on the JAX backend trains on the TPU "
+                            "chips JAX sees, and JAX sees none"), error
 
 
-def _jax_worker(mode, tmp_path_factory, data_dir):
-    """Run ``mode`` of the worker in a JAX process on a tiny config with dropout,
-    2 micro-batches of 4 per update, 8 updates, checkpoints every 3."""
-    tmp_path = tmp_path_factory.mktemp(mode)
+def _worker_config(tmp_path, data_dir):
+    """A tiny JAX config with dropout, 2 micro-batches of 4 per update, 8 updates,
+    checkpoints every 3."""
     model = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
              "intermediate_size": 64, "max_position_embeddings": 64,
              "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
-    config = tiny_config(tmp_path, data_dir, backend="jax", model=model, batch_size=4,
-                         accumulation_steps=2, train_steps=8, warmup_steps=2,
-                         checkpoint_every=3, log_every=2, steps_per_loop=1, eval_batches=1)
+    return tiny_config(tmp_path, data_dir, backend="jax", model=model, batch_size=4,
+                       accumulation_steps=2, train_steps=8, warmup_steps=2,
+                       checkpoint_every=3, log_every=2, steps_per_loop=1, eval_batches=1)
+
+
+def _jax_worker(mode, tmp_path_factory, data_dir):
+    """Run ``mode`` of the worker in a JAX process on :func:`_worker_config`."""
+    tmp_path = tmp_path_factory.mktemp(mode)
+    config = _worker_config(tmp_path, data_dir)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
     result = tmp_path / "result.npz"
@@ -94,10 +132,10 @@ def jax_features(tmp_path_factory, data_dir):
     return _jax_worker("jax_features", tmp_path_factory, data_dir)
 
 
-def test_jax_accumulated_update_is_the_whole_batch_gradient(tmp_path_factory, data_dir):
+def test_jax_accumulated_update_is_the_whole_batch_gradient(jax_jobs):
     """2 micro-batches with different target counts: the update (SGD, lr 1) is the
     gradient of the mean cross-entropy over all targets of the whole batch."""
-    arrays = _jax_worker("jax_accumulation", tmp_path_factory, data_dir)
+    arrays = _job(jax_jobs, "accumulation")
     counts = arrays["micro_targets"]
     assert counts[0] != counts[1] and counts.min() > 0, counts
     expected = arrays["expected"]
@@ -172,11 +210,11 @@ def _assert_same_export(arrays, name, reference="one", atol=1e-4):
     assert initial_gap > 0
 
 
-def test_jax_meshes_data_8_and_data_2_model_4_give_the_one_device_weights(tmp_path, data_dir):
+def test_jax_meshes_data_8_and_data_2_model_4_give_the_one_device_weights(jax_jobs):
     """8 CPU devices: the exported weights of data=8 and of data=2,model=4 (weights
     split Megatron style) equal the one-device run's within 1e-4 after 12 updates;
     the README's fine-tuning snippet under ModelParallel gives the one-device outputs."""
-    arrays = _run_mesh_worker("jax_mesh", _mesh_config(tmp_path, data_dir), tmp_path)
+    arrays = _job(jax_jobs, "mesh")
     assert arrays["one_devices"].tolist() == [1, 1]
     assert arrays["data8_devices"].tolist() == [8, 1]
     assert arrays["data2_model4_devices"].tolist() == [2, 4]
