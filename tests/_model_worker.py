@@ -134,4 +134,8 @@ def gelu_gradient(points):
 
 
 if __name__ == "__main__":
+    # The weights are the checkpoint's (or the .keras file's): under JAX, drawing
+    # random ones first would compile an XLA program per shape.
+    from _family_worker import skip_random_initialisation_under_jax
+    skip_random_initialisation_under_jax()
     run(sys.argv[1], sys.argv[2])

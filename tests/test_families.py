@@ -16,7 +16,8 @@ folders (``save_pretrained``). Shapes are odd on purpose: 3 heads, intermediate
 sizes that are not 4x hidden, embedding_size != hidden_size, padded batches.
 
 The TensorFlow, JAX and PyTorch backends each run ``_family_worker.py`` once (this
-process's backend in-process, the other two as subprocesses started together).
+process's backend in-process, the other two as subprocesses started together); the
+tests after the parity reuse the in-process run's models.
 """
 
 import json
@@ -47,6 +48,12 @@ transformers = import_oracle("transformers")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("tensorflow", "jax", "torch")
+# The worker subprocesses run their tiny models on one thread: the test processes
+# already share the cores, and the thread pools' waiting cost the PyTorch worker
+# half of its CPU time (18.6 -> 9.9 s in test_families).
+ONE_THREAD = dict(OMP_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1",
+                  TF_NUM_INTEROP_THREADS="1",
+                  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 TOL = 1e-4
 VOCAB, LENGTHS, WIDTH = 61, (11, 7, 4), 11
 BASE = dict(vocab_size=VOCAB, hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
@@ -463,7 +470,8 @@ def cases(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backend_results(cases):
+def worker_run(cases):
+    """``(results per backend, this process's builders per job key)``."""
     sys.path.insert(0, HERE)
     try:
         import _family_worker
@@ -473,13 +481,13 @@ def backend_results(cases):
     processes = {}
     for backend in BACKENDS:
         if backend != own:
-            env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu",
+            env = dict(os.environ, **ONE_THREAD, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu",
                        CUDA_VISIBLE_DEVICES="")
             out = os.path.join(root, f"results_{backend}.npz")
             processes[backend] = (out, subprocess.Popen(
                 [sys.executable, _family_worker.__file__, root, out], env=env,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    _family_worker.run(root, os.path.join(root, f"results_{own}.npz"))
+    builders = _family_worker.run(root, os.path.join(root, f"results_{own}.npz"))
     results = {}
     for backend in BACKENDS:
         out = os.path.join(root, f"results_{backend}.npz")
@@ -490,7 +498,22 @@ def backend_results(cases):
                 continue
         with np.load(out) as data:
             results[backend] = {key: data[key] for key in data.files}
-    return results
+    return results, builders
+
+
+@pytest.fixture(scope="module")
+def backend_results(worker_run):
+    return worker_run[0]
+
+
+@pytest.fixture(scope="module")
+def official_builders(worker_run):
+    """The builders this process's worker run made from each case's official files
+    (``config.json`` + the checkpoint prefix, the case's heads), already checked
+    against the references by the parity test; the tests below reuse them rather
+    than build the same models again."""
+    return {key.split("/")[0]: builder for key, builder in worker_run[1].items()
+            if key.endswith("/official")}
 
 
 def assert_close(actual, expected, what, tol=TOL):
@@ -553,12 +576,10 @@ def test_families_are_told_apart(cases):
                                  "albert_zh", "electra", "electra_generator", "roformer",
                                  "roformer_projected", "nezha", "roformer_v2",
                                  "roformer_v2_projected"])
-def test_official_format_round_trip(cases, key, tmp_path):
+def test_official_format_round_trip(cases, official_builders, key, tmp_path):
     """save_checkpoint writes the family's official names, values bit for bit."""
     case = cases["cases"][key]
-    builder = build_transformer_model(
-        os.path.join(os.path.dirname(case["prefix"]), "config.json"), case["prefix"],
-        model=case["family"], return_keras_model=False, **case["build"])
+    builder = official_builders[key]  # built from config.json + prefix with case["build"]
     prefix = checkpoints.save_checkpoint(builder, str(tmp_path / "written"))
     written = tf.train.load_checkpoint(prefix)
     names = set(written.get_variable_to_shape_map())
@@ -581,12 +602,11 @@ def test_official_format_round_trip(cases, key, tmp_path):
         np.testing.assert_array_equal(first, second)
 
 
-def test_keras_file_round_trip(cases, tmp_path):
+def test_keras_file_round_trip(cases, official_builders, tmp_path):
     for key in ("roberta", "albert", "albert_zh", "electra", "roformer", "nezha",
                 "roformer_v2_projected"):
         case = cases["cases"][key]
-        model = build_transformer_model(checkpoint_path=os.path.dirname(case["prefix"]),
-                                        model=case["family"], **case["build"])
+        model = official_builders[key].model
         before = predict(model, case["ids"], case["segments"])
         model.save(str(tmp_path / f"{key}.keras"))
         loaded = keras.saving.load_model(str(tmp_path / f"{key}.keras"))
@@ -594,7 +614,7 @@ def test_keras_file_round_trip(cases, tmp_path):
             np.testing.assert_array_equal(first, second, err_msg=key)
 
 
-def test_keep_tokens(cases):
+def test_keep_tokens(cases, official_builders):
     """keep_tokens trims the embedding rows and the output bias of every family."""
     keep = [0, 1, 5, 3, 17, 60, 42, 9]
     for key in ("roberta", "albert", "albert_zh", "electra_generator", "roformer_projected",
@@ -607,9 +627,7 @@ def test_keep_tokens(cases):
         new_ids = np.array([[2, 4, 3, 7, 6, 5, pad, pad]], np.int32)
         full_ids = np.asarray(keep, np.int32)[new_ids]
         segments = np.zeros_like(new_ids)
-        full = build_transformer_model(checkpoint_path=os.path.dirname(case["prefix"]),
-                                       model=case["family"], **case["build"])
-        expected = predict(full, full_ids, segments)
+        expected = predict(official_builders[key].model, full_ids, segments)
         got = predict(model, new_ids, segments)
         assert_close(got[0], expected[0], f"{key} sequence", tol=1e-5)
         assert_close(got[-1], expected[-1][..., keep], f"{key} kept logits", tol=1e-5)
