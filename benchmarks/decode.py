@@ -200,7 +200,8 @@ def build_t5(folder):
     state = load_file(path)
     state["lm_head.weight"] = torch.randn(state["shared.weight"].shape) * 0.05
     save_file(state, path, metadata={"format": "pt"})
-    reference = transformers.MT5ForConditionalGeneration.from_pretrained(folder).eval()
+    reference = transformers.MT5ForConditionalGeneration.from_pretrained(
+        folder, local_files_only=True).eval()
     return reference, build_transformer_model(checkpoint_path=folder,
                                               return_keras_model=False)
 

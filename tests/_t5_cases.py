@@ -70,7 +70,7 @@ def hf_model(version, folder, seed=0):
         state["lm_head.weight"] = 0.8 * torch.randn(state["shared.weight"].shape,
                                                     generator=generator)
         save_file(state, path, metadata={"format": "pt"})
-    return model_class.from_pretrained(folder).eval()
+    return model_class.from_pretrained(folder, local_files_only=True).eval()
 
 
 def hf_outputs(model, encoder_ids, decoder_ids):
