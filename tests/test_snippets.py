@@ -239,6 +239,9 @@ def test_to_dataset_equals_python_batches(samples):
     named = generator.to_dataset(names=("token_ids", "labels"), random=False)
     first = next(iter(named))
     np.testing.assert_array_equal(first["token_ids"].numpy(), expected[0][0])
+    # fit makes an iterator per epoch; an autotuned one stalls each epoch's start.
+    assert dataset.options().autotune.enabled is False
+    assert named.options().autotune.enabled is False
 
 
 def test_to_dataset_padded_batch_equals_sequence_padding(samples):
