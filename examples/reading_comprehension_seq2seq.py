@@ -197,8 +197,8 @@ class PassageReader:
             raise ValueError(f"question_margin must be >= 0 nats, got {question_margin}")
         self.question_margin = (None if question_margin in (None, float("inf"))
                                 else question_margin)
-        self.scorer = (builder.mlm_positions_model() if self.question_margin is not None
-                       else None)
+        self.scorer = (compiled_scorer(builder.mlm_positions_model())
+                       if self.question_margin is not None else None)
         self.encoder, self.beam_size, self.length_penalty = encoder, beam_size, length_penalty
         self.no_answer_threshold, self.passages = no_answer_threshold, passages
         self.decoder = Decoder(builder, end_id=encoder.end_id,
@@ -258,7 +258,7 @@ class PassageReader:
         totals = []
         for begin in range(0, len(pairs), batch_size):
             inputs, targets = seq2seq_batch(pairs[begin:begin + batch_size])
-            logits = np.asarray(self.scorer(inputs, training=False), dtype=np.float64)
+            logits = np.asarray(self.scorer(inputs), dtype=np.float64)
             log_probs = logits - logsumexp(logits, axis=-1, keepdims=True)
             picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
             totals.extend((picked * (targets != 0)).sum(axis=-1))
@@ -271,6 +271,16 @@ class PassageReader:
         if self.no_answer_threshold is None:
             return np.argmax(log_probs, axis=-1) != self.encoder.end_id, no_answer
         return no_answer < self.no_answer_threshold, no_answer
+
+
+def compiled_scorer(model):
+    """``model`` (``mlm_positions_model``) as one traced graph for batches of any size:
+    called directly, Keras runs it op by op, several times slower on a CPU."""
+    import tensorflow as tf
+    matrix = tf.TensorSpec((None, None), tf.int32)
+    graph = tf.function(lambda inputs: model(list(inputs), training=False),
+                        input_signature=[(matrix, matrix, matrix)])
+    return lambda inputs: graph(tuple(np.asarray(x, dtype=np.int32) for x in inputs))
 
 
 # ---------------------------------------------------------------- evaluation
