@@ -22,7 +22,8 @@ import tensorflow as tf  # noqa: E402
 from bert4x.pretraining import (TINY_CHINESE, PretrainingConfig, load_config,  # noqa: E402
                                 make_pretraining_data, make_strategy, strategy_kind)
 from bert4x.pretraining.data import DocumentTokenizer, SequencePacker  # noqa: E402
-from bert4x.pretraining.pipeline import Masker, masked_dataset, parse_features  # noqa: E402
+from bert4x.pretraining.pipeline import (Masker, evaluation_dataset, masked_dataset,  # noqa: E402
+                                        parse_features)
 from bert4x.resources import chinese_vocab_path  # noqa: E402
 from bert4x.tokenizers import Tokenizer  # noqa: E402
 
@@ -222,6 +223,9 @@ def test_stream_resumes_at_any_example(data_dir):
 
     full = stream(0, 2 * count + 3)
     assert np.array_equal(stream(count + 3, 5), full[count + 3:count + 8])
+    # Untuned: dropping an autotuned iterator at the end of a run waited up to a minute.
+    assert masked_dataset(files, 32, masker, 1, count).options().autotune.enabled is False
+    assert evaluation_dataset(files, 32, masker, 4).options().autotune.enabled is False
     # A new epoch: another order and other masks.
     assert not all(np.array_equal(a, b) for a, b in zip(full[:count], full[count:2 * count]))
 

@@ -16,7 +16,7 @@ Example:
 
 import numpy as np
 
-from bert4x.snippets import epoch_prefetch, length_bucketed_order, sequence_padding
+from bert4x.snippets import fixed_prefetch, length_bucketed_order, sequence_padding
 
 __all__ = ["seq2seq_batch", "EpochBatches"]
 
@@ -100,4 +100,4 @@ class EpochBatches:
             self.epoch_batches, output_signature=((matrix, matrix, matrix), matrix))
         # A known length: Keras then ends each epoch at its last batch without warning
         # that the input "ran out of data".
-        return epoch_prefetch(dataset.apply(tf.data.experimental.assert_cardinality(len(self))))
+        return fixed_prefetch(dataset.apply(tf.data.experimental.assert_cardinality(len(self))))

@@ -24,6 +24,8 @@ from there on are the target (segment 1), each predicting the next target token.
 import numpy as np
 import tensorflow as tf
 
+from bert4x.snippets import fixed_prefetch
+
 OBJECTIVES = ("mlm", "lm", "unilm")
 
 
@@ -290,7 +292,7 @@ def masked_dataset(files, seq_length, masker, batch_size, examples_per_epoch, st
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return dataset.with_options(options).prefetch(2)
+    return fixed_prefetch(dataset.with_options(options))
 
 
 def evaluation_dataset(files, seq_length, masker, batch_size):
@@ -302,5 +304,5 @@ def evaluation_dataset(files, seq_length, masker, batch_size):
         return masker(features["input_ids"], features["word_ids"],
                       tf.constant(0, tf.int64), position)
 
-    return records.map(build, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
-        batch_size).prefetch(2)
+    return fixed_prefetch(records.map(build, num_parallel_calls=tf.data.AUTOTUNE,
+                                      deterministic=True).batch(batch_size))
