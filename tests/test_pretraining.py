@@ -439,6 +439,23 @@ def test_clear_errors(tmp_path, data_dir, corpus):
         Pretrainer(bigger, log=lambda line: None).restore()
 
 
+
+def test_a_run_resumes_whatever_the_process_built_before(tmp_path, data_dir):
+    """Keras numbers dropout seed generators across the process: a run started after
+    other models were built must still resume (in a fresh process it resumes with
+    fresh numbers)."""
+    from bert4x.pretraining.trainer import Pretrainer
+    config = tiny_config(tmp_path, data_dir, train_steps=1, warmup_steps=0,
+                         checkpoint_every=1, eval_batches=0)
+    config = config.replace(model={**config.model, "hidden_dropout_prob": 0.1})
+    first = Pretrainer(config, log=lambda line: None)
+    assert any("seed_generator" in key for key in first.model_variables)
+    first.train()
+    resumed = Pretrainer(config.replace(train_steps=2), log=lambda line: None)
+    assert list(resumed.model_variables) == list(first.model_variables)
+    assert resumed.restore() == 1
+
+
 def test_builtin_config_matches_json_file():
     with open(os.path.join(ROOT, "pretraining", "configs", "tiny_chinese.json"),
               encoding="utf-8") as file:

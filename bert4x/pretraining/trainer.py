@@ -18,6 +18,7 @@ micro-batch by that count.
 
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -26,6 +27,36 @@ from bert4x import storage
 from bert4x.pretraining.config import PretrainingConfig
 from bert4x.pretraining.distribute import is_chief, select_strategy
 from bert4x.pretraining.run import PretrainingRun, build_pretraining_model, prepare_data
+
+
+_SEED_GENERATOR = re.compile(r"^seed_generator(?:_\d+)?/")
+
+
+def checkpoint_keys(variables):
+    """``{key: variable}`` for a training checkpoint: each variable's path, the same in
+    every process.
+
+    Keras names each ``SeedGenerator`` (the random state of a dropout layer) with a
+    process-wide counter. A model built after another one in the same process names
+    it ``seed_generator_4/...`` where a fresh process says ``seed_generator/...``, so a
+    fresh process would refuse the second run's checkpoints. The generators are keyed
+    by their order in the model instead, the names a fresh process gives them.
+
+    Raises:
+        RuntimeError: two variables share a path.
+    """
+    keys, generators = {}, {}
+    for variable in variables:
+        key = variable.path
+        found = _SEED_GENERATOR.match(key)
+        if found:
+            order = generators.setdefault(found.group(), len(generators))
+            key = ("seed_generator" + (f"_{order}" if order else "") + "/"
+                   + key[found.end():])
+        keys[key] = variable
+    if len(keys) != len(variables):
+        raise RuntimeError("the model has several variables with one path")
+    return keys
 
 
 class Pretrainer:
@@ -89,9 +120,7 @@ class Pretrainer:
         # Variables are tracked by path explicitly: tf.train.Checkpoint(model=...) does
         # not reach the variables of Keras 3 layers held in plain containers, and the
         # dropout seed-generator states must come back too for an exact resume.
-        model_variables = {variable.path: variable for variable in self.builder.model.variables}
-        if len(model_variables) != len(self.builder.model.variables):
-            raise RuntimeError("the model has several variables with one path")
+        model_variables = checkpoint_keys(self.builder.model.variables)
         self.model_variables = model_variables
         self.checkpoint = tf.train.Checkpoint(model_variables=model_variables,
                                               optimizer=self.optimizer,
