@@ -113,7 +113,7 @@ def pretrained_dir(config="tiny_chinese", **overrides):
 def ensure_pretrained(config="tiny_chinese", output_dir=None, log=print, **overrides):
     """Return a folder with a pretrained BERT, pretraining it first if needed.
 
-    The first call prepares the data and trains (about 10 minutes on 2 CPU cores for
+    The first call prepares the data and trains (about 5 minutes on 2 CPU cores for
     ``"tiny_chinese"``); a killed run resumes from its last checkpoint; later calls
     return at once. Runs on the TensorFlow backend.
 
