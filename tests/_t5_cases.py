@@ -6,7 +6,6 @@ encoder and three decoder blocks, 8 buckets up to distance 12 (so inputs of 11
 tokens reach the logarithmic buckets), padded batches.
 """
 
-import json
 import os
 import re
 
@@ -130,12 +129,6 @@ def bert4keras_config(version):
 
 def write_official(folder, weights, config):
     """A TF checkpoint ``folder/model.ckpt`` of ``weights`` and ``config.json``."""
-    import tensorflow as tf
-    os.makedirs(folder, exist_ok=True)
-    names = sorted(weights)
-    prefix = os.path.join(folder, "model.ckpt")
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(weights[name]) for name in names])
-    with open(os.path.join(folder, "config.json"), "w") as file:
-        json.dump(config, file)
-    return prefix
+    from _official_checkpoint import write_official as write
+    return write(folder, weights, config, config_name="config.json",
+                 checkpoint_name="model.ckpt")

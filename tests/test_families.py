@@ -37,6 +37,7 @@ import tensorflow as tf  # noqa: E402
 
 from bert4x import checkpoints  # noqa: E402
 from bert4x.models import MODELS, build_transformer_model  # noqa: E402
+from _official_checkpoint import write_official  # noqa: E402
 from _oracle import import_oracle  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -114,17 +115,6 @@ def official_weights(hf_model, rules):
         name = re.sub(r"\.layer\.(\d+)\.", r".layer_\1.", name).replace(".", "/")
         weights[name] = np.ascontiguousarray(value)
     return weights
-
-
-def write_official(folder, weights, config):
-    os.makedirs(folder, exist_ok=True)
-    names = sorted(weights)
-    tf.raw_ops.SaveV2(prefix=os.path.join(folder, "bert_model.ckpt"), tensor_names=names,
-                      shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(weights[name]) for name in names])
-    with open(os.path.join(folder, "config.json"), "w") as file:
-        json.dump(config, file)
-    return os.path.join(folder, "bert_model.ckpt")
 
 
 def randomised(model, seed):
@@ -333,7 +323,8 @@ def cases(tmp_path_factory):
         ids, segments = inputs_for(pad, two_segments)
         arrays[f"{key}/ids"], arrays[f"{key}/segments"] = ids, segments
         weights = official_weights(hf_model, rules) if weights is None else weights
-        prefix = write_official(os.path.join(root, key, "official"), weights, config)
+        prefix = write_official(os.path.join(root, key, "official"), weights, config,
+                                config_name="config.json")
         hf_folder = None
         if save_hf:
             hf_folder = os.path.join(root, key, "hf")
@@ -713,7 +704,7 @@ def test_chinese_checkpoints_on_the_qa_demo_path(family, tmp_path):
             0, 0.5, (21128, 8)).astype(np.float32)
         weights["bert/embeddings/word_embeddings_2"] = rng.normal(
             0, 0.3, (8, 24)).astype(np.float32)
-    prefix = write_official(str(tmp_path), weights, config)
+    prefix = write_official(str(tmp_path), weights, config, config_name="config.json")
     args = rc.parse_args(["--config", str(tmp_path / "config.json"), "--checkpoint", prefix,
                           "--vocab", chinese_vocab_path(), "--model", family])
     base = base_model.resolve_base_model(args)

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _generation_worker as generation_worker  # noqa: E402
 import test_generation as generation  # noqa: E402
+from _official_checkpoint import write_official  # noqa: E402
 from _oracle import import_oracle  # noqa: E402
 from bert4x import checkpoints  # noqa: E402
 from bert4x.decoding import Decoder  # noqa: E402
@@ -120,17 +121,6 @@ def gpt2_ml_weights(seed=4):
         weights.update(norm(p + "LayerNorm_mlp_ln0"))
         weights.update(norm(p + "LayerNorm_mlp_ln1"))
     return weights
-
-
-def write_official(folder, weights, config):
-    os.makedirs(folder, exist_ok=True)
-    names = sorted(weights)
-    tf.raw_ops.SaveV2(prefix=os.path.join(folder, "bert_model.ckpt"), tensor_names=names,
-                      shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(weights[name]) for name in names])
-    with open(os.path.join(folder, "bert_config.json"), "w") as file:
-        json.dump(config, file)
-    return os.path.join(folder, "bert_model.ckpt")
 
 
 def numpy_gpt2_ml(weights, ids):

@@ -31,6 +31,7 @@ from bert4x.configs import BertConfig  # noqa: E402
 from bert4x.models import (attention_model, build_transformer_model,  # noqa: E402
                            intermediate_model)
 from bert4x.resources import chinese_vocab_path, minilm_dir  # noqa: E402
+from _official_checkpoint import write_official  # noqa: E402
 from _oracle import import_oracle  # noqa: E402
 
 torch = import_oracle("torch")
@@ -93,20 +94,13 @@ def google_weights(config, seed, heads=True):
 
 def write_google_checkpoint(folder, weights, config, optimizer_slots=True):
     """``bert_config.json`` + ``bert_model.ckpt`` written with ``tf.raw_ops.SaveV2``."""
-    os.makedirs(folder, exist_ok=True)
     tensors = dict(weights)
     if optimizer_slots:
         for name, value in weights.items():
             tensors[name + "/adam_m"] = np.full_like(value, 0.5)
             tensors[name + "/adam_v"] = np.full_like(value, 0.25)
         tensors["global_step"] = np.array(1000, dtype=np.int64)
-    names = sorted(tensors)
-    tf.raw_ops.SaveV2(prefix=os.path.join(folder, "bert_model.ckpt"), tensor_names=names,
-                      shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(tensors[name]) for name in names])
-    with open(os.path.join(folder, "bert_config.json"), "w") as file:
-        json.dump(config, file)
-    return os.path.join(folder, "bert_model.ckpt")
+    return write_official(folder, tensors, config)
 
 
 def hf_name(google_name):
