@@ -95,6 +95,17 @@ def make_sources(args):
             for _ in range(args.batch)]
 
 
+def print_figures(heading, figures, beam):
+    """Seconds per generated token of each contender, and transformers / bert4x ratios."""
+    print(f"\n{heading}:")
+    width = max(len(label) for label in figures)
+    for label, seconds in figures.items():
+        print(f"  {label:<{width}s} {seconds:.5f} s per generated token per source")
+    for search in ("greedy", f"beam {beam}"):
+        print(f"  ratio transformers / bert4x, {search}: "
+              f"{figures['transformers ' + search] / figures['bert4x ' + search]:.2f}x")
+
+
 def interleaved(functions, repeats, tokens):
     """Best seconds per token of each function, the functions timed in turn each round
     (so that a change of machine load hits them all alike)."""
@@ -174,13 +185,8 @@ def gpt2_against_transformers(args):
         assert generate(1).shape[1] == args.source_length + new_tokens
         for function in functions.values():
             function()  # traces and warms up
-        figures = interleaved(functions, args.repeats, new_tokens * args.batch)
-        print(f"\n{new_tokens} new tokens:")
-        for label, seconds in figures.items():
-            print(f"  {label:<22s} {seconds:.5f} s per generated token per source")
-        for route in ("greedy", f"beam {args.beam}"):
-            print(f"  ratio transformers / bert4x, {route}: "
-                  f"{figures['transformers ' + route] / figures['bert4x ' + route]:.2f}x")
+        print_figures(f"{new_tokens} new tokens",
+                      interleaved(functions, args.repeats, new_tokens * args.batch), args.beam)
 def build_t5(folder):
     """A random mT5 saved by transformers in ``folder`` (untied output, as mT5's), and
     bert4x's builder of the same weights."""
@@ -246,13 +252,8 @@ def t5_rows(args, sources):
         for name, function in functions.items():
             if "beam" in name:
                 function()  # warms up
-        figures = interleaved(functions, args.repeats, new_tokens * args.batch)
-        print(f"\n{new_tokens} new tokens ({same:.0%} of greedy sequences equal):")
-        for label, seconds in figures.items():
-            print(f"  {label:<24s} {seconds:.5f} s per generated token per source")
-        for search in ("greedy", f"beam {args.beam}"):
-            print(f"  ratio transformers / bert4x, {search}: "
-                  f"{figures['transformers ' + search] / figures['bert4x ' + search]:.2f}x")
+        print_figures(f"{new_tokens} new tokens ({same:.0%} of greedy sequences equal)",
+                      interleaved(functions, args.repeats, new_tokens * args.batch), args.beam)
 
 
 def main():
