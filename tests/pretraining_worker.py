@@ -41,7 +41,6 @@ MODE:
                CONFIG_JSON is [[name, mode, config, device count], ...] (see jax_jobs).
 """
 
-import contextlib
 import json
 import os
 import sys
@@ -60,7 +59,7 @@ def weights_of(trainer):
     return [np.asarray(w) for w in trainer.builder.model.get_weights()]
 
 
-def jax_accumulation(config):
+def jax_accumulation(config, devices=None):
     """One update of 2 micro-batches (SGD, lr 1) and the gradient of the mean
     cross-entropy over every target of the whole batch, computed here directly."""
     import jax
@@ -71,7 +70,7 @@ def jax_accumulation(config):
     model_fields = dict(config.model, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     trainer = JaxPretrainer(config.replace(accumulation_steps=2, model=model_fields,
                                            output_dir=config.output_dir + "_accumulation"),
-                            log=lambda line: None)
+                            log=lambda line: None, devices=devices)
     model = trainer.train_model
     inputs, labels = next(trainer._dataset(0).as_numpy_iterator())
     labels = labels.copy()
@@ -165,16 +164,17 @@ def jax_features(config):
     return arrays
 
 
-def jax_route(config):
-    """run_pretraining's JAX route: train, truncate the newest checkpoint, resume (from
-    the one before) for 6 more steps; the export's MLM outputs against the model's."""
+def jax_route(config, devices=None):
+    """run_pretraining's JAX route on ``devices`` (None: all): train, truncate the newest
+    checkpoint, resume (from the one before) for 6 more steps; the export's MLM outputs
+    against the model's."""
     import warnings
     import keras
     from bert4x.models import build_transformer_model
     from bert4x.pretraining.jax_trainer import JaxPretrainer
     from bert4x.pretraining.trainer import run_pretraining
     assert keras.backend.backend() == "jax", keras.backend.backend()
-    first = run_pretraining(config, log=lambda line: None)
+    first = run_pretraining(config, log=lambda line: None, devices=devices)
     newest = os.path.join(config.output_dir, "checkpoints",
                           f"ckpt-{config.train_steps}.optimizer.npz")
     with open(newest, "r+b") as file:
@@ -183,7 +183,7 @@ def jax_route(config):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         resumed = run_pretraining(config.replace(train_steps=config.train_steps + 6),
-                                  log=lines.append)
+                                  log=lines.append, devices=devices)
     previous = config.train_steps - config.checkpoint_every
     assert any(f"at step {previous}" in line for line in lines), lines
     assert any(f"ckpt-{config.train_steps}.optimizer.npz is unreadable" in str(w.message)
@@ -194,7 +194,7 @@ def jax_route(config):
     token_ids[:, :6] = [2, 10, 11, 4, 12, 3]
     outputs = model.predict([token_ids, np.zeros_like(token_ids)], verbose=0)[-1]
     trainer = JaxPretrainer(config.replace(train_steps=config.train_steps + 6),
-                            log=lambda line: None)
+                            log=lambda line: None, devices=devices)
     trainer.restore()
     trained = trainer.builder.model.predict([token_ids, np.zeros_like(token_ids)],
                                             verbose=0)[-1]
@@ -218,21 +218,6 @@ def jax_refuses_tpu(config):
     return {"refusal": np.array("")}
 
 
-@contextlib.contextmanager
-def host_of(device_count):
-    """Within: ``keras.distribution.list_devices()`` (where the trainers find their
-    devices by default) lists the first ``device_count`` CPU devices only, as on a host
-    that has that many; XLA_FLAGS sets one device count for the whole process."""
-    import keras
-    list_devices = keras.distribution.list_devices
-    devices = list_devices()[:device_count]
-    keras.distribution.list_devices = lambda device_type=None: list(devices)
-    try:
-        yield
-    finally:
-        keras.distribution.list_devices = list_devices
-
-
 def jax_jobs(jobs):
     """Several JAX checks in this one process (one JAX and TensorFlow start instead of
     one per check): ``jobs`` is ``[[name, mode, config dict, device count], ...]`` (a
@@ -247,7 +232,11 @@ def jax_jobs(jobs):
         config = PretrainingConfig.from_dict(values) if values else None
         started = time.process_time()
         try:
-            with host_of(device_count) if device_count else contextlib.nullcontext():
+            if device_count:  # a host with that many devices, of the process's 8
+                import keras
+                devices = keras.distribution.list_devices()[:device_count]
+                result = modes[mode](config, devices=devices)
+            else:
                 result = modes[mode](config)
         except Exception:  # noqa: BLE001 - reported to the test of that job
             result = {"error": np.array(traceback.format_exc())}

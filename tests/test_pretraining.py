@@ -456,6 +456,15 @@ def test_a_run_resumes_whatever_the_process_built_before(tmp_path, data_dir):
     assert resumed.restore() == 1
 
 
+
+def test_devices_are_refused_on_tensorflow(tmp_path, data_dir):
+    from bert4x.pretraining.trainer import run_pretraining
+    with pytest.raises(ValueError, match=r"devices= picks the mesh of the JAX backend.*"
+                                         r"tf.distribute strategy"):
+        run_pretraining(tiny_config(tmp_path, data_dir), devices=["cpu:0"])
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_builtin_config_matches_json_file():
     with open(os.path.join(ROOT, "pretraining", "configs", "tiny_chinese.json"),
               encoding="utf-8") as file:

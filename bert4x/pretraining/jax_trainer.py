@@ -622,13 +622,14 @@ def _local_device_name():
     return f"{device.platform}:{device.id}"
 
 
-def train_with_jax(config, export_only=False, prepare=True, log=print, start_over=False):
+def train_with_jax(config, export_only=False, prepare=True, log=print, start_over=False,
+                   devices=None):
     """Prepare the data (if needed), train under ``keras.distribution`` (resuming),
     export.
 
     Needs ``KERAS_BACKEND=jax``. See the module docstring for what differs from the
     TensorFlow path. With several processes, process 0 prepares the data while the
-    others wait for it.
+    others wait for it. ``devices``: those of the mesh (default: all of every process).
     """
     import jax
     summary = None
@@ -639,7 +640,7 @@ def train_with_jax(config, export_only=False, prepare=True, log=print, start_ove
         if several:
             barrier("bert4x data prepared")
             summary = None  # each process reads dataset.json
-    trainer = JaxPretrainer(config, log=log, summary=summary,
+    trainer = JaxPretrainer(config, log=log, summary=summary, devices=devices,
                             start_over=start_over and not export_only)
     if export_only:
         step = trainer.restore()

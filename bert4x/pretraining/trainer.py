@@ -402,7 +402,7 @@ def _scalar(tag, value):
 
 
 def run_pretraining(config, export_only=False, prepare=True, strategy=None, log=print,
-                    start_over=False):
+                    start_over=False, devices=None):
     """Prepare the data (if needed), train (resuming), export. The CLI's work.
 
     Args:
@@ -414,6 +414,8 @@ def run_pretraining(config, export_only=False, prepare=True, strategy=None, log=
         start_over: train from step 0 although checkpoints exist (they are moved
             aside, not deleted). Without it a folder whose checkpoints are all
             damaged is an error.
+        devices: JAX backend: the devices of the mesh (default: all of every
+            process); e.g. ``keras.distribution.list_devices()[:2]`` for part of a host.
 
     With ``config.backend == "jax"`` or the JAX Keras backend, the run goes to
     :func:`bert4x.pretraining.jax_trainer.train_with_jax` (needs ``KERAS_BACKEND=jax``).
@@ -428,7 +430,10 @@ def run_pretraining(config, export_only=False, prepare=True, strategy=None, log=
                                       "backend (it uses keras.distribution)")
         from bert4x.pretraining.jax_trainer import train_with_jax
         return train_with_jax(config, export_only=export_only, prepare=prepare, log=log,
-                              start_over=start_over)
+                              start_over=start_over, devices=devices)
+    if devices is not None:
+        raise ValueError("devices= picks the mesh of the JAX backend; on TensorFlow, pass "
+                         "a tf.distribute strategy over them (strategy=)")
     summary = None
     if prepare and config.inputs and not export_only and _prepares_data(strategy):
         summary = prepare_data(config)
