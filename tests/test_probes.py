@@ -17,7 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_families import (ALBERT_RULES, BASE, BERT_RULES, DISCRIMINATOR_RULES,  # noqa: E402
                            ROBERTA_RULES, ROFORMER_RULES, inputs_for, official_weights,
-                           randomised, write_official)
+                           randomised)
+from _official_checkpoint import write_official  # noqa: E402
 
 from bert4x.models import attention_model, build_transformer_model, intermediate_model  # noqa: E402
 from _oracle import import_oracle  # noqa: E402
@@ -83,7 +84,8 @@ def probed(request, tmp_path_factory):
                  token_type_ids=torch.from_numpy(segments.astype(np.int64)),
                  output_hidden_states=True, output_attentions=True)
     folder = str(tmp_path_factory.mktemp(request.param))
-    prefix = write_official(folder, official_weights(hf, case["rules"]), case["bert4x_config"])
+    prefix = write_official(folder, official_weights(hf, case["rules"]), case["bert4x_config"],
+                            config_name="config.json")
     model = build_transformer_model(os.path.join(folder, "config.json"), prefix,
                                     model=case["family"])
     reference = dict(hidden=[h.numpy() for h in out.hidden_states],
